@@ -1,0 +1,26 @@
+# enclavekit — every target sets itself up first (idempotent), so a fresh clone needs nothing else.
+SHELL := /bin/bash
+ROOT := $(CURDIR)
+# The project's own Node.js 22 and CDK CLI come first, then the project's venv.
+export PATH := $(ROOT)/node_modules/node/bin:$(ROOT)/node_modules/.bin:$(ROOT)/.venv/bin:$(PATH)
+PY := $(ROOT)/.venv/bin/python
+
+.PHONY: setup demo test bench lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup  ## deploy the sample app locally and verify it end to end
+	@$(PY) -m enclavekit demo
+
+test: setup  ## the whole test suite
+	@$(PY) -m pytest -q
+
+bench: setup  ## benchmarks, each reported as a ratio against a baseline measured in the same run
+	@$(PY) -m bench
+
+lint: setup  ## ruff
+	@$(ROOT)/.venv/bin/ruff check . && $(ROOT)/.venv/bin/ruff format --check .
+
+clean:
+	rm -rf cdk.out .enclavekit build *.egg-info

@@ -1,0 +1,1 @@
+"""CDK constructs for AWS Nitro Enclaves (not written yet)."""

@@ -1,0 +1,3 @@
+from enclavekit.cli import run
+
+run()

@@ -1,0 +1,59 @@
+"""The `enclavekit` command: thin argument parsing that calls the parts.
+
+Each command group lives in its own module with a `register(subparsers)` function; a handler
+returns the exit status (0 ok, 1 a check or finding failed, 2 bad usage or bad input).
+Errors from the parts arrive as `EnclaveKitError` and leave as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from enclavekit.errors import EnclaveKitError
+
+# One module per command group; each exposes register(subparsers).
+_GROUPS = (
+    "enclavekit.cli.image",  # build-enclave, describe-eif
+    "enclavekit.cli.attest",  # attest verify|show
+    "enclavekit.cli.enclave",  # run-enclave, describe-enclaves, terminate-enclave, console, vsock-proxy
+    "enclavekit.cli.local",  # local start|stop|status|ca, cdk, up, verify
+    "enclavekit.cli.lint",  # lint
+    "enclavekit.cli.demo",  # demo (what `make demo` runs)
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="enclavekit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version="enclavekit 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in _GROUPS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except EnclaveKitError as exc:
+        print(f"enclavekit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("enclavekit: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())

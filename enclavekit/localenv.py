@@ -1,0 +1,70 @@
+"""Process environments aimed at the local endpoint, with every trace of real AWS removed.
+
+Everything enclavekit starts against the local endpoint (the cdk CLI, the AWS CLI, parent
+processes, tests) gets its environment from `local_aws_env`, so a local deploy can never pick
+up a real credential, profile, SSO session or endpoint and reach an AWS account.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+LOCAL_ACCOUNT = "123456789012"
+LOCAL_REGION = "us-east-1"
+# The access key the local endpoint maps to the account root (moto's default identity).
+LOCAL_ACCESS_KEY_ID = "testing"
+LOCAL_SECRET_ACCESS_KEY = "testing"
+
+# Variables that could point a process at a real account or endpoint.
+_STRIPPED_PREFIXES = ("AWS_", "CDK_DEFAULT_", "AMAZON_")
+_STRIPPED_NAMES = frozenset({"BOTO_CONFIG", "BOTO3_DEFAULT_PROFILE"})
+
+
+def strip_aws_env(env: Mapping[str, str]) -> dict[str, str]:
+    """A copy of `env` without any AWS credential, profile, config file or endpoint."""
+    return {
+        k: v
+        for k, v in env.items()
+        if not k.startswith(_STRIPPED_PREFIXES) and k not in _STRIPPED_NAMES
+    }
+
+
+def local_aws_env(
+    endpoint: str,
+    *,
+    base: Mapping[str, str] | None = None,
+    region: str = LOCAL_REGION,
+    access_key_id: str = LOCAL_ACCESS_KEY_ID,
+    secret_access_key: str = LOCAL_SECRET_ACCESS_KEY,
+    session_token: str | None = None,
+    scratch_dir: Path | None = None,
+) -> dict[str, str]:
+    """An environment for a process that must talk only to the local `endpoint`.
+
+    Config and credential files point at empty files under `scratch_dir` (or /dev/null),
+    so ~/.aws is never read; IMDS is disabled so no instance credentials are picked up.
+    """
+    if not endpoint.startswith(("http://localhost:", "http://127.", "http://[::1]:")):
+        raise ValueError(f"local endpoint must be a loopback http URL, got {endpoint!r}")
+    env = strip_aws_env(os.environ if base is None else base)
+    empty = str(scratch_dir / "aws-empty-config") if scratch_dir else os.devnull
+    if scratch_dir:
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+        Path(empty).touch()
+    env.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID=access_key_id,
+        AWS_SECRET_ACCESS_KEY=secret_access_key,
+        AWS_REGION=region,
+        AWS_DEFAULT_REGION=region,
+        AWS_CONFIG_FILE=empty,
+        AWS_SHARED_CREDENTIALS_FILE=empty,
+        AWS_EC2_METADATA_DISABLED="true",
+        CDK_DEFAULT_ACCOUNT=LOCAL_ACCOUNT,
+        CDK_DEFAULT_REGION=region,
+    )
+    if session_token:
+        env["AWS_SESSION_TOKEN"] = session_token
+    return env

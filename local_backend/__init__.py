@@ -1,0 +1,1 @@
+"""The local AWS endpoint (moto + extensions) and the Nitro Enclaves emulator."""

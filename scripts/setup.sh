@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a project-local Python venv and a project-local Node.js 22 + CDK CLI.
+# Nothing is installed outside this folder; re-running is cheap when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+nstamp=node_modules/.enclavekit-installed
+if [ ! -x node_modules/node/bin/node ] || [ ! -f "$nstamp" ] || [ package-lock.json -nt "$nstamp" ]; then
+  echo "==> Node.js 22 + AWS CDK CLI (node_modules): installing from package-lock.json"
+  npm ci --no-audit --no-fund --loglevel=error
+  touch "$nstamp"
+else
+  echo "==> Node.js 22 + AWS CDK CLI (node_modules): up to date"
+fi
+# npm may skip a dependency's install scripts; check what they should have done.
+[ -x node_modules/@microsoft/sarif-multitool-linux/Sarif.Multitool ] || chmod u+x node_modules/@microsoft/sarif-multitool-linux/Sarif.Multitool
+"$root/node_modules/node/bin/node" --version | grep -q '^v22\.' || { echo "setup: node_modules/node is not Node.js 22" >&2; exit 1; }
+export PATH="$root/node_modules/node/bin:$PATH"
+
+py=${PYTHON:-python3}
+stamp=.venv/.enclavekit-installed
+if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
+  echo "==> Python environment (.venv): installing pinned packages"
+  [ -x .venv/bin/python ] || "$py" -m venv .venv
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip==26.3" 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test]" 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/python -c "import enclavekit, aws_cdk, moto, cbor2, cryptography"
+  touch "$stamp"
+else
+  echo "==> Python environment (.venv): up to date"
+fi
+

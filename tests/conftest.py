@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests that start real components stop them; nothing leaves loopback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+ATTESTATION_DATA = SHARED / "testdata" / "attestation"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_real_aws() -> None:
+    """No test process may hold a real AWS credential or profile."""
+    for key in list(os.environ):
+        if key.startswith("AWS_") or key.startswith("CDK_DEFAULT_"):
+            del os.environ[key]
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    os.environ["AWS_CONFIG_FILE"] = os.devnull
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+
+
+@pytest.fixture(scope="session")
+def attestation_data() -> Path:
+    if not ATTESTATION_DATA.is_dir():
+        pytest.fail(f"real attestation documents not found at {ATTESTATION_DATA}")
+    return ATTESTATION_DATA
