@@ -1,0 +1,1 @@
+"""The Nitro Enclaves emulator: enclave runtime, isolation, NSM, vsock, vsock-proxy, parent."""

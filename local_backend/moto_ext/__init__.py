@@ -1,0 +1,18 @@
+"""Our extensions to moto, one package per service in moto's models/responses style.
+
+`install(state_dir)` patches moto in this process before the server starts serving; each
+service package's own `install` does its part and is idempotent.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+SERVICES = ("cloudformation", "ec2", "acm", "s3", "kms")
+
+
+def install(state_dir: Path) -> None:
+    """Apply every service extension (idempotent)."""
+    for name in SERVICES:
+        importlib.import_module(f"{__name__}.{name}").install(state_dir)
