@@ -1,9 +1,79 @@
-"""`enclavekit` commands of the image group (not written yet)."""
+"""`enclavekit build-enclave` and `enclavekit describe-eif`: nitro-cli's image verbs.
+
+Output JSON has nitro-cli's shapes so scripts written for nitro-cli (and the constructs'
+``EnclaveImage.from_nitro_cli_json``) read ours unchanged.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from typing import Any
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from enclavekit.build import build_enclave
+
+    result = build_enclave(
+        args.app_dir,
+        args.output_file,
+        kernel=args.kernel,
+        cmdline=args.cmdline,
+        init=args.init,
+        name=args.name,
+        version=args.version,
+        kernel_config=args.kernel_config,
+        nsm_ko=args.nsm_ko,
+        arch=args.arch,
+        signing_certificate=args.signing_certificate,
+        private_key=args.private_key,
+    )
+    print(f"Enclave Image successfully created: {result.path}", file=sys.stderr)
+    _print_json({"Measurements": result.measurements.to_nitro_cli()})
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from enclavekit.eif import describe_eif
+
+    _print_json(describe_eif(args.eif_path))
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
+    build = sub.add_parser(
+        "build-enclave",
+        help="build a reproducible EIF from an app directory (nitro-cli layout)",
+        description="Build a byte-reproducible Enclave Image File from an app directory with an "
+        "enclave.json manifest. Without --kernel/--init a fixed emulator stand-in is used.",
+    )
+    build.add_argument("--app-dir", required=True, help="directory with enclave.json and the app")
+    build.add_argument("--output-file", required=True, help="where to write the .eif")
+    build.add_argument("--kernel", help="kernel image (nitro-cli blobs: bzImage / Image)")
+    build.add_argument(
+        "--kernel-config", help="kernel .config, for KernelVersion (default <kernel>.config)"
+    )
+    build.add_argument("--cmdline", help="kernel command line (default: nitro-cli's for the arch)")
+    build.add_argument("--init", help="init binary (nitro-cli blobs: init)")
+    build.add_argument("--nsm-ko", help="NSM driver (default: nsm.ko next to --init)")
+    build.add_argument("--arch", default="x86_64", choices=("x86_64", "aarch64"))
+    build.add_argument("--name", help="image name (default: the manifest's name)")
+    build.add_argument("--version", help="image version (default: the manifest's version)")
+    build.add_argument("--signing-certificate", help="PEM certificate to sign the image with")
+    build.add_argument("--private-key", help="PEM ECDSA private key of the signing certificate")
+    build.set_defaults(handler=_build)
+
+    describe = sub.add_parser(
+        "describe-eif",
+        help="describe an EIF like nitro-cli describe-eif",
+        description="Print the nitro-cli describe-eif JSON of an Enclave Image File.",
+    )
+    describe.add_argument("--eif-path", required=True, help="the .eif file")
+    describe.set_defaults(handler=_describe)
