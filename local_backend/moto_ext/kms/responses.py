@@ -1,0 +1,264 @@
+"""Wire side of the local KMS: patches on moto's KmsResponse / KmsBackend.
+
+Every request is authenticated (SigV4 recomputed); every operation on a key is authorized
+with the key policy and the caller's identity policies; Recipient requests answer
+CiphertextForRecipient (CMS) instead of plaintext.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from moto.core.exceptions import JsonRESTError
+from moto.kms.models import KmsBackend
+from moto.kms.responses import KmsResponse
+from moto.kms.utils import KEY_ID_LEN
+
+from enclavekit.policy import RequestContext, evaluate_kms
+
+from ..identity import AuthFailure, Caller, authenticate
+from .models import (
+    IDENTITY_ONLY_ACTIONS,
+    KEY_PARAMS,
+    NO_KEY_ACTIONS,
+    RECIPIENT_ACTIONS,
+    AttestedRecipient,
+    KmsRequestError,
+    _identity,
+    access_denied_message,
+    authorize_identity_only,
+    authorize_key,
+    key_policy_text,
+    parse_key_policy,
+    request_keys,
+    verify_recipient,
+)
+
+_PATCHED = "_enclavekit_kms_patched"
+_ORIG: dict[str, Any] = {}
+KEY_PAIR_SPECS = {
+    "RSA_2048": lambda: rsa.generate_private_key(65537, 2048),
+    "RSA_3072": lambda: rsa.generate_private_key(65537, 3072),
+    "RSA_4096": lambda: rsa.generate_private_key(65537, 4096),
+    "ECC_NIST_P256": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "ECC_NIST_P384": lambda: ec.generate_private_key(ec.SECP384R1()),
+    "ECC_NIST_P521": lambda: ec.generate_private_key(ec.SECP521R1()),
+    "ECC_SECG_P256K1": lambda: ec.generate_private_key(ec.SECP256K1()),
+}
+
+
+class KmsError(JsonRESTError):
+    """A KMS JSON error with its code and message (moto's own drop the message)."""
+
+    code = 400
+
+    def __init__(self, error_type: str, message: str, status: int = 400) -> None:
+        super().__init__(error_type, message)
+        self.code = status
+
+
+def _params(self: KmsResponse) -> dict[str, Any]:
+    try:
+        body = json.loads(self.body or "{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _key_from_blob(blob_b64: Any) -> str | None:
+    try:
+        blob = base64.b64decode(blob_b64 or "", validate=True)
+        return blob[:KEY_ID_LEN].decode("utf-8") if len(blob) > KEY_ID_LEN else None
+    except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
+        return None
+
+
+def _resolve(self: KmsResponse, key_id: Any) -> Any:
+    """The moto Key a KeyId/ARN/alias names, or None (moto then answers NotFound itself)."""
+    if not isinstance(key_id, str) or not key_id:
+        return None
+    backend = self.kms_backend
+    try:
+        return backend.keys.get(backend.any_id_to_key_id(key_id))
+    except Exception:  # moto raises assorted errors on unknown aliases  # noqa: BLE001
+        return None
+
+
+def _checks(self: KmsResponse, action: str, params: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(iam action, key) pairs this request needs."""
+    if action == "Decrypt":
+        key = _resolve(self, params.get("KeyId")) or _resolve(
+            self, _key_from_blob(params.get("CiphertextBlob")))
+        return [("Decrypt", key)]
+    if action == "ReEncrypt":
+        src = _resolve(self, params.get("SourceKeyId")) or _resolve(
+            self, _key_from_blob(params.get("CiphertextBlob")))
+        return [("ReEncryptFrom", src),
+                ("ReEncryptTo", _resolve(self, params.get("DestinationKeyId")))]
+    return [(action, _resolve(self, params.get(KEY_PARAMS.get(action, "KeyId"))))]
+
+
+def _authorize(self: KmsResponse, resource: str = "*") -> None:
+    """Replaces moto's no-op IAM hook: authenticate, verify Recipient, authorize."""
+    action = self._get_action()
+    try:
+        caller = authenticate(self.method, self.uri, dict(self.headers.items()),
+                              self.raw_body if isinstance(self.raw_body, bytes)
+                              else (self.raw_body or "").encode())
+    except AuthFailure as exc:
+        status = 403 if exc.code == "MissingAuthenticationTokenException" else 400
+        raise KmsError(exc.code, exc.message, status) from None
+    params = _params(self)
+    self._ek_caller = caller
+    self._ek_recipient = None
+    try:
+        if action in RECIPIENT_ACTIONS and params.get("Recipient") is not None:
+            self._ek_recipient = verify_recipient(params["Recipient"])
+        keys = request_keys(caller, action, params, self._ek_recipient)
+        if action in IDENTITY_ONLY_ACTIONS:
+            d = authorize_identity_only(caller, action, keys)
+            if not d.allowed:
+                raise KmsError("AccessDeniedException",
+                               access_denied_message(caller, action, "*", d))
+            return
+        if action in NO_KEY_ACTIONS:
+            return
+        for iam_action, key in _checks(self, action, params):
+            if key is None:
+                continue  # moto answers NotFoundException / InvalidCiphertextException
+            d = authorize_key(caller, iam_action, key.arn, key.policy, keys)
+            if not d.allowed:
+                raise KmsError("AccessDeniedException",
+                               access_denied_message(caller, iam_action, key.arn, d))
+    except KmsRequestError as exc:
+        raise KmsError(exc.code, exc.message) from None
+
+
+def _seal(self: KmsResponse, out: dict[str, Any], field: str) -> str:
+    """With a Recipient: replace the plaintext field by CiphertextForRecipient."""
+    recipient: AttestedRecipient | None = getattr(self, "_ek_recipient", None)
+    if recipient is not None:
+        plaintext = base64.b64decode(out.pop(field))
+        out["CiphertextForRecipient"] = recipient.envelope(plaintext)
+    return json.dumps(out)
+
+
+def decrypt(self: KmsResponse) -> str:
+    out = json.loads(_ORIG["decrypt"](self))
+    out.setdefault("EncryptionAlgorithm", "SYMMETRIC_DEFAULT")
+    return _seal(self, out, "Plaintext")
+
+
+def generate_data_key(self: KmsResponse) -> str:
+    out = json.loads(_ORIG["generate_data_key"](self))
+    if getattr(self, "_ek_recipient", None) is None or self._get_action() != "GenerateDataKey":
+        return json.dumps(out)
+    return _seal(self, out, "Plaintext")
+
+
+def generate_random(self: KmsResponse) -> str:
+    return _seal(self, json.loads(_ORIG["generate_random"](self)), "Plaintext")
+
+
+def generate_data_key_pair(self: KmsResponse) -> str:
+    """GenerateDataKeyPair (absent from moto 5.2.5)."""
+    params = _params(self)
+    key_id, spec = params.get("KeyId"), params.get("KeyPairSpec")
+    self._validate_key_id(key_id)
+    if spec not in KEY_PAIR_SPECS:
+        raise KmsError(
+            "ValidationException",
+            f"1 validation error detected: Value '{spec}' at 'keyPairSpec' failed to satisfy "
+            f"constraint: Member must satisfy enum value set: [{', '.join(KEY_PAIR_SPECS)}]",
+        )
+    private = KEY_PAIR_SPECS[spec]()
+    private_der = private.private_bytes(serialization.Encoding.DER,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+    public_der = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    blob, arn = self.kms_backend.encrypt(key_id=self.kms_backend.any_id_to_key_id(key_id),
+                                         plaintext=private_der,
+                                         encryption_context=params.get("EncryptionContext") or {})
+    out = {"KeyId": arn, "KeyPairSpec": spec,
+           "PrivateKeyCiphertextBlob": base64.b64encode(blob).decode(),
+           "PrivateKeyPlaintext": base64.b64encode(private_der).decode(),
+           "PublicKey": base64.b64encode(public_der).decode()}
+    return _seal(self, out, "PrivateKeyPlaintext")
+
+
+def generate_data_key_pair_without_plaintext(self: KmsResponse) -> str:
+    self._ek_recipient = None
+    out = json.loads(generate_data_key_pair(self))
+    out.pop("PrivateKeyPlaintext", None)
+    return json.dumps(out)
+
+
+def _lockout_check(self: KmsResponse, policy_text: str, key_arn: str,
+                   params: dict[str, Any]) -> None:
+    """AWS refuses a key policy that would stop the caller from ever changing it."""
+    policy = parse_key_policy(policy_text)
+    if params.get("BypassPolicyLockoutSafetyCheck"):
+        return
+    caller: Caller | None = getattr(self, "_ek_caller", None)
+    if caller is None:
+        return
+    ctx = RequestContext(caller.principal, caller.account, "kms:PutKeyPolicy", key_arn,
+                         request_keys(caller, "PutKeyPolicy", {}, None))
+    if not evaluate_kms(ctx, policy, _identity(caller)).allowed:
+        raise KmsError(
+            "MalformedPolicyDocumentException",
+            "The new key policy will not allow you to update the key policy in the future.",
+        )
+
+
+def put_key_policy(self: KmsResponse) -> str:
+    params = _params(self)
+    key = _resolve(self, params.get("KeyId"))
+    if key is not None:
+        try:
+            _lockout_check(self, params.get("Policy"), key.arn, params)
+        except KmsRequestError as exc:
+            raise KmsError(exc.code, exc.message) from None
+    return _ORIG["put_key_policy"](self)
+
+
+def create_key(self: KmsResponse) -> str:
+    params = _params(self)
+    if params.get("Policy") is not None:
+        arn = f"arn:aws:kms:{self.region}:{self.current_account}:key/*"
+        try:
+            _lockout_check(self, params["Policy"], arn, params)
+        except KmsRequestError as exc:
+            raise KmsError(exc.code, exc.message) from None
+    return _ORIG["create_key"](self)
+
+
+def backend_get_key_policy(self: KmsBackend, key_id: str) -> str:
+    """Always a JSON string (moto keeps CFN-created policies as dicts)."""
+    return key_policy_text(self.keys[self.get_key_id(key_id)].policy)
+
+
+def install() -> None:
+    """Patch moto's KMS response and backend classes (idempotent)."""
+    if getattr(KmsResponse, _PATCHED, False):
+        return
+    for name in ("decrypt", "generate_data_key", "generate_random", "put_key_policy",
+                 "create_key"):
+        _ORIG[name] = getattr(KmsResponse, name)
+    KmsResponse._authenticate_and_authorize_normal_action = _authorize  # type: ignore[method-assign]
+    KmsResponse.decrypt = decrypt  # type: ignore[method-assign]
+    KmsResponse.generate_data_key = generate_data_key  # type: ignore[method-assign]
+    KmsResponse.generate_random = generate_random  # type: ignore[method-assign]
+    KmsResponse.generate_data_key_pair = generate_data_key_pair  # type: ignore[attr-defined]
+    KmsResponse.generate_data_key_pair_without_plaintext = (  # type: ignore[attr-defined]
+        generate_data_key_pair_without_plaintext)
+    KmsResponse.put_key_policy = put_key_policy  # type: ignore[method-assign]
+    KmsResponse.create_key = create_key  # type: ignore[method-assign]
+    KmsBackend.get_key_policy = backend_get_key_policy  # type: ignore[method-assign]
+    setattr(KmsResponse, _PATCHED, True)
