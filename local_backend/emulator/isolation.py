@@ -50,10 +50,12 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
+PR_SET_PDEATHSIG = 1
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
+PROVIDED_DIRS = frozenset({"dev", "proc", "sys", "tmp", "run"})
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -148,9 +150,13 @@ def build_root(spec: LaunchSpec) -> None:
     """Lay out the enclave's root on a fresh tmpfs at `spec.new_root` (in our mount namespace)."""
     root = Path(spec.new_root)
     mount("enclave-root", str(root), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m")
-    # The image: every top-level entry of its rootfs, read-only.
+    # The image: every top-level entry of its rootfs, read-only (the emulator provides the
+    # kernel-made directories itself, as the real init does).
     for entry in sorted(os.listdir(spec.image_root)):
         src = os.path.join(spec.image_root, entry)
+        if entry in PROVIDED_DIRS:
+            (root / entry).mkdir(exist_ok=True)
+            continue
         _mountpoint_for(src, root / entry)
         bind_ro(src, str(root / entry))
     # The runtime layer: interpreter prefix, with only the declared packages in site-packages.
@@ -180,14 +186,15 @@ def build_root(spec: LaunchSpec) -> None:
                 (root / bindir / name).symlink_to(spec.interpreter)
     # /etc: just enough for name resolution of localhost and a root user.
     etc = root / "etc"
-    etc.mkdir(exist_ok=True)
-    (etc / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
-    (etc / "passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
-    (etc / "group").write_text("root:x:0:\n")
-    (etc / "hostname").write_text("enclave\n")
+    if not etc.exists():
+        etc.mkdir()
+        (etc / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n")
+        (etc / "passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
+        (etc / "group").write_text("root:x:0:\n")
+        (etc / "hostname").write_text("enclave\n")
     # /dev: the usual character devices and the emulated NSM socket as /dev/nsm.
     dev = root / "dev"
-    dev.mkdir()
+    dev.mkdir(exist_ok=True)
     mount("enclave-dev", str(dev), "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
     for name in DEV_NODES:
         (dev / name).touch()
@@ -200,7 +207,7 @@ def build_root(spec: LaunchSpec) -> None:
     (dev / "shm").mkdir()
     mount(None, str(dev), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
     # /tmp: a tmpfs bounded by the enclave's memory (its pages are charged to its cgroup).
-    (root / "tmp").mkdir()
+    (root / "tmp").mkdir(exist_ok=True)
     mount("enclave-tmp", str(root / "tmp"), "tmpfs", MS_NOSUID | MS_NODEV,
           f"mode=1777,size={spec.memory_mib}m")
     # /run/enclavekit/vsock: own CID (read-write) and the parent's (read-only), nothing else.
@@ -215,7 +222,7 @@ def build_root(spec: LaunchSpec) -> None:
     mount(None, str(vs), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount(os.path.join(spec.vsock_root, str(spec.cid)), str(own), None, MS_BIND)
     bind_ro(os.path.join(spec.vsock_root, str(spec.parent_cid)), str(parent))
-    (root / "proc").mkdir()
+    (root / "proc").mkdir(exist_ok=True)
 
 
 def _child(spec: LaunchSpec, go_r: int, err_w: int, have_pidns: bool, have_root: bool) -> None:
@@ -276,6 +283,18 @@ def launch(spec: LaunchSpec, out=sys.stdout) -> int:
     def warn(text: str) -> None:
         say(f"WARN {text}")
 
+    child: list[int] = []
+
+    def stop(_signum: int, _frame: object) -> None:
+        for pid in child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if not child:
+            os._exit(1)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)  # the monitor died: stop the enclave
     have_ns = True
     granted: set[int] = set()
     try:
@@ -312,9 +331,11 @@ def launch(spec: LaunchSpec, out=sys.stdout) -> int:
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         os.close(go_w)
         os.close(err_r)
         _child(spec, go_r, err_w, have_pidns, have_root)
+    child.append(pid)
     os.close(go_r)
     os.close(err_w)
     joined = True
@@ -341,13 +362,6 @@ def launch(spec: LaunchSpec, out=sys.stdout) -> int:
         say(f"FAILED starting {spec.cmd!r} in the enclave failed: {failure}")
         return 1
     say(f"RUNNING {pid}")
-
-    def stop(_signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     _, status_code = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status_code):
         say(f"EXIT SIGNAL {os.WTERMSIG(status_code)}")
