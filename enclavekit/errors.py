@@ -13,6 +13,7 @@
     │   └── VerificationFailed      an end-to-end verify step that failed
     ├── EmulatorError               the enclave emulator could not do what was asked
     │   └── IsolationUnavailable    a kernel mechanism is not permitted here (we warn, carry on)
+    ├── EnclaveAppError             the in-enclave program could not do what was asked (NSM, KMS)
     └── BackendError                the local endpoint could not do what was asked
 
 Every message is one line that names the thing, the expected form and what was found.
@@ -77,6 +78,10 @@ class EmulatorError(EnclaveKitError):
 
 class IsolationUnavailable(EmulatorError):
     """A kernel isolation mechanism that this machine does not permit."""
+
+
+class EnclaveAppError(EnclaveKitError):
+    """The program inside the enclave could not do what was asked (NSM refused, KMS denied)."""
 
 
 class BackendError(EnclaveKitError):
