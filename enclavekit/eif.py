@@ -151,12 +151,12 @@ def write_eif(
         )
     offsets = [0] * MAX_NUM_SECTIONS
     sizes = [0] * MAX_NUM_SECTIONS
-    body = bytearray()
+    body: list[bytes] = []
     pos = HEADER_SIZE
     for i, (kind, data) in enumerate(sections):
         offsets[i] = pos
         sizes[i] = len(data)
-        body += _SECTION_HEADER.pack(int(kind), 0, len(data)) + data
+        body += (_SECTION_HEADER.pack(int(kind), 0, len(data)), data)
         pos += SECTION_HEADER_SIZE + len(data)
     flags = ARCH_ARM64_FLAG if arch == "aarch64" else 0
     header = _HEADER.pack(
@@ -172,8 +172,10 @@ def write_eif(
         0,
         0,
     )
-    crc = zlib.crc32(body, zlib.crc32(header[:CRC_OFFSET]))
-    return header[:CRC_OFFSET] + struct.pack(">I", crc) + bytes(body)
+    crc = zlib.crc32(header[:CRC_OFFSET])
+    for part in body:
+        crc = zlib.crc32(part, crc)
+    return b"".join((header[:CRC_OFFSET], struct.pack(">I", crc), *body))
 
 
 def compute_crc(data: bytes) -> int:
