@@ -1,0 +1,255 @@
+"""vsock-proxy for the emulated parent: AWS's arguments, its allowlist, and a local resolver.
+
+Like AWS's `vsock-proxy LOCAL_PORT REMOTE_ADDR REMOTE_PORT [--config FILE] [-w N]`, it listens on
+the parent's vsock port (here: emulated vsock, CID 3) and relays each connection over TCP to
+REMOTE_ADDR:REMOTE_PORT, refusing to start unless the allowlist file (`allowlist: [{address,
+port}]`, default /etc/nitro_enclaves/vsock-proxy.yaml) names exactly that address and port.
+
+The emulator's resolver (why the bytes never reach AWS): an AWS service host
+`<service>.<region>.amazonaws.com[.cn]` (e.g. `kms.us-east-1.amazonaws.com:443`) is mapped to
+the local endpoint — `--local-endpoint URL`, else $ENCLAVEKIT_LOCAL_ENDPOINT, else the
+`endpoint` of `<state>/endpoint.json` written by `enclavekit local start` — so the enclave's
+traffic for that host lands on the local backend, byte for byte (the local endpoint speaks plain
+HTTP; the enclave's client must use an http endpoint URL through the proxy). Any other remote must
+be a loopback address (127.0.0.0/8, ::1, localhost); anything else is refused, so nothing relayed
+by the emulator can leave this machine. The allowlist check happens first, on the name given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import selectors
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from enclavekit.errors import EmulatorError, InvalidInput
+from enclavekit.transport import EmulatedVsock, VsockTransport
+
+DEFAULT_CONFIG = Path("/etc/nitro_enclaves/vsock-proxy.yaml")
+ENDPOINT_ENV = "ENCLAVEKIT_LOCAL_ENDPOINT"
+DEFAULT_WORKERS = 4
+_AWS_HOST = re.compile(
+    r"^(?P<service>[a-z0-9-]+)\.(?P<region>[a-z]{2}(?:-gov|-iso[a-z]*)?-[a-z]+-\d+)"
+    r"\.amazonaws\.com(?:\.cn)?$"
+)
+# AWS's shipped default allowlist names kms.<region> and kms-fips.<region> on port 443 for every
+# region; without a config file we allow exactly that family.
+_DEFAULT_KMS = re.compile(r"^kms(?:-fips)?\.[a-z]{2}(?:-gov)?-[a-z]+-\d+\.amazonaws\.com(?:\.cn)?$")
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    """The `allowlist:` of a vsock-proxy config (None entries = AWS's default KMS family)."""
+
+    entries: tuple[AllowEntry, ...] | None
+    source: str
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> Allowlist:
+        """Read `path`, else the default config file if present, else AWS's default list."""
+        import yaml
+
+        if path is None:
+            if not DEFAULT_CONFIG.is_file():
+                return cls(None, "built-in default (kms and kms-fips endpoints, port 443)")
+            path = DEFAULT_CONFIG
+        p = Path(path)
+        try:
+            doc = yaml.safe_load(p.read_text())
+        except OSError as exc:
+            raise InvalidInput(
+                f"vsock-proxy --config {p}: cannot be read ({exc.strerror})"
+            ) from None
+        except yaml.YAMLError as exc:
+            reason = str(exc).replace("\n", " ")
+            raise InvalidInput(f"vsock-proxy --config {p}: expected YAML, found {reason}") from None
+        items = doc.get("allowlist") if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            raise InvalidInput(
+                f"vsock-proxy --config {p}: expected a mapping with an 'allowlist' list, "
+                f"found {type(doc).__name__}"
+            )
+        entries = []
+        for i, item in enumerate(items):
+            if (
+                not isinstance(item, dict)
+                or not isinstance(item.get("address"), str)
+                or isinstance(item.get("port"), bool)
+                or not isinstance(item.get("port"), int)
+            ):
+                raise InvalidInput(
+                    f"vsock-proxy --config {p}: allowlist[{i}] expected "
+                    f"{{address: <host>, port: <int>}}, found {item!r}"
+                )
+            entries.append(AllowEntry(item["address"].lower(), item["port"]))
+        return cls(tuple(entries), str(p))
+
+    def allows(self, address: str, port: int) -> bool:
+        addr = address.lower()
+        if self.entries is None:
+            return port == 443 and bool(_DEFAULT_KMS.match(addr))
+        return any(e.address == addr and e.port == port for e in self.entries)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def local_endpoint(explicit: str | None, state_dir: Path | None) -> str | None:
+    """The local endpoint URL: explicit, else $ENCLAVEKIT_LOCAL_ENDPOINT, else endpoint.json."""
+    if explicit:
+        return explicit
+    if os.environ.get(ENDPOINT_ENV):
+        return os.environ[ENDPOINT_ENV]
+    if state_dir is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            return json.loads((state_dir / "endpoint.json").read_text()).get("endpoint")
+    return None
+
+
+def resolve(address: str, port: int, endpoint: str | None) -> tuple[str, int]:
+    """Where the emulator really connects for (address, port); see the module docstring."""
+    if _AWS_HOST.match(address.lower()):
+        if not endpoint:
+            raise EmulatorError(
+                f"vsock-proxy: {address}:{port} maps to the local endpoint, but none is known "
+                f"(pass --local-endpoint, set {ENDPOINT_ENV} or run `enclavekit local start`)"
+            )
+        parts = urlsplit(endpoint)
+        host = parts.hostname or ""
+        if not _is_loopback(host):
+            raise InvalidInput(
+                f"vsock-proxy local endpoint: expected a loopback URL, found {endpoint!r}"
+            )
+        return host, parts.port or 80
+    if _is_loopback(address):
+        return address, port
+    raise EmulatorError(
+        f"vsock-proxy: remote {address}:{port} is neither an AWS service host (mapped to the "
+        "local endpoint) nor a loopback address; the emulator never relays off this machine"
+    )
+
+
+def _pump(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways until both directions are closed."""
+    sel = selectors.DefaultSelector()
+    sel.register(a, selectors.EVENT_READ, b)
+    sel.register(b, selectors.EVENT_READ, a)
+    open_dirs = 2
+    while open_dirs:
+        for key, _ in sel.select():
+            src: socket.socket = key.fileobj  # type: ignore[assignment]
+            dst: socket.socket = key.data
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if data:
+                try:
+                    dst.sendall(data)
+                    continue
+                except OSError:
+                    return
+            sel.unregister(src)
+            open_dirs -= 1
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+    sel.close()
+
+
+class VsockProxy:
+    """Relays parent vsock port `local_port` to the resolved TCP target, `workers` at a time."""
+
+    def __init__(
+        self,
+        local_port: int,
+        remote_addr: str,
+        remote_port: int,
+        *,
+        allowlist: Allowlist,
+        vsock: VsockTransport,
+        endpoint: str | None = None,
+        workers: int = DEFAULT_WORKERS,
+    ) -> None:
+        if not 1 <= remote_port <= 65535:
+            raise InvalidInput(f"vsock-proxy remote port: expected 1..65535, found {remote_port}")
+        if workers < 1:
+            raise InvalidInput(f"vsock-proxy -w: expected a positive integer, found {workers}")
+        if not allowlist.allows(remote_addr, remote_port):
+            raise InvalidInput(
+                f"vsock-proxy: {remote_addr}:{remote_port} is not in the allowlist "
+                f"({allowlist.source}): the given address and port are not allowed"
+            )
+        self.target = resolve(remote_addr, remote_port, endpoint)
+        self.remote = (remote_addr, remote_port)
+        self.local_port = local_port
+        self._server = vsock.listen(local_port, backlog=64)
+        self._path = (vsock.path(vsock.own_cid, local_port)
+                      if isinstance(vsock, EmulatedVsock) else None)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vsock-proxy")
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_state_dir(cls, state_dir: Path, local_port: int, remote_addr: str, remote_port: int,
+                      *, config: str | Path | None = None, endpoint: str | None = None,
+                      workers: int = DEFAULT_WORKERS) -> VsockProxy:
+        """A proxy on the emulated parent (CID 3) of `state_dir`."""
+        (state_dir / "vsock" / "3").mkdir(parents=True, exist_ok=True)
+        return cls(local_port, remote_addr, remote_port, allowlist=Allowlist.load(config),
+                   vsock=EmulatedVsock(state_dir / "vsock", 3),
+                   endpoint=local_endpoint(endpoint, state_dir), workers=workers)
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                return
+            with upstream:
+                upstream.settimeout(None)
+                _pump(conn, upstream)
+
+    def serve_forever(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            self._pool.submit(self._handle, conn)
+
+    def start(self) -> VsockProxy:
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._thread is not None:
+            self._thread.join(timeout=2)
