@@ -1,0 +1,234 @@
+"""Attested KMS keys: decrypt-class actions only for an enclave that proves its measurements.
+
+For each grant the key policy gets
+  * Allow   grantee  Decrypt/GenerateDataKey*/GenerateRandom/DeriveSharedSecret
+            if StringEqualsIgnoreCase kms:RecipientAttestation:PCRn == the image's PCRn (all n);
+  * Deny    grantee  the same actions
+            if StringNotEqualsIgnoreCase on any one of those keys — one statement per key, since
+            keys inside one condition block are ANDed, and a negated operator is true when the
+            request has no attestation at all, so unattested calls are refused explicitly.
+Nothing is ever added to the grantee's identity policy, and AttestedKey's own policy gives the
+account root management actions (and Encrypt, for sealing) only — never Decrypt — so no IAM
+policy anywhere in the account can open a path around the attestation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jsii
+from aws_cdk import Annotations, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+
+from constructs import Construct, IValidation
+from enclavekit.errors import InvalidInput
+
+from .image import EnclaveImage
+
+ATTESTED_ACTIONS: tuple[str, ...] = (
+    "kms:Decrypt",
+    "kms:GenerateDataKey*",
+    "kms:GenerateRandom",
+    "kms:DeriveSharedSecret",
+)
+# Key administration without any action that returns plaintext or re-encrypts.
+ADMIN_ACTIONS: tuple[str, ...] = (
+    "kms:Create*",
+    "kms:Describe*",
+    "kms:Enable*",
+    "kms:List*",
+    "kms:Put*",
+    "kms:Update*",
+    "kms:Revoke*",
+    "kms:Disable*",
+    "kms:Get*",
+    "kms:Delete*",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+)
+SEAL_ACTIONS: tuple[str, ...] = ("kms:Encrypt",)
+BINDABLE_PCRS = (0, 1, 2, 8)
+CONDITION_PREFIX = "kms:RecipientAttestation:"
+
+_counters: dict[str, int] = {}
+
+
+class AttestedKey(Construct):
+    """A symmetric KMS key whose policy releases plaintext only to attested enclaves."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        description: str | None = None,
+        alias: str | None = None,
+        enable_key_rotation: bool = True,
+        removal_policy: RemovalPolicy | None = None,
+    ) -> None:
+        """Create the key with an admin statement that cannot decrypt (see module doc)."""
+        super().__init__(scope, id)
+        root = iam.AccountRootPrincipal()
+        policy = iam.PolicyDocument(
+            statements=[
+                iam.PolicyStatement(
+                    sid="KeyAdministrationWithoutDecrypt",
+                    principals=[root],
+                    actions=list(ADMIN_ACTIONS),
+                    resources=["*"],
+                ),
+                iam.PolicyStatement(
+                    sid="SealWithoutDecrypt",
+                    principals=[root],
+                    actions=list(SEAL_ACTIONS),
+                    resources=["*"],
+                ),
+            ]
+        )
+        self.key = kms.Key(
+            self,
+            "Resource",
+            policy=policy,
+            description=description or "enclavekit: released only to attested enclaves",
+            enable_key_rotation=enable_key_rotation,
+            removal_policy=removal_policy,
+            alias=alias,
+        )
+        self.key_arn = self.key.key_arn
+        self.key_id = self.key.key_id
+        self.grants: list[iam.Grant] = []
+        self.node.add_validation(_HasAttestedGrant(self))
+
+    def grant_attested_decrypt(
+        self,
+        grantee: Any,
+        image: EnclaveImage,
+        *,
+        pcrs: Sequence[int] = (0, 1, 2),
+        image_sha384: bool = False,
+    ) -> iam.Grant:
+        """Release the attested actions to `grantee` when it attests `image`'s `pcrs`."""
+        return grant_attested_decrypt(self, grantee, image, pcrs=pcrs, image_sha384=image_sha384)
+
+    def grant_encrypt(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let `grantee` seal data under this key (Encrypt never returns plaintext)."""
+        return self.key.grant_encrypt(grantee)
+
+
+@jsii.implements(IValidation)
+class _HasAttestedGrant:
+    def __init__(self, key: AttestedKey) -> None:
+        self._key = key
+
+    def validate(self) -> list[str]:
+        if self._key.grants:
+            return []
+        return [
+            f"attested key {self._key.node.path} has no grant_attested_decrypt; expected at "
+            "least one enclave image bound to it, got none (nobody could ever decrypt)"
+        ]
+
+
+def _kms_key(key: Any) -> kms.Key:
+    if isinstance(key, AttestedKey):
+        return key.key
+    if isinstance(key, kms.Key):
+        return key
+    raise InvalidInput(
+        f"key must be an AttestedKey or a kms.Key defined in this app (its policy is edited), "
+        f"got {key!r}"
+    )
+
+
+def _condition_values(image: EnclaveImage, pcrs: Sequence[int], image_sha384: bool) -> dict:
+    if not isinstance(image, EnclaveImage):
+        raise InvalidInput(f"image must be an EnclaveImage, got {image!r}")
+    if image.is_debug:
+        raise InvalidInput(
+            f"image {image.name!r} is a debug image whose PCRs are all zero; a key bound to "
+            "it would be released to any debug enclave; expected a real image, got a debug one"
+        )
+    chosen = tuple(pcrs)
+    bad = [p for p in chosen if isinstance(p, bool) or p not in BINDABLE_PCRS]
+    if bad or len(set(chosen)) != len(chosen):
+        raise InvalidInput(
+            f"pcrs must be distinct indexes from {BINDABLE_PCRS} (PCR3/4 depend on the deployed "
+            f"role/instance), got {tuple(pcrs)!r}"
+        )
+    if not chosen and not image_sha384:
+        raise InvalidInput("pcrs must name at least one PCR (or image_sha384=True), got ()")
+    if 8 in chosen and image.measurements.pcr8 is None:
+        raise InvalidInput(
+            f"pcrs includes 8 but image {image.name!r} is not signed (no PCR8); "
+            f"allowed: {(0, 1, 2)}"
+        )
+    values = {f"{CONDITION_PREFIX}PCR{n}": image.measurements.hex(n) for n in sorted(chosen)}
+    if image_sha384:
+        values[f"{CONDITION_PREFIX}ImageSha384"] = image.measurements.image_sha384
+    return values
+
+
+def grant_attested_decrypt(
+    key: Any,
+    grantee: Any,
+    image: EnclaveImage,
+    *,
+    pcrs: Sequence[int] = (0, 1, 2),
+    image_sha384: bool = False,
+) -> iam.Grant:
+    """Key-policy-only grant of ATTESTED_ACTIONS to `grantee` attesting `image`'s `pcrs`.
+
+    `grantee` is an iam.IGrantable or an EnclaveHost (whose Metadata then lists the key).
+    """
+    from .host import EnclaveHost
+
+    kms_key = _kms_key(key)
+    host = grantee if isinstance(grantee, EnclaveHost) else None
+    principal_owner = host.role if host is not None else grantee
+    if not hasattr(principal_owner, "grant_principal"):
+        raise InvalidInput(f"grantee must be an iam.IGrantable or EnclaveHost, got {grantee!r}")
+    values = _condition_values(image, pcrs, image_sha384)
+    n = _counters[kms_key.node.addr] = _counters.get(kms_key.node.addr, 0) + 1
+    principal = principal_owner.grant_principal
+    allow = iam.PolicyStatement(
+        sid=f"AttestedDecrypt{n}",
+        effect=iam.Effect.ALLOW,
+        principals=[principal],
+        actions=list(ATTESTED_ACTIONS),
+        resources=["*"],
+        conditions={"StringEqualsIgnoreCase": values},
+    )
+    grant = iam.Grant.add_statement_to_resource_policy(
+        statement=allow,
+        resource=kms_key,
+        grantee=principal_owner,
+        actions=list(ATTESTED_ACTIONS),
+        resource_arns=["*"],
+    )
+    for cond_key, value in values.items():
+        kms_key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid=f"DenyUnattested{n}{cond_key.rsplit(':', 1)[1]}",
+                effect=iam.Effect.DENY,
+                principals=[principal],
+                actions=list(ATTESTED_ACTIONS),
+                resources=["*"],
+                conditions={"StringNotEqualsIgnoreCase": {cond_key: value}},
+            )
+        )
+    if isinstance(key, AttestedKey):
+        key.grants.append(grant)
+    else:
+        Annotations.of(kms_key).add_warning_v2(
+            "enclavekit:plain-kms-key",
+            "the attested grant denies unattested use by its grantee, but this key's own policy "
+            "may still let other IAM principals decrypt; prefer AttestedKey",
+        )
+    if host is not None:
+        host.register_attested_key(kms_key)
+    Stack.of(kms_key)  # the key must live in a stack (raises otherwise)
+    return grant

@@ -1,0 +1,342 @@
+"""EnclaveHost: an enclave-enabled parent instance (or a fleet of them) with IMDSv2 required.
+
+Every check that can be made from the props is made in the constructor and raises
+`InvalidInput` quoting the wrong value and what is allowed; the one thing that can change
+later (hibernation switched on through an escape hatch) is a `node.add_validation` check.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jsii
+from aws_cdk import CfnElement, IStableAnyProducer, IStableStringProducer, Lazy, Stack
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_certificatemanager as acm
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+
+from constructs import Construct, IValidation
+from enclavekit import instance_types
+from enclavekit.errors import InvalidInput
+
+from .image import EnclaveImage, ImageAsset
+from .spec import METADATA_KEY, CertificateSpec, HostSpec, ImageSpec, SecretSpec
+
+DEFAULT_INSTANCE_TYPE = "m5a.xlarge"
+# An AMI id the local endpoint (moto) knows; pass `machine_image` for a real AL2023 AMI.
+DEFAULT_AMI = {"us-east-1": "ami-12c6146b"}
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """Run the host as a launch template + Auto Scaling group of `min_capacity..max_capacity`."""
+
+    min_capacity: int = 1
+    max_capacity: int = 1
+
+    def __post_init__(self) -> None:
+        lo, hi = self.min_capacity, self.max_capacity
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi and hi >= 1):
+            raise InvalidInput(
+                "fleet capacity must satisfy 0 <= min_capacity <= max_capacity, max >= 1, "
+                f"got min_capacity={lo!r} max_capacity={hi!r}"
+            )
+
+
+@jsii.implements(IStableAnyProducer)
+class _MetadataProducer:
+    def __init__(self, host: EnclaveHost) -> None:
+        self._host = host
+
+    def produce(self) -> Any:
+        return self._host.spec().metadata()
+
+
+@jsii.implements(IStableStringProducer)
+class _UserDataProducer:
+    def __init__(self, host: EnclaveHost) -> None:
+        self._host = host
+
+    def produce(self) -> str:
+        return self._host.spec().user_data()
+
+
+@jsii.implements(IValidation)
+class _NoHibernation:
+    """Hibernation and enclaves cannot be on the same instance (EC2 RunInstances)."""
+
+    def __init__(self, host: EnclaveHost) -> None:
+        self._host = host
+
+    def validate(self) -> list[str]:
+        stack = Stack.of(self._host)
+        l1 = self._host.cfn_resource
+        if isinstance(l1, ec2.CfnInstance):
+            opts = stack.resolve(l1.hibernation_options)
+        else:
+            data = stack.resolve(l1.launch_template_data) or {}
+            opts = data.get("HibernationOptions")
+        if isinstance(opts, dict) and opts.get("Configured") is True:
+            return [
+                f"enclave host {self._host.node.path} has hibernation configured "
+                f"({opts!r}); expected no hibernation: EC2 cannot hibernate an enclave parent"
+            ]
+        return []
+
+
+def _instance_type_name(value: str | ec2.InstanceType) -> str:
+    if isinstance(value, ec2.InstanceType):
+        return value.to_string()
+    if isinstance(value, str):
+        return value
+    raise InvalidInput(
+        f"instance_type must be a string like 'm5a.xlarge' or an ec2.InstanceType, got {value!r}"
+    )
+
+
+class EnclaveHost(Construct):
+    """A Nitro Enclaves parent: instance (or fleet), role, user data and host Metadata."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        vpc: ec2.IVpc,
+        image: EnclaveImage | None = None,
+        instance_type: str | ec2.InstanceType = DEFAULT_INSTANCE_TYPE,
+        enclave_cpu_count: int = 2,
+        enclave_memory_mib: int = 512,
+        certificate: acm.ICertificate | str | None = None,
+        debug_mode: bool = False,
+        service_port: int = 443,
+        domain: str | None = None,
+        machine_image: ec2.IMachineImage | None = None,
+        vpc_subnets: ec2.SubnetSelection | None = None,
+        fleet: FleetOptions | None = None,
+        role: iam.IRole | None = None,
+    ) -> None:
+        """Validate the props, then create the role, the security group and the instance(s).
+
+        `image`: what the enclave runs (None with a certificate = ACM's own token enclave).
+        `certificate`: an ACM certificate or ARN to associate (creates an EnclaveCertificate).
+        `debug_mode`: only with an image from `EnclaveImage.debug(...)`.
+        """
+        super().__init__(scope, id)
+        type_name = _instance_type_name(instance_type)
+        itype = instance_types.lookup(type_name)
+        reason = instance_types.why_not(itype)
+        if reason:
+            raise InvalidInput(
+                f"instance_type must be enclave-capable (for example "
+                f"{', '.join(instance_types.enclave_capable_types()[:4])}, m5a.xlarge), "
+                f"got {type_name!r}: {reason}"
+            )
+        problems = instance_types.allocator_problems(itype, enclave_cpu_count, enclave_memory_mib)
+        if problems:
+            raise InvalidInput(
+                f"enclave allocator does not fit {itype.name}: {'; '.join(problems)}"
+            )
+        if (
+            not isinstance(service_port, int)
+            or isinstance(service_port, bool)
+            or not (1 <= service_port <= 65535)
+        ):
+            raise InvalidInput(f"service_port must be a TCP port 1-65535, got {service_port!r}")
+        if domain is not None and not _DOMAIN.match(domain):
+            raise InvalidInput(
+                f"domain must be a lower-case DNS name like 'app.example.test', got {domain!r}"
+            )
+        if image is not None and not isinstance(image, EnclaveImage):
+            raise InvalidInput(f"image must be an EnclaveImage, got {image!r}")
+        if debug_mode and (image is None or not image.is_debug):
+            raise InvalidInput(
+                "debug_mode=True zeroes the enclave's PCRs, so it needs an image from "
+                "EnclaveImage.debug(..., i_understand_debug_images_have_no_attestation=True), "
+                f"got {image!r}"
+            )
+        if image is not None and image.is_debug:
+            debug_mode = True
+        if fleet is not None and not isinstance(fleet, FleetOptions):
+            raise InvalidInput(
+                f"fleet must be FleetOptions(min_capacity, max_capacity), got {fleet!r}"
+            )
+
+        self.instance_type = itype
+        self.image = image
+        self.enclave_cpu_count = enclave_cpu_count
+        self.enclave_memory_mib = enclave_memory_mib
+        self.debug_mode = bool(debug_mode)
+        self.service_port = service_port
+        self.domain = domain
+        self._secrets: list[tuple[str, Any, str]] = []
+        self._attested_keys: list[Any] = []
+
+        self.role: iam.IRole = role or iam.Role(
+            self, "Role", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com")
+        )
+        self.grant_principal = self.role.grant_principal
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            allow_all_outbound=True,
+            description="enclavekit enclave host",
+        )
+        self.connections = ec2.Connections(
+            security_groups=[self.security_group], default_port=ec2.Port.tcp(service_port)
+        )
+        self.image_asset: ImageAsset | None = image.bind(self) if image else None
+        if self.image_asset is not None:
+            self.image_asset.asset.grant_read(self.role)
+
+        self.user_data = ec2.UserData.for_linux()
+        self.user_data.add_commands(Lazy.string(_UserDataProducer(self)))
+        machine = machine_image or ec2.MachineImage.generic_linux(DEFAULT_AMI)
+        subnets = vpc_subnets or ec2.SubnetSelection(subnet_type=_first_subnet_type(vpc))
+        self.instance: ec2.Instance | None = None
+        self.launch_template: ec2.LaunchTemplate | None = None
+        self.auto_scaling_group: autoscaling.AutoScalingGroup | None = None
+        ec2_type = ec2.InstanceType(itype.name)
+        if fleet is None:
+            self.instance = ec2.Instance(
+                self,
+                "Resource",
+                vpc=vpc,
+                instance_type=ec2_type,
+                machine_image=machine,
+                role=self.role,
+                security_group=self.security_group,
+                user_data=self.user_data,
+                enclave_enabled=True,
+                require_imdsv2=True,
+                vpc_subnets=subnets,
+                user_data_causes_replacement=True,
+            )
+            self.cfn_resource: ec2.CfnInstance | ec2.CfnLaunchTemplate = (
+                self.instance.node.default_child  # type: ignore[assignment]
+            )
+        else:
+            self.launch_template = ec2.LaunchTemplate(
+                self,
+                "LaunchTemplate",
+                instance_type=ec2_type,
+                machine_image=machine,
+                role=self.role,
+                security_group=self.security_group,
+                user_data=self.user_data,
+                nitro_enclave_enabled=True,
+                require_imdsv2=True,
+            )
+            self.auto_scaling_group = autoscaling.AutoScalingGroup(
+                self,
+                "Fleet",
+                vpc=vpc,
+                launch_template=self.launch_template,
+                min_capacity=fleet.min_capacity,
+                max_capacity=fleet.max_capacity,
+                vpc_subnets=subnets,
+            )
+            self.cfn_resource = self.launch_template.node.default_child  # type: ignore[assignment]
+        self.cfn_resource.add_metadata(METADATA_KEY, Lazy.any(_MetadataProducer(self)))
+        self.node.add_validation(_NoHibernation(self))
+
+        self.certificate = None
+        if certificate is not None:
+            from .certificate import EnclaveCertificate
+
+            self.certificate = EnclaveCertificate(
+                self, "Certificate", certificate=certificate, role=self.role
+            )
+
+    # ------------------------------------------------------------------ spec
+    def spec(self) -> HostSpec:
+        """The frozen description both the Metadata and the user data are rendered from."""
+        image = None
+        if self.image is not None:
+            image = ImageSpec(
+                name=self.image.name,
+                slug=self.image.slug,
+                measurements=self.image.measurements,
+                debug=self.image.is_debug,
+                asset_bucket=self.image_asset.bucket if self.image_asset else None,
+                asset_key=self.image_asset.key if self.image_asset else None,
+                host_path=self.image.host_path,
+            )
+        cert = None
+        if self.certificate is not None:
+            cert = CertificateSpec(
+                arn=self.certificate.certificate_arn,
+                association=self.certificate.association.logical_id,
+            )
+        role_l1 = self.role.node.default_child
+        return HostSpec(
+            image=image,
+            cpu_count=self.enclave_cpu_count,
+            memory_mib=self.enclave_memory_mib,
+            debug_mode=self.debug_mode,
+            port=self.service_port,
+            domain=self.domain,
+            role=role_l1.logical_id if role_l1 is not None else self.role.role_name,
+            region=Stack.of(self).region,
+            certificate=cert,
+            secrets=tuple(
+                SecretSpec(name=n, key=_key_logical_id(k), parameter=p) for n, k, p in self._secrets
+            ),
+            attested_keys=tuple(dict.fromkeys(_key_logical_id(k) for k in self._attested_keys)),
+        )
+
+    # ------------------------------------------------------------------ wiring
+    def register_secret(self, name: str, key: Any, parameter_name: str) -> None:
+        """Record a sealed secret in the host Metadata (EnclaveSecret calls this)."""
+        if any(n == name for n, _, _ in self._secrets):
+            raise InvalidInput(
+                f"secret name must be unique on host {self.node.path}, got {name!r} twice"
+            )
+        self._secrets.append((name, key, parameter_name))
+
+    def register_attested_key(self, key: Any) -> None:
+        """Record a key whose policy binds this host's image (grant_attested_decrypt calls it)."""
+        self._attested_keys.append(key)
+
+    # ------------------------------------------------------------------ grants
+    def grant_attested_decrypt(self, key: Any, *, pcrs: tuple[int, ...] = (0, 1, 2)) -> iam.Grant:
+        """Let this host's enclave (and only an attested one) decrypt with `key`."""
+        from .attested_key import grant_attested_decrypt
+
+        return grant_attested_decrypt(key, self, self._require_image(), pcrs=pcrs)
+
+    def grant_read_parameter(self, parameter: Any) -> iam.Grant:
+        """Let the host role read an SSM parameter (sealed secrets are ciphertext)."""
+        return parameter.grant_read(self.role)
+
+    def _require_image(self) -> EnclaveImage:
+        if self.image is None:
+            raise InvalidInput(
+                f"enclave host {self.node.path} has no image; expected an EnclaveImage to bind "
+                "keys to, got None"
+            )
+        return self.image
+
+
+def _first_subnet_type(vpc: ec2.IVpc) -> ec2.SubnetType:
+    """Prefer private subnets; an enclave host needs no public address."""
+    if vpc.isolated_subnets:
+        return ec2.SubnetType.PRIVATE_ISOLATED
+    if vpc.private_subnets:
+        return ec2.SubnetType.PRIVATE_WITH_EGRESS
+    return ec2.SubnetType.PUBLIC
+
+
+def _key_logical_id(key: Any) -> str:
+    """The logical id of a key's AWS::KMS::Key (through AttestedKey -> kms.Key -> CfnKey)."""
+    node = key
+    while node is not None and not isinstance(node, CfnElement):
+        node = node.node.default_child
+    if node is None:
+        raise InvalidInput(f"key must be a kms.Key or AttestedKey defined in this app, got {key!r}")
+    return node.logical_id
