@@ -283,3 +283,21 @@ def test_identity_policy_with_attestation_condition() -> None:
         "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": PCR0}}}]})
     assert not evaluate_kms(ctx(), kp, [idp]).allowed
     assert evaluate_kms(ctx(**{"kms__RecipientAttestation__PCR0": PCR0}), kp, [idp]).allowed
+
+
+def test_cross_account_key_needs_both_policies() -> None:
+    """A key of another account: the key policy's allow alone is not enough."""
+    other_key = "arn:aws:kms:us-east-1:999999999999:key/abcd"
+    c = RequestContext(principal=ROLE, account=ACCT, action="kms:Decrypt", resource=other_key)
+    kp_role = key_policy({**ADMIN, "Principal": {"AWS": ROLE}, "Action": "kms:Decrypt"})
+    d = evaluate_kms(c, kp_role, [])
+    assert not d.allowed
+    assert d.reason == "because no identity-based policy allows the kms:Decrypt action"
+    assert evaluate_kms(c, kp_role, [ID_DECRYPT]).allowed is False  # ID_DECRYPT names KEY
+    any_key = parse_policy({"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt",
+                                           "Resource": "*"}]})
+    assert evaluate_kms(c, kp_role, [any_key]).allowed
+    kp_acct = key_policy({**ADMIN, "Principal": {"AWS": ACCT}})
+    assert evaluate_kms(c, kp_acct, [any_key]).allowed
+    kp_foreign = key_policy(ADMIN | {"Principal": {"AWS": "999999999999"}})
+    assert not evaluate_kms(c, kp_foreign, [any_key]).allowed

@@ -109,6 +109,11 @@ def _delegates_to_account(stmt: Statement, ctx: RequestContext) -> bool:
     ) and request_matches(stmt, ctx)
 
 
+def _resource_account(arn: str) -> str | None:
+    parts = arn.split(":", 5)
+    return parts[4] if len(parts) == 6 and parts[0] == "arn" and parts[4] else None
+
+
 def evaluate_kms(
     ctx: RequestContext, key_policy: Policy, identity_policies: Sequence[Policy]
 ) -> Decision:
@@ -116,7 +121,9 @@ def evaluate_kms(
 
     Explicit deny in the key policy or an identity policy denies. Otherwise allowed when the
     key policy allows the caller directly, or allows the caller's account root and an identity
-    policy of the caller allows. `reason` carries AWS's AccessDenied phrasing.
+    policy of the caller allows. For a key of another account (from the resource ARN) both
+    are always needed: the key policy must allow the caller or its account, and an identity
+    policy of the caller must allow too. `reason` carries AWS's AccessDenied phrasing.
     """
     key_deny = _labels(key_policy, lambda s: s.effect == "Deny" and statement_matches(s, ctx))
     if key_deny:
@@ -128,9 +135,10 @@ def evaluate_kms(
     if id_deny:
         return Decision(False, "with an explicit deny in an identity-based policy", tuple(id_deny))
     direct = _labels(key_policy, lambda s: s.effect == "Allow" and statement_matches(s, ctx))
-    if direct:
+    cross_account = _resource_account(ctx.resource) not in (None, ctx.account)
+    if direct and not cross_account:
         return Decision(True, "allowed by the key policy", tuple(direct))
-    delegated = _labels(
+    delegated = direct or _labels(
         key_policy, lambda s: s.effect == "Allow" and _delegates_to_account(s, ctx)
     )
     if not delegated:

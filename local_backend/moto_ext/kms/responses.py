@@ -84,9 +84,23 @@ def _resolve(self: KmsResponse, key_id: Any) -> Any:
         return None
     backend = self.kms_backend
     try:
-        return backend.keys.get(backend.any_id_to_key_id(key_id))
+        key = backend.keys.get(backend.any_id_to_key_id(key_id))
     except Exception:  # moto raises assorted errors on unknown aliases  # noqa: BLE001
         return None
+    if key is not None or key_id.startswith("alias/"):
+        return key
+    # A key of another account (by ARN, or named inside a ciphertext blob).
+    from moto.kms.models import kms_backends
+
+    raw = key_id.rsplit("/", 1)[-1]
+    for account in list(kms_backends):
+        if account == self.current_account:
+            continue
+        other = kms_backends[account].get(self.region) if hasattr(
+            kms_backends[account], "get") else None
+        if other is not None and raw in other.keys:
+            return other.keys[raw]
+    return None
 
 
 def _checks(self: KmsResponse, action: str, params: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -128,13 +142,18 @@ def _authorize(self: KmsResponse, resource: str = "*") -> None:
             return
         if action in NO_KEY_ACTIONS:
             return
-        for iam_action, key in _checks(self, action, params):
+        checks = _checks(self, action, params)
+        for iam_action, key in checks:
             if key is None:
                 continue  # moto answers NotFoundException / InvalidCiphertextException
             d = authorize_key(caller, iam_action, key.arn, key.policy, keys)
             if not d.allowed:
                 raise KmsError("AccessDeniedException",
                                access_denied_message(caller, iam_action, key.arn, d))
+        owners = {key.account_id for _, key in checks if key is not None}
+        if len(owners) == 1 and len(checks) == 1:
+            # a key of another account, allowed: serve the call from that account's backend
+            self.current_account = owners.pop()
     except KmsRequestError as exc:
         raise KmsError(exc.code, exc.message) from None
 
