@@ -23,6 +23,7 @@ import functools
 import hashlib
 import io
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -67,6 +68,14 @@ _MAX_CERT = 1024
 _MAX_USER_FIELD = 1024
 _U64 = 2**64
 _AWS_ROOT_RESOURCE = "aws_nitro_enclaves_root_g1.pem"
+_CERT_ERRORS = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 _ALLOWED_CRITICAL = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE}
 
 
@@ -157,7 +166,12 @@ class AttestationDocument:
     @property
     def time(self) -> datetime:
         """The document timestamp as an aware UTC datetime."""
-        return datetime.fromtimestamp(self.timestamp / 1000, tz=UTC)
+        try:
+            return datetime.fromtimestamp(self.timestamp / 1000, tz=UTC)
+        except (OverflowError, ValueError, OSError):
+            raise AttestationError(
+                f"attestation document timestamp: expected a date, found {self.timestamp} ms"
+            ) from None
 
     def payload_map(self) -> dict[str, Any]:
         """The CBOR payload map in the NSM's field order, absent optionals as null."""
@@ -167,7 +181,7 @@ class AttestationDocument:
 @dataclass(frozen=True)
 class _Cose:
     protected: bytes
-    unprotected: dict[Any, Any]
+    unprotected: Mapping[Any, Any]
     payload: bytes
     signature: bytes
     document: AttestationDocument
@@ -213,14 +227,14 @@ def _split(raw: object) -> _Cose:
                 f"found tag {outer.tag}"
             )
         outer = outer.value
-    if not isinstance(outer, list) or len(outer) != 4:
+    if not isinstance(outer, (list, tuple)) or len(outer) != 4:
         raise AttestationDecodeError(
             f"attestation document: expected a COSE_Sign1 array of 4, found {_short(outer)}"
         )
     protected, unprotected, payload, signature = outer
     if not isinstance(protected, bytes):
         raise _field_error("protected header", "a byte string", protected)
-    if not isinstance(unprotected, dict):
+    if not isinstance(unprotected, Mapping):
         raise _field_error("unprotected header", "a map", unprotected)
     if not isinstance(payload, bytes) or not 1 <= len(payload) <= MAX_PAYLOAD_LEN:
         raise _field_error("payload", f"a byte string of 1..{MAX_PAYLOAD_LEN} bytes", payload)
@@ -237,7 +251,7 @@ def _split(raw: object) -> _Cose:
             raise AttestationDecodeError(
                 f"attestation document: expected mandatory field {name!r}, found it missing"
             )
-    if not isinstance(fields["cabundle"], list):
+    if not isinstance(fields["cabundle"], (list, tuple)):
         raise _field_error("cabundle", "an array", fields["cabundle"])
     document = AttestationDocument(**{k: fields.get(k) for k in FIELD_ORDER})
     return _Cose(protected, unprotected, payload, signature, document)
@@ -261,7 +275,7 @@ class TrustAnchor:
     def __post_init__(self) -> None:
         try:
             x509.load_der_x509_certificate(self.certificate)
-        except (ValueError, TypeError) as exc:
+        except _CERT_ERRORS as exc:
             raise InvalidInput(
                 f"trust anchor {self.name}: expected a DER X.509 certificate, found {exc}"
             ) from None
@@ -280,7 +294,7 @@ class TrustAnchor:
                 cert = x509.load_pem_x509_certificate(pem)
             else:
                 cert = x509.load_der_x509_certificate(pem)
-        except (ValueError, TypeError) as exc:
+        except _CERT_ERRORS as exc:
             raise InvalidInput(
                 f"trust anchor {name}: expected a PEM certificate, found {exc}"
             ) from None
@@ -371,6 +385,8 @@ def _to_datetime(at: datetime | int | None) -> datetime:
 def _check_cert(cert: x509.Certificate, role: str, below: int, at: datetime) -> None:
     """Validity at `at`, P-384 key, and the critical extensions §2.4 requires for `role`."""
     name = f"{role} certificate {_cn(cert)}"
+    if cert.serial_number <= 0:
+        raise AttestationError(f"{name}: expected a positive serial number (RFC 5280)")
     if cert.version != x509.Version.v3:
         raise AttestationError(f"{name}: expected X.509 v3, found {cert.version.name}")
     if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
@@ -414,6 +430,10 @@ def _ext(exts: x509.Extensions, kind: type) -> Any:
         return exts.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1000
 
 
 def _iso(moment: datetime) -> str:
@@ -480,19 +500,20 @@ def verify(raw: bytes, trust: TrustAnchor, at: datetime | int | None = None) -> 
     for i, der in enumerate(chain):
         try:
             certs.append(_load_cert(der))
-        except ValueError as exc:
+        except _CERT_ERRORS as exc:
             where = "certificate" if i == len(chain) - 1 else f"cabundle[{i}]"
             raise AttestationError(f"attestation document {where}: not X.509 DER ({exc})") from None
     try:
         _check_chain(chain, certs, moment)
-    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+    except _CERT_ERRORS as exc:
         # cryptography parses some fields lazily; a malformed one surfaces only here.
         raise AttestationError(f"attestation document: unreadable certificate ({exc})") from None
     leaf = certs[-1]
-    if not leaf.not_valid_before_utc <= doc.time <= leaf.not_valid_after_utc:
+    if not _ms(leaf.not_valid_before_utc) <= doc.timestamp <= _ms(leaf.not_valid_after_utc):
         raise AttestationError(
-            f"attestation document timestamp {_iso(doc.time)} is outside its leaf "
-            f"certificate's validity"
+            f"attestation document timestamp {doc.timestamp} ms is outside its leaf "
+            f"certificate's validity ({_iso(leaf.not_valid_before_utc)} to "
+            f"{_iso(leaf.not_valid_after_utc)})"
         )
     r, s = (
         int.from_bytes(cose.signature[:48], "big"),
@@ -535,7 +556,7 @@ def encode(
         raise InvalidInput("attestation signing key: expected a P-384 EC private key")
     try:
         cert_key = _load_cert(bytes(certificate)).public_key()
-    except (ValueError, TypeError) as exc:
+    except _CERT_ERRORS as exc:
         raise InvalidInput(f"attestation certificate: expected X.509 DER, found {exc}") from None
     if cert_key != signing_key.public_key():
         raise InvalidInput("attestation certificate: its public key is not the signing key's")
