@@ -1,9 +1,108 @@
-"""`enclavekit` commands of the local group (not written yet)."""
+"""`enclavekit local start|stop|status|ca` and `enclavekit cdk ARGS...`.
+
+The integrator adds `up` and `verify` to this group (register them in `register`). Handlers
+import local_backend lazily: the CLI is the one place that calls every part.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE_DIR = Path(".enclavekit")
+DEFAULT_PORT = 4599
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def _state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                   help="where the endpoint keeps endpoint.json, logs and its CA (default .enclavekit)")
+
+
+def _start(args: argparse.Namespace) -> int:
+    from local_backend import server
+
+    already = server.status(args.state_dir).running
+    info = server.start(args.port, args.state_dir)
+    verb = "already running" if already else "started"
+    print(f"local endpoint {verb}: {info.endpoint} (pid {info.pid}, state {info.state_dir})")
+    if already and info.port != args.port:
+        print(f"note: it listens on port {info.port}, not {args.port}; stop it first to move it",
+              file=sys.stderr)
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from local_backend import server
+
+    stopped = server.stop(args.state_dir)
+    print("local endpoint stopped" if stopped else "local endpoint was not running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from local_backend import server
+
+    st = server.status(args.state_dir)
+    if args.json:
+        print(json.dumps(st.to_json(), indent=2, sort_keys=True))
+        return 0 if st.running else 1
+    if not st.running:
+        print(f"local endpoint: not running (state {st.state_dir})")
+        return 1
+    print(f"local endpoint: running at {st.endpoint} (pid {st.pid}, since {st.started})")
+    print(f"state dir:      {st.state_dir}")
+    for key, value in sorted(st.extra.items()):
+        print(f"{key}: {json.dumps(value) if not isinstance(value, str) else value}")
+    return 0
+
+
+def _ca(args: argparse.Namespace) -> int:
+    from local_backend import server
+
+    sys.stdout.write(server.ca_pem(args.state_dir).decode())
+    return 0
+
+
+def _cdk(args: argparse.Namespace) -> int:
+    from local_backend.cdk import run_cdk
+
+    cdk_args: list[str] = list(args.cdk_args)
+    if cdk_args and cdk_args[0] == "--":
+        cdk_args = cdk_args[1:]
+    return run_cdk(cdk_args, state_dir=args.state_dir).returncode
+
+
+def register(sub: Any) -> None:
     """Add this group's commands to the top-level parser."""
+    local = sub.add_parser("local", help="the local AWS endpoint (moto + enclavekit extensions)")
+    lsub = local.add_subparsers(dest="local_command", metavar="SUBCOMMAND",
+                                parser_class=type(local))
+    lsub.required = True
+
+    p = lsub.add_parser("start", help="start the endpoint (detached, 127.0.0.1 only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    _state_arg(p)
+    p.set_defaults(handler=_start)
+
+    p = lsub.add_parser("stop", help="stop the endpoint and everything it started")
+    _state_arg(p)
+    p.set_defaults(handler=_stop)
+
+    p = lsub.add_parser("status", help="endpoint, state dir, pid, enclaves")
+    p.add_argument("--json", action="store_true")
+    _state_arg(p)
+    p.set_defaults(handler=_status)
+
+    p = lsub.add_parser("ca", help="print the local CA root (PEM) that issues ACM certificates")
+    _state_arg(p)
+    p.set_defaults(handler=_ca)
+
+    p = sub.add_parser("cdk", help="the project's cdk CLI aimed at the local endpoint",
+                       description="Run cdk ARGS... against the running local endpoint; real "
+                       "AWS credentials, profiles and endpoints are removed from its environment.")
+    _state_arg(p)
+    p.add_argument("cdk_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    p.set_defaults(handler=_cdk)

@@ -1,4 +1,4 @@
-"""moto extension for acm (not written yet)."""
+"""moto extension for ACM: certificates issued at once by a local CA (see models)."""
 
 from __future__ import annotations
 
@@ -6,4 +6,7 @@ from pathlib import Path
 
 
 def install(state_dir: Path) -> None:
-    """Patch moto's acm backend (nothing yet)."""
+    """Load/create the local CA under `<state>/acm-ca/` and patch RequestCertificate."""
+    from . import models
+
+    models.install(state_dir)

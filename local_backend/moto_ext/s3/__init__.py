@@ -1,4 +1,5 @@
-"""moto extension for s3 (not written yet)."""
+"""moto extension for S3: `AWS::S3::BucketPolicy` in CloudFormation, and object helpers for the
+ACM association (see models)."""
 
 from __future__ import annotations
 
@@ -6,4 +7,7 @@ from pathlib import Path
 
 
 def install(state_dir: Path) -> None:
-    """Patch moto's s3 backend (nothing yet)."""
+    """Register the BucketPolicy resource model and fix bucket-policy conditions."""
+    from . import models
+
+    models.install()

@@ -1,0 +1,374 @@
+"""The local AWS endpoint: moto in server mode with our extensions, loopback only.
+
+`python -m local_backend.server --port P --state-dir D` is the endpoint process itself; the
+functions `start`, `stop`, `status` and `ca_pem` are what `enclavekit local ...` calls to run it
+detached. The process writes `<state>/endpoint.json` once it is bound and removes it on a clean
+stop; on SIGTERM it first stops everything it started (the enclave-instance stop hooks).
+
+State directory layout (all created on demand):
+    endpoint.json     {"endpoint", "port", "pid", "state_dir", "started"} while running
+    logs/endpoint.log the endpoint's log (requests, extension messages, errors)
+    acm-ca/           the local CA that issues ACM certificates (root.pem, root-key.pem)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from enclavekit.errors import BackendError, InvalidInput
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 4599
+DEFAULT_STATE_DIR = Path(".enclavekit")
+ENDPOINT_FILE = "endpoint.json"
+LOG_FILE = Path("logs") / "endpoint.log"
+HEALTH_PATH = "/_enclavekit/health"
+
+log = logging.getLogger("enclavekit.endpoint")
+
+# `local status` asks this for the enclaves the emulator runs; the integrator plugs it in.
+_status_providers: list[Callable[[Path], dict[str, Any]]] = []
+
+
+def add_status_provider(fn: Callable[[Path], dict[str, Any]]) -> None:
+    """Register `fn(state_dir) -> dict` whose keys are merged into `local status` (e.g. enclaves)."""
+    _status_providers.append(fn)
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    """What `<state>/endpoint.json` holds: how to reach a running endpoint."""
+
+    endpoint: str
+    port: int
+    pid: int
+    state_dir: str
+    started: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise InvalidInput(f"endpoint.json: port must be 1..65535, found {self.port!r}")
+        if not isinstance(self.pid, int) or self.pid <= 0:
+            raise InvalidInput(f"endpoint.json: pid must be a positive integer, found {self.pid!r}")
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """`local status`: where the endpoint is and whether it answers."""
+
+    state_dir: str
+    running: bool
+    endpoint: str | None = None
+    port: int | None = None
+    pid: int | None = None
+    started: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("extra")
+        out.update(self.extra)
+        return out
+
+
+def endpoint_url(port: int) -> str:
+    """The URL clients use: `localhost`, because moto special-cases it in S3 TemplateURLs."""
+    return f"http://localhost:{port}"
+
+
+def read_endpoint(state_dir: Path) -> EndpointInfo | None:
+    """The endpoint.json of `state_dir`, or None when there is none."""
+    path = Path(state_dir) / ENDPOINT_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{path}: expected the endpoint's JSON file, found unreadable data ({exc})")
+    try:
+        return EndpointInfo(**{k: raw[k] for k in ("endpoint", "port", "pid", "state_dir", "started")})
+    except (KeyError, TypeError) as exc:
+        raise InvalidInput(f"{path}: expected keys endpoint, port, pid, state_dir, started; {exc}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still "exists"; treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _health(port: int, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The endpoint's own health answer on `port`, or None if nothing of ours answers."""
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}{HEALTH_PATH}", timeout=timeout) as r:
+            data = json.loads(r.read())
+            return data if isinstance(data, dict) else None
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def status(state_dir: Path = DEFAULT_STATE_DIR) -> EndpointStatus:
+    """Whether the endpoint of `state_dir` runs, and where; plus what status providers add."""
+    state_dir = Path(state_dir).resolve()
+    info = read_endpoint(state_dir)
+    if info is None:
+        return EndpointStatus(state_dir=str(state_dir), running=False)
+    health = _health(info.port) if _pid_alive(info.pid) else None
+    running = bool(health) and health.get("pid") == info.pid
+    extra: dict[str, Any] = {}
+    if running:
+        for provider in _status_providers:
+            extra.update(provider(state_dir))
+    return EndpointStatus(
+        state_dir=str(state_dir),
+        running=running,
+        endpoint=info.endpoint,
+        port=info.port,
+        pid=info.pid,
+        started=info.started,
+        extra=extra,
+    )
+
+
+def running_endpoint(state_dir: Path = DEFAULT_STATE_DIR) -> EndpointInfo:
+    """The running endpoint of `state_dir`, or a one-line BackendError saying how to start it."""
+    st = status(state_dir)
+    if not st.running:
+        raise BackendError(
+            f"the local endpoint of {st.state_dir} is not running: "
+            "start it with `enclavekit local start`"
+        )
+    info = read_endpoint(Path(st.state_dir))
+    assert info is not None
+    return info
+
+
+def start(
+    port: int = DEFAULT_PORT,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    *,
+    timeout: float = 30.0,
+    python: str | None = None,
+) -> EndpointInfo:
+    """Start the endpoint detached (idempotent) and wait until it answers."""
+    if not 0 < port < 65536:
+        raise InvalidInput(f"--port: expected 1..65535, found {port}")
+    state_dir = Path(state_dir).resolve()
+    st = status(state_dir)
+    if st.running:
+        info = read_endpoint(state_dir)
+        assert info is not None
+        return info
+    (state_dir / ENDPOINT_FILE).unlink(missing_ok=True)
+    if not _port_free(port):
+        raise BackendError(
+            f"port {port} on {HOST} is already in use by another process: "
+            "stop it or pass another --port"
+        )
+    (state_dir / LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    logf = open(state_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(
+            [python or sys.executable, "-m", "local_backend.server",
+             "--port", str(port), "--state-dir", str(state_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parent.parent),
+            env=_server_env(),
+        )
+    finally:
+        logf.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc = proc.poll()
+        if rc is not None:
+            raise BackendError(
+                f"the local endpoint exited at start with status {rc}: "
+                f"see {state_dir / LOG_FILE} ({_last_log_line(state_dir)})"
+            )
+        health = _health(port, timeout=0.5)
+        if health and health.get("pid") == proc.pid:
+            info = read_endpoint(state_dir)
+            if info is not None:
+                return info
+        time.sleep(0.1)
+    _terminate(proc.pid, 5.0)
+    raise BackendError(f"the local endpoint did not answer on port {port} within {timeout:.0f} s")
+
+
+def _server_env() -> dict[str, str]:
+    """The endpoint's own environment: no real AWS credentials or endpoints at all."""
+    from enclavekit.localenv import strip_aws_env
+
+    env = strip_aws_env(os.environ)
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _last_log_line(state_dir: Path) -> str:
+    try:
+        lines = [ln for ln in (state_dir / LOG_FILE).read_text(errors="replace").splitlines() if ln]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "empty log"
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM `pid`, wait, then SIGKILL its process group (everything it started)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.05)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+    # The endpoint leads its own session/process group: reap anything left in it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, 0)
+
+
+def stop(state_dir: Path = DEFAULT_STATE_DIR, *, timeout: float = 15.0) -> bool:
+    """Stop the endpoint of `state_dir` and what it started; False if none was running."""
+    state_dir = Path(state_dir).resolve()
+    info = read_endpoint(state_dir)
+    if info is None:
+        return False
+    was_running = _pid_alive(info.pid)
+    if was_running:
+        _terminate(info.pid, timeout)
+    (state_dir / ENDPOINT_FILE).unlink(missing_ok=True)
+    return was_running
+
+
+def ca_pem(state_dir: Path = DEFAULT_STATE_DIR) -> bytes:
+    """The local CA root (PEM) that issues ACM certificates for `state_dir` (created once)."""
+    from local_backend.moto_ext.acm.models import LocalCa
+
+    return LocalCa.load_or_create(Path(state_dir).resolve() / "acm-ca").root_pem
+
+
+# ---------------------------------------------------------------- the endpoint process
+
+
+def _app(state_dir: Path) -> Callable[..., Any]:
+    """moto's WSGI dispatcher behind a tiny health route of our own."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    pid = os.getpid()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") == HEALTH_PATH:
+            body = json.dumps({"pid": pid, "state_dir": str(state_dir)}).encode()
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        return moto_app(environ, start_response)
+
+    return app
+
+
+def serve(port: int, state_dir: Path) -> int:
+    """Run the endpoint in this process until SIGTERM/SIGINT; returns the exit status."""
+    from werkzeug.serving import make_server
+
+    from local_backend import moto_ext
+    from local_backend.moto_ext.ec2 import models as ec2_models
+
+    state_dir = Path(state_dir).resolve()
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    moto_ext.install(state_dir)
+    try:
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
+
+        server = make_server(HOST, port, _app(state_dir), threaded=True,
+                             request_handler=MotoRequestHandler)
+    except OSError as exc:
+        log.error("cannot bind %s:%s: %s", HOST, port, exc)
+        return 3
+    info = EndpointInfo(
+        endpoint=endpoint_url(port), port=port, pid=os.getpid(), state_dir=str(state_dir),
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    tmp = state_dir / (ENDPOINT_FILE + ".tmp")
+    tmp.write_text(json.dumps(asdict(info), indent=2) + "\n")
+    tmp.replace(state_dir / ENDPOINT_FILE)
+    log.info("local endpoint %s serving (pid %s, state %s)", info.endpoint, info.pid, state_dir)
+
+    def _shutdown(signum: int, _frame: Any) -> None:
+        log.info("signal %s: stopping", signum)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    try:
+        server.serve_forever()
+    finally:
+        ec2_models.stop_all_enclave_instances()
+        with contextlib.suppress(OSError):
+            current = read_endpoint(state_dir)
+            if current is not None and current.pid == os.getpid():
+                (state_dir / ENDPOINT_FILE).unlink()
+        log.info("local endpoint stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local_backend.server")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    args = parser.parse_args(argv)
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    return serve(args.port, args.state_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
