@@ -11,6 +11,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 ATTESTATION_DATA = SHARED / "testdata" / "attestation"
 
+# jsii starts `node` at the first `import aws_cdk` (test modules import it at collection time):
+# make that the project's Node.js 22, not an end-of-life system Node.
+_NODE = ROOT / "node_modules" / "node" / "bin" / "node"
+if _NODE.exists():
+    os.environ.setdefault("JSII_NODE", str(_NODE))
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_real_aws() -> None:

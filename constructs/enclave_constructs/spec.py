@@ -66,7 +66,11 @@ class HostSpec:
 
     # ------------------------------------------------------------------ Metadata
     def metadata(self) -> dict[str, Any]:
-        """`Metadata["enclavekit:host"]` exactly as docs/ARCHITECTURE.md "Host Metadata"."""
+        """`Metadata["enclavekit:host"]` exactly as docs/ARCHITECTURE.md "Host Metadata".
+
+        Fields that would be null are left out: CDK drops nulls from templates, so omitting
+        them here keeps this dict equal to what the template carries.
+        """
         image = None
         if self.image is not None:
             m = self.image.measurements
@@ -81,7 +85,7 @@ class HostSpec:
                 "asset": asset,
                 "debug": self.image.debug,
             }
-        return {
+        return _without_none({
             "version": METADATA_VERSION,
             "image": image,
             "enclave": {
@@ -105,7 +109,7 @@ class HostSpec:
                 {"name": s.name, "key": s.key, "parameter": s.parameter} for s in self.secrets
             ],
             "attested_keys": list(self.attested_keys),
-        }
+        })
 
     # ------------------------------------------------------------------ user data
     @property
@@ -262,3 +266,11 @@ ENCLAVEKIT_EOF
 systemctl daemon-reload
 systemctl enable --now enclavekit-{slug}.service enclavekit-{slug}-relay.service""")
         return "\n".join(lines)
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
