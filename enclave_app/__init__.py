@@ -1,1 +1,7 @@
-"""The program that runs inside the enclave, unchanged in the emulator or on AWS."""
+"""The program that runs inside the enclave, unchanged in the emulator or on AWS.
+
+Only the transports differ (`/dev/nsm` ioctl or the emulator's NSM socket; AF_VSOCK or emulated
+vsock), and `enclavekit.transport` picks them at start; nothing else here knows which. Imports
+are relative inside the package so it runs under any package name (``app`` in an EIF built by
+``enclavekit build-enclave``, ``enclave_app`` in a checkout); see README.md.
+"""

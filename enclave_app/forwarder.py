@@ -1,0 +1,174 @@
+"""A loopback TCP listener inside the enclave whose connections go out over vsock.
+
+An enclave has no network; its only way out is vsock to the parent, where vsock-proxy carries
+the bytes on to KMS. boto3 only speaks TCP, so we give it a TCP port on the enclave's own
+loopback (127.0.0.1) and pipe each connection to (CID 3, kms_proxy_port).
+
+Two modes, because of what is at the far end of the proxy:
+
+* ``pipe`` (plain HTTP endpoint, the emulator): boto3's endpoint is ``http://127.0.0.1:<port>``
+  and every byte is piped as is.
+* ``connect`` (KMS over TLS, AWS): boto3's endpoint is ``https://kms.<region>.amazonaws.com``
+  and this listener is its HTTP proxy. boto3 sends ``CONNECT <host>:443``; we answer 200 and
+  pipe the tunnel. TLS then runs end to end between boto3 and KMS with the real host name (SNI,
+  certificate check and SigV4 Host all correct), and no DNS or /etc/hosts entry is needed in the
+  enclave. A CONNECT to any other target is refused (403): the proxy only leads to KMS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+
+from enclavekit.transport import VsockTransport
+
+log = logging.getLogger(__name__)
+MAX_CONNECT_HEAD = 8192
+_BUF = 65536
+
+
+def pipe(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways until both directions are closed; then close both sockets."""
+
+    def one_way(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(_BUF)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    back = threading.Thread(target=one_way, args=(b, a), daemon=True, name="pipe-back")
+    back.start()
+    one_way(a, b)
+    back.join()
+    a.close()
+    b.close()
+
+
+def loopback_up() -> bool:
+    """Bring `lo` up if it is down (a Nitro enclave boots with it down). True if it is up."""
+    import fcntl
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            req = fcntl.ioctl(s.fileno(), siocgifflags, struct.pack("16sH14x", b"lo", 0))
+            flags = struct.unpack_from("H", req, 16)[0]
+            if flags & iff_up:
+                return True
+            fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+            log.info("loopback interface brought up")
+            return True
+        except OSError as exc:
+            log.warning("loopback interface: expected it up or settable, got %s", exc)
+            return False
+
+
+class LoopbackForwarder:
+    """Listens on 127.0.0.1:`listen_port` (0 = any free port); forwards to (cid, port) on vsock."""
+
+    def __init__(
+        self,
+        vsock: VsockTransport,
+        cid: int,
+        port: int,
+        *,
+        mode: str = "pipe",
+        connect_target: str | None = None,
+        listen_port: int = 0,
+    ) -> None:
+        if mode not in ("pipe", "connect"):
+            raise ValueError(f"forwarder mode: expected 'pipe' or 'connect', got {mode!r}")
+        if mode == "connect" and not connect_target:
+            raise ValueError("forwarder in connect mode: expected a target host:port, got none")
+        self.vsock, self.cid, self.port = vsock, cid, port
+        self.mode = mode
+        self.connect_target = connect_target
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", listen_port))
+        self._sock.listen(64)
+        self.listen_port: int = self._sock.getsockname()[1]
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="kms-forwarder")
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+    def start(self) -> LoopbackForwarder:
+        self._thread.start()
+        log.info("forwarding 127.0.0.1:%d -> vsock (%d, %d) in %s mode",
+                 self.listen_port, self.cid, self.port, self.mode)
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                             name="kms-forward").start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self.mode == "connect" and not self._tunnel_request(conn):
+                conn.close()
+                return
+            try:
+                upstream = self.vsock.connect(self.cid, self.port)
+            except OSError as exc:
+                log.warning("KMS proxy at vsock (%d, %d) unreachable: %s", self.cid, self.port, exc)
+                if self.mode == "connect":
+                    with contextlib.suppress(OSError):
+                        conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                conn.close()
+                return
+            if self.mode == "connect":
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            pipe(conn, upstream)
+        except OSError as exc:
+            log.warning("KMS forwarding connection failed: %s", exc)
+            conn.close()
+
+    def _tunnel_request(self, conn: socket.socket) -> bool:
+        """Read the proxy request head; True if it is a CONNECT to the allowed target."""
+        conn.settimeout(10)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(1024)
+            if not chunk or len(head) + len(chunk) > MAX_CONNECT_HEAD:
+                log.warning("KMS proxy request: expected an HTTP CONNECT head, got %d bytes",
+                            len(head) + len(chunk))
+                return False
+            head += chunk
+        conn.settimeout(None)
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = line.split(" ")
+        if len(parts) != 3 or parts[0] != "CONNECT" or parts[1] != self.connect_target:
+            log.warning("KMS proxy request: expected 'CONNECT %s', got %r",
+                        self.connect_target, line[:100])
+            conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            return False
+        if head.index(b"\r\n\r\n") + 4 != len(head):
+            log.warning("KMS proxy request: unexpected bytes after the CONNECT head")
+            return False
+        return True
