@@ -73,9 +73,11 @@ _TAGS = (
 )
 for _tag in _TAGS.split():
     _CfnLoader.add_constructor(f"!{_tag}", _short_form(_tag))
-# YAML 1.1 timestamps would turn "2012-10-17" into a date; IAM wants the string.
+# YAML 1.1 would turn "2012-10-17" into a date, "0x1f" and "000" into numbers; CloudFormation
+# and IAM want the text as written, so plain scalars other than booleans and null stay strings.
+_KEEP = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:null")
 _CfnLoader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    k: [(tag, rx) for tag, rx in v if tag in _KEEP]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 

@@ -354,7 +354,11 @@ class World:
     @staticmethod
     def unattested(principal: str, action: str, resource: str) -> RequestContext:
         """A request from `principal` that carries no attestation document."""
-        account = principal.split(":")[4] if principal.count(":") >= 5 else ACCOUNT
+        account = (principal.split(":")[4] if principal.count(":") >= 5 else "") or ACCOUNT
+        parts = resource.split(":", 5)
+        if len(parts) == 6 and parts[2] == "kms":
+            # Judged as a same-account key: the templates do not say which account owns it.
+            resource = ":".join([*parts[:4], account, parts[5]])
         return RequestContext(
             principal=principal, account=account or ACCOUNT, action=action, resource=resource,
             keys={"kms:CallerAccount": account or ACCOUNT, "aws:PrincipalArn": principal,
