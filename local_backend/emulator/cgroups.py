@@ -166,3 +166,19 @@ def create(name: str, memory_mib: int, cpu_ids: list[int]) -> EnclaveCgroup:
                 d.rmdir()
         return EnclaveCgroup(0, {}, [*v1.warnings, "no usable memory cgroup (v2 or v1)"])
     return v1
+
+
+def leftover(name: str) -> EnclaveCgroup:
+    """The groups called `name` under our own cgroups, e.g. of a monitor that was killed."""
+    own = _own_paths()
+    dirs: dict[str, Path] = {}
+    if "" in own and (CGROUP_ROOT / "cgroup.controllers").exists():
+        d = CGROUP_ROOT / own[""].lstrip("/") / name
+        if d.is_dir():
+            return EnclaveCgroup(2, {"memory": d})
+    for controller in ("memory", "cpuset", "pids"):
+        if controller in own:
+            d = CGROUP_ROOT / controller / own[controller].lstrip("/") / name
+            if d.is_dir():
+                dirs[controller] = d
+    return EnclaveCgroup(1 if dirs else 0, dirs)

@@ -56,6 +56,7 @@ class EnclaveManager:
 
     def __init__(self, state_dir: str | Path | None = None) -> None:
         self.layout = state.Layout(state.state_dir(state_dir))
+        self._monitors: dict[int, subprocess.Popen[bytes]] = {}  # ours, reaped on terminate
 
     # ------------------------------------------------------------------ run
     def run_enclave(
@@ -157,6 +158,7 @@ class EnclaveManager:
                 cwd="/",
                 env=_monitor_env(),
             )
+        self._monitors[proc.pid] = proc
         record = self._wait_boot(d, proc)
         for warning in record.get("Warnings", []):
             print(f"enclavekit: warning: enclave {enclave_id}: {warning}", file=sys.stderr)
@@ -222,15 +224,31 @@ class EnclaveManager:
     # ------------------------------------------------------------------ terminate
     def _stop(self, d: Path, record: dict[str, Any]) -> None:
         pid = record.get("ProcessID")
-        if not pid or not state.pid_alive(pid, str(d)):
+        if not pid:
             return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while state.pid_alive(pid, str(d)):
-            if time.monotonic() > deadline:
-                os.killpg(pid, signal.SIGKILL)  # the monitor's session: itself and its helper
-                break
-            time.sleep(0.01)
+        if state.pid_alive(pid, str(d)):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while state.pid_alive(pid, str(d)):
+                if time.monotonic() > deadline:
+                    os.killpg(pid, signal.SIGKILL)  # the monitor's session: it and its helper
+                    break
+                time.sleep(0.01)
+        proc = self._monitors.pop(pid, None)
+        if proc is not None:  # started by this manager: reap it (no zombie left behind)
+            proc.wait()
+
+    def _reap(self, slot: str, record: dict[str, Any]) -> None:
+        """What a monitor that was killed could not clean up: cgroups (and their tasks), vsock."""
+        from local_backend.emulator import cgroups
+
+        cgroups.leftover(f"enclavekit-{slot}").remove()
+        cid = record.get("EnclaveCID")
+        if cid is not None and not any(
+            r["EnclaveCID"] == cid and r["State"] == state.RUNNING for r in self.describe()
+            if r["EnclaveID"] != record.get("EnclaveID")
+        ):
+            shutil.rmtree(self.layout.vsock / str(cid), ignore_errors=True)
 
     def _remove(self, d: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
@@ -241,6 +259,7 @@ class EnclaveManager:
         d = self.layout.slot_dir(slot)
         record = self._read_record(d)
         self._stop(d, record)
+        self._reap(slot, record)
         self._remove(d)
         return {"EnclaveName": record.get("EnclaveName"), "EnclaveID": enclave_id,
                 "Terminated": True}
