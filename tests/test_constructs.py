@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import aws_cdk as cdk
+import enclave_constructs as ek
 import pytest
 from aws_cdk import assertions
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 
-import enclave_constructs as ek
 from enclavekit.policy import RequestContext, evaluate_kms, parse_policy
 
 FIXTURE_APP = Path(__file__).parent / "fixtures" / "constructs_app"
@@ -54,7 +54,7 @@ def _one(template: dict, kind: str) -> tuple[str, dict]:
 def _resolve(value: Any) -> Any:
     """The few intrinsics these templates use, resolved for account 123456789012."""
     if isinstance(value, dict) and len(value) == 1:
-        (fn, arg), = value.items()
+        ((fn, arg),) = value.items()
         if fn == "Ref" and arg == "AWS::Partition":
             return "aws"
         if fn == "Ref" and arg == "AWS::Region":
@@ -314,7 +314,9 @@ def test_rebuilding_a_changed_app_changes_policy_and_describe_eif(
     assembly = Path(app.synth().directory)
     j = assertions.Template.from_stack(stack).to_json()
     _, inst = _one(j, "AWS::EC2::Instance")
-    described = _describe_eif(assembly / f"asset.{inst['Metadata']['enclavekit:host']['image']['asset']['key']}")
+    described = _describe_eif(
+        assembly / f"asset.{inst['Metadata']['enclavekit:host']['image']['asset']['key']}"
+    )
     _, k = _one(j, "AWS::KMS::Key")
     allow = next(s for s in k["Properties"]["KeyPolicy"]["Statement"] if "Condition" in s)
     cond = allow["Condition"]["StringEqualsIgnoreCase"]
@@ -343,24 +345,41 @@ def modes() -> dict[str, Any]:
     app, stack, vpc = _stack("Modes")
     m = dict(pcr0="a1" * 48, pcr1="b2" * 48, pcr2="c3" * 48)
     acm_host = ek.EnclaveHost(
-        stack, "AcmHost", vpc=vpc, certificate=CERT_ARN, domain="tls.example.test",
-        instance_type="c6i.2xlarge", enclave_cpu_count=4, enclave_memory_mib=1024,
+        stack,
+        "AcmHost",
+        vpc=vpc,
+        certificate=CERT_ARN,
+        domain="tls.example.test",
+        instance_type="c6i.2xlarge",
+        enclave_cpu_count=4,
+        enclave_memory_mib=1024,
         service_port=8443,
     )
     image = ek.EnclaveImage.from_measurements(**m, name="prebuilt", host_path="/opt/app.eif")
     fleet = ek.EnclaveHost(
-        stack, "FleetHost", vpc=vpc, image=image, instance_type="m6g.xlarge",
-        enclave_cpu_count=3, enclave_memory_mib=2048, fleet=ek.FleetOptions(1, 3),
+        stack,
+        "FleetHost",
+        vpc=vpc,
+        image=image,
+        instance_type="m6g.xlarge",
+        enclave_cpu_count=3,
+        enclave_memory_mib=2048,
+        fleet=ek.FleetOptions(1, 3),
     )
-    debug_image = ek.EnclaveImage.debug(
-        image, i_understand_debug_images_have_no_attestation=True
-    )
+    debug_image = ek.EnclaveImage.debug(image, i_understand_debug_images_have_no_attestation=True)
     debug_host = ek.EnclaveHost(stack, "DebugHost", vpc=vpc, image=debug_image)
     plain = kms.Key(stack, "PlainKey")
     grant = ek.grant_attested_decrypt(plain, fleet, image, pcrs=(0,), image_sha384=True)
     template = assertions.Template.from_stack(stack)
-    return {"t": template, "j": template.to_json(), "acm": acm_host, "fleet": fleet,
-            "debug": debug_host, "grant": grant, "m": m}
+    return {
+        "t": template,
+        "j": template.to_json(),
+        "acm": acm_host,
+        "fleet": fleet,
+        "debug": debug_host,
+        "grant": grant,
+        "m": m,
+    }
 
 
 def test_acm_agent_mode_user_data(modes: dict) -> None:
@@ -387,17 +406,22 @@ def test_fleet_is_launch_template_and_asg(modes: dict) -> None:
     t: assertions.Template = modes["t"]
     t.has_resource_properties(
         "AWS::EC2::LaunchTemplate",
-        {"LaunchTemplateData": {
-            "EnclaveOptions": {"Enabled": True},
-            "InstanceType": "m6g.xlarge",
-            "MetadataOptions": {"HttpTokens": "required"},
-        }},
+        {
+            "LaunchTemplateData": {
+                "EnclaveOptions": {"Enabled": True},
+                "InstanceType": "m6g.xlarge",
+                "MetadataOptions": {"HttpTokens": "required"},
+            }
+        },
     )
     t.has_resource_properties(
         "AWS::AutoScaling::AutoScalingGroup", {"MinSize": "1", "MaxSize": "3"}
     )
-    lt = next(v for k, v in _of_type(modes["j"], "AWS::EC2::LaunchTemplate").items()
-              if k.startswith("FleetHost"))
+    lt = next(
+        v
+        for k, v in _of_type(modes["j"], "AWS::EC2::LaunchTemplate").items()
+        if k.startswith("FleetHost")
+    )
     meta = lt["Metadata"]["enclavekit:host"]
     assert "asset" not in meta["image"]  # CDK omits None: no asset, the EIF is on the host
     assert meta["enclave"]["cpu_count"] == 3  # Graviton: no SMT, odd counts are fine
@@ -415,14 +439,22 @@ def test_plain_key_grant_with_image_sha384(modes: dict) -> None:
         "kms:RecipientAttestation:ImageSha384": modes["m"]["pcr0"],
     }
     assert len([s for s in stmts if s["Effect"] == "Deny"]) == 2
-    lt = next(v for k, v in _of_type(modes["j"], "AWS::EC2::LaunchTemplate").items()
-              if k.startswith("FleetHost"))
-    assert lt["Metadata"]["enclavekit:host"]["attested_keys"] == [_one(modes["j"], "AWS::KMS::Key")[0]]
+    lt = next(
+        v
+        for k, v in _of_type(modes["j"], "AWS::EC2::LaunchTemplate").items()
+        if k.startswith("FleetHost")
+    )
+    assert lt["Metadata"]["enclavekit:host"]["attested_keys"] == [
+        _one(modes["j"], "AWS::KMS::Key")[0]
+    ]
 
 
 def test_debug_host_runs_debug_mode(modes: dict) -> None:
-    inst = next(v for k, v in _of_type(modes["j"], "AWS::EC2::Instance").items()
-                if k.startswith("DebugHost"))
+    inst = next(
+        v
+        for k, v in _of_type(modes["j"], "AWS::EC2::Instance").items()
+        if k.startswith("DebugHost")
+    )
     meta = inst["Metadata"]["enclavekit:host"]
     assert meta["image"]["debug"] is True and meta["enclave"]["debug_mode"] is True
     assert set(meta["image"]["measurements"].values()) == {"00" * 48}

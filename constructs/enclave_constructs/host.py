@@ -78,14 +78,22 @@ class _NoHibernation:
         if isinstance(l1, ec2.CfnInstance):
             opts = stack.resolve(l1.hibernation_options)
         else:
-            data = stack.resolve(l1.launch_template_data) or {}
-            opts = data.get("HibernationOptions")
-        if isinstance(opts, dict) and opts.get("Configured") is True:
+            opts = _get_ci(stack.resolve(l1.launch_template_data), "hibernationoptions")
+        if _get_ci(opts, "configured") is True:
             return [
                 f"enclave host {self._host.node.path} has hibernation configured "
                 f"({opts!r}); expected no hibernation: EC2 cannot hibernate an enclave parent"
             ]
         return []
+
+
+def _get_ci(obj: Any, key: str) -> Any:
+    """A key of a resolved L1 struct, whatever its casing (jsii structs resolve camelCase)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k.lower() == key:
+                return v
+    return None
 
 
 def _instance_type_name(value: str | ec2.InstanceType) -> str:

@@ -85,31 +85,33 @@ class HostSpec:
                 "asset": asset,
                 "debug": self.image.debug,
             }
-        return _without_none({
-            "version": METADATA_VERSION,
-            "image": image,
-            "enclave": {
-                "cpu_count": self.cpu_count,
-                "memory_mib": self.memory_mib,
-                "cid": self.cid,
-                "debug_mode": self.debug_mode,
-            },
-            "service": {
-                "port": self.port,
-                "enclave_port": self.enclave_port,
-                "domain": self.domain,
-            },
-            "role": self.role,
-            "certificate": (
-                {"arn": self.certificate.arn, "association": self.certificate.association}
-                if self.certificate
-                else None
-            ),
-            "secrets": [
-                {"name": s.name, "key": s.key, "parameter": s.parameter} for s in self.secrets
-            ],
-            "attested_keys": list(self.attested_keys),
-        })
+        return _without_none(
+            {
+                "version": METADATA_VERSION,
+                "image": image,
+                "enclave": {
+                    "cpu_count": self.cpu_count,
+                    "memory_mib": self.memory_mib,
+                    "cid": self.cid,
+                    "debug_mode": self.debug_mode,
+                },
+                "service": {
+                    "port": self.port,
+                    "enclave_port": self.enclave_port,
+                    "domain": self.domain,
+                },
+                "role": self.role,
+                "certificate": (
+                    {"arn": self.certificate.arn, "association": self.certificate.association}
+                    if self.certificate
+                    else None
+                ),
+                "secrets": [
+                    {"name": s.name, "key": s.key, "parameter": s.parameter} for s in self.secrets
+                ],
+                "attested_keys": list(self.attested_keys),
+            }
+        )
 
     # ------------------------------------------------------------------ user data
     @property
