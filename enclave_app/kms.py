@@ -25,6 +25,8 @@ from .keys import RecipientKey
 
 log = logging.getLogger(__name__)
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
+_METHODS = {"Decrypt": "decrypt", "GenerateDataKey": "generate_data_key",
+            "GenerateRandom": "generate_random"}
 
 
 class KmsDenied(EnclaveAppError):
@@ -82,7 +84,7 @@ class AttestedKms:
 
     def _call(self, operation: str, **params: Any) -> dict[str, Any]:
         try:
-            return getattr(self.client, operation)(Recipient=self.recipient(), **params)
+            return getattr(self.client, _METHODS[operation])(Recipient=self.recipient(), **params)
         except botocore.exceptions.ClientError as exc:
             err = exc.response.get("Error", {})
             code = str(err.get("Code", "Unknown"))
@@ -127,17 +129,17 @@ class AttestedKms:
             params["KeyId"] = key_id
         if encryption_context:
             params["EncryptionContext"] = encryption_context
-        return self._open("Decrypt", self._call("decrypt", **params))
+        return self._open("Decrypt", self._call("Decrypt", **params))
 
     def generate_data_key(self, key_id: str, key_spec: str = "AES_256") -> tuple[bytes, bytes]:
         """(plaintext data key, CiphertextBlob): the plaintext reaches only this enclave."""
-        response = self._call("generate_data_key", KeyId=key_id, KeySpec=key_spec)
+        response = self._call("GenerateDataKey", KeyId=key_id, KeySpec=key_spec)
         return self._open("GenerateDataKey", response), response["CiphertextBlob"]
 
     def generate_random(self, number_of_bytes: int) -> bytes:
         """Random bytes from KMS, encrypted to this enclave on the way."""
         return self._open("GenerateRandom",
-                          self._call("generate_random", NumberOfBytes=number_of_bytes))
+                          self._call("GenerateRandom", NumberOfBytes=number_of_bytes))
 
     def close(self) -> None:
         self.client.close()
