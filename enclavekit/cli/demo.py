@@ -1,9 +1,163 @@
-"""`enclavekit` commands of the demo group (not written yet)."""
+"""`enclavekit demo`: synthesize the sample app with the real cdk CLI and show what it binds.
+
+Interim until the local deploy lands: runs `cdk synth` of the project's app (aimed at a dummy
+loopback endpoint, so nothing can reach AWS), then reads the cloud assembly and prints each
+enclave host's measurements and the KMS key policies bound to them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from enclavekit.errors import CheckFailed, InvalidInput, TemplateError
+from enclavekit.localenv import local_aws_env
+from enclavekit.toolchain import cdk_command, tool_path
+
+HOST_METADATA = "enclavekit:host"
+# Synth makes no AWS calls; the endpoint only guarantees none could reach a real account.
+DUMMY_ENDPOINT = "http://localhost:4599"
+_ATTESTATION_PREFIX = "kms:recipientattestation:"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
+    p = sub.add_parser(
+        "demo",
+        help="cdk synth the sample app; print each enclave host's PCRs and bound key policies",
+    )
+    p.add_argument("--project", default=".", help="directory holding cdk.json (default: .)")
+    p.add_argument(
+        "--output", default="cdk.out", help="cloud assembly directory (default: cdk.out)"
+    )
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    project = Path(args.project).resolve()
+    if not (project / "cdk.json").is_file():
+        raise InvalidInput(f"--project must be a directory with cdk.json, got {args.project!r}")
+    out = Path(args.output)
+    out = out if out.is_absolute() else project / out
+    started = time.monotonic()
+    synth(project, out)
+    print(f"cdk synth: ok in {time.monotonic() - started:.1f} s -> {out}")
+    rows = hosts_in_assembly(out)
+    if not rows:
+        raise CheckFailed(f"cloud assembly {out}: expected enclave hosts, found none")
+    print(render(rows))
+    return 0
+
+
+def synth(project: Path, out: Path) -> None:
+    """Run the project's pinned cdk CLI: `cdk synth --quiet --output OUT`."""
+    with tempfile.TemporaryDirectory(prefix="enclavekit-demo-") as scratch:
+        env = local_aws_env(DUMMY_ENDPOINT, scratch_dir=Path(scratch))
+        env["PATH"] = tool_path(env.get("PATH", ""), start=project)
+        cmd = [*cdk_command(project), "synth", "--quiet", "--output", str(out)]
+        proc = subprocess.run(
+            cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise CheckFailed(f"cdk synth failed with exit status {proc.returncode} (output above)")
+
+
+def _templates(assembly: Path) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        manifest = json.loads((assembly / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TemplateError(
+            f"cloud assembly {assembly}: expected manifest.json, found {exc}"
+        ) from None
+    found = []
+    for name, art in (manifest.get("artifacts") or {}).items():
+        if art.get("type") != "aws:cloudformation:stack":
+            continue
+        path = assembly / art["properties"]["templateFile"]
+        try:
+            found.append((name, json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TemplateError(f"template {path}: expected JSON, found {exc}") from None
+    return found
+
+
+def hosts_in_assembly(assembly: Path) -> list[dict[str, Any]]:
+    """One row per enclave host: its Metadata and, per attested key, the policy conditions."""
+    rows = []
+    for stack, template in _templates(assembly):
+        resources = template.get("Resources") or {}
+        for logical_id, res in resources.items():
+            meta = (res.get("Metadata") or {}).get(HOST_METADATA)
+            if not isinstance(meta, dict):
+                continue
+            keys = []
+            for key_id in meta.get("attested_keys", []):
+                policy = (resources.get(key_id) or {}).get("Properties", {}).get("KeyPolicy", {})
+                keys.append({"key": key_id, **_bindings(policy)})
+            rows.append(
+                {
+                    "stack": stack,
+                    "host": logical_id,
+                    "type": res.get("Type"),
+                    "meta": meta,
+                    "keys": keys,
+                }
+            )
+    return rows
+
+
+def _bindings(policy: dict[str, Any]) -> dict[str, Any]:
+    """The attestation values an Allow requires, and the attestation keys Denies guard."""
+    allow: dict[str, str] = {}
+    denied: list[str] = []
+    for s in policy.get("Statement", []):
+        for op, block in (s.get("Condition") or {}).items():
+            for k, v in block.items():
+                if not k.lower().startswith(_ATTESTATION_PREFIX):
+                    continue
+                name = k.split(":")[-1]
+                if s.get("Effect") == "Allow" and op.startswith("StringEquals"):
+                    allow[name] = v if isinstance(v, str) else ",".join(v)
+                elif s.get("Effect") == "Deny" and op.startswith("StringNotEquals"):
+                    denied.append(name)
+    return {"allow": allow, "deny": sorted(set(denied))}
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """Two plain tables: measurements per host, then the key bindings and whether they match."""
+    lines = ["", "Enclave hosts and their image measurements"]
+    lines.append(f"{'stack/host':<46} {'image':<18} {'enclave':<16} {'PCR':<4} value")
+    for r in rows:
+        m = r["meta"]
+        image = m.get("image") or {}
+        enc = m.get("enclave", {})
+        where = f"{r['stack']}/{r['host']}"
+        sizes = f"{enc.get('cpu_count')} vCPU {enc.get('memory_mib')} MiB"
+        name = image.get("name", "(ACM agent)") + (" DEBUG" if image.get("debug") else "")
+        pcrs = sorted((image.get("measurements") or {}).items()) or [("-", "-")]
+        for i, (pcr, value) in enumerate(pcrs):
+            head = (where, name, sizes) if i == 0 else ("", "", "")
+            lines.append(f"{head[0]:<46} {head[1]:<18} {head[2]:<16} {pcr[3:]:<4} {value}")
+    lines += [
+        "",
+        "KMS keys bound to them (Allow requires, Deny guards; 'match' = equals the image)",
+    ]
+    lines.append(f"{'host':<30} {'key':<28} {'condition':<12} {'match':<6} deny-unattested")
+    for r in rows:
+        measured = (r["meta"].get("image") or {}).get("measurements", {})
+        if not r["keys"]:
+            lines.append(f"{r['host']:<30} {'(none)':<28}")
+        for k in r["keys"]:
+            for name, value in sorted(k["allow"].items()):
+                expect = measured.get("PCR0" if name == "ImageSha384" else name)
+                match = "yes" if expect and expect.lower() == str(value).lower() else "NO"
+                guarded = "yes" if name in k["deny"] else "NO"
+                lines.append(f"{r['host']:<30} {k['key']:<28} {name:<12} {match:<6} {guarded}")
+    return "\n".join(lines)
