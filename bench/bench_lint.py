@@ -30,10 +30,15 @@ def _timed(argv: list[str], cwd: Path) -> tuple[float, int]:
 
 def _synth_fixture_app(dest: Path) -> Path:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CDK_"))}
-    env |= {"PATH": tool_path(env.get("PATH")), "PYTHONPATH": str(ROOT),
-            "CDK_OUTDIR": str(dest)}
-    subprocess.run([sys.executable, "app.py"], cwd=FIX / "cdkapp", env=env, check=True,
-                   capture_output=True, timeout=300)
+    env |= {"PATH": tool_path(env.get("PATH")), "PYTHONPATH": str(ROOT), "CDK_OUTDIR": str(dest)}
+    subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=FIX / "cdkapp",
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return dest
 
 
@@ -64,15 +69,29 @@ def main() -> None:
             ("cdk.out of a small enclave app", [str(cdk_out)], templates),
             ("200 generated templates", [str(p) for p in gen], [str(p) for p in gen]),
         ):
-            ours, rc1 = _timed([sys.executable, "-m", "enclavekit", "lint", *ours_args,
-                                "--format", "sarif", "--output", str(tmpdir / "o.sarif")], tmpdir)
+            ours, rc1 = _timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "enclavekit",
+                    "lint",
+                    *ours_args,
+                    "--format",
+                    "sarif",
+                    "--output",
+                    str(tmpdir / "o.sarif"),
+                ],
+                tmpdir,
+            )
             cfn = shutil.which("cfn-lint", path=str(BIN)) or "cfn-lint"
             theirs, rc2 = _timed([cfn, "--format", "parseable", *theirs_args], tmpdir)
             rows.append((label, ours, rc1, theirs, rc2))
     print(f"{'workload':34} {'enclavekit lint':>16} {'cfn-lint':>10} {'ratio':>7}")
     for label, ours, rc1, theirs, rc2 in rows:
-        print(f"{label:34} {ours:>14.2f} s {theirs:>8.2f} s {ours / theirs:>6.2f}x"
-              f"   (exit {rc1} / {rc2})")
+        print(
+            f"{label:34} {ours:>14.2f} s {theirs:>8.2f} s {ours / theirs:>6.2f}x"
+            f"   (exit {rc1} / {rc2})"
+        )
     print("ratio = enclavekit time / cfn-lint time on the same files (lower is faster)")
 
 

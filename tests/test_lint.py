@@ -82,8 +82,12 @@ def test_json_lines_and_yaml_short_forms() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("{ nope", "invalid JSON at line 1"), ("- a\n- b\n", "found list"),
-     ('{"Resources": {"A": 3}}', "resource 'A'"), ("Resources: [", "YAML error")],
+    [
+        ("{ nope", "invalid JSON at line 1"),
+        ("- a\n- b\n", "found list"),
+        ('{"Resources": {"A": 3}}', "resource 'A'"),
+        ("Resources: [", "YAML error"),
+    ],
 )
 def test_bad_templates_raise_one_line_errors(text: str, expected: str) -> None:
     with pytest.raises(TemplateError, match=expected) as info:
@@ -139,14 +143,29 @@ def test_cli_exit_codes_and_output_file(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_cloud_assembly_with_nested_stack(tmp_path: Path) -> None:
     shutil.copy(FIX / "rules" / "EK-HOST-003.fail.yaml", tmp_path / "Child.nested.template.yaml")
-    parent = {"Resources": {"Nested": {
-        "Type": "AWS::CloudFormation::Stack",
-        "Metadata": {"aws:asset:path": "Child.nested.template.yaml"},
-        "Properties": {"TemplateURL": "https://example.test/child"}}}}
+    parent = {
+        "Resources": {
+            "Nested": {
+                "Type": "AWS::CloudFormation::Stack",
+                "Metadata": {"aws:asset:path": "Child.nested.template.yaml"},
+                "Properties": {"TemplateURL": "https://example.test/child"},
+            }
+        }
+    }
     (tmp_path / "Parent.template.json").write_text(json.dumps(parent, indent=1))
-    (tmp_path / "manifest.json").write_text(json.dumps({"version": "55.0.0", "artifacts": {
-        "Parent": {"type": "aws:cloudformation:stack",
-                   "properties": {"templateFile": "Parent.template.json"}}}}))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "version": "55.0.0",
+                "artifacts": {
+                    "Parent": {
+                        "type": "aws:cloudformation:stack",
+                        "properties": {"templateFile": "Parent.template.json"},
+                    }
+                },
+            }
+        )
+    )
     report = lint_paths([tmp_path])
     assert len(report.templates) == 2
     assert [f.rule_id for f in report.errors] == ["EK-HOST-003"]
@@ -177,9 +196,19 @@ def test_sarif_passes_the_multitool_validator(sarif_with_findings: Path, tmp_pat
         pytest.fail(f"SARIF Multitool not installed/executable at {MULTITOOL} (run setup)")
     log = tmp_path / "validation.sarif"
     proc = subprocess.run(
-        [str(MULTITOOL), "validate", str(sarif_with_findings), "-o", str(log),
-         "--level", "Error;Warning;Note"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            str(MULTITOOL),
+            "validate",
+            str(sarif_with_findings),
+            "-o",
+            str(log),
+            "--level",
+            "Error;Warning;Note",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(log.read_text())["runs"][0].get("results", [])

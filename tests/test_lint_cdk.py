@@ -51,7 +51,11 @@ def test_broken_copy_fails_real_cdk_synth(tmp_path: Path) -> None:
     out = tmp_path / "cdk.out"
     proc = subprocess.run(
         [*cdk_command(ROOT), "synth", "-q", "--no-notices", "--output", str(out)],
-        cwd=app_dir, env=_env(), capture_output=True, text=True, timeout=180,
+        cwd=app_dir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text
@@ -95,8 +99,9 @@ def test_sample_app_synthesizes_clean_without_acknowledgments(tmp_path: Path) ->
         pytest.fail("the sample app app.py is missing")
     out = tmp_path / "cdk.out"
     env = _env() | {"CDK_OUTDIR": str(out)}
-    proc = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = lint_paths([out])
     assert report.findings == (), [f.message for f in report.findings]

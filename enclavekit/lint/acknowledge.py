@@ -32,8 +32,9 @@ def acknowledge(scope: IConstruct, rule_id: str, reason: str) -> list[str]:
     if not isinstance(rule_id, str) or not RULE_ID.match(rule_id):
         raise InvalidInput(f"acknowledge: rule id must look like EK-KMS-001, got {rule_id!r}")
     if not isinstance(reason, str) or not reason.strip():
-        raise InvalidInput(f"acknowledge {rule_id}: reason must be a non-empty string, "
-                           f"got {reason!r}")
+        raise InvalidInput(
+            f"acknowledge {rule_id}: reason must be a non-empty string, got {reason!r}"
+        )
     ack = Acknowledgment(rule_id, reason.strip())
     targets = _cfn_resources(scope)
     if not targets:

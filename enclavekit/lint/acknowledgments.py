@@ -42,23 +42,27 @@ def parse_acknowledgments(metadata: Mapping[str, Any]) -> tuple[list[Acknowledgm
     if isinstance(raw, dict):
         raw = [raw]
     if not isinstance(raw, list):
-        return [], [f"{ACK_METADATA}: expected a list of {{id, reason}} objects, "
-                    f"found {type(raw).__name__}"]
+        return [], [
+            f"{ACK_METADATA}: expected a list of {{id, reason}} objects, found {type(raw).__name__}"
+        ]
     good: list[Acknowledgment] = []
     problems: list[str] = []
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict):
-            problems.append(f"{ACK_METADATA}[{i}]: expected an {{id, reason}} object, "
-                            f"found {entry!r:.60}")
+            problems.append(
+                f"{ACK_METADATA}[{i}]: expected an {{id, reason}} object, found {entry!r:.60}"
+            )
             continue
         rid, reason = entry.get("id"), entry.get("reason")
         if not isinstance(rid, str) or not RULE_ID.match(rid):
-            problems.append(f"{ACK_METADATA}[{i}]: expected an id like EK-KMS-001, "
-                            f"found {rid!r:.60}")
+            problems.append(
+                f"{ACK_METADATA}[{i}]: expected an id like EK-KMS-001, found {rid!r:.60}"
+            )
             continue
         if not isinstance(reason, str) or not reason.strip():
-            problems.append(f"{ACK_METADATA}[{i}] ({rid}): a reason is mandatory, "
-                            f"found {reason!r:.60}")
+            problems.append(
+                f"{ACK_METADATA}[{i}] ({rid}): a reason is mandatory, found {reason!r:.60}"
+            )
             continue
         good.append(Acknowledgment(rid, reason.strip()))
     return good, problems

@@ -74,10 +74,14 @@ class EnclaveLintPlugin:
         except EnclaveKitError as exc:
             return cdk.PolicyValidationPluginReportBeta1(
                 success=False,
-                violations=[cdk.PolicyViolationBeta1(
-                    rule_name="EK-LINT-INPUT", description=str(exc), severity="error",
-                    violating_resources=[],
-                )],
+                violations=[
+                    cdk.PolicyViolationBeta1(
+                        rule_name="EK-LINT-INPUT",
+                        description=str(exc),
+                        severity="error",
+                        violating_resources=[],
+                    )
+                ],
                 plugin_version=PLUGIN_VERSION,
             )
         rules = {r.id: r for r in self._rules}

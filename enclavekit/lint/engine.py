@@ -44,10 +44,16 @@ def lint_templates(templates: Sequence[Template], rules: Sequence[Rule] | None =
     for rule in chosen:
         findings.extend(rule.check(world))
     findings = _acknowledge(findings, world)
-    findings.sort(key=lambda f: (
-        f.acknowledged, _SEVERITY_ORDER[f.severity.value], f.location.template,
-        f.location.line or 0, f.rule_id, f.message,
-    ))
+    findings.sort(
+        key=lambda f: (
+            f.acknowledged,
+            _SEVERITY_ORDER[f.severity.value],
+            f.location.template,
+            f.location.line or 0,
+            f.rule_id,
+            f.message,
+        )
+    )
     unique = tuple(dict.fromkeys(findings))
     return Report(unique, chosen, tuple(str(t.path) for t in templates))
 

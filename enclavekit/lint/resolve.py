@@ -154,7 +154,7 @@ class Resolver:
 
     def _truth(self, expr: Any, depth: int) -> bool:
         if isinstance(expr, dict) and len(expr) == 1:
-            (fn, arg), = expr.items()
+            ((fn, arg),) = expr.items()
             if fn == "Condition" and isinstance(arg, str):
                 return self.condition(arg)
             if fn == "Fn::Not" and isinstance(arg, list) and arg:
@@ -181,7 +181,7 @@ class Resolver:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (fn, arg), = value.items()
+            ((fn, arg),) = value.items()
             if fn == "Ref" and isinstance(arg, str):
                 return self.ref(arg)
             if fn == "Fn::GetAtt":

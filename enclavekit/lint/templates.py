@@ -88,8 +88,9 @@ def _yaml_load(text: str, where: str) -> tuple[Any, dict[str, int]]:
         node = loader.get_single_node()
         body = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
-        raise TemplateError(f"{where}: expected a JSON or YAML template, YAML error: {exc}".replace(
-            "\n", " ")) from exc
+        raise TemplateError(
+            f"{where}: expected a JSON or YAML template, YAML error: {exc}".replace("\n", " ")
+        ) from exc
     finally:
         loader.dispose()
     lines: dict[str, int] = {}
@@ -134,8 +135,9 @@ def _json_resource_lines(text: str) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- public loading
-def parse_template(text: str, path: Path, name: str | None = None, parent: str | None = None
-                   ) -> Template:
+def parse_template(
+    text: str, path: Path, name: str | None = None, parent: str | None = None
+) -> Template:
     """Parse template text (JSON or YAML) into a Template; TemplateError names what is wrong."""
     where = str(path)
     stripped = text.lstrip()

@@ -139,14 +139,14 @@ class World:
             self._props[key] = out if isinstance(out, dict) else {}
         return self._props[key]
 
-    def location(self, tpl: Template, res: Resource | None, pointer: str | None = None
-                 ) -> Location:
+    def location(self, tpl: Template, res: Resource | None, pointer: str | None = None) -> Location:
         if res is None:
             return Location(str(tpl.path), pointer=pointer)
         return Location(str(tpl.path), res.logical_id, res.line, res.cdk_path, pointer)
 
-    def _parse(self, tpl: Template, res: Resource, raw: Any, pointer: str, name: str
-               ) -> PolicyDoc | None:
+    def _parse(
+        self, tpl: Template, res: Resource, raw: Any, pointer: str, name: str
+    ) -> PolicyDoc | None:
         loc = self.location(tpl, res, pointer)
         if isinstance(raw, str):
             try:
@@ -172,8 +172,13 @@ class World:
             "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::IAM::RolePolicy"
         ):
             p = self.props(tpl, res)
-            doc = self._parse(tpl, res, p.get("PolicyDocument"), "/Properties/PolicyDocument",
-                              f"policy {res.logical_id}")
+            doc = self._parse(
+                tpl,
+                res,
+                p.get("PolicyDocument"),
+                "/Properties/PolicyDocument",
+                f"policy {res.logical_id}",
+            )
             if doc is None:
                 continue
             roles = p.get("Roles") or []
@@ -192,7 +197,9 @@ class World:
             for i, pol in enumerate(p.get("Policies") or []):
                 if isinstance(pol, dict):
                     doc = self._parse(
-                        tpl, res, pol.get("PolicyDocument"),
+                        tpl,
+                        res,
+                        pol.get("PolicyDocument"),
                         f"/Properties/Policies/{i}/PolicyDocument",
                         f"inline policy {pol.get('PolicyName', i)} of role {res.logical_id}",
                     )
@@ -203,8 +210,9 @@ class World:
                     docs.append(managed_by_arn[arn])
             docs.extend(attached.get((tpl.name, name), []))
             path = p.get("Path") if isinstance(p.get("Path"), str) else "/"
-            out.append(RoleFact(tpl, res, resolver.role_arn(res.logical_id), name, path,
-                                tuple(docs)))
+            out.append(
+                RoleFact(tpl, res, resolver.role_arn(res.logical_id), name, path, tuple(docs))
+            )
         return tuple(out)
 
     def role_by_arn(self, arn: str) -> RoleFact | None:
@@ -227,8 +235,13 @@ class World:
             p = self.props(tpl, res)
             raw = p.get("KeyPolicy")
             explicit = raw is not None
-            doc = self._parse(tpl, res, raw if explicit else _DEFAULT_KEY_POLICY,
-                              "/Properties/KeyPolicy", f"key policy of {res.logical_id}")
+            doc = self._parse(
+                tpl,
+                res,
+                raw if explicit else _DEFAULT_KEY_POLICY,
+                "/Properties/KeyPolicy",
+                f"key policy of {res.logical_id}",
+            )
             arn = f"arn:{PARTITION}:kms:{REGION}:{ACCOUNT}:key/{key_id_of(res.logical_id)}"
             out.append(KeyFact(tpl, res, arn, doc, explicit))
         return tuple(out)
@@ -261,8 +274,10 @@ class World:
         for t, res in self.resources("AWS::IAM::InstanceProfile"):
             if t is not tpl:
                 continue
-            if profile in (str(resolver.ref(res.logical_id)),
-                           str(resolver.get_att(res.logical_id, "Arn"))):
+            if profile in (
+                str(resolver.ref(res.logical_id)),
+                str(resolver.get_att(res.logical_id, "Arn")),
+            ):
                 roles = self.props(t, res).get("Roles") or []
                 for r in roles if isinstance(roles, list) else []:
                     role = self.role_by_name(tpl, str(r))
@@ -280,21 +295,31 @@ class World:
             ltd: Mapping[str, Any] = lt[1] if lt else {}
             if lt:
                 referenced_lts.add((tpl.name, lt[0].logical_id))
-            enabled = _truthy((p.get("EnclaveOptions") or ltd.get("EnclaveOptions") or {})
-                              .get("Enabled"))
+            enabled = _truthy(
+                (p.get("EnclaveOptions") or ltd.get("EnclaveOptions") or {}).get("Enabled")
+            )
             meta = res.metadata.get(HOST_METADATA)
             if not enabled and meta is None:
                 continue
-            hib = (p.get("HibernationOptions") or ltd.get("HibernationOptions") or {})
+            hib = p.get("HibernationOptions") or ltd.get("HibernationOptions") or {}
             mopts = p.get("MetadataOptions") or ltd.get("MetadataOptions") or {}
             itype = p.get("InstanceType") or ltd.get("InstanceType")
-            role = self._host_role(tpl, meta, p.get("IamInstanceProfile")
-                                   or _profile_of(ltd.get("IamInstanceProfile")))
-            out.append(HostFact(
-                tpl, res, "instance", itype if isinstance(itype, str) else None, enabled,
-                _truthy(hib.get("Configured")), mopts.get("HttpTokens"), role,
-                meta if isinstance(meta, dict) else None,
-            ))
+            role = self._host_role(
+                tpl, meta, p.get("IamInstanceProfile") or _profile_of(ltd.get("IamInstanceProfile"))
+            )
+            out.append(
+                HostFact(
+                    tpl,
+                    res,
+                    "instance",
+                    itype if isinstance(itype, str) else None,
+                    enabled,
+                    _truthy(hib.get("Configured")),
+                    mopts.get("HttpTokens"),
+                    role,
+                    meta if isinstance(meta, dict) else None,
+                )
+            )
         for tpl, res in self.resources("AWS::EC2::LaunchTemplate"):
             ltd = self.props(tpl, res).get("LaunchTemplateData") or {}
             enabled = _truthy((ltd.get("EnclaveOptions") or {}).get("Enabled"))
@@ -303,12 +328,19 @@ class World:
                 continue
             itype = ltd.get("InstanceType")
             role = self._host_role(tpl, meta, _profile_of(ltd.get("IamInstanceProfile")))
-            out.append(HostFact(
-                tpl, res, "launch-template", itype if isinstance(itype, str) else None, enabled,
-                _truthy((ltd.get("HibernationOptions") or {}).get("Configured")),
-                (ltd.get("MetadataOptions") or {}).get("HttpTokens"), role,
-                meta if isinstance(meta, dict) else None,
-            ))
+            out.append(
+                HostFact(
+                    tpl,
+                    res,
+                    "launch-template",
+                    itype if isinstance(itype, str) else None,
+                    enabled,
+                    _truthy((ltd.get("HibernationOptions") or {}).get("Configured")),
+                    (ltd.get("MetadataOptions") or {}).get("HttpTokens"),
+                    role,
+                    meta if isinstance(meta, dict) else None,
+                )
+            )
         return tuple(out)
 
     def _host_role(self, tpl: Template, meta: Any, profile: Any) -> RoleFact | None:
@@ -342,12 +374,17 @@ class World:
             role_arn = role_arn if isinstance(role_arn, str) else ""
             role = self.role_by_arn(role_arn)
             lid = res.logical_id
-            out.append(AssociationFact(
-                tpl, res, role, role_arn,
-                assoc_attr(lid, "CertificateS3BucketName"),
-                assoc_attr(lid, "CertificateS3ObjectKey"),
-                assoc_attr(lid, "EncryptionKmsKeyId"),
-            ))
+            out.append(
+                AssociationFact(
+                    tpl,
+                    res,
+                    role,
+                    role_arn,
+                    assoc_attr(lid, "CertificateS3BucketName"),
+                    assoc_attr(lid, "CertificateS3ObjectKey"),
+                    assoc_attr(lid, "EncryptionKmsKeyId"),
+                )
+            )
         return tuple(out)
 
     # --------------------------------------------------------------- requests
@@ -360,9 +397,15 @@ class World:
             # Judged as a same-account key: the templates do not say which account owns it.
             resource = ":".join([*parts[:4], account, parts[5]])
         return RequestContext(
-            principal=principal, account=account or ACCOUNT, action=action, resource=resource,
-            keys={"kms:CallerAccount": account or ACCOUNT, "aws:PrincipalArn": principal,
-                  "aws:PrincipalAccount": account or ACCOUNT},
+            principal=principal,
+            account=account or ACCOUNT,
+            action=action,
+            resource=resource,
+            keys={
+                "kms:CallerAccount": account or ACCOUNT,
+                "aws:PrincipalArn": principal,
+                "aws:PrincipalAccount": account or ACCOUNT,
+            },
         )
 
 
@@ -375,9 +418,7 @@ def _profile_of(spec: Any) -> Any:
 def _names_principal(key: KeyFact, arn: str) -> bool:
     if key.doc is None:
         return False
-    return any(
-        p.value == arn for s in key.doc.policy.statements for p in (s.principals or ())
-    )
+    return any(p.value == arn for s in key.doc.policy.statements for p in (s.principals or ()))
 
 
 def statement_label(policy: Policy, stmt: Statement) -> str:

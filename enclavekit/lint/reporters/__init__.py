@@ -15,8 +15,12 @@ def render(report: Report, fmt: str) -> str:
     writers: dict[str, Callable[[Report], str]]
     from enclavekit.lint.reporters import json_report, junit, sarif, text
 
-    writers = {"text": text.render, "json": json_report.render, "sarif": sarif.render,
-               "junit": junit.render}
+    writers = {
+        "text": text.render,
+        "json": json_report.render,
+        "sarif": sarif.render,
+        "junit": junit.render,
+    }
     if fmt not in writers:
         raise InvalidInput(f"lint format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     return writers[fmt](report)

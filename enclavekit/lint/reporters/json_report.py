@@ -36,8 +36,13 @@ def to_dict(report: Report) -> dict:
             for f in report.findings
         ],
         "rules": [
-            {"id": r.id, "severity": r.severity.value, "title": r.title,
-             "explanation": r.explanation, "fix": r.fix}
+            {
+                "id": r.id,
+                "severity": r.severity.value,
+                "title": r.title,
+                "explanation": r.explanation,
+                "fix": r.fix,
+            }
             for r in report.rules
         ],
     }

@@ -23,8 +23,12 @@ def render(report: Report) -> str:
         suite = ET.SubElement(root, "testsuite", name=template)
         failures = 0
         for rule in report.rules:
-            case = ET.SubElement(suite, "testcase", classname=f"enclavekit.lint.{template}",
-                                 name=f"{rule.id} {rule.title}")
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=f"enclavekit.lint.{template}",
+                name=f"{rule.id} {rule.title}",
+            )
             found = [f for f in mine if f.rule_id == rule.id]
             failing = [f for f in found if f.severity is Severity.ERROR and not f.acknowledged]
             if failing:

@@ -58,11 +58,13 @@ def _result(f: Finding, index: dict[str, int]) -> dict:
         physical["region"] = {"startLine": loc.line}
     location: dict = {"physicalLocation": physical}
     if loc.cdk_path or loc.logical_id:
-        location["logicalLocations"] = [{
-            "name": loc.logical_id or loc.cdk_path,
-            "fullyQualifiedName": loc.cdk_path or loc.logical_id,
-            "kind": "resource",
-        }]
+        location["logicalLocations"] = [
+            {
+                "name": loc.logical_id or loc.cdk_path,
+                "fullyQualifiedName": loc.cdk_path or loc.logical_id,
+                "kind": "resource",
+            }
+        ]
     fingerprint = hashlib.sha256(
         f"{f.rule_id}|{loc.template}|{loc.logical_id}|{f.message}".encode()
     ).hexdigest()
@@ -76,9 +78,13 @@ def _result(f: Finding, index: dict[str, int]) -> dict:
     if f.rule_id in index:
         result["ruleIndex"] = index[f.rule_id]
     if f.acknowledged:
-        result["suppressions"] = [{
-            "kind": "inSource", "status": "accepted", "justification": f.reason or "",
-        }]
+        result["suppressions"] = [
+            {
+                "kind": "inSource",
+                "status": "accepted",
+                "justification": f.reason or "",
+            }
+        ]
     return result
 
 
@@ -87,17 +93,21 @@ def to_dict(report: Report) -> dict:
     return {
         "$schema": SCHEMA_URI,
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": "enclavekit-lint",
-                "version": VERSION,
-                "semanticVersion": VERSION,
-                "informationUri": INFORMATION_URI,
-                "rules": [_rule(r) for r in report.rules],
-            }},
-            "results": [_result(f, index) for f in report.findings],
-            "columnKind": "utf16CodeUnits",
-        }],
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "enclavekit-lint",
+                        "version": VERSION,
+                        "semanticVersion": VERSION,
+                        "informationUri": INFORMATION_URI,
+                        "rules": [_rule(r) for r in report.rules],
+                    }
+                },
+                "results": [_result(f, index) for f in report.findings],
+                "columnKind": "utf16CodeUnits",
+            }
+        ],
     }
 
 

@@ -10,9 +10,11 @@ def summary(report: Report) -> str:
     live = [f for f in report.findings if not f.acknowledged]
     n = {s: sum(1 for f in live if f.severity is s) for s in Severity}
     acked = len(report.findings) - len(live)
-    return (f"{len(report.templates)} template(s), {n[Severity.ERROR]} error(s), "
-            f"{n[Severity.WARNING]} warning(s), {n[Severity.INFO]} note(s), "
-            f"{acked} acknowledged")
+    return (
+        f"{len(report.templates)} template(s), {n[Severity.ERROR]} error(s), "
+        f"{n[Severity.WARNING]} warning(s), {n[Severity.INFO]} note(s), "
+        f"{acked} acknowledged"
+    )
 
 
 def render(report: Report) -> str:
@@ -27,7 +29,8 @@ def render(report: Report) -> str:
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for r in rows:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True))
-                         + "  " + r[3])
+            lines.append(
+                "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+            )
     lines.append(summary(report))
     return "\n".join(lines) + "\n"

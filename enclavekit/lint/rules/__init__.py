@@ -7,11 +7,25 @@ import importlib
 from enclavekit.lint.model import Rule
 
 _MODULES = (
-    "ek_acm_001", "ek_acm_002",
+    "ek_acm_001",
+    "ek_acm_002",
     "ek_ack_001",
-    "ek_host_001", "ek_host_002", "ek_host_003", "ek_host_004",
-    "ek_kms_001", "ek_kms_002", "ek_kms_003", "ek_kms_004", "ek_kms_005", "ek_kms_006",
-    "ek_pcr_001", "ek_pcr_002", "ek_pcr_003", "ek_pcr_004", "ek_pcr_005", "ek_pcr_006",
+    "ek_host_001",
+    "ek_host_002",
+    "ek_host_003",
+    "ek_host_004",
+    "ek_kms_001",
+    "ek_kms_002",
+    "ek_kms_003",
+    "ek_kms_004",
+    "ek_kms_005",
+    "ek_kms_006",
+    "ek_pcr_001",
+    "ek_pcr_002",
+    "ek_pcr_003",
+    "ek_pcr_004",
+    "ek_pcr_005",
+    "ek_pcr_006",
     "ek_pol_001",
 )
 

@@ -37,7 +37,7 @@ def attestation_conditions(
 
 
 def pcr_name(key: str) -> str | None:
-    """"kms:RecipientAttestation:PCR0" -> "PCR0", ImageSha384 -> "ImageSha384", else None."""
+    """ "kms:RecipientAttestation:PCR0" -> "PCR0", ImageSha384 -> "ImageSha384", else None."""
     m = PCR_KEY.match(key)
     if not m:
         return None

@@ -15,8 +15,9 @@ def check(world: World) -> Iterator[Finding]:
     for tpl, res in world.resources():
         good, problems = parse_acknowledgments(res.metadata)
         for problem in problems:
-            yield RULE.finding(world.location(tpl, res, "/Metadata"),
-                               f"{res.logical_id}: {problem}")
+            yield RULE.finding(
+                world.location(tpl, res, "/Metadata"), f"{res.logical_id}: {problem}"
+            )
         for ack in good:
             if ack.rule_id not in BY_ID:
                 yield RULE.finding(

@@ -24,8 +24,14 @@ def check(world: World) -> Iterator[Finding]:
         missing = [
             f"{action} on {what}"
             for (action, resource), what in zip(
-                needed, ("the association's CertificateS3BucketName",
-                         "its EncryptionKmsKeyId", "the role itself"), strict=True)
+                needed,
+                (
+                    "the association's CertificateS3BucketName",
+                    "its EncryptionKmsKeyId",
+                    "the role itself",
+                ),
+                strict=True,
+            )
             if not evaluate(world.unattested(role.arn, action, resource), docs).allowed
         ]
         if missing:

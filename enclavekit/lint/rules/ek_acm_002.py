@@ -25,6 +25,6 @@ RULE = Rule(
     explanation="The ACM for Nitro Enclaves agent rebuilds its role ARN from the instance "
     "profile when iam:GetRole or the InstanceRoleArn tag is unavailable, dropping the path, "
     "and then looks for the certificate under the wrong S3 key (aws-nitro-enclaves-acm#15).",
-    fix="Create the association's role without a Path (\"/\").",
+    fix='Create the association\'s role without a Path ("/").',
     check=check,
 )

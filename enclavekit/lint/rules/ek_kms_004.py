@@ -8,8 +8,13 @@ from enclavekit.lint.model import Finding, Rule, Severity
 from enclavekit.lint.rules._kms import enclave_keys
 from enclavekit.lint.world import World
 
-_PRINCIPAL_LIMITS = ("aws:principalarn", "aws:principalaccount", "kms:calleraccount",
-                     "aws:principalorgid", "aws:sourceaccount")
+_PRINCIPAL_LIMITS = (
+    "aws:principalarn",
+    "aws:principalaccount",
+    "kms:calleraccount",
+    "aws:principalorgid",
+    "aws:sourceaccount",
+)
 _POSITIVE = ("StringEquals", "StringEqualsIgnoreCase", "StringLike", "ArnEquals", "ArnLike")
 
 
@@ -38,7 +43,7 @@ RULE = Rule(
     id="EK-KMS-004",
     severity=Severity.ERROR,
     title="Wildcard principal on a key with attested grants",
-    explanation="Principal \"*\" (or NotPrincipal) opens the key to every AWS account; the "
+    explanation='Principal "*" (or NotPrincipal) opens the key to every AWS account; the '
     "attestation conditions then become the only barrier, and any account that can run the "
     "same public image satisfies them.",
     fix="Name the enclave host's role (or the account root) as principal, or restrict the "

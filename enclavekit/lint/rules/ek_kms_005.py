@@ -15,11 +15,13 @@ def _admin_possible(world: World, key: KeyFact) -> bool:
     assert key.doc is not None
     # Judge the grant, not its circumstances: Allows count without their conditions, and only
     # unconditional Denies take one away.
-    relaxed = Policy(tuple(
-        dataclasses.replace(s, conditions=()) if s.effect == "Allow" else s
-        for s in key.doc.policy.statements
-        if s.effect == "Allow" or not s.conditions
-    ))
+    relaxed = Policy(
+        tuple(
+            dataclasses.replace(s, conditions=()) if s.effect == "Allow" else s
+            for s in key.doc.policy.statements
+            if s.effect == "Allow" or not s.conditions
+        )
+    )
     candidates = [root_arn(ACCOUNT)]
     for stmt in relaxed.statements:
         for p in stmt.principals or ():

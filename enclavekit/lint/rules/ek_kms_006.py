@@ -19,8 +19,7 @@ def check(world: World) -> Iterator[Finding]:
             if key.doc is None:
                 continue
             allowed = [
-                a for a in DANGEROUS
-                if unattested_decision(world, key, host.role.arn, a).allowed
+                a for a in DANGEROUS if unattested_decision(world, key, host.role.arn, a).allowed
             ]
             if allowed:
                 yield RULE.finding(

@@ -16,22 +16,33 @@ def check(world: World) -> Iterator[Finding]:
     for doc, i, stmt, cond in attestation_conditions(world):
         if pcr_name(cond.key) is None:
             continue
-        op = (f"{cond.qualifier}:" if cond.qualifier else "") + cond.operator + (
-            "IfExists" if cond.if_exists else "")
+        op = (
+            (f"{cond.qualifier}:" if cond.qualifier else "")
+            + cond.operator
+            + ("IfExists" if cond.if_exists else "")
+        )
         loc, what = doc.location, f"{where(doc, i, stmt)}: {op} on {cond.key}"
         if cond.qualifier:
-            yield RULE.finding(loc, f"{what}: {cond.qualifier} is for multi-valued keys; "
-                               "attestation keys are single-valued")
+            yield RULE.finding(
+                loc,
+                f"{what}: {cond.qualifier} is for multi-valued keys; "
+                "attestation keys are single-valued",
+            )
         elif cond.operator in ("StringLike", "StringNotLike") or any(
             "*" in v or "?" in v for v in cond.values
         ):
             yield RULE.finding(loc, f"{what}: wildcards let other images match")
         elif cond.if_exists and stmt.effect == "Allow" and cond.operator != "Null":
-            yield RULE.finding(loc, f"{what}: IfExists makes the Allow match requests without "
-                               "an attestation document")
+            yield RULE.finding(
+                loc,
+                f"{what}: IfExists makes the Allow match requests without an attestation document",
+            )
         elif cond.operator in _CASE:
-            yield RULE.finding(loc, f"{what}: case-sensitive comparison of hex; use "
-                               f"{cond.operator}IgnoreCase", severity=Severity.WARNING)
+            yield RULE.finding(
+                loc,
+                f"{what}: case-sensitive comparison of hex; use {cond.operator}IgnoreCase",
+                severity=Severity.WARNING,
+            )
         elif cond.operator not in _OK:
             yield RULE.finding(loc, f"{what}: expected StringEqualsIgnoreCase")
 

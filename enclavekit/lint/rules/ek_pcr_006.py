@@ -40,12 +40,18 @@ def check(world: World) -> Iterator[Finding]:
             for stmt in key.doc.policy.statements:
                 if stmt.effect != "Allow":
                     continue
-                conds = [(pcr_name(c.key), c) for c in stmt.conditions
-                         if c.operator in POSITIVE_STRING_OPS and pcr_name(c.key) in measured]
+                conds = [
+                    (pcr_name(c.key), c)
+                    for c in stmt.conditions
+                    if c.operator in POSITIVE_STRING_OPS and pcr_name(c.key) in measured
+                ]
                 if not conds:
                     continue
-                bad = [(n, {v.lower() for v in c.values}) for n, c in conds
-                       if measured[n] not in {v.lower() for v in c.values}]
+                bad = [
+                    (n, {v.lower() for v in c.values})
+                    for n, c in conds
+                    if measured[n] not in {v.lower() for v in c.values}
+                ]
                 if not bad:
                     matching_statement = True
                     break
