@@ -317,7 +317,7 @@ def serve(port: int, state_dir: Path) -> int:
     """Run the endpoint in this process until SIGTERM/SIGINT; returns the exit status."""
     from werkzeug.serving import make_server
 
-    from local_backend import moto_ext
+    from local_backend import moto_ext, parent
     from local_backend.moto_ext.ec2 import models as ec2_models
 
     state_dir = Path(state_dir).resolve()
@@ -326,6 +326,7 @@ def serve(port: int, state_dir: Path) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     moto_ext.install(state_dir)
+    parent.install(state_dir)  # enclave-enabled instances boot emulated parents
     try:
         from moto.moto_server.werkzeug_app import MotoRequestHandler
 

@@ -1,0 +1,154 @@
+"""Emulated parent instances: an enclave-enabled EC2 instance boots its parent and enclave.
+
+`install(state_dir)` plugs into the EC2 extension's start/stop hooks (inside the endpoint
+process). Each started instance gets its own directory `<state>/instances/<instance id>/` (its
+own vsock namespace, enclaves and logs; the local PKI is shared, so the local KMS trusts every
+enclave of this endpoint) and its own agent process (`python -m local_backend.parent`), which is
+separate from the endpoint so the relay process can be inspected on its own (verify reads its
+memory) and killed with the instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from enclavekit.errors import EmulatorError
+from enclavekit.localenv import local_aws_env
+from local_backend.parent.agent import INSTANCE_FILE, METADATA_KEY, read_state
+
+log = logging.getLogger("enclavekit.parent")
+
+BOOT_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+_state_dir: Path | None = None
+_procs: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def instances_dir(state_dir: Path) -> Path:
+    return state_dir / "instances"
+
+
+def instance_dir(state_dir: Path, instance_id: str) -> Path:
+    return instances_dir(state_dir) / instance_id
+
+
+def _endpoint(state_dir: Path) -> str:
+    try:
+        return json.loads((state_dir / "endpoint.json").read_text())["endpoint"]
+    except (OSError, ValueError, KeyError):
+        raise EmulatorError(f"no running endpoint recorded in {state_dir}/endpoint.json") from None
+
+
+def start_parent(info: Any) -> None:
+    """Start hook: boot the emulated parent of `info` (an EnclaveInstance) and its enclave.
+
+    Waits until the enclave runs (or failed); a failure raises, so a CloudFormation create
+    fails and rolls back rather than leaving a host without its enclave.
+    """
+    assert _state_dir is not None
+    spec = (info.metadata or {}).get(METADATA_KEY)
+    if not spec or not spec.get("image"):
+        log.info("instance %s: enclave-enabled, no enclavekit image in its Metadata: parent only",
+                 info.instance_id)
+        return
+    d = instance_dir(_state_dir, info.instance_id)
+    d.mkdir(parents=True, exist_ok=True)
+    record = {
+        "instance_id": info.instance_id,
+        "account_id": info.account_id,
+        "region": info.region,
+        "role_arns": list(info.role_arns),
+        "stack_name": info.stack_name,
+        "logical_id": info.logical_id,
+        "metadata": info.metadata,
+        "endpoint": _endpoint(_state_dir),
+        "state_dir": str(_state_dir),
+    }
+    (d / INSTANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    (d / "parent.json").unlink(missing_ok=True)
+    env = local_aws_env(record["endpoint"], region=info.region, scratch_dir=d / "aws")
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(d / "parent.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "local_backend.parent", str(d)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env, cwd=str(d),
+        )
+    _procs[info.instance_id] = proc
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        st = read_state(d)
+        if st.get("state") == "running":
+            log.info("instance %s: parent pid %s, enclave %s, relay port %s", info.instance_id,
+                     proc.pid, st["enclave"]["EnclaveID"], st["relay_port"])
+            return
+        if st.get("state") == "failed" or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    reason = read_state(d).get("error") or "did not come up in time"
+    stop_parent(info)
+    raise EmulatorError(f"instance {info.instance_id}: enclave boot failed: {reason}")
+
+
+def stop_parent(info: Any) -> None:
+    """Stop hook: stop the parent process (which terminates its enclaves and relays)."""
+    assert _state_dir is not None
+    proc = _procs.pop(info.instance_id, None)
+    pid = proc.pid if proc else read_state(instance_dir(_state_dir, info.instance_id)).get("pid")
+    if not pid:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            break
+        if proc is None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+        time.sleep(0.05)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        if proc is not None:
+            proc.wait(timeout=5)
+    # Whatever the agent could not stop: enclaves of this instance must not outlive it.
+    from local_backend.emulator.runtime import EnclaveManager
+
+    with contextlib.suppress(Exception):
+        EnclaveManager(instance_dir(_state_dir, info.instance_id)).terminate_all()
+    log.info("instance %s: parent stopped", info.instance_id)
+
+
+def resync(state_dir: Path) -> int:
+    """Ask every running parent agent to re-sync now (after sealing a secret); returns count."""
+    count = 0
+    root = instances_dir(state_dir)
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        st = read_state(d)
+        if st.get("state") == "running" and st.get("pid"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(st["pid"]), signal.SIGHUP)
+                count += 1
+    return count
+
+
+def install(state_dir: Path) -> None:
+    """Register the parent with the EC2 extension's hooks (idempotent)."""
+    global _state_dir
+    from local_backend.moto_ext.ec2 import on_instance_start, on_instance_stop
+
+    _state_dir = Path(state_dir).resolve()
+    on_instance_start(start_parent)
+    on_instance_stop(stop_parent)

@@ -1,0 +1,307 @@
+"""The emulated parent instance: one process per enclave-enabled EC2 instance.
+
+What runs on a real parent, played here from the host's `Metadata["enclavekit:host"]` (the same
+spec the real user data is rendered from):
+
+- the instance role's temporary credentials, as IMDS hands them out (STS AssumeRole here);
+- the EIF, downloaded from the CDK asset bucket;
+- `vsock-proxy 8000 kms.<region>.amazonaws.com 443` with an allowlist naming only that host;
+- `nitro-cli run-enclave` with the allocator's sizes (the emulator's EnclaveManager);
+- a loopback TCP port relayed to the enclave's TLS port (the service port of the host);
+- the ACM for Nitro Enclaves agent's part: fetch the association's S3 object and the sealed
+  application secrets, hand them with the credentials to the enclave (Provision), re-sync.
+
+Nothing here ever holds plaintext key material: the bundle's private key and the secrets stay
+KMS ciphertext that only the attested enclave can open.
+
+Run as `python -m local_backend.parent INSTANCE_DIR`; INSTANCE_DIR/instance.json says what
+to boot, INSTANCE_DIR/parent.json reports the state ("booting", "running", "failed").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from enclavekit import provisioning as prov
+from enclavekit.errors import EnclaveKitError
+from enclavekit.localenv import local_aws_env
+from enclavekit.transport import EmulatedVsock
+from local_backend.parent.relay import TcpToVsockRelay
+
+log = logging.getLogger("enclavekit.parent")
+
+INSTANCE_FILE = "instance.json"
+PARENT_FILE = "parent.json"
+METADATA_KEY = "enclavekit:host"
+UNSEALED = "enclavekit:unsealed"
+SYNC_FAST_S = 1.0  # until provisioned: poll for sealed secrets like a fresh agent would
+SYNC_SLOW_S = 600.0  # the ACM agent's default sync interval
+
+
+def write_state(instance_dir: Path, **fields: Any) -> None:
+    """Atomically merge `fields` into parent.json."""
+    path = instance_dir / PARENT_FILE
+    current: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        current = json.loads(path.read_text())
+    current.update(fields, updated=time.time())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def read_state(instance_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((instance_dir / PARENT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class Parent:
+    """Boots and serves one emulated parent instance."""
+
+    def __init__(self, instance_dir: Path) -> None:
+        self.dir = instance_dir
+        self.info: dict[str, Any] = json.loads((instance_dir / INSTANCE_FILE).read_text())
+        self.spec: dict[str, Any] = (self.info.get("metadata") or {}).get(METADATA_KEY) or {}
+        self.region: str = self.info["region"]
+        self.endpoint: str = self.info["endpoint"]
+        self.role_arn: str | None = (self.info.get("role_arns") or [None])[0]
+        self.enclave: dict[str, Any] | None = None
+        self.relay: TcpToVsockRelay | None = None
+        self.proxy: Any = None
+        self._stop = threading.Event()
+        self._resync = threading.Event()
+        self._last_provision: bytes | None = None
+
+    # ------------------------------------------------------------------ AWS clients
+    def _client(self, service: str, creds: prov.Credentials | None = None) -> Any:
+        env = local_aws_env(self.endpoint, region=self.region)
+        kwargs: dict[str, Any] = {
+            "region_name": self.region,
+            "endpoint_url": self.endpoint,
+            "aws_access_key_id": creds.access_key_id if creds else env["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": (
+                creds.secret_access_key if creds else env["AWS_SECRET_ACCESS_KEY"]
+            ),
+            "aws_session_token": creds.session_token if creds else None,
+            "config": Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
+        }
+        return boto3.session.Session().client(service, **kwargs)
+
+    def role_credentials(self) -> prov.Credentials:
+        """The instance role's temporary credentials, as IMDS would serve them."""
+        if not self.role_arn:
+            raise EnclaveKitError(f"instance {self.info['instance_id']} has no instance role")
+        out = self._client("sts").assume_role(
+            RoleArn=self.role_arn, RoleSessionName=self.info["instance_id"], DurationSeconds=3600
+        )["Credentials"]
+        return prov.Credentials(
+            access_key_id=out["AccessKeyId"],
+            secret_access_key=out["SecretAccessKey"],
+            session_token=out["SessionToken"],
+            expiration=out["Expiration"].isoformat()
+            if hasattr(out["Expiration"], "isoformat")
+            else str(out["Expiration"]),
+        )
+
+    # ------------------------------------------------------------------ boot
+    def fetch_image(self, creds: prov.Credentials) -> Path:
+        image = self.spec.get("image") or {}
+        asset = image.get("asset")
+        if not asset:
+            raise EnclaveKitError(
+                f"host {self.info.get('logical_id')}: Metadata {METADATA_KEY}.image.asset is "
+                "missing; expected the S3 location of the EIF asset"
+            )
+        path = self.dir / "image.eif"
+        body = self._client("s3", creds).get_object(Bucket=asset["bucket"], Key=asset["key"])
+        path.write_bytes(body["Body"].read())
+        return path
+
+    def boot(self) -> None:
+        from enclavekit.pki import LocalPki
+        from local_backend.emulator.runtime import EnclaveManager
+        from local_backend.emulator.vsock_proxy import VsockProxy
+
+        state_root = Path(self.info["state_dir"])
+        LocalPki.load_or_create(state_root)  # the endpoint's one root, which its KMS trusts
+        pki_link = self.dir / "pki"
+        if not pki_link.is_symlink():
+            pki_link.symlink_to(state_root / "pki", target_is_directory=True)
+        creds = self.role_credentials()
+        eif_path = self.fetch_image(creds)
+        kms_host = f"kms.{self.region}.amazonaws.com"
+        allowlist = self.dir / "vsock-proxy.yaml"
+        allowlist.write_text(f"allowlist:\n- {{address: {kms_host}, port: 443}}\n")
+        proxy_port = int(self.spec.get("service", {}).get("kms_proxy_port", prov.KMS_PROXY_PORT))
+        self.proxy = VsockProxy.for_state_dir(
+            self.dir, proxy_port, kms_host, 443, config=allowlist, endpoint=self.endpoint
+        ).start()
+        enclave = self.spec.get("enclave") or {}
+        self.enclave = EnclaveManager(self.dir).run_enclave(
+            eif_path,
+            int(enclave.get("cpu_count", 2)),
+            int(enclave.get("memory_mib", 512)),
+            cid=enclave.get("cid"),
+            debug_mode=bool(enclave.get("debug_mode", False)),
+            parent_role_arn=self.role_arn,
+            parent_instance_id=self.info["instance_id"],
+            name=(self.spec.get("image") or {}).get("name"),
+        )
+        enclave_port = int(self.spec.get("service", {}).get("enclave_port", prov.TLS_PORT))
+        self.relay = TcpToVsockRelay(
+            EmulatedVsock(self.dir / "vsock", 3), self.enclave["EnclaveCID"], enclave_port
+        ).start()
+        write_state(
+            self.dir,
+            state="running",
+            pid=os.getpid(),
+            enclave=self.enclave,
+            relay_port=self.relay.port,
+            service_port=self.spec.get("service", {}).get("port"),
+            domain=self.spec.get("service", {}).get("domain"),
+            provisioned=False,
+        )
+        log.info(
+            "instance %s: enclave %s (CID %s) running; relay 127.0.0.1:%d -> vsock %s",
+            self.info["instance_id"], self.enclave["EnclaveID"], self.enclave["EnclaveCID"],
+            self.relay.port, enclave_port,
+        )
+
+    # ------------------------------------------------------------------ the agent
+    def certificate_bundle(self, creds: prov.Credentials) -> prov.CertificateBundle | None:
+        cert = self.spec.get("certificate")
+        if not cert:
+            return None
+        roles = self._client("ec2", creds).get_associated_enclave_certificate_iam_roles(
+            CertificateArn=cert["arn"]
+        )["AssociatedRoles"]
+        mine = [r for r in roles if r.get("AssociatedRoleArn") == self.role_arn]
+        if not mine:
+            raise EnclaveKitError(
+                f"certificate {cert['arn']} has no enclave association with role {self.role_arn}"
+            )
+        obj = self._client("s3", creds).get_object(
+            Bucket=mine[0]["CertificateS3BucketName"], Key=mine[0]["CertificateS3ObjectKey"]
+        )
+        return prov.CertificateBundle.from_s3_object(obj["Body"].read())
+
+    def sealed_secrets(self, creds: prov.Credentials) -> tuple[list[prov.SecretSpec], list[str]]:
+        """The sealed secrets that exist, and the names still waiting to be sealed."""
+        ssm = self._client("ssm", creds)
+        ready, waiting = [], []
+        for secret in self.spec.get("secrets") or []:
+            value = ssm.get_parameter(Name=secret["parameter"])["Parameter"]["Value"]
+            if value == UNSEALED:
+                waiting.append(secret["name"])
+                continue
+            ready.append(prov.SecretSpec(name=secret["name"], ciphertext_b64=value))
+        return ready, waiting
+
+    def provision_once(self) -> bool:
+        """Hand the enclave what it needs; True once it answered Provisioned."""
+        assert self.enclave is not None
+        creds = self.role_credentials()
+        bundle = self.certificate_bundle(creds)
+        secrets, waiting = self.sealed_secrets(creds)
+        if waiting:
+            write_state(self.dir, waiting_for_secrets=waiting)
+            return False
+        msg = prov.Provision(
+            region=self.region,
+            credentials=creds,
+            kms_proxy_port=self.proxy.local_port,
+            kms_endpoint_scheme="http",
+            certificate=bundle,
+            secrets=tuple(secrets),
+        )
+        vsock = EmulatedVsock(self.dir / "vsock", 3)
+        with vsock.connect(self.enclave["EnclaveCID"], prov.CONTROL_PORT) as sock:
+            sock.settimeout(60)
+            reply = prov.exchange(sock, msg)
+        if isinstance(reply, prov.ErrorReply):
+            write_state(self.dir, provisioned=False, last_error=f"{reply.code}: {reply.message}")
+            log.warning("enclave refused provisioning: %s: %s", reply.code, reply.message)
+            return True  # it answered; a re-sync retries with fresh credentials later
+        write_state(self.dir, provisioned=True, last_error=None, waiting_for_secrets=[],
+                    provisioned_at=time.time())
+        log.info("enclave provisioned (%d secrets, certificate: %s)", len(secrets),
+                 "yes" if bundle else "no")
+        return True
+
+    def sync_loop(self) -> None:
+        answered = False
+        while not self._stop.is_set():
+            try:
+                answered = self.provision_once() or answered
+            except (EnclaveKitError, OSError, ConnectionError, EOFError) as exc:
+                write_state(self.dir, last_error=str(exc))
+                log.warning("provisioning: %s", exc)
+            except Exception as exc:  # boto errors and the like: report, retry
+                write_state(self.dir, last_error=f"{type(exc).__name__}: {exc}")
+                log.warning("provisioning: %s: %s", type(exc).__name__, exc)
+            self._resync.wait(SYNC_SLOW_S if answered else SYNC_FAST_S)
+            self._resync.clear()
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self) -> None:
+        from local_backend.emulator.runtime import EnclaveManager
+
+        self._stop.set()
+        self._resync.set()
+        if self.relay is not None:
+            self.relay.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
+        with contextlib.suppress(EnclaveKitError, OSError):
+            EnclaveManager(self.dir).terminate_all()
+        write_state(self.dir, state="stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m local_backend.parent INSTANCE_DIR", file=sys.stderr)
+        return 2
+    instance_dir = Path(args[0]).resolve()
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    parent = Parent(instance_dir)
+    done = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            parent._resync.set()
+        else:
+            done.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
+    write_state(instance_dir, state="booting", pid=os.getpid())
+    try:
+        parent.boot()
+    except Exception as exc:  # reported to the endpoint's hook, which fails the create
+        log.error("boot failed: %s: %s", type(exc).__name__, exc)
+        write_state(instance_dir, state="failed", error=f"{exc}")
+        parent.shutdown()
+        write_state(instance_dir, state="failed")
+        return 1
+    threading.Thread(target=parent.sync_loop, name="agent", daemon=True).start()
+    done.wait()
+    parent.shutdown()
+    return 0
