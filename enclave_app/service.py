@@ -133,7 +133,9 @@ class EnclaveService:
                 kms = self._connect(msg)
                 material = self._obtain(msg, kms)
             except EnclaveAppError as exc:
-                self._failed(exc, revoked=isinstance(exc, KmsDenied) or self._material is None)
+                # A failed Provision never takes away what a good one gave (the refresh loop
+                # notices a real revocation); it only fails an enclave that has nothing yet.
+                self._failed(exc, revoked=self._material is None)
                 return ErrorReply("KmsError", str(exc))
             except InvalidInput as exc:
                 self._failed(exc, revoked=self._material is None)
