@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 
+import enclavekit
 from enclavekit.errors import EnclaveKitError
 from enclavekit.provisioning import CONTROL_PORT, TLS_PORT
 from enclavekit.transport import EMULATED_VSOCK_ROOT, NSM_DEVICE, open_nsm, open_vsock
@@ -68,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except (EnclaveKitError, OSError) as exc:
         log.error("start-up failed: %s", exc)
         return getattr(exc, "exit_code", 1)
-    log.info("enclave %s up: NSM %d.%d.%d, %s; recipient key sha256 %s; TLS on vsock port %d; "
-             "waiting for Provision on vsock port %d", described.module_id,
+    log.info("enclave %s up: NSM %d.%d.%d, %s, core modules from %s; recipient key sha256 %s; "
+             "TLS on vsock port %d; waiting for Provision on vsock port %d", described.module_id,
              described.version_major, described.version_minor, described.version_patch,
-             type(vsock).__name__, key.fingerprint, args.tls_port, args.control_port)
+             type(vsock).__name__, os.path.dirname(enclavekit.__file__), key.fingerprint,
+             args.tls_port, args.control_port)
     stop.wait()
     log.info("stopping")
     control.stop()
