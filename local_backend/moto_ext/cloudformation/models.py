@@ -134,7 +134,7 @@ def _model_map() -> dict[str, type[CloudFormationModel]]:
 
 def supported_types() -> frozenset[str]:
     """Every resource type the local endpoint deploys."""
-    return frozenset(parsing.get_model_map())
+    return frozenset(_model_map())
 
 
 def unsupported_types(template: dict[str, Any]) -> list[str]:
@@ -153,7 +153,7 @@ def check_template(template: dict[str, Any]) -> None:
 
 
 def _resource_class_from_type(resource_type: str) -> type[CloudFormationModel]:
-    model = parsing.get_model_map().get(resource_type)
+    model = parsing.get_model_map().get(resource_type) or _model_map().get(resource_type)
     if model is None:
         raise UnsupportedResourceType([resource_type])
     return model
@@ -340,10 +340,18 @@ def _refresh_stack(stack: Stack, template: str, parameters: dict[str, Any] | Non
     _ = stack.outputs  # resolve now, so a bad output fails the operation, not DescribeStacks
 
 
+def _forget_resources(stack: Stack) -> None:
+    """Empty a stack's resource map once its resources are gone. moto's map is lazy: any later
+    read (DescribeStackResources, which the CLI calls after a failure) would otherwise create
+    every resource of the template again."""
+    stack.resource_map._resource_json_map = {}
+
+
 def _rollback_create(stack: Stack) -> str | None:
     """Delete whatever a failed create made; None on success, else the reason it could not."""
     try:
         stack.resource_map.delete()
+        _forget_resources(stack)
         return None
     except Exception as exc:  # noqa: BLE001 - reported in the stack status, not a 500
         log.exception("rollback of %s failed", stack.name)
@@ -464,6 +472,7 @@ def delete_stack(self: CloudFormationBackend, name_or_stack_id: str) -> None:
         for stack in stacks:
             try:
                 _original_delete_stack(self, stack.stack_id)
+                _forget_resources(stack)
             except Exception as exc:  # noqa: BLE001
                 log.warning("delete of stack %s failed: %s", stack.name, _reason(exc))
                 stack.status = "DELETE_FAILED"

@@ -34,6 +34,17 @@ def _resolve_ssm_parameters(response: CloudFormationResponse, template: dict[str
                 f"Unable to fetch parameters [{name}] from parameter store for this account."))
 
 
+def _previous_input(stack: Stack | None, key: str) -> Any:
+    """The previous *input* of parameter `key`: what was passed, else the old template's
+    Default (for an SSM-typed parameter that is the parameter name, resolved again later)."""
+    if stack is None:
+        return None
+    if key in (stack.parameters or {}):
+        return stack.parameters[key]
+    spec = (stack.template_dict.get("Parameters") or {}).get(key)
+    return spec.get("Default") if isinstance(spec, dict) else None
+
+
 def create_change_set(self: CloudFormationResponse) -> ActionResult:
     stack_name = self._get_param("StackName")
     change_set_name = self._get_param("ChangeSetName")
@@ -58,11 +69,12 @@ def create_change_set(self: CloudFormationResponse) -> ActionResult:
     for param in self._get_param("Parameters", []):
         key = param["ParameterKey"]
         if param.get("UsePreviousValue", False):
-            if stack is None or key not in stack.parameters:
+            previous = _previous_input(stack, key)
+            if previous is None:
                 raise ValidationError(message=(
                     f"Invalid input for parameter key {key}. Cannot specify usePreviousValue "
                     "as true for a parameter key not in the previous template"))
-            parameters[key] = stack.parameters[key]
+            parameters[key] = previous
         else:
             parameters[key] = param.get("ParameterValue")
     try:
