@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,9 +162,10 @@ def kms_world(tmp: Path) -> Iterator[KmsWorld]:
                              aws_secret_access_key=LOCAL_SECRET_ACCESS_KEY)
         trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {
             "Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
-        role_arn = admin.create_role(RoleName="enclave-host",
+        role_name = f"enclave-host-{uuid.uuid4().hex[:8]}"  # moto's state is per process
+        role_arn = admin.create_role(RoleName=role_name,
                                      AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-        admin.put_role_policy(RoleName="enclave-host", PolicyName="random",
+        admin.put_role_policy(RoleName=role_name, PolicyName="random",
                               PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
                                   {"Effect": "Allow", "Action": "kms:GenerateRandom",
                                    "Resource": "*"}]}))
