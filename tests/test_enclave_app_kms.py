@@ -18,15 +18,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-
-from enclave_app.attester import Attester
-from enclave_app.forwarder import LoopbackForwarder, pipe
-from enclave_app.keys import RecipientKey
-from enclave_app.kms import AttestedKms, KmsDenied, KmsUnreachable
-from enclavekit import attestation
-from enclavekit.pki import LocalPki
-from enclavekit.transport import PARENT_CID, SocketNsm
-from tests.enclave_app_support import (
+from enclave_app_support import (
     KMS_HOST,
     MEASUREMENTS,
     OTHER_IMAGE,
@@ -37,6 +29,14 @@ from tests.enclave_app_support import (
     nsm_device,
     pem,
 )
+
+from enclave_app.attester import Attester
+from enclave_app.forwarder import LoopbackForwarder, pipe
+from enclave_app.keys import RecipientKey
+from enclave_app.kms import AttestedKms, KmsDenied, KmsUnreachable
+from enclavekit import attestation
+from enclavekit.pki import LocalPki
+from enclavekit.transport import PARENT_CID, SocketNsm
 
 
 @pytest.fixture(scope="module")

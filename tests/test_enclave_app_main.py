@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from enclave_app_support import ENCLAVE_CID, MODULE_ID, SECRET, kms_world, nsm_device
 
 from enclavekit.build import build_enclave, extract_customer_ramdisk, load_manifest
 from enclavekit.eif import read_eif
@@ -33,7 +34,6 @@ from enclavekit.provisioning import (
     StatusReport,
     exchange,
 )
-from tests.enclave_app_support import ENCLAVE_CID, MODULE_ID, SECRET, kms_world, nsm_device
 
 APP_DIR = Path(__file__).resolve().parent.parent / "enclave_app"
 

@@ -18,6 +18,18 @@ from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from enclave_app_support import (
+    DOMAIN,
+    ENCLAVE_CID,
+    MEASUREMENTS,
+    MODULE_ID,
+    OTHER_IMAGE,
+    SECRET,
+    KmsWorld,
+    kms_world,
+    nsm_device,
+    pem,
+)
 
 from enclave_app.attester import Attester
 from enclave_app.control import ControlServer
@@ -41,18 +53,6 @@ from enclavekit.provisioning import (
     read_message,
 )
 from enclavekit.transport import SocketNsm
-from tests.enclave_app_support import (
-    DOMAIN,
-    ENCLAVE_CID,
-    MEASUREMENTS,
-    MODULE_ID,
-    OTHER_IMAGE,
-    SECRET,
-    KmsWorld,
-    kms_world,
-    nsm_device,
-    pem,
-)
 
 
 @dataclass
