@@ -40,6 +40,7 @@ DEFAULT_PORT = 4599
 DEFAULT_STATE_DIR = Path(".enclavekit")
 ENDPOINT_FILE = "endpoint.json"
 LOG_FILE = Path("logs") / "endpoint.log"
+KEYSCAN_PATH = "/_enclavekit/keyscan"
 HEALTH_PATH = "/_enclavekit/health"
 
 log = logging.getLogger("enclavekit.endpoint")
@@ -49,7 +50,7 @@ _status_providers: list[Callable[[Path], dict[str, Any]]] = []
 
 
 def add_status_provider(fn: Callable[[Path], dict[str, Any]]) -> None:
-    """Register `fn(state_dir) -> dict` whose keys are merged into `local status` (e.g. enclaves)."""
+    """Register `fn(state_dir) -> dict`, merged into `local status` (e.g. the enclaves)."""
     _status_providers.append(fn)
 
 
@@ -102,11 +103,14 @@ def read_endpoint(state_dir: Path) -> EndpointInfo | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise InvalidInput(f"{path}: expected the endpoint's JSON file, found unreadable data ({exc})")
+        raise InvalidInput(
+            f"{path}: expected the endpoint's JSON file, found unreadable data ({exc})") from exc
+    keys = ("endpoint", "port", "pid", "state_dir", "started")
     try:
-        return EndpointInfo(**{k: raw[k] for k in ("endpoint", "port", "pid", "state_dir", "started")})
+        return EndpointInfo(**{k: raw[k] for k in keys})
     except (KeyError, TypeError) as exc:
-        raise InvalidInput(f"{path}: expected keys endpoint, port, pid, state_dir, started; {exc}")
+        raise InvalidInput(
+            f"{path}: expected keys {', '.join(keys)}; missing or wrong: {exc}") from exc
 
 
 def _pid_alive(pid: int) -> bool:
@@ -295,6 +299,30 @@ def ca_pem(state_dir: Path = DEFAULT_STATE_DIR) -> bytes:
 # ---------------------------------------------------------------- the endpoint process
 
 
+def _keyscan(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    """verify's question to "ACM": where, besides the enclave, is this certificate's key?
+
+    The endpoint holds the key (as ACM does), so it searches itself; only the places found
+    go back, never key bytes. Loopback only, like everything the endpoint serves.
+    """
+    from local_backend import keyscan
+    from local_backend.moto_ext.acm.models import certificate_material
+
+    try:
+        size = int(environ.get("CONTENT_LENGTH") or 0)
+        req = json.loads(environ["wsgi.input"].read(size))
+        _, _, key_pem = certificate_material(req["account_id"], req["region"],
+                                             req["certificate_arn"])
+        result = keyscan.scan(key_pem, paths=req.get("paths", []), pids=req.get("pids", []))
+        status_line, body = "200 OK", json.dumps(result).encode()
+    except Exception as exc:  # noqa: BLE001 - answered as a one-line error
+        status_line = "400 Bad Request"
+        body = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
+    start_response(status_line, [("Content-Type", "application/json"),
+                                 ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def _app(state_dir: Path) -> Callable[..., Any]:
     """moto's WSGI dispatcher behind a tiny health route of our own."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -303,6 +331,8 @@ def _app(state_dir: Path) -> Callable[..., Any]:
     pid = os.getpid()
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") == KEYSCAN_PATH and environ.get("REQUEST_METHOD") == "POST":
+            return _keyscan(environ, start_response)
         if environ.get("PATH_INFO") == HEALTH_PATH:
             body = json.dumps({"pid": pid, "state_dir": str(state_dir)}).encode()
             start_response("200 OK", [("Content-Type", "application/json"),

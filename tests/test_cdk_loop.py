@@ -152,7 +152,8 @@ def test_full_loop(endpoint: server.EndpointInfo, app_dir: Path, aws: dict) -> N
     cfn, s3, ec2c = aws["cloudformation"], aws["s3"], aws["ec2"]
     out = _cdk(endpoint, app_dir, "bootstrap", bootstrap_target())
     assert "bootstrapped" in out
-    assert cfn.describe_stacks(StackName="CDKToolkit")["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
+    toolkit = cfn.describe_stacks(StackName="CDKToolkit")["Stacks"][0]
+    assert toolkit["StackStatus"] == "CREATE_COMPLETE"
 
     # deploy
     out = _cdk(endpoint, app_dir, "deploy", "EnclaveTestStack", "--require-approval", "never")

@@ -18,7 +18,8 @@ DEFAULT_PORT = 4599
 
 def _state_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                   help="where the endpoint keeps endpoint.json, logs and its CA (default .enclavekit)")
+                   help="where the endpoint keeps endpoint.json, logs and its CA "
+                   "(default .enclavekit)")
 
 
 def _start(args: argparse.Namespace) -> int:

@@ -80,7 +80,8 @@ class LocalCa:
               ) -> tuple[bytes, bytes]:
         """A TLS server certificate for `domain` + `sans`: (cert PEM, private key PEM)."""
         if not domain or len(domain) > 253:
-            raise InvalidInput(f"DomainName: expected a DNS name of 1..253 characters, found {domain!r}")
+            raise InvalidInput(
+                f"DomainName: expected a DNS name of 1..253 characters, found {domain!r}")
         if key_algorithm not in KEY_ALGORITHMS:
             raise InvalidInput(f"KeyAlgorithm: expected one of {', '.join(KEY_ALGORITHMS)}, "
                                f"found {key_algorithm!r}")
@@ -176,7 +177,8 @@ class Certificate(CloudFormationModel):
                                f"DomainName must be a string, found {domain!r}")
         if props.get("CertificateAuthorityArn"):
             raise InvalidInput("AWS::CertificateManager::Certificate: CertificateAuthorityArn "
-                               "(private CA) is not emulated; omit it to get a local-CA certificate")
+                               "(private CA) is not emulated; omit it to get a local-CA "
+                               "certificate")
         bundle = issue_certificate(account_id, region_name, domain,
                                    list(props.get("SubjectAlternativeNames") or []),
                                    props.get("KeyAlgorithm") or "RSA_2048")

@@ -219,7 +219,8 @@ def _parse_and_update_resource(logical_id: str, resource_json: dict[str, Any],
         _tag_failure(exc, logical_id, resource_type)
         raise
     if new is None:
-        raise ValidationError(message=f"update of {logical_id} ({resource_type}) produced no resource")
+        raise ValidationError(
+            message=f"update of {logical_id} ({resource_type}) produced no resource")
     new.cf_resource_type = resource_type
     new.logical_resource_id = logical_id
     if isinstance(new, TaggedEC2Resource) and new is not original:
@@ -365,6 +366,8 @@ def _fail(stack: Stack, operation: str, exc: BaseException) -> None:
     log.warning("%s of stack %s failed at %s: %s", operation, stack.name, logical, reason)
     if logical:
         _add_resource_event(stack, logical, rtype, f"{operation}_FAILED", reason)
+    else:
+        stack._add_stack_event(f"{operation}_FAILED", resource_status_reason=reason)
     if operation == "CREATE":
         stack._add_stack_event("ROLLBACK_IN_PROGRESS", resource_status_reason=(
             f"The following resource(s) failed to create: [{logical or stack.name}]. "

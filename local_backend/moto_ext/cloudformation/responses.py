@@ -82,7 +82,8 @@ def create_change_set(self: CloudFormationResponse) -> ActionResult:
     except ValueError as exc:
         raise ValidationError(message=f"Template format error: {exc}") from exc
     if not isinstance(template, dict):
-        raise ValidationError(message="Template format error: the template is not a JSON/YAML object")
+        raise ValidationError(
+            message="Template format error: the template is not a JSON/YAML object")
     models.check_template(template)
     _resolve_ssm_parameters(self, template, parameters)
     change_set_id, stack_id = self.cloudformation_backend.create_change_set(

@@ -120,7 +120,8 @@ def _roles_of_profile(instance: Instance) -> tuple[str | None, tuple[str, ...]]:
     return profile.arn, tuple(r.arn for r in profile.roles)
 
 
-def describe_enclave_instance(instance: Instance, *, stack: Any = None, logical_id: str | None = None,
+def describe_enclave_instance(instance: Instance, *, stack: Any = None,
+                              logical_id: str | None = None,
                               metadata: dict[str, Any] | None = None) -> EnclaveInstance:
     profile_arn, roles = _roles_of_profile(instance)
     nic = instance.nics.get(0) if instance.nics else None
@@ -207,7 +208,8 @@ def _instance_init(self: Instance, ec2_backend: Any, image_id: str, user_data: A
         self.metadata_options = MetadataOptions(data["MetadataOptions"])
     if self.enclave_options["Enabled"] and (self.hibernation_options or {}).get("Configured"):
         raise EC2ClientError("UnsupportedOperation",
-                             "You can't enable hibernation and Nitro Enclaves on the same instance.")
+                             "You can't enable hibernation and Nitro Enclaves on the same "
+                             "instance.")
 
 
 def _instance_terminate(self: Instance) -> Any:
@@ -302,7 +304,12 @@ def _after_stack_apply(stack: Any, operation: str) -> None:
         info = describe_enclave_instance(instance, stack=stack, logical_id=logical_id,
                                          metadata=metadata)
         instance._ek_last_info = info  # type: ignore[attr-defined]
-        _fire_start(info)
+        try:
+            _fire_start(info)
+        except Exception as exc:
+            exc._ek_logical_id = logical_id  # type: ignore[attr-defined]
+            exc._ek_type = "AWS::EC2::Instance"  # type: ignore[attr-defined]
+            raise
 
 
 # ------------------------------------------------------------------------ CFN: routing deletes
@@ -481,7 +488,8 @@ def associated_roles(account_id: str, region: str, certificate_arn: str
                      ) -> list[CertificateAssociation]:
     """GetAssociatedEnclaveCertificateIamRoles."""
     if not isinstance(certificate_arn, str) or not _CERT_ARN.match(certificate_arn):
-        raise _invalid(f"CertificateArn: expected an ACM certificate ARN, found {certificate_arn!r}")
+        raise _invalid(
+            f"CertificateArn: expected an ACM certificate ARN, found {certificate_arn!r}")
     with _lock:
         table = _associations.get((account_id, region), {})
         return [a for (c, _r), a in table.items() if c == certificate_arn]

@@ -10,6 +10,7 @@ a secure transport (`aws:SecureTransport` = true): the traffic never leaves the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -109,10 +110,9 @@ class BucketPolicy(CloudFormationModel):
                                                    account_id, region_name)
 
     def delete(self, account_id: str, region_name: str) -> None:
-        try:
+        # If the bucket went first there is nothing left to remove.
+        with contextlib.suppress(MissingBucket):
             s3_backends[self.account_id][PARTITION].delete_bucket_policy(self.bucket)
-        except MissingBucket:
-            pass  # the bucket went first; nothing left to remove
 
 
 def ensure_bucket(account_id: str, region: str, bucket: str) -> None:
