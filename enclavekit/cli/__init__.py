@@ -20,6 +20,7 @@ _GROUPS = (
     "enclavekit.cli.attest",  # attest verify|show
     "enclavekit.cli.enclave",  # run-enclave, describe-enclaves, terminate-enclave, console, vsock-proxy
     "enclavekit.cli.local",  # local start|stop|status|ca, cdk, up, verify
+    "enclavekit.cli.deploy",  # up, verify
     "enclavekit.cli.lint",  # lint
     "enclavekit.cli.demo",  # demo (what `make demo` runs)
 )

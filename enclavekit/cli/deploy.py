@@ -1,0 +1,60 @@
+"""`enclavekit up` and `enclavekit verify`: the local deploy loop and its end-to-end proof."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from enclavekit.cli.local import DEFAULT_STATE_DIR
+
+DEFAULT_PORT = 4599
+
+
+def _up(args: argparse.Namespace) -> int:
+    from local_backend.up import phases_table, up
+
+    result = up(args.app, state_dir=args.state_dir, port=args.port,
+                run_verify=not args.no_verify)
+    print()
+    print(phases_table(result))
+    if result.report is not None:
+        print()
+        print(result.report.table())
+    print(f"\nendpoint {result.endpoint} — stop it with: enclavekit local stop "
+          f"--state-dir {args.state_dir}")
+    return 0 if result.ok else 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from local_backend.verify import verify
+
+    report = verify(args.state_dir, stack=args.stack)
+    if args.junit:
+        Path(args.junit).write_text(report.to_junit())
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        print()
+    else:
+        print(report.table())
+    return 0 if report.ok else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `up` and `verify`."""
+    p = sub.add_parser("up", help="start the local endpoint if needed, bootstrap, deploy "
+                       "--all, seal secrets, boot enclaves, verify")
+    p.add_argument("--app", type=Path, default=Path("."),
+                   help="the CDK app directory (with cdk.json); default: here")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    p.add_argument("--no-verify", action="store_true", help="stop after the enclaves are up")
+    p.set_defaults(handler=_up)
+
+    v = sub.add_parser("verify", help="prove every deployed enclave host end to end")
+    v.add_argument("--stack", help="only this stack")
+    v.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    v.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    v.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    v.set_defaults(handler=_verify)

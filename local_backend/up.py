@@ -1,0 +1,248 @@
+"""`enclavekit up`: endpoint, bootstrap, deploy, seal, boot, verify — with progress and a table.
+
+Phases (each timed; `make bench` reads the same figures):
+  endpoint   start the local endpoint if it is not running
+  synth      `cdk synth` of the app into cdk.out (the linter plugin runs here)
+  bootstrap  `cdk bootstrap aws://123456789012/us-east-1` (skipped when already bootstrapped)
+  deploy     `cdk deploy --all --app cdk.out` (no second synth); enclave hosts boot here
+  seal       application secrets still unsealed are sealed: a fresh random secret, KMS Encrypt by
+             the account root (the only non-decrypt use the key policy gives it), the ciphertext
+             into the host's SSM parameter; a reference copy for verify's challenge goes to
+             <state>/verifier/ (mode 0600) — the operator's copy, never the parent's
+  boot       wait until every enclave host's parent has provisioned its enclave
+  verify     `enclavekit verify`
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import boto3
+
+from enclavekit.errors import BackendError, InvalidInput
+from enclavekit.localenv import local_aws_env
+from enclavekit.toolchain import cdk_command
+from local_backend import server
+from local_backend.cdk import bootstrap_target, cdk_env
+from local_backend.parent import instances_dir, resync
+from local_backend.parent.agent import METADATA_KEY, UNSEALED, read_state
+from local_backend.verify import VERIFIER_DIR, VerifyReport, verify
+
+BOOT_TIMEOUT_S = 180.0
+_EVENT = re.compile(r"\|\s*(\d+/\d+)\s*\|[^|]*\|\s*(\S+)\s*\|\s*(\S+)\s*\|\s*(\S+)")
+
+
+class Progress:
+    """Live progress on a terminal (one rewritten line), plain lines elsewhere (CI logs)."""
+
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self.out = out
+        self.live = out.isatty()
+        self._phase = ""
+        self._t0 = time.monotonic()
+
+    def start(self, phase: str, what: str) -> None:
+        self._phase, self._t0 = phase, time.monotonic()
+        self._emit(f"[{phase}] {what}", final=not self.live)
+
+    def update(self, text: str) -> None:
+        if self.live:
+            self._emit(f"[{self._phase}] {text}"[:120], final=False)
+
+    def done(self, detail: str) -> float:
+        seconds = time.monotonic() - self._t0
+        self._emit(f"[{self._phase}] {detail} ({seconds:.1f} s)", final=True)
+        return seconds
+
+    def _emit(self, text: str, *, final: bool) -> None:
+        if self.live:
+            self.out.write("\r\x1b[2K" + text + ("\n" if final else ""))
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+
+@dataclass
+class UpResult:
+    endpoint: str
+    phases: dict[str, float] = field(default_factory=dict)
+    stacks: list[str] = field(default_factory=list)
+    sealed: list[str] = field(default_factory=list)
+    report: VerifyReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.report is None or self.report.ok
+
+
+def _run_cdk(args: list[str], app_dir: Path, endpoint: str, progress: Progress) -> None:
+    """Run the cdk CLI, streaming its events into the progress line; raise with its tail."""
+    argv = [*cdk_command(app_dir), *args]
+    proc = subprocess.Popen(argv, cwd=app_dir, env=cdk_env(endpoint, cwd=app_dir), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        if not line:
+            continue
+        tail = [*tail[-29:], line]
+        m = _EVENT.search(line)
+        progress.update(f"{m.group(1)} {m.group(2)} {m.group(3)} {m.group(4)}" if m else line)
+    if proc.wait() != 0:
+        shown = "\n".join(tail[-15:])
+        raise BackendError(f"`cdk {' '.join(args[:2])}` failed (exit {proc.returncode}):\n{shown}")
+
+
+def _clients(endpoint: str) -> Callable[[str], Any]:
+    env = local_aws_env(endpoint)
+
+    def client(service: str) -> Any:
+        return boto3.session.Session().client(
+            service, endpoint_url=endpoint, region_name=env["AWS_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+    return client
+
+
+def assembly_stacks(cdk_out: Path) -> list[str]:
+    manifest = json.loads((cdk_out / "manifest.json").read_text())
+    return [name for name, art in manifest.get("artifacts", {}).items()
+            if art.get("type") == "aws:cloudformation:stack"]
+
+
+def _hosts(state_dir: Path, stacks: list[str]) -> list[Path]:
+    root = instances_dir(state_dir)
+    out = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            info = json.loads((d / "instance.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("stack_name") in stacks and (info.get("metadata") or {}).get(METADATA_KEY) \
+                and read_state(d).get("state") == "running":
+            out.append(d)
+    return out
+
+
+def seal_secrets(state_dir: Path, endpoint: str, stacks: list[str]) -> list[str]:
+    """Seal every still-unsealed application secret of the stacks' hosts; returns the names."""
+    client = _clients(endpoint)
+    cfn, kms, ssm = client("cloudformation"), client("kms"), client("ssm")
+    sealed = []
+    for d in _hosts(state_dir, stacks):
+        info = json.loads((d / "instance.json").read_text())
+        stack = info["stack_name"]
+        resources = {r["LogicalResourceId"]: r["PhysicalResourceId"]
+                     for r in cfn.describe_stack_resources(StackName=stack)["StackResources"]
+                     if r.get("LogicalResourceId")}
+        for spec in info["metadata"][METADATA_KEY].get("secrets") or []:
+            param = ssm.get_parameter(Name=spec["parameter"])["Parameter"]["Value"]
+            ref = state_dir / VERIFIER_DIR / stack / f"{spec['name']}.secret"
+            if param != UNSEALED and ref.is_file():
+                continue
+            secret = secrets.token_bytes(32)
+            blob = kms.encrypt(KeyId=resources[spec["key"]], Plaintext=secret)["CiphertextBlob"]
+            ssm.put_parameter(Name=spec["parameter"], Value=base64.b64encode(blob).decode(),
+                              Type="String", Overwrite=True)
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(ref, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secret)
+            sealed.append(f"{stack}/{spec['name']}")
+    return sealed
+
+
+def wait_provisioned(state_dir: Path, stacks: list[str], progress: Progress,
+                     timeout: float = BOOT_TIMEOUT_S) -> list[Path]:
+    resync(state_dir)
+    deadline = time.monotonic() + timeout
+    while True:
+        hosts = _hosts(state_dir, stacks)
+        states = {d.name: read_state(d) for d in hosts}
+        pending = [n for n, st in states.items() if not st.get("provisioned")]
+        if not pending:
+            return hosts
+        errors = [f"{n}: {st['last_error']}" for n, st in states.items() if st.get("last_error")]
+        progress.update(f"{len(hosts) - len(pending)}/{len(hosts)} enclaves provisioned"
+                        + (f"; {errors[0]}" if errors else ""))
+        if time.monotonic() > deadline:
+            raise BackendError(f"enclaves not provisioned after {timeout:.0f} s: "
+                               + "; ".join(errors or pending))
+        time.sleep(0.2)
+
+
+def up(app_dir: Path, *, state_dir: Path, port: int = server.DEFAULT_PORT,
+       progress: Progress | None = None, run_verify: bool = True) -> UpResult:
+    """Start (if needed), bootstrap, deploy every stack of the app, seal, boot and verify."""
+    app_dir = Path(app_dir).resolve()
+    if not (app_dir / "cdk.json").is_file():
+        raise InvalidInput(f"--app: expected a CDK app directory with a cdk.json, found {app_dir}")
+    state_dir = Path(state_dir).resolve()
+    progress = progress or Progress()
+
+    progress.start("endpoint", "local endpoint")
+    info = server.start(port, state_dir)
+    result = UpResult(endpoint=info.endpoint)
+    result.phases["endpoint"] = progress.done(f"{info.endpoint} (state {state_dir})")
+
+    progress.start("synth", "cdk synth")
+    _run_cdk(["synth", "--quiet"], app_dir, info.endpoint, progress)
+    result.stacks = assembly_stacks(app_dir / "cdk.out")
+    result.phases["synth"] = progress.done(f"{len(result.stacks)} stack(s): "
+                                           f"{', '.join(result.stacks)}")
+
+    progress.start("bootstrap", f"cdk bootstrap {bootstrap_target()}")
+    ssm = _clients(info.endpoint)("ssm")
+    try:
+        ssm.get_parameter(Name="/cdk-bootstrap/hnb659fds/version")
+        result.phases["bootstrap"] = progress.done("already bootstrapped")
+    except ssm.exceptions.ParameterNotFound:
+        _run_cdk(["bootstrap", bootstrap_target()], app_dir, info.endpoint, progress)
+        result.phases["bootstrap"] = progress.done("CDKToolkit deployed")
+
+    progress.start("deploy", "cdk deploy --all")
+    _run_cdk(["deploy", "--all", "--app", "cdk.out", "--require-approval", "never"], app_dir,
+             info.endpoint, progress)
+    result.phases["deploy"] = progress.done(f"deployed {', '.join(result.stacks)}")
+
+    progress.start("seal", "application secrets")
+    result.sealed = seal_secrets(state_dir, info.endpoint, result.stacks)
+    result.phases["seal"] = progress.done(f"sealed {', '.join(result.sealed) or 'nothing new'}")
+
+    progress.start("boot", "enclaves: boot and provisioning")
+    hosts = wait_provisioned(state_dir, result.stacks, progress)
+    result.phases["boot"] = progress.done(f"{len(hosts)} enclave(s) provisioned")
+
+    if run_verify:
+        progress.start("verify", "end-to-end checks")
+        result.report = verify(
+            state_dir, on_check=lambda h, c: progress.update(f"{h.logical_id}: {c.name} "
+                                                             f"{'ok' if c.ok else 'FAILED'}"))
+        bad = sum(not c.ok for h in result.report.hosts for c in h.checks)
+        result.phases["verify"] = progress.done("all checks passed" if result.report.ok
+                                                else f"{bad} check(s) failed")
+    return result
+
+
+def phases_table(result: UpResult) -> str:
+    rows = [(name, f"{secs:6.1f} s") for name, secs in result.phases.items()]
+    total = sum(result.phases.values())
+    width = max(len(r[0]) for r in rows + [("total", "")])
+    lines = [f"{'phase'.ljust(width)}  time", f"{'-' * width}  ------"]
+    lines += [f"{n.ljust(width)}  {t}" for n, t in rows]
+    lines.append(f"{'total'.ljust(width)}  {total:6.1f} s")
+    return "\n".join(lines)

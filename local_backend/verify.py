@@ -1,0 +1,575 @@
+"""`enclavekit verify`: prove, for every enclave host of every deployed stack, the whole chain.
+
+For each host (an emulated parent booted from its `Metadata["enclavekit:host"]`):
+
+1. image-pcrs       the enclave's fresh attestation document verifies against the local root, and
+                    its PCRs are the image's and exactly those the attested key policies name;
+2. secret           the enclave decrypted the application secret with attestation (it answers a
+                    challenge: HMAC-SHA256 of a fresh nonce under the secret);
+3. parent-denied    the same Decrypt from the parent, with the instance role but no attestation,
+                    is denied (for the secret and for the certificate's private key);
+4. debug-denied     a debug-mode enclave of the same image is denied;
+   other-image-denied  an enclave of a different image (same app, one byte more) is denied;
+5. https            an HTTPS request to the host's port gets a chain that verifies to the local
+                    CA for the configured domain, and a response produced inside the enclave;
+6. key-not-on-parent  the private key is not in the S3 object in plaintext, not in the
+                    endpoint's state or logs, not in the parent-side processes' memory — and, as
+                    a control that the search works, it IS found in the enclave's memory.
+
+A check that cannot run counts as failed, with the reason: nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import socket
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import boto3
+from botocore.exceptions import ClientError
+
+from enclavekit import attestation, eif
+from enclavekit import provisioning as prov
+from enclavekit.cpio import CpioEntry, read_newc, write_newc
+from enclavekit.errors import EnclaveKitError, InvalidInput
+from enclavekit.localenv import LOCAL_ACCOUNT, local_aws_env
+from enclavekit.pki import LocalPki
+from enclavekit.policy import parse_policy
+from enclavekit.transport import EmulatedVsock
+from local_backend import server
+from local_backend.parent import instances_dir
+from local_backend.parent.agent import METADATA_KEY, Parent, read_state
+
+ATTESTED_PREFIX = "kms:recipientattestation:"
+VERIFIER_DIR = "verifier"  # <state>/verifier/<stack>/<secret>.secret: up's reference copies
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    seconds: float = 0.0
+
+
+@dataclass
+class HostReport:
+    stack: str
+    logical_id: str
+    instance_id: str
+    enclave_id: str | None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+
+@dataclass
+class VerifyReport:
+    hosts: list[HostReport]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.hosts) and not self.problems and all(h.ok for h in self.hosts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "problems": self.problems,
+            "hosts": [
+                {
+                    "stack": h.stack, "logical_id": h.logical_id, "instance_id": h.instance_id,
+                    "enclave_id": h.enclave_id, "ok": h.ok,
+                    "checks": [c.__dict__ for c in h.checks],
+                }
+                for h in self.hosts
+            ],
+        }
+
+    def table(self) -> str:
+        rows = [("stack/host", "check", "result", "detail")]
+        for h in self.hosts:
+            for c in h.checks:
+                rows.append((f"{h.stack}/{h.logical_id}", c.name, "PASS" if c.ok else "FAIL",
+                             c.detail))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = []
+        for i, r in enumerate(rows):
+            lines.append("  ".join(r[j].ljust(widths[j]) for j in range(3)) + "  " + r[3])
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+        lines.extend(f"problem: {p}" for p in self.problems)
+        passed = sum(c.ok for h in self.hosts for c in h.checks)
+        total = sum(len(h.checks) for h in self.hosts)
+        lines.append(f"{passed} passed, {total - passed} failed")
+        return "\n".join(lines)
+
+    def to_junit(self) -> str:
+        cases = []
+        for h in self.hosts:
+            for c in h.checks:
+                detail = escape(c.detail, {'"': "&quot;"})
+                body = "" if c.ok else f'<failure message="{detail}"/>'
+                cases.append(
+                    f'  <testcase classname="enclavekit.verify.{escape(h.stack)}.'
+                    f'{escape(h.logical_id)}" name="{escape(c.name)}" time="{c.seconds:.3f}">'
+                    f"{body}</testcase>"
+                )
+        for p in self.problems:
+            cases.append(f'  <testcase classname="enclavekit.verify" name="deployment">'
+                         f'<failure message="{escape(p, {chr(34): "&quot;"})}"/></testcase>')
+        failures = sum(not c.ok for h in self.hosts for c in h.checks) + len(self.problems)
+        tests = sum(len(h.checks) for h in self.hosts) + len(self.problems)
+        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<testsuite name="enclavekit verify" tests="{tests}" failures="{failures}">\n'
+                + "\n".join(cases) + "\n</testsuite>\n")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Host:
+    """What verify knows of one deployed enclave host."""
+
+    def __init__(self, instance_dir: Path, state_dir: Path) -> None:
+        self.dir = instance_dir
+        self.state_dir = state_dir
+        self.parent = Parent(instance_dir)  # reuses the agent's AWS calls; boots nothing
+        self.info = self.parent.info
+        self.spec = self.parent.spec
+        self.state = read_state(instance_dir)
+        self.enclave = self.state.get("enclave") or {}
+        self.endpoint = self.info["endpoint"]
+        self.region = self.info["region"]
+        self._resources: dict[str, str] | None = None
+
+    def client(self, service: str, creds: prov.Credentials | None = None) -> Any:
+        return self.parent._client(service, creds)
+
+    def physical_id(self, logical_id: str) -> str:
+        if self._resources is None:
+            cfn = self.client("cloudformation")
+            rows = cfn.describe_stack_resources(StackName=self.info["stack_name"])
+            self._resources = {
+                r["LogicalResourceId"]: r["PhysicalResourceId"]
+                for r in rows["StackResources"]
+                if r.get("LogicalResourceId") and r.get("PhysicalResourceId")
+            }
+        try:
+            return self._resources[logical_id]
+        except KeyError:
+            raise EnclaveKitError(
+                f"stack {self.info['stack_name']} has no deployed resource {logical_id}"
+            ) from None
+
+    def control(self, request: prov.Message, *, cid: int | None = None,
+                timeout: float = 60) -> prov.Message:
+        vsock = EmulatedVsock(self.dir / "vsock", 3)
+        with vsock.connect(cid or self.enclave["EnclaveCID"], prov.CONTROL_PORT) as sock:
+            sock.settimeout(timeout)
+            return prov.exchange(sock, request)
+
+
+def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> Check:
+    start = time.monotonic()
+    try:
+        ok, detail = fn()
+    except (EnclaveKitError, ClientError, OSError, ConnectionError, EOFError, ssl.SSLError,
+            ValueError, KeyError) as exc:
+        ok, detail = False, f"could not check: {type(exc).__name__}: {exc}"
+    return Check(name, ok, detail.replace("\n", " "), round(time.monotonic() - start, 3))
+
+
+def _short(hex_value: str) -> str:
+    return f"{hex_value[:8]}…"
+
+
+# -------------------------------------------------------------------------- 1. image and PCRs
+
+
+def _bound_pcrs(policy_text: str, role_arn: str | None) -> dict[str, set[str]]:
+    """PCR condition values (lower-case) of the Allow statements that name attestation keys."""
+    bound: dict[str, set[str]] = {}
+    for st in parse_policy(policy_text).statements:
+        if st.effect != "Allow":
+            continue
+        for cond in st.conditions:
+            key = cond.key.lower()
+            if not key.startswith(ATTESTED_PREFIX):
+                continue
+            name = key[len(ATTESTED_PREFIX):]
+            name = "PCR0" if name == "imagesha384" else name.upper()
+            bound.setdefault(name, set()).update(v.lower() for v in cond.values)
+    return bound
+
+
+def check_image(host: _Host) -> tuple[bool, str]:
+    nonce = secrets.token_bytes(32)
+    reply = host.control(prov.Attest(nonce=nonce))
+    if not isinstance(reply, prov.AttestResult):
+        return False, f"the enclave did not attest: {reply.to_json()}"
+    doc = attestation.verify(reply.document, LocalPki.load_or_create(host.state_dir).trust_anchor())
+    if doc.nonce != nonce:
+        return False, "the attestation document does not carry our nonce (replayed?)"
+    if doc.module_id != host.enclave.get("EnclaveID"):
+        return False, f"document module_id {doc.module_id} is not the enclave {host.enclave}"
+    want = {k: v.lower() for k, v in (host.spec.get("image") or {}).get("measurements", {}).items()}
+    got = {f"PCR{i}": doc.pcrs[i].hex() for i in (0, 1, 2) if i in doc.pcrs}
+    for name in ("PCR0", "PCR1", "PCR2"):
+        if got.get(name) != want.get(name):
+            return False, (f"enclave {name} {_short(got.get(name, '-'))} is not the image's "
+                           f"{_short(want.get(name, '-'))}")
+    keys = host.spec.get("attested_keys") or []
+    if not keys:
+        return False, "the host's Metadata names no attested key: nothing binds these PCRs"
+    kms = host.client("kms")
+    bound_names: list[str] = []
+    for logical in keys:
+        key_id = host.physical_id(logical)
+        policy = kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
+        bound = _bound_pcrs(policy if isinstance(policy, str) else json.dumps(policy),
+                            (host.info.get("role_arns") or [None])[0])
+        if not bound:
+            return False, f"key {logical} has no kms:RecipientAttestation condition"
+        for name, values in sorted(bound.items()):
+            index = int(name[3:])
+            actual = doc.pcrs.get(index, b"").hex()
+            if values != {actual}:
+                shown = ", ".join(sorted(_short(v) for v in values))
+                return False, (f"key {logical} binds {name} to {shown}; the enclave has "
+                               f"{_short(actual)}")
+        bound_names.append(f"{logical}({','.join(sorted(bound))})")
+    return True, (f"PCR0 {_short(got['PCR0'])} attested (local root, fresh nonce) = image = "
+                  f"policy of {', '.join(bound_names)}")
+
+
+# -------------------------------------------------------------------------- 2. the secret
+
+
+def reference_secret(state_dir: Path, stack: str, name: str) -> bytes | None:
+    path = state_dir / VERIFIER_DIR / stack / f"{name}.secret"
+    return path.read_bytes() if path.is_file() else None
+
+
+def check_secret(host: _Host) -> tuple[bool, str]:
+    names = [s["name"] for s in host.spec.get("secrets") or []]
+    if not names:
+        return False, "the host's Metadata declares no application secret to check"
+    done = []
+    for name in names:
+        ref = reference_secret(host.state_dir, host.info["stack_name"], name)
+        if ref is None:
+            return False, (f"secret {name!r}: no reference copy under {VERIFIER_DIR}/ "
+                           "(sealed outside `enclavekit up`), cannot challenge the enclave")
+        nonce = secrets.token_bytes(32)
+        reply = host.control(prov.Challenge(name=name, nonce=nonce))
+        if not isinstance(reply, prov.ChallengeAnswer):
+            return False, f"secret {name!r}: the enclave does not hold it: {reply.to_json()}"
+        if not hmac.compare_digest(reply.mac, hmac.new(ref, nonce, hashlib.sha256).digest()):
+            return False, f"secret {name!r}: the enclave's answer does not match the secret"
+        done.append(name)
+    return True, f"{', '.join(done)}: HMAC challenge answered from inside the enclave"
+
+
+# -------------------------------------------------------------------------- 3. parent denied
+
+
+def _denied(call: Callable[[], Any]) -> tuple[bool, str]:
+    try:
+        call()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        return code == "AccessDeniedException", code
+    return False, "ALLOWED"
+
+
+def check_parent_denied(host: _Host) -> tuple[bool, str]:
+    creds = host.parent.role_credentials()
+    kms = host.client("kms", creds)
+    results = []
+    secrets_, _ = host.parent.sealed_secrets(creds)
+    for spec in secrets_:
+        ok, what = _denied(lambda s=spec: kms.decrypt(CiphertextBlob=s.ciphertext))
+        if not ok:
+            return False, (f"the parent decrypted secret {spec.name!r} with the instance role "
+                           f"and no attestation ({what}): the key policy does not bind it")
+        results.append(spec.name)
+    bundle = host.parent.certificate_bundle(creds)
+    if bundle is not None:
+        ok, what = _denied(lambda: kms.decrypt(CiphertextBlob=bundle.private_key_ciphertext))
+        if not ok:
+            return False, f"the parent decrypted the certificate's private key ({what})"
+        results.append("certificate key")
+    if not results:
+        return False, "nothing sealed to try"
+    return True, f"Decrypt without attestation: AccessDeniedException for {', '.join(results)}"
+
+
+# -------------------------------------------------------------------------- 4. other enclaves
+
+
+def variant_image(source: Path, dest: Path) -> Path:
+    """The same app with one file more: a different image (PCR0 and PCR2 change)."""
+    image = eif.read_eif(source)
+    ramdisks = list(image.ramdisks)
+    entries = read_newc(ramdisks[-1])
+    entries.append(CpioEntry(path="rootfs/app/.enclavekit-verify-variant", data=b"variant\n"))
+    ramdisks[-1] = write_newc(entries)
+    dest.write_bytes(eif.write_eif(kernel=image.kernel, cmdline=image.cmdline, ramdisks=ramdisks,
+                                   metadata=image.metadata or {}, arch=image.arch))
+    return dest
+
+
+@contextlib.contextmanager
+def _probe_enclave(host: _Host, eif_path: Path, *, debug: bool) -> Iterator[dict[str, Any]]:
+    from local_backend.emulator.runtime import EnclaveManager
+
+    manager = EnclaveManager(host.dir)
+    enclave = (host.spec.get("enclave") or {})
+    record = manager.run_enclave(
+        eif_path, int(enclave.get("cpu_count", 2)), int(enclave.get("memory_mib", 512)),
+        debug_mode=debug, parent_role_arn=(host.info.get("role_arns") or [None])[0],
+        parent_instance_id=host.info["instance_id"], name=f"verify-probe-{os.getpid()}",
+    )
+    try:
+        yield record
+    finally:
+        with contextlib.suppress(EnclaveKitError, OSError):
+            manager.terminate(record["EnclaveID"])
+
+
+def _provision_probe(host: _Host, record: dict[str, Any]) -> tuple[bool, str]:
+    creds = host.parent.role_credentials()
+    sealed, _ = host.parent.sealed_secrets(creds)
+    msg = prov.Provision(
+        region=host.region, credentials=creds,
+        kms_proxy_port=int((host.spec.get("service") or {}).get("kms_proxy_port",
+                                                                prov.KMS_PROXY_PORT)),
+        kms_endpoint_scheme="http", certificate=host.parent.certificate_bundle(creds),
+        secrets=tuple(sealed),
+    )
+    deadline = time.monotonic() + 30
+    while True:  # the probe's control port comes up a moment after run-enclave returns
+        try:
+            reply = host.control(msg, cid=record["EnclaveCID"])
+            break
+        except (ConnectionRefusedError, FileNotFoundError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    if isinstance(reply, prov.ErrorReply) and reply.code == "KmsError":
+        reason = "AccessDenied" if "AccessDenied" in reply.message else reply.message[:80]
+        return True, f"KMS said {reason}"
+    return False, f"the probe enclave was provisioned anyway: {reply.to_json()}"
+
+
+def check_debug_denied(host: _Host) -> tuple[bool, str]:
+    with _probe_enclave(host, host.dir / "image.eif", debug=True) as record:
+        ok, detail = _provision_probe(host, record)
+    return ok, f"debug-mode enclave of the same image (PCR0 zero): {detail}" if ok else detail
+
+
+def check_other_image_denied(host: _Host) -> tuple[bool, str]:
+    variant = variant_image(host.dir / "image.eif", host.dir / "verify-variant.eif")
+    try:
+        pcr0 = eif.read_eif(variant).measurements.hex(0)
+        with _probe_enclave(host, variant, debug=False) as record:
+            ok, detail = _provision_probe(host, record)
+    finally:
+        variant.unlink(missing_ok=True)
+    return ok, f"enclave of a different image (PCR0 {_short(pcr0)}): {detail}" if ok else detail
+
+
+# -------------------------------------------------------------------------- 5. HTTPS
+
+
+def check_https(host: _Host) -> tuple[bool, str]:
+    domain = (host.spec.get("service") or {}).get("domain")
+    port = host.state.get("relay_port")
+    if not domain or not port:
+        return False, f"host has no domain ({domain}) or relay port ({port})"
+    ca = server.ca_pem(host.state_dir)
+    ctx = ssl.create_default_context(cadata=ca.decode())
+    nonce = secrets.token_hex(8)
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=15) as raw, \
+            ctx.wrap_socket(raw, server_hostname=domain) as tls:
+        tls.sendall(f"GET /verify/{nonce} HTTP/1.1\r\nHost: {domain}\r\nConnection: close\r\n\r\n"
+                    .encode())
+        data = b""
+        version = tls.version()
+        while chunk := tls.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        return False, f"HTTP answer {head[:40]!r}"
+    answer = json.loads(body)
+    if answer.get("enclave_module_id") != host.enclave.get("EnclaveID"):
+        return False, f"answered by {answer.get('enclave_module_id')}, not the enclave"
+    if nonce not in answer.get("path", ""):
+        return False, "the response does not echo our request"
+    return True, (f"{version} to {domain} via 127.0.0.1:{port}: chain verifies to the local CA; "
+                  f"served by enclave {answer['enclave_module_id'][-8:]}")
+
+
+# -------------------------------------------------------------------------- 6. key not on parent
+
+
+def check_key_not_on_parent(host: _Host) -> tuple[bool, str]:
+    cert = host.spec.get("certificate")
+    if not cert:
+        return False, "the host has no certificate"
+    enclave_rec = _enclave_record(host)
+    parent_pid = host.state.get("pid")
+    pids = [p for p in (parent_pid, enclave_rec.get("ProcessID")) if p]  # agent+relay, monitor
+    enclave_pids = _tree(enclave_rec["EnclavePID"]) if enclave_rec.get("EnclavePID") else []
+    # The S3 object as the parent downloads it, searched by the endpoint too.
+    creds = host.parent.role_credentials()
+    bundle = host.parent.certificate_bundle(creds)
+    s3_copy = host.dir / "verify-s3-object.json"
+    assert bundle is not None
+    s3_copy.write_text(json.dumps(bundle.to_json()))
+    try:
+        req = {"certificate_arn": cert["arn"], "account_id": LOCAL_ACCOUNT,
+               "region": host.region, "paths": [str(host.state_dir)],
+               "pids": [*pids, *enclave_pids]}
+        result = _endpoint_keyscan(host.endpoint, req)
+    finally:
+        s3_copy.unlink(missing_ok=True)
+    if "error" in result:
+        return False, f"the key search failed: {result['error']}"
+    leaks = [f"{h['where']} ({h['form']})" for h in result["file_hits"]]
+    for pid in pids:
+        proc = result["processes"].get(str(pid), {})
+        if "error" in proc:
+            return False, proc["error"]
+        leaks += [f"{h['where']} ({h['form']})" for h in proc["hits"]]
+    if leaks:
+        return False, "private key found on the parent side: " + "; ".join(leaks[:4])
+    control = [result["processes"].get(str(p), {}) for p in enclave_pids]
+    if not any(c.get("hits") for c in control):
+        errors = "; ".join(c["error"] for c in control if "error" in c) or "no hits"
+        return False, ("the search did not find the key in the enclave either, so its absence "
+                       f"elsewhere proves nothing ({errors})")
+    mib = sum(p.get("bytes_read", 0) for p in result["processes"].values()) >> 20
+    return True, (f"absent from S3 object, {result['files_read']} state/log files and "
+                  f"{len(pids)} parent-side processes; found only in the enclave "
+                  f"({mib} MiB of memory searched)")
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (the enclave's process tree, seen from the host)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _enclave_record(host: _Host) -> dict[str, Any]:
+    from local_backend.emulator.runtime import EnclaveManager
+
+    try:
+        return EnclaveManager(host.dir).record(host.enclave["EnclaveID"])
+    except (EnclaveKitError, KeyError):
+        return {}
+
+
+def _endpoint_keyscan(endpoint: str, req: dict[str, Any]) -> dict[str, Any]:
+    body = json.dumps(req).encode()
+    r = urllib.request.Request(endpoint + server.KEYSCAN_PATH, data=body, method="POST",
+                               headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(r, timeout=120) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read() or b'{"error": "HTTP error"}')
+
+
+# -------------------------------------------------------------------------- driver
+
+CHECKS: tuple[tuple[str, Callable[[_Host], tuple[bool, str]]], ...] = (
+    ("image-pcrs", check_image),
+    ("secret", check_secret),
+    ("parent-denied", check_parent_denied),
+    ("debug-denied", check_debug_denied),
+    ("other-image-denied", check_other_image_denied),
+    ("https", check_https),
+    ("key-not-on-parent", check_key_not_on_parent),
+)
+
+
+def deployed_stacks(state_dir: Path) -> list[str]:
+    info = server.running_endpoint(state_dir)
+    env = local_aws_env(info.endpoint)
+    cfn = boto3.client("cloudformation", endpoint_url=info.endpoint, region_name=env["AWS_REGION"],
+                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                       aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    done = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
+    return [s["StackName"] for s in cfn.describe_stacks()["Stacks"]
+            if s["StackStatus"] in done and s["StackName"] != "CDKToolkit"]
+
+
+def verify(state_dir: Path, *, stack: str | None = None,
+           on_check: Callable[[HostReport, Check], None] | None = None) -> VerifyReport:
+    """Run every check on every enclave host of the deployed stacks (or of `stack`)."""
+    state_dir = Path(state_dir).resolve()
+    stacks = deployed_stacks(state_dir)
+    if stack is not None:
+        if stack not in stacks:
+            raise InvalidInput(f"--stack: expected one of the deployed stacks {stacks}, "
+                               f"found {stack!r}")
+        stacks = [stack]
+    report = VerifyReport(hosts=[])
+    root = instances_dir(state_dir)
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        st = read_state(d)
+        try:
+            info = json.loads((d / "instance.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("stack_name") not in stacks or st.get("state") not in ("running", "failed",
+                                                                              "booting"):
+            continue
+        if not (info.get("metadata") or {}).get(METADATA_KEY):
+            continue
+        host = _Host(d, state_dir)
+        hr = HostReport(stack=info["stack_name"], logical_id=info.get("logical_id") or "?",
+                        instance_id=info["instance_id"],
+                        enclave_id=(st.get("enclave") or {}).get("EnclaveID"))
+        report.hosts.append(hr)
+        if st.get("state") != "running":
+            hr.checks.append(Check("boot", False, f"parent state {st.get('state')}: "
+                                                  f"{st.get('error') or st.get('last_error')}"))
+            continue
+        if not st.get("provisioned"):
+            hr.checks.append(Check("provisioned", False,
+                                   f"the enclave was not provisioned: {st.get('last_error')}"))
+        for name, fn in CHECKS:
+            check = _timed(name, lambda fn=fn, host=host: fn(host))
+            hr.checks.append(check)
+            if on_check:
+                on_check(hr, check)
+    covered = {h.stack for h in report.hosts}
+    report.problems.extend(f"stack {s}: no enclave host found to verify" for s in stacks
+                           if s not in covered)
+    return report
