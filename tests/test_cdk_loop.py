@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import sys
 import textwrap
@@ -255,3 +256,11 @@ def test_failed_create_rolls_back(endpoint: server.EndpointInfo, app_dir: Path,
     certs = aws["acm"].list_certificates()["CertificateSummaryList"]
     assert not [c for c in certs if c["DomainName"] == "fail.example.test"]
     cfn.delete_stack(StackName="FailingStack")
+
+
+def test_no_server_errors(endpoint: server.EndpointInfo) -> None:
+    """Every request of the whole loop was answered without a server-side 500."""
+    log = (Path(endpoint.state_dir) / "logs" / "endpoint.log").read_text()
+    assert "HTTP/1.1" in log
+    assert not re.search(r'HTTP/1\.1\S*" 5\d\d ', log)
+    assert "Traceback" not in log

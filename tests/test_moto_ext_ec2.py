@@ -177,3 +177,18 @@ def test_association_key_policy_and_object(aws: dict) -> None:
     ec2.disassociate_enclave_certificate_iam_role(CertificateArn=cert, RoleArn=role)
     policy = json.loads(backend.get_key_policy(assoc["EncryptionKmsKeyId"]))
     assert [s for s in policy["Statement"] if s["Action"] == "kms:Decrypt"] == []
+
+
+def test_instance_change_replaces_it_and_moves_the_hooks(aws: dict) -> None:
+    cfn, ec2, events = aws["cloudformation"], aws["ec2"], aws["events"]
+    _deploy(cfn, "S7", _template())
+    body = json.loads(_template())
+    body["Resources"]["Host"]["Metadata"]["enclavekit:host"]["version"] = 2
+    stack = _deploy(cfn, "S7", json.dumps(body), "UPDATE")
+    assert stack["StackStatus"] == "UPDATE_COMPLETE"
+    old, new = events[0][1].instance_id, events[-1][1].instance_id
+    assert [k for k, _ in events] == ["start", "stop", "start"] and old != new
+    assert events[-1][1].metadata["enclavekit:host"]["version"] == 2
+    assert {o["OutputValue"] for o in stack["Outputs"]} == {new}
+    state = ec2.describe_instances(InstanceIds=[old])["Reservations"][0]["Instances"][0]["State"]
+    assert state["Name"] == "terminated"
