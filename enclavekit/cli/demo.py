@@ -1,8 +1,9 @@
-"""`enclavekit demo`: synthesize the sample app with the real cdk CLI and show what it binds.
+"""`enclavekit demo` (what `make demo` runs): the seed scenario, deployed locally and proven.
 
-Interim until the local deploy lands: runs `cdk synth` of the project's app (aimed at a dummy
-loopback endpoint, so nothing can reach AWS), then reads the cloud assembly and prints each
-enclave host's measurements and the KMS key policies bound to them.
+`enclavekit up` on the project's sample app (endpoint, synth, bootstrap, deploy, seal, boot,
+verify), then the measurements each enclave host was built with and the key policies bound to
+them, read from the cloud assembly, and how to try the service by hand. The endpoint is left
+running for that; `enclavekit local stop` stops it and everything it started.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,32 +27,48 @@ _ATTESTATION_PREFIX = "kms:recipientattestation:"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this group's commands to the top-level parser."""
+    """Add `demo`."""
     p = sub.add_parser(
         "demo",
-        help="cdk synth the sample app; print each enclave host's PCRs and bound key policies",
+        help="deploy the sample app locally (enclavekit up) and verify it end to end",
     )
     p.add_argument("--project", default=".", help="directory holding cdk.json (default: .)")
-    p.add_argument(
-        "--output", default="cdk.out", help="cloud assembly directory (default: cdk.out)"
-    )
+    p.add_argument("--state-dir", default=None, help="default: PROJECT/.enclavekit")
+    p.add_argument("--port", type=int, default=4599)
     p.set_defaults(handler=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from local_backend.up import phases_table, up
+
     project = Path(args.project).resolve()
     if not (project / "cdk.json").is_file():
         raise InvalidInput(f"--project must be a directory with cdk.json, got {args.project!r}")
-    out = Path(args.output)
-    out = out if out.is_absolute() else project / out
-    started = time.monotonic()
-    synth(project, out)
-    print(f"cdk synth: ok in {time.monotonic() - started:.1f} s -> {out}")
-    rows = hosts_in_assembly(out)
+    state_dir = Path(args.state_dir).resolve() if args.state_dir else project / ".enclavekit"
+    result = up(project, state_dir=state_dir, port=args.port)
+    rows = hosts_in_assembly(project / "cdk.out")
     if not rows:
-        raise CheckFailed(f"cloud assembly {out}: expected enclave hosts, found none")
+        raise CheckFailed(f"cloud assembly {project / 'cdk.out'}: expected enclave hosts, found "
+                          "none")
+    print()
     print(render(rows))
-    return 0
+    print("\n" + phases_table(result))
+    assert result.report is not None
+    print("\n" + result.report.table())
+    for host in result.report.hosts:
+        st = _parent_state(state_dir, host.instance_id)
+        port, domain = st.get("relay_port", "?"), st.get("domain") or "DOMAIN"
+        print(f"\nTry it: curl --cacert <(.venv/bin/enclavekit local ca --state-dir {state_dir}) "
+              f"--resolve {domain}:{port}:127.0.0.1 https://{domain}:{port}/")
+    print(f"Stop it: .venv/bin/enclavekit local stop --state-dir {state_dir}")
+    return 0 if result.ok else 1
+
+
+def _parent_state(state_dir: Path, instance_id: str) -> dict[str, Any]:
+    try:
+        return json.loads((state_dir / "instances" / instance_id / "parent.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def synth(project: Path, out: Path) -> None:
