@@ -1,7 +1,571 @@
 """pytest plugin for users' own tests: a local endpoint and a deployed CDK app as fixtures.
 
 Registered through the `pytest11` entry point, so installing enclavekit makes the fixtures
-available; nothing starts unless a test asks for a fixture.
+available; nothing starts unless a test asks for a fixture, and importing this module costs
+nothing but the standard library (every pytest run in the environment loads it).
+
+    def test_my_service(enclavekit_deploy):
+        deployed = enclavekit_deploy("path/to/app", secrets={"app-secret": b"s3cret"})
+        assert deployed.outputs["MyStack"]["Domain"] == "app.example.test"
+        assert deployed.https(path="/").status == 200   # TLS verified against the local CA
+
+Fixtures:
+    enclavekit_endpoint  (session) a local endpoint on a free loopback port with a temporary
+                         state dir; stopped at teardown together with every parent instance
+                         and enclave it started.
+    enclavekit_deploy    (session) factory: `cdk bootstrap` once, then `cdk deploy` of an app
+                         dir; returns a `Deployment` (outputs, stacks, enclave hosts, https()).
+
+The same parts are plain functions for tests that need their own scope: `local_endpoint()`
+(a context manager), `deploy()`, `Deployment.destroy()`, `processes_of()`, `listening()`.
 """
 
 from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DEPLOY_TIMEOUT_S = 600.0
+PROVISION_TIMEOUT_S = 60.0
+TAIL_LINES = 40
+_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
+
+
+# ------------------------------------------------------------------ processes and ports
+
+
+def processes_of(state_dir: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process whose command line names `state_dir`.
+
+    Everything the endpoint starts (parent agents, enclave monitors, isolated enclaves) is
+    started with a path inside its state dir, so this finds all of it from /proc alone.
+    """
+    needle = str(Path(state_dir).resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            continue  # a zombie holds nothing
+        line = " ".join(a.decode(errors="replace") for a in argv if a)
+        if needle in line:
+            found.append((int(entry.name), line))
+    return found
+
+
+def listening(ports: Sequence[int]) -> set[int]:
+    """Which of `ports` have a TCP listener in this network namespace (from /proc/net)."""
+    wanted, found = set(ports), set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            next(fh, None)
+            for row in fh:
+                cols = row.split()
+                port = int(cols[1].rsplit(":", 1)[1], 16)
+                if cols[3] == _LISTEN and port in wanted:
+                    found.add(port)
+    return found
+
+
+def _kill(pids: Sequence[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------ the endpoint
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    """A running local endpoint: where it is, and clients aimed at it (never at AWS)."""
+
+    url: str
+    port: int
+    state_dir: Path
+    pid: int
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for a process that must talk only to this endpoint."""
+        from enclavekit.localenv import local_aws_env
+
+        return local_aws_env(self.url, scratch_dir=self.state_dir / "clients")
+
+    def client(self, service: str, **kwargs: Any) -> Any:
+        """A boto3 client for `service` at this endpoint, as the account root."""
+        import boto3
+
+        from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_REGION, LOCAL_SECRET_ACCESS_KEY
+
+        kwargs.setdefault("region_name", LOCAL_REGION)
+        kwargs.setdefault("aws_access_key_id", LOCAL_ACCESS_KEY_ID)
+        kwargs.setdefault("aws_secret_access_key", LOCAL_SECRET_ACCESS_KEY)
+        return boto3.session.Session().client(service, endpoint_url=self.url, **kwargs)
+
+    def ca_pem(self) -> bytes:
+        """The local CA root (PEM) that issues this endpoint's ACM certificates."""
+        from local_backend import server
+
+        return server.ca_pem(self.state_dir)
+
+
+def start_endpoint(state_dir: Path, port: int | None = None) -> LocalEndpoint:
+    """Start an endpoint on `port` (default: a free one, retried if another process wins it)."""
+    from enclavekit.errors import BackendError
+    from local_backend import server
+
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(3):
+        try:
+            info = server.start(port or free_port(), state_dir)
+            break
+        except BackendError:
+            if port is not None or attempt == 2:
+                raise
+    return LocalEndpoint(url=info.endpoint, port=info.port, state_dir=state_dir, pid=info.pid)
+
+
+def stop_endpoint(endpoint: LocalEndpoint) -> list[tuple[int, str]]:
+    """Stop the endpoint and what it started; returns (and kills) what was still left."""
+    from local_backend import server
+
+    server.stop(endpoint.state_dir)
+    left = processes_of(endpoint.state_dir)
+    _kill([pid for pid, _ in left])
+    return left
+
+
+@contextlib.contextmanager
+def local_endpoint(state_dir: Path, port: int | None = None) -> Iterator[LocalEndpoint]:
+    """An endpoint for the duration of the block; leftovers at exit are killed and warned of."""
+    ep = start_endpoint(state_dir, port)
+    try:
+        yield ep
+    finally:
+        left = stop_endpoint(ep)
+        if left:
+            warnings.warn(
+                f"enclavekit: {len(left)} process(es) of {ep.state_dir} outlived the endpoint "
+                f"and were killed: {', '.join(str(pid) for pid, _ in left)}",
+                pytest.PytestWarning,
+                stacklevel=2,
+            )
+
+
+# ------------------------------------------------------------------ deployments
+
+
+@dataclass(frozen=True)
+class DeployedHost:
+    """An enclave host of a deployed stack, as its emulated parent reports it."""
+
+    stack: str
+    instance_id: str
+    logical_id: str
+    relay_port: int
+    domain: str | None
+    service_port: int | None
+    enclave_id: str
+    enclave_cid: int
+    instance_dir: Path
+
+    def parent_state(self) -> dict[str, Any]:
+        """The parent agent's live state (parent.json): provisioned, last_error, ..."""
+        try:
+            return json.loads((self.instance_dir / "parent.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+@dataclass(frozen=True)
+class HttpsResponse:
+    """One HTTPS exchange through a host's relay, its chain verified to the local CA."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    tls_version: str
+    peer_certificate: bytes  # DER of the leaf the enclave presented
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class CdkRun:
+    """A finished cdk command with its combined output."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    output: str
+    seconds: float
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        return "\n".join(self.output.rstrip().splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What `cdk deploy` left running: outputs per stack, the enclave hosts, the cdk output."""
+
+    endpoint: LocalEndpoint
+    app_dir: Path
+    stacks: tuple[str, ...]
+    outputs: dict[str, dict[str, str]] = field(hash=False)
+    hosts: tuple[DeployedHost, ...]
+    cdk: CdkRun
+
+    def host(self, name: str | None = None) -> DeployedHost:
+        """The host named by instance id, logical id, domain or stack (None: the only one)."""
+        hits = [
+            h for h in self.hosts
+            if name is None or name in (h.instance_id, h.logical_id, h.domain, h.stack)
+        ]
+        if len(hits) != 1:
+            have = ", ".join(f"{h.stack}/{h.instance_id} ({h.domain})" for h in self.hosts)
+            pytest.fail(
+                f"enclavekit: expected exactly one enclave host matching {name!r}, found "
+                f"{len(hits)} among [{have or 'no hosts'}]",
+                pytrace=False,
+            )
+        return hits[0]
+
+    def https(
+        self,
+        host: DeployedHost | str | None = None,
+        path: str = "/",
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 15.0,
+    ) -> HttpsResponse:
+        """A real TLS request to `host`'s relay port, verified against the local CA for its
+        domain (the response comes from inside the enclave: the parent only relays bytes)."""
+        h = host if isinstance(host, DeployedHost) else self.host(host)
+        if not h.domain:
+            pytest.fail(f"enclavekit: host {h.instance_id} has no service domain to verify "
+                        "its certificate against", pytrace=False)
+        wait_provisioned(h, timeout=timeout)
+        ctx = ssl.create_default_context(cadata=self.endpoint.ca_pem().decode())
+        raw = socket.create_connection(("127.0.0.1", h.relay_port), timeout=timeout)
+        try:
+            tls = ctx.wrap_socket(raw, server_hostname=h.domain)
+        except (ssl.SSLError, OSError) as exc:
+            raw.close()
+            pytest.fail(f"enclavekit: TLS to {h.domain} via 127.0.0.1:{h.relay_port} failed: "
+                        f"{exc}", pytrace=False)
+        conn = http.client.HTTPConnection(h.domain, h.relay_port, timeout=timeout)
+        conn.sock = tls
+        try:
+            conn.request(method, path, body=body, headers={"Host": h.domain, **(headers or {})})
+            resp = conn.getresponse()
+            data = resp.read()
+            return HttpsResponse(
+                status=resp.status,
+                headers={k.lower(): v for k, v in resp.getheaders()},
+                body=data,
+                tls_version=tls.version() or "",
+                peer_certificate=tls.getpeercert(binary_form=True) or b"",
+            )
+        finally:
+            conn.close()
+
+    def destroy(self, *, timeout: float = DEPLOY_TIMEOUT_S) -> CdkRun:
+        """`cdk destroy --force` of this deployment's stacks (pytest.fail if it fails)."""
+        run = run_cdk(self.endpoint, self.app_dir,
+                      ["destroy", *(self.stacks or ["--all"]), "--force"], timeout=timeout)
+        if run.returncode != 0:
+            _fail_cdk("destroy", self.app_dir, run)
+        return run
+
+
+def wait_provisioned(host: DeployedHost, *, timeout: float = PROVISION_TIMEOUT_S) -> None:
+    """Wait until the parent has provisioned the enclave (certificate and secrets handed over)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = host.parent_state()
+        if st.get("state") != "running":
+            pytest.fail(f"enclavekit: host {host.instance_id} is {st.get('state') or 'gone'}, "
+                        "expected a running parent", pytrace=False)
+        if st.get("provisioned"):
+            return
+        if time.monotonic() > deadline:
+            waiting = st.get("waiting_for_secrets")
+            if waiting:
+                pytest.fail(
+                    f"enclavekit: host {host.instance_id} ({host.stack}) is waiting for sealed "
+                    f"secrets {waiting}: pass secrets={{name: bytes}} to enclavekit_deploy",
+                    pytrace=False,
+                )
+            pytest.fail(
+                f"enclavekit: host {host.instance_id} ({host.stack}) not provisioned within "
+                f"{timeout:.0f} s: {st.get('last_error') or 'no error reported'}",
+                pytrace=False,
+            )
+        time.sleep(0.1)
+
+
+def run_cdk(
+    endpoint: LocalEndpoint, app_dir: Path, args: Sequence[str], *,
+    timeout: float = DEPLOY_TIMEOUT_S,
+) -> CdkRun:
+    """The project's cdk CLI in `app_dir` against `endpoint`, output captured.
+
+    The running interpreter's bin dir goes on PATH (after Node 22) so a cdk.json app of
+    `python3 app.py` finds this environment's aws_cdk even when the venv is not activated.
+    """
+    import subprocess
+
+    from enclavekit.toolchain import cdk_command
+    from local_backend.cdk import cdk_env
+
+    app_dir = Path(app_dir).resolve()
+    base = dict(os.environ)
+    base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
+    argv = (*cdk_command(app_dir), *args)
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            argv, cwd=app_dir, env=cdk_env(endpoint.url, cwd=app_dir, base=base),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, timeout=timeout, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        return CdkRun(tuple(argv), -1, out + f"\n(timed out after {timeout:.0f} s)", timeout)
+    return CdkRun(tuple(argv), proc.returncode, proc.stdout or "", time.monotonic() - started)
+
+
+def _reason(output: str) -> str:
+    """The line of cdk's output that says why it failed (the ❌ line and what follows it)."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("❌"):
+            rest = [x for x in lines[i:i + 3] if not x.startswith("✨")]
+            return " ".join(rest)[:400]
+    for ln in reversed(lines):
+        if "error" in ln.lower() or "failed" in ln.lower():
+            return ln[:400]
+    return lines[-1][:400] if lines else "no output"
+
+
+def _fail_cdk(verb: str, app_dir: Path, run: CdkRun) -> None:
+    status = "timed out" if run.returncode == -1 else f"exit {run.returncode}"
+    pytest.fail(
+        f"enclavekit: cdk {verb} of {app_dir} failed ({status}): {_reason(run.output)}\n"
+        f"--- last {TAIL_LINES} lines of cdk output ---\n{run.tail()}",
+        pytrace=False,
+    )
+
+
+def bootstrap(endpoint: LocalEndpoint) -> CdkRun | None:
+    """`cdk bootstrap` of the local account, unless its CDKToolkit stack already exists.
+
+    Run outside any app dir, so the CLI does not synthesize an app just to find environments.
+    """
+    from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION
+
+    cfn = endpoint.client("cloudformation")
+    with contextlib.suppress(cfn.exceptions.ClientError):
+        status = cfn.describe_stacks(StackName="CDKToolkit")["Stacks"][0]["StackStatus"]
+        if status in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
+            return None
+    scratch = endpoint.state_dir / "clients" / "bootstrap"
+    scratch.mkdir(parents=True, exist_ok=True)
+    run = run_cdk(endpoint, scratch, ["bootstrap", f"aws://{LOCAL_ACCOUNT}/{LOCAL_REGION}"])
+    if run.returncode != 0:
+        _fail_cdk("bootstrap", scratch, run)
+    return run
+
+
+def _context_args(context: Mapping[str, Any] | None) -> list[str]:
+    args = []
+    for key, value in (context or {}).items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        args += ["--context", f"{key}={text}"]
+    return args
+
+
+def hosts_of(endpoint: LocalEndpoint, stacks: Sequence[str]) -> tuple[DeployedHost, ...]:
+    """The running enclave hosts of `stacks`, from the emulated parents' state files."""
+    root = endpoint.state_dir / "instances"
+    hosts = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            info = json.loads((d / "instance.json").read_text())
+            st = json.loads((d / "parent.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if info.get("stack_name") not in stacks or st.get("state") != "running":
+            continue
+        hosts.append(DeployedHost(
+            stack=info["stack_name"],
+            instance_id=info["instance_id"],
+            logical_id=info.get("logical_id") or "",
+            relay_port=int(st["relay_port"]),
+            domain=st.get("domain"),
+            service_port=st.get("service_port"),
+            enclave_id=st["enclave"]["EnclaveID"],
+            enclave_cid=int(st["enclave"]["EnclaveCID"]),
+            instance_dir=d,
+        ))
+    return tuple(hosts)
+
+
+def seal_secrets(
+    endpoint: LocalEndpoint, hosts: Sequence[DeployedHost], secrets: Mapping[str, bytes],
+) -> dict[DeployedHost, float | None]:
+    """Seal each named secret for every host that declares it (KMS Encrypt by the account
+    root with the host's key, base64 into its SSM parameter), then have the parents re-sync.
+
+    Returns the hosts that were given a secret, each with its last provisioning time before
+    the re-sync (so a wait can tell a new provisioning). A name no host declares fails.
+    """
+    from local_backend import parent
+
+    cfn, kms, ssm = (endpoint.client(s) for s in ("cloudformation", "kms", "ssm"))
+    declared: set[str] = set()
+    touched: dict[DeployedHost, float | None] = {}
+    for h in hosts:
+        info = json.loads((h.instance_dir / "instance.json").read_text())
+        spec = (info.get("metadata") or {}).get("enclavekit:host") or {}
+        for s in spec.get("secrets") or []:
+            declared.add(s["name"])
+            if s["name"] not in secrets:
+                continue
+            value = secrets[s["name"]]
+            if not isinstance(value, bytes | bytearray):
+                pytest.fail(f"enclavekit: secret {s['name']!r} must be bytes, got "
+                            f"{type(value).__name__}", pytrace=False)
+            key = cfn.describe_stack_resource(StackName=h.stack, LogicalResourceId=s["key"])
+            key_id = key["StackResourceDetail"]["PhysicalResourceId"]
+            blob = kms.encrypt(KeyId=key_id, Plaintext=bytes(value))["CiphertextBlob"]
+            ssm.put_parameter(Name=s["parameter"], Value=base64.b64encode(blob).decode(),
+                              Type="String", Overwrite=True)
+            touched.setdefault(h, h.parent_state().get("provisioned_at"))
+    unknown = sorted(set(secrets) - declared)
+    if unknown:
+        pytest.fail(f"enclavekit: secrets {unknown} are declared by no deployed enclave host; "
+                    f"declared: {sorted(declared) or 'none'}", pytrace=False)
+    parent.resync(endpoint.state_dir)
+    return touched
+
+
+def wait_reprovisioned(
+    host: DeployedHost, before: float | None, *, timeout: float = PROVISION_TIMEOUT_S,
+) -> None:
+    """Wait for a provisioning of `host` newer than `before` (its provisioned_at)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = host.parent_state()
+        if st.get("provisioned") and st.get("provisioned_at") != before:
+            return
+        if st.get("state") != "running":
+            break
+        time.sleep(0.1)
+    st = host.parent_state()
+    pytest.fail(f"enclavekit: host {host.instance_id} was not provisioned with the sealed "
+                f"secrets within {timeout:.0f} s: {st.get('last_error') or st.get('state')}",
+                pytrace=False)
+
+
+def deploy(
+    endpoint: LocalEndpoint,
+    app_dir: str | Path,
+    *,
+    stacks: Sequence[str] | None = None,
+    context: Mapping[str, Any] | None = None,
+    secrets: Mapping[str, bytes] | None = None,
+    timeout: float = DEPLOY_TIMEOUT_S,
+) -> Deployment:
+    """`cdk bootstrap` (once per endpoint), `cdk deploy`, then seal `secrets` and wait until
+    every host that got one is provisioned. Any failure is a one-line pytest.fail + cdk tail."""
+    app = Path(app_dir).resolve()
+    if not (app / "cdk.json").is_file():
+        pytest.fail(f"enclavekit_deploy: app_dir must be a directory with cdk.json, got "
+                    f"{str(app_dir)!r}", pytrace=False)
+    if isinstance(stacks, str):
+        stacks = [stacks]
+    bootstrap(endpoint)
+    outputs_file = endpoint.state_dir / "clients" / f"outputs-{time.monotonic_ns()}.json"
+    outputs_file.parent.mkdir(parents=True, exist_ok=True)
+    run = run_cdk(
+        endpoint, app,
+        ["deploy", *(stacks or ["--all"]), "--require-approval", "never",
+         "--outputs-file", str(outputs_file), *_context_args(context)],
+        timeout=timeout,
+    )
+    if run.returncode != 0:
+        _fail_cdk("deploy", app, run)
+    try:
+        outputs = json.loads(outputs_file.read_text())
+    except (OSError, ValueError) as exc:
+        pytest.fail(f"enclavekit: cdk deploy of {app} wrote no readable outputs file "
+                    f"({exc})", pytrace=False)
+    finally:
+        outputs_file.unlink(missing_ok=True)
+    names = tuple(outputs)
+    hosts = hosts_of(endpoint, names)
+    if secrets:
+        for h, before in seal_secrets(endpoint, hosts, secrets).items():
+            wait_reprovisioned(h, before)
+    return Deployment(endpoint=endpoint, app_dir=app, stacks=names, outputs=outputs,
+                      hosts=hosts, cdk=run)
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="session")
+def enclavekit_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEndpoint]:
+    """A local endpoint for the session (free loopback port, temporary state dir)."""
+    with local_endpoint(tmp_path_factory.mktemp("enclavekit-state")) as ep:
+        yield ep
+
+
+@pytest.fixture(scope="session")
+def enclavekit_deploy(enclavekit_endpoint: LocalEndpoint) -> Callable[..., Deployment]:
+    """Factory: `enclavekit_deploy(app_dir, stacks=None, context=None, secrets=None)`."""
+
+    def _deploy(
+        app_dir: str | Path,
+        stacks: Sequence[str] | None = None,
+        context: Mapping[str, Any] | None = None,
+        *,
+        secrets: Mapping[str, bytes] | None = None,
+        timeout: float = DEPLOY_TIMEOUT_S,
+    ) -> Deployment:
+        return deploy(enclavekit_endpoint, app_dir, stacks=stacks, context=context,
+                      secrets=secrets, timeout=timeout)
+
+    return _deploy
