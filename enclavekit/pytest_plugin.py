@@ -247,7 +247,8 @@ class Deployment:
     def host(self, name: str | None = None) -> DeployedHost:
         """The host named by instance id, logical id, domain or stack (None: the only one)."""
         hits = [
-            h for h in self.hosts
+            h
+            for h in self.hosts
             if name is None or name in (h.instance_id, h.logical_id, h.domain, h.stack)
         ]
         if len(hits) != 1:
@@ -273,8 +274,11 @@ class Deployment:
         domain (the response comes from inside the enclave: the parent only relays bytes)."""
         h = host if isinstance(host, DeployedHost) else self.host(host)
         if not h.domain:
-            pytest.fail(f"enclavekit: host {h.instance_id} has no service domain to verify "
-                        "its certificate against", pytrace=False)
+            pytest.fail(
+                f"enclavekit: host {h.instance_id} has no service domain to verify "
+                "its certificate against",
+                pytrace=False,
+            )
         wait_provisioned(h, timeout=timeout)
         ctx = ssl.create_default_context(cadata=self.endpoint.ca_pem().decode())
         raw = socket.create_connection(("127.0.0.1", h.relay_port), timeout=timeout)
@@ -282,8 +286,10 @@ class Deployment:
             tls = ctx.wrap_socket(raw, server_hostname=h.domain)
         except (ssl.SSLError, OSError) as exc:
             raw.close()
-            pytest.fail(f"enclavekit: TLS to {h.domain} via 127.0.0.1:{h.relay_port} failed: "
-                        f"{exc}", pytrace=False)
+            pytest.fail(
+                f"enclavekit: TLS to {h.domain} via 127.0.0.1:{h.relay_port} failed: {exc}",
+                pytrace=False,
+            )
         conn = http.client.HTTPConnection(h.domain, h.relay_port, timeout=timeout)
         conn.sock = tls
         try:
@@ -302,8 +308,12 @@ class Deployment:
 
     def destroy(self, *, timeout: float = DEPLOY_TIMEOUT_S) -> CdkRun:
         """`cdk destroy --force` of this deployment's stacks (pytest.fail if it fails)."""
-        run = run_cdk(self.endpoint, self.app_dir,
-                      ["destroy", *(self.stacks or ["--all"]), "--force"], timeout=timeout)
+        run = run_cdk(
+            self.endpoint,
+            self.app_dir,
+            ["destroy", *(self.stacks or ["--all"]), "--force"],
+            timeout=timeout,
+        )
         if run.returncode != 0:
             _fail_cdk("destroy", self.app_dir, run)
         return run
@@ -315,8 +325,11 @@ def wait_provisioned(host: DeployedHost, *, timeout: float = PROVISION_TIMEOUT_S
     while True:
         st = host.parent_state()
         if st.get("state") != "running":
-            pytest.fail(f"enclavekit: host {host.instance_id} is {st.get('state') or 'gone'}, "
-                        "expected a running parent", pytrace=False)
+            pytest.fail(
+                f"enclavekit: host {host.instance_id} is {st.get('state') or 'gone'}, "
+                "expected a running parent",
+                pytrace=False,
+            )
         if st.get("provisioned"):
             return
         if time.monotonic() > deadline:
@@ -336,7 +349,10 @@ def wait_provisioned(host: DeployedHost, *, timeout: float = PROVISION_TIMEOUT_S
 
 
 def run_cdk(
-    endpoint: LocalEndpoint, app_dir: Path, args: Sequence[str], *,
+    endpoint: LocalEndpoint,
+    app_dir: Path,
+    args: Sequence[str],
+    *,
     timeout: float = DEPLOY_TIMEOUT_S,
 ) -> CdkRun:
     """The project's cdk CLI in `app_dir` against `endpoint`, output captured.
@@ -356,9 +372,15 @@ def run_cdk(
     started = time.monotonic()
     try:
         proc = subprocess.run(
-            argv, cwd=app_dir, env=cdk_env(endpoint.url, cwd=app_dir, base=base),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, timeout=timeout, check=False,
+            argv,
+            cwd=app_dir,
+            env=cdk_env(endpoint.url, cwd=app_dir, base=base),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
@@ -371,7 +393,7 @@ def _reason(output: str) -> str:
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     for i, ln in enumerate(lines):
         if ln.startswith("❌"):
-            rest = [x for x in lines[i:i + 3] if not x.startswith("✨")]
+            rest = [x for x in lines[i : i + 3] if not x.startswith("✨")]
             return " ".join(rest)[:400]
     for ln in reversed(lines):
         if "error" in ln.lower() or "failed" in ln.lower():
@@ -428,22 +450,26 @@ def hosts_of(endpoint: LocalEndpoint, stacks: Sequence[str]) -> tuple[DeployedHo
             continue
         if info.get("stack_name") not in stacks or st.get("state") != "running":
             continue
-        hosts.append(DeployedHost(
-            stack=info["stack_name"],
-            instance_id=info["instance_id"],
-            logical_id=info.get("logical_id") or "",
-            relay_port=int(st["relay_port"]),
-            domain=st.get("domain"),
-            service_port=st.get("service_port"),
-            enclave_id=st["enclave"]["EnclaveID"],
-            enclave_cid=int(st["enclave"]["EnclaveCID"]),
-            instance_dir=d,
-        ))
+        hosts.append(
+            DeployedHost(
+                stack=info["stack_name"],
+                instance_id=info["instance_id"],
+                logical_id=info.get("logical_id") or "",
+                relay_port=int(st["relay_port"]),
+                domain=st.get("domain"),
+                service_port=st.get("service_port"),
+                enclave_id=st["enclave"]["EnclaveID"],
+                enclave_cid=int(st["enclave"]["EnclaveCID"]),
+                instance_dir=d,
+            )
+        )
     return tuple(hosts)
 
 
 def seal_secrets(
-    endpoint: LocalEndpoint, hosts: Sequence[DeployedHost], secrets: Mapping[str, bytes],
+    endpoint: LocalEndpoint,
+    hosts: Sequence[DeployedHost],
+    secrets: Mapping[str, bytes],
 ) -> dict[DeployedHost, float | None]:
     """Seal each named secret for every host that declares it (KMS Encrypt by the account
     root with the host's key, base64 into its SSM parameter), then have the parents re-sync.
@@ -465,24 +491,36 @@ def seal_secrets(
                 continue
             value = secrets[s["name"]]
             if not isinstance(value, bytes | bytearray):
-                pytest.fail(f"enclavekit: secret {s['name']!r} must be bytes, got "
-                            f"{type(value).__name__}", pytrace=False)
+                pytest.fail(
+                    f"enclavekit: secret {s['name']!r} must be bytes, got {type(value).__name__}",
+                    pytrace=False,
+                )
             key = cfn.describe_stack_resource(StackName=h.stack, LogicalResourceId=s["key"])
             key_id = key["StackResourceDetail"]["PhysicalResourceId"]
             blob = kms.encrypt(KeyId=key_id, Plaintext=bytes(value))["CiphertextBlob"]
-            ssm.put_parameter(Name=s["parameter"], Value=base64.b64encode(blob).decode(),
-                              Type="String", Overwrite=True)
+            ssm.put_parameter(
+                Name=s["parameter"],
+                Value=base64.b64encode(blob).decode(),
+                Type="String",
+                Overwrite=True,
+            )
             touched.setdefault(h, h.parent_state().get("provisioned_at"))
     unknown = sorted(set(secrets) - declared)
     if unknown:
-        pytest.fail(f"enclavekit: secrets {unknown} are declared by no deployed enclave host; "
-                    f"declared: {sorted(declared) or 'none'}", pytrace=False)
+        pytest.fail(
+            f"enclavekit: secrets {unknown} are declared by no deployed enclave host; "
+            f"declared: {sorted(declared) or 'none'}",
+            pytrace=False,
+        )
     parent.resync(endpoint.state_dir)
     return touched
 
 
 def wait_reprovisioned(
-    host: DeployedHost, before: float | None, *, timeout: float = PROVISION_TIMEOUT_S,
+    host: DeployedHost,
+    before: float | None,
+    *,
+    timeout: float = PROVISION_TIMEOUT_S,
 ) -> None:
     """Wait for a provisioning of `host` newer than `before` (its provisioned_at)."""
     deadline = time.monotonic() + timeout
@@ -494,9 +532,11 @@ def wait_reprovisioned(
             break
         time.sleep(0.1)
     st = host.parent_state()
-    pytest.fail(f"enclavekit: host {host.instance_id} was not provisioned with the sealed "
-                f"secrets within {timeout:.0f} s: {st.get('last_error') or st.get('state')}",
-                pytrace=False)
+    pytest.fail(
+        f"enclavekit: host {host.instance_id} was not provisioned with the sealed "
+        f"secrets within {timeout:.0f} s: {st.get('last_error') or st.get('state')}",
+        pytrace=False,
+    )
 
 
 def deploy(
@@ -512,17 +552,27 @@ def deploy(
     every host that got one is provisioned. Any failure is a one-line pytest.fail + cdk tail."""
     app = Path(app_dir).resolve()
     if not (app / "cdk.json").is_file():
-        pytest.fail(f"enclavekit_deploy: app_dir must be a directory with cdk.json, got "
-                    f"{str(app_dir)!r}", pytrace=False)
+        pytest.fail(
+            f"enclavekit_deploy: app_dir must be a directory with cdk.json, got {str(app_dir)!r}",
+            pytrace=False,
+        )
     if isinstance(stacks, str):
         stacks = [stacks]
     bootstrap(endpoint)
     outputs_file = endpoint.state_dir / "clients" / f"outputs-{time.monotonic_ns()}.json"
     outputs_file.parent.mkdir(parents=True, exist_ok=True)
     run = run_cdk(
-        endpoint, app,
-        ["deploy", *(stacks or ["--all"]), "--require-approval", "never",
-         "--outputs-file", str(outputs_file), *_context_args(context)],
+        endpoint,
+        app,
+        [
+            "deploy",
+            *(stacks or ["--all"]),
+            "--require-approval",
+            "never",
+            "--outputs-file",
+            str(outputs_file),
+            *_context_args(context),
+        ],
         timeout=timeout,
     )
     if run.returncode != 0:
@@ -530,8 +580,9 @@ def deploy(
     try:
         outputs = json.loads(outputs_file.read_text())
     except (OSError, ValueError) as exc:
-        pytest.fail(f"enclavekit: cdk deploy of {app} wrote no readable outputs file "
-                    f"({exc})", pytrace=False)
+        pytest.fail(
+            f"enclavekit: cdk deploy of {app} wrote no readable outputs file ({exc})", pytrace=False
+        )
     finally:
         outputs_file.unlink(missing_ok=True)
     names = tuple(outputs)
@@ -539,8 +590,9 @@ def deploy(
     if secrets:
         for h, before in seal_secrets(endpoint, hosts, secrets).items():
             wait_reprovisioned(h, before)
-    return Deployment(endpoint=endpoint, app_dir=app, stacks=names, outputs=outputs,
-                      hosts=hosts, cdk=run)
+    return Deployment(
+        endpoint=endpoint, app_dir=app, stacks=names, outputs=outputs, hosts=hosts, cdk=run
+    )
 
 
 # ------------------------------------------------------------------ fixtures
@@ -565,7 +617,13 @@ def enclavekit_deploy(enclavekit_endpoint: LocalEndpoint) -> Callable[..., Deplo
         secrets: Mapping[str, bytes] | None = None,
         timeout: float = DEPLOY_TIMEOUT_S,
     ) -> Deployment:
-        return deploy(enclavekit_endpoint, app_dir, stacks=stacks, context=context,
-                      secrets=secrets, timeout=timeout)
+        return deploy(
+            enclavekit_endpoint,
+            app_dir,
+            stacks=stacks,
+            context=context,
+            secrets=secrets,
+            timeout=timeout,
+        )
 
     return _deploy
