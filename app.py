@@ -97,7 +97,8 @@ class EnclaveServiceStack(cdk.Stack):
 
 
 def main() -> None:
-    app = cdk.App(policy_validation_beta1=[EnclaveLintPlugin()])
+    app = cdk.App()
+    cdk.Validations.of(app).add_plugins(EnclaveLintPlugin())
     ctx = app.node.try_get_context
     EnclaveServiceStack(
         app,

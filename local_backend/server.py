@@ -45,15 +45,6 @@ HEALTH_PATH = "/_enclavekit/health"
 
 log = logging.getLogger("enclavekit.endpoint")
 
-# `local status` asks this for the enclaves the emulator runs; the integrator plugs it in.
-_status_providers: list[Callable[[Path], dict[str, Any]]] = []
-
-
-def add_status_provider(fn: Callable[[Path], dict[str, Any]]) -> None:
-    """Register `fn(state_dir) -> dict`, merged into `local status` (e.g. the enclaves)."""
-    _status_providers.append(fn)
-
-
 @dataclass(frozen=True)
 class EndpointInfo:
     """What `<state>/endpoint.json` holds: how to reach a running endpoint."""
@@ -160,8 +151,9 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> EndpointStatus:
     running = bool(health) and health.get("pid") == info.pid
     extra: dict[str, Any] = {}
     if running:
-        for provider in _status_providers:
-            extra.update(provider(state_dir))
+        from local_backend.parent import instances_status
+
+        extra["enclave_hosts"] = instances_status(state_dir)
     return EndpointStatus(
         state_dir=str(state_dir),
         running=running,

@@ -55,8 +55,12 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     print(f"local endpoint: running at {st.endpoint} (pid {st.pid}, since {st.started})")
     print(f"state dir:      {st.state_dir}")
-    for key, value in sorted(st.extra.items()):
-        print(f"{key}: {json.dumps(value) if not isinstance(value, str) else value}")
+    hosts = st.extra.get("enclave_hosts", [])
+    print(f"enclave hosts:  {len(hosts)}")
+    for h in hosts:
+        print(f"  {h['stack']}/{h['host']}  {h['instance_id']}  enclave {h['enclave_id']} "
+              f"(CID {h['cid']})  https://{h['domain']} on 127.0.0.1:{h['host_port']}"
+              f"  provisioned: {'yes' if h['provisioned'] else 'no'}")
     return 0
 
 

@@ -131,6 +131,28 @@ def stop_parent(info: Any) -> None:
     log.info("instance %s: parent stopped", info.instance_id)
 
 
+def instances_status(state_dir: Path) -> list[dict[str, Any]]:
+    """One row per emulated parent: what `enclavekit local status` shows."""
+    rows = []
+    root = instances_dir(state_dir)
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        st = read_state(d)
+        try:
+            info = json.loads((d / INSTANCE_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if st.get("state") != "running":
+            continue
+        enclave = st.get("enclave") or {}
+        rows.append({
+            "instance_id": d.name, "stack": info.get("stack_name"),
+            "host": info.get("logical_id"), "enclave_id": enclave.get("EnclaveID"),
+            "cid": enclave.get("EnclaveCID"), "domain": st.get("domain"),
+            "host_port": st.get("relay_port"), "provisioned": bool(st.get("provisioned")),
+        })
+    return rows
+
+
 def resync(state_dir: Path) -> int:
     """Ask every running parent agent to re-sync now (after sealing a secret); returns count."""
     count = 0
