@@ -14,6 +14,7 @@
     ├── EmulatorError               the enclave emulator could not do what was asked
     │   └── IsolationUnavailable    a kernel mechanism is not permitted here (we warn, carry on)
     ├── EnclaveAppError             the in-enclave program could not do what was asked (NSM, KMS)
+    ├── ParentAgentError            the parent agent could not do what was asked (IMDS, S3, SSM)
     └── BackendError                the local endpoint could not do what was asked
 
 Every message is one line that names the thing, the expected form and what was found.
@@ -82,6 +83,10 @@ class IsolationUnavailable(EmulatorError):
 
 class EnclaveAppError(EnclaveKitError):
     """The program inside the enclave could not do what was asked (NSM refused, KMS denied)."""
+
+
+class ParentAgentError(EnclaveKitError):
+    """The parent agent could not provision its enclave (no IMDS, no role, a missing parameter)."""
 
 
 class BackendError(EnclaveKitError):

@@ -8,7 +8,9 @@ change a size, a port or the certificate and both move together. Values may be C
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib import metadata as _dist
 from typing import Any
 
 from enclavekit.pcr import Measurements
@@ -20,6 +22,17 @@ ENCLAVE_TLS_PORT = 8443
 KMS_PROXY_PORT = 8000
 ACM_TOKEN_LABEL = "enclavekit-acm-token"
 EIF_DIR = "/opt/enclavekit"
+HOST_CONFIG = "/etc/enclavekit/host.json"  # what `enclavekit parent-agent --config` reads
+AGENT_VENV = "/opt/enclavekit/venv"
+AGENT_PYTHON = "python3.11"  # AL2023's python3 is 3.9; enclavekit needs >= 3.11
+
+
+def _agent_requirement() -> str:
+    """The enclavekit release the parent installs: the one that synthesized this template."""
+    try:
+        return f"enclavekit=={_dist.version('enclavekit')}"
+    except _dist.PackageNotFoundError:
+        return "enclavekit"
 
 
 @dataclass(frozen=True)
@@ -265,9 +278,53 @@ Restart=always
 [Install]
 WantedBy=multi-user.target
 ENCLAVEKIT_EOF
-systemctl daemon-reload
-systemctl enable --now enclavekit-{slug}.service enclavekit-{slug}-relay.service""")
+""")
+        lines.append(self._agent(slug))
         return "\n".join(lines)
+
+    def host_config(self) -> dict[str, Any]:
+        """/etc/enclavekit/host.json: the Metadata plus the region, for the parent agent.
+
+        Values that are CDK tokens (the certificate ARN, the asset bucket, SSM parameter names)
+        stay tokens in the rendered text, so CloudFormation substitutes them in the user data
+        (Fn::Join) at deploy time: the file holds resolved values, like the local backend's
+        view of the Metadata.
+        """
+        return {**self.metadata(), "region": self.region}
+
+    def _agent(self, slug: str) -> str:
+        """The parent agent: the instance role's credentials (IMDSv2), the certificate bundle
+        and the sealed secrets, handed to the enclave over vsock port 5005, re-synced."""
+        config = json.dumps(self.host_config(), sort_keys=True, separators=(",", ":"))
+        assert self.image is not None
+        return f"""# parent agent: credentials, certificate, secrets -> the enclave (vsock 5005)
+install -d -m 0755 /etc/enclavekit
+cat > {HOST_CONFIG} <<'ENCLAVEKIT_EOF'
+{config}
+ENCLAVEKIT_EOF
+dnf install -y {AGENT_PYTHON} {AGENT_PYTHON}-pip
+{AGENT_PYTHON} -m venv {AGENT_VENV}
+{AGENT_VENV}/bin/pip install --quiet '{_agent_requirement()}'
+cat > /etc/systemd/system/enclavekit-{slug}-agent.service <<'ENCLAVEKIT_EOF'
+[Unit]
+Description=enclavekit parent agent for enclave {self.image.name}
+After=enclavekit-{slug}.service nitro-enclaves-vsock-proxy.service network-online.target
+Requires=enclavekit-{slug}.service
+Wants=network-online.target
+
+[Service]
+ExecStart={AGENT_VENV}/bin/enclavekit parent-agent --config {HOST_CONFIG} \
+--enclave-cid {self.cid}
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+ENCLAVEKIT_EOF
+systemctl daemon-reload
+systemctl enable --now enclavekit-{slug}.service enclavekit-{slug}-relay.service \
+  enclavekit-{slug}-agent.service"""
 
 
 def _without_none(value: Any) -> Any:

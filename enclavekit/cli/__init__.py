@@ -23,6 +23,7 @@ _GROUPS = (
     "enclavekit.cli.deploy",  # up, verify
     "enclavekit.cli.lint",  # lint
     "enclavekit.cli.demo",  # demo (what `make demo` runs)
+    "enclavekit.cli.agent",  # parent-agent (the real parent provisions its enclave)
 )
 
 

@@ -11,11 +11,13 @@ spec the real user data is rendered from):
 - the ACM for Nitro Enclaves agent's part: fetch the association's S3 object and the sealed
   application secrets, hand them with the credentials to the enclave (Provision), re-sync.
 
-Nothing here ever holds plaintext key material: the bundle's private key and the secrets stay
-KMS ciphertext that only the attested enclave can open.
+The agent part (bundle, secrets, Provision, re-sync) is `enclavekit.agent.ParentAgent`, the same
+code `enclavekit parent-agent` runs on a real parent; here it gets STS credentials, emulated
+vsock and plain HTTP to the local endpoint. Nothing here ever holds plaintext key material:
+the bundle's private key and the secrets stay KMS ciphertext only the attested enclave opens.
 
 Run as `python -m local_backend.parent INSTANCE_DIR`; INSTANCE_DIR/instance.json says what
-to boot, INSTANCE_DIR/parent.json reports the state ("booting", "running", "failed").
+to boot, INSTANCE_DIR/parent.json reports the state ("booting", "running", "failed", "stopped").
 """
 
 from __future__ import annotations
@@ -35,19 +37,26 @@ import boto3
 from botocore.config import Config
 
 from enclavekit import provisioning as prov
-from enclavekit.errors import EnclaveKitError
+from enclavekit.agent import (
+    METADATA_KEY,
+    REFRESH_MARGIN_S,
+    SYNC_FAST_S,
+    SYNC_SLOW_S,
+    UNSEALED,
+    ParentAgent,
+    SyncResult,
+)
+from enclavekit.errors import EnclaveKitError, ParentAgentError
 from enclavekit.localenv import local_aws_env
-from enclavekit.transport import EmulatedVsock
+from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.parent.relay import TcpToVsockRelay
 
 log = logging.getLogger("enclavekit.parent")
 
 INSTANCE_FILE = "instance.json"
 PARENT_FILE = "parent.json"
-METADATA_KEY = "enclavekit:host"
-UNSEALED = "enclavekit:unsealed"
-SYNC_FAST_S = 1.0  # until provisioned: poll for sealed secrets like a fresh agent would
-SYNC_SLOW_S = 600.0  # the ACM agent's default sync interval
+__all__ = ["INSTANCE_FILE", "METADATA_KEY", "PARENT_FILE", "SYNC_FAST_S", "SYNC_SLOW_S",
+           "UNSEALED", "AssumeRoleCredentials", "Parent", "main", "read_state", "write_state"]
 
 
 def write_state(instance_dir: Path, **fields: Any) -> None:
@@ -69,8 +78,50 @@ def read_state(instance_dir: Path) -> dict[str, Any]:
         return {}
 
 
+class AssumeRoleCredentials:
+    """The instance role's credentials through STS AssumeRole: the local stand-in for IMDS.
+
+    Cached like `enclavekit.agent.ImdsCredentials` until `REFRESH_MARGIN_S` before expiry.
+    """
+
+    def __init__(self, sts: Any, role_arn: str | None, session_name: str) -> None:
+        self._sts = sts
+        self.role_arn = role_arn
+        self.session_name = session_name
+        self._lock = threading.Lock()
+        self._cached: prov.Credentials | None = None
+        self._until = 0.0
+
+    def credentials(self) -> prov.Credentials:
+        with self._lock:
+            if self._cached is not None and time.time() < self._until:
+                return self._cached
+            if not self.role_arn:
+                raise ParentAgentError(
+                    f"instance {self.session_name}: expected an instance role, found none"
+                )
+            out = self._sts().assume_role(
+                RoleArn=self.role_arn, RoleSessionName=self.session_name, DurationSeconds=3600
+            )["Credentials"]
+            expiration = out["Expiration"]
+            expires = expiration.timestamp() if hasattr(expiration, "timestamp") else None
+            self._cached = prov.Credentials(
+                access_key_id=out["AccessKeyId"],
+                secret_access_key=out["SecretAccessKey"],
+                session_token=out["SessionToken"],
+                expiration=expiration.isoformat()
+                if hasattr(expiration, "isoformat")
+                else str(expiration),
+            )
+            self._until = (expires - REFRESH_MARGIN_S) if expires else time.time() + 60
+            return self._cached
+
+    def is_role(self, role_arn: str) -> bool:
+        return role_arn == self.role_arn
+
+
 class Parent:
-    """Boots and serves one emulated parent instance."""
+    """Boots and serves one emulated parent instance; the agent part is `enclavekit.agent`."""
 
     def __init__(self, instance_dir: Path) -> None:
         self.dir = instance_dir
@@ -84,7 +135,18 @@ class Parent:
         self.proxy: Any = None
         self._stop = threading.Event()
         self._resync = threading.Event()
-        self._last_provision: bytes | None = None
+        self.credential_source = AssumeRoleCredentials(
+            lambda: self._client("sts"), self.role_arn, self.info["instance_id"]
+        )
+        self.agent = ParentAgent(
+            self.spec,
+            region=self.region,
+            credentials=self.credential_source,
+            vsock=EmulatedVsock(self.dir / "vsock", PARENT_CID),
+            kms_endpoint_scheme="http",  # the emulated vsock-proxy leads to the local endpoint
+            clients=self._client,
+            where=f"instance {self.info['instance_id']} Metadata {METADATA_KEY}",
+        )
 
     # ------------------------------------------------------------------ AWS clients
     def _client(self, service: str, creds: prov.Credentials | None = None) -> Any:
@@ -103,19 +165,14 @@ class Parent:
 
     def role_credentials(self) -> prov.Credentials:
         """The instance role's temporary credentials, as IMDS would serve them."""
-        if not self.role_arn:
-            raise EnclaveKitError(f"instance {self.info['instance_id']} has no instance role")
-        out = self._client("sts").assume_role(
-            RoleArn=self.role_arn, RoleSessionName=self.info["instance_id"], DurationSeconds=3600
-        )["Credentials"]
-        return prov.Credentials(
-            access_key_id=out["AccessKeyId"],
-            secret_access_key=out["SecretAccessKey"],
-            session_token=out["SessionToken"],
-            expiration=out["Expiration"].isoformat()
-            if hasattr(out["Expiration"], "isoformat")
-            else str(out["Expiration"]),
-        )
+        return self.credential_source.credentials()
+
+    def certificate_bundle(self, creds: prov.Credentials) -> prov.CertificateBundle | None:
+        return self.agent.certificate_bundle(creds)
+
+    def sealed_secrets(self, creds: prov.Credentials) -> tuple[list[prov.SecretSpec], list[str]]:
+        """The sealed secrets that exist, and the names still waiting to be sealed."""
+        return self.agent.sealed_secrets(creds)
 
     # ------------------------------------------------------------------ boot
     def fetch_image(self, creds: prov.Credentials) -> Path:
@@ -146,10 +203,11 @@ class Parent:
         kms_host = f"kms.{self.region}.amazonaws.com"
         allowlist = self.dir / "vsock-proxy.yaml"
         allowlist.write_text(f"allowlist:\n- {{address: {kms_host}, port: 443}}\n")
-        proxy_port = int(self.spec.get("service", {}).get("kms_proxy_port", prov.KMS_PROXY_PORT))
         self.proxy = VsockProxy.for_state_dir(
-            self.dir, proxy_port, kms_host, 443, config=allowlist, endpoint=self.endpoint
+            self.dir, self.agent.config.kms_proxy_port, kms_host, 443, config=allowlist,
+            endpoint=self.endpoint,
         ).start()
+        self.agent.kms_proxy_port = self.proxy.local_port
         enclave = self.spec.get("enclave") or {}
         self.enclave = EnclaveManager(self.dir).run_enclave(
             eif_path,
@@ -161,9 +219,10 @@ class Parent:
             parent_instance_id=self.info["instance_id"],
             name=(self.spec.get("image") or {}).get("name"),
         )
-        enclave_port = int(self.spec.get("service", {}).get("enclave_port", prov.TLS_PORT))
+        enclave_port = self.agent.config.enclave_port
         self.relay = TcpToVsockRelay(
-            EmulatedVsock(self.dir / "vsock", 3), self.enclave["EnclaveCID"], enclave_port
+            EmulatedVsock(self.dir / "vsock", PARENT_CID), self.enclave["EnclaveCID"],
+            enclave_port,
         ).start()
         write_state(
             self.dir,
@@ -182,79 +241,34 @@ class Parent:
         )
 
     # ------------------------------------------------------------------ the agent
-    def certificate_bundle(self, creds: prov.Credentials) -> prov.CertificateBundle | None:
-        cert = self.spec.get("certificate")
-        if not cert:
-            return None
-        roles = self._client("ec2", creds).get_associated_enclave_certificate_iam_roles(
-            CertificateArn=cert["arn"]
-        )["AssociatedRoles"]
-        mine = [r for r in roles if r.get("AssociatedRoleArn") == self.role_arn]
-        if not mine:
-            raise EnclaveKitError(
-                f"certificate {cert['arn']} has no enclave association with role {self.role_arn}"
-            )
-        obj = self._client("s3", creds).get_object(
-            Bucket=mine[0]["CertificateS3BucketName"], Key=mine[0]["CertificateS3ObjectKey"]
-        )
-        return prov.CertificateBundle.from_s3_object(obj["Body"].read())
+    def record(self, result: SyncResult) -> None:
+        """parent.json from one sync result (what `enclavekit up` and verify read)."""
+        if result.outcome == "provisioned":
+            write_state(self.dir, provisioned=True, last_error=None, waiting_for_secrets=[],
+                        provisioned_at=result.at)
+            log.info("%s", result.describe())
+        elif result.outcome == "unchanged":
+            write_state(self.dir, provisioned=True, last_error=None, waiting_for_secrets=[])
+        elif result.outcome == "waiting":
+            write_state(self.dir, waiting_for_secrets=list(result.waiting))
+        elif result.outcome == "refused":
+            write_state(self.dir, provisioned=False, last_error=result.error)
+            log.warning("enclave refused provisioning: %s", result.error)
+        else:
+            write_state(self.dir, last_error=result.error)
+            log.warning("provisioning: %s", result.error)
 
-    def sealed_secrets(self, creds: prov.Credentials) -> tuple[list[prov.SecretSpec], list[str]]:
-        """The sealed secrets that exist, and the names still waiting to be sealed."""
-        ssm = self._client("ssm", creds)
-        ready, waiting = [], []
-        for secret in self.spec.get("secrets") or []:
-            value = ssm.get_parameter(Name=secret["parameter"])["Parameter"]["Value"]
-            if value == UNSEALED:
-                waiting.append(secret["name"])
-                continue
-            ready.append(prov.SecretSpec(name=secret["name"], ciphertext_b64=value))
-        return ready, waiting
-
-    def provision_once(self) -> bool:
-        """Hand the enclave what it needs; True once it answered Provisioned."""
+    def provision_once(self) -> SyncResult:
+        """One provisioning of the running enclave, recorded in parent.json."""
         assert self.enclave is not None
-        creds = self.role_credentials()
-        bundle = self.certificate_bundle(creds)
-        secrets, waiting = self.sealed_secrets(creds)
-        if waiting:
-            write_state(self.dir, waiting_for_secrets=waiting)
-            return False
-        msg = prov.Provision(
-            region=self.region,
-            credentials=creds,
-            kms_proxy_port=self.proxy.local_port,
-            kms_endpoint_scheme="http",
-            certificate=bundle,
-            secrets=tuple(secrets),
-        )
-        vsock = EmulatedVsock(self.dir / "vsock", 3)
-        with vsock.connect(self.enclave["EnclaveCID"], prov.CONTROL_PORT) as sock:
-            sock.settimeout(60)
-            reply = prov.exchange(sock, msg)
-        if isinstance(reply, prov.ErrorReply):
-            write_state(self.dir, provisioned=False, last_error=f"{reply.code}: {reply.message}")
-            log.warning("enclave refused provisioning: %s: %s", reply.code, reply.message)
-            return True  # it answered; a re-sync retries with fresh credentials later
-        write_state(self.dir, provisioned=True, last_error=None, waiting_for_secrets=[],
-                    provisioned_at=time.time())
-        log.info("enclave provisioned (%d secrets, certificate: %s)", len(secrets),
-                 "yes" if bundle else "no")
-        return True
+        result = self.agent.sync_once(self.enclave["EnclaveCID"])
+        self.record(result)
+        return result
 
     def sync_loop(self) -> None:
-        answered = False
-        while not self._stop.is_set():
-            try:
-                answered = self.provision_once() or answered
-            except (EnclaveKitError, OSError, ConnectionError, EOFError) as exc:
-                write_state(self.dir, last_error=str(exc))
-                log.warning("provisioning: %s", exc)
-            except Exception as exc:  # boto errors and the like: report, retry
-                write_state(self.dir, last_error=f"{type(exc).__name__}: {exc}")
-                log.warning("provisioning: %s: %s", type(exc).__name__, exc)
-            self._resync.wait(SYNC_SLOW_S if answered else SYNC_FAST_S)
-            self._resync.clear()
+        assert self.enclave is not None
+        self.agent.sync_loop(self._stop, self._resync, self.record,
+                             cid=self.enclave["EnclaveCID"])
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
@@ -281,24 +295,25 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stdout,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    parent = Parent(instance_dir)
     done = threading.Event()
+    resync = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
-        if signum == signal.SIGHUP:
-            parent._resync.set()
-        else:
-            done.set()
+        (resync if signum == signal.SIGHUP else done).set()
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, _on_signal)
     write_state(instance_dir, state="booting", pid=os.getpid())
+    parent: Parent | None = None
     try:
+        parent = Parent(instance_dir)
+        parent._resync = resync
         parent.boot()
     except Exception as exc:  # reported to the endpoint's hook, which fails the create
         log.error("boot failed: %s: %s", type(exc).__name__, exc)
         write_state(instance_dir, state="failed", error=f"{exc}")
-        parent.shutdown()
+        if parent is not None:
+            parent.shutdown()
         write_state(instance_dir, state="failed")
         return 1
     threading.Thread(target=parent.sync_loop, name="agent", daemon=True).start()
