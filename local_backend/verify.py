@@ -353,28 +353,38 @@ def _probe_enclave(host: _Host, eif_path: Path, *, debug: bool) -> Iterator[dict
 
 
 def _provision_probe(host: _Host, record: dict[str, Any]) -> tuple[bool, str]:
+    """Hand a probe enclave what the real one gets — the secrets, then the certificate — each
+    on its own, so a denial of one cannot hide a release of the other."""
     creds = host.parent.role_credentials()
     sealed, _ = host.parent.sealed_secrets(creds)
-    msg = prov.Provision(
-        region=host.region, credentials=creds,
-        kms_proxy_port=int((host.spec.get("service") or {}).get("kms_proxy_port",
-                                                                prov.KMS_PROXY_PORT)),
-        kms_endpoint_scheme="http", certificate=host.parent.certificate_bundle(creds),
-        secrets=tuple(sealed),
-    )
-    deadline = time.monotonic() + 30
-    while True:  # the probe's control port comes up a moment after run-enclave returns
-        try:
-            reply = host.control(msg, cid=record["EnclaveCID"])
-            break
-        except (ConnectionRefusedError, FileNotFoundError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    if isinstance(reply, prov.ErrorReply) and reply.code == "KmsError":
-        reason = "AccessDenied" if "AccessDenied" in reply.message else reply.message[:80]
-        return True, f"KMS said {reason}"
-    return False, f"the probe enclave was provisioned anyway: {reply.to_json()}"
+    bundle = host.parent.certificate_bundle(creds)
+    attempts: list[tuple[str, prov.CertificateBundle | None, tuple[prov.SecretSpec, ...]]] = []
+    if sealed:
+        attempts.append(("secrets", None, tuple(sealed)))
+    if bundle is not None:
+        attempts.append(("certificate key", bundle, ()))
+    if not attempts:
+        return False, "nothing sealed and no certificate: nothing to be denied"
+    port = int((host.spec.get("service") or {}).get("kms_proxy_port", prov.KMS_PROXY_PORT))
+    results = []
+    for what, certificate, secrets_ in attempts:
+        msg = prov.Provision(region=host.region, credentials=creds, kms_proxy_port=port,
+                             kms_endpoint_scheme="http", certificate=certificate,
+                             secrets=secrets_)
+        deadline = time.monotonic() + 30
+        while True:  # the probe's control port comes up a moment after run-enclave returns
+            try:
+                reply = host.control(msg, cid=record["EnclaveCID"])
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        if not (isinstance(reply, prov.ErrorReply) and reply.code == "KmsError"):
+            return False, f"the probe enclave obtained the {what}: {reply.to_json()}"
+        reason = "AccessDenied" if "AccessDenied" in reply.message else reply.message[:60]
+        results.append(f"{what} {reason}")
+    return True, "KMS: " + ", ".join(results)
 
 
 def check_debug_denied(host: _Host) -> tuple[bool, str]:

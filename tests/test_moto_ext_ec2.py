@@ -158,9 +158,18 @@ def test_association_key_policy_and_object(aws: dict) -> None:
     assoc = ec2.associate_enclave_certificate_iam_role(CertificateArn=cert, RoleArn=role)
     backend = kms_backends[models.SERVICE_ACCOUNT]["us-east-1"]
     policy = json.loads(backend.get_key_policy(assoc["EncryptionKmsKeyId"]))
+    # associated, but no enclave host runs an agent image for the role yet: nothing released
+    assert [s for s in policy["Statement"] if s["Action"] == "kms:Decrypt"] == []
+    models.register_agent_image("us-east-1", role, "i-0123456789abcdef0", "AB" * 48)
+    policy = json.loads(backend.get_key_policy(assoc["EncryptionKmsKeyId"]))
     [release] = [s for s in policy["Statement"] if s["Action"] == "kms:Decrypt"]
-    assert release["Principal"] == {"AWS": [role]}
-    assert release["Condition"] == {"Null": {"kms:RecipientAttestation:ImageSha384": "false"}}
+    assert release["Principal"] == {"AWS": role}
+    assert release["Condition"] == {
+        "StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": ["ab" * 48]}}
+    models.unregister_agent_image("us-east-1", role, "i-0123456789abcdef0")
+    policy = json.loads(backend.get_key_policy(assoc["EncryptionKmsKeyId"]))
+    assert [s for s in policy["Statement"] if s["Action"] == "kms:Decrypt"] == []
+    models.register_agent_image("us-east-1", role, "i-0123456789abcdef0", "ab" * 48)
     # the customer account has no such key: it lives in the service account
     with pytest.raises(ClientError):
         aws["kms"].describe_key(KeyId=assoc["EncryptionKmsKeyId"])

@@ -5,14 +5,17 @@ The certificate association does what AWS's does (kms-acm-cloudformation.md §3)
 its chain and its private key go into an S3 object `<role_arn>/<certificate_arn>` in the bucket
 `aws-ec2-enclave-certificate-<region>-prod`; the private key PEM is encrypted with KMS under a
 key of a separate local *service account* (SERVICE_ACCOUNT, standing in for the AWS-owned
-account). That key's policy releases kms:Decrypt only to the associated roles, and only on an
-attested request: we cannot know the measurements of AWS's ACM agent image, so the condition
-requires `kms:RecipientAttestation:ImageSha384` to be present (`Null: false`) — any attested
-enclave of an associated role may decrypt, nothing unattested may. The bucket lives in the
-service account too (moto resolves bucket names across accounts), so the only way to the key is
-S3 GetObject + attested kms:Decrypt, as on AWS. Decrypting a ciphertext of a service-account key
-is for the KMS extension to route: the blob names the key id; `service_account_key_ids()` lists
-those keys.
+account). That key's policy releases kms:Decrypt only to the associated roles, and only to an
+attested enclave running *the agent image*: on AWS that is ACM's own enclave image; here the
+enclave that plays the agent's part is the host's own image, so each enclave host whose Metadata
+names the certificate registers its image's PCR0 (`register_agent_image`, from the emulated
+parent's start hook) and the release condition is `StringEqualsIgnoreCase
+kms:RecipientAttestation:ImageSha384` in those values. A role with an association but no such
+host gets nothing released; a debug-mode enclave (PCR0 zero) or any other image is denied, and
+so is every unattested call. The bucket lives in the service account too (moto resolves bucket
+names across accounts), so the only way to the key is S3 GetObject + attested kms:Decrypt, as on
+AWS. Decrypting a ciphertext of a service-account key is routed by the KMS extension: the blob
+names the key id; `service_account_key_ids()` lists those keys.
 """
 
 from __future__ import annotations
@@ -376,6 +379,8 @@ class CertificateAssociation:
 # (account, region) -> {(certificate_arn, role_arn): association}
 _associations: dict[tuple[str, str], dict[tuple[str, str], CertificateAssociation]] = {}
 _service_keys: dict[str, str] = {}  # region -> key id in SERVICE_ACCOUNT
+# (region, role_arn) -> {instance id: PCR0 hex of the image it runs as the agent}
+_agent_images: dict[tuple[str, str], dict[str, str]] = {}
 
 
 def bucket_name(region: str) -> str:
@@ -388,7 +393,8 @@ def service_account_key_ids() -> dict[str, str]:
         return dict(_service_keys)
 
 
-def _service_key_policy(role_arns: list[str]) -> str:
+def _service_key_policy(roles: dict[str, list[str]]) -> str:
+    """The service key's policy: `roles` maps each associated role to its agent images."""
     statements: list[dict[str, Any]] = [{
         "Sid": "ServiceAccountAdministration",
         "Effect": "Allow",
@@ -399,26 +405,40 @@ def _service_key_policy(role_arns: list[str]) -> str:
                    "kms:CancelKeyDeletion", "kms:Encrypt"],
         "Resource": "*",
     }]
-    if role_arns:
+    for n, (role, images) in enumerate(sorted(roles.items())):
+        if not images:
+            continue  # associated, but no enclave host runs an agent image for it yet
         statements.append({
-            "Sid": "ReleaseToAttestedEnclavesOfAssociatedRoles",
+            "Sid": f"ReleaseToAgentImageOfAssociatedRole{n}",
             "Effect": "Allow",
-            "Principal": {"AWS": sorted(role_arns)},
+            "Principal": {"AWS": role},
             "Action": "kms:Decrypt",
             "Resource": "*",
-            # We cannot know the ACM agent image's measurements: require that an attestation
-            # document was presented at all (the key exists), which no parent-side call has.
-            "Condition": {"Null": {"kms:RecipientAttestation:ImageSha384": "false"}},
+            "Condition": {"StringEqualsIgnoreCase": {
+                "kms:RecipientAttestation:ImageSha384": sorted(images)}},
         })
     return json.dumps({"Version": "2012-10-17", "Id": "aws-ec2-enclave-certificate",
                        "Statement": statements})
+
+
+def register_agent_image(region: str, role_arn: str, instance_id: str, image_sha384: str) -> None:
+    """An enclave host of `role_arn` runs the image `image_sha384` as its certificate agent."""
+    with _lock:
+        _agent_images.setdefault((region, role_arn), {})[instance_id] = image_sha384.lower()
+        _refresh_service_key_policy(region)
+
+
+def unregister_agent_image(region: str, role_arn: str, instance_id: str) -> None:
+    with _lock:
+        _agent_images.get((region, role_arn), {}).pop(instance_id, None)
+        _refresh_service_key_policy(region)
 
 
 def _ensure_service_key(region: str) -> str:
     backend = kms_backends[SERVICE_ACCOUNT][region]
     key_id = _service_keys.get(region)
     if key_id is None or key_id not in backend.keys:
-        key = backend.create_key(policy=_service_key_policy([]), key_usage="ENCRYPT_DECRYPT",
+        key = backend.create_key(policy=_service_key_policy({}), key_usage="ENCRYPT_DECRYPT",
                                  key_spec="SYMMETRIC_DEFAULT",
                                  description="ACM for Nitro Enclaves certificate keys (local)",
                                  tags=None)
@@ -427,8 +447,9 @@ def _ensure_service_key(region: str) -> str:
 
 
 def _refresh_service_key_policy(region: str) -> None:
-    roles = sorted({a.role_arn for (_acct, reg), table in _associations.items() if reg == region
-                    for a in table.values()})
+    roles = {a.role_arn: sorted(set(_agent_images.get((region, a.role_arn), {}).values()))
+             for (_acct, reg), table in _associations.items() if reg == region
+             for a in table.values()}
     key_id = _ensure_service_key(region)
     kms_backends[SERVICE_ACCOUNT][region].put_key_policy(key_id, _service_key_policy(roles))
 
