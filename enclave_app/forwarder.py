@@ -22,35 +22,10 @@ import logging
 import socket
 import threading
 
-from enclavekit.transport import VsockTransport
+from enclavekit.transport import VsockTransport, pump
 
 log = logging.getLogger(__name__)
 MAX_CONNECT_HEAD = 8192
-_BUF = 65536
-
-
-def pipe(a: socket.socket, b: socket.socket) -> None:
-    """Copy bytes both ways until both directions are closed; then close both sockets."""
-
-    def one_way(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(_BUF)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-
-    back = threading.Thread(target=one_way, args=(b, a), daemon=True, name="pipe-back")
-    back.start()
-    one_way(a, b)
-    back.join()
-    a.close()
-    b.close()
 
 
 def loopback_up() -> bool:
@@ -144,7 +119,8 @@ class LoopbackForwarder:
                 return
             if self.mode == "connect":
                 conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            pipe(conn, upstream)
+            with conn, upstream:
+                pump(conn, upstream)
         except OSError as exc:
             log.warning("KMS forwarding connection failed: %s", exc)
             conn.close()

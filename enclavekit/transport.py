@@ -328,3 +328,44 @@ def open_vsock(emulated_root: str = EMULATED_VSOCK_ROOT) -> VsockTransport:
     raise EmulatorError(
         f"vsock: expected /dev/vsock (Nitro) or {self_file} (emulator), found neither"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# relaying
+
+
+def pump(a: socket.socket, b: socket.socket, *, chunk: int = 65536) -> None:
+    """Copy bytes both ways between two connected stream sockets until both sides have closed.
+
+    A side's end of stream is passed on as a half-close (SHUT_WR), so request/response
+    protocols that close their sending side still work; an error on either side ends both.
+    The one relay loop of the project: vsock-proxy, the parent's TCP relay and the enclave's
+    loopback forwarder all move their bytes with it. The sockets stay open for the caller.
+    """
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(a, selectors.EVENT_READ, b)
+    sel.register(b, selectors.EVENT_READ, a)
+    open_sides = 2
+    try:
+        while open_sides:
+            for key, _ in sel.select():
+                src: socket.socket = key.fileobj  # type: ignore[assignment]
+                dst: socket.socket = key.data
+                try:
+                    data = src.recv(chunk)
+                except OSError:
+                    data = b""
+                if data:
+                    try:
+                        dst.sendall(data)
+                        continue
+                    except OSError:
+                        return
+                sel.unregister(src)
+                open_sides -= 1
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+    finally:
+        sel.close()

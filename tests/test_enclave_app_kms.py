@@ -31,12 +31,12 @@ from enclave_app_support import (
 )
 
 from enclave_app.attester import Attester
-from enclave_app.forwarder import LoopbackForwarder, pipe
+from enclave_app.forwarder import LoopbackForwarder
 from enclave_app.keys import RecipientKey
 from enclave_app.kms import AttestedKms, KmsDenied, KmsUnreachable
 from enclavekit import attestation
 from enclavekit.pki import LocalPki
-from enclavekit.transport import PARENT_CID, SocketNsm
+from enclavekit.transport import PARENT_CID, SocketNsm, pump
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,8 @@ class _TlsKmsFront:
         except (ssl.SSLError, OSError):
             conn.close()
             return
-        pipe(tls, socket.create_connection(("127.0.0.1", self.port)))
+        with tls, socket.create_connection(("127.0.0.1", self.port)) as upstream:
+            pump(tls, upstream)
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):

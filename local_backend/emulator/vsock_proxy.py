@@ -22,7 +22,6 @@ import ipaddress
 import json
 import os
 import re
-import selectors
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from enclavekit.errors import EmulatorError, InvalidInput
-from enclavekit.transport import EmulatedVsock, VsockTransport
+from enclavekit.transport import EmulatedVsock, VsockTransport, pump
 
 DEFAULT_CONFIG = Path("/etc/nitro_enclaves/vsock-proxy.yaml")
 ENDPOINT_ENV = "ENCLAVEKIT_LOCAL_ENDPOINT"
@@ -149,33 +148,6 @@ def resolve(address: str, port: int, endpoint: str | None) -> tuple[str, int]:
     )
 
 
-def _pump(a: socket.socket, b: socket.socket) -> None:
-    """Copy bytes both ways until both directions are closed."""
-    sel = selectors.DefaultSelector()
-    sel.register(a, selectors.EVENT_READ, b)
-    sel.register(b, selectors.EVENT_READ, a)
-    open_dirs = 2
-    while open_dirs:
-        for key, _ in sel.select():
-            src: socket.socket = key.fileobj  # type: ignore[assignment]
-            dst: socket.socket = key.data
-            try:
-                data = src.recv(65536)
-            except OSError:
-                data = b""
-            if data:
-                try:
-                    dst.sendall(data)
-                    continue
-                except OSError:
-                    return
-            sel.unregister(src)
-            open_dirs -= 1
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-    sel.close()
-
-
 class VsockProxy:
     """Relays parent vsock port `local_port` to the resolved TCP target, `workers` at a time."""
 
@@ -227,7 +199,7 @@ class VsockProxy:
                 return
             with upstream:
                 upstream.settimeout(None)
-                _pump(conn, upstream)
+                pump(conn, upstream)
 
     def serve_forever(self) -> None:
         while not self._stopped.is_set():

@@ -9,46 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import selectors
 import socket
 import threading
 
-from enclavekit.transport import VsockTransport
+from enclavekit.transport import VsockTransport, pump
 
 log = logging.getLogger("enclavekit.parent.relay")
-_CHUNK = 65536
-
-
-def pump(a: socket.socket, b: socket.socket) -> None:
-    """Copy bytes both ways until both sides have closed; half-closes are passed on."""
-    sel = selectors.DefaultSelector()
-    sel.register(a, selectors.EVENT_READ, b)
-    sel.register(b, selectors.EVENT_READ, a)
-    open_sides = 2
-    try:
-        while open_sides:
-            for key, _ in sel.select(timeout=300):
-                src: socket.socket = key.fileobj  # type: ignore[assignment]
-                dst: socket.socket = key.data
-                try:
-                    data = src.recv(_CHUNK)
-                except OSError:
-                    data = b""
-                if data:
-                    try:
-                        dst.sendall(data)
-                        continue
-                    except OSError:
-                        return
-                sel.unregister(src)
-                open_sides -= 1
-                with contextlib.suppress(OSError):
-                    dst.shutdown(socket.SHUT_WR)
-            else:
-                if not sel.get_map():
-                    return
-    finally:
-        sel.close()
 
 
 class TcpToVsockRelay:
