@@ -25,7 +25,8 @@ def tool_path(env_path: str | None = None, start: Path | None = None) -> str:
     """PATH with the project's Node.js 22 and node_modules/.bin in front."""
     nm = node_modules(start)
     parts = [str(nm / "node" / "bin"), str(nm / ".bin")] if nm else []
-    return os.pathsep.join([*parts, env_path if env_path is not None else os.environ.get("PATH", "")])
+    rest = env_path if env_path is not None else os.environ.get("PATH", "")
+    return os.pathsep.join([*parts, rest])
 
 
 def cdk_command(start: Path | None = None) -> list[str]:

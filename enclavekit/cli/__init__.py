@@ -18,8 +18,8 @@ from enclavekit.errors import EnclaveKitError
 _GROUPS = (
     "enclavekit.cli.image",  # build-enclave, describe-eif
     "enclavekit.cli.attest",  # attest verify|show
-    "enclavekit.cli.enclave",  # run-enclave, describe-enclaves, terminate-enclave, console, vsock-proxy
-    "enclavekit.cli.local",  # local start|stop|status|ca, cdk, up, verify
+    "enclavekit.cli.enclave",  # run/describe/terminate-enclave(s), console, vsock-proxy
+    "enclavekit.cli.local",  # local start|stop|status|ca, cdk
     "enclavekit.cli.deploy",  # up, verify
     "enclavekit.cli.lint",  # lint
     "enclavekit.cli.demo",  # demo (what `make demo` runs)
