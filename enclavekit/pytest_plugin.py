@@ -14,7 +14,8 @@ Fixtures:
                          state dir; stopped at teardown together with every parent instance
                          and enclave it started.
     enclavekit_deploy    (session) factory: `cdk bootstrap` once, then `cdk deploy` of an app
-                         dir; returns a `Deployment` (outputs, stacks, enclave hosts, https()).
+                         dir, sealing its application secrets and waiting for its enclaves;
+                         returns a `Deployment` (outputs, stacks, hosts, https(), verify()).
 
 The same parts are plain functions for tests that need their own scope: `local_endpoint()`
 (a context manager), `deploy()`, `Deployment.destroy()`, `processes_of()`, `listening()`.
@@ -306,6 +307,17 @@ class Deployment:
         finally:
             conn.close()
 
+    def verify(self, stack: str | None = None) -> Any:
+        """`enclavekit verify` of this deployment's stacks (or `stack`): a VerifyReport."""
+        from local_backend.verify import VerifyReport, verify
+
+        merged = VerifyReport(hosts=[])
+        for name in [stack] if stack else self.stacks:
+            report = verify(self.endpoint.state_dir, stack=name)
+            merged.hosts.extend(report.hosts)
+            merged.problems.extend(report.problems)
+        return merged
+
     def destroy(self, *, timeout: float = DEPLOY_TIMEOUT_S) -> CdkRun:
         """`cdk destroy --force` of this deployment's stacks (pytest.fail if it fails)."""
         run = run_cdk(
@@ -469,27 +481,31 @@ def hosts_of(endpoint: LocalEndpoint, stacks: Sequence[str]) -> tuple[DeployedHo
 def seal_secrets(
     endpoint: LocalEndpoint,
     hosts: Sequence[DeployedHost],
-    secrets: Mapping[str, bytes],
-) -> dict[DeployedHost, float | None]:
-    """Seal each named secret for every host that declares it (KMS Encrypt by the account
-    root with the host's key, base64 into its SSM parameter), then have the parents re-sync.
+    secrets: Mapping[str, bytes] | None = None,
+) -> list[str]:
+    """Seal the application secrets of `hosts`' stacks, as `enclavekit up` does, then have the
+    parents re-sync. Returns the sealed `stack/name`s.
 
-    Returns the hosts that were given a secret, each with its last provisioning time before
-    the re-sync (so a wait can tell a new provisioning). A name no host declares fails.
+    A name in `secrets` is sealed with the given bytes (KMS Encrypt by the account root with
+    the host's key, base64 into its SSM parameter); every other secret still unsealed gets a
+    fresh random value (`local_backend.up.seal_secrets`). Either way the reference copy goes
+    where `enclavekit verify` reads it, so `Deployment.verify()` can challenge the enclave.
+    A name in `secrets` that no host declares fails the test.
     """
-    from local_backend import parent
+    from local_backend import parent, up, verify
 
     cfn, kms, ssm = (endpoint.client(s) for s in ("cloudformation", "kms", "ssm"))
+    wanted = dict(secrets or {})
     declared: set[str] = set()
-    touched: dict[DeployedHost, float | None] = {}
+    sealed: list[str] = []
     for h in hosts:
         info = json.loads((h.instance_dir / "instance.json").read_text())
         spec = (info.get("metadata") or {}).get("enclavekit:host") or {}
         for s in spec.get("secrets") or []:
             declared.add(s["name"])
-            if s["name"] not in secrets:
+            if s["name"] not in wanted or f"{h.stack}/{s['name']}" in sealed:
                 continue
-            value = secrets[s["name"]]
+            value = wanted[s["name"]]
             if not isinstance(value, bytes | bytearray):
                 pytest.fail(
                     f"enclavekit: secret {s['name']!r} must be bytes, got {type(value).__name__}",
@@ -504,39 +520,52 @@ def seal_secrets(
                 Type="String",
                 Overwrite=True,
             )
-            touched.setdefault(h, h.parent_state().get("provisioned_at"))
-    unknown = sorted(set(secrets) - declared)
+            ref = endpoint.state_dir / verify.VERIFIER_DIR / h.stack / f"{s['name']}.secret"
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(ref, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(bytes(value))
+            sealed.append(f"{h.stack}/{s['name']}")
+    unknown = sorted(set(wanted) - declared)
     if unknown:
         pytest.fail(
             f"enclavekit: secrets {unknown} are declared by no deployed enclave host; "
             f"declared: {sorted(declared) or 'none'}",
             pytrace=False,
         )
+    stacks = sorted({h.stack for h in hosts})
+    sealed += up.seal_secrets(endpoint.state_dir, endpoint.url, stacks)
     parent.resync(endpoint.state_dir)
-    return touched
+    return sealed
 
 
-def wait_reprovisioned(
-    host: DeployedHost,
-    before: float | None,
+def wait_all_provisioned(
+    hosts: Sequence[DeployedHost],
+    before: Mapping[str, float | None],
+    resealed: Sequence[str],
     *,
     timeout: float = PROVISION_TIMEOUT_S,
 ) -> None:
-    """Wait for a provisioning of `host` newer than `before` (its provisioned_at)."""
+    """Wait until every host is provisioned; a host of a stack in `resealed` must have been
+    provisioned again after sealing (its provisioned_at differs from `before`)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = host.parent_state()
-        if st.get("provisioned") and st.get("provisioned_at") != before:
-            return
-        if st.get("state") != "running":
-            break
+    pending = list(hosts)
+    while pending:
+        h = pending[0]
+        st = h.parent_state()
+        fresh = h.stack not in resealed or st.get("provisioned_at") != before.get(h.instance_id)
+        if st.get("provisioned") and fresh:
+            pending.pop(0)
+            continue
+        if st.get("state") != "running" or time.monotonic() > deadline:
+            waiting = st.get("waiting_for_secrets")
+            why = f"waiting for sealed secrets {waiting}" if waiting else None
+            pytest.fail(
+                f"enclavekit: host {h.instance_id} ({h.stack}) was not provisioned within "
+                f"{timeout:.0f} s: {why or st.get('last_error') or st.get('state') or 'gone'}",
+                pytrace=False,
+            )
         time.sleep(0.1)
-    st = host.parent_state()
-    pytest.fail(
-        f"enclavekit: host {host.instance_id} was not provisioned with the sealed "
-        f"secrets within {timeout:.0f} s: {st.get('last_error') or st.get('state')}",
-        pytrace=False,
-    )
 
 
 def deploy(
@@ -546,10 +575,13 @@ def deploy(
     stacks: Sequence[str] | None = None,
     context: Mapping[str, Any] | None = None,
     secrets: Mapping[str, bytes] | None = None,
+    seal: bool = True,
     timeout: float = DEPLOY_TIMEOUT_S,
 ) -> Deployment:
-    """`cdk bootstrap` (once per endpoint), `cdk deploy`, then seal `secrets` and wait until
-    every host that got one is provisioned. Any failure is a one-line pytest.fail + cdk tail."""
+    """`cdk bootstrap` (once per endpoint), `cdk deploy`, then (unless `seal=False`) seal the
+    application secrets (`secrets` by name, the still-unsealed rest at random, as `enclavekit
+    up`) and wait until every enclave host is provisioned. Any failure is one pytest.fail
+    line naming what failed and why, followed by the tail of cdk's output."""
     app = Path(app_dir).resolve()
     if not (app / "cdk.json").is_file():
         pytest.fail(
@@ -587,9 +619,12 @@ def deploy(
         outputs_file.unlink(missing_ok=True)
     names = tuple(outputs)
     hosts = hosts_of(endpoint, names)
-    if secrets:
-        for h, before in seal_secrets(endpoint, hosts, secrets).items():
-            wait_reprovisioned(h, before)
+    if seal:
+        before = {h.instance_id: h.parent_state().get("provisioned_at") for h in hosts}
+        sealed = seal_secrets(endpoint, hosts, secrets)
+        wait_all_provisioned(hosts, before, [name.split("/")[0] for name in sealed])
+    elif secrets:
+        pytest.fail("enclavekit_deploy: secrets given with seal=False", pytrace=False)
     return Deployment(
         endpoint=endpoint, app_dir=app, stacks=names, outputs=outputs, hosts=hosts, cdk=run
     )
@@ -607,7 +642,8 @@ def enclavekit_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
 
 @pytest.fixture(scope="session")
 def enclavekit_deploy(enclavekit_endpoint: LocalEndpoint) -> Callable[..., Deployment]:
-    """Factory: `enclavekit_deploy(app_dir, stacks=None, context=None, secrets=None)`."""
+    """Factory: `enclavekit_deploy(app_dir, stacks=None, context=None, *, secrets=None,
+    seal=True)` -> Deployment (see `deploy`)."""
 
     def _deploy(
         app_dir: str | Path,
@@ -615,6 +651,7 @@ def enclavekit_deploy(enclavekit_endpoint: LocalEndpoint) -> Callable[..., Deplo
         context: Mapping[str, Any] | None = None,
         *,
         secrets: Mapping[str, bytes] | None = None,
+        seal: bool = True,
         timeout: float = DEPLOY_TIMEOUT_S,
     ) -> Deployment:
         return deploy(
@@ -623,6 +660,7 @@ def enclavekit_deploy(enclavekit_endpoint: LocalEndpoint) -> Callable[..., Deplo
             stacks=stacks,
             context=context,
             secrets=secrets,
+            seal=seal,
             timeout=timeout,
         )
 

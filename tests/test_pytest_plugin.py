@@ -1,0 +1,165 @@
+"""The pytest plugin as a user meets it: a user's test file run by pytester in its own process,
+using `enclavekit_endpoint` and `enclavekit_deploy` against a tiny CDK app and the sample app.
+
+Budget: ~60 s on 2 cores (one endpoint, one bootstrap, five cdk deploys, one enclave boot).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from e2e_support import copy_sample_app, write_tiny_app
+
+from enclavekit import pytest_plugin as plugin
+
+pytest_plugins = ["pytester"]
+
+USER_TESTS = """
+import json, socket, ssl
+from pathlib import Path
+
+import pytest
+
+TINY = Path(r"{tiny}")
+SAMPLE = Path(r"{sample}")
+REPORT = Path(r"{report}")
+
+
+def _report(**kw):
+    data = json.loads(REPORT.read_text()) if REPORT.exists() else {{}}
+    data.update(kw)
+    REPORT.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def tiny(enclavekit_deploy):
+    return enclavekit_deploy(TINY, context={{"greeting": "hello"}})
+
+
+def test_outputs_and_clients(tiny, enclavekit_endpoint):
+    ep = enclavekit_endpoint
+    _report(state_dir=str(ep.state_dir), port=ep.port, pid=ep.pid)
+    assert ep.url == f"http://localhost:{{ep.port}}"
+    assert ep.env["AWS_ENDPOINT_URL"] == ep.url
+    assert ep.env["AWS_ACCESS_KEY_ID"] == "testing"
+    assert tiny.stacks == ("TinyStack",)
+    out = tiny.outputs["TinyStack"]
+    assert out["GreetingOut"] == "hello"
+    assert ep.client("ssm").get_parameter(Name=out["ParamName"])["Parameter"]["Value"] == "hello"
+    assert ep.client("s3").head_bucket(Bucket=out["BucketName"])["ResponseMetadata"][
+        "HTTPStatusCode"] == 200
+    assert tiny.hosts == ()
+
+
+def test_no_change_then_update(tiny, enclavekit_deploy, enclavekit_endpoint):
+    again = enclavekit_deploy(TINY, context={{"greeting": "hello"}})
+    assert "TinyStack (no changes)" in again.cdk.output
+    changed = enclavekit_deploy(TINY, ["TinyStack"], {{"greeting": "bye"}})
+    assert changed.outputs["TinyStack"]["GreetingOut"] == "bye"
+    ssm = enclavekit_endpoint.client("ssm")
+    assert ssm.get_parameter(Name="/tiny/greeting")["Parameter"]["Value"] == "bye"
+
+
+def test_unsupported_type_fails(enclavekit_deploy):
+    enclavekit_deploy(TINY, stacks=["TinyBadStack"], context={{"bad": True}})
+
+
+def test_not_an_app(enclavekit_deploy, tmp_path):
+    enclavekit_deploy(tmp_path)
+
+
+def test_sample_app_https(enclavekit_deploy):
+    d = enclavekit_deploy(SAMPLE, secrets={{"app-secret": b"plugin-secret"}})
+    host = d.host()
+    _report(relay_port=host.relay_port, instance_id=host.instance_id)
+    assert d.stacks == ("EnclaveService",)
+    assert host.domain == "enclave.example.test" and host.service_port == 443
+    assert d.outputs["EnclaveService"]["InstanceId"] == host.instance_id
+    r = d.https(host, "/hello?x=1")
+    assert r.status == 200 and r.tls_version == "TLSv1.3"
+    body = r.json()
+    assert body["served_by"] == "enclave_app" and body["path"] == "/hello?x=1"
+    assert body["enclave_module_id"] == host.enclave_id
+    assert d.https("enclave.example.test").status == 200  # a host by its domain
+    report = d.verify()
+    assert report.ok, report.table()
+    assert {{c.name for c in report.hosts[0].checks}} >= {{"secret", "parent-denied", "https"}}
+    # the verification is real: system CAs, or the local CA for another name, are refused
+    for ctx, name in ((ssl.create_default_context(), host.domain),
+                      (ssl.create_default_context(cadata=d.endpoint.ca_pem().decode()),
+                       "other.example.test")):
+        with socket.create_connection(("127.0.0.1", host.relay_port), timeout=10) as raw:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                ctx.wrap_socket(raw, server_hostname=name)
+"""
+
+
+def test_nothing_starts_unless_asked(pytester: pytest.Pytester) -> None:
+    """The plugin is loaded in every session; a test without its fixtures starts nothing and
+    does not even import boto3, moto or the local backend."""
+    pytester.makepyfile(
+        test_plain=textwrap.dedent("""
+        import sys
+
+        def test_plain(request):
+            assert "enclavekit_endpoint" in request.fixturenames or True
+            assert "enclavekit.pytest_plugin" in sys.modules
+            for mod in ("boto3", "moto", "local_backend", "aws_cdk"):
+                assert mod not in sys.modules, mod
+        """)
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fixtures")
+    result.stdout.fnmatch_lines(["*enclavekit_endpoint*", "*enclavekit_deploy*"])
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_user_tests_with_the_fixtures(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    tiny = write_tiny_app(tmp_path / "tiny")
+    sample = copy_sample_app(tmp_path / "sample")
+    report = tmp_path / "report.json"
+    pytester.makepyfile(test_user=USER_TESTS.format(tiny=tiny, sample=sample, report=report))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rf", "--timeout=400")
+    out = result.stdout.str()
+    result.assert_outcomes(passed=3, failed=2)
+    # each failure is one line naming what failed and why, then the tail of cdk's output
+    result.stdout.fnmatch_lines(
+        [
+            "*enclavekit: cdk deploy of */tiny failed (exit 1): *"
+            "not supported by the enclavekit local endpoint: [[]AWS::GameLift::Alias[]]*",
+            "--- last 40 lines of cdk output ---",
+            "*TinyBadStack: creating CloudFormation changeset...*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        ["*enclavekit_deploy: app_dir must be a directory with cdk.json, got '*test_not_an_app0'"]
+    )
+    assert "pytest_plugin.py" not in out  # no traceback into the plugin, only the reasons
+    # after the session: the endpoint, the parent, the enclave and every port are gone
+    seen = json.loads(report.read_text())
+    state = Path(seen["state_dir"])
+    assert plugin.processes_of(state) == []
+    assert plugin.listening([seen["port"], seen["relay_port"]]) == set()
+    assert not (state / "endpoint.json").exists()
+    parent = json.loads((state / "instances" / seen["instance_id"] / "parent.json").read_text())
+    assert parent["state"] == "stopped"
+
+
+def test_reason_picks_the_cdk_error_line() -> None:
+    out = "\n".join(
+        [
+            "Stack: creating CloudFormation changeset...",
+            "",
+            "❌  Stack failed: ValidationError: Template format error: bad thing",
+            "",
+            "✨  Total time: 5s",
+        ]
+    )
+    assert (
+        plugin._reason(out) == "❌  Stack failed: ValidationError: Template format error: bad thing"
+    )
+    assert plugin._reason("a\nsome Error here\nb") == "some Error here"
+    assert plugin._reason("") == "no output"
