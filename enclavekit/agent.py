@@ -325,21 +325,35 @@ def load_host_json(path: str | Path) -> dict[str, Any]:
 
 
 def boto3_clients(region: str, *, endpoint_url: str | None = None) -> ClientFactory:
-    """A client factory with short timeouts and few retries (the sync loop retries anyway)."""
+    """A client factory with short timeouts and few retries (the sync loop retries anyway).
+
+    One boto3 session, clients kept per (service, credentials): building a client loads its
+    service model, which costs more than the call it makes.
+    """
+    import boto3
+    from botocore.config import Config
+
+    session = boto3.session.Session()
+    config = Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30)
+    cache: dict[tuple[str, str, str | None], Any] = {}
+    lock = threading.Lock()
 
     def make(service: str, creds: prov.Credentials) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        return boto3.session.Session().client(
-            service,
-            region_name=region,
-            endpoint_url=endpoint_url,
-            aws_access_key_id=creds.access_key_id,
-            aws_secret_access_key=creds.secret_access_key,
-            aws_session_token=creds.session_token,
-            config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
-        )
+        key = (service, creds.access_key_id, creds.session_token)
+        with lock:
+            if key not in cache:
+                if len(cache) >= 16:  # old credentials' clients
+                    cache.clear()
+                cache[key] = session.client(
+                    service,
+                    region_name=region,
+                    endpoint_url=endpoint_url,
+                    aws_access_key_id=creds.access_key_id,
+                    aws_secret_access_key=creds.secret_access_key,
+                    aws_session_token=creds.session_token,
+                    config=config,
+                )
+            return cache[key]
 
     return make
 
