@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-SERVICES = ("cloudformation", "ec2", "acm", "s3", "kms")
+SERVICES = ("cloudformation", "ec2", "autoscaling", "acm", "s3", "kms")
 
 
 def install(state_dir: Path) -> None:
