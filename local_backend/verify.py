@@ -31,6 +31,7 @@ import socket
 import ssl
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,10 +103,13 @@ class VerifyReport:
 
     def table(self) -> str:
         rows = [("stack/host", "check", "result", "detail")]
+        shared = Counter((h.stack, h.logical_id) for h in self.hosts)
         for h in self.hosts:
+            # a fleet's instances share their launch template's logical id: name the instance
+            label = f"{h.stack}/{h.logical_id}" + (
+                f"/{h.instance_id}" if shared[(h.stack, h.logical_id)] > 1 else "")
             for c in h.checks:
-                rows.append((f"{h.stack}/{h.logical_id}", c.name, "PASS" if c.ok else "FAIL",
-                             c.detail))
+                rows.append((label, c.name, "PASS" if c.ok else "FAIL", c.detail))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = []
         for i, r in enumerate(rows):
@@ -120,13 +124,16 @@ class VerifyReport:
 
     def to_junit(self) -> str:
         cases = []
+        shared = Counter((h.stack, h.logical_id) for h in self.hosts)
         for h in self.hosts:
+            fleet = f".{h.instance_id}" if shared[(h.stack, h.logical_id)] > 1 else ""
             for c in h.checks:
                 detail = escape(c.detail, {'"': "&quot;"})
                 body = "" if c.ok else f'<failure message="{detail}"/>'
                 cases.append(
                     f'  <testcase classname="enclavekit.verify.{escape(h.stack)}.'
-                    f'{escape(h.logical_id)}" name="{escape(c.name)}" time="{c.seconds:.3f}">'
+                    f'{escape(h.logical_id)}{fleet}" name="{escape(c.name)}" '
+                    f'time="{c.seconds:.3f}">'
                     f"{body}</testcase>"
                 )
         for p in self.problems:
