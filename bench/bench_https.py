@@ -230,26 +230,37 @@ def enclave_target(state_dir: Path) -> Target:
     raise RuntimeError(f"no running enclave host with a relay port under {state_dir}")
 
 
-@contextmanager
-def direct_server(state_dir: Path, enclave: Target, work: Path) -> Iterator[Target]:
-    """The baseline: enclave_app's TLS server as a plain loopback process, stopped on exit."""
-    from local_backend.moto_ext.acm.models import LocalCa
-
-    probe = _Conn(enclave)
+def served_key_algorithm(target: Target) -> str:
+    """The ACM KeyAlgorithm of the certificate `target` presents."""
+    probe = _Conn(target)
     try:
         der = probe.tls.getpeercert(binary_form=True)
     finally:
         probe.close()
-    assert der is not None
+    if der is None:
+        raise RuntimeError(f"{target.name}: no server certificate")
+    return _key_algorithm(der)
+
+
+@contextmanager
+def direct_server(state_dir: Path, domain: str, key_algorithm: str, label: str,
+                  work: Path) -> Iterator[Target]:
+    """The baseline: enclave_app's TLS server as a plain loopback process, stopped on exit.
+
+    Its certificate is issued for `domain` by the local ACM CA of `state_dir` with
+    `key_algorithm`; its answers name `label` where the enclave's name its module id.
+    """
+    from local_backend import server
+    from local_backend.moto_ext.acm.models import LocalCa
+
     ca = LocalCa.load_or_create(state_dir / "acm-ca")
-    cert_pem, key_pem = ca.issue(enclave.domain, [], _key_algorithm(der))
+    cert_pem, key_pem = ca.issue(domain, [], key_algorithm)
     work.mkdir(mode=0o700, parents=True, exist_ok=True)
     (work / "cert.pem").write_bytes(cert_pem)
     (work / "chain.pem").write_bytes(ca.root_pem)
     fd = os.open(work / "key.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key_pem)
-    label = ("direct-" + "0" * len(enclave.module_id))[: len(enclave.module_id)]
     proc = subprocess.Popen([sys.executable, "-c", _DIRECT_SERVER, str(work), label], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -257,7 +268,8 @@ def direct_server(state_dir: Path, enclave: Target, work: Path) -> Iterator[Targ
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.strip().isdigit():
             raise RuntimeError("the direct TLS server did not start")
-        yield Target("direct TLS (baseline)", int(line), enclave.domain, enclave.context, label)
+        context = ssl.create_default_context(cadata=server.ca_pem(state_dir).decode())
+        yield Target("direct TLS (baseline)", int(line), domain, context, label)
     finally:
         if proc.stdin:
             proc.stdin.close()
@@ -266,6 +278,11 @@ def direct_server(state_dir: Path, enclave: Target, work: Path) -> Iterator[Targ
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def same_length_label(module_id: str) -> str:
+    """A label as long as `module_id`, so both servers' answers have the same size."""
+    return ("direct-" + "0" * len(module_id))[: len(module_id)]
 
 
 CASES: tuple[tuple[str, bool, int, int], ...] = (
@@ -328,7 +345,8 @@ def main() -> None:
         try:
             timed_up(app, state, free_port(), run_verify=False)
             enclave = enclave_target(state)
-            with direct_server(state, enclave, work / "direct") as direct:
+            with direct_server(state, enclave.domain, served_key_algorithm(enclave),
+                               same_length_label(enclave.module_id), work / "direct") as direct:
                 compare(enclave, direct)
         finally:
             server.stop(state)
