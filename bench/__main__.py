@@ -36,9 +36,11 @@ def select(requested: list[str], available: list[str]) -> list[str]:
     for name in requested:
         full = name if name.startswith("bench_") else f"bench_{name}"
         if full not in available:
-            raise InvalidInput(f"bench name: expected one of "
-                               f"{', '.join(n.removeprefix('bench_') for n in available)}, "
-                               f"found {name!r}")
+            raise InvalidInput(
+                f"bench name: expected one of "
+                f"{', '.join(n.removeprefix('bench_') for n in available)}, "
+                f"found {name!r}"
+            )
         chosen.append(full)
     return list(dict.fromkeys(chosen))
 
@@ -61,8 +63,10 @@ def node_version() -> str:
 def machine() -> str:
     """Cores, Python and Node.js versions, OS and CPU architecture."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{cores} cores, python {platform.python_version()}, {node_version()}, "
-            f"{platform.system()} {platform.machine()}")
+    return (
+        f"{cores} cores, python {platform.python_version()}, {node_version()}, "
+        f"{platform.system()} {platform.machine()}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: FAILED: {type(exc).__name__}: {exc}", flush=True)
         print(f"({name}: {time.perf_counter() - t0:.0f} s)", flush=True)
     total = time.perf_counter() - started
-    print(f"\n{len(names) - len(failed)}/{len(names)} benches ran in {total:.0f} s"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""), flush=True)
+    print(
+        f"\n{len(names) - len(failed)}/{len(names)} benches ran in {total:.0f} s"
+        + (f"; FAILED: {', '.join(failed)}" if failed else ""),
+        flush=True,
+    )
     return 1 if failed else 0
 
 

@@ -158,8 +158,7 @@ def keepalive_supported(target: Target) -> bool:
         conn.close()
 
 
-def run_case(target: Target, *, keepalive: bool, clients: int, limit: int,
-             seconds: float) -> Rate:
+def run_case(target: Target, *, keepalive: bool, clients: int, limit: int, seconds: float) -> Rate:
     """Requests of `clients` concurrent clients until `limit` requests or `seconds` have passed."""
     fetch(target)  # warm-up
     tickets = itertools.count()
@@ -199,8 +198,12 @@ def run_case(target: Target, *, keepalive: bool, clients: int, limit: int,
     if not latencies:
         raise RuntimeError(f"{target.name}: no request completed in {seconds} s")
     latencies.sort()
-    return Rate(len(latencies), elapsed, statistics.median(latencies) * 1e3,
-                latencies[int(0.95 * (len(latencies) - 1))] * 1e3)
+    return Rate(
+        len(latencies),
+        elapsed,
+        statistics.median(latencies) * 1e3,
+        latencies[int(0.95 * (len(latencies) - 1))] * 1e3,
+    )
 
 
 def _key_algorithm(cert_der: bytes) -> str:
@@ -225,8 +228,13 @@ def enclave_target(state_dir: Path) -> Target:
             continue
         spec = json.loads((d / INSTANCE_FILE).read_text())["metadata"][METADATA_KEY]
         context = ssl.create_default_context(cadata=server.ca_pem(state_dir).decode())
-        return Target("enclave via relay", int(state["relay_port"]), spec["service"]["domain"],
-                      context, state["enclave"]["EnclaveID"])
+        return Target(
+            "enclave via relay",
+            int(state["relay_port"]),
+            spec["service"]["domain"],
+            context,
+            state["enclave"]["EnclaveID"],
+        )
     raise RuntimeError(f"no running enclave host with a relay port under {state_dir}")
 
 
@@ -243,8 +251,9 @@ def served_key_algorithm(target: Target) -> str:
 
 
 @contextmanager
-def direct_server(state_dir: Path, domain: str, key_algorithm: str, label: str,
-                  work: Path) -> Iterator[Target]:
+def direct_server(
+    state_dir: Path, domain: str, key_algorithm: str, label: str, work: Path
+) -> Iterator[Target]:
     """The baseline: enclave_app's TLS server as a plain loopback process, stopped on exit.
 
     Its certificate is issued for `domain` by the local ACM CA of `state_dir` with
@@ -261,9 +270,14 @@ def direct_server(state_dir: Path, domain: str, key_algorithm: str, label: str,
     fd = os.open(work / "key.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key_pem)
-    proc = subprocess.Popen([sys.executable, "-c", _DIRECT_SERVER, str(work), label], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DIRECT_SERVER, str(work), label],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.strip().isdigit():
@@ -293,45 +307,63 @@ CASES: tuple[tuple[str, bool, int, int], ...] = (
 )
 
 
-def compare(enclave: Target, direct: Target, *, seconds: float = CASE_SECONDS,
-            cases: tuple[tuple[str, bool, int, int], ...] = CASES,
-            out: Callable[[str], None] = print) -> list[tuple[str, Rate | None, Rate | None]]:
+def compare(
+    enclave: Target,
+    direct: Target,
+    *,
+    seconds: float = CASE_SECONDS,
+    cases: tuple[tuple[str, bool, int, int], ...] = CASES,
+    out: Callable[[str], None] = print,
+) -> list[tuple[str, Rate | None, Rate | None]]:
     """Check both targets answer alike, then measure every case on both; print the table."""
     body_a, body_b = fetch(enclave), fetch(direct)
     a = json.loads(body_a)
     if a.get("enclave_module_id") != enclave.module_id:
         raise RuntimeError(f"answered by {a.get('enclave_module_id')}, not the enclave")
     if len(body_a) != len(body_b):
-        raise RuntimeError(f"response bodies differ in size: enclave {len(body_a)}, "
-                           f"direct {len(body_b)} bytes")
+        raise RuntimeError(
+            f"response bodies differ in size: enclave {len(body_a)}, direct {len(body_b)} bytes"
+        )
     alive = keepalive_supported(enclave)
     rows: list[tuple[str, Rate | None, Rate | None]] = []
     for name, keepalive, clients, limit in cases:
         if keepalive and not alive:
             rows.append((name, None, None))
             continue
-        r_enclave = run_case(enclave, keepalive=keepalive, clients=clients, limit=limit,
-                             seconds=seconds)
-        r_direct = run_case(direct, keepalive=keepalive, clients=clients, limit=limit,
-                            seconds=seconds)
+        r_enclave = run_case(
+            enclave, keepalive=keepalive, clients=clients, limit=limit, seconds=seconds
+        )
+        r_direct = run_case(
+            direct, keepalive=keepalive, clients=clients, limit=limit, seconds=seconds
+        )
         rows.append((name, r_enclave, r_direct))
-    out(f"HTTPS GET, {a.get('tls_version')}, response body {len(body_a)} bytes on both, domain "
-        f"{enclave.domain}; each case stops at its request count or after {seconds:g} s")
+    out(
+        f"HTTPS GET, {a.get('tls_version')}, response body {len(body_a)} bytes on both, domain "
+        f"{enclave.domain}; each case stops at its request count or after {seconds:g} s"
+    )
     out(f"{'':26} {'--- enclave via relay ---':^32}   {'--- direct TLS (baseline) ---':^32}")
-    out(f"{'case':26} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'n':>6}   {'req/s':>7} "
-        f"{'p50 ms':>7} {'p95 ms':>7} {'n':>6}   {'x direct':>8}")
+    out(
+        f"{'case':26} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'n':>6}   {'req/s':>7} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'n':>6}   {'x direct':>8}"
+    )
     for name, r_e, r_d in rows:
         if r_e is None or r_d is None:
             out(f"{name:26} not measured: the enclave app does not keep connections alive")
             continue
-        out(f"{name:26} {r_e.per_second:7.0f} {r_e.p50_ms:7.2f} {r_e.p95_ms:7.2f} "
+        out(
+            f"{name:26} {r_e.per_second:7.0f} {r_e.p50_ms:7.2f} {r_e.p95_ms:7.2f} "
             f"{r_e.requests:6d}   {r_d.per_second:7.0f} {r_d.p50_ms:7.2f} {r_d.p95_ms:7.2f} "
-            f"{r_d.requests:6d}   {r_e.per_second / r_d.per_second:8.2f}")
-    out("x direct = enclave req/s / direct req/s: the share of direct TLS throughput left after "
-        "the relay, emulated vsock and enclave isolation")
-    out("a p95 near 40 ms = answers held by Nagle's algorithm until the client's delayed ACK "
+            f"{r_d.requests:6d}   {r_e.per_second / r_d.per_second:8.2f}"
+        )
+    out(
+        "x direct = enclave req/s / direct req/s: the share of direct TLS throughput left after "
+        "the relay, emulated vsock and enclave isolation"
+    )
+    out(
+        "a p95 near 40 ms = answers held by Nagle's algorithm until the client's delayed ACK "
         "(the handler writes headers and body apart; the parent relay's client socket has no "
-        "TCP_NODELAY, the baseline's has)")
+        "TCP_NODELAY, the baseline's has)"
+    )
     return rows
 
 
@@ -345,8 +377,13 @@ def main() -> None:
         try:
             timed_up(app, state, free_port(), run_verify=False)
             enclave = enclave_target(state)
-            with direct_server(state, enclave.domain, served_key_algorithm(enclave),
-                               same_length_label(enclave.module_id), work / "direct") as direct:
+            with direct_server(
+                state,
+                enclave.domain,
+                served_key_algorithm(enclave),
+                same_length_label(enclave.module_id),
+                work / "direct",
+            ) as direct:
                 compare(enclave, direct)
         finally:
             server.stop(state)

@@ -64,8 +64,11 @@ def copy_sample_app(dest: Path) -> Path:
     """app.py, cdk.json and enclave_app/ under `dest`, the app run by this interpreter."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "app.py", dest / "app.py")
-    shutil.copytree(ROOT / "enclave_app", dest / "enclave_app",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "enclave_app",
+        dest / "enclave_app",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     config = json.loads((ROOT / "cdk.json").read_text())
     config["app"] = f"{sys.executable} app.py"  # cdk.json names the repo-relative .venv
     (dest / "cdk.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -84,8 +87,15 @@ def timed_cdk(args: list[str], cwd: Path, endpoint: str) -> float:
     """Seconds one `cdk ARGS` takes in `cwd` against `endpoint`; raises with its tail on failure."""
     argv = [*cdk_command(cwd), *args]
     start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=cdk_env(endpoint, cwd=cwd), capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=CDK_TIMEOUT_S)
+    proc = subprocess.run(
+        argv,
+        cwd=cwd,
+        env=cdk_env(endpoint, cwd=cwd),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=CDK_TIMEOUT_S,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
@@ -93,15 +103,17 @@ def timed_cdk(args: list[str], cwd: Path, endpoint: str) -> float:
     return seconds
 
 
-def timed_up(app_dir: Path, state_dir: Path, port: int, *, run_verify: bool = True
-             ) -> dict[str, float]:
+def timed_up(
+    app_dir: Path, state_dir: Path, port: int, *, run_verify: bool = True
+) -> dict[str, float]:
     """The phases of one `enclavekit up` (seconds); raises if it fails or verify fails."""
     from local_backend.up import Progress, up
 
     log = io.StringIO()
     try:
-        result = up(app_dir, state_dir=state_dir, port=port, progress=Progress(log),
-                    run_verify=run_verify)
+        result = up(
+            app_dir, state_dir=state_dir, port=port, progress=Progress(log), run_verify=run_verify
+        )
     except Exception as exc:
         tail = "\n".join(log.getvalue().strip().splitlines()[-8:])
         raise RuntimeError(f"enclavekit up failed: {exc}\n{tail}") from exc
@@ -144,6 +156,7 @@ def measure(work: Path) -> tuple[dict[str, float], dict[str, float], Baselines, 
 
 def table(first: dict[str, float], second: dict[str, float], base: Baselines) -> str:
     """Each phase in seconds, x `cdk --version`, and x its CDK-only counterpart where one exists."""
+
     def cdk_only(phase: str, run: dict[str, float], deploy: float) -> float | None:
         if phase == "synth":
             return base.synth
@@ -169,18 +182,24 @@ def table(first: dict[str, float], second: dict[str, float], base: Baselines) ->
         f"{'2nd up s':>8} {'x cli':>8} {'x CDK-only':>9}",
     ]
     for phase in (*PHASES, "total"):
-        lines.append(f"{phase:10} {cells(phase, first, base.deploy_create)}   "
-                     f"{cells(phase, second, base.deploy_nochange)}")
-    lines.append("x cli = phase / cdk --version; x CDK-only = phase / the trivial app's synth or "
-                 "deploy (total: trivial synth + bootstrap + trivial deploy)")
+        lines.append(
+            f"{phase:10} {cells(phase, first, base.deploy_create)}   "
+            f"{cells(phase, second, base.deploy_nochange)}"
+        )
+    lines.append(
+        "x cli = phase / cdk --version; x CDK-only = phase / the trivial app's synth or "
+        "deploy (total: trivial synth + bootstrap + trivial deploy)"
+    )
     return "\n".join(lines)
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-up-") as tmp:
         first, second, base, port = measure(Path(tmp))
-    print(f"enclavekit up of the sample app (fresh state dir, endpoint on 127.0.0.1:{port}), "
-          "then again with no change")
+    print(
+        f"enclavekit up of the sample app (fresh state dir, endpoint on 127.0.0.1:{port}), "
+        "then again with no change"
+    )
     print(table(first, second, base))
 
 

@@ -39,8 +39,9 @@ def test_runner_header_names_cores_python_and_node() -> None:
     assert "node v22." in header, header
 
 
-def test_runner_reports_a_failing_bench_and_exits_1(monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_runner_reports_a_failing_bench_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     def broken() -> None:
         raise RuntimeError("boom")
 
@@ -51,7 +52,8 @@ def test_runner_reports_a_failing_bench_and_exits_1(monkeypatch: pytest.MonkeyPa
 
 
 def test_attestation_bench_runs_with_short_measurements(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     mod = importlib.import_module("bench.bench_attestation")
     rate = mod._rate
     monkeypatch.setattr(mod, "_rate", lambda fn, duration=0.0: rate(fn, 0.02))
@@ -59,8 +61,9 @@ def test_attestation_bench_runs_with_short_measurements(
     assert "verify doc/s (cold)" in capsys.readouterr().out
 
 
-def test_image_bench_runs_on_small_images(monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_image_bench_runs_on_small_images(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     mod = importlib.import_module("bench.bench_image")
     urandom = mod.os.urandom
     monkeypatch.setattr(mod.os, "urandom", lambda n: urandom(min(n, 1 << 16)))
@@ -68,8 +71,9 @@ def test_image_bench_runs_on_small_images(monkeypatch: pytest.MonkeyPatch,
     assert "write_newc (2000 files)" in capsys.readouterr().out
 
 
-def test_emulator_bench_runs_with_few_calls(monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_emulator_bench_runs_with_few_calls(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     mod = importlib.import_module("bench.bench_emulator")
     per_call = mod._per_call
     monkeypatch.setattr(mod, "_per_call", lambda fn, n: per_call(fn, min(n, 10)))
@@ -77,8 +81,9 @@ def test_emulator_bench_runs_with_few_calls(monkeypatch: pytest.MonkeyPatch,
     assert "NSM DescribePCR round trip" in capsys.readouterr().out
 
 
-def test_kms_bench_runs_with_a_few_calls(monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_kms_bench_runs_with_a_few_calls(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     mod = importlib.import_module("bench.bench_kms")
     monkeypatch.setattr(mod, "N", 4)
     mod.main()
@@ -89,8 +94,7 @@ def test_kms_bench_runs_with_a_few_calls(monkeypatch: pytest.MonkeyPatch,
 def test_lint_bench_helpers_on_three_templates(tmp_path: Path) -> None:
     mod = importlib.import_module("bench.bench_lint")
     gen = mod._generate(tmp_path, n=3)
-    seconds, rc = mod._timed([sys.executable, "-m", "enclavekit", "lint", *map(str, gen)],
-                             tmp_path)
+    seconds, rc = mod._timed([sys.executable, "-m", "enclavekit", "lint", *map(str, gen)], tmp_path)
     assert len(gen) == 3 and seconds > 0 and rc in (0, 1)
 
 
@@ -112,8 +116,15 @@ def test_up_bench_copies_the_sample_app_and_writes_a_trivial_baseline(tmp_path: 
 
 def test_up_bench_table_has_every_phase_and_its_ratios() -> None:
     base = bench_up.Baselines(cli=0.5, synth=2.0, deploy_create=4.0, deploy_nochange=2.0)
-    first = {"endpoint": 1.0, "synth": 4.0, "bootstrap": 5.0, "deploy": 8.0, "seal": 0.5,
-             "boot": 0.5, "verify": 3.0}
+    first = {
+        "endpoint": 1.0,
+        "synth": 4.0,
+        "bootstrap": 5.0,
+        "deploy": 8.0,
+        "seal": 0.5,
+        "boot": 0.5,
+        "verify": 3.0,
+    }
     second = {**first, "bootstrap": 0.1, "deploy": 3.0}
     lines = bench_up.table(first, second, base).splitlines()
     rows = {line.split()[0]: line.split() for line in lines[2:-1]}
@@ -124,15 +135,18 @@ def test_up_bench_table_has_every_phase_and_its_ratios() -> None:
     assert rows["total"][1] == "22.0" and rows["total"][3] == f"{22.0 / (2 + 5 + 4):.2f}"
 
 
-def test_https_bench_compares_two_direct_servers(tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_https_bench_compares_two_direct_servers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """No deployment here: a second direct server stands in for the enclave."""
     state = tmp_path / "state"
     domain, label = "enclave.example.test", "i-0123456789abcdef0-enc0123456789abcdef"
     other = bench_https.same_length_label(label)
     assert len(other) == len(label) and other != label
-    with bench_https.direct_server(state, domain, "EC_prime256v1", label, tmp_path / "a") as a, \
-            bench_https.direct_server(state, domain, "RSA_2048", other, tmp_path / "b") as b:
+    with (
+        bench_https.direct_server(state, domain, "EC_prime256v1", label, tmp_path / "a") as a,
+        bench_https.direct_server(state, domain, "RSA_2048", other, tmp_path / "b") as b,
+    ):
         assert bench_https.served_key_algorithm(a) == "EC_prime256v1"
         assert bench_https.served_key_algorithm(b) == "RSA_2048"
         assert bench_https.keepalive_supported(a)
