@@ -118,8 +118,8 @@ def timed_up(
         tail = "\n".join(log.getvalue().strip().splitlines()[-8:])
         raise RuntimeError(f"enclavekit up failed: {exc}\n{tail}") from exc
     if not result.ok:
-        table = result.report.table() if result.report else ""
-        raise RuntimeError(f"enclavekit up: verify failed\n{table}")
+        checks = result.report.table() if result.report else ""
+        raise RuntimeError(f"enclavekit up: verify failed\n{checks}")
     return dict(result.phases)
 
 
