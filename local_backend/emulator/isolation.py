@@ -14,7 +14,11 @@ as a one-line warning naming it, and the rest still applies:
   directory and the parent's (read-only: it may connect there, never listen);
 - own network namespace with only `lo` up (no route anywhere else), own UTS/IPC/PID namespaces;
 - memory / CPU / pids limits from cgroups (set up by the monitor; see `cgroups.py`) or, when no
-  cgroup is usable, rlimits; CPU affinity to the allocated CPUs; a clean environment.
+  cgroup is usable, rlimits; CPU affinity to the allocated CPUs; a clean environment;
+- no capabilities: the bounding, ambient, inheritable, permitted and effective sets emptied,
+  securebits NOROOT locked and no_new_privs set before the exec, so uid 0 inside the enclave
+  cannot mount, mknod, setns, open_by_handle_at or ptrace its way out of the layout above (to
+  another enclave's vsock directory or NSM socket, or to the host's files).
 
 Status goes to stdout, one line each: `WARN <text>`, `RUNNING <pid>`, `FAILED <text>`,
 `EXIT <code>|SIGNAL <n>`.
@@ -51,6 +55,14 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# SECBIT_NOROOT | _LOCKED | SECBIT_NO_SETUID_FIXUP | _LOCKED | SECBIT_KEEP_CAPS_LOCKED
+LOCKED_SECUREBITS = 0x01 | 0x02 | 0x04 | 0x08 | 0x20
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -135,6 +147,34 @@ def _mountpoint_for(source: str, target: Path) -> None:
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.touch(exist_ok=True)
+
+
+def drop_capabilities() -> list[str]:
+    """Leave this process (and what it execs) with no capability at all; returns what failed."""
+    failed = []
+
+    def prctl(what: str, option: int, arg: int) -> None:
+        zero = ctypes.c_ulong(0)
+        if _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), zero, zero, zero) != 0:
+            failed.append(f"{what} ({os.strerror(ctypes.get_errno())})")
+
+    prctl("securebits NOROOT", PR_SET_SECUREBITS, LOCKED_SECUREBITS)
+    try:
+        last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    except (OSError, ValueError):
+        last = 40
+    before = len(failed)
+    for cap in range(last + 1):
+        prctl(f"dropping capability {cap} from the bounding set", PR_CAPBSET_DROP, cap)
+        if len(failed) > before:
+            break
+    prctl("clearing ambient capabilities", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    header = struct.pack("Ii", _LINUX_CAPABILITY_VERSION_3, 0)
+    data = bytes(24)  # two {effective, permitted, inheritable} u32 triples, all zero
+    if _libc.capset(header, data) != 0:
+        failed.append(f"capset to nothing ({os.strerror(ctypes.get_errno())})")
+    prctl("no_new_privs", PR_SET_NO_NEW_PRIVS, 1)
+    return failed
 
 
 def loopback_up() -> None:
@@ -258,6 +298,8 @@ def _child(spec: LaunchSpec, go_r: int, err_w: int, have_pidns: bool, have_root:
             os.chdir("/")
         with contextlib.suppress(OSError):
             _libc.sethostname(b"enclave", 7)
+        for what in drop_capabilities():
+            report("W", f"{what} not permitted: the enclave keeps some privileges")
         env = dict(spec.env)
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         null = os.open("/dev/null", os.O_RDWR)

@@ -24,6 +24,7 @@ from enclavekit import build, eif
 from enclavekit.errors import EnclaveKitError
 from local_backend.emulator import cgroups, runtime_layer, state
 from local_backend.emulator.nsm_server import BootMeasurements, NsmDevice, NsmServer
+from local_backend.emulator.peer import EnclaveMembership
 
 LEAF_ROTATION_S = 2 * 3600  # leaves live 3 h; re-issue well before
 log = logging.getLogger("enclavekit.monitor")
@@ -78,6 +79,7 @@ class Monitor:
         self.helper: subprocess.Popen[bytes] | None = None
         self.cgroup: cgroups.EnclaveCgroup | None = None
         self.nsm: NsmServer | None = None
+        self.members = EnclaveMembership()
         self.terminate_requested = False
 
     # -- record
@@ -106,11 +108,14 @@ class Monitor:
         )
         signer = make_signer(self.layout.root, req["EnclaveID"])
         device = NsmDevice(req["EnclaveID"], boot, signer)
-        self.nsm = NsmServer(device, self.dir / "nsm.sock").start()
+        state.private_dir(self.dir)
+        self.nsm = NsmServer(device, self.dir / "nsm.sock", peer_check=self.members,
+                             log=log).start()
         cid_dir = self.layout.vsock / str(req["EnclaveCID"])
         shutil.rmtree(cid_dir, ignore_errors=True)
-        cid_dir.mkdir(parents=True)
-        (self.layout.vsock / str(state.PARENT_CID)).mkdir(parents=True, exist_ok=True)
+        state.private_dir(self.layout.vsock)
+        state.private_dir(cid_dir)
+        state.private_dir(self.layout.vsock / str(state.PARENT_CID))
         self.cgroup = cgroups.create(f"enclavekit-{req['slot']}", req["MemoryMiB"], req["CPUIDs"])
         for w in self.cgroup.warnings:
             self.warn(w)
@@ -159,12 +164,18 @@ class Monitor:
                 self.warn(text)
                 self.save()
             elif kind == "RUNNING":
+                fallback = self.members.enclave_started(int(text))
+                if fallback:
+                    self.warn(fallback)
                 self.save(State=state.RUNNING, EnclavePID=int(text))
-                log.info("enclave running, pid %s", text)
+                log.info("enclave running, pid %s; NSM peers checked by %s", text,
+                         self.members.mechanism)
             elif kind == "FAILED":
+                self.members.enclave_gone()
                 reason = f"boot failed: {text}"
                 self.save(State=state.FAILED, ExitReason=reason)
             elif kind == "EXIT":
+                self.members.enclave_gone()
                 reason = self._exit_reason(text)
         self.helper.wait()
         return reason
@@ -190,6 +201,7 @@ class Monitor:
                 self.helper.send_signal(signal.SIGTERM)
 
     def teardown(self) -> None:
+        self.members.enclave_gone()
         if self.helper is not None and self.helper.poll() is None:
             self.helper.kill()
             self.helper.wait()

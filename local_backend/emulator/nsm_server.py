@@ -12,6 +12,7 @@ a document lists PCRs 0-15 like real ones, plus any user PCR that was extended o
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -23,6 +24,7 @@ from pathlib import Path
 from enclavekit import nsm, pcr
 from enclavekit.errors import NsmMessageError
 from enclavekit.transport import recv_frame, send_frame, unix_address
+from local_backend.emulator.peer import same_user
 
 MAX_PCRS = 32
 BOOT_LOCKED = 16
@@ -32,6 +34,8 @@ VERSION = (1, 0, 0)
 
 # (pcrs, user_data, nonce, public_key) -> COSE_Sign1 document bytes
 DocumentSigner = Callable[[dict[int, bytes], bytes | None, bytes | None, bytes | None], bytes]
+# connected socket -> None to serve it, or the one-line reason it is refused
+PeerCheck = Callable[[socket.socket], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -142,17 +146,28 @@ class NsmDevice:
 
 
 class NsmServer:
-    """Serves an `NsmDevice` on a Unix socket (the enclave's /dev/nsm), a thread per client."""
+    """Serves an `NsmDevice` on a Unix socket (the enclave's /dev/nsm), a thread per client.
 
-    def __init__(self, device: NsmDevice, path: Path) -> None:
+    Every connection is first put to `peer_check` (the monitor passes an
+    `peer.EnclaveMembership`: only the enclave's own processes); a refused peer is closed
+    without a single byte read or written, and logged with its pid/uid and the reason only.
+    Without a `peer_check` only processes of our own uid are served (in-process tests). The
+    socket is 0600 before it listens, so no other user can even connect.
+    """
+
+    def __init__(self, device: NsmDevice, path: Path, *, peer_check: PeerCheck | None = None,
+                 log: logging.Logger | None = None) -> None:
         self.device = device
         self.path = path
+        self.peer_check: PeerCheck = peer_check or same_user
+        self.log = log or logging.getLogger("enclavekit.nsm")
+        self.refused = 0
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with unix_address(path) as addr:
             self._sock.bind(addr)
-        os.chmod(path, 0o666)
+        os.chmod(path, 0o600)  # before listen(): until then nobody can connect at all
         self._sock.listen(64)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="nsm-accept", daemon=True)
@@ -169,8 +184,21 @@ class NsmServer:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
+    def _admit(self, conn: socket.socket) -> bool:
+        try:
+            reason = self.peer_check(conn)
+        except Exception as exc:  # noqa: BLE001 - a check that breaks refuses, never admits
+            reason = f"peer check failed: {type(exc).__name__}: {exc}"
+        if reason is None:
+            return True
+        self.refused += 1
+        self.log.warning("NSM: refused a connection to %s from %s", self.path.name, reason)
+        return False
+
     def _serve(self, conn: socket.socket) -> None:
         with conn:
+            if not self._admit(conn):
+                return
             while True:
                 try:
                     raw = recv_frame(conn, 1 << 20)

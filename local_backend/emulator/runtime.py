@@ -146,7 +146,8 @@ class EnclaveManager:
             "keep_console": os.environ.get(KEEP_CONSOLE_ENV) == "1",
         }
         d = self.layout.slot_dir(slot)
-        d.mkdir(parents=True)
+        d.mkdir(mode=0o700)
+        state.private_dir(d)
         state.write_json(d / "request.json", request)
         with open(d / "monitor.log", "ab") as log:
             proc = subprocess.Popen(

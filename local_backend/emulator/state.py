@@ -10,6 +10,8 @@
 
 `<slot>` is the 16 hex digits after `-enc` in the enclave id (short, to keep socket paths short).
 Records are replaced atomically (write + rename), so a reader never sees half a file.
+Modes: every directory here 0700, records and sockets 0600 (the emulator and the parent run as
+one user; other local users get nothing — see docs/ARCHITECTURE.md, emulator threat model).
 """
 
 from __future__ import annotations
@@ -42,12 +44,26 @@ def state_dir(explicit: str | Path | None = None) -> Path:
 
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it 0700: other users get nothing below it.
+
+    The parent (CID 3) and the emulator run as the same user, so 0700 keeps every vsock
+    directory reachable by the parent while no other local user can list or connect.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # not ours to change (e.g. a shared parent dir)
+        os.chmod(path, 0o700)
+    return path
 
 
 def new_slot() -> str:
@@ -64,10 +80,9 @@ class Layout:
         self.vsock = root / "vsock"
 
     def ensure(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         for d in (self.root, self.enclaves, self.vsock, self.vsock / str(PARENT_CID)):
-            d.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.chmod(self.root, 0o700)
+            private_dir(d)
 
     def instance_id(self) -> str:
         """The emulated parent's instance id, created once per state directory."""
