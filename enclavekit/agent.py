@@ -212,8 +212,7 @@ class ImdsCredentials:
                 now + 60 if expires is None else max(now + 30, expires - REFRESH_MARGIN_S)
             )
             self._cached = creds
-            log.info("instance role %s: credentials %s, expire %s", role,
-                     creds.access_key_id, creds.expiration)
+            log.info("instance role %s: credentials fetched, expire %s", role, creds.expiration)
             return creds
 
     def is_role(self, role_arn: str) -> bool:
@@ -562,16 +561,20 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _aws(call: Callable[[], Any], what: str) -> Any:
-    """Run one AWS call; its ClientError becomes a one-line ParentAgentError naming `what`."""
+    """Run one AWS call; its failure becomes a one-line ParentAgentError naming `what`."""
     try:
         return call()
     except Exception as exc:
         response = getattr(exc, "response", None)
-        if not isinstance(response, dict):
-            raise
-        err = response.get("Error", {})
-        code = err.get("Code", "?")
-        if code in ("ParameterNotFound", "NoSuchKey", "NoSuchBucket"):
-            raise ParentAgentError(f"{what}: not found ({code}); expected it to exist") from None
-        raise ParentAgentError(f"{what}: {code}: {_one_line(Exception(err.get('Message', '')))}"
-                               ) from None
+        if isinstance(response, dict):  # botocore ClientError: AWS answered no
+            err = response.get("Error", {})
+            code = err.get("Code", "?")
+            if code in ("ParameterNotFound", "NoSuchKey", "NoSuchBucket"):
+                raise ParentAgentError(f"{what}: not found ({code}); expected it to exist"
+                                       ) from None
+            raise ParentAgentError(
+                f"{what}: {code}: {_one_line(Exception(err.get('Message', '')))}"
+            ) from None
+        if type(exc).__module__.startswith("botocore"):  # no answer: endpoint, network
+            raise ParentAgentError(f"{what}: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise

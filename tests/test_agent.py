@@ -369,6 +369,18 @@ def test_agent_aws_errors_name_the_thing(aws: dict, imds: Imds, tmp_path: Path) 
     assert result.outcome == "error" and "no vsock listener on cid 16 port 5005" in result.error
 
 
+def test_agent_unreachable_aws_is_one_line(imds: Imds, tmp_path: Path) -> None:
+    from enclavekit.agent import boto3_clients
+
+    agent = ParentAgent(_spec(None, [("app-secret", "/enclavekit/T/app-secret")]),
+                        region=REGION, credentials=ImdsCredentials(imds.url),
+                        vsock=EmulatedVsock(tmp_path / "vsock", PARENT_CID),
+                        clients=boto3_clients(REGION, endpoint_url=_closed_port()))
+    with pytest.raises(ParentAgentError, match=r"^SSM parameter /enclavekit/T/app-secret "
+                       r"\(secret app-secret\): EndpointConnectionError: Could not connect"):
+        agent.sealed_secrets()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
