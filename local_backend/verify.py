@@ -8,6 +8,7 @@ For each host (an emulated parent booted from its `Metadata["enclavekit:host"]`)
                     challenge: HMAC-SHA256 of a fresh nonce under the secret);
 3. parent-denied    the same Decrypt from the parent, with the instance role but no attestation,
                     is denied (for the secret and for the certificate's private key);
+   nsm-parent-refused  the enclave's NSM closes a parent-side process's connection unanswered;
 4. debug-denied     a debug-mode enclave of the same image is denied;
    other-image-denied  an enclave of a different image (same app, one byte more) is denied;
 5. https            an HTTPS request to the host's port gets a chain that verifies to the local
@@ -326,6 +327,29 @@ def check_parent_denied(host: _Host) -> tuple[bool, str]:
     return True, f"Decrypt without attestation: AccessDeniedException for {', '.join(results)}"
 
 
+def check_nsm_parent_refused(host: _Host) -> tuple[bool, str]:
+    """A parent-side process asking the enclave's NSM for a document with its own public key."""
+    from enclavekit import nsm
+    from enclavekit.transport import SocketNsm, nsm_request
+    from local_backend.emulator.runtime import EnclaveManager
+
+    layout = EnclaveManager(host.dir).layout
+    slot_dir = layout.slot_dir(layout.slot_of(host.enclave.get("EnclaveID", "")))
+    client = SocketNsm(slot_dir / "nsm.sock")
+    try:
+        reply = nsm_request(client, nsm.Attestation(nonce=secrets.token_bytes(16),
+                                                    public_key=secrets.token_bytes(64)))
+    except EnclaveKitError as exc:
+        if "expected a listening socket" in str(exc):
+            return False, f"could not reach the NSM socket: {exc}"
+        logged = f"pid {os.getpid()} " in (slot_dir / "monitor.log").read_text(errors="replace")
+        return logged, (f"closed without a reply to the verify process (pid {os.getpid()}); "
+                        f"{'refusal' if logged else 'but no refusal'} in the monitor log")
+    finally:
+        client.close()
+    return False, f"the NSM answered a parent-side process: {type(reply).__name__}"
+
+
 # -------------------------------------------------------------------------- 4. other enclaves
 
 
@@ -528,6 +552,7 @@ CHECKS: tuple[tuple[str, Callable[[_Host], tuple[bool, str]]], ...] = (
     ("image-pcrs", check_image),
     ("secret", check_secret),
     ("parent-denied", check_parent_denied),
+    ("nsm-parent-refused", check_nsm_parent_refused),
     ("debug-denied", check_debug_denied),
     ("other-image-denied", check_other_image_denied),
     ("https", check_https),
