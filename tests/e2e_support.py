@@ -51,8 +51,11 @@ def write_tiny_app(dest: Path) -> Path:
     return dest
 
 
-def copy_sample_app(dest: Path, *, stack_name: str | None = None) -> Path:
-    """app.py, cdk.json and enclave_app/ of the project in `dest` (caches left out)."""
+def copy_sample_app(
+    dest: Path, *, stack_name: str | None = None, context: dict[str, object] | None = None
+) -> Path:
+    """app.py, cdk.json and enclave_app/ of the project in `dest` (caches left out), with
+    `stack_name` and `context` merged into the copy's cdk.json context."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "app.py", dest / "app.py")
     shutil.copytree(
@@ -62,8 +65,9 @@ def copy_sample_app(dest: Path, *, stack_name: str | None = None) -> Path:
     )
     cfg = json.loads((ROOT / "cdk.json").read_text())
     cfg["app"] = f"{sys.executable} app.py"
+    cfg.setdefault("context", {}).update(context or {})
     if stack_name:
-        cfg.setdefault("context", {})["stack_name"] = stack_name
+        cfg["context"]["stack_name"] = stack_name
     (dest / "cdk.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return dest
 
