@@ -250,6 +250,15 @@ def test_another_enclave_cannot_reach_the_enclave(manager: EnclaveManager, victi
     assert host_port.exists()
     for target in (host_port, slot_dir(manager, victim) / "nsm.sock"):
         assert probe(manager, prober, f"UNIX {target}").startswith("REFUSED 2 "), target
+    # Abstract Unix sockets belong to a network namespace: the host's (or another enclave's)
+    # are out of reach, though the host itself connects to this one.
+    name = f"enclavekit-sec-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as abstract:
+        abstract.bind("\0" + name)
+        abstract.listen(1)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as host_side:
+            host_side.connect("\0" + name)
+        assert probe(manager, prober, f"ABSTRACT {name}").startswith("REFUSED 111 ")
     # Its own NSM still answers (the refusals are not a broken probe).
     assert probe(manager, prober, "ATTEST").startswith("OK ")
 
