@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # a broken benchmark is reported, the others still run
             failed.append(name)
             traceback.print_exc(file=sys.stderr)
-            print(f"{name}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+            first_line = (str(exc).splitlines() or [""])[0]
+            print(f"{name}: FAILED: {type(exc).__name__}: {first_line}", flush=True)
         print(f"({name}: {time.perf_counter() - t0:.0f} s)", flush=True)
     total = time.perf_counter() - started
     print(
