@@ -58,9 +58,12 @@ def key_patterns(key_pem: bytes) -> dict[str, bytes]:
         for name, value in (("RSA d", nums.d), ("RSA p", nums.p), ("RSA q", nums.q)):
             raw = _int_bytes(value)
             forms[f"{name} (big-endian)"] = raw[8 : 8 + _WINDOW]
+            # a live key object: OpenSSL BIGNUMs are little-endian words on x86_64/aarch64
+            forms[f"{name} (BIGNUM)"] = raw[::-1][8 : 8 + _WINDOW]
     elif isinstance(key, ec.EllipticCurvePrivateKey):
         raw = _int_bytes(key.private_numbers().private_value)
         forms["EC private scalar"] = raw[: _WINDOW]
+        forms["EC private scalar (BIGNUM)"] = raw[::-1][: _WINDOW]
     return forms
 
 
