@@ -68,9 +68,9 @@ def processes_of(state_dir: Path) -> list[tuple[int, str]]:
             continue
         if stat.rsplit(")", 1)[-1].split()[0] == "Z":
             continue  # a zombie holds nothing
-        line = " ".join(a.decode(errors="replace") for a in argv if a)
-        if needle in line:
-            found.append((int(entry.name), line))
+        args = [a.decode(errors="replace") for a in argv if a]
+        if any(a == needle or a.startswith(needle + "/") for a in args):
+            found.append((int(entry.name), " ".join(args)))
     return found
 
 

@@ -323,7 +323,9 @@ def test_unsupported_resource_type_fails_with_its_name(
 
 def test_stopping_the_endpoint_leaves_no_process_or_port(ep: plugin.LocalEndpoint) -> None:
     assert Loop.relay_ports, "the loop above recorded the relay ports it used"
-    assert plugin.processes_of(ep.state_dir)  # sanity: the search does find our processes
+    # positive controls: the searches below do find our processes and our endpoint's port
+    assert plugin.processes_of(ep.state_dir)
+    assert plugin.listening([ep.port, *Loop.relay_ports]) >= {ep.port}
     left = plugin.stop_endpoint(ep)
     assert left == [], f"killed leftovers: {left}"
     assert plugin.processes_of(ep.state_dir) == []

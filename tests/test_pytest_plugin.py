@@ -1,7 +1,8 @@
 """The pytest plugin as a user meets it: a user's test file run by pytester in its own process,
 using `enclavekit_endpoint` and `enclavekit_deploy` against a tiny CDK app and the sample app.
 
-Budget: ~60 s on 2 cores (one endpoint, one bootstrap, five cdk deploys, one enclave boot).
+Budget: ~60 s on 2 cores (one endpoint, one bootstrap, five cdk deploys, one enclave boot);
+`Deployment.verify()` is exercised by test_e2e_sample_app.
 """
 
 from __future__ import annotations
@@ -84,9 +85,6 @@ def test_sample_app_https(enclavekit_deploy):
     assert body["served_by"] == "enclave_app" and body["path"] == "/hello?x=1"
     assert body["enclave_module_id"] == host.enclave_id
     assert d.https("enclave.example.test").status == 200  # a host by its domain
-    report = d.verify()
-    assert report.ok, report.table()
-    assert {{c.name for c in report.hosts[0].checks}} >= {{"secret", "parent-denied", "https"}}
     # the verification is real: system CAs, or the local CA for another name, are refused
     for ctx, name in ((ssl.create_default_context(), host.domain),
                       (ssl.create_default_context(cadata=d.endpoint.ca_pem().decode()),
@@ -105,7 +103,7 @@ def test_nothing_starts_unless_asked(pytester: pytest.Pytester) -> None:
         import sys
 
         def test_plain(request):
-            assert "enclavekit_endpoint" in request.fixturenames or True
+            assert "enclavekit_endpoint" not in request.fixturenames
             assert "enclavekit.pytest_plugin" in sys.modules
             for mod in ("boto3", "moto", "local_backend", "aws_cdk"):
                 assert mod not in sys.modules, mod
