@@ -33,7 +33,14 @@ from typing import Any
 
 import boto3
 import pytest
-from enclave_constructs.spec import HOST_CONFIG, CertificateSpec, HostSpec, ImageSpec, SecretSpec
+from enclave_constructs.spec import (
+    HOST_CONFIG,
+    AgentSpec,
+    CertificateSpec,
+    HostSpec,
+    ImageSpec,
+    SecretSpec,
+)
 from moto import mock_aws
 
 from enclavekit import provisioning as prov
@@ -505,7 +512,10 @@ def _host_spec(**kw: Any) -> HostSpec:
                     certificate=CertificateSpec(arn="arn:aws:acm:us-east-1:123456789012:"
                                                 "certificate/abc", association="HostCert1"),
                     secrets=(SecretSpec(name="app-secret", key="Key1",
-                                        parameter="/enclavekit/S/app-secret"),), **kw)
+                                        parameter="/enclavekit/S/app-secret"),),
+                    agent=AgentSpec(bucket="cdk-hnb659fds-assets-123456789012-us-east-1",
+                                    key="4567.pyz", sha256="0f" * 32,
+                                    requirements=("boto3==1.44.8",)), **kw)
 
 
 def test_user_data_writes_host_json_and_runs_the_agent(tmp_path: Path) -> None:
@@ -525,7 +535,8 @@ def test_user_data_writes_host_json_and_runs_the_agent(tmp_path: Path) -> None:
     assert unit is not None
     assert re.search(r"^After=enclavekit-enclave-app\.service ", unit[1], re.M)
     [start] = re.findall(r"^ExecStart=(.*)$", unit[1], re.M)
-    assert start.split() == ["/opt/enclavekit/venv/bin/enclavekit", "parent-agent",
+    assert start.split() == ["/opt/enclavekit/venv/bin/python3", "-I",
+                             "/opt/enclavekit/enclavekit-agent.pyz", "parent-agent",
                              "--config", HOST_CONFIG, "--enclave-cid", "17"]
     assert re.search(r"^systemctl enable --now .*enclavekit-enclave-app-agent\.service$", ud,
                      re.M)

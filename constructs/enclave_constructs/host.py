@@ -3,12 +3,23 @@
 Every check that can be made from the props is made in the constructor and raises
 `InvalidInput` quoting the wrong value and what is allowed; the one thing that can change
 later (hibernation switched on through an escape hatch) is a `node.add_validation` check.
+
+A host that runs an EIF also runs the parent agent. It ships with the stack like the EIF: an
+S3 asset (`AgentBundle`, built by `enclavekit.agent_bundle`) that the role may read, fetched
+by the user data with the AWS CLI and checked against the SHA-256 rendered into it. Egress:
+the parent needs what `dnf` already needs (NAT, or VPC endpoints for S3, SSM, EC2, KMS and
+STS), and PyPI for the pinned boto3 (NAT, or an index mirror set in /etc/pip.conf).
 """
 
 from __future__ import annotations
 
+import atexit
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jsii
@@ -17,13 +28,14 @@ from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct, IValidation
-from enclavekit import instance_types
+from enclavekit import agent_bundle, instance_types
 from enclavekit.errors import InvalidInput
 
 from .image import EnclaveImage, ImageAsset
-from .spec import METADATA_KEY, CertificateSpec, HostSpec, ImageSpec, SecretSpec
+from .spec import METADATA_KEY, AgentSpec, CertificateSpec, HostSpec, ImageSpec, SecretSpec
 
 DEFAULT_INSTANCE_TYPE = "m5a.xlarge"
 # An AMI id the local endpoint (moto) knows; pass `machine_image` for a real AL2023 AMI.
@@ -201,6 +213,12 @@ class EnclaveHost(Construct):
         self.image_asset: ImageAsset | None = image.bind(self) if image else None
         if self.image_asset is not None:
             self.image_asset.asset.grant_read(self.role)
+        self.agent_asset: s3_assets.Asset | None = None
+        self._agent_sha256: str | None = None
+        if image is not None and (image.host_path or self.image_asset is not None):
+            path, self._agent_sha256 = _agent_bundle_file()
+            self.agent_asset = s3_assets.Asset(self, "AgentBundle", path=str(path))
+            self.agent_asset.grant_read(self.role)
 
         self.user_data = ec2.UserData.for_linux()
         self.user_data.add_commands(Lazy.string(_UserDataProducer(self)))
@@ -281,6 +299,14 @@ class EnclaveHost(Construct):
                 arn=self.certificate.certificate_arn,
                 association=self.certificate.association.logical_id,
             )
+        agent = None
+        if self.agent_asset is not None and self._agent_sha256 is not None:
+            agent = AgentSpec(
+                bucket=self.agent_asset.s3_bucket_name,
+                key=self.agent_asset.s3_object_key,
+                sha256=self._agent_sha256,
+                requirements=agent_bundle.runtime_requirements(),
+            )
         role_l1 = self.role.node.default_child
         return HostSpec(
             image=image,
@@ -296,6 +322,7 @@ class EnclaveHost(Construct):
                 SecretSpec(name=n, key=_key_logical_id(k), parameter=p) for n, k, p in self._secrets
             ),
             attested_keys=tuple(dict.fromkeys(_key_logical_id(k) for k in self._attested_keys)),
+            agent=agent,
         )
 
     # ------------------------------------------------------------------ wiring
@@ -329,6 +356,16 @@ class EnclaveHost(Construct):
                 "keys to, got None"
             )
         return self.image
+
+
+@cache
+def _agent_bundle_file() -> tuple[Path, str]:
+    """The agent zipapp, built once per process into a directory removed at exit (the asset
+    is copied into cdk.out at synth); its SHA-256 goes into the user data."""
+    bundle = agent_bundle.build_agent_bundle()
+    work = Path(tempfile.mkdtemp(prefix="enclavekit-agent-"))
+    atexit.register(shutil.rmtree, work, True)
+    return bundle.write(work / agent_bundle.BUNDLE_NAME), bundle.sha256
 
 
 def _first_subnet_type(vpc: ec2.IVpc) -> ec2.SubnetType:

@@ -9,10 +9,11 @@ change a size, a port or the certificate and both move together. Values may be C
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
-from importlib import metadata as _dist
 from typing import Any
 
+from enclavekit.errors import InvalidInput
 from enclavekit.pcr import Measurements
 
 METADATA_KEY = "enclavekit:host"
@@ -23,16 +24,11 @@ KMS_PROXY_PORT = 8000
 ACM_TOKEN_LABEL = "enclavekit-acm-token"
 EIF_DIR = "/opt/enclavekit"
 HOST_CONFIG = "/etc/enclavekit/host.json"  # what `enclavekit parent-agent --config` reads
-AGENT_VENV = "/opt/enclavekit/venv"
+AGENT_VENV = "/opt/enclavekit/venv"  # python3.11 + the pinned boto3 tree, nothing of ours
 AGENT_PYTHON = "python3.11"  # AL2023's python3 is 3.9; enclavekit needs >= 3.11
-
-
-def _agent_requirement() -> str:
-    """The enclavekit release the parent installs: the one that synthesized this template."""
-    try:
-        return f"enclavekit=={_dist.version('enclavekit')}"
-    except _dist.PackageNotFoundError:
-        return "enclavekit"
+AGENT_BUNDLE = "/opt/enclavekit/enclavekit-agent.pyz"  # enclavekit.agent_bundle, an S3 asset
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
 
 
 @dataclass(frozen=True)
@@ -60,6 +56,25 @@ class SecretSpec:
 
 
 @dataclass(frozen=True)
+class AgentSpec:
+    """The parent agent bundle as shipped: its S3 asset, SHA-256 and pinned dependencies."""
+
+    bucket: str
+    key: str
+    sha256: str  # checked on the host before the agent ever runs
+    requirements: tuple[str, ...]  # `name==version`, pip-installed into AGENT_VENV
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sha256, str) or not _SHA256.match(self.sha256):
+            raise InvalidInput(f"agent bundle sha256: expected 64 lower-case hex digits, "
+                               f"found {self.sha256!r}")
+        for pin in self.requirements:
+            if not isinstance(pin, str) or not _PIN.match(pin):
+                raise InvalidInput(f"agent bundle requirement: expected 'name==version', "
+                                   f"found {pin!r}")
+
+
+@dataclass(frozen=True)
 class HostSpec:
     """Everything the host runs: image, allocator, service, role, certificate, secrets."""
 
@@ -76,6 +91,7 @@ class HostSpec:
     attested_keys: tuple[str, ...] = ()
     cid: int = DEFAULT_CID
     enclave_port: int = ENCLAVE_TLS_PORT
+    agent: AgentSpec | None = None  # required whenever the host runs an EIF (the agent does)
 
     # ------------------------------------------------------------------ Metadata
     def metadata(self) -> dict[str, Any]:
@@ -294,17 +310,37 @@ ENCLAVEKIT_EOF
 
     def _agent(self, slug: str) -> str:
         """The parent agent: the instance role's credentials (IMDSv2), the certificate bundle
-        and the sealed secrets, handed to the enclave over vsock port 5005, re-synced."""
+        and the sealed secrets, handed to the enclave over vsock port 5005, re-synced.
+
+        The agent is the zipapp this stack ships (enclavekit.agent_bundle), fetched with the
+        instance role and checked against its SHA-256 before anything runs it."""
         config = json.dumps(self.host_config(), sort_keys=True, separators=(",", ":"))
         assert self.image is not None
+        if self.agent is None:
+            raise InvalidInput(
+                f"host spec for image {self.image.name!r}: expected the parent agent bundle "
+                "(AgentSpec: S3 asset, sha256, requirements), found none"
+            )
+        pins = " ".join(f"'{p}'" for p in self.agent.requirements)
+        part = f"{AGENT_BUNDLE}.part"
         return f"""# parent agent: credentials, certificate, secrets -> the enclave (vsock 5005)
-install -d -m 0755 /etc/enclavekit
+install -d -m 0755 /etc/enclavekit {EIF_DIR}
 cat > {HOST_CONFIG} <<'ENCLAVEKIT_EOF'
 {config}
 ENCLAVEKIT_EOF
+# boto3 (the agent's one third-party dependency, with its tree) pinned from PyPI into a
+# python3.11 venv: AL2023's python3-boto3 RPM is built for the system python3.9 only.
 dnf install -y {AGENT_PYTHON} {AGENT_PYTHON}-pip
 {AGENT_PYTHON} -m venv {AGENT_VENV}
-{AGENT_VENV}/bin/pip install --quiet '{_agent_requirement()}'
+{AGENT_VENV}/bin/pip install --quiet --disable-pip-version-check --no-cache-dir \
+  --only-binary=:all: {pins}
+# the agent itself: this stack's zipapp asset (enclavekit.agent_bundle), SHA-256 checked
+command -v aws >/dev/null || dnf install -y awscli-2
+aws s3 cp --only-show-errors --region {self.region} \
+  's3://{self.agent.bucket}/{self.agent.key}' '{part}'
+echo '{self.agent.sha256}  {part}' | sha256sum --check --strict --quiet || \
+  {{ echo 'enclavekit: agent bundle SHA-256 mismatch' >&2; exit 1; }}
+install -m 0644 '{part}' {AGENT_BUNDLE} && rm -f '{part}'
 cat > /etc/systemd/system/enclavekit-{slug}-agent.service <<'ENCLAVEKIT_EOF'
 [Unit]
 Description=enclavekit parent agent for enclave {self.image.name}
@@ -313,7 +349,7 @@ Requires=enclavekit-{slug}.service
 Wants=network-online.target
 
 [Service]
-ExecStart={AGENT_VENV}/bin/enclavekit parent-agent --config {HOST_CONFIG} \
+ExecStart={AGENT_VENV}/bin/python3 -I {AGENT_BUNDLE} parent-agent --config {HOST_CONFIG} \
 --enclave-cid {self.cid}
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure

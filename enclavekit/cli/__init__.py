@@ -34,18 +34,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(groups: Sequence[str] = _GROUPS) -> argparse.ArgumentParser:
+    """The parser of the given command groups (all by default; the agent bundle: only
+    `enclavekit.cli.agent`, so it carries no other part)."""
     parser = _Parser(prog="enclavekit", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version="enclavekit 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in _GROUPS:
+    for name in groups:
         importlib.import_module(name).register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, *, groups: Sequence[str] = _GROUPS) -> int:
+    parser = build_parser(groups)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
