@@ -31,6 +31,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from moto.autoscaling.exceptions import AutoscalingClientError
 from moto.autoscaling.models import FakeAutoScalingGroup, autoscaling_backends, make_int
 from moto.ec2.models.instances import Instance
 from moto.ec2.models.launch_templates import LaunchTemplate
@@ -144,7 +145,10 @@ def _replace_instances(self: FakeAutoScalingGroup, count_needed: int,
         for instance in failed:
             instance.terminate()
         assert error is not None
-        raise error
+        # moto would answer a bare exception with a 500; the caller gets the reason instead
+        raise AutoscalingClientError(
+            "ValidationError", f"group {self.name}: enclave host(s) {', '.join(sorted(ids))} "
+            f"failed to start and were terminated: {error}") from error
 
 
 def _template_logical_id(stack: Any, template: LaunchTemplate) -> str | None:
