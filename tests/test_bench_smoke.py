@@ -110,8 +110,6 @@ def test_up_bench_copies_the_sample_app_and_writes_a_trivial_baseline(tmp_path: 
     compile((trivial / "app.py").read_text(), "app.py", "exec")
     assert json.loads((trivial / "cdk.json").read_text())["app"].startswith(sys.executable)
     assert bench_up.timed_cdk(["--version"], trivial, "http://localhost:1") > 0
-    with pytest.raises(RuntimeError, match="failed"):
-        bench_up.timed_cdk(["deploy", "--app", "no-such-dir"], trivial, "http://localhost:1")
 
 
 def test_up_bench_table_has_every_phase_and_its_ratios() -> None:
