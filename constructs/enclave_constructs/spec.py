@@ -332,13 +332,13 @@ ENCLAVEKIT_EOF
 # python3.11 venv: AL2023's python3-boto3 RPM is built for the system python3.9 only.
 dnf install -y {AGENT_PYTHON} {AGENT_PYTHON}-pip
 {AGENT_PYTHON} -m venv {AGENT_VENV}
-{AGENT_VENV}/bin/pip install --quiet --disable-pip-version-check --no-cache-dir \
+{AGENT_VENV}/bin/pip install --quiet --disable-pip-version-check --no-cache-dir \\
   --only-binary=:all: {pins}
 # the agent itself: this stack's zipapp asset (enclavekit.agent_bundle), SHA-256 checked
 command -v aws >/dev/null || dnf install -y awscli-2
-aws s3 cp --only-show-errors --region {self.region} \
+aws s3 cp --only-show-errors --region {self.region} \\
   's3://{self.agent.bucket}/{self.agent.key}' '{part}'
-echo '{self.agent.sha256}  {part}' | sha256sum --check --strict --quiet || \
+echo '{self.agent.sha256}  {part}' | sha256sum --check --strict --quiet || \\
   {{ echo 'enclavekit: agent bundle SHA-256 mismatch' >&2; exit 1; }}
 install -m 0644 '{part}' {AGENT_BUNDLE} && rm -f '{part}'
 cat > /etc/systemd/system/enclavekit-{slug}-agent.service <<'ENCLAVEKIT_EOF'
