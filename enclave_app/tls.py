@@ -138,6 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "enclave-app"
     sys_version = ""
     timeout = IDLE_TIMEOUT
+    wbufsize = 1 << 16  # headers and body leave in one write (one TLS record), not two
     respond: Callable[[str, str, ssl.SSLSocket], dict[str, Any]]
     peer = "vsock"
 

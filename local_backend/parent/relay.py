@@ -43,6 +43,8 @@ class TcpToVsockRelay:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        # A relay forwards what it reads at once: no Nagle delay on top of the peer's own.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with conn:
             try:
                 upstream = self._vsock.connect(self.cid, self.vsock_port)
