@@ -4,6 +4,8 @@ ROOT := $(CURDIR)
 # The project's own Node.js 22 and CDK CLI come first, then the project's venv.
 export PATH := $(ROOT)/node_modules/node/bin:$(ROOT)/node_modules/.bin:$(ROOT)/.venv/bin:$(PATH)
 PY := $(ROOT)/.venv/bin/python
+# The local endpoint's loopback port: `make demo PORT=4600` when 4599 is taken.
+PORT ?= 4599
 
 .PHONY: setup demo test bench lint clean
 
@@ -11,7 +13,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup  ## deploy the sample app locally and verify it end to end
-	@$(PY) -m enclavekit demo
+	@$(PY) -m enclavekit demo --port $(PORT)
 
 test: setup  ## the whole test suite
 	@$(PY) -m pytest -q

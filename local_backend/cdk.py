@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,10 @@ def cdk_env(endpoint: str, *, cwd: Path, base: Mapping[str, str] | None = None) 
     """The environment for a cdk process against `endpoint` (project Node 22 first on PATH)."""
     env = local_aws_env(endpoint, base=os.environ if base is None else base,
                         scratch_dir=cwd / "cdk.out" / ".enclavekit-aws")
-    env["PATH"] = tool_path(env.get("PATH", ""), start=cwd)
+    # Node 22 and the cdk CLI first, then this interpreter's bin (so an app run as `python3
+    # app.py` finds the same venv, enclave_constructs included, activated or not).
+    venv_bin = os.path.dirname(sys.executable)
+    env["PATH"] = tool_path(os.pathsep.join([venv_bin, env.get("PATH", "")]), start=cwd)
     env.setdefault("CDK_DISABLE_VERSION_CHECK", "1")
     env.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
     return env

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -57,6 +58,9 @@ def main(argv: Sequence[str] | None = None, *, groups: Sequence[str] = _GROUPS) 
     except KeyboardInterrupt:
         print("enclavekit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `enclavekit verify --json | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def run() -> None:
