@@ -277,6 +277,10 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, *, timeout: float = 15.0) -> bool:
     was_running = _pid_alive(info.pid)
     if was_running:
         _terminate(info.pid, timeout)
+    from local_backend.parent import sweep
+
+    for instance_id in sweep(state_dir):  # an endpoint that died left its parents behind
+        log.warning("stopped the orphaned parent of %s", instance_id)
     (state_dir / ENDPOINT_FILE).unlink(missing_ok=True)
     return was_running
 

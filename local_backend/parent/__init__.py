@@ -169,6 +169,38 @@ def instances_status(state_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def sweep(state_dir: Path) -> list[str]:
+    """Stop every parent (and its enclaves) left under `state_dir` — after an endpoint that
+    died without running its stop hooks. Only processes whose command line names their own
+    instance directory are signalled, so a recycled pid is never hit. Returns instance ids."""
+    from local_backend.emulator.runtime import EnclaveManager
+
+    swept = []
+    root = instances_dir(Path(state_dir))
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        pid = read_state(d).get("pid")
+        alive = False
+        if pid:
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                alive = str(d).encode() in cmdline
+        if alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        try:
+            left = EnclaveManager(d).terminate_all()
+        except Exception:  # noqa: BLE001 - best effort; reported by the caller's status
+            left = []
+        if alive or left:
+            swept.append(d.name)
+    return swept
+
+
 def resync(state_dir: Path) -> int:
     """Ask every running parent agent to re-sync now (after sealing a secret); returns count."""
     count = 0
