@@ -23,8 +23,15 @@ stamp=.venv/.enclavekit-installed
 if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
   echo "==> Python environment (.venv): installing pinned packages"
   [ -x .venv/bin/python ] || "$py" -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip==26.3" 2>&1 | grep -v "is ignored: it is neither" || true
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[test]" 2>&1 | grep -v "is ignored: it is neither" || true
+  # pip's own chatter (build-backend notices) goes to a log; it is shown only if pip fails.
+  log=.venv/pip-install.log
+  if ! { .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip==26.3" \
+         && .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+              -c requirements.lock -e ".[test]"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: pip install failed (log above, also in $log)" >&2
+    exit 1
+  fi
   .venv/bin/python -c "import enclavekit, aws_cdk, moto, cbor2, cryptography"
   touch "$stamp"
 else
