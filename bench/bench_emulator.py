@@ -113,15 +113,29 @@ def main() -> None:
             slot = info["EnclaveID"].rpartition("-enc")[2]
             enclave_pid = manager.record(info["EnclaveID"])["EnclavePID"]
             inside = subprocess.run(
-                ["nsenter", "--target", str(enclave_pid), "--pid", "--", sys.executable, "-c",
-                 IN_ENCLAVE_NS, str(manager.layout.slot_dir(slot) / "nsm.sock")],
-                check=True, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+                [
+                    "nsenter",
+                    "--target",
+                    str(enclave_pid),
+                    "--pid",
+                    "--",
+                    sys.executable,
+                    "-c",
+                    IN_ENCLAVE_NS,
+                    str(manager.layout.slot_dir(slot) / "nsm.sock"),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parents[1],
+            )
             nsm_rt, docs_s = (float(x) for x in inside.stdout.split())
             describe = nsm.encode_request(nsm.DescribePCR(index=0))
 
             sock_path = root / "echo.sock"
-            server = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(sock_path)],
-                                      stdout=subprocess.PIPE)
+            server = subprocess.Popen(
+                [sys.executable, "-c", ECHO_SERVER, str(sock_path)], stdout=subprocess.PIPE
+            )
             try:
                 server.stdout.readline()  # type: ignore[union-attr]
                 echo = SocketNsm(sock_path)
@@ -139,12 +153,18 @@ def main() -> None:
 
     boot, floor = statistics.median(boots), statistics.median(py)
     print(f"{'measure':<44}{'ours':>12}{'baseline':>12}{'ratio':>8}")
-    print(f"{'boot: run-enclave -> 1st attestation (ms)':<44}{boot * 1e3:>12.1f}"
-          f"{floor * 1e3:>12.1f}{boot / floor:>8.2f}   baseline: python -S -c pass")
-    print(f"{'NSM DescribePCR round trip (us)':<44}{nsm_rt * 1e6:>12.1f}"
-          f"{echo_rt * 1e6:>12.1f}{nsm_rt / echo_rt:>8.2f}   baseline: framed Unix echo")
-    print(f"{'attestation documents per second':<44}{docs_s:>12.0f}"
-          f"{sigs_s:>12.0f}{sigs_s / docs_s:>8.2f}   baseline: raw ES384 signs/s")
+    print(
+        f"{'boot: run-enclave -> 1st attestation (ms)':<44}{boot * 1e3:>12.1f}"
+        f"{floor * 1e3:>12.1f}{boot / floor:>8.2f}   baseline: python -S -c pass"
+    )
+    print(
+        f"{'NSM DescribePCR round trip (us)':<44}{nsm_rt * 1e6:>12.1f}"
+        f"{echo_rt * 1e6:>12.1f}{nsm_rt / echo_rt:>8.2f}   baseline: framed Unix echo"
+    )
+    print(
+        f"{'attestation documents per second':<44}{docs_s:>12.0f}"
+        f"{sigs_s:>12.0f}{sigs_s / docs_s:>8.2f}   baseline: raw ES384 signs/s"
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,12 @@ class _Server:
         self.port = _free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _SERVER, str(self.port), str(state_dir or "-")],
-            cwd=ROOT_DIR, env=strip_aws_env(os.environ), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            cwd=ROOT_DIR,
+            env=strip_aws_env(os.environ),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if line.strip() != "ready":
@@ -80,10 +84,17 @@ def _client(endpoint: str, service: str, creds: dict[str, str] | None = None) ->
 
     from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_REGION, LOCAL_SECRET_ACCESS_KEY
 
-    c = creds or {"aws_access_key_id": LOCAL_ACCESS_KEY_ID,
-                  "aws_secret_access_key": LOCAL_SECRET_ACCESS_KEY}
-    return boto3.client(service, endpoint_url=endpoint, region_name=LOCAL_REGION,
-                        config=Config(max_pool_connections=THREADS * 2), **c)
+    c = creds or {
+        "aws_access_key_id": LOCAL_ACCESS_KEY_ID,
+        "aws_secret_access_key": LOCAL_SECRET_ACCESS_KEY,
+    }
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=LOCAL_REGION,
+        config=Config(max_pool_connections=THREADS * 2),
+        **c,
+    )
 
 
 def _measure(call: Callable[[], Any]) -> dict[str, float]:
@@ -98,8 +109,12 @@ def _measure(call: Callable[[], Any]) -> dict[str, float]:
         list(pool.map(lambda _: call(), range(N)))
     conc = N / (time.perf_counter() - t0)
     lat.sort()
-    return {"p50_ms": statistics.median(lat) * 1e3, "p95_ms": lat[int(0.95 * (N - 1))] * 1e3,
-            "seq_per_s": N / sum(lat), "conc_per_s": conc}
+    return {
+        "p50_ms": statistics.median(lat) * 1e3,
+        "p95_ms": lat[int(0.95 * (N - 1))] * 1e3,
+        "seq_per_s": N / sum(lat),
+        "conc_per_s": conc,
+    }
 
 
 def _setup_attested(endpoint: str, state: Path) -> tuple[Any, str, bytes, Callable[[], bytes]]:
@@ -110,36 +125,81 @@ def _setup_attested(endpoint: str, state: Path) -> tuple[Any, str, bytes, Callab
     from enclavekit.pki import LocalPki
 
     iam = _client(endpoint, "iam")
-    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {
-        "Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
-    role = iam.create_role(RoleName="bench-enclave",
-                           AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role = iam.create_role(RoleName="bench-enclave", AssumeRolePolicyDocument=json.dumps(trust))[
+        "Role"
+    ]["Arn"]
     c = _client(endpoint, "sts").assume_role(RoleArn=role, RoleSessionName="bench")["Credentials"]
     pcrs = {i: bytes([i + 1]) * 48 for i in range(3)}
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
-         "Action": "kms:*", "Resource": "*"},
-        {"Effect": "Allow", "Principal": {"AWS": role}, "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"StringEqualsIgnoreCase": {
-             f"kms:RecipientAttestation:PCR{i}": v.hex() for i, v in pcrs.items()}}},
-        {"Effect": "Deny", "Principal": {"AWS": role}, "Action": "kms:Decrypt", "Resource": "*",
-         "Condition": {"StringNotEqualsIgnoreCase": {
-             "kms:RecipientAttestation:PCR0": pcrs[0].hex()}}}]}
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": role},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+                "Condition": {
+                    "StringEqualsIgnoreCase": {
+                        f"kms:RecipientAttestation:PCR{i}": v.hex() for i, v in pcrs.items()
+                    }
+                },
+            },
+            {
+                "Effect": "Deny",
+                "Principal": {"AWS": role},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+                "Condition": {
+                    "StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": pcrs[0].hex()}
+                },
+            },
+        ],
+    }
     root = _client(endpoint, "kms")
     key = root.create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
     blob = root.encrypt(KeyId=key, Plaintext=b"bench secret")["CiphertextBlob"]
-    role_kms = _client(endpoint, "kms", {"aws_access_key_id": c["AccessKeyId"],
-                                         "aws_secret_access_key": c["SecretAccessKey"],
-                                         "aws_session_token": c["SessionToken"]})
+    role_kms = _client(
+        endpoint,
+        "kms",
+        {
+            "aws_access_key_id": c["AccessKeyId"],
+            "aws_secret_access_key": c["SecretAccessKey"],
+            "aws_session_token": c["SessionToken"],
+        },
+    )
     pki = LocalPki.load_or_create(state)
-    spki = rsa.generate_private_key(65537, 2048).public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = (
+        rsa.generate_private_key(65537, 2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
 
     def document() -> bytes:
         signing, cert = pki.issue_leaf("i-0bench-enc0bench")
-        return attestation.encode(module_id="i-0bench-enc0bench", pcrs=pcrs,
-                                  signing_key=signing, certificate=cert,
-                                  cabundle=pki.cabundle, public_key=spki)
+        return attestation.encode(
+            module_id="i-0bench-enc0bench",
+            pcrs=pcrs,
+            signing_key=signing,
+            certificate=cert,
+            cabundle=pki.cabundle,
+            public_key=spki,
+        )
 
     return role_kms, key, blob, document
 
@@ -155,32 +215,53 @@ def main() -> None:
             role_kms, key, blob, document = _setup_attested(ext.endpoint, state)
             root1 = _client(ext.endpoint, "kms")
             doc = document()
-            recipient = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
-                         "AttestationDocument": doc}
+            recipient = {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": doc}
             rows = [
-                ("stock moto Decrypt (baseline)", _measure(
-                    lambda: kms0.decrypt(CiphertextBlob=blob0))),
-                ("local KMS Decrypt, root, policy checked", _measure(
-                    lambda: root1.decrypt(CiphertextBlob=blob))),
-                ("local KMS attested Decrypt (one doc)", _measure(
-                    lambda: role_kms.decrypt(CiphertextBlob=blob, KeyId=key,
-                                             Recipient=recipient))),
-                ("local KMS attested Decrypt (fresh doc/call)", _measure(
-                    lambda: role_kms.decrypt(CiphertextBlob=blob, KeyId=key, Recipient={
-                        "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
-                        "AttestationDocument": document()}))),
+                (
+                    "stock moto Decrypt (baseline)",
+                    _measure(lambda: kms0.decrypt(CiphertextBlob=blob0)),
+                ),
+                (
+                    "local KMS Decrypt, root, policy checked",
+                    _measure(lambda: root1.decrypt(CiphertextBlob=blob)),
+                ),
+                (
+                    "local KMS attested Decrypt (one doc)",
+                    _measure(
+                        lambda: role_kms.decrypt(
+                            CiphertextBlob=blob, KeyId=key, Recipient=recipient
+                        )
+                    ),
+                ),
+                (
+                    "local KMS attested Decrypt (fresh doc/call)",
+                    _measure(
+                        lambda: role_kms.decrypt(
+                            CiphertextBlob=blob,
+                            KeyId=key,
+                            Recipient={
+                                "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+                                "AttestationDocument": document(),
+                            },
+                        )
+                    ),
+                ),
             ]
         finally:
             stock.stop()
             ext.stop()
     base = rows[0][1]
     print(f"KMS Decrypt over the server, N={N} sequential + N on {THREADS} threads")
-    print(f"{'case':46} {'p50 ms':>8} {'p95 ms':>8} {'seq/s':>8} {'conc/s':>8} "
-          f"{'p50 x':>7} {'conc x':>7}")
+    print(
+        f"{'case':46} {'p50 ms':>8} {'p95 ms':>8} {'seq/s':>8} {'conc/s':>8} "
+        f"{'p50 x':>7} {'conc x':>7}"
+    )
     for name, r in rows:
-        print(f"{name:46} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['seq_per_s']:8.0f} "
-              f"{r['conc_per_s']:8.0f} {r['p50_ms'] / base['p50_ms']:7.2f} "
-              f"{r['conc_per_s'] / base['conc_per_s']:7.2f}")
+        print(
+            f"{name:46} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['seq_per_s']:8.0f} "
+            f"{r['conc_per_s']:8.0f} {r['p50_ms'] / base['p50_ms']:7.2f} "
+            f"{r['conc_per_s'] / base['conc_per_s']:7.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ class ControlServer:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                             name="control-conn").start()
+            threading.Thread(
+                target=self._serve, args=(conn,), daemon=True, name="control-conn"
+            ).start()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
@@ -66,9 +67,12 @@ class ControlServer:
                     log.info("control connection ended: %s", exc)
                     return
                 if not isinstance(request, REQUEST_TYPES):
-                    reply = ErrorReply("BadRequest", "control request: expected one of "
-                                       "Provision, Status, Challenge, Attest, found "
-                                       f"{request.TYPE}")
+                    reply = ErrorReply(
+                        "BadRequest",
+                        "control request: expected one of "
+                        "Provision, Status, Challenge, Attest, found "
+                        f"{request.TYPE}",
+                    )
                 else:
                     reply = self.service.handle(request)
                 if isinstance(reply, ErrorReply):

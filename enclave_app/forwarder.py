@@ -82,8 +82,13 @@ class LoopbackForwarder:
 
     def start(self) -> LoopbackForwarder:
         self._thread.start()
-        log.info("forwarding 127.0.0.1:%d -> vsock (%d, %d) in %s mode",
-                 self.listen_port, self.cid, self.port, self.mode)
+        log.info(
+            "forwarding 127.0.0.1:%d -> vsock (%d, %d) in %s mode",
+            self.listen_port,
+            self.cid,
+            self.port,
+            self.mode,
+        )
         return self
 
     def stop(self) -> None:
@@ -100,8 +105,9 @@ class LoopbackForwarder:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                             name="kms-forward").start()
+            threading.Thread(
+                target=self._serve, args=(conn,), daemon=True, name="kms-forward"
+            ).start()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -132,16 +138,19 @@ class LoopbackForwarder:
         while b"\r\n\r\n" not in head:
             chunk = conn.recv(1024)
             if not chunk or len(head) + len(chunk) > MAX_CONNECT_HEAD:
-                log.warning("KMS proxy request: expected an HTTP CONNECT head, got %d bytes",
-                            len(head) + len(chunk))
+                log.warning(
+                    "KMS proxy request: expected an HTTP CONNECT head, got %d bytes",
+                    len(head) + len(chunk),
+                )
                 return False
             head += chunk
         conn.settimeout(None)
         line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = line.split(" ")
         if len(parts) != 3 or parts[0] != "CONNECT" or parts[1] != self.connect_target:
-            log.warning("KMS proxy request: expected 'CONNECT %s', got %r",
-                        self.connect_target, line[:100])
+            log.warning(
+                "KMS proxy request: expected 'CONNECT %s', got %r", self.connect_target, line[:100]
+            )
             conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
             return False
         if head.index(b"\r\n\r\n") + 4 != len(head):

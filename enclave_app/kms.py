@@ -25,8 +25,11 @@ from .keys import RecipientKey
 
 log = logging.getLogger(__name__)
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
-_METHODS = {"Decrypt": "decrypt", "GenerateDataKey": "generate_data_key",
-            "GenerateRandom": "generate_random"}
+_METHODS = {
+    "Decrypt": "decrypt",
+    "GenerateDataKey": "generate_data_key",
+    "GenerateRandom": "generate_random",
+}
 
 
 class KmsDenied(EnclaveAppError):
@@ -72,8 +75,7 @@ class AttestedKms:
             aws_session_token=credentials.session_token,
             region_name=region,
         )
-        self.client = session.client("kms", endpoint_url=endpoint_url, config=config,
-                                     verify=verify)
+        self.client = session.client("kms", endpoint_url=endpoint_url, config=config, verify=verify)
 
     def recipient(self) -> dict[str, Any]:
         """The `Recipient` parameter with a document freshly signed by the NSM."""
@@ -138,8 +140,9 @@ class AttestedKms:
 
     def generate_random(self, number_of_bytes: int) -> bytes:
         """Random bytes from KMS, encrypted to this enclave on the way."""
-        return self._open("GenerateRandom",
-                          self._call("GenerateRandom", NumberOfBytes=number_of_bytes))
+        return self._open(
+            "GenerateRandom", self._call("GenerateRandom", NumberOfBytes=number_of_bytes)
+        )
 
     def close(self) -> None:
         self.client.close()

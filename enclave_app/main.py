@@ -38,8 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--control-port", type=int, default=CONTROL_PORT)
     p.add_argument("--tls-port", type=int, default=TLS_PORT)
     p.add_argument("--nsm-device", default=NSM_DEVICE)
-    p.add_argument("--vsock-root", default=EMULATED_VSOCK_ROOT,
-                   help="where the emulator mounts emulated vsock (ignored on Nitro)")
+    p.add_argument(
+        "--vsock-root",
+        default=EMULATED_VSOCK_ROOT,
+        help="where the emulator mounts emulated vsock (ignored on Nitro)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     return p
 
@@ -64,17 +67,26 @@ def main(argv: list[str] | None = None) -> int:
         key = RecipientKey.generate()
         vsock = open_vsock(args.vsock_root)
         tls = TlsServer(vsock.listen(args.tls_port), described.module_id).start()
-        service = EnclaveService(attester=attester, key=key, vsock=vsock,
-                                 module_id=described.module_id, tls=tls)
+        service = EnclaveService(
+            attester=attester, key=key, vsock=vsock, module_id=described.module_id, tls=tls
+        )
         control = ControlServer(vsock.listen(args.control_port), service).start()
     except (EnclaveKitError, OSError) as exc:
         log.error("start-up failed: %s", exc)
         return getattr(exc, "exit_code", 1)
-    log.info("enclave %s up: NSM %d.%d.%d, %s, core modules from %s; recipient key sha256 %s; "
-             "TLS on vsock port %d; waiting for Provision on vsock port %d", described.module_id,
-             described.version_major, described.version_minor, described.version_patch,
-             type(vsock).__name__, os.path.dirname(enclavekit.__file__), key.fingerprint,
-             args.tls_port, args.control_port)
+    log.info(
+        "enclave %s up: NSM %d.%d.%d, %s, core modules from %s; recipient key sha256 %s; "
+        "TLS on vsock port %d; waiting for Provision on vsock port %d",
+        described.module_id,
+        described.version_major,
+        described.version_minor,
+        described.version_patch,
+        type(vsock).__name__,
+        os.path.dirname(enclavekit.__file__),
+        key.fingerprint,
+        args.tls_port,
+        args.control_port,
+    )
     stop.wait()
     log.info("stopping")
     control.stop()

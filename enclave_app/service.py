@@ -106,10 +106,14 @@ class EnclaveService:
                 case Challenge():
                     return self.challenge(request)
                 case Attest():
-                    return AttestResult(self.attester.attest(public_key=self.key.spki_der,
-                                                             nonce=request.nonce))
-            return ErrorReply("BadRequest", f"control request: expected one of Provision, "
-                              f"Status, Challenge, Attest, found {request.TYPE}")
+                    return AttestResult(
+                        self.attester.attest(public_key=self.key.spki_der, nonce=request.nonce)
+                    )
+            return ErrorReply(
+                "BadRequest",
+                f"control request: expected one of Provision, "
+                f"Status, Challenge, Attest, found {request.TYPE}",
+            )
         except InvalidInput as exc:
             return ErrorReply("BadRequest", str(exc))
         except EnclaveAppError as exc:
@@ -121,10 +125,17 @@ class EnclaveService:
 
     def provision(self, msg: Provision) -> Provisioned | ErrorReply:
         """Take the parent's configuration and obtain the secret material with attestation."""
-        log.info("Provision received: region %s, KMS %s://%s via vsock port %d, certificate %s, "
-                 "secrets %s, refresh every %d s", msg.region, msg.kms_endpoint_scheme,
-                 msg.kms_host, msg.kms_proxy_port, "yes" if msg.certificate else "no",
-                 [s.name for s in msg.secrets] or "none", msg.refresh_interval_secs)
+        log.info(
+            "Provision received: region %s, KMS %s://%s via vsock port %d, certificate %s, "
+            "secrets %s, refresh every %d s",
+            msg.region,
+            msg.kms_endpoint_scheme,
+            msg.kms_host,
+            msg.kms_proxy_port,
+            "yes" if msg.certificate else "no",
+            [s.name for s in msg.secrets] or "none",
+            msg.refresh_interval_secs,
+        )
         with self._work:
             with self._lock:
                 if self._state in ("waiting", "failed"):
@@ -150,8 +161,11 @@ class EnclaveService:
             self._install(material)
         self._schedule()
         fp = material.identity.certificate_sha256 if material.identity else None
-        log.info("provisioned: certificate %s, secrets %s", fp or "none",
-                 sorted(material.secrets) or "none")
+        log.info(
+            "provisioned: certificate %s, secrets %s",
+            fp or "none",
+            sorted(material.secrets) or "none",
+        )
         return Provisioned("ready", fp, tuple(sorted(material.secrets)))
 
     def status(self) -> StatusReport:
@@ -175,14 +189,17 @@ class EnclaveService:
         """HMAC-SHA256(secret, nonce): proves we hold the secret without revealing it."""
         with self._lock:
             if self._material is None:
-                return ErrorReply("NotProvisioned",
-                                  f"secret {msg.name!r}: expected a provisioned enclave, found "
-                                  f"state {self._state}")
+                return ErrorReply(
+                    "NotProvisioned",
+                    f"secret {msg.name!r}: expected a provisioned enclave, found "
+                    f"state {self._state}",
+                )
             secret = self._material.secrets.get(msg.name)
             known = sorted(self._material.secrets)
         if secret is None:
-            return ErrorReply("UnknownSecret",
-                              f"secret {msg.name!r}: expected one of {known}, found no such name")
+            return ErrorReply(
+                "UnknownSecret", f"secret {msg.name!r}: expected one of {known}, found no such name"
+            )
         return ChallengeAnswer(msg.name, hmac.new(secret, msg.nonce, hashlib.sha256).digest())
 
     # ------------------------------------------------------------------ refresh
@@ -211,8 +228,9 @@ class EnclaveService:
 
     def _schedule(self) -> None:
         if self._refresher is None:
-            self._refresher = threading.Thread(target=self._refresh_loop, daemon=True,
-                                               name="refresh")
+            self._refresher = threading.Thread(
+                target=self._refresh_loop, daemon=True, name="refresh"
+            )
             self._refresher.start()
         else:
             self._wake.set()  # a new Provision: restart the interval
@@ -250,7 +268,10 @@ class EnclaveService:
         with self._lock:
             fw = self._forwarder
             stale = fw is not None and (fw.port, fw.mode, fw.connect_target) != (
-                msg.kms_proxy_port, mode, target)
+                msg.kms_proxy_port,
+                mode,
+                target,
+            )
             if stale or fw is None:
                 old, self._forwarder = fw, None
             else:
@@ -258,17 +279,24 @@ class EnclaveService:
         if old is not None:
             old.stop()
         if fw is None or stale:
-            fw = LoopbackForwarder(self.vsock, PARENT_CID, msg.kms_proxy_port, mode=mode,
-                                   connect_target=target).start()
+            fw = LoopbackForwarder(
+                self.vsock, PARENT_CID, msg.kms_proxy_port, mode=mode, connect_target=target
+            ).start()
             with self._lock:
                 self._forwarder = fw
         if mode == "connect":
             endpoint, proxy = f"https://{msg.kms_host}", fw.proxy_url
         else:
             endpoint, proxy = fw.proxy_url, None
-        kms = AttestedKms(attester=self.attester, key=self.key, region=msg.region,
-                          credentials=msg.credentials, endpoint_url=endpoint, proxy_url=proxy,
-                          verify=self.kms_verify)
+        kms = AttestedKms(
+            attester=self.attester,
+            key=self.key,
+            region=msg.region,
+            credentials=msg.credentials,
+            endpoint_url=endpoint,
+            proxy_url=proxy,
+            verify=self.kms_verify,
+        )
         with self._lock:
             old_kms, self._kms = self._kms, kms
         if old_kms is not None:
@@ -279,16 +307,24 @@ class EnclaveService:
         secrets: dict[str, bytes] = {}
         for spec in msg.secrets:
             secrets[spec.name] = kms.decrypt(spec.ciphertext, key_id=spec.key_id)
-            log.info("secret %r decrypted with attestation (%d bytes)", spec.name,
-                     len(secrets[spec.name]))
+            log.info(
+                "secret %r decrypted with attestation (%d bytes)",
+                spec.name,
+                len(secrets[spec.name]),
+            )
         identity = None
         if msg.certificate is not None:
             key_pem = kms.decrypt(msg.certificate.private_key_ciphertext)
-            identity = load_identity(msg.certificate.certificate,
-                                     msg.certificate.certificate_chain, key_pem)
+            identity = load_identity(
+                msg.certificate.certificate, msg.certificate.certificate_chain, key_pem
+            )
             del key_pem
-            log.info("certificate %s (%s) loaded; private key decrypted with attestation and "
-                     "kept in enclave memory", identity.certificate_sha256, identity.subject)
+            log.info(
+                "certificate %s (%s) loaded; private key decrypted with attestation and "
+                "kept in enclave memory",
+                identity.certificate_sha256,
+                identity.subject,
+            )
         return Material(identity=identity, secrets=secrets)
 
     def _install(self, material: Material) -> None:
@@ -306,5 +342,6 @@ class EnclaveService:
                 self._state = "degraded"
         if revoked:
             self._install(Material(identity=None, secrets={}))
-        log.error("%s: %s", "failed, material dropped" if revoked else "degraded, material kept",
-                  reason)
+        log.error(
+            "%s: %s", "failed, material dropped" if revoked else "degraded, material kept", reason
+        )

@@ -60,7 +60,7 @@ def _memfd(name: str, data: bytes) -> int:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if os.path.exists(f"/proc/self/fd/{fd}"):
             return fd
     except OSError:
@@ -102,23 +102,30 @@ def load_identity(certificate: str, chain: str, key_pem: bytes) -> ServerIdentit
     try:
         leaf = x509.load_pem_x509_certificate(certificate.encode())
     except ValueError:
-        raise InvalidInput("certificate bundle certificate: expected a PEM X.509 "
-                           "certificate, found unreadable PEM") from None
+        raise InvalidInput(
+            "certificate bundle certificate: expected a PEM X.509 certificate, found unreadable PEM"
+        ) from None
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
-        raise InvalidInput("certificate private key: expected an unencrypted PEM private key, "
-                           "found something else (decrypted bytes not shown)") from None
+        raise InvalidInput(
+            "certificate private key: expected an unencrypted PEM private key, "
+            "found something else (decrypted bytes not shown)"
+        ) from None
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
-        raise InvalidInput("certificate private key: expected the key of the certificate "
-                           f"{leaf.subject.rfc4514_string()}, found a different key")
+        raise InvalidInput(
+            "certificate private key: expected the key of the certificate "
+            f"{leaf.subject.rfc4514_string()}, found a different key"
+        )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     chain_pem = certificate.rstrip("\n") + "\n" + chain.strip() + ("\n" if chain.strip() else "")
     try:
-        with _memory_file("tls-chain.pem", chain_pem.encode()) as chain_path, \
-                _memory_file("tls-key.pem", key_pem) as key_path:
+        with (
+            _memory_file("tls-chain.pem", chain_pem.encode()) as chain_path,
+            _memory_file("tls-key.pem", key_pem) as key_path,
+        ):
             context.load_cert_chain(certfile=chain_path, keyfile=key_path)
     except ssl.SSLError as exc:
         raise InvalidInput(f"certificate bundle: OpenSSL refused it ({exc.reason})") from None
@@ -143,8 +150,12 @@ class _Handler(BaseHTTPRequestHandler):
     peer = "vsock"
 
     def _answer(self, body_wanted: bool) -> None:
-        body = json.dumps(self.respond(self.command, self.path, self.connection),
-                          sort_keys=True).encode() + b"\n"
+        body = (
+            json.dumps(
+                self.respond(self.command, self.path, self.connection), sort_keys=True
+            ).encode()
+            + b"\n"
+        )
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -206,8 +217,9 @@ class TlsServer:
                 conn, addr = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn, addr), daemon=True,
-                             name="tls-conn").start()
+            threading.Thread(
+                target=self._serve, args=(conn, addr), daemon=True, name="tls-conn"
+            ).start()
 
     def respond(self, method: str, path: str, conn: ssl.SSLSocket) -> dict[str, Any]:
         """The JSON body of every response: who answered, when, over what."""
@@ -238,10 +250,12 @@ class TlsServer:
             log.warning("TLS handshake with %s failed: %s", peer, exc)
             conn.close()
             return
-        log.debug("TLS %s with %s in %.1f ms", tls.version(), peer,
-                  (time.monotonic() - started) * 1000)
-        handler = type("Handler", (_Handler,), {"respond": staticmethod(self.respond),
-                                                "peer": peer})
+        log.debug(
+            "TLS %s with %s in %.1f ms", tls.version(), peer, (time.monotonic() - started) * 1000
+        )
+        handler = type(
+            "Handler", (_Handler,), {"respond": staticmethod(self.respond), "peer": peer}
+        )
         try:
             handler(tls, addr, None)
         except (ssl.SSLError, OSError) as exc:

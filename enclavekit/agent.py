@@ -91,8 +91,9 @@ class ImdsCredentials:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not endpoint.startswith(("http://", "https://")):
-            raise InvalidInput(f"IMDS endpoint must be an http URL like {IMDS_ENDPOINT}, "
-                               f"got {endpoint!r}")
+            raise InvalidInput(
+                f"IMDS endpoint must be an http URL like {IMDS_ENDPOINT}, got {endpoint!r}"
+            )
         self.endpoint = endpoint.rstrip("/")
         self.timeout = timeout
         self.token_ttl = token_ttl
@@ -123,7 +124,8 @@ class ImdsCredentials:
         now = self._clock()
         if self._token is None or now >= self._token_until:
             status, body = self._request(
-                "PUT", "/latest/api/token",
+                "PUT",
+                "/latest/api/token",
                 {"X-aws-ec2-metadata-token-ttl-seconds": str(self.token_ttl)},
             )
             if status != 200 or not body:
@@ -242,8 +244,9 @@ class HostConfig:
     secrets: tuple[SecretRef, ...] = ()
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any], *, region: str,
-                  where: str = f"Metadata {METADATA_KEY}") -> HostConfig:
+    def from_spec(
+        cls, spec: Mapping[str, Any], *, region: str, where: str = f"Metadata {METADATA_KEY}"
+    ) -> HostConfig:
         """Parse the Metadata (or host.json); one-line InvalidInput naming the bad field."""
         if not isinstance(spec, Mapping):
             raise InvalidInput(f"{where}: expected a JSON object, found {type(spec).__name__}")
@@ -264,14 +267,16 @@ class HostConfig:
                 raise InvalidInput(f"{at}: expected an object, found {s!r}")
             refs.append(SecretRef(name=_text(s, "name", at), parameter=_text(s, "parameter", at)))
         if not isinstance(region, str) or not _REGION.match(region):
-            raise InvalidInput(f"{where}: region: expected an AWS region like us-east-1, "
-                               f"found {region!r}")
+            raise InvalidInput(
+                f"{where}: region: expected an AWS region like us-east-1, found {region!r}"
+            )
         return cls(
             region=region,
             cid=_port(enclave, "cid", f"{where}.enclave", 16, lo=4),
             enclave_port=_port(service, "enclave_port", f"{where}.service", prov.TLS_PORT),
-            kms_proxy_port=_port(service, "kms_proxy_port", f"{where}.service",
-                                 prov.KMS_PROXY_PORT),
+            kms_proxy_port=_port(
+                service, "kms_proxy_port", f"{where}.service", prov.KMS_PROXY_PORT
+            ),
             image_name=_text(image, "name", f"{where}.image") if image else None,
             certificate_arn=cert_arn,
             secrets=tuple(refs),
@@ -291,8 +296,9 @@ def _text(obj: Mapping[str, Any], key: str, where: str) -> str:
         hint = " (an unresolved intrinsic)" if isinstance(value, dict) else ""
         raise InvalidInput(f"{where}.{key}: expected a non-empty string, found {value!r}{hint}")
     if "${Token[" in value:
-        raise InvalidInput(f"{where}.{key}: expected a resolved value, found the CDK token "
-                           f"{value!r}")
+        raise InvalidInput(
+            f"{where}.{key}: expected a resolved value, found the CDK token {value!r}"
+        )
     return value
 
 
@@ -309,8 +315,9 @@ def load_host_json(path: str | Path) -> dict[str, Any]:
     try:
         text = p.read_text()
     except FileNotFoundError:
-        raise InvalidInput(f"host config {p}: no such file; expected the JSON the enclavekit "
-                           "user data writes") from None
+        raise InvalidInput(
+            f"host config {p}: no such file; expected the JSON the enclavekit user data writes"
+        ) from None
     except OSError as exc:
         raise InvalidInput(f"host config {p}: unreadable ({exc.strerror})") from None
     try:
@@ -318,8 +325,7 @@ def load_host_json(path: str | Path) -> dict[str, Any]:
     except ValueError as exc:
         raise InvalidInput(f"host config {p}: expected JSON, found invalid JSON ({exc})") from None
     if not isinstance(doc, dict):
-        raise InvalidInput(f"host config {p}: expected a JSON object, found "
-                           f"{type(doc).__name__}")
+        raise InvalidInput(f"host config {p}: expected a JSON object, found {type(doc).__name__}")
     return doc
 
 
@@ -382,9 +388,11 @@ class SyncResult:
     def describe(self) -> str:
         if self.outcome in ("provisioned", "unchanged"):
             verb = "provisioned" if self.outcome == "provisioned" else "up to date"
-            return (f"enclave {verb}: {len(self.secrets)} secret(s) "
-                    f"[{', '.join(self.secrets)}], certificate: "
-                    f"{'yes' if self.certificate else 'no'}")
+            return (
+                f"enclave {verb}: {len(self.secrets)} secret(s) "
+                f"[{', '.join(self.secrets)}], certificate: "
+                f"{'yes' if self.certificate else 'no'}"
+            )
         if self.outcome == "waiting":
             return f"waiting for sealed secrets: {', '.join(self.waiting)}"
         return f"{self.outcome}: {self.error}"
@@ -516,8 +524,12 @@ class ParentAgent:
         reply = self._exchange(cid, msg)
         if isinstance(reply, prov.ErrorReply):
             self._delivered = None
-            return SyncResult("refused", secrets=names, certificate=has_cert,
-                              error=f"{reply.code}: {reply.message}")
+            return SyncResult(
+                "refused",
+                secrets=names,
+                certificate=has_cert,
+                error=f"{reply.code}: {reply.message}",
+            )
         if not isinstance(reply, prov.Provisioned):
             self._delivered = None
             return SyncResult("refused", error=f"unexpected reply {reply.TYPE}")
@@ -570,8 +582,9 @@ def _aws(call: Callable[[], Any], what: str) -> Any:
             err = response.get("Error", {})
             code = err.get("Code", "?")
             if code in ("ParameterNotFound", "NoSuchKey", "NoSuchBucket"):
-                raise ParentAgentError(f"{what}: not found ({code}); expected it to exist"
-                                       ) from None
+                raise ParentAgentError(
+                    f"{what}: not found ({code}); expected it to exist"
+                ) from None
             raise ParentAgentError(
                 f"{what}: {code}: {_one_line(Exception(err.get('Message', '')))}"
             ) from None

@@ -37,7 +37,13 @@ AGENT_MODULES = ("agent",)  # core modules allowed besides build.PURE_MODULES (p
 # What the parent pip-installs for the bundle: boto3 and its whole dependency tree, pinned to
 # the versions that synthesized the template (pyproject pins boto3/botocore exactly).
 RUNTIME_DISTRIBUTIONS = (
-    "boto3", "botocore", "jmespath", "python-dateutil", "s3transfer", "six", "urllib3",
+    "boto3",
+    "botocore",
+    "jmespath",
+    "python-dateutil",
+    "s3transfer",
+    "six",
+    "urllib3",
 )
 _THIRD_PARTY_ON_PARENT = frozenset({"boto3", "botocore"})
 _THIRD_PARTY_LAZY = frozenset({"cbor2", "cryptography"})  # pure modules' deps, not the agent's
@@ -111,8 +117,7 @@ def bundle_files() -> dict[str, bytes]:
             data = path.read_bytes()
         except OSError:
             raise InvalidInput(
-                f"agent bundle: expected {path} in the installed enclavekit package, found "
-                "nothing"
+                f"agent bundle: expected {path} in the installed enclavekit package, found nothing"
             ) from None
         files[f"enclavekit/{rel}"] = data
         for dep in build._imported_core_modules(data.decode("utf-8"), f"enclavekit/{rel}"):

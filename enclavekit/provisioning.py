@@ -205,8 +205,11 @@ class CertificateBundle:
     @classmethod
     def from_json(cls, value: object, where: str = "Provision.certificate") -> CertificateBundle:
         obj = _obj(value, where)
-        _only(obj, where, {"certificate", "certificateChain", "encryptedPrivateKey",
-                           "encryptionMethod"})
+        _only(
+            obj,
+            where,
+            {"certificate", "certificateChain", "encryptedPrivateKey", "encryptionMethod"},
+        )
         chain = obj.get("certificateChain", "")
         if not isinstance(chain, str):
             raise _bad(f"{where}.certificateChain", "PEM text", chain)
@@ -311,8 +314,9 @@ class Provision(Message):
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 0xFFFFFFFF:
             raise _bad("Provision.kms_proxy_port", "a vsock port 1..4294967295", port)
         if self.kms_endpoint_scheme not in ("http", "https"):
-            raise _bad("Provision.kms_endpoint_scheme", "'http' or 'https'",
-                       self.kms_endpoint_scheme)
+            raise _bad(
+                "Provision.kms_endpoint_scheme", "'http' or 'https'", self.kms_endpoint_scheme
+            )
         host = self.kms_endpoint_host
         if host is not None and (not isinstance(host, str) or not _HOST.match(host)):
             raise _bad("Provision.kms_endpoint_host", "a DNS host name", host)
@@ -348,11 +352,24 @@ class Provision(Message):
     @classmethod
     def from_body(cls, obj: Mapping[str, Any]) -> Provision:
         w = "Provision"
-        _only(obj, w, {"region", "credentials", "kms_proxy_port", "kms_endpoint_scheme",
-                       "kms_endpoint_host", "certificate", "secrets", "refresh_interval_secs"})
+        _only(
+            obj,
+            w,
+            {
+                "region",
+                "credentials",
+                "kms_proxy_port",
+                "kms_endpoint_scheme",
+                "kms_endpoint_host",
+                "certificate",
+                "secrets",
+                "refresh_interval_secs",
+            },
+        )
         if "credentials" not in obj:
-            raise InvalidInput(f"provisioning message {w}.credentials: expected an object, "
-                               "found nothing")
+            raise InvalidInput(
+                f"provisioning message {w}.credentials: expected an object, found nothing"
+            )
         secrets = obj.get("secrets", [])
         if not isinstance(secrets, list):
             raise _bad(f"{w}.secrets", "a JSON array", secrets)
@@ -367,8 +384,9 @@ class Provision(Message):
             secrets=tuple(
                 SecretSpec.from_json(s, f"{w}.secrets[{i}]") for i, s in enumerate(secrets)
             ),
-            refresh_interval_secs=_int(obj, "refresh_interval_secs", w, 1, 10**9,
-                                       DEFAULT_REFRESH_INTERVAL_SECS),
+            refresh_interval_secs=_int(
+                obj, "refresh_interval_secs", w, 1, 10**9, DEFAULT_REFRESH_INTERVAL_SECS
+            ),
         )
 
 
@@ -403,8 +421,10 @@ class Challenge(Message):
     @classmethod
     def from_body(cls, obj: Mapping[str, Any]) -> Challenge:
         _only(obj, "Challenge", {"name", "nonce_b64"})
-        return cls(name=_str(obj, "name", "Challenge"),
-                   nonce=_b64(obj.get("nonce_b64"), "Challenge.nonce_b64"))
+        return cls(
+            name=_str(obj, "name", "Challenge"),
+            nonce=_b64(obj.get("nonce_b64"), "Challenge.nonce_b64"),
+        )
 
 
 @dataclass(frozen=True)
@@ -443,16 +463,21 @@ class Provisioned(Message):
         object.__setattr__(self, "secrets", tuple(self.secrets))
 
     def body(self) -> dict[str, Any]:
-        return {"state": self.state, "certificate_sha256": self.certificate_sha256,
-                "secrets": list(self.secrets)}
+        return {
+            "state": self.state,
+            "certificate_sha256": self.certificate_sha256,
+            "secrets": list(self.secrets),
+        }
 
     @classmethod
     def from_body(cls, obj: Mapping[str, Any]) -> Provisioned:
         w = "Provisioned"
         _only(obj, w, {"state", "certificate_sha256", "secrets"})
-        return cls(state=_str(obj, "state", w),
-                   certificate_sha256=_str(obj, "certificate_sha256", w, optional=True),
-                   secrets=_names(obj.get("secrets", []), f"{w}.secrets"))
+        return cls(
+            state=_str(obj, "state", w),
+            certificate_sha256=_str(obj, "certificate_sha256", w, optional=True),
+            secrets=_names(obj.get("secrets", []), f"{w}.secrets"),
+        )
 
 
 @dataclass(frozen=True)
@@ -538,8 +563,10 @@ class ChallengeAnswer(Message):
     @classmethod
     def from_body(cls, obj: Mapping[str, Any]) -> ChallengeAnswer:
         _only(obj, "ChallengeAnswer", {"name", "mac_b64"})
-        return cls(name=_str(obj, "name", "ChallengeAnswer"),
-                   mac=_b64(obj.get("mac_b64"), "ChallengeAnswer.mac_b64"))
+        return cls(
+            name=_str(obj, "name", "ChallengeAnswer"),
+            mac=_b64(obj.get("mac_b64"), "ChallengeAnswer.mac_b64"),
+        )
 
 
 @dataclass(frozen=True)
@@ -595,8 +622,17 @@ def _names(value: object, where: str) -> tuple[str, ...]:
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Provision, Status, Challenge, Attest, Provisioned, StatusReport,
-                ChallengeAnswer, AttestResult, ErrorReply)
+    for cls in (
+        Provision,
+        Status,
+        Challenge,
+        Attest,
+        Provisioned,
+        StatusReport,
+        ChallengeAnswer,
+        AttestResult,
+        ErrorReply,
+    )
 }
 REQUEST_TYPES = (Provision, Status, Challenge, Attest)
 
@@ -611,22 +647,26 @@ def encode_message(msg: Message) -> bytes:
         raise InvalidInput(f"provisioning message: expected a Message, found {_found(msg)}")
     data = json.dumps(msg.to_json(), separators=(",", ":"), sort_keys=True).encode("utf-8")
     if len(data) > MAX_MESSAGE_LEN:
-        raise InvalidInput(f"provisioning message {msg.TYPE}: expected at most "
-                           f"{MAX_MESSAGE_LEN} bytes, found {len(data)}")
+        raise InvalidInput(
+            f"provisioning message {msg.TYPE}: expected at most "
+            f"{MAX_MESSAGE_LEN} bytes, found {len(data)}"
+        )
     return data
 
 
 def decode_message(data: bytes) -> Message:
     """Parse one JSON payload into its message object (InvalidInput on anything else)."""
     if len(data) > MAX_MESSAGE_LEN:
-        raise InvalidInput(f"provisioning message: expected at most {MAX_MESSAGE_LEN} bytes, "
-                           f"found {len(data)}")
+        raise InvalidInput(
+            f"provisioning message: expected at most {MAX_MESSAGE_LEN} bytes, found {len(data)}"
+        )
     try:
         obj = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         reason = (str(exc).splitlines() or ["too deeply nested"])[0][:80]
-        raise InvalidInput(f"provisioning message: expected UTF-8 JSON, found invalid bytes "
-                           f"({reason})") from None
+        raise InvalidInput(
+            f"provisioning message: expected UTF-8 JSON, found invalid bytes ({reason})"
+        ) from None
     obj = _obj(obj, "payload")
     version = obj.get("version")
     if version != PROTOCOL_VERSION or isinstance(version, bool):
@@ -669,8 +709,9 @@ def read_message(sock: socket.socket) -> Message:
     on a close mid-message; InvalidInput on a frame that is too long or not a message."""
     (length,) = _FRAME.unpack(_recv_exact(sock, _FRAME.size, at_start=True))
     if length > MAX_MESSAGE_LEN:
-        raise InvalidInput(f"provisioning frame: expected a length of at most {MAX_MESSAGE_LEN}"
-                           f", found {length}")
+        raise InvalidInput(
+            f"provisioning frame: expected a length of at most {MAX_MESSAGE_LEN}, found {length}"
+        )
     return decode_message(_recv_exact(sock, length))
 
 

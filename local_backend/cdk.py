@@ -36,8 +36,11 @@ def bootstrap_target(region: str = LOCAL_REGION) -> str:
 
 def cdk_env(endpoint: str, *, cwd: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a cdk process against `endpoint` (project Node 22 first on PATH)."""
-    env = local_aws_env(endpoint, base=os.environ if base is None else base,
-                        scratch_dir=cwd / "cdk.out" / ".enclavekit-aws")
+    env = local_aws_env(
+        endpoint,
+        base=os.environ if base is None else base,
+        scratch_dir=cwd / "cdk.out" / ".enclavekit-aws",
+    )
     # Node 22 and the cdk CLI first, then this interpreter's bin (so an app run as `python3
     # app.py` finds the same venv, enclave_constructs included, activated or not).
     venv_bin = os.path.dirname(sys.executable)
@@ -63,7 +66,12 @@ def run_cdk(
     workdir = Path(cwd or Path.cwd()).resolve()
     argv = (*cdk_command(workdir), *args)
     proc = subprocess.run(
-        argv, cwd=workdir, env=cdk_env(info.endpoint, cwd=workdir), text=True,
-        capture_output=capture, timeout=timeout, stdin=subprocess.DEVNULL,
+        argv,
+        cwd=workdir,
+        env=cdk_env(info.endpoint, cwd=workdir),
+        text=True,
+        capture_output=capture,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
     return CdkResult(tuple(argv), proc.returncode, proc.stdout or "", proc.stderr or "")

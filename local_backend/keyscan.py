@@ -41,9 +41,7 @@ def key_patterns(key_pem: bytes) -> dict[str, bytes]:
     """Distinctive byte windows of the key in each form it could appear in."""
     key = serialization.load_pem_private_key(key_pem, password=None)
     forms: dict[str, bytes] = {}
-    body = b"".join(
-        line for line in key_pem.splitlines() if line and not line.startswith(b"-----")
-    )
+    body = b"".join(line for line in key_pem.splitlines() if line and not line.startswith(b"-----"))
     forms["PEM text"] = body[len(body) // 2 : len(body) // 2 + 2 * _WINDOW]
     for name, fmt in (
         ("PKCS#8 DER", serialization.PrivateFormat.PKCS8),
@@ -62,8 +60,8 @@ def key_patterns(key_pem: bytes) -> dict[str, bytes]:
             forms[f"{name} (BIGNUM)"] = raw[::-1][8 : 8 + _WINDOW]
     elif isinstance(key, ec.EllipticCurvePrivateKey):
         raw = _int_bytes(key.private_numbers().private_value)
-        forms["EC private scalar"] = raw[: _WINDOW]
-        forms["EC private scalar (BIGNUM)"] = raw[::-1][: _WINDOW]
+        forms["EC private scalar"] = raw[:_WINDOW]
+        forms["EC private scalar (BIGNUM)"] = raw[::-1][:_WINDOW]
     return forms
 
 

@@ -45,6 +45,7 @@ HEALTH_PATH = "/_enclavekit/health"
 
 log = logging.getLogger("enclavekit.endpoint")
 
+
 @dataclass(frozen=True)
 class EndpointInfo:
     """What `<state>/endpoint.json` holds: how to reach a running endpoint."""
@@ -95,13 +96,15 @@ def read_endpoint(state_dir: Path) -> EndpointInfo | None:
         return None
     except (OSError, ValueError) as exc:
         raise InvalidInput(
-            f"{path}: expected the endpoint's JSON file, found unreadable data ({exc})") from exc
+            f"{path}: expected the endpoint's JSON file, found unreadable data ({exc})"
+        ) from exc
     keys = ("endpoint", "port", "pid", "state_dir", "started")
     try:
         return EndpointInfo(**{k: raw[k] for k in keys})
     except (KeyError, TypeError) as exc:
         raise InvalidInput(
-            f"{path}: expected keys {', '.join(keys)}; missing or wrong: {exc}") from exc
+            f"{path}: expected keys {', '.join(keys)}; missing or wrong: {exc}"
+        ) from exc
 
 
 def _pid_alive(pid: int) -> bool:
@@ -204,8 +207,15 @@ def start(
     logf = open(state_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(
-            [python or sys.executable, "-m", "local_backend.server",
-             "--port", str(port), "--state-dir", str(state_dir)],
+            [
+                python or sys.executable,
+                "-m",
+                "local_backend.server",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(state_dir),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=logf,
             stderr=subprocess.STDOUT,
@@ -307,15 +317,17 @@ def _keyscan(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any
     try:
         size = int(environ.get("CONTENT_LENGTH") or 0)
         req = json.loads(environ["wsgi.input"].read(size))
-        _, _, key_pem = certificate_material(req["account_id"], req["region"],
-                                             req["certificate_arn"])
+        _, _, key_pem = certificate_material(
+            req["account_id"], req["region"], req["certificate_arn"]
+        )
         result = keyscan.scan(key_pem, paths=req.get("paths", []), pids=req.get("pids", []))
         status_line, body = "200 OK", json.dumps(result).encode()
     except Exception as exc:  # noqa: BLE001 - answered as a one-line error
         status_line = "400 Bad Request"
         body = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
-    start_response(status_line, [("Content-Type", "application/json"),
-                                 ("Content-Length", str(len(body)))])
+    start_response(
+        status_line, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
     return [body]
 
 
@@ -331,8 +343,9 @@ def _app(state_dir: Path) -> Callable[..., Any]:
             return _keyscan(environ, start_response)
         if environ.get("PATH_INFO") == HEALTH_PATH:
             body = json.dumps({"pid": pid, "state_dir": str(state_dir)}).encode()
-            start_response("200 OK", [("Content-Type", "application/json"),
-                                      ("Content-Length", str(len(body)))])
+            start_response(
+                "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            )
             return [body]
         return moto_app(environ, start_response)
 
@@ -348,7 +361,8 @@ def serve(port: int, state_dir: Path) -> int:
 
     state_dir = Path(state_dir).resolve()
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout,
+        level=logging.INFO,
+        stream=sys.stdout,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     moto_ext.install(state_dir)
@@ -356,13 +370,17 @@ def serve(port: int, state_dir: Path) -> int:
     try:
         from moto.moto_server.werkzeug_app import MotoRequestHandler
 
-        server = make_server(HOST, port, _app(state_dir), threaded=True,
-                             request_handler=MotoRequestHandler)
+        server = make_server(
+            HOST, port, _app(state_dir), threaded=True, request_handler=MotoRequestHandler
+        )
     except OSError as exc:
         log.error("cannot bind %s:%s: %s", HOST, port, exc)
         return 3
     info = EndpointInfo(
-        endpoint=endpoint_url(port), port=port, pid=os.getpid(), state_dir=str(state_dir),
+        endpoint=endpoint_url(port),
+        port=port,
+        pid=os.getpid(),
+        state_dir=str(state_dir),
         started=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     tmp = state_dir / (ENDPOINT_FILE + ".tmp")

@@ -89,9 +89,15 @@ class UpResult:
 def _run_cdk(args: list[str], app_dir: Path, endpoint: str, progress: Progress) -> None:
     """Run the cdk CLI, streaming its events into the progress line; raise with its tail."""
     argv = [*cdk_command(app_dir), *args]
-    proc = subprocess.Popen(argv, cwd=app_dir, env=cdk_env(endpoint, cwd=app_dir), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv,
+        cwd=app_dir,
+        env=cdk_env(endpoint, cwd=app_dir),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     tail: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -111,17 +117,23 @@ def _clients(endpoint: str) -> Callable[[str], Any]:
 
     def client(service: str) -> Any:
         return boto3.session.Session().client(
-            service, endpoint_url=endpoint, region_name=env["AWS_REGION"],
+            service,
+            endpoint_url=endpoint,
+            region_name=env["AWS_REGION"],
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
 
     return client
 
 
 def assembly_stacks(cdk_out: Path) -> list[str]:
     manifest = json.loads((cdk_out / "manifest.json").read_text())
-    return [name for name, art in manifest.get("artifacts", {}).items()
-            if art.get("type") == "aws:cloudformation:stack"]
+    return [
+        name
+        for name, art in manifest.get("artifacts", {}).items()
+        if art.get("type") == "aws:cloudformation:stack"
+    ]
 
 
 def _hosts(state_dir: Path, stacks: list[str]) -> list[Path]:
@@ -132,8 +144,11 @@ def _hosts(state_dir: Path, stacks: list[str]) -> list[Path]:
             info = json.loads((d / "instance.json").read_text())
         except (OSError, ValueError):
             continue
-        if info.get("stack_name") in stacks and (info.get("metadata") or {}).get(METADATA_KEY) \
-                and read_state(d).get("state") == "running":
+        if (
+            info.get("stack_name") in stacks
+            and (info.get("metadata") or {}).get(METADATA_KEY)
+            and read_state(d).get("state") == "running"
+        ):
             out.append(d)
     return out
 
@@ -146,9 +161,11 @@ def seal_secrets(state_dir: Path, endpoint: str, stacks: list[str]) -> list[str]
     for d in _hosts(state_dir, stacks):
         info = json.loads((d / "instance.json").read_text())
         stack = info["stack_name"]
-        resources = {r["LogicalResourceId"]: r["PhysicalResourceId"]
-                     for r in cfn.describe_stack_resources(StackName=stack)["StackResources"]
-                     if r.get("LogicalResourceId")}
+        resources = {
+            r["LogicalResourceId"]: r["PhysicalResourceId"]
+            for r in cfn.describe_stack_resources(StackName=stack)["StackResources"]
+            if r.get("LogicalResourceId")
+        }
         for spec in info["metadata"][METADATA_KEY].get("secrets") or []:
             param = ssm.get_parameter(Name=spec["parameter"])["Parameter"]["Value"]
             ref = state_dir / VERIFIER_DIR / stack / f"{spec['name']}.secret"
@@ -156,8 +173,12 @@ def seal_secrets(state_dir: Path, endpoint: str, stacks: list[str]) -> list[str]
                 continue
             secret = secrets.token_bytes(32)
             blob = kms.encrypt(KeyId=resources[spec["key"]], Plaintext=secret)["CiphertextBlob"]
-            ssm.put_parameter(Name=spec["parameter"], Value=base64.b64encode(blob).decode(),
-                              Type="String", Overwrite=True)
+            ssm.put_parameter(
+                Name=spec["parameter"],
+                Value=base64.b64encode(blob).decode(),
+                Type="String",
+                Overwrite=True,
+            )
             ref.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(ref, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
@@ -166,8 +187,9 @@ def seal_secrets(state_dir: Path, endpoint: str, stacks: list[str]) -> list[str]
     return sealed
 
 
-def wait_provisioned(state_dir: Path, stacks: list[str], progress: Progress,
-                     timeout: float = BOOT_TIMEOUT_S) -> list[Path]:
+def wait_provisioned(
+    state_dir: Path, stacks: list[str], progress: Progress, timeout: float = BOOT_TIMEOUT_S
+) -> list[Path]:
     resync(state_dir)
     deadline = time.monotonic() + timeout
     while True:
@@ -177,16 +199,25 @@ def wait_provisioned(state_dir: Path, stacks: list[str], progress: Progress,
         if not pending:
             return hosts
         errors = [f"{n}: {st['last_error']}" for n, st in states.items() if st.get("last_error")]
-        progress.update(f"{len(hosts) - len(pending)}/{len(hosts)} enclaves provisioned"
-                        + (f"; {errors[0]}" if errors else ""))
+        progress.update(
+            f"{len(hosts) - len(pending)}/{len(hosts)} enclaves provisioned"
+            + (f"; {errors[0]}" if errors else "")
+        )
         if time.monotonic() > deadline:
-            raise BackendError(f"enclaves not provisioned after {timeout:.0f} s: "
-                               + "; ".join(errors or pending))
+            raise BackendError(
+                f"enclaves not provisioned after {timeout:.0f} s: " + "; ".join(errors or pending)
+            )
         time.sleep(0.2)
 
 
-def up(app_dir: Path, *, state_dir: Path, port: int = server.DEFAULT_PORT,
-       progress: Progress | None = None, run_verify: bool = True) -> UpResult:
+def up(
+    app_dir: Path,
+    *,
+    state_dir: Path,
+    port: int = server.DEFAULT_PORT,
+    progress: Progress | None = None,
+    run_verify: bool = True,
+) -> UpResult:
     """Start (if needed), bootstrap, deploy every stack of the app, seal, boot and verify."""
     app_dir = Path(app_dir).resolve()
     if not (app_dir / "cdk.json").is_file():
@@ -202,8 +233,9 @@ def up(app_dir: Path, *, state_dir: Path, port: int = server.DEFAULT_PORT,
     progress.start("synth", "cdk synth")
     _run_cdk(["synth", "--quiet"], app_dir, info.endpoint, progress)
     result.stacks = assembly_stacks(app_dir / "cdk.out")
-    result.phases["synth"] = progress.done(f"{len(result.stacks)} stack(s): "
-                                           f"{', '.join(result.stacks)}")
+    result.phases["synth"] = progress.done(
+        f"{len(result.stacks)} stack(s): {', '.join(result.stacks)}"
+    )
 
     progress.start("bootstrap", f"cdk bootstrap {bootstrap_target()}")
     ssm = _clients(info.endpoint)("ssm")
@@ -215,8 +247,12 @@ def up(app_dir: Path, *, state_dir: Path, port: int = server.DEFAULT_PORT,
         result.phases["bootstrap"] = progress.done("CDKToolkit deployed")
 
     progress.start("deploy", "cdk deploy --all")
-    _run_cdk(["deploy", "--all", "--app", "cdk.out", "--require-approval", "never"], app_dir,
-             info.endpoint, progress)
+    _run_cdk(
+        ["deploy", "--all", "--app", "cdk.out", "--require-approval", "never"],
+        app_dir,
+        info.endpoint,
+        progress,
+    )
     result.phases["deploy"] = progress.done(f"deployed {', '.join(result.stacks)}")
 
     progress.start("seal", "application secrets")
@@ -230,11 +266,15 @@ def up(app_dir: Path, *, state_dir: Path, port: int = server.DEFAULT_PORT,
     if run_verify:
         progress.start("verify", "end-to-end checks")
         result.report = verify(
-            state_dir, on_check=lambda h, c: progress.update(f"{h.logical_id}: {c.name} "
-                                                             f"{'ok' if c.ok else 'FAILED'}"))
+            state_dir,
+            on_check=lambda h, c: progress.update(
+                f"{h.logical_id}: {c.name} {'ok' if c.ok else 'FAILED'}"
+            ),
+        )
         bad = sum(not c.ok for h in result.report.hosts for c in h.checks)
-        result.phases["verify"] = progress.done("all checks passed" if result.report.ok
-                                                else f"{bad} check(s) failed")
+        result.phases["verify"] = progress.done(
+            "all checks passed" if result.report.ok else f"{bad} check(s) failed"
+        )
     return result
 
 

@@ -94,8 +94,11 @@ class VerifyReport:
             "problems": self.problems,
             "hosts": [
                 {
-                    "stack": h.stack, "logical_id": h.logical_id, "instance_id": h.instance_id,
-                    "enclave_id": h.enclave_id, "ok": h.ok,
+                    "stack": h.stack,
+                    "logical_id": h.logical_id,
+                    "instance_id": h.instance_id,
+                    "enclave_id": h.enclave_id,
+                    "ok": h.ok,
                     "checks": [c.__dict__ for c in h.checks],
                 }
                 for h in self.hosts
@@ -108,7 +111,8 @@ class VerifyReport:
         for h in self.hosts:
             # a fleet's instances share their launch template's logical id: name the instance
             label = f"{h.stack}/{h.logical_id}" + (
-                f"/{h.instance_id}" if shared[(h.stack, h.logical_id)] > 1 else "")
+                f"/{h.instance_id}" if shared[(h.stack, h.logical_id)] > 1 else ""
+            )
             for c in h.checks:
                 rows.append((label, c.name, "PASS" if c.ok else "FAIL", c.detail))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -138,13 +142,18 @@ class VerifyReport:
                     f"{body}</testcase>"
                 )
         for p in self.problems:
-            cases.append(f'  <testcase classname="enclavekit.verify" name="deployment">'
-                         f'<failure message="{escape(p, {chr(34): "&quot;"})}"/></testcase>')
+            cases.append(
+                f'  <testcase classname="enclavekit.verify" name="deployment">'
+                f'<failure message="{escape(p, {chr(34): "&quot;"})}"/></testcase>'
+            )
         failures = sum(not c.ok for h in self.hosts for c in h.checks) + len(self.problems)
         tests = sum(len(h.checks) for h in self.hosts) + len(self.problems)
-        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
-                f'<testsuite name="enclavekit verify" tests="{tests}" failures="{failures}">\n'
-                + "\n".join(cases) + "\n</testsuite>\n")
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<testsuite name="enclavekit verify" tests="{tests}" failures="{failures}">\n'
+            + "\n".join(cases)
+            + "\n</testsuite>\n"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,8 +193,9 @@ class _Host:
                 f"stack {self.info['stack_name']} has no deployed resource {logical_id}"
             ) from None
 
-    def control(self, request: prov.Message, *, cid: int | None = None,
-                timeout: float = 60) -> prov.Message:
+    def control(
+        self, request: prov.Message, *, cid: int | None = None, timeout: float = 60
+    ) -> prov.Message:
         vsock = EmulatedVsock(self.dir / "vsock", 3)
         with vsock.connect(cid or self.enclave["EnclaveCID"], prov.CONTROL_PORT) as sock:
             sock.settimeout(timeout)
@@ -196,8 +206,16 @@ def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> Check:
     start = time.monotonic()
     try:
         ok, detail = fn()
-    except (EnclaveKitError, ClientError, OSError, ConnectionError, EOFError, ssl.SSLError,
-            ValueError, KeyError) as exc:
+    except (
+        EnclaveKitError,
+        ClientError,
+        OSError,
+        ConnectionError,
+        EOFError,
+        ssl.SSLError,
+        ValueError,
+        KeyError,
+    ) as exc:
         ok, detail = False, f"could not check: {type(exc).__name__}: {exc}"
     return Check(name, ok, detail.replace("\n", " "), round(time.monotonic() - start, 3))
 
@@ -219,7 +237,7 @@ def _bound_pcrs(policy_text: str, role_arn: str | None) -> dict[str, set[str]]:
             key = cond.key.lower()
             if not key.startswith(ATTESTED_PREFIX):
                 continue
-            name = key[len(ATTESTED_PREFIX):]
+            name = key[len(ATTESTED_PREFIX) :]
             name = "PCR0" if name == "imagesha384" else name.upper()
             bound.setdefault(name, set()).update(v.lower() for v in cond.values)
     return bound
@@ -239,8 +257,10 @@ def check_image(host: _Host) -> tuple[bool, str]:
     got = {f"PCR{i}": doc.pcrs[i].hex() for i in (0, 1, 2) if i in doc.pcrs}
     for name in ("PCR0", "PCR1", "PCR2"):
         if got.get(name) != want.get(name):
-            return False, (f"enclave {name} {_short(got.get(name, '-'))} is not the image's "
-                           f"{_short(want.get(name, '-'))}")
+            return False, (
+                f"enclave {name} {_short(got.get(name, '-'))} is not the image's "
+                f"{_short(want.get(name, '-'))}"
+            )
     keys = host.spec.get("attested_keys") or []
     if not keys:
         return False, "the host's Metadata names no attested key: nothing binds these PCRs"
@@ -249,8 +269,10 @@ def check_image(host: _Host) -> tuple[bool, str]:
     for logical in keys:
         key_id = host.physical_id(logical)
         policy = kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
-        bound = _bound_pcrs(policy if isinstance(policy, str) else json.dumps(policy),
-                            (host.info.get("role_arns") or [None])[0])
+        bound = _bound_pcrs(
+            policy if isinstance(policy, str) else json.dumps(policy),
+            (host.info.get("role_arns") or [None])[0],
+        )
         if not bound:
             return False, f"key {logical} has no kms:RecipientAttestation condition"
         for name, values in sorted(bound.items()):
@@ -258,11 +280,14 @@ def check_image(host: _Host) -> tuple[bool, str]:
             actual = doc.pcrs.get(index, b"").hex()
             if values != {actual}:
                 shown = ", ".join(sorted(_short(v) for v in values))
-                return False, (f"key {logical} binds {name} to {shown}; the enclave has "
-                               f"{_short(actual)}")
+                return False, (
+                    f"key {logical} binds {name} to {shown}; the enclave has {_short(actual)}"
+                )
         bound_names.append(f"{logical}({','.join(sorted(bound))})")
-    return True, (f"PCR0 {_short(got['PCR0'])} attested (local root, fresh nonce) = image = "
-                  f"policy of {', '.join(bound_names)}")
+    return True, (
+        f"PCR0 {_short(got['PCR0'])} attested (local root, fresh nonce) = image = "
+        f"policy of {', '.join(bound_names)}"
+    )
 
 
 # -------------------------------------------------------------------------- 2. the secret
@@ -281,8 +306,10 @@ def check_secret(host: _Host) -> tuple[bool, str]:
     for name in names:
         ref = reference_secret(host.state_dir, host.info["stack_name"], name)
         if ref is None:
-            return False, (f"secret {name!r}: no reference copy under {VERIFIER_DIR}/ "
-                           "(sealed outside `enclavekit up`), cannot challenge the enclave")
+            return False, (
+                f"secret {name!r}: no reference copy under {VERIFIER_DIR}/ "
+                "(sealed outside `enclavekit up`), cannot challenge the enclave"
+            )
         nonce = secrets.token_bytes(32)
         reply = host.control(prov.Challenge(name=name, nonce=nonce))
         if not isinstance(reply, prov.ChallengeAnswer):
@@ -313,8 +340,10 @@ def check_parent_denied(host: _Host) -> tuple[bool, str]:
     for spec in secrets_:
         ok, what = _denied(lambda s=spec: kms.decrypt(CiphertextBlob=s.ciphertext))
         if not ok:
-            return False, (f"the parent decrypted secret {spec.name!r} with the instance role "
-                           f"and no attestation ({what}): the key policy does not bind it")
+            return False, (
+                f"the parent decrypted secret {spec.name!r} with the instance role "
+                f"and no attestation ({what}): the key policy does not bind it"
+            )
         results.append(spec.name)
     bundle = host.parent.certificate_bundle(creds)
     if bundle is not None:
@@ -337,14 +366,18 @@ def check_nsm_parent_refused(host: _Host) -> tuple[bool, str]:
     slot_dir = layout.slot_dir(layout.slot_of(host.enclave.get("EnclaveID", "")))
     client = SocketNsm(slot_dir / "nsm.sock")
     try:
-        reply = nsm_request(client, nsm.Attestation(nonce=secrets.token_bytes(16),
-                                                    public_key=secrets.token_bytes(64)))
+        reply = nsm_request(
+            client,
+            nsm.Attestation(nonce=secrets.token_bytes(16), public_key=secrets.token_bytes(64)),
+        )
     except EnclaveKitError as exc:
         if "expected a listening socket" in str(exc):
             return False, f"could not reach the NSM socket: {exc}"
         logged = f"pid {os.getpid()} " in (slot_dir / "monitor.log").read_text(errors="replace")
-        return logged, (f"closed without a reply to the verify process (pid {os.getpid()}); "
-                        f"{'refusal' if logged else 'but no refusal'} in the monitor log")
+        return logged, (
+            f"closed without a reply to the verify process (pid {os.getpid()}); "
+            f"{'refusal' if logged else 'but no refusal'} in the monitor log"
+        )
     finally:
         client.close()
     return False, f"the NSM answered a parent-side process: {type(reply).__name__}"
@@ -360,8 +393,15 @@ def variant_image(source: Path, dest: Path) -> Path:
     entries = read_newc(ramdisks[-1])
     entries.append(CpioEntry(path="rootfs/app/.enclavekit-verify-variant", data=b"variant\n"))
     ramdisks[-1] = write_newc(entries)
-    dest.write_bytes(eif.write_eif(kernel=image.kernel, cmdline=image.cmdline, ramdisks=ramdisks,
-                                   metadata=image.metadata or {}, arch=image.arch))
+    dest.write_bytes(
+        eif.write_eif(
+            kernel=image.kernel,
+            cmdline=image.cmdline,
+            ramdisks=ramdisks,
+            metadata=image.metadata or {},
+            arch=image.arch,
+        )
+    )
     return dest
 
 
@@ -370,11 +410,15 @@ def _probe_enclave(host: _Host, eif_path: Path, *, debug: bool) -> Iterator[dict
     from local_backend.emulator.runtime import EnclaveManager
 
     manager = EnclaveManager(host.dir)
-    enclave = (host.spec.get("enclave") or {})
+    enclave = host.spec.get("enclave") or {}
     record = manager.run_enclave(
-        eif_path, int(enclave.get("cpu_count", 2)), int(enclave.get("memory_mib", 512)),
-        debug_mode=debug, parent_role_arn=(host.info.get("role_arns") or [None])[0],
-        parent_instance_id=host.info["instance_id"], name=f"verify-probe-{os.getpid()}",
+        eif_path,
+        int(enclave.get("cpu_count", 2)),
+        int(enclave.get("memory_mib", 512)),
+        debug_mode=debug,
+        parent_role_arn=(host.info.get("role_arns") or [None])[0],
+        parent_instance_id=host.info["instance_id"],
+        name=f"verify-probe-{os.getpid()}",
     )
     try:
         yield record
@@ -399,9 +443,14 @@ def _provision_probe(host: _Host, record: dict[str, Any]) -> tuple[bool, str]:
     port = int((host.spec.get("service") or {}).get("kms_proxy_port", prov.KMS_PROXY_PORT))
     results = []
     for what, certificate, secrets_ in attempts:
-        msg = prov.Provision(region=host.region, credentials=creds, kms_proxy_port=port,
-                             kms_endpoint_scheme="http", certificate=certificate,
-                             secrets=secrets_)
+        msg = prov.Provision(
+            region=host.region,
+            credentials=creds,
+            kms_proxy_port=port,
+            kms_endpoint_scheme="http",
+            certificate=certificate,
+            secrets=secrets_,
+        )
         deadline = time.monotonic() + 30
         while True:  # the probe's control port comes up a moment after run-enclave returns
             try:
@@ -446,10 +495,13 @@ def check_https(host: _Host) -> tuple[bool, str]:
     ca = server.ca_pem(host.state_dir)
     ctx = ssl.create_default_context(cadata=ca.decode())
     nonce = secrets.token_hex(8)
-    with socket.create_connection(("127.0.0.1", int(port)), timeout=15) as raw, \
-            ctx.wrap_socket(raw, server_hostname=domain) as tls:
-        tls.sendall(f"GET /verify/{nonce} HTTP/1.1\r\nHost: {domain}\r\nConnection: close\r\n\r\n"
-                    .encode())
+    with (
+        socket.create_connection(("127.0.0.1", int(port)), timeout=15) as raw,
+        ctx.wrap_socket(raw, server_hostname=domain) as tls,
+    ):
+        tls.sendall(
+            f"GET /verify/{nonce} HTTP/1.1\r\nHost: {domain}\r\nConnection: close\r\n\r\n".encode()
+        )
         data = b""
         version = tls.version()
         while chunk := tls.recv(65536):
@@ -462,8 +514,10 @@ def check_https(host: _Host) -> tuple[bool, str]:
         return False, f"answered by {answer.get('enclave_module_id')}, not the enclave"
     if nonce not in answer.get("path", ""):
         return False, "the response does not echo our request"
-    return True, (f"{version} to {domain} via 127.0.0.1:{port}: chain verifies to the local CA; "
-                  f"served by enclave {answer['enclave_module_id'][-8:]}")
+    return True, (
+        f"{version} to {domain} via 127.0.0.1:{port}: chain verifies to the local CA; "
+        f"served by enclave {answer['enclave_module_id'][-8:]}"
+    )
 
 
 # -------------------------------------------------------------------------- 6. key not on parent
@@ -484,9 +538,13 @@ def check_key_not_on_parent(host: _Host) -> tuple[bool, str]:
     assert bundle is not None
     s3_copy.write_text(json.dumps(bundle.to_json()))
     try:
-        req = {"certificate_arn": cert["arn"], "account_id": LOCAL_ACCOUNT,
-               "region": host.region, "paths": [str(host.state_dir)],
-               "pids": [*pids, *enclave_pids]}
+        req = {
+            "certificate_arn": cert["arn"],
+            "account_id": LOCAL_ACCOUNT,
+            "region": host.region,
+            "paths": [str(host.state_dir)],
+            "pids": [*pids, *enclave_pids],
+        }
         result = _endpoint_keyscan(host.endpoint, req)
     finally:
         s3_copy.unlink(missing_ok=True)
@@ -503,12 +561,16 @@ def check_key_not_on_parent(host: _Host) -> tuple[bool, str]:
     control = [result["processes"].get(str(p), {}) for p in enclave_pids]
     if not any(c.get("hits") for c in control):
         errors = "; ".join(c["error"] for c in control if "error" in c) or "no hits"
-        return False, ("the search did not find the key in the enclave either, so its absence "
-                       f"elsewhere proves nothing ({errors})")
+        return False, (
+            "the search did not find the key in the enclave either, so its absence "
+            f"elsewhere proves nothing ({errors})"
+        )
     mib = sum(p.get("bytes_read", 0) for p in result["processes"].values()) >> 20
-    return True, (f"absent from S3 object, {result['files_read']} state/log files and "
-                  f"{len(pids)} parent-side processes; found only in the enclave "
-                  f"({mib} MiB of memory searched)")
+    return True, (
+        f"absent from S3 object, {result['files_read']} state/log files and "
+        f"{len(pids)} parent-side processes; found only in the enclave "
+        f"({mib} MiB of memory searched)"
+    )
 
 
 def _tree(pid: int) -> list[int]:
@@ -537,8 +599,12 @@ def _enclave_record(host: _Host) -> dict[str, Any]:
 
 def _endpoint_keyscan(endpoint: str, req: dict[str, Any]) -> dict[str, Any]:
     body = json.dumps(req).encode()
-    r = urllib.request.Request(endpoint + server.KEYSCAN_PATH, data=body, method="POST",
-                               headers={"Content-Type": "application/json"})
+    r = urllib.request.Request(
+        endpoint + server.KEYSCAN_PATH,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(r, timeout=120) as resp:
             return json.loads(resp.read())
@@ -563,23 +629,35 @@ CHECKS: tuple[tuple[str, Callable[[_Host], tuple[bool, str]]], ...] = (
 def deployed_stacks(state_dir: Path) -> list[str]:
     info = server.running_endpoint(state_dir)
     env = local_aws_env(info.endpoint)
-    cfn = boto3.client("cloudformation", endpoint_url=info.endpoint, region_name=env["AWS_REGION"],
-                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                       aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    cfn = boto3.client(
+        "cloudformation",
+        endpoint_url=info.endpoint,
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
     done = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
-    return [s["StackName"] for s in cfn.describe_stacks()["Stacks"]
-            if s["StackStatus"] in done and s["StackName"] != "CDKToolkit"]
+    return [
+        s["StackName"]
+        for s in cfn.describe_stacks()["Stacks"]
+        if s["StackStatus"] in done and s["StackName"] != "CDKToolkit"
+    ]
 
 
-def verify(state_dir: Path, *, stack: str | None = None,
-           on_check: Callable[[HostReport, Check], None] | None = None) -> VerifyReport:
+def verify(
+    state_dir: Path,
+    *,
+    stack: str | None = None,
+    on_check: Callable[[HostReport, Check], None] | None = None,
+) -> VerifyReport:
     """Run every check on every enclave host of the deployed stacks (or of `stack`)."""
     state_dir = Path(state_dir).resolve()
     stacks = deployed_stacks(state_dir)
     if stack is not None:
         if stack not in stacks:
-            raise InvalidInput(f"--stack: expected one of the deployed stacks {stacks}, "
-                               f"found {stack!r}")
+            raise InvalidInput(
+                f"--stack: expected one of the deployed stacks {stacks}, found {stack!r}"
+            )
         stacks = [stack]
     report = VerifyReport(hosts=[])
     root = instances_dir(state_dir)
@@ -589,29 +667,44 @@ def verify(state_dir: Path, *, stack: str | None = None,
             info = json.loads((d / "instance.json").read_text())
         except (OSError, ValueError):
             continue
-        if info.get("stack_name") not in stacks or st.get("state") not in ("running", "failed",
-                                                                              "booting"):
+        if info.get("stack_name") not in stacks or st.get("state") not in (
+            "running",
+            "failed",
+            "booting",
+        ):
             continue
         if not (info.get("metadata") or {}).get(METADATA_KEY):
             continue
         host = _Host(d, state_dir)
-        hr = HostReport(stack=info["stack_name"], logical_id=info.get("logical_id") or "?",
-                        instance_id=info["instance_id"],
-                        enclave_id=(st.get("enclave") or {}).get("EnclaveID"))
+        hr = HostReport(
+            stack=info["stack_name"],
+            logical_id=info.get("logical_id") or "?",
+            instance_id=info["instance_id"],
+            enclave_id=(st.get("enclave") or {}).get("EnclaveID"),
+        )
         report.hosts.append(hr)
         if st.get("state") != "running":
-            hr.checks.append(Check("boot", False, f"parent state {st.get('state')}: "
-                                                  f"{st.get('error') or st.get('last_error')}"))
+            hr.checks.append(
+                Check(
+                    "boot",
+                    False,
+                    f"parent state {st.get('state')}: {st.get('error') or st.get('last_error')}",
+                )
+            )
             continue
         if not st.get("provisioned"):
-            hr.checks.append(Check("provisioned", False,
-                                   f"the enclave was not provisioned: {st.get('last_error')}"))
+            hr.checks.append(
+                Check(
+                    "provisioned", False, f"the enclave was not provisioned: {st.get('last_error')}"
+                )
+            )
         for name, fn in CHECKS:
             check = _timed(name, lambda fn=fn, host=host: fn(host))
             hr.checks.append(check)
             if on_check:
                 on_check(hr, check)
     covered = {h.stack for h in report.hosts}
-    report.problems.extend(f"stack {s}: no enclave host found to verify" for s in stacks
-                           if s not in covered)
+    report.problems.extend(
+        f"stack {s}: no enclave host found to verify" for s in stacks if s not in covered
+    )
     return report

@@ -66,17 +66,26 @@ def issue_chain(domain: str) -> tuple[x509.Certificate, x509.Certificate, x509.C
     """(root, intermediate, leaf, leaf key): an ACM-like certificate for `domain`."""
     now = dt.datetime.now(dt.UTC)
 
-    def cert(subject: str, key: Any, issuer_key: Any, issuer: x509.Name | None, ca: bool,
-             san: str | None = None) -> x509.Certificate:
-        b = (x509.CertificateBuilder().subject_name(_name(subject))
-             .issuer_name(issuer or _name(subject)).public_key(key.public_key())
-             .serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(minutes=5))
-             .not_valid_after(now + dt.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    def cert(
+        subject: str,
+        key: Any,
+        issuer_key: Any,
+        issuer: x509.Name | None,
+        ca: bool,
+        san: str | None = None,
+    ) -> x509.Certificate:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(_name(subject))
+            .issuer_name(issuer or _name(subject))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
         if san:
-            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]),
-                                critical=False)
+            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
         return b.sign(issuer_key, hashes.SHA256())
 
     root_key = ec.generate_private_key(ec.SECP256R1())
@@ -110,9 +119,14 @@ class KmsWorld:
     leaf: x509.Certificate
 
     def client(self, service: str, **kw: Any) -> Any:
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=LOCAL_REGION,
-                            aws_access_key_id=LOCAL_ACCESS_KEY_ID,
-                            aws_secret_access_key=LOCAL_SECRET_ACCESS_KEY, **kw)
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=LOCAL_REGION,
+            aws_access_key_id=LOCAL_ACCESS_KEY_ID,
+            aws_secret_access_key=LOCAL_SECRET_ACCESS_KEY,
+            **kw,
+        )
 
     def parent_vsock(self) -> EmulatedVsock:
         return EmulatedVsock(self.vsock_root, PARENT_CID)
@@ -122,20 +136,43 @@ class KmsWorld:
 
     def key_policy(self, measurements: Measurements = MEASUREMENTS) -> str:
         cond = {f"kms:RecipientAttestation:PCR{i}": measurements.hex(i) for i in (0, 1, 2)}
-        return json.dumps({"Version": "2012-10-17", "Statement": [
-            {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": ROOT_ARN},
-             "Action": "kms:*", "Resource": "*"},
-            {"Sid": "Enclave", "Effect": "Allow", "Principal": {"AWS": self.role_arn},
-             "Action": ATTESTED_ACTIONS, "Resource": "*",
-             "Condition": {"StringEqualsIgnoreCase": cond}}]})
+        return json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "Admin",
+                        "Effect": "Allow",
+                        "Principal": {"AWS": ROOT_ARN},
+                        "Action": "kms:*",
+                        "Resource": "*",
+                    },
+                    {
+                        "Sid": "Enclave",
+                        "Effect": "Allow",
+                        "Principal": {"AWS": self.role_arn},
+                        "Action": ATTESTED_ACTIONS,
+                        "Resource": "*",
+                        "Condition": {"StringEqualsIgnoreCase": cond},
+                    },
+                ],
+            }
+        )
 
 
 @contextlib.contextmanager
-def nsm_device(path: Path, state: Path, *, measurements: Measurements = MEASUREMENTS,
-               debug: bool = False, role_arn: str | None = None) -> Iterator[NsmServer]:
+def nsm_device(
+    path: Path,
+    state: Path,
+    *,
+    measurements: Measurements = MEASUREMENTS,
+    debug: bool = False,
+    role_arn: str | None = None,
+) -> Iterator[NsmServer]:
     """The emulator's NSM server for one enclave, on the Unix socket `path`."""
-    boot = BootMeasurements(measurements=measurements, role_arn=role_arn,
-                            instance_id=INSTANCE_ID, debug_mode=debug)
+    boot = BootMeasurements(
+        measurements=measurements, role_arn=role_arn, instance_id=INSTANCE_ID, debug_mode=debug
+    )
     server = NsmServer(NsmDevice(MODULE_ID, boot, make_signer(state, MODULE_ID)), path).start()
     try:
         yield server
@@ -157,40 +194,86 @@ def kms_world(tmp: Path) -> Iterator[KmsWorld]:
     (vsock_root / str(ENCLAVE_CID)).mkdir(parents=True)
     proxy = None
     try:
-        admin = boto3.client("iam", endpoint_url=endpoint, region_name=LOCAL_REGION,
-                             aws_access_key_id=LOCAL_ACCESS_KEY_ID,
-                             aws_secret_access_key=LOCAL_SECRET_ACCESS_KEY)
-        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {
-            "Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+        admin = boto3.client(
+            "iam",
+            endpoint_url=endpoint,
+            region_name=LOCAL_REGION,
+            aws_access_key_id=LOCAL_ACCESS_KEY_ID,
+            aws_secret_access_key=LOCAL_SECRET_ACCESS_KEY,
+        )
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "ec2.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
         role_name = f"enclave-host-{uuid.uuid4().hex[:8]}"  # moto's state is per process
-        role_arn = admin.create_role(RoleName=role_name,
-                                     AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-        admin.put_role_policy(RoleName=role_name, PolicyName="random",
-                              PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
-                                  {"Effect": "Allow", "Action": "kms:GenerateRandom",
-                                   "Resource": "*"}]}))
-        sts = boto3.client("sts", endpoint_url=endpoint, region_name=LOCAL_REGION,
-                           aws_access_key_id=LOCAL_ACCESS_KEY_ID,
-                           aws_secret_access_key=LOCAL_SECRET_ACCESS_KEY)
+        role_arn = admin.create_role(
+            RoleName=role_name, AssumeRolePolicyDocument=json.dumps(trust)
+        )["Role"]["Arn"]
+        admin.put_role_policy(
+            RoleName=role_name,
+            PolicyName="random",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": "kms:GenerateRandom", "Resource": "*"}
+                    ],
+                }
+            ),
+        )
+        sts = boto3.client(
+            "sts",
+            endpoint_url=endpoint,
+            region_name=LOCAL_REGION,
+            aws_access_key_id=LOCAL_ACCESS_KEY_ID,
+            aws_secret_access_key=LOCAL_SECRET_ACCESS_KEY,
+        )
         c = sts.assume_role(RoleArn=role_arn, RoleSessionName=INSTANCE_ID)["Credentials"]
-        creds = Credentials(c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"],
-                            c["Expiration"].isoformat())
-        world = KmsWorld(tmp, state, endpoint, vsock_root, tmp / "nsm.sock", role_arn, creds,
-                         "", b"", None, None, None)  # type: ignore[arg-type]
+        creds = Credentials(
+            c["AccessKeyId"], c["SecretAccessKey"], c["SessionToken"], c["Expiration"].isoformat()
+        )
+        world = KmsWorld(
+            tmp,
+            state,
+            endpoint,
+            vsock_root,
+            tmp / "nsm.sock",
+            role_arn,
+            creds,
+            "",
+            b"",
+            None,
+            None,
+            None,
+        )  # type: ignore[arg-type]
         kms = world.client("kms")
         world.key_id = kms.create_key(Policy=world.key_policy())["KeyMetadata"]["Arn"]
         world.secret_blob = kms.encrypt(KeyId=world.key_id, Plaintext=SECRET)["CiphertextBlob"]
         root, mid, leaf, leaf_key = issue_chain(DOMAIN)
-        key_pem = leaf_key.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.TraditionalOpenSSL,
-                                         serialization.NoEncryption())
+        key_pem = leaf_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
         encrypted = kms.encrypt(KeyId=world.key_id, Plaintext=key_pem)["CiphertextBlob"]
-        world.bundle = CertificateBundle(pem(leaf), pem(mid), base64.b64encode(encrypted)
-                                         .decode(), "kms-rsaes-oaep-sha256")
+        world.bundle = CertificateBundle(
+            pem(leaf), pem(mid), base64.b64encode(encrypted).decode(), "kms-rsaes-oaep-sha256"
+        )
         world.ca_root, world.leaf = root, leaf
-        proxy = VsockProxy(8000, KMS_HOST, 443,
-                           allowlist=Allowlist(None, "built-in default"),
-                           vsock=world.parent_vsock(), endpoint=endpoint).start()
+        proxy = VsockProxy(
+            8000,
+            KMS_HOST,
+            443,
+            allowlist=Allowlist(None, "built-in default"),
+            vsock=world.parent_vsock(),
+            endpoint=endpoint,
+        ).start()
         yield world
     finally:
         if proxy is not None:

@@ -165,9 +165,17 @@ def test_imds_credentials_follow_the_v2_session_flow(imds: Imds) -> None:
     assert refused.value.code == 401
     source = ImdsCredentials(imds.url)
     creds = source.credentials()
-    assert (creds.access_key_id, creds.secret_access_key, creds.session_token,
-            creds.expiration) == (imds.creds["AccessKeyId"], imds.creds["SecretAccessKey"],
-                                  imds.creds["Token"], imds.creds["Expiration"])
+    assert (
+        creds.access_key_id,
+        creds.secret_access_key,
+        creds.session_token,
+        creds.expiration,
+    ) == (
+        imds.creds["AccessKeyId"],
+        imds.creds["SecretAccessKey"],
+        imds.creds["Token"],
+        imds.creds["Expiration"],
+    )
     assert source.region() == REGION
     served = [r for r in imds.requests if r[0] == "GET"]
     assert [r[1] for r in served[1:]] == [
@@ -208,13 +216,17 @@ def test_imds_token_refused_later_is_replaced_once(imds: Imds) -> None:
 
 
 def test_imds_errors_are_one_line() -> None:
-    with pytest.raises(ParentAgentError, match=r"unreachable .*expected an EC2 instance with "
-                       r"IMDSv2 enabled$"):
+    with pytest.raises(
+        ParentAgentError,
+        match=r"unreachable .*expected an EC2 instance with "
+        r"IMDSv2 enabled$",
+    ):
         ImdsCredentials(_closed_port(), timeout=1).credentials()
     norole = Imds(role=None)
     try:
-        with pytest.raises(ParentAgentError, match="no IAM role on this instance; expected an "
-                           "instance profile"):
+        with pytest.raises(
+            ParentAgentError, match="no IAM role on this instance; expected an instance profile"
+        ):
             ImdsCredentials(norole.url).credentials()
     finally:
         norole.close()
@@ -256,8 +268,9 @@ class EnclavePeer:
             self.state = "ready"
             reply = prov.Provisioned(state="ready", secrets=tuple(s.name for s in msg.secrets))
         else:
-            reply = prov.StatusReport(state=self.state, module_id="i-0test-enc0",
-                                      public_key_sha256="00" * 32)
+            reply = prov.StatusReport(
+                state=self.state, module_id="i-0test-enc0", public_key_sha256="00" * 32
+            )
         prov.write_message(conn, reply)
 
     def provisions(self) -> list[prov.Provision]:
@@ -292,10 +305,16 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ssm = boto3.client("ssm", **KW)
         sealed = base64.b64encode(secrets.token_bytes(180)).decode()
         ssm.put_parameter(Name="/enclavekit/T/app-secret", Type="String", Value=sealed)
-        obj = boto3.client("s3", **KW).get_object(Bucket=assoc["CertificateS3BucketName"],
-                                                  Key=assoc["CertificateS3ObjectKey"])
-        yield {"cert": cert, "role": role, "sealed": sealed, "ssm": ssm,
-               "bundle": prov.CertificateBundle.from_s3_object(obj["Body"].read())}
+        obj = boto3.client("s3", **KW).get_object(
+            Bucket=assoc["CertificateS3BucketName"], Key=assoc["CertificateS3ObjectKey"]
+        )
+        yield {
+            "cert": cert,
+            "role": role,
+            "sealed": sealed,
+            "ssm": ssm,
+            "bundle": prov.CertificateBundle.from_s3_object(obj["Body"].read()),
+        }
     models.clear_hooks()
     models.stop_all_enclave_instances()
 
@@ -316,29 +335,42 @@ def _spec(cert: str | None, secrets_: list[tuple[str, str]], cid: int = 16) -> d
     return spec
 
 
-def test_agent_provisions_from_imds_s3_and_ssm(aws: dict, imds: Imds, peer: EnclavePeer,
-                                              tmp_path: Path) -> None:
+def test_agent_provisions_from_imds_s3_and_ssm(
+    aws: dict, imds: Imds, peer: EnclavePeer, tmp_path: Path
+) -> None:
     aws["ssm"].put_parameter(Name="/enclavekit/T/db-password", Type="String", Value=UNSEALED)
-    spec = _spec(aws["cert"], [("app-secret", "/enclavekit/T/app-secret"),
-                               ("db-password", "/enclavekit/T/db-password")])
-    agent = ParentAgent(spec, region=REGION, credentials=ImdsCredentials(imds.url),
-                        vsock=EmulatedVsock(tmp_path / "vsock", PARENT_CID))
+    spec = _spec(
+        aws["cert"],
+        [("app-secret", "/enclavekit/T/app-secret"), ("db-password", "/enclavekit/T/db-password")],
+    )
+    agent = ParentAgent(
+        spec,
+        region=REGION,
+        credentials=ImdsCredentials(imds.url),
+        vsock=EmulatedVsock(tmp_path / "vsock", PARENT_CID),
+    )
     # one secret not sealed yet: nothing is sent, the loop keeps waiting
     result = agent.provision_once()
     assert (result.outcome, result.waiting) == ("waiting", ("db-password",))
     assert peer.received == []
-    aws["ssm"].put_parameter(Name="/enclavekit/T/db-password", Value=aws["sealed"],
-                             Overwrite=True)
+    aws["ssm"].put_parameter(Name="/enclavekit/T/db-password", Value=aws["sealed"], Overwrite=True)
     result = agent.provision_once()
     assert (result.outcome, result.secrets, result.certificate) == (
-        "provisioned", ("app-secret", "db-password"), True)
+        "provisioned",
+        ("app-secret", "db-password"),
+        True,
+    )
     [msg] = peer.provisions()
     assert msg.credentials.access_key_id == imds.creds["AccessKeyId"]
     assert msg.credentials.session_token == imds.creds["Token"]
     assert msg.certificate == aws["bundle"]  # this role's association, not the other one's
     assert [s.ciphertext_b64 for s in msg.secrets] == [aws["sealed"]] * 2
     assert (msg.region, msg.kms_proxy_port, msg.kms_endpoint_scheme, msg.kms_endpoint_host) == (
-        REGION, 8000, "https", None)
+        REGION,
+        8000,
+        "https",
+        None,
+    )
     # a periodic sync leaves a ready enclave with the same material alone; a forced one resends
     assert agent.provision_once(force=False).outcome == "unchanged"
     assert len(peer.provisions()) == 1
@@ -353,38 +385,61 @@ def test_agent_provisions_from_imds_s3_and_ssm(aws: dict, imds: Imds, peer: Encl
 
 def test_agent_aws_errors_name_the_thing(aws: dict, imds: Imds, tmp_path: Path) -> None:
     vsock = EmulatedVsock(tmp_path / "vsock", PARENT_CID)
-    missing = ParentAgent(_spec(None, [("app-secret", "/enclavekit/T/nope")]), region=REGION,
-                          credentials=ImdsCredentials(imds.url), vsock=vsock)
-    with pytest.raises(ParentAgentError, match=r"^SSM parameter /enclavekit/T/nope \(secret "
-                       r"app-secret\): not found \(ParameterNotFound\)"):
+    missing = ParentAgent(
+        _spec(None, [("app-secret", "/enclavekit/T/nope")]),
+        region=REGION,
+        credentials=ImdsCredentials(imds.url),
+        vsock=vsock,
+    )
+    with pytest.raises(
+        ParentAgentError,
+        match=r"^SSM parameter /enclavekit/T/nope \(secret "
+        r"app-secret\): not found \(ParameterNotFound\)",
+    ):
         missing.provision_once()
     aws["ssm"].put_parameter(Name="/enclavekit/T/bad", Type="String", Value="not base64!")
-    bad = ParentAgent(_spec(None, [("app-secret", "/enclavekit/T/bad")]), region=REGION,
-                      credentials=ImdsCredentials(imds.url), vsock=vsock)
-    with pytest.raises(ParentAgentError, match="expected base64 KMS ciphertext or "
-                       "'enclavekit:unsealed', found 11 characters"):
+    bad = ParentAgent(
+        _spec(None, [("app-secret", "/enclavekit/T/bad")]),
+        region=REGION,
+        credentials=ImdsCredentials(imds.url),
+        vsock=vsock,
+    )
+    with pytest.raises(
+        ParentAgentError,
+        match="expected base64 KMS ciphertext or 'enclavekit:unsealed', found 11 characters",
+    ):
         bad.sealed_secrets()
     imds.role = "NotAssociated"
-    unassociated = ParentAgent(_spec(aws["cert"], []), region=REGION,
-                               credentials=ImdsCredentials(imds.url), vsock=vsock)
-    with pytest.raises(ParentAgentError, match="expected an enclave association with this "
-                       "instance's role, found associations with"):
+    unassociated = ParentAgent(
+        _spec(aws["cert"], []), region=REGION, credentials=ImdsCredentials(imds.url), vsock=vsock
+    )
+    with pytest.raises(
+        ParentAgentError,
+        match="expected an enclave association with this instance's role, found associations with",
+    ):
         unassociated.certificate_bundle()
     # no enclave listening: the sync loop's error result, not an exception
-    result = ParentAgent(_spec(None, []), region=REGION, credentials=ImdsCredentials(imds.url),
-                         vsock=vsock).sync_once()
+    result = ParentAgent(
+        _spec(None, []), region=REGION, credentials=ImdsCredentials(imds.url), vsock=vsock
+    ).sync_once()
     assert result.outcome == "error" and "no vsock listener on cid 16 port 5005" in result.error
 
 
 def test_agent_unreachable_aws_is_one_line(imds: Imds, tmp_path: Path) -> None:
     from enclavekit.agent import boto3_clients
 
-    agent = ParentAgent(_spec(None, [("app-secret", "/enclavekit/T/app-secret")]),
-                        region=REGION, credentials=ImdsCredentials(imds.url),
-                        vsock=EmulatedVsock(tmp_path / "vsock", PARENT_CID),
-                        clients=boto3_clients(REGION, endpoint_url=_closed_port()))
-    with pytest.raises(ParentAgentError, match=r"^SSM parameter /enclavekit/T/app-secret "
-                       r"\(secret app-secret\): EndpointConnectionError: Could not connect"):
+    agent = ParentAgent(
+        _spec(None, [("app-secret", "/enclavekit/T/app-secret")]),
+        region=REGION,
+        credentials=ImdsCredentials(imds.url),
+        vsock=EmulatedVsock(tmp_path / "vsock", PARENT_CID),
+        clients=boto3_clients(REGION, endpoint_url=_closed_port()),
+    )
+    with pytest.raises(
+        ParentAgentError,
+        match=r"^SSM parameter /enclavekit/T/app-secret "
+        r"\(secret app-secret\): EndpointConnectionError: Could not connect",
+    ):
         agent.sealed_secrets()
 
 
@@ -393,11 +448,15 @@ def test_agent_unreachable_aws_is_one_line(imds: Imds, tmp_path: Path) -> None:
     [
         (lambda s: s.update(version=2), r"\.version: expected 1, found 2"),
         (lambda s: s["enclave"].update(cid=3), r"\.enclave\.cid: expected an integer >= 4"),
-        (lambda s: s.update(certificate={"arn": {"Ref": "Cert"}}),
-         r"\.certificate\.arn: expected a non-empty string, found \{'Ref': 'Cert'\} "
-         r"\(an unresolved intrinsic\)"),
-        (lambda s: s["secrets"].append({"name": "x", "parameter": "${Token[TOKEN.12]}"}),
-         r"\.secrets\[0\]\.parameter: expected a resolved value, found the CDK token"),
+        (
+            lambda s: s.update(certificate={"arn": {"Ref": "Cert"}}),
+            r"\.certificate\.arn: expected a non-empty string, found \{'Ref': 'Cert'\} "
+            r"\(an unresolved intrinsic\)",
+        ),
+        (
+            lambda s: s["secrets"].append({"name": "x", "parameter": "${Token[TOKEN.12]}"}),
+            r"\.secrets\[0\]\.parameter: expected a resolved value, found the CDK token",
+        ),
     ],
 )
 def test_host_config_refuses_bad_specs(change: Any, message: str) -> None:
@@ -414,69 +473,133 @@ def _write(tmp_path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
-def test_cli_once_provisions_and_logs_no_secrets(aws: dict, imds: Imds, peer: EnclavePeer,
-                                                 tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str],
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_cli_once_provisions_and_logs_no_secrets(
+    aws: dict,
+    imds: Imds,
+    peer: EnclavePeer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO)
-    aws["ssm"].put_parameter(Name="/enclavekit/T/api-token", Type="String", Value=aws["sealed"],
-                             Overwrite=True)
-    config = _write(tmp_path, _spec(aws["cert"], [("app-secret", "/enclavekit/T/app-secret"),
-                                                  ("api-token", "/enclavekit/T/api-token")]))
-    args = ["parent-agent", "--config", str(config), "--enclave-cid", "16", "--once",
-            "--imds-endpoint", imds.url, "--vsock-root", str(tmp_path / "vsock")]
+    aws["ssm"].put_parameter(
+        Name="/enclavekit/T/api-token", Type="String", Value=aws["sealed"], Overwrite=True
+    )
+    config = _write(
+        tmp_path,
+        _spec(
+            aws["cert"],
+            [("app-secret", "/enclavekit/T/app-secret"), ("api-token", "/enclavekit/T/api-token")],
+        ),
+    )
+    args = [
+        "parent-agent",
+        "--config",
+        str(config),
+        "--enclave-cid",
+        "16",
+        "--once",
+        "--imds-endpoint",
+        imds.url,
+        "--vsock-root",
+        str(tmp_path / "vsock"),
+    ]
     assert cli_main(args) == 0
     [msg] = peer.provisions()
     assert msg.credentials.secret_access_key == imds.creds["SecretAccessKey"]
     err = capsys.readouterr().err + "\n".join(r.getMessage() for r in caplog.records)
     assert "enclave provisioned: 2 secret(s) [app-secret, api-token], certificate: yes" in err
-    for secret in (imds.creds["SecretAccessKey"], imds.creds["Token"], aws["sealed"],
-                   aws["bundle"].encrypted_private_key):
+    for secret in (
+        imds.creds["SecretAccessKey"],
+        imds.creds["Token"],
+        aws["sealed"],
+        aws["bundle"].encrypted_private_key,
+    ):
         assert secret not in err
 
 
-def test_cli_errors_are_one_line_with_exit_codes(aws: dict, imds: Imds, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    def run(*extra: str, config: Path | None = None,
-            endpoint: str | None = None) -> tuple[int, str]:
+def test_cli_errors_are_one_line_with_exit_codes(
+    aws: dict, imds: Imds, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run(
+        *extra: str, config: Path | None = None, endpoint: str | None = None
+    ) -> tuple[int, str]:
         cfg = config or _write(tmp_path, _spec(None, [("s", "/enclavekit/T/missing")]))
-        code = cli_main(["parent-agent", "--config", str(cfg), "--once", "--wait", "1",
-                         "--imds-endpoint", endpoint or imds.url,
-                         "--vsock-root", str(tmp_path / "vsock"), *extra])
-        lines = [ln for ln in capsys.readouterr().err.splitlines()
-                 if ln.startswith("enclavekit: error:")]
+        code = cli_main(
+            [
+                "parent-agent",
+                "--config",
+                str(cfg),
+                "--once",
+                "--wait",
+                "1",
+                "--imds-endpoint",
+                endpoint or imds.url,
+                "--vsock-root",
+                str(tmp_path / "vsock"),
+                *extra,
+            ]
+        )
+        lines = [
+            ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("enclavekit: error:")
+        ]
         return code, "\n".join(lines)
 
     code, line = run(endpoint=_closed_port())
-    assert code == 1 and re.fullmatch(r"enclavekit: error: instance metadata service \S+: "
-                                      r"unreachable .*", line)
+    assert code == 1 and re.fullmatch(
+        r"enclavekit: error: instance metadata service \S+: "
+        r"unreachable .*",
+        line,
+    )
     code, line = run()
-    assert code == 1 and line == ("enclavekit: error: SSM parameter /enclavekit/T/missing "
-                                  "(secret s): not found (ParameterNotFound); expected it to exist")
+    assert code == 1 and line == (
+        "enclavekit: error: SSM parameter /enclavekit/T/missing "
+        "(secret s): not found (ParameterNotFound); expected it to exist"
+    )
     code, line = run(config=tmp_path / "absent.json")
-    assert code == 2 and line == (f"enclavekit: error: host config {tmp_path}/absent.json: no "
-                                  "such file; expected the JSON the enclavekit user data writes")
+    assert code == 2 and line == (
+        f"enclavekit: error: host config {tmp_path}/absent.json: no "
+        "such file; expected the JSON the enclavekit user data writes"
+    )
     (tmp_path / "bad.json").write_text("{not json")
     code, line = run(config=tmp_path / "bad.json")
     assert code == 2 and "expected JSON, found invalid JSON" in line
     imds.role = None
     code, line = run()
-    assert code == 1 and line == ("enclavekit: error: instance metadata service: no IAM role on "
-                                  "this instance; expected an instance profile with the enclave "
-                                  "host role")
+    assert code == 1 and line == (
+        "enclavekit: error: instance metadata service: no IAM role on "
+        "this instance; expected an instance profile with the enclave "
+        "host role"
+    )
 
 
-def test_cli_daemon_resyncs_on_sighup_and_stops_on_sigterm(imds: Imds, peer: EnclavePeer,
-                                                           tmp_path: Path) -> None:
+def test_cli_daemon_resyncs_on_sighup_and_stops_on_sigterm(
+    imds: Imds, peer: EnclavePeer, tmp_path: Path
+) -> None:
     config = _write(tmp_path, _spec(None, []))  # no AWS calls: credentials only
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "enclavekit", "parent-agent", "--config", str(config),
-         "--imds-endpoint", imds.url, "--vsock-root", str(tmp_path / "vsock"),
-         "--interval", "0.3"],
-        stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "enclavekit",
+            "parent-agent",
+            "--config",
+            str(config),
+            "--imds-endpoint",
+            imds.url,
+            "--vsock-root",
+            str(tmp_path / "vsock"),
+            "--interval",
+            "0.3",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     try:
+
         def wait_for(cond: Any, what: str) -> None:
             deadline = time.monotonic() + 15
             while not cond():
@@ -485,8 +608,10 @@ def test_cli_daemon_resyncs_on_sighup_and_stops_on_sigterm(imds: Imds, peer: Enc
                 time.sleep(0.05)
 
         wait_for(lambda: len(peer.provisions()) == 1, "the first Provision")
-        wait_for(lambda: sum(isinstance(m, prov.Status) for m in peer.received) >= 2,
-                 "periodic Status checks")
+        wait_for(
+            lambda: sum(isinstance(m, prov.Status) for m in peer.received) >= 2,
+            "periodic Status checks",
+        )
         assert len(peer.provisions()) == 1  # ready and unchanged: not re-sent
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: len(peer.provisions()) == 2, "the Provision after SIGHUP")
@@ -504,18 +629,35 @@ def test_cli_daemon_resyncs_on_sighup_and_stops_on_sigterm(imds: Imds, peer: Enc
 # ------------------------------------------------------------------ the real user data
 def _host_spec(**kw: Any) -> HostSpec:
     m = Measurements.from_hex(pcr0="ab" * 48, pcr1="cd" * 48, pcr2="ef" * 48)
-    image = ImageSpec(name="enclave-app", slug="enclave-app", measurements=m, debug=False,
-                      asset_bucket="cdk-hnb659fds-assets-123456789012-us-east-1",
-                      asset_key="0123.eif")
-    return HostSpec(image=image, cpu_count=2, memory_mib=512, debug_mode=False, port=443,
-                    domain="app.example.test", role="HostRoleE4EC059A", region=REGION,
-                    certificate=CertificateSpec(arn="arn:aws:acm:us-east-1:123456789012:"
-                                                "certificate/abc", association="HostCert1"),
-                    secrets=(SecretSpec(name="app-secret", key="Key1",
-                                        parameter="/enclavekit/S/app-secret"),),
-                    agent=AgentSpec(bucket="cdk-hnb659fds-assets-123456789012-us-east-1",
-                                    key="4567.pyz", sha256="0f" * 32,
-                                    requirements=("boto3==1.44.8",)), **kw)
+    image = ImageSpec(
+        name="enclave-app",
+        slug="enclave-app",
+        measurements=m,
+        debug=False,
+        asset_bucket="cdk-hnb659fds-assets-123456789012-us-east-1",
+        asset_key="0123.eif",
+    )
+    return HostSpec(
+        image=image,
+        cpu_count=2,
+        memory_mib=512,
+        debug_mode=False,
+        port=443,
+        domain="app.example.test",
+        role="HostRoleE4EC059A",
+        region=REGION,
+        certificate=CertificateSpec(
+            arn="arn:aws:acm:us-east-1:123456789012:certificate/abc", association="HostCert1"
+        ),
+        secrets=(SecretSpec(name="app-secret", key="Key1", parameter="/enclavekit/S/app-secret"),),
+        agent=AgentSpec(
+            bucket="cdk-hnb659fds-assets-123456789012-us-east-1",
+            key="4567.pyz",
+            sha256="0f" * 32,
+            requirements=("boto3==1.44.8",),
+        ),
+        **kw,
+    )
 
 
 def test_user_data_writes_host_json_and_runs_the_agent(tmp_path: Path) -> None:
@@ -528,18 +670,32 @@ def test_user_data_writes_host_json_and_runs_the_agent(tmp_path: Path) -> None:
     # what the unit's agent reads is what the emulator reads from the Metadata
     (tmp_path / "host.json").write_text(body[1])
     config = HostConfig.from_spec(load_host_json(tmp_path / "host.json"), region=host["region"])
-    assert (config.cid, config.enclave_port, config.certificate_arn, config.secrets[0].parameter
-            ) == (17, 8443, spec.certificate.arn, "/enclavekit/S/app-secret")
-    unit = re.search(r"enclavekit-enclave-app-agent.service <<'ENCLAVEKIT_EOF'\n(.*?)"
-                     r"ENCLAVEKIT_EOF", ud, re.S)
+    assert (
+        config.cid,
+        config.enclave_port,
+        config.certificate_arn,
+        config.secrets[0].parameter,
+    ) == (17, 8443, spec.certificate.arn, "/enclavekit/S/app-secret")
+    unit = re.search(
+        r"enclavekit-enclave-app-agent.service <<'ENCLAVEKIT_EOF'\n(.*?)"
+        r"ENCLAVEKIT_EOF",
+        ud,
+        re.S,
+    )
     assert unit is not None
     assert re.search(r"^After=enclavekit-enclave-app\.service ", unit[1], re.M)
     [start] = re.findall(r"^ExecStart=(.*)$", unit[1], re.M)
-    assert start.split() == ["/opt/enclavekit/venv/bin/python3", "-I",
-                             "/opt/enclavekit/enclavekit-agent.pyz", "parent-agent",
-                             "--config", HOST_CONFIG, "--enclave-cid", "17"]
-    assert re.search(r"^systemctl enable --now .*enclavekit-enclave-app-agent\.service$", ud,
-                     re.M)
+    assert start.split() == [
+        "/opt/enclavekit/venv/bin/python3",
+        "-I",
+        "/opt/enclavekit/enclavekit-agent.pyz",
+        "parent-agent",
+        "--config",
+        HOST_CONFIG,
+        "--enclave-cid",
+        "17",
+    ]
+    assert re.search(r"^systemctl enable --now .*enclavekit-enclave-app-agent\.service$", ud, re.M)
     # the agent comes after the enclave's unit and never before host.json is written
     assert ud.index(f"cat > {HOST_CONFIG}") < ud.index("systemctl enable --now enclavekit-")
     assert len(ud.encode()) < 16384  # EC2's user data limit
@@ -548,7 +704,12 @@ def test_user_data_writes_host_json_and_runs_the_agent(tmp_path: Path) -> None:
 def test_cli_parser_accepts_the_unit_command_line() -> None:
     from enclavekit.cli import build_parser
 
-    args = build_parser().parse_args(["parent-agent", "--config", HOST_CONFIG,
-                                      "--enclave-cid", "16"])
+    args = build_parser().parse_args(
+        ["parent-agent", "--config", HOST_CONFIG, "--enclave-cid", "16"]
+    )
     assert (args.config, args.enclave_cid, args.once, args.vsock_root) == (
-        Path(HOST_CONFIG), 16, False, None)
+        Path(HOST_CONFIG),
+        16,
+        False,
+        None,
+    )

@@ -63,8 +63,7 @@ EXPECTED = (
     "enclavekit/provisioning.py",
     "enclavekit/transport.py",
 )
-FORBIDDEN = {"aws_cdk", "constructs", "enclave_constructs", "jsii", "local_backend", "moto",
-             "yaml"}
+FORBIDDEN = {"aws_cdk", "constructs", "enclave_constructs", "jsii", "local_backend", "moto", "yaml"}
 # boto3 and its dependency tree: all the parent's venv holds
 BOTO_TREE = ("boto3", "botocore", "dateutil", "jmespath", "s3transfer", "six", "urllib3")
 
@@ -75,8 +74,7 @@ def bundle() -> agent_bundle.AgentBundle:
 
 
 @pytest.fixture(scope="module")
-def bundle_file(bundle: agent_bundle.AgentBundle,
-                tmp_path_factory: pytest.TempPathFactory) -> Path:
+def bundle_file(bundle: agent_bundle.AgentBundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bundle.write(tmp_path_factory.mktemp("bundle") / agent_bundle.BUNDLE_NAME)
 
 
@@ -104,7 +102,8 @@ def test_bundle_holds_exactly_the_agent_modules(bundle: agent_bundle.AgentBundle
             data = zf.read(info)
             assert not _imports(data) & FORBIDDEN, info.filename
             if info.filename.startswith("enclavekit/") and info.filename != (
-                    "enclavekit/__init__.py"):
+                "enclavekit/__init__.py"
+            ):
                 # vendored verbatim: the code that runs is the code in the repository
                 assert data == (CORE / info.filename.split("/", 1)[1]).read_bytes()
         main = zf.read("__main__.py").decode()
@@ -140,8 +139,14 @@ except EnclaveKitError as exc:
 def _build_from(src: Path, out: Path, umask: int) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(src)
-    return subprocess.run([sys.executable, "-c", _BUILD, str(out), f"{umask:o}", str(src)],
-                          env=env, cwd=out.parent, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", _BUILD, str(out), f"{umask:o}", str(src)],
+        env=env,
+        cwd=out.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_bundle_is_byte_reproducible(bundle: agent_bundle.AgentBundle, tmp_path: Path) -> None:
@@ -157,21 +162,34 @@ def test_bundle_is_byte_reproducible(bundle: agent_bundle.AgentBundle, tmp_path:
 @pytest.mark.parametrize(
     ("file", "line", "message"),
     [
-        ("cli/agent.py", "from enclavekit import localenv",
-         r"enclavekit/cli/agent\.py imports enclavekit\.localenv; expected only "
-         r"enclavekit\.agent, enclavekit\.attestation"),
-        ("agent.py", "from enclavekit import toolchain",
-         r"vendored module enclavekit\.agent imports enclavekit\.toolchain, which is not a pure "
-         r"core module"),
-        ("provisioning.py", "import yaml",
-         r"agent bundle module enclavekit/provisioning\.py imports yaml; expected only the "
-         r"standard library, enclavekit and boto3, botocore, cbor2, cryptography"),
-        ("transport.py", "from . import errors",
-         r"enclavekit/transport\.py: expected absolute imports only"),
+        (
+            "cli/agent.py",
+            "from enclavekit import localenv",
+            r"enclavekit/cli/agent\.py imports enclavekit\.localenv; expected only "
+            r"enclavekit\.agent, enclavekit\.attestation",
+        ),
+        (
+            "agent.py",
+            "from enclavekit import toolchain",
+            r"vendored module enclavekit\.agent imports enclavekit\.toolchain, which is not a pure "
+            r"core module",
+        ),
+        (
+            "provisioning.py",
+            "import yaml",
+            r"agent bundle module enclavekit/provisioning\.py imports yaml; expected only the "
+            r"standard library, enclavekit and boto3, botocore, cbor2, cryptography",
+        ),
+        (
+            "transport.py",
+            "from . import errors",
+            r"enclavekit/transport\.py: expected absolute imports only",
+        ),
     ],
 )
-def test_bundle_refuses_what_the_parent_must_not_run(tmp_path: Path, file: str, line: str,
-                                                     message: str) -> None:
+def test_bundle_refuses_what_the_parent_must_not_run(
+    tmp_path: Path, file: str, line: str, message: str
+) -> None:
     src = _copy_sources(tmp_path / "src", mtime=1_500_000_000, mode=0o644)
     target = src / "enclavekit" / file
     target.write_text(target.read_text() + f"\n\ndef _added():\n    {line}\n")
@@ -200,37 +218,62 @@ def test_runtime_requirements_pin_the_boto3_of_pyproject() -> None:
 def parent_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding boto3's dependency tree only (symlinked from this venv)."""
     venv = tmp_path_factory.mktemp("parent") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
-                   timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60
+    )
     python = venv / "bin" / "python3"
-    site = Path(subprocess.run(
-        [str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     for name in BOTO_TREE:
         mod = importlib.import_module(name)
         src = Path(mod.__file__ or "")
         src = src.parent if src.name == "__init__.py" else src
         (site / src.name).symlink_to(src)
-    probe = ("import importlib.util as u; "
-             f"print([m for m in {sorted(FORBIDDEN | {'enclavekit', 'cbor2', 'cryptography'})!r}"
-             " if u.find_spec(m)])")
-    out = subprocess.run([str(python), "-I", "-c", probe], check=True, capture_output=True,
-                         text=True, cwd=venv.parent).stdout
+    probe = (
+        "import importlib.util as u; "
+        f"print([m for m in {sorted(FORBIDDEN | {'enclavekit', 'cbor2', 'cryptography'})!r}"
+        " if u.find_spec(m)])"
+    )
+    out = subprocess.run(
+        [str(python), "-I", "-c", probe],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=venv.parent,
+    ).stdout
     assert out.strip() == "[]", f"the parent venv sees more than boto3: {out}"
     return python
 
 
-def _run(python: Path, bundle_file: Path, *args: str, cwd: Path,
-         timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _run(
+    python: Path, bundle_file: Path, *args: str, cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env |= {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "PYTHONPATH": str(ROOT)}  # ignored: -I
-    return subprocess.run([str(python), "-I", str(bundle_file), *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    env |= {
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "PYTHONPATH": str(ROOT),
+    }  # ignored: -I
+    return subprocess.run(
+        [str(python), "-I", str(bundle_file), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def test_bundle_runs_with_boto3_only(parent_python: Path, bundle_file: Path,
-                                     tmp_path: Path) -> None:
+def test_bundle_runs_with_boto3_only(
+    parent_python: Path, bundle_file: Path, tmp_path: Path
+) -> None:
     proc = _run(parent_python, bundle_file, "parent-agent", "--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: enclavekit parent-agent ")
@@ -239,17 +282,27 @@ def test_bundle_runs_with_boto3_only(parent_python: Path, bundle_file: Path,
     proc = _run(parent_python, bundle_file, "up", cwd=tmp_path)
     assert proc.returncode == 2 and "invalid choice: 'up'" in proc.stderr
     (tmp_path / "host.json").write_text(json.dumps({"version": 2, "region": REGION}))
-    proc = _run(parent_python, bundle_file, "parent-agent", "--config", "host.json", "--once",
-                cwd=tmp_path)
+    proc = _run(
+        parent_python, bundle_file, "parent-agent", "--config", "host.json", "--once", cwd=tmp_path
+    )
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
-        "enclavekit: error: host config host.json.version: expected 1, found 2"]
+        "enclavekit: error: host config host.json.version: expected 1, found 2"
+    ]
     # where the code came from: the bundle, not the repository (PYTHONPATH is ignored by -I)
     where = subprocess.run(
-        [str(parent_python), "-I", "-c",
-         f"import sys; sys.path.insert(0, {str(bundle_file)!r}); import enclavekit.agent, "
-         "enclavekit.cli.agent, boto3; print(enclavekit.agent.__file__); print(boto3.__file__)"],
-        capture_output=True, text=True, check=True, cwd=tmp_path).stdout.splitlines()
+        [
+            str(parent_python),
+            "-I",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(bundle_file)!r}); import enclavekit.agent, "
+            "enclavekit.cli.agent, boto3; print(enclavekit.agent.__file__); print(boto3.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout.splitlines()
     assert where[0] == f"{bundle_file}/enclavekit/agent.py"
     assert "site-packages/boto3" in where[1]
 
@@ -259,9 +312,13 @@ class _Imds:
 
     def __init__(self) -> None:
         self.token = base64.b64encode(secrets.token_bytes(24)).decode()
-        self.creds = {"Code": "Success", "AccessKeyId": "ASIA" + secrets.token_hex(8).upper(),
-                      "SecretAccessKey": secrets.token_urlsafe(30),
-                      "Token": secrets.token_urlsafe(200), "Expiration": "2099-01-01T00:00:00Z"}
+        self.creds = {
+            "Code": "Success",
+            "AccessKeyId": "ASIA" + secrets.token_hex(8).upper(),
+            "SecretAccessKey": secrets.token_urlsafe(30),
+            "Token": secrets.token_urlsafe(200),
+            "Expiration": "2099-01-01T00:00:00Z",
+        }
         imds = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -332,16 +389,36 @@ class _Enclave:
         self.thread.join(5)
 
 
-def test_bundle_provisions_an_enclave(parent_python: Path, bundle_file: Path,
-                                      tmp_path: Path) -> None:
+def test_bundle_provisions_an_enclave(
+    parent_python: Path, bundle_file: Path, tmp_path: Path
+) -> None:
     imds, enclave = _Imds(), _Enclave(tmp_path / "vsock")
     try:
-        config = {"version": 1, "region": REGION, "enclave": {"cid": 16},
-                  "image": {"name": "enclave-app"}, "secrets": []}
+        config = {
+            "version": 1,
+            "region": REGION,
+            "enclave": {"cid": 16},
+            "image": {"name": "enclave-app"},
+            "secrets": [],
+        }
         (tmp_path / "host.json").write_text(json.dumps(config))
-        proc = _run(parent_python, bundle_file, "parent-agent", "--config", "host.json",
-                    "--enclave-cid", "16", "--once", "--wait", "10", "--imds-endpoint",
-                    imds.url, "--vsock-root", str(tmp_path / "vsock"), cwd=tmp_path)
+        proc = _run(
+            parent_python,
+            bundle_file,
+            "parent-agent",
+            "--config",
+            "host.json",
+            "--enclave-cid",
+            "16",
+            "--once",
+            "--wait",
+            "10",
+            "--imds-endpoint",
+            imds.url,
+            "--vsock-root",
+            str(tmp_path / "vsock"),
+            cwd=tmp_path,
+        )
     finally:
         enclave.close()
         imds.close()
@@ -350,7 +427,10 @@ def test_bundle_provisions_an_enclave(parent_python: Path, bundle_file: Path,
     [msg] = enclave.received
     assert isinstance(msg, prov.Provision)
     assert (msg.region, msg.credentials.access_key_id, msg.credentials.secret_access_key) == (
-        REGION, imds.creds["AccessKeyId"], imds.creds["SecretAccessKey"])
+        REGION,
+        imds.creds["AccessKeyId"],
+        imds.creds["SecretAccessKey"],
+    )
     assert imds.creds["SecretAccessKey"] not in proc.stderr
     assert imds.creds["Token"] not in proc.stderr
 
@@ -360,22 +440,33 @@ def test_bundle_provisions_an_enclave(parent_python: Path, bundle_file: Path,
 def synth() -> dict[str, Any]:
     app = cdk.App()
     stack = cdk.Stack(app, "Agent", env=cdk.Environment(account=ACCOUNT, region=REGION))
-    vpc = ec2.Vpc(stack, "Vpc", max_azs=1, nat_gateways=0, subnet_configuration=[
-        ec2.SubnetConfiguration(name="iso", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED,
-                                cidr_mask=24)])
-    image = ek.EnclaveImage.from_measurements(pcr0="ab" * 48, pcr1="cd" * 48, pcr2="ef" * 48,
-                                              name="app", host_path="/opt/app.eif")
+    vpc = ec2.Vpc(
+        stack,
+        "Vpc",
+        max_azs=1,
+        nat_gateways=0,
+        subnet_configuration=[
+            ec2.SubnetConfiguration(
+                name="iso", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=24
+            )
+        ],
+    )
+    image = ek.EnclaveImage.from_measurements(
+        pcr0="ab" * 48, pcr1="cd" * 48, pcr2="ef" * 48, name="app", host_path="/opt/app.eif"
+    )
     ek.EnclaveHost(stack, "Host", vpc=vpc, image=image)
-    ek.EnclaveHost(stack, "AcmHost", vpc=vpc,
-                   certificate=f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0a1b")
+    ek.EnclaveHost(
+        stack, "AcmHost", vpc=vpc, certificate=f"arn:aws:acm:{REGION}:{ACCOUNT}:certificate/0a1b"
+    )
     assembly = Path(app.synth().directory)
     template = json.loads((assembly / "Agent.template.json").read_text())
     return {"t": template, "dir": assembly}
 
 
 def _resources(template: dict, kind: str, prefix: str) -> dict[str, dict]:
-    return {k: v for k, v in template["Resources"].items()
-            if v["Type"] == kind and k.startswith(prefix)}
+    return {
+        k: v for k, v in template["Resources"].items() if v["Type"] == kind and k.startswith(prefix)
+    }
 
 
 def _user_data(template: dict, prefix: str) -> str:
@@ -385,8 +476,9 @@ def _user_data(template: dict, prefix: str) -> str:
     return body
 
 
-def test_user_data_fetches_and_checks_the_asset(synth: dict[str, Any],
-                                                bundle: agent_bundle.AgentBundle) -> None:
+def test_user_data_fetches_and_checks_the_asset(
+    synth: dict[str, Any], bundle: agent_bundle.AgentBundle
+) -> None:
     ud = _user_data(synth["t"], "Host")
     assert "pip install --quiet 'enclavekit" not in ud and "'enclavekit==" not in ud
     m = re.search(r"^  's3://([^/]+)/([0-9a-f]{64})\.pyz' '(\S+)'$", ud, re.M)
@@ -401,10 +493,21 @@ def test_user_data_fetches_and_checks_the_asset(synth: dict[str, Any],
     pins = " ".join(f"'{p}'" for p in agent_bundle.runtime_requirements())
     assert pins in ud and "'boto3==" in pins
     [start] = re.findall(r"^ExecStart=/opt/enclavekit/venv/bin/python3 -I (.*)$", ud, re.M)
-    assert start.split() == [AGENT_BUNDLE, "parent-agent", "--config",
-                             "/etc/enclavekit/host.json", "--enclave-cid", "16"]
-    steps = ("pip install", "aws s3 cp --only", "sha256sum", "ExecStart=/opt",
-             "systemctl enable --now enclavekit-app.service")
+    assert start.split() == [
+        AGENT_BUNDLE,
+        "parent-agent",
+        "--config",
+        "/etc/enclavekit/host.json",
+        "--enclave-cid",
+        "16",
+    ]
+    steps = (
+        "pip install",
+        "aws s3 cp --only",
+        "sha256sum",
+        "ExecStart=/opt",
+        "systemctl enable --now enclavekit-app.service",
+    )
     order = [ud.index(s) for s in steps]
     assert order == sorted(order)
     assert len(ud.encode()) < 16384
@@ -433,14 +536,14 @@ def test_host_role_may_read_the_asset(synth: dict[str, Any]) -> None:
             return "aws"
         return str(value)
 
-    readers = [s for s in statements if s["Effect"] == "Allow"
-               and "s3:GetObject*" in s["Action"]]
+    readers = [s for s in statements if s["Effect"] == "Allow" and "s3:GetObject*" in s["Action"]]
     resources = {arn(r) for s in readers for r in s["Resource"]}
     assert f"arn:aws:s3:::{bucket}/*" in resources, (resources, key)
 
 
 def test_rendered_download_runs_and_refuses_a_tampered_bundle(
-        synth: dict[str, Any], bundle: agent_bundle.AgentBundle, tmp_path: Path) -> None:
+    synth: dict[str, Any], bundle: agent_bundle.AgentBundle, tmp_path: Path
+) -> None:
     from moto.server import ThreadedMotoServer
 
     ud = _user_data(synth["t"], "Host")
@@ -458,14 +561,20 @@ def test_rendered_download_runs_and_refuses_a_tampered_bundle(
         endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
         env = local_aws_env(endpoint, scratch_dir=tmp_path / "aws")
         env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # this venv's aws CLI
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION,
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         s3.create_bucket(Bucket=bucket)
         s3.put_object(Bucket=bucket, Key=key, Body=bundle.data)
 
         def run() -> subprocess.CompletedProcess[str]:
-            return subprocess.run(["bash", "-c", script], env=env, capture_output=True,
-                                  text=True, timeout=120)
+            return subprocess.run(
+                ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120
+            )
 
         ok = run()
         assert ok.returncode == 0, ok.stderr

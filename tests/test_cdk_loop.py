@@ -30,7 +30,7 @@ PCR_A = "ab" * 48
 PCR_B = "cd" * 48
 BAD_ROLE = "arn:aws:iam::123456789012:role/does-not-exist"
 
-APP = textwrap.dedent('''
+APP = textwrap.dedent("""
     import json, os
     import aws_cdk as cdk
     from aws_cdk import aws_ec2 as ec2, aws_iam as iam, aws_kms as kms, aws_ssm as ssm
@@ -82,7 +82,7 @@ APP = textwrap.dedent('''
         certificate_arn=fcert.ref, role_arn=params["bad_role"])
     fassoc.add_dependency(fvpc)
     app.synth()
-''')
+""")
 
 
 def _free_port() -> int:
@@ -120,16 +120,19 @@ def _params(d: Path, **kw: object) -> None:
 @pytest.fixture(scope="module")
 def aws(endpoint: server.EndpointInfo) -> dict[str, boto3.client]:
     env = local_aws_env(endpoint.endpoint)
-    session = boto3.Session(aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                            region_name="us-east-1")
-    return {name: session.client(name, endpoint_url=endpoint.endpoint)
-            for name in ("cloudformation", "ec2", "s3", "kms", "acm", "ssm")}
+    session = boto3.Session(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    return {
+        name: session.client(name, endpoint_url=endpoint.endpoint)
+        for name in ("cloudformation", "ec2", "s3", "kms", "acm", "ssm")
+    }
 
 
 def _cdk(endpoint: server.EndpointInfo, app_dir: Path, *args: str) -> str:
-    res = run_cdk(args, state_dir=Path(endpoint.state_dir), cwd=app_dir, capture=True,
-                  timeout=180)
+    res = run_cdk(args, state_dir=Path(endpoint.state_dir), cwd=app_dir, capture=True, timeout=180)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     return out
@@ -159,8 +162,15 @@ def test_full_loop(endpoint: server.EndpointInfo, app_dir: Path, aws: dict) -> N
     # deploy
     out = _cdk(endpoint, app_dir, "deploy", "EnclaveTestStack", "--require-approval", "never")
     outputs = _outputs(cfn)
-    assert set(outputs) == {"BucketName", "ObjectKey", "KmsKeyId", "CertArn", "InstanceId",
-                            "KeyArn", "VpcId"}
+    assert set(outputs) == {
+        "BucketName",
+        "ObjectKey",
+        "KmsKeyId",
+        "CertArn",
+        "InstanceId",
+        "KeyArn",
+        "VpcId",
+    }
     assert f"EnclaveTestStack.InstanceId = {outputs['InstanceId']}" in out
     assert outputs["BucketName"] == "aws-ec2-enclave-certificate-us-east-1-prod"
     role_arn = outputs["ObjectKey"].split("/arn:aws:acm:")[0]
@@ -170,27 +180,36 @@ def test_full_loop(endpoint: server.EndpointInfo, app_dir: Path, aws: dict) -> N
     assert inst["EnclaveOptions"] == {"Enabled": True}
     assert inst["MetadataOptions"]["HttpTokens"] == "required"  # from the launch template
     assert _key_pcr0(aws["kms"], outputs["KeyArn"]) == PCR_A
-    assert aws["acm"].describe_certificate(
-        CertificateArn=outputs["CertArn"])["Certificate"]["Status"] == "ISSUED"
+    assert (
+        aws["acm"].describe_certificate(CertificateArn=outputs["CertArn"])["Certificate"]["Status"]
+        == "ISSUED"
+    )
 
     # the association's object: AWS's layout, the chain to the local CA, no plaintext key
     body = s3.get_object(Bucket=outputs["BucketName"], Key=outputs["ObjectKey"])["Body"].read()
     obj = json.loads(body)
-    assert set(obj) == {"certificate", "certificateChain", "encryptedPrivateKey",
-                        "encryptionMethod"}
+    assert set(obj) == {
+        "certificate",
+        "certificateChain",
+        "encryptedPrivateKey",
+        "encryptionMethod",
+    }
     assert b"PRIVATE KEY" not in body
     blob = base64.b64decode(obj["encryptedPrivateKey"], validate=True)
     assert b"PRIVATE KEY" not in blob and len(blob) > 1000  # RSA-2048 PEM, encrypted
     leaf = x509.load_pem_x509_certificate(obj["certificate"].encode())
     root = x509.load_pem_x509_certificate(server.ca_pem(Path(endpoint.state_dir)))
-    assert obj["certificateChain"].encode().strip() == server.ca_pem(
-        Path(endpoint.state_dir)).strip()
+    assert (
+        obj["certificateChain"].encode().strip() == server.ca_pem(Path(endpoint.state_dir)).strip()
+    )
     leaf.verify_directly_issued_by(root)
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["app.example.test", "www.app.example.test"]
     assert isinstance(root.public_key(), ec.EllipticCurvePublicKey)
-    assert aws["acm"].get_certificate(CertificateArn=outputs["CertArn"])[
-        "Certificate"].strip() == obj["certificate"].strip()
+    assert (
+        aws["acm"].get_certificate(CertificateArn=outputs["CertArn"])["Certificate"].strip()
+        == obj["certificate"].strip()
+    )
     # ... and not in the endpoint's state files or logs either (the CA's own key aside)
     for path in Path(endpoint.state_dir).rglob("*"):
         if path.is_file() and path.name != "root-key.pem":
@@ -202,8 +221,10 @@ def test_full_loop(endpoint: server.EndpointInfo, app_dir: Path, aws: dict) -> N
     after = _outputs(cfn)
     assert after["KeyArn"] == outputs["KeyArn"]
     assert _key_pcr0(aws["kms"], outputs["KeyArn"]) == PCR_B
-    assert cfn.describe_stacks(StackName="EnclaveTestStack")["Stacks"][0][
-        "StackStatus"] == "UPDATE_COMPLETE"
+    assert (
+        cfn.describe_stacks(StackName="EnclaveTestStack")["Stacks"][0]["StackStatus"]
+        == "UPDATE_COMPLETE"
+    )
 
     # no-change deploy
     out = _cdk(endpoint, app_dir, "deploy", "EnclaveTestStack", "--require-approval", "never")
@@ -226,24 +247,34 @@ def test_full_loop(endpoint: server.EndpointInfo, app_dir: Path, aws: dict) -> N
     assert s3.get_object(Bucket=again["BucketName"], Key=again["ObjectKey"])["Body"].read()
 
 
-def test_unsupported_type_fails_with_its_name(endpoint: server.EndpointInfo, app_dir: Path,
-                                              aws: dict) -> None:
+def test_unsupported_type_fails_with_its_name(
+    endpoint: server.EndpointInfo, app_dir: Path, aws: dict
+) -> None:
     _params(app_dir, pcr0=PCR_B, bad_type=True)
     try:
-        res = run_cdk(["deploy", "EnclaveTestStack", "--require-approval", "never"],
-                      state_dir=Path(endpoint.state_dir), cwd=app_dir, capture=True, timeout=180)
+        res = run_cdk(
+            ["deploy", "EnclaveTestStack", "--require-approval", "never"],
+            state_dir=Path(endpoint.state_dir),
+            cwd=app_dir,
+            capture=True,
+            timeout=180,
+        )
     finally:
         _params(app_dir, pcr0=PCR_B)
     assert res.returncode != 0
     assert "AWS::Foo::Bar" in res.stdout + res.stderr
 
 
-def test_failed_create_rolls_back(endpoint: server.EndpointInfo, app_dir: Path,
-                                  aws: dict) -> None:
+def test_failed_create_rolls_back(endpoint: server.EndpointInfo, app_dir: Path, aws: dict) -> None:
     cfn, ec2c = aws["cloudformation"], aws["ec2"]
     before = {v["VpcId"] for v in ec2c.describe_vpcs()["Vpcs"]}
-    res = run_cdk(["deploy", "FailingStack", "--require-approval", "never"],
-                  state_dir=Path(endpoint.state_dir), cwd=app_dir, capture=True, timeout=180)
+    res = run_cdk(
+        ["deploy", "FailingStack", "--require-approval", "never"],
+        state_dir=Path(endpoint.state_dir),
+        cwd=app_dir,
+        capture=True,
+        timeout=180,
+    )
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "FailAssoc" in out and "does not exist" in out, out[-2000:]

@@ -15,8 +15,7 @@ from local_backend.emulator.nsm_server import BootMeasurements, NsmDevice, NsmSe
 IID = "i-0123456789abcdef0"
 MODULE_ID = f"{IID}-enc0191cceb4289903f"
 ROLE = "arn:aws:iam::123456789012:role/enclave-parent"
-MEAS = pcr.Measurements(pcr0=b"\x01" * 48, pcr1=b"\x02" * 48, pcr2=b"\x03" * 48,
-                        pcr8=b"\x08" * 48)
+MEAS = pcr.Measurements(pcr0=b"\x01" * 48, pcr1=b"\x02" * 48, pcr2=b"\x03" * 48, pcr8=b"\x08" * 48)
 E = nsm.ErrorCode
 
 
@@ -36,8 +35,14 @@ def device(signer, debug: bool = False, role: str | None = ROLE) -> NsmDevice:  
 
 def test_boot_pcrs_are_locked_and_come_from_eif_role_and_instance(signer) -> None:  # noqa: ANN001
     d = device(signer)
-    expect = {0: MEAS.pcr0, 1: MEAS.pcr1, 2: MEAS.pcr2, 3: pcr.pcr3_of_role_arn(ROLE),
-              4: pcr.pcr4_of_instance_id(IID), 8: MEAS.pcr8}
+    expect = {
+        0: MEAS.pcr0,
+        1: MEAS.pcr1,
+        2: MEAS.pcr2,
+        3: pcr.pcr3_of_role_arn(ROLE),
+        4: pcr.pcr4_of_instance_id(IID),
+        8: MEAS.pcr8,
+    }
     for i in range(32):
         r = d.handle(nsm.DescribePCR(index=i))
         assert r.lock is (i < 16)
@@ -63,10 +68,8 @@ def test_extend_lock_and_errors_as_the_real_nsm(signer) -> None:  # noqa: ANN001
     assert d.handle(nsm.DescribeNSM()).locked_pcrs == tuple(range(32))
     assert len(d.handle(nsm.GetRandom()).random) == 256
     # Undecodable bytes and oversize requests, at the wire level.
-    assert nsm.decode_response(d.handle_bytes(b"\xff\x00")) == nsm.ErrorResponse(
-        E.InvalidArgument)
-    assert nsm.decode_response(d.handle_bytes(b"\0" * 0x1001)) == nsm.ErrorResponse(
-        E.InputTooLarge)
+    assert nsm.decode_response(d.handle_bytes(b"\xff\x00")) == nsm.ErrorResponse(E.InvalidArgument)
+    assert nsm.decode_response(d.handle_bytes(b"\0" * 0x1001)) == nsm.ErrorResponse(E.InputTooLarge)
 
 
 def test_attestation_verifies_locally_and_enforces_field_sizes(signer, state: Path) -> None:  # noqa: ANN001
@@ -74,11 +77,15 @@ def test_attestation_verifies_locally_and_enforces_field_sizes(signer, state: Pa
     d.handle(nsm.ExtendPCR(index=20, data=b"boot-step"))
     r = d.handle(nsm.Attestation(user_data=b"u" * 1024, nonce=b"n" * 16, public_key=b"k"))
     doc = attestation.verify(r.document, attestation.TrustAnchor.local(state))
-    assert doc.module_id == MODULE_ID and re.fullmatch(r"i-[0-9a-f]{17}-enc[0-9a-f]{16}",
-                                                       doc.module_id)
+    assert doc.module_id == MODULE_ID and re.fullmatch(
+        r"i-[0-9a-f]{17}-enc[0-9a-f]{16}", doc.module_id
+    )
     assert sorted(doc.pcrs) == [*range(16), 20]  # 0-15 as real documents, plus the used one
-    assert (doc.pcrs[0], doc.pcrs[8], doc.pcrs[3]) == (MEAS.pcr0, MEAS.pcr8,
-                                                       pcr.pcr3_of_role_arn(ROLE))
+    assert (doc.pcrs[0], doc.pcrs[8], doc.pcrs[3]) == (
+        MEAS.pcr0,
+        MEAS.pcr8,
+        pcr.pcr3_of_role_arn(ROLE),
+    )
     assert (doc.user_data, doc.nonce, doc.public_key) == (b"u" * 1024, b"n" * 16, b"k")
     with pytest.raises(attestation.AttestationError):
         attestation.verify(r.document, attestation.TrustAnchor.aws())
@@ -88,8 +95,9 @@ def test_attestation_verifies_locally_and_enforces_field_sizes(signer, state: Pa
 
 def test_debug_mode_zeroes_image_pcrs_and_keeps_pcr3_pcr4(signer, state: Path) -> None:  # noqa: ANN001
     d = device(signer, debug=True)
-    doc = attestation.verify(d.handle(nsm.Attestation()).document,
-                             attestation.TrustAnchor.local(state))
+    doc = attestation.verify(
+        d.handle(nsm.Attestation()).document, attestation.TrustAnchor.local(state)
+    )
     assert doc.is_debug
     for i in (0, 1, 2, 8):
         assert doc.pcrs[i] == bytes(48)
@@ -103,7 +111,8 @@ def test_served_over_the_device_socket(signer, tmp_path: Path) -> None:  # noqa:
         client = SocketNsm(tmp_path / "nsm.sock")
         assert nsm_request(client, nsm.DescribePCR(index=4)).data == pcr.pcr4_of_instance_id(IID)
         assert nsm_request(client, nsm.ExtendPCR(index=1, data=b"x")) == nsm.ErrorResponse(
-            E.ReadOnlyIndex)
+            E.ReadOnlyIndex
+        )
         client.close()
     finally:
         server.stop()

@@ -79,28 +79,40 @@ def enclave(manager: EnclaveManager, eif: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def debug_enclave(manager: EnclaveManager, eif: Path, enclave: dict) -> dict:
-    info = manager.run_enclave(eif, 1, 96, debug_mode=True, parent_role_arn=ROLE,
-                               parent_instance_id=IID, name="echo-debug")
+    info = manager.run_enclave(
+        eif, 1, 96, debug_mode=True, parent_role_arn=ROLE, parent_instance_id=IID, name="echo-debug"
+    )
     assert ask(manager, info["EnclaveCID"], "ECHO up") == "up"
     return info
 
 
-def test_run_and_describe_have_nitro_cli_shapes(manager: EnclaveManager, enclave: dict,
-                                                eif: Path) -> None:
-    assert list(enclave) == ["EnclaveName", "EnclaveID", "ProcessID", "EnclaveCID",
-                             "NumberOfCPUs", "CPUIDs", "MemoryMiB"]
+def test_run_and_describe_have_nitro_cli_shapes(
+    manager: EnclaveManager, enclave: dict, eif: Path
+) -> None:
+    assert list(enclave) == [
+        "EnclaveName",
+        "EnclaveID",
+        "ProcessID",
+        "EnclaveCID",
+        "NumberOfCPUs",
+        "CPUIDs",
+        "MemoryMiB",
+    ]
     assert re.fullmatch(rf"{IID}-enc[0-9a-f]{{16}}", enclave["EnclaveID"])
     assert enclave["EnclaveCID"] >= 16 and enclave["EnclaveName"] == "echo-app"
     (item,) = [d for d in manager.describe() if d["EnclaveID"] == enclave["EnclaveID"]]
     assert item["State"] == "RUNNING" and item["Flags"] == "NONE"
-    assert item["Measurements"] == build_enclave(APP, eif.with_name("again.eif")) \
-        .measurements.to_nitro_cli()
+    assert (
+        item["Measurements"]
+        == build_enclave(APP, eif.with_name("again.eif")).measurements.to_nitro_cli()
+    )
     assert item["Runtime"]["Packages"] == {"cbor2": "6.3.0"}
     assert "not measured" in item["Runtime"]["Provider"]
 
 
 def test_attestation_carries_eif_pcrs_and_verifies_against_local_root(
-        manager: EnclaveManager, enclave: dict, eif: Path) -> None:
+    manager: EnclaveManager, enclave: dict, eif: Path
+) -> None:
     raw = base64.b64decode(ask(manager, enclave["EnclaveCID"], "ATTEST 00ff"))
     doc = attestation.verify(raw, attestation.TrustAnchor.local(manager.layout.root))
     meas = build_enclave(APP, eif.with_name("m.eif")).measurements
@@ -112,8 +124,9 @@ def test_attestation_carries_eif_pcrs_and_verifies_against_local_root(
     assert not doc.is_debug
 
 
-def test_debug_mode_zeroes_pcrs_and_has_a_console(manager: EnclaveManager, enclave: dict,
-                                                  debug_enclave: dict) -> None:
+def test_debug_mode_zeroes_pcrs_and_has_a_console(
+    manager: EnclaveManager, enclave: dict, debug_enclave: dict
+) -> None:
     raw = base64.b64decode(ask(manager, debug_enclave["EnclaveCID"], "ATTEST 01"))
     doc = attestation.verify(raw, attestation.TrustAnchor.local(manager.layout.root))
     assert doc.is_debug and all(doc.pcrs[i] == bytes(48) for i in (0, 1, 2, 8))
@@ -156,17 +169,23 @@ def test_enclave_cannot_reach_a_host_tcp_port(manager: EnclaveManager, enclave: 
     assert got.startswith("REFUSED"), got
 
 
-def test_enclave_sees_only_its_image_runtime_and_vsock(manager: EnclaveManager, enclave: dict,
-                                                       debug_enclave: dict, state: Path) -> None:
+def test_enclave_sees_only_its_image_runtime_and_vsock(
+    manager: EnclaveManager, enclave: dict, debug_enclave: dict, state: Path
+) -> None:
     cid = enclave["EnclaveCID"]
     secret = state / "host-secret.txt"
     secret.write_text("parent only")
-    for path in (secret, manager.layout.root / "pki" / "root.pem",
-                 manager.layout.root / "emulator" / "instance-id", Path("/etc/shadow")):
+    for path in (
+        secret,
+        manager.layout.root / "pki" / "root.pem",
+        manager.layout.root / "emulator" / "instance-id",
+        Path("/etc/shadow"),
+    ):
         assert ask(manager, cid, f"READ {path}").startswith("DENIED"), path
     assert ask(manager, cid, "READ /app/main.py").startswith("READ ")  # its own image
-    assert ask(manager, cid, "LS /run/enclavekit/vsock") == " ".join(sorted(["3", str(cid),
-                                                                             "self"]))
+    assert ask(manager, cid, "LS /run/enclavekit/vsock") == " ".join(
+        sorted(["3", str(cid), "self"])
+    )
     assert ask(manager, cid, "PIDS") == "1"  # its own PID namespace
     assert ask(manager, cid, "LS /") == "app bin dev etc lib lib64 proc root run sys tmp usr var"
 
@@ -223,17 +242,19 @@ def test_terminate_leaves_no_process_behind(manager: EnclaveManager, eif: Path) 
         (["--cpu-count", "1", "--memory", "128", "--enclave-cid", "2"], "0-3 are reserved"),
     ],
 )
-def test_cli_rejects_bad_arguments_in_one_line(eif: Path, state: Path, args: list[str],
-                                               message: str,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli_main(["run-enclave", "--eif-path", str(eif), "--state-dir", str(state / "cli"),
-                     *args])
+def test_cli_rejects_bad_arguments_in_one_line(
+    eif: Path, state: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(
+        ["run-enclave", "--eif-path", str(eif), "--state-dir", str(state / "cli"), *args]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1
 
 
-def test_cli_describe_prints_a_json_array(manager: EnclaveManager, enclave: dict,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_describe_prints_a_json_array(
+    manager: EnclaveManager, enclave: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     assert cli_main(["describe-enclaves", "--state-dir", str(manager.layout.root)]) == 0
@@ -241,13 +262,20 @@ def test_cli_describe_prints_a_json_array(manager: EnclaveManager, enclave: dict
     assert isinstance(items, list) and enclave["EnclaveID"] in [i["EnclaveID"] for i in items]
 
 
-def test_vsock_proxy_allowlist_and_relay_to_local_endpoint(manager: EnclaveManager,
-                                                           enclave: dict, state: Path) -> None:
+def test_vsock_proxy_allowlist_and_relay_to_local_endpoint(
+    manager: EnclaveManager, enclave: dict, state: Path
+) -> None:
     config = state / "vsock-proxy.yaml"
     config.write_text("allowlist:\n- {address: kms.us-east-1.amazonaws.com, port: 443}\n")
     with pytest.raises(InvalidInput, match="not in the allowlist"):
-        VsockProxy.for_state_dir(manager.layout.root, 8000, "s3.us-east-1.amazonaws.com", 443,
-                                 config=config, endpoint="http://127.0.0.1:1")
+        VsockProxy.for_state_dir(
+            manager.layout.root,
+            8000,
+            "s3.us-east-1.amazonaws.com",
+            443,
+            config=config,
+            endpoint="http://127.0.0.1:1",
+        )
     upstream = socket.create_server(("127.0.0.1", 0))
 
     def echo() -> None:
@@ -258,8 +286,13 @@ def test_vsock_proxy_allowlist_and_relay_to_local_endpoint(manager: EnclaveManag
     t = threading.Thread(target=echo)
     t.start()
     proxy = VsockProxy.for_state_dir(
-        manager.layout.root, 8000, "kms.us-east-1.amazonaws.com", 443, config=config,
-        endpoint=f"http://127.0.0.1:{upstream.getsockname()[1]}").start()
+        manager.layout.root,
+        8000,
+        "kms.us-east-1.amazonaws.com",
+        443,
+        config=config,
+        endpoint=f"http://127.0.0.1:{upstream.getsockname()[1]}",
+    ).start()
     try:
         got = ask(manager, enclave["EnclaveCID"], "CALLPARENT 8000 hello-kms")
     finally:

@@ -90,15 +90,15 @@ def slot_dir(m: EnclaveManager, info: dict) -> Path:
 
 def attacker_public_key() -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 # ------------------------------------------------------------------ parent-side process
 
 
-def test_host_process_gets_no_document_from_the_nsm(manager: EnclaveManager,
-                                                    victim: dict) -> None:
+def test_host_process_gets_no_document_from_the_nsm(manager: EnclaveManager, victim: dict) -> None:
     sock_path = slot_dir(manager, victim) / "nsm.sock"
     nonce = os.urandom(16)
     request = nsm.Attestation(public_key=attacker_public_key(), nonce=nonce)
@@ -115,15 +115,22 @@ def test_host_process_gets_no_document_from_the_nsm(manager: EnclaveManager,
             send_frame(raw, nsm.encode_request(request))
             recv_frame(raw, 1 << 16)
     # A separate parent-side process (root, not our test process) fares no better.
-    code = ("import sys\nfrom enclavekit import nsm\n"
-            "from enclavekit.transport import SocketNsm, nsm_request\n"
-            "try:\n"
-            "    r = nsm_request(SocketNsm(sys.argv[1]), nsm.Attestation(nonce=b'x'))\n"
-            "    print('GOT', type(r).__name__)\n"
-            "except Exception as e:\n"
-            "    print('REFUSED', type(e).__name__)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(sock_path)], capture_output=True,
-                         text=True, timeout=60, cwd=Path(__file__).parents[1])
+    code = (
+        "import sys\nfrom enclavekit import nsm\n"
+        "from enclavekit.transport import SocketNsm, nsm_request\n"
+        "try:\n"
+        "    r = nsm_request(SocketNsm(sys.argv[1]), nsm.Attestation(nonce=b'x'))\n"
+        "    print('GOT', type(r).__name__)\n"
+        "except Exception as e:\n"
+        "    print('REFUSED', type(e).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(sock_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[1],
+    )
     assert out.stdout.strip() == "REFUSED EmulatorError", out
     # Logged in the monitor log, with the peer and the reason, without the request's bytes.
     log = (slot_dir(manager, victim) / "monitor.log").read_text()
@@ -147,8 +154,14 @@ def test_the_enclave_itself_still_gets_documents(manager: EnclaveManager, victim
 def test_state_is_private_dirs_0700_sockets_0600(manager: EnclaveManager, victim: dict) -> None:
     layout = manager.layout
     d = slot_dir(manager, victim)
-    for path in (layout.root, layout.enclaves, d, layout.vsock, layout.vsock / "3",
-                 layout.vsock / str(victim["EnclaveCID"])):
+    for path in (
+        layout.root,
+        layout.enclaves,
+        d,
+        layout.vsock,
+        layout.vsock / "3",
+        layout.vsock / str(victim["EnclaveCID"]),
+    ):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     sock = (d / "nsm.sock").stat()
     assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o600
@@ -198,15 +211,33 @@ def _as_nobody() -> None:
 
 def test_a_non_root_user_gets_nothing(manager: EnclaveManager, victim: dict) -> None:
     d = slot_dir(manager, victim)
-    fds = [os.open(p, os.O_PATH | os.O_CLOEXEC) for p in
-           (d, d / "nsm.sock", manager.layout.vsock,
-            manager.layout.vsock / str(victim["EnclaveCID"]))]
+    fds = [
+        os.open(p, os.O_PATH | os.O_CLOEXEC)
+        for p in (
+            d,
+            d / "nsm.sock",
+            manager.layout.vsock,
+            manager.layout.vsock / str(victim["EnclaveCID"]),
+        )
+    ]
     try:
         out = subprocess.run(
-            [NOBODY_PYTHON, "-S", "-c", NOBODY_SCRIPT, str(manager.layout.root),
-             str(d / "nsm.sock"), *map(str, fds)],
-            capture_output=True, text=True, timeout=30, pass_fds=fds, preexec_fn=_as_nobody,
-            cwd="/")
+            [
+                NOBODY_PYTHON,
+                "-S",
+                "-c",
+                NOBODY_SCRIPT,
+                str(manager.layout.root),
+                str(d / "nsm.sock"),
+                *map(str, fds),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            pass_fds=fds,
+            preexec_fn=_as_nobody,
+            cwd="/",
+        )
     finally:
         for fd in fds:
             os.close(fd)
@@ -221,8 +252,9 @@ def test_a_non_root_user_gets_nothing(manager: EnclaveManager, victim: dict) -> 
 # ------------------------------------------------------------------ another enclave
 
 
-def test_another_enclave_cannot_reach_the_enclave(manager: EnclaveManager, victim: dict,
-                                                  prober: dict) -> None:
+def test_another_enclave_cannot_reach_the_enclave(
+    manager: EnclaveManager, victim: dict, prober: dict
+) -> None:
     a = victim["EnclaveCID"]
     # Control: the probe does reach a parent listener, so its vsock client works.
     parent = EmulatedVsock(manager.layout.vsock, 3)
@@ -263,11 +295,14 @@ def test_another_enclave_cannot_reach_the_enclave(manager: EnclaveManager, victi
     assert probe(manager, prober, "ATTEST").startswith("OK ")
 
 
-def test_an_enclave_has_no_capabilities_to_break_out(manager: EnclaveManager,
-                                                     prober: dict) -> None:
+def test_an_enclave_has_no_capabilities_to_break_out(manager: EnclaveManager, prober: dict) -> None:
     caps = dict(item.split(":") for item in probe(manager, prober, "CAPS").split())
-    assert caps == {"CapPrm": "0000000000000000", "CapEff": "0000000000000000",
-                    "CapBnd": "0000000000000000", "NoNewPrivs": "1"}, caps
+    assert caps == {
+        "CapPrm": "0000000000000000",
+        "CapEff": "0000000000000000",
+        "CapBnd": "0000000000000000",
+        "NoNewPrivs": "1",
+    }, caps
     assert probe(manager, prober, "MKNOD /tmp/disk").startswith("DENIED 1 ")
     record = manager.record(prober["EnclaveID"])
     assert not [w for w in record.get("Warnings", []) if "privileges" in w]
@@ -282,8 +317,10 @@ def test_ancestry_fallback_admits_descendants_only(tmp_path: Path) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(4)
-    connect = (f"import socket,time; s=socket.socket(socket.AF_UNIX); s.connect({str(path)!r}); "
-               "time.sleep(30)")
+    connect = (
+        f"import socket,time; s=socket.socket(socket.AF_UNIX); s.connect({str(path)!r}); "
+        "time.sleep(30)"
+    )
     init = subprocess.Popen(["/bin/sh", "-c", f'"{sys.executable}" -S -c "{connect}"; true'])
     child = None
     try:
@@ -300,8 +337,10 @@ def test_ancestry_fallback_admits_descendants_only(tmp_path: Path) -> None:
             conn, _ = server.accept()
             with conn:
                 reason = members(conn)
-        assert reason == (f"pid {os.getpid()} uid {os.geteuid()}: not descended from the "
-                          f"enclave's init (pid {init.pid})")
+        assert reason == (
+            f"pid {os.getpid()} uid {os.geteuid()}: not descended from the "
+            f"enclave's init (pid {init.pid})"
+        )
         members.enclave_gone()
         with socket.socket(socket.AF_UNIX) as late:
             late.connect(str(path))

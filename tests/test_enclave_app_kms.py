@@ -55,8 +55,13 @@ def _kms(world: KmsWorld, key: RecipientKey, nsm_path: Path, **nsm_kw) -> Iterat
     with nsm_device(nsm_path, world.state, **nsm_kw):
         attester = Attester(SocketNsm(nsm_path))
         fw = LoopbackForwarder(world.enclave_vsock(), PARENT_CID, 8000).start()
-        client = AttestedKms(attester=attester, key=key, region="us-east-1",
-                             credentials=world.role_credentials, endpoint_url=fw.proxy_url)
+        client = AttestedKms(
+            attester=attester,
+            key=key,
+            region="us-east-1",
+            credentials=world.role_credentials,
+            endpoint_url=fw.proxy_url,
+        )
         try:
             yield client
         finally:
@@ -98,16 +103,21 @@ def test_attested_decrypt_through_the_vsock_proxy(world, key, tmp_path):
 
 
 def test_another_image_is_denied(world, key, tmp_path):
-    with _kms(world, key, tmp_path / "nsm.sock", measurements=OTHER_IMAGE) as kms, \
-            pytest.raises(KmsDenied, match="Decrypt: expected CiphertextForRecipient, got "
-                                           "AccessDeniedException") as info:
+    with (
+        _kms(world, key, tmp_path / "nsm.sock", measurements=OTHER_IMAGE) as kms,
+        pytest.raises(
+            KmsDenied, match="Decrypt: expected CiphertextForRecipient, got AccessDeniedException"
+        ) as info,
+    ):
         kms.decrypt(world.secret_blob)
     assert info.value.code == "AccessDeniedException"
 
 
 def test_debug_mode_enclave_is_denied(world, key, tmp_path):
-    with _kms(world, key, tmp_path / "nsm.sock", debug=True) as kms, \
-            pytest.raises(KmsDenied, match="AccessDeniedException"):
+    with (
+        _kms(world, key, tmp_path / "nsm.sock", debug=True) as kms,
+        pytest.raises(KmsDenied, match="AccessDeniedException"),
+    ):
         kms.decrypt(world.secret_blob)
 
 
@@ -115,9 +125,14 @@ def test_no_proxy_is_unreachable_not_denied(world, key, tmp_path):
     with nsm_device(tmp_path / "nsm.sock", world.state):
         attester = Attester(SocketNsm(tmp_path / "nsm.sock"))
         fw = LoopbackForwarder(world.enclave_vsock(), PARENT_CID, 8999).start()
-        kms = AttestedKms(attester=attester, key=key, region="us-east-1",
-                          credentials=world.role_credentials, endpoint_url=fw.proxy_url,
-                          timeout=3)
+        kms = AttestedKms(
+            attester=attester,
+            key=key,
+            region="us-east-1",
+            credentials=world.role_credentials,
+            endpoint_url=fw.proxy_url,
+            timeout=3,
+        )
         try:
             with pytest.raises(KmsUnreachable, match="expected an answer through the vsock"):
                 kms.decrypt(world.secret_blob)
@@ -135,9 +150,13 @@ class _TlsKmsFront:
     def __init__(self, world: KmsWorld, port: int, tmp: Path) -> None:
         root, mid, leaf, leaf_key = issue_chain(KMS_HOST)
         (tmp / "front.pem").write_text(pem(leaf))
-        (tmp / "front.key").write_bytes(leaf_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        (tmp / "front.key").write_bytes(
+            leaf_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
         self.ca_path = tmp / "front-ca.pem"
         self.ca_path.write_text(pem(root) + pem(mid))
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -179,21 +198,37 @@ def test_https_mode_tunnels_tls_to_the_kms_host_name(world, key, tmp_path):
     try:
         with nsm_device(tmp_path / "nsm.sock", world.state):
             attester = Attester(SocketNsm(tmp_path / "nsm.sock"))
-            fw = LoopbackForwarder(world.enclave_vsock(), PARENT_CID, 8443, mode="connect",
-                                   connect_target=f"{KMS_HOST}:443").start()
-            kms = AttestedKms(attester=attester, key=key, region="us-east-1",
-                              credentials=world.role_credentials,
-                              endpoint_url=f"https://{KMS_HOST}", proxy_url=fw.proxy_url,
-                              verify=str(front.ca_path))
+            fw = LoopbackForwarder(
+                world.enclave_vsock(),
+                PARENT_CID,
+                8443,
+                mode="connect",
+                connect_target=f"{KMS_HOST}:443",
+            ).start()
+            kms = AttestedKms(
+                attester=attester,
+                key=key,
+                region="us-east-1",
+                credentials=world.role_credentials,
+                endpoint_url=f"https://{KMS_HOST}",
+                proxy_url=fw.proxy_url,
+                verify=str(front.ca_path),
+            )
             try:
                 assert kms.decrypt(world.secret_blob) == SECRET
             finally:
                 kms.close()
             # without the right trust the certificate check fails: TLS really is end to end
-            bad = AttestedKms(attester=attester, key=key, region="us-east-1",
-                              credentials=world.role_credentials,
-                              endpoint_url=f"https://{KMS_HOST}", proxy_url=fw.proxy_url,
-                              verify=True, timeout=5)
+            bad = AttestedKms(
+                attester=attester,
+                key=key,
+                region="us-east-1",
+                credentials=world.role_credentials,
+                endpoint_url=f"https://{KMS_HOST}",
+                proxy_url=fw.proxy_url,
+                verify=True,
+                timeout=5,
+            )
             try:
                 with pytest.raises(KmsUnreachable, match="SSL|certificate"):
                     bad.decrypt(world.secret_blob)
@@ -207,11 +242,14 @@ def test_https_mode_tunnels_tls_to_the_kms_host_name(world, key, tmp_path):
 
 
 def test_connect_mode_refuses_other_targets(world, tmp_path):
-    fw = LoopbackForwarder(world.enclave_vsock(), PARENT_CID, 8000, mode="connect",
-                           connect_target=f"{KMS_HOST}:443").start()
+    fw = LoopbackForwarder(
+        world.enclave_vsock(), PARENT_CID, 8000, mode="connect", connect_target=f"{KMS_HOST}:443"
+    ).start()
     try:
-        for head in (b"CONNECT evil.example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n",
-                     b"GET http://kms.us-east-1.amazonaws.com/ HTTP/1.1\r\n\r\n"):
+        for head in (
+            b"CONNECT evil.example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET http://kms.us-east-1.amazonaws.com/ HTTP/1.1\r\n\r\n",
+        ):
             with socket.create_connection(("127.0.0.1", fw.listen_port), timeout=5) as c:
                 c.sendall(head)
                 assert c.recv(100).startswith(b"HTTP/1.1 403")

@@ -41,8 +41,10 @@ APP_DIR = Path(__file__).resolve().parent.parent / "enclave_app"
 def test_manifest_vendors_only_pure_modules_and_declares_its_runtime() -> None:
     manifest = load_manifest(APP_DIR)
     assert manifest.cmd == ("python3", "-m", "app")
-    assert set(manifest.vendor) == {f"enclavekit.{m}" for m in (
-        "errors", "pcr", "nsm", "attestation", "cms", "transport", "provisioning")}
+    assert set(manifest.vendor) == {
+        f"enclavekit.{m}"
+        for m in ("errors", "pcr", "nsm", "attestation", "cms", "transport", "provisioning")
+    }
     assert set(manifest.runtime_packages) >= {"cbor2", "cryptography", "boto3"}
 
 
@@ -50,8 +52,10 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"enclave program exited with {proc.returncode}: "
-                                 f"{proc.stderr.read().decode() if proc.stderr else ''}")
+            raise AssertionError(
+                f"enclave program exited with {proc.returncode}: "
+                f"{proc.stderr.read().decode() if proc.stderr else ''}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} did not appear within {timeout} s")
         time.sleep(0.05)
@@ -63,8 +67,17 @@ def test_built_image_boots_and_serves_the_protocol(tmp_path: Path) -> None:
     root = launch.root
     assert (root / "app" / "__main__.py").is_file()
     assert sorted(p.name for p in (root / "app" / "enclavekit").glob("*.py")) == sorted(
-        ["__init__.py", "attestation.py", "cms.py", "errors.py", "nsm.py", "pcr.py",
-         "provisioning.py", "transport.py"])
+        [
+            "__init__.py",
+            "attestation.py",
+            "cms.py",
+            "errors.py",
+            "nsm.py",
+            "pcr.py",
+            "provisioning.py",
+            "transport.py",
+        ]
+    )
     assert launch.cmd == ["python3", "-m", "app"]
 
     with kms_world(tmp_path / "world") as world, nsm_device(world.nsm_path, world.state):
@@ -74,11 +87,24 @@ def test_built_image_boots_and_serves_the_protocol(tmp_path: Path) -> None:
         env.update(launch.env)
         # the image's "/" is `root` here: rebase its absolute paths
         env["PYTHONPATH"] = os.pathsep.join(
-            str(root) + p if p != "/" else str(root) for p in launch.env["PYTHONPATH"].split(":"))
-        argv = [sys.executable, *launch.cmd[1:], "--nsm-device", str(world.nsm_path),
-                "--vsock-root", str(world.vsock_root)]
-        proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            str(root) + p if p != "/" else str(root) for p in launch.env["PYTHONPATH"].split(":")
+        )
+        argv = [
+            sys.executable,
+            *launch.cmd[1:],
+            "--nsm-device",
+            str(world.nsm_path),
+            "--vsock-root",
+            str(world.vsock_root),
+        ]
+        proc = subprocess.Popen(
+            argv,
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             _wait_for(world.vsock_root / str(ENCLAVE_CID) / "5005", proc)
             parent = world.parent_vsock()
@@ -87,16 +113,24 @@ def test_built_image_boots_and_serves_the_protocol(tmp_path: Path) -> None:
                 status = exchange(sock, Status())
                 assert isinstance(status, StatusReport) and status.state == "waiting"
                 assert status.module_id == MODULE_ID
-                reply = exchange(sock, Provision(
-                    region="us-east-1", credentials=world.role_credentials,
-                    kms_endpoint_scheme="http", certificate=world.bundle,
-                    secrets=(SecretSpec("app-secret",
-                                        base64.b64encode(world.secret_blob).decode()),)))
+                reply = exchange(
+                    sock,
+                    Provision(
+                        region="us-east-1",
+                        credentials=world.role_credentials,
+                        kms_endpoint_scheme="http",
+                        certificate=world.bundle,
+                        secrets=(
+                            SecretSpec("app-secret", base64.b64encode(world.secret_blob).decode()),
+                        ),
+                    ),
+                )
                 assert isinstance(reply, Provisioned) and reply.state == "ready", reply
                 nonce = os.urandom(32)
                 answer = exchange(sock, Challenge("app-secret", nonce))
                 assert answer == ChallengeAnswer(
-                    "app-secret", hmac.new(SECRET, nonce, "sha256").digest())
+                    "app-secret", hmac.new(SECRET, nonce, "sha256").digest()
+                )
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -110,9 +144,12 @@ def test_built_image_boots_and_serves_the_protocol(tmp_path: Path) -> None:
     assert "waiting for Provision on vsock port 5005" in console
     assert "provisioned: certificate" in console and "stopping" in console
     # the console never shows key material, secrets or credentials
-    for material in ("PRIVATE KEY", SECRET.decode("latin-1"),
-                     world.role_credentials.secret_access_key,
-                     world.role_credentials.session_token):
+    for material in (
+        "PRIVATE KEY",
+        SECRET.decode("latin-1"),
+        world.role_credentials.secret_access_key,
+        world.role_credentials.session_token,
+    ):
         assert material not in console
     # the program imported only what the image carries (no enclavekit from the checkout)
     assert f"core modules from {root / 'app' / 'enclavekit'}" in console

@@ -68,11 +68,20 @@ class Enclave:
 
     def provision(self, **over) -> Provision:
         fields = dict(
-            region="us-east-1", credentials=self.world.role_credentials, kms_proxy_port=8000,
-            kms_endpoint_scheme="http", certificate=self.world.bundle,
-            secrets=(SecretSpec("app-secret", base64.b64encode(self.world.secret_blob).decode(),
-                                self.world.key_id),),
-            refresh_interval_secs=3600)
+            region="us-east-1",
+            credentials=self.world.role_credentials,
+            kms_proxy_port=8000,
+            kms_endpoint_scheme="http",
+            certificate=self.world.bundle,
+            secrets=(
+                SecretSpec(
+                    "app-secret",
+                    base64.b64encode(self.world.secret_blob).decode(),
+                    self.world.key_id,
+                ),
+            ),
+            refresh_interval_secs=3600,
+        )
         fields.update(over)
         return Provision(**fields)
 
@@ -82,8 +91,9 @@ class Enclave:
         raw.settimeout(10)
         with ctx.wrap_socket(raw, server_hostname=DOMAIN) as tls:
             peer = tls.getpeercert(binary_form=True)
-            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n"
-                        .encode())
+            tls.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n".encode()
+            )
             data = b""
             while chunk := tls.recv(65536):
                 data += chunk
@@ -100,8 +110,9 @@ def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enclave]:
         attester = Attester(SocketNsm(world.nsm_path))
         key = RecipientKey.generate()
         tls = TlsServer(vsock.listen(8443), MODULE_ID).start()
-        service = EnclaveService(attester=attester, key=key, vsock=vsock, module_id=MODULE_ID,
-                                 tls=tls)
+        service = EnclaveService(
+            attester=attester, key=key, vsock=vsock, module_id=MODULE_ID, tls=tls
+        )
         control = ControlServer(vsock.listen(5005), service).start()
         try:
             yield Enclave(world, service, key)
@@ -148,8 +159,9 @@ def test_full_life_cycle(enclave: Enclave, caplog) -> None:
     # attestation on request: verifies to the local root, carries our nonce and public key
     doc_reply = enclave.ask(Attest(nonce=nonce))
     assert isinstance(doc_reply, AttestResult)
-    doc = attestation.verify(doc_reply.document,
-                             LocalPki.load_or_create(world.state).trust_anchor())
+    doc = attestation.verify(
+        doc_reply.document, LocalPki.load_or_create(world.state).trust_anchor()
+    )
     assert doc.nonce == nonce and doc.public_key == enclave.key.spki_der
     assert doc.pcrs[0] == MEASUREMENTS.pcr0
 
@@ -160,8 +172,9 @@ def test_full_life_cycle(enclave: Enclave, caplog) -> None:
 
     # revocation: the key policy now names another image -> refresh drops the material
     kms = world.client("kms")
-    kms.put_key_policy(KeyId=world.key_id, PolicyName="default",
-                       Policy=world.key_policy(OTHER_IMAGE))
+    kms.put_key_policy(
+        KeyId=world.key_id, PolicyName="default", Policy=world.key_policy(OTHER_IMAGE)
+    )
     try:
         assert not enclave.service.refresh()
         status = enclave.ask(Status())
@@ -173,17 +186,21 @@ def test_full_life_cycle(enclave: Enclave, caplog) -> None:
         denied = enclave.ask(enclave.provision())
         assert isinstance(denied, ErrorReply) and denied.code == "KmsError"
     finally:
-        kms.put_key_policy(KeyId=world.key_id, PolicyName="default",
-                           Policy=world.key_policy())
+        kms.put_key_policy(KeyId=world.key_id, PolicyName="default", Policy=world.key_policy())
     assert enclave.ask(enclave.provision()).state == "ready"
     assert enclave.https()[1] == leaf_der
 
     # nothing secret was ever logged
     logged = "\n".join(r.getMessage() for r in caplog.records)
     key_pem_b64 = world.bundle.encrypted_private_key
-    for material in (SECRET.decode("latin-1"), "PRIVATE KEY", world.role_credentials.
-                     secret_access_key, world.role_credentials.session_token, key_pem_b64,
-                     base64.b64encode(SECRET).decode()):
+    for material in (
+        SECRET.decode("latin-1"),
+        "PRIVATE KEY",
+        world.role_credentials.secret_access_key,
+        world.role_credentials.session_token,
+        key_pem_b64,
+        base64.b64encode(SECRET).decode(),
+    ):
         assert material not in logged
     assert "provisioned: certificate" in logged
 

@@ -28,15 +28,27 @@ ENCLAVE_CID = 16
 DOMAIN = "app.example.test"
 
 
-def _cert(subject: str, key, issuer_key, issuer_name: x509.Name | None, *, ca: bool,
-          san: str | None = None) -> x509.Certificate:
+def _cert(
+    subject: str,
+    key,
+    issuer_key,
+    issuer_name: x509.Name | None,
+    *,
+    ca: bool,
+    san: str | None = None,
+) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name or name)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(minutes=5))
-         .not_valid_after(now + dt.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if san:
         b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
     return b.sign(issuer_key, hashes.SHA256())
@@ -47,8 +59,9 @@ def _pem(cert: x509.Certificate) -> str:
 
 
 def _key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 class Chain:
@@ -58,11 +71,13 @@ class Chain:
         root_key = ec.generate_private_key(ec.SECP256R1())
         self.root = _cert("Test Root CA", root_key, root_key, None, ca=True)
         int_key = ec.generate_private_key(ec.SECP256R1())
-        self.intermediate = _cert("Test Intermediate", int_key, root_key, self.root.subject,
-                                  ca=True)
+        self.intermediate = _cert(
+            "Test Intermediate", int_key, root_key, self.root.subject, ca=True
+        )
         self.leaf_key = leaf_key
-        self.leaf = _cert(DOMAIN, leaf_key, int_key, self.intermediate.subject, ca=False,
-                          san=DOMAIN)
+        self.leaf = _cert(
+            DOMAIN, leaf_key, int_key, self.intermediate.subject, ca=False, san=DOMAIN
+        )
 
     @property
     def certificate(self) -> str:
@@ -87,8 +102,10 @@ class Chain:
 
 @pytest.fixture(scope="module")
 def chains() -> dict[str, Chain]:
-    return {"rsa": Chain(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
-            "ec": Chain(ec.generate_private_key(ec.SECP384R1()))}
+    return {
+        "rsa": Chain(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        "ec": Chain(ec.generate_private_key(ec.SECP384R1())),
+    }
 
 
 @pytest.fixture()
@@ -109,14 +126,18 @@ def _https_get(parent: EmulatedVsock, ctx: ssl.SSLContext, path: str, *, request
         answers = []
         for i in range(requests):
             last = i == requests - 1
-            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\n"
-                        f"{'Connection: close' if last else 'Connection: keep-alive'}\r\n\r\n"
-                        .encode())
+            tls.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: {DOMAIN}\r\n"
+                f"{'Connection: close' if last else 'Connection: keep-alive'}\r\n\r\n".encode()
+            )
             head = b""
             while b"\r\n\r\n" not in head:
                 head += tls.recv(1)
-            length = int([h for h in head.decode().split("\r\n")
-                          if h.lower().startswith("content-length")][0].split(":")[1])
+            length = int(
+                [h for h in head.decode().split("\r\n") if h.lower().startswith("content-length")][
+                    0
+                ].split(":")[1]
+            )
             body = b""
             while len(body) < length:
                 body += tls.recv(length - len(body))
@@ -130,8 +151,9 @@ def test_https_through_vsock_is_terminated_in_the_enclave(server, chains, kind, 
     chain = chains[kind]
     identity = load_identity(chain.certificate, chain.chain, chain.key_pem)
     srv.set_identity(identity)
-    answers, version, peer_der = _https_get(parent, chain.client_context(tmp_path),
-                                            "/hello?x=1", requests=3)
+    answers, version, peer_der = _https_get(
+        parent, chain.client_context(tmp_path), "/hello?x=1", requests=3
+    )
     assert version == "TLSv1.3"
     assert hashlib.sha256(peer_der).hexdigest() == identity.certificate_sha256
     for status, body in answers:
@@ -141,7 +163,8 @@ def test_https_through_vsock_is_terminated_in_the_enclave(server, chains, kind, 
         assert body["enclave_module_id"].startswith("i-0123456789abcdef0-enc")
         assert body["certificate_sha256"] == identity.certificate_sha256
         assert dt.datetime.fromisoformat(body["time"]) > dt.datetime.now(dt.UTC) - dt.timedelta(
-            minutes=1)
+            minutes=1
+        )
 
 
 def test_tls12_client_is_served(server, chains, tmp_path):
@@ -185,8 +208,9 @@ def test_wrong_or_unreadable_key_is_one_line_invalid_input(chains):
         load_identity(a.certificate, a.chain, b"not a key")
     assert "not a key" not in str(info.value)
     with pytest.raises(InvalidInput, match="expected a PEM X.509 certificate"):
-        load_identity("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
-                      "", a.key_pem)
+        load_identity(
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "", a.key_pem
+        )
 
 
 def test_key_is_loaded_from_memory_never_from_a_named_file(chains, tmp_path, monkeypatch):

@@ -115,13 +115,15 @@ class Fleet:
 
     def group(self) -> dict[str, Any]:
         groups = self.aws["autoscaling"].describe_auto_scaling_groups(
-            AutoScalingGroupNames=[self.outputs["GroupName"]])["AutoScalingGroups"]
+            AutoScalingGroupNames=[self.outputs["GroupName"]]
+        )["AutoScalingGroups"]
         assert len(groups) == 1, groups
         return groups[0]
 
     def instance_ids(self) -> list[str]:
-        return sorted(i["InstanceId"] for i in self.group()["Instances"]
-                      if i["LifecycleState"] == "InService")
+        return sorted(
+            i["InstanceId"] for i in self.group()["Instances"] if i["LifecycleState"] == "InService"
+        )
 
     def parent(self, instance_id: str) -> dict[str, Any]:
         return read_state(instance_dir(self.state_dir, instance_id))
@@ -137,8 +139,9 @@ class Fleet:
         """The enclave's own Status, over that instance's vsock namespace."""
         d = instance_dir(self.state_dir, instance_id)
         vsock = EmulatedVsock(d / "vsock", PARENT_CID)
-        with vsock.connect(self.parent(instance_id)["enclave"]["EnclaveCID"],
-                           prov.CONTROL_PORT) as sock:
+        with vsock.connect(
+            self.parent(instance_id)["enclave"]["EnclaveCID"], prov.CONTROL_PORT
+        ) as sock:
             sock.settimeout(30)
             reply = prov.exchange(sock, prov.Status())
         assert isinstance(reply, prov.StatusReport), reply
@@ -148,8 +151,10 @@ class Fleet:
         """The DER leaf served through the instance's relay, verified to the local ACM CA."""
         ctx = ssl.create_default_context(cadata=server.ca_pem(self.state_dir).decode())
         port = self.parent(instance_id)["relay_port"]
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
-                ctx.wrap_socket(raw, server_hostname=DOMAIN) as tls:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+            ctx.wrap_socket(raw, server_hostname=DOMAIN) as tls,
+        ):
             der = tls.getpeercert(binary_form=True)
         assert der
         return der
@@ -158,31 +163,45 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     app_dir = tmp_path_factory.mktemp("fleet-app")
-    shutil.copytree(ROOT / "enclave_app", app_dir / "enclave_app",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "enclave_app",
+        app_dir / "enclave_app",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     (app_dir / "app.py").write_text(APP)
-    (app_dir / "cdk.json").write_text(json.dumps({
-        "app": f"{sys.executable} app.py",
-        "context": {AZ_CONTEXT: ["us-east-1a", "us-east-1b", "us-east-1c"]},
-    }))
+    (app_dir / "cdk.json").write_text(
+        json.dumps(
+            {
+                "app": f"{sys.executable} app.py",
+                "context": {AZ_CONTEXT: ["us-east-1a", "us-east-1b", "us-east-1c"]},
+            }
+        )
+    )
     state_dir = tmp_path_factory.mktemp("fleet-state")
     port = _free_port()
     try:
         result = up(app_dir, state_dir=state_dir, port=port)
         endpoint = server.running_endpoint(state_dir).endpoint
         env = local_aws_env(endpoint)
-        session = boto3.Session(aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                                aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                                region_name="us-east-1")
-        aws = {name: session.client(name, endpoint_url=endpoint)
-               for name in ("cloudformation", "ec2", "autoscaling", "iam")}
+        session = boto3.Session(
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
+        aws = {
+            name: session.client(name, endpoint_url=endpoint)
+            for name in ("cloudformation", "ec2", "autoscaling", "iam")
+        }
         stack = aws["cloudformation"].describe_stacks(StackName=STACK)["Stacks"][0]
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         yield Fleet(app_dir, state_dir, endpoint, result, outputs, aws)
     finally:
         server.stop(state_dir)
-        leftovers = [d.name for d in (state_dir / "instances").glob("*")
-                     if read_state(d).get("pid") and _alive(int(read_state(d)["pid"]))]
+        leftovers = [
+            d.name
+            for d in (state_dir / "instances").glob("*")
+            if read_state(d).get("pid") and _alive(int(read_state(d)["pid"]))
+        ]
         assert not leftovers, f"parents still alive after the endpoint stopped: {leftovers}"
         assert not _listening(port), f"the endpoint port {port} still listens"
 
@@ -191,8 +210,9 @@ def test_up_boots_one_parent_per_fleet_instance(fleet: Fleet) -> None:
     ids = fleet.instance_ids()
     assert len(ids) == 2, fleet.group()
     lt_id = fleet.outputs["LaunchTemplateId"]
-    latest = fleet.aws["ec2"].describe_launch_templates(
-        LaunchTemplateIds=[lt_id])["LaunchTemplates"][0]["LatestVersionNumber"]
+    latest = fleet.aws["ec2"].describe_launch_templates(LaunchTemplateIds=[lt_id])[
+        "LaunchTemplates"
+    ][0]["LatestVersionNumber"]
     role_arn = fleet.outputs["RoleArn"]
     relay_ports, pids = set(), set()
     for iid in ids:
@@ -203,8 +223,12 @@ def test_up_boots_one_parent_per_fleet_instance(fleet: Fleet) -> None:
         host = info["metadata"][METADATA_KEY]
         assert info["logical_id"].startswith("HostLaunchTemplate")
         assert info["role_arns"] == [role_arn]
-        assert host["enclave"] == {"cpu_count": 2, "memory_mib": 256, "cid": 16,
-                                   "debug_mode": False}
+        assert host["enclave"] == {
+            "cpu_count": 2,
+            "memory_mib": 256,
+            "cid": 16,
+            "debug_mode": False,
+        }
         assert host["image"]["asset"]["bucket"].startswith("cdk-"), host["image"]["asset"]
         assert st["enclave"]["EnclaveCID"] == 16  # per instance, as on AWS: own vsock space
         assert st["enclave"]["MemoryMiB"] == 256
@@ -223,11 +247,13 @@ def test_up_boots_one_parent_per_fleet_instance(fleet: Fleet) -> None:
         attr = ec2.describe_instance_attribute(InstanceId=iid, Attribute="enclaveOptions")
         assert attr["EnclaveOptions"] == {"Enabled": True}
         assoc = ec2.describe_iam_instance_profile_associations(
-            Filters=[{"Name": "instance-id", "Values": [iid]}])["IamInstanceProfileAssociations"]
+            Filters=[{"Name": "instance-id", "Values": [iid]}]
+        )["IamInstanceProfileAssociations"]
         assert len(assoc) == 1 and assoc[0]["State"] == "associated", assoc
         profile = assoc[0]["IamInstanceProfile"]["Arn"].rsplit("/", 1)[-1]
-        roles = fleet.aws["iam"].get_instance_profile(
-            InstanceProfileName=profile)["InstanceProfile"]["Roles"]
+        roles = fleet.aws["iam"].get_instance_profile(InstanceProfileName=profile)[
+            "InstanceProfile"
+        ]["Roles"]
         assert [r["Arn"] for r in roles] == [role_arn]
     assert len(relay_ports) == 2 and len(pids) == 4
     assert sorted(r["instance_id"] for r in instances_status(fleet.state_dir)) == ids
@@ -244,7 +270,8 @@ def test_instances_share_the_role_association_but_not_their_enclaves(fleet: Flee
     # ... one ACM association per role: the same certificate in both, served by both
     assert len({s.certificate_sha256 for s in statuses.values()}) == 1
     associations = fleet.aws["ec2"].get_associated_enclave_certificate_iam_roles(
-        CertificateArn=fleet.outputs["CertificateArn"])["AssociatedRoles"]
+        CertificateArn=fleet.outputs["CertificateArn"]
+    )["AssociatedRoles"]
     assert [a["AssociatedRoleArn"] for a in associations] == [fleet.outputs["RoleArn"]]
     leaves = {iid: fleet.leaf_certificate(iid) for iid in ids}
     assert len(set(leaves.values())) == 1
@@ -267,17 +294,22 @@ def test_scale_in_stops_one_parent_and_its_enclave(fleet: Fleet) -> None:
     before = fleet.instance_ids()
     procs = {iid: fleet.processes(iid) for iid in before}
     fleet.aws["autoscaling"].update_auto_scaling_group(
-        AutoScalingGroupName=fleet.outputs["GroupName"], MinSize=1, DesiredCapacity=1)
+        AutoScalingGroupName=fleet.outputs["GroupName"], MinSize=1, DesiredCapacity=1
+    )
     after = fleet.instance_ids()
     assert len(after) == 1 and after[0] in before
     (gone,) = set(before) - set(after)
     parent_pid, enclave_pid, relay_port = procs[gone]
-    _wait("the scaled-in parent and enclave to exit",
-          lambda: not _alive(parent_pid) and not _alive(enclave_pid), timeout=15)
+    _wait(
+        "the scaled-in parent and enclave to exit",
+        lambda: not _alive(parent_pid) and not _alive(enclave_pid),
+        timeout=15,
+    )
     assert not _listening(relay_port)
     assert fleet.parent(gone)["state"] == "stopped"
-    state = fleet.aws["ec2"].describe_instances(
-        InstanceIds=[gone])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    state = fleet.aws["ec2"].describe_instances(InstanceIds=[gone])["Reservations"][0]["Instances"][
+        0
+    ]["State"]["Name"]
     assert state == "terminated"
     kept = procs[after[0]]
     assert _alive(kept[0]) and _alive(kept[1]) and _listening(kept[2])
@@ -305,15 +337,23 @@ def test_destroy_leaves_no_parent_enclave_or_port(fleet: Fleet) -> None:
     assert len(dirs) == 3  # two launched, one replacement
     running = [fleet.processes(d.name) for d in dirs if fleet.parent(d.name)["state"] == "running"]
     assert len(running) == 1
-    res = run_cdk(["destroy", "--all", "--force"], state_dir=fleet.state_dir,
-                  cwd=fleet.app_dir, capture=True, timeout=180)
+    res = run_cdk(
+        ["destroy", "--all", "--force"],
+        state_dir=fleet.state_dir,
+        cwd=fleet.app_dir,
+        capture=True,
+        timeout=180,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-2000:]
     stacks = [s["StackName"] for s in fleet.aws["cloudformation"].describe_stacks()["Stacks"]]
     assert STACK not in stacks
     assert fleet.aws["autoscaling"].describe_auto_scaling_groups()["AutoScalingGroups"] == []
     for parent_pid, enclave_pid, relay_port in running:
-        _wait("every parent and enclave to exit",
-              lambda p=parent_pid, e=enclave_pid: not _alive(p) and not _alive(e), timeout=15)
+        _wait(
+            "every parent and enclave to exit",
+            lambda p=parent_pid, e=enclave_pid: not _alive(p) and not _alive(e),
+            timeout=15,
+        )
         assert not _listening(relay_port)
     for d in dirs:
         st = read_state(d)

@@ -46,8 +46,9 @@ def _free_port() -> int:
 
 
 def _spki(key: rsa.RSAPrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 @dataclass
@@ -61,10 +62,13 @@ class Env:
     tmp: Path
 
     def client(self, service: str, creds: dict[str, str] | None = None, **kw: Any) -> Any:
-        c = creds or {"aws_access_key_id": LOCAL_ACCESS_KEY_ID,
-                      "aws_secret_access_key": LOCAL_SECRET_ACCESS_KEY}
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=LOCAL_REGION,
-                            **{**c, **kw})
+        c = creds or {
+            "aws_access_key_id": LOCAL_ACCESS_KEY_ID,
+            "aws_secret_access_key": LOCAL_SECRET_ACCESS_KEY,
+        }
+        return boto3.client(
+            service, endpoint_url=self.endpoint, region_name=LOCAL_REGION, **{**c, **kw}
+        )
 
     @property
     def root(self) -> Any:
@@ -74,20 +78,32 @@ class Env:
     def role(self) -> Any:
         return self.client("kms", self.role_creds)
 
-    def document(self, *, pcrs: dict[int, bytes] = PCRS, key: rsa.RSAPrivateKey | None = None,
-                 pki: LocalPki | None = None, leaf_now: Any = None,
-                 timestamp: int | None = None) -> bytes:
+    def document(
+        self,
+        *,
+        pcrs: dict[int, bytes] = PCRS,
+        key: rsa.RSAPrivateKey | None = None,
+        pki: LocalPki | None = None,
+        leaf_now: Any = None,
+        timestamp: int | None = None,
+    ) -> bytes:
         pki = pki or self.pki
-        signing, cert = pki.issue_leaf("i-0123456789abcdef0-enc0123456789abcdef",
-                                       now=leaf_now)
+        signing, cert = pki.issue_leaf("i-0123456789abcdef0-enc0123456789abcdef", now=leaf_now)
         return attestation.encode(
-            module_id="i-0123456789abcdef0-enc0123456789abcdef", pcrs=pcrs,
-            signing_key=signing, certificate=cert, cabundle=pki.cabundle,
-            timestamp=timestamp, public_key=_spki(key or self.enclave_key))
+            module_id="i-0123456789abcdef0-enc0123456789abcdef",
+            pcrs=pcrs,
+            signing_key=signing,
+            certificate=cert,
+            cabundle=pki.cabundle,
+            timestamp=timestamp,
+            public_key=_spki(key or self.enclave_key),
+        )
 
     def recipient(self, doc: bytes | None = None, **kw: Any) -> dict[str, Any]:
-        return {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
-                "AttestationDocument": doc if doc is not None else self.document(**kw)}
+        return {
+            "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+            "AttestationDocument": doc if doc is not None else self.document(**kw),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -99,34 +115,65 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        e = Env(f"http://localhost:{port}", pki, "", {},
-                rsa.generate_private_key(65537, 2048), rsa.generate_private_key(65537, 2048),
-                tmp)
+        e = Env(
+            f"http://localhost:{port}",
+            pki,
+            "",
+            {},
+            rsa.generate_private_key(65537, 2048),
+            rsa.generate_private_key(65537, 2048),
+            tmp,
+        )
         iam = e.client("iam")
-        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {
-            "Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
-        e.role_arn = iam.create_role(RoleName="enclave-host",
-                                     AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-        c = e.client("sts").assume_role(RoleArn=e.role_arn,
-                                        RoleSessionName="i-0123456789abcdef0")["Credentials"]
-        e.role_creds = {"aws_access_key_id": c["AccessKeyId"],
-                        "aws_secret_access_key": c["SecretAccessKey"],
-                        "aws_session_token": c["SessionToken"]}
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "ec2.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+        e.role_arn = iam.create_role(
+            RoleName="enclave-host", AssumeRolePolicyDocument=json.dumps(trust)
+        )["Role"]["Arn"]
+        c = e.client("sts").assume_role(RoleArn=e.role_arn, RoleSessionName="i-0123456789abcdef0")[
+            "Credentials"
+        ]
+        e.role_creds = {
+            "aws_access_key_id": c["AccessKeyId"],
+            "aws_secret_access_key": c["SecretAccessKey"],
+            "aws_session_token": c["SessionToken"],
+        }
         yield e
     finally:
         server.stop()
 
 
 def _admin() -> dict[str, Any]:
-    return {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*",
-            "Resource": "*"}
+    return {
+        "Sid": "Admin",
+        "Effect": "Allow",
+        "Principal": {"AWS": ROOT},
+        "Action": "kms:*",
+        "Resource": "*",
+    }
 
 
 def _pcr_allow(role_arn: str, pcrs: dict[int, bytes] = PCRS) -> dict[str, Any]:
-    return {"Sid": "Enclave", "Effect": "Allow", "Principal": {"AWS": role_arn},
-            "Action": ATTESTED, "Resource": "*",
-            "Condition": {"StringEqualsIgnoreCase": {
-                f"kms:RecipientAttestation:PCR{i}": v.hex().upper() for i, v in pcrs.items()}}}
+    return {
+        "Sid": "Enclave",
+        "Effect": "Allow",
+        "Principal": {"AWS": role_arn},
+        "Action": ATTESTED,
+        "Resource": "*",
+        "Condition": {
+            "StringEqualsIgnoreCase": {
+                f"kms:RecipientAttestation:PCR{i}": v.hex().upper() for i, v in pcrs.items()
+            }
+        },
+    }
 
 
 def _key(env: Env, *statements: dict[str, Any]) -> tuple[str, bytes]:
@@ -164,14 +211,16 @@ def test_root_administers(env: Env, bound_key: tuple[str, bytes]) -> None:
 
 def test_signature_is_checked(env: Env, bound_key: tuple[str, bytes]) -> None:
     key_id, _ = bound_key
-    bad = env.client("kms", {"aws_access_key_id": LOCAL_ACCESS_KEY_ID,
-                             "aws_secret_access_key": "not-the-secret"})
+    bad = env.client(
+        "kms", {"aws_access_key_id": LOCAL_ACCESS_KEY_ID, "aws_secret_access_key": "not-the-secret"}
+    )
     with pytest.raises(ClientError) as info:
         bad.describe_key(KeyId=key_id)
     assert _code(info) == "InvalidSignatureException"
     assert "signature we calculated does not match" in _msg(info)
-    unknown = env.client("kms", {"aws_access_key_id": "AKIAIOSFODNN7EXAMPLE",
-                                 "aws_secret_access_key": "x"})
+    unknown = env.client(
+        "kms", {"aws_access_key_id": "AKIAIOSFODNN7EXAMPLE", "aws_secret_access_key": "x"}
+    )
     with pytest.raises(ClientError) as info:
         unknown.list_keys()
     assert _code(info) == "UnrecognizedClientException"
@@ -185,18 +234,27 @@ def test_iam_user_via_account_delegation(env: Env) -> None:
     iam = env.client("iam")
     iam.create_user(UserName="ops")
     ak = iam.create_access_key(UserName="ops")["AccessKey"]
-    ops = env.client("kms", {"aws_access_key_id": ak["AccessKeyId"],
-                             "aws_secret_access_key": ak["SecretAccessKey"]})
+    ops = env.client(
+        "kms",
+        {"aws_access_key_id": ak["AccessKeyId"], "aws_secret_access_key": ak["SecretAccessKey"]},
+    )
     key_id, blob = _key(env, _admin())
     with pytest.raises(ClientError) as info:
         ops.decrypt(CiphertextBlob=blob)
     assert _code(info) == "AccessDeniedException"
     assert _msg(info) == (
         f"User: arn:aws:iam::{LOCAL_ACCOUNT}:user/ops is not authorized to perform: kms:Decrypt "
-        f"on resource: {key_id} because no identity-based policy allows the kms:Decrypt action")
-    arn = iam.create_policy(PolicyName="decrypt", PolicyDocument=json.dumps({
-        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:Decrypt",
-                                                "Resource": key_id}]}))["Policy"]["Arn"]
+        f"on resource: {key_id} because no identity-based policy allows the kms:Decrypt action"
+    )
+    arn = iam.create_policy(
+        PolicyName="decrypt",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_id}],
+            }
+        ),
+    )["Policy"]["Arn"]
     iam.attach_user_policy(UserName="ops", PolicyArn=arn)
     assert ops.decrypt(CiphertextBlob=blob)["Plaintext"] == SECRET
 
@@ -209,7 +267,8 @@ def test_role_denied_plain_decrypt(env: Env, bound_key: tuple[str, bytes]) -> No
     assert _code(info) == "AccessDeniedException"
     assert _msg(info).startswith(
         f"User: arn:aws:sts::{LOCAL_ACCOUNT}:assumed-role/enclave-host/i-0123456789abcdef0 is "
-        f"not authorized to perform: kms:Decrypt on resource: {key_id} because no ")
+        f"not authorized to perform: kms:Decrypt on resource: {key_id} because no "
+    )
 
 
 def test_attested_decrypt_answers_cms_only(env: Env, bound_key: tuple[str, bytes]) -> None:
@@ -222,13 +281,16 @@ def test_attested_decrypt_answers_cms_only(env: Env, bound_key: tuple[str, bytes
 
 @pytest.mark.parametrize(
     "pcrs",
-    [{**PCRS, 2: bytes([9]) * 48},  # wrong PCR2
-     {i: bytes(48) for i in PCRS},  # debug mode: all zero
-     {0: PCRS[0], 1: PCRS[1]}],  # PCR2 missing
+    [
+        {**PCRS, 2: bytes([9]) * 48},  # wrong PCR2
+        {i: bytes(48) for i in PCRS},  # debug mode: all zero
+        {0: PCRS[0], 1: PCRS[1]},
+    ],  # PCR2 missing
     ids=["wrong-pcr", "debug", "missing-pcr"],
 )
-def test_wrong_measurements_denied(env: Env, bound_key: tuple[str, bytes],
-                                   pcrs: dict[int, bytes]) -> None:
+def test_wrong_measurements_denied(
+    env: Env, bound_key: tuple[str, bytes], pcrs: dict[int, bytes]
+) -> None:
     _, blob = bound_key
     with pytest.raises(ClientError) as info:
         env.role.decrypt(CiphertextBlob=blob, Recipient=env.recipient(pcrs=pcrs))
@@ -251,8 +313,9 @@ def test_bad_documents_rejected(env: Env, bound_key: tuple[str, bytes]) -> None:
 
     cases = {
         "forged signature": _forge(env.document()),
-        "expired leaf": env.document(leaf_now=datetime.fromtimestamp(old, UTC),
-                                     timestamp=int(old * 1000)),
+        "expired leaf": env.document(
+            leaf_now=datetime.fromtimestamp(old, UTC), timestamp=int(old * 1000)
+        ),
         "another root": env.document(pki=other),
         "not a document": b"\xa1\x01\x02garbage",
     }
@@ -262,8 +325,13 @@ def test_bad_documents_rejected(env: Env, bound_key: tuple[str, bytes]) -> None:
         assert _code(info) == "ValidationException", name
         assert "attestation document is not valid" in _msg(info), name
     with pytest.raises(ClientError) as info:
-        env.role.decrypt(CiphertextBlob=blob, Recipient={
-            "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_1", "AttestationDocument": env.document()})
+        env.role.decrypt(
+            CiphertextBlob=blob,
+            Recipient={
+                "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_1",
+                "AttestationDocument": env.document(),
+            },
+        )
     assert _code(info) == "ValidationException"
     assert "recipient.keyEncryptionAlgorithm" in _msg(info)
 
@@ -272,8 +340,7 @@ def test_swapped_public_key_cannot_be_opened(env: Env, bound_key: tuple[str, byt
     """A document carrying someone else's key: KMS encrypts to that key, so the enclave (or
     whoever replays the document) cannot open it; only the document's key holder can."""
     _, blob = bound_key
-    out = env.role.decrypt(CiphertextBlob=blob,
-                           Recipient=env.recipient(key=env.attacker_key))
+    out = env.role.decrypt(CiphertextBlob=blob, Recipient=env.recipient(key=env.attacker_key))
     envelope = out["CiphertextForRecipient"]
     with pytest.raises(CmsFormatError):
         cms.open_enveloped(envelope, env.enclave_key)
@@ -287,14 +354,18 @@ def test_attested_generate_ops(env: Env, bound_key: tuple[str, bytes]) -> None:
     data_key = cms.open_enveloped(out["CiphertextForRecipient"], env.enclave_key)
     assert len(data_key) == 32
     assert env.root.decrypt(CiphertextBlob=out["CiphertextBlob"])["Plaintext"] == data_key
-    pair = env.role.generate_data_key_pair(KeyId=key_id, KeyPairSpec="ECC_NIST_P384",
-                                           Recipient=env.recipient())
+    pair = env.role.generate_data_key_pair(
+        KeyId=key_id, KeyPairSpec="ECC_NIST_P384", Recipient=env.recipient()
+    )
     assert "PrivateKeyPlaintext" not in pair
     der = cms.open_enveloped(pair["CiphertextForRecipient"], env.enclave_key)
     private = serialization.load_der_private_key(der, None)
-    assert private.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) == pair["PublicKey"]
+    assert (
+        private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        == pair["PublicKey"]
+    )
     assert env.root.decrypt(CiphertextBlob=pair["PrivateKeyCiphertextBlob"])["Plaintext"] == der
     with pytest.raises(ClientError) as info:
         env.role.generate_data_key(KeyId=key_id, KeySpec="AES_256")
@@ -306,11 +377,27 @@ def test_generate_random_uses_identity_policy(env: Env) -> None:
         env.role.generate_random(NumberOfBytes=16, Recipient=env.recipient())
     assert _code(info) == "AccessDeniedException"
     assert "kms:GenerateRandom on resource: *" in _msg(info)
-    env.client("iam").put_role_policy(RoleName="enclave-host", PolicyName="random",
-        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Action": "kms:GenerateRandom", "Resource": "*",
-            "Condition": {"StringEqualsIgnoreCase": {
-                "kms:RecipientAttestation:ImageSha384": PCRS[0].hex()}}}]}))
+    env.client("iam").put_role_policy(
+        RoleName="enclave-host",
+        PolicyName="random",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "kms:GenerateRandom",
+                        "Resource": "*",
+                        "Condition": {
+                            "StringEqualsIgnoreCase": {
+                                "kms:RecipientAttestation:ImageSha384": PCRS[0].hex()
+                            }
+                        },
+                    }
+                ],
+            }
+        ),
+    )
     try:
         out = env.role.generate_random(NumberOfBytes=16, Recipient=env.recipient())
         assert "Plaintext" not in out
@@ -325,19 +412,37 @@ def test_generate_random_uses_identity_policy(env: Env) -> None:
 def test_explicit_deny_blocks_unattested_despite_identity_allow(env: Env) -> None:
     """aws-nitro-enclaves-sdk-c#157: root delegation + an IAM allow lets the parent decrypt;
     an explicit Deny with StringNotEqualsIgnoreCase (true when the key is absent) stops it."""
-    deny = {"Sid": "DenyUnattested", "Effect": "Deny", "Principal": {"AWS": env.role_arn},
-            "Action": ATTESTED, "Resource": "*",
-            "Condition": {"StringNotEqualsIgnoreCase": {
-                "kms:RecipientAttestation:PCR0": PCRS[0].hex()}}}
+    deny = {
+        "Sid": "DenyUnattested",
+        "Effect": "Deny",
+        "Principal": {"AWS": env.role_arn},
+        "Action": ATTESTED,
+        "Resource": "*",
+        "Condition": {
+            "StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": PCRS[0].hex()}
+        },
+    }
     key_id, blob = _key(env, _admin(), _pcr_allow(env.role_arn))
     iam = env.client("iam")
-    iam.put_role_policy(RoleName="enclave-host", PolicyName="decrypt-all",
-                        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
-                            "Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"}]}))
+    iam.put_role_policy(
+        RoleName="enclave-host",
+        PolicyName="decrypt-all",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"}],
+            }
+        ),
+    )
     try:
         assert env.role.decrypt(CiphertextBlob=blob)["Plaintext"] == SECRET  # the pitfall
-        env.root.put_key_policy(KeyId=key_id, PolicyName="default", Policy=json.dumps(
-            {"Version": "2012-10-17", "Statement": [_admin(), _pcr_allow(env.role_arn), deny]}))
+        env.root.put_key_policy(
+            KeyId=key_id,
+            PolicyName="default",
+            Policy=json.dumps(
+                {"Version": "2012-10-17", "Statement": [_admin(), _pcr_allow(env.role_arn), deny]}
+            ),
+        )
         with pytest.raises(ClientError) as info:
             env.role.decrypt(CiphertextBlob=blob)
         assert _msg(info).endswith("with an explicit deny in a resource-based policy")
@@ -369,12 +474,12 @@ def test_put_key_policy_validates(env: Env, bound_key: tuple[str, bytes]) -> Non
 
 def test_cfn_key_policy_is_a_json_string(env: Env) -> None:
     policy = {"Version": "2012-10-17", "Statement": [_admin()]}
-    template = {"Resources": {"K": {"Type": "AWS::KMS::Key",
-                                    "Properties": {"KeyPolicy": policy}}}}
+    template = {"Resources": {"K": {"Type": "AWS::KMS::Key", "Properties": {"KeyPolicy": policy}}}}
     cfn = env.client("cloudformation")
     cfn.create_stack(StackName="kms-policy", TemplateBody=json.dumps(template))
     key_id = cfn.describe_stack_resources(StackName="kms-policy")["StackResources"][0][
-        "PhysicalResourceId"]
+        "PhysicalResourceId"
+    ]
     text = env.root.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
     assert isinstance(text, str) and json.loads(text) == policy
     blob = env.root.encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"]
@@ -389,20 +494,36 @@ def test_key_of_another_account(env: Env) -> None:
     from moto.kms.models import kms_backends
 
     backend = kms_backends["111111111111"][LOCAL_REGION]
-    policy = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111111111111:root"},
-         "Action": "kms:*", "Resource": "*"},
-        _pcr_allow(env.role_arn)]}
-    key = backend.create_key(json.dumps(policy), "ENCRYPT_DECRYPT", "SYMMETRIC_DEFAULT",
-                             "service key", None)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::111111111111:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            _pcr_allow(env.role_arn),
+        ],
+    }
+    key = backend.create_key(
+        json.dumps(policy), "ENCRYPT_DECRYPT", "SYMMETRIC_DEFAULT", "service key", None
+    )
     blob, _ = backend.encrypt(key_id=key.id, plaintext=SECRET, encryption_context={})
     with pytest.raises(ClientError) as info:
         env.role.decrypt(CiphertextBlob=blob, KeyId=key.arn, Recipient=env.recipient())
     assert _msg(info).endswith("because no identity-based policy allows the kms:Decrypt action")
     iam = env.client("iam")
-    iam.put_role_policy(RoleName="enclave-host", PolicyName="svc-key",
-                        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
-                            "Effect": "Allow", "Action": "kms:Decrypt", "Resource": key.arn}]}))
+    iam.put_role_policy(
+        RoleName="enclave-host",
+        PolicyName="svc-key",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key.arn}],
+            }
+        ),
+    )
     try:
         out = env.role.decrypt(CiphertextBlob=blob, KeyId=key.arn, Recipient=env.recipient())
         assert cms.open_enveloped(out["CiphertextForRecipient"], env.enclave_key) == SECRET

@@ -17,8 +17,15 @@ BODY = b'{"KeyId": "alias/x"}'
 
 
 def _signed(secret: str = LOCAL_SECRET_ACCESS_KEY, body: bytes = BODY) -> dict[str, str]:
-    req = AWSRequest("POST", URL, data=body, headers={
-        "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "TrentService.Decrypt"})
+    req = AWSRequest(
+        "POST",
+        URL,
+        data=body,
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": "TrentService.Decrypt",
+        },
+    )
     SigV4Auth(Credentials(LOCAL_ACCESS_KEY_ID, secret), "kms", "us-east-1").add_auth(req)
     headers = dict(req.headers.items())
     headers["Host"] = "localhost:4599"
@@ -36,14 +43,30 @@ def test_root_key_authenticates() -> None:
     [
         (lambda h, b: (_signed("wrong"), b), "InvalidSignatureException"),
         (lambda h, b: (h, b + b" "), "InvalidSignatureException"),  # body tampered
-        (lambda h, b: ({**h, "X-Amz-Target": "TrentService.Encrypt"}, b),
-         "InvalidSignatureException"),  # signed header tampered
-        (lambda h, b: ({k: v for k, v in h.items() if k != "Authorization"}, b),
-         "MissingAuthenticationTokenException"),
-        (lambda h, b: ({**h, "Authorization": "AWS4-HMAC-SHA256 nonsense"}, b),
-         "IncompleteSignatureException"),
-        (lambda h, b: ({**h, "Authorization": h["Authorization"].replace(
-            LOCAL_ACCESS_KEY_ID, "AKIAUNKNOWN0000000")}, b), "UnrecognizedClientException"),
+        (
+            lambda h, b: ({**h, "X-Amz-Target": "TrentService.Encrypt"}, b),
+            "InvalidSignatureException",
+        ),  # signed header tampered
+        (
+            lambda h, b: ({k: v for k, v in h.items() if k != "Authorization"}, b),
+            "MissingAuthenticationTokenException",
+        ),
+        (
+            lambda h, b: ({**h, "Authorization": "AWS4-HMAC-SHA256 nonsense"}, b),
+            "IncompleteSignatureException",
+        ),
+        (
+            lambda h, b: (
+                {
+                    **h,
+                    "Authorization": h["Authorization"].replace(
+                        LOCAL_ACCESS_KEY_ID, "AKIAUNKNOWN0000000"
+                    ),
+                },
+                b,
+            ),
+            "UnrecognizedClientException",
+        ),
     ],
 )
 def test_bad_requests_refused(mutate: object, code: str) -> None:

@@ -29,8 +29,13 @@ def _free_port() -> int:
 
 
 def _ek(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "enclavekit", *args], capture_output=True,
-                          text=True, cwd=cwd or ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "enclavekit", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +67,11 @@ def test_start_writes_endpoint_json_and_is_idempotent(state: tuple[Path, int]) -
 def test_binds_loopback_only(state: tuple[Path, int]) -> None:
     _state_dir, port = state
     listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    ours = [ln.split() for ln in listening if ln.split()[1].endswith(f":{port:04X}")
-            and ln.split()[3] == "0A"]
+    ours = [
+        ln.split()
+        for ln in listening
+        if ln.split()[1].endswith(f":{port:04X}") and ln.split()[3] == "0A"
+    ]
     assert ours and all(fields[1].startswith("0100007F:") for fields in ours)
 
 
@@ -110,49 +118,116 @@ def test_ca_prints_the_root_once_per_state_dir(state: tuple[Path, int]) -> None:
 
 def _aws(port: int, tmp: Path, *args: str) -> dict:
     env = local_aws_env(f"http://localhost:{port}", base=os.environ, scratch_dir=tmp)
-    res = subprocess.run([str(AWS), *args, "--output", "json"], capture_output=True, text=True,
-                         env=env, timeout=60)
+    res = subprocess.run(
+        [str(AWS), *args, "--output", "json"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout) if res.stdout.strip() else {}
 
 
 def test_aws_cli_enclave_calls(state: tuple[Path, int], tmp_path: Path) -> None:
     _state_dir, port = state
-    run = _aws(port, tmp_path, "ec2", "run-instances", "--image-id", "ami-12c6146b",
-               "--instance-type", "m5a.xlarge", "--count", "1", "--enclave-options",
-               "Enabled=true")
+    run = _aws(
+        port,
+        tmp_path,
+        "ec2",
+        "run-instances",
+        "--image-id",
+        "ami-12c6146b",
+        "--instance-type",
+        "m5a.xlarge",
+        "--count",
+        "1",
+        "--enclave-options",
+        "Enabled=true",
+    )
     iid = run["Instances"][0]["InstanceId"]
     assert run["Instances"][0]["EnclaveOptions"] == {"Enabled": True}
     desc = _aws(port, tmp_path, "ec2", "describe-instances", "--instance-ids", iid)
     assert desc["Reservations"][0]["Instances"][0]["EnclaveOptions"] == {"Enabled": True}
-    attr = _aws(port, tmp_path, "ec2", "describe-instance-attribute", "--instance-id", iid,
-                "--attribute", "enclaveOptions")
+    attr = _aws(
+        port,
+        tmp_path,
+        "ec2",
+        "describe-instance-attribute",
+        "--instance-id",
+        iid,
+        "--attribute",
+        "enclaveOptions",
+    )
     assert attr["EnclaveOptions"] == {"Enabled": True}
 
-    cert = _aws(port, tmp_path, "acm", "request-certificate", "--domain-name",
-                "cli.example.test")["CertificateArn"]
-    role = _aws(port, tmp_path, "iam", "create-role", "--role-name", "cli-enclave-role",
-                "--assume-role-policy-document", "{}")["Role"]["Arn"]
-    assoc = _aws(port, tmp_path, "ec2", "associate-enclave-certificate-iam-role",
-                 "--certificate-arn", cert, "--role-arn", role)
+    cert = _aws(port, tmp_path, "acm", "request-certificate", "--domain-name", "cli.example.test")[
+        "CertificateArn"
+    ]
+    role = _aws(
+        port,
+        tmp_path,
+        "iam",
+        "create-role",
+        "--role-name",
+        "cli-enclave-role",
+        "--assume-role-policy-document",
+        "{}",
+    )["Role"]["Arn"]
+    assoc = _aws(
+        port,
+        tmp_path,
+        "ec2",
+        "associate-enclave-certificate-iam-role",
+        "--certificate-arn",
+        cert,
+        "--role-arn",
+        role,
+    )
     assert assoc["CertificateS3BucketName"] == "aws-ec2-enclave-certificate-us-east-1-prod"
     assert assoc["CertificateS3ObjectKey"] == f"{role}/{cert}"
-    got = _aws(port, tmp_path, "ec2", "get-associated-enclave-certificate-iam-roles",
-               "--certificate-arn", cert)
+    got = _aws(
+        port,
+        tmp_path,
+        "ec2",
+        "get-associated-enclave-certificate-iam-roles",
+        "--certificate-arn",
+        cert,
+    )
     assert got["AssociatedRoles"] == [{"AssociatedRoleArn": role, **assoc}]
     obj = tmp_path / "obj.json"
-    _aws(port, tmp_path, "s3api", "get-object", "--bucket", assoc["CertificateS3BucketName"],
-         "--key", assoc["CertificateS3ObjectKey"], str(obj))
+    _aws(
+        port,
+        tmp_path,
+        "s3api",
+        "get-object",
+        "--bucket",
+        assoc["CertificateS3BucketName"],
+        "--key",
+        assoc["CertificateS3ObjectKey"],
+        str(obj),
+    )
     body = json.loads(obj.read_text())
     assert "PRIVATE KEY" not in obj.read_text() and body["encryptedPrivateKey"]
-    dis = _aws(port, tmp_path, "ec2", "disassociate-enclave-certificate-iam-role",
-               "--certificate-arn", cert, "--role-arn", role)
+    dis = _aws(
+        port,
+        tmp_path,
+        "ec2",
+        "disassociate-enclave-certificate-iam-role",
+        "--certificate-arn",
+        cert,
+        "--role-arn",
+        role,
+    )
     assert dis["Return"] is True
-    got = _aws(port, tmp_path, "ec2", "get-associated-enclave-certificate-iam-roles",
-               "--certificate-arn", cert)
+    got = _aws(
+        port,
+        tmp_path,
+        "ec2",
+        "get-associated-enclave-certificate-iam-roles",
+        "--certificate-arn",
+        cert,
+    )
     assert got["AssociatedRoles"] == []
-    listed = _aws(port, tmp_path, "s3api", "list-objects-v2", "--bucket",
-                  assoc["CertificateS3BucketName"])
+    listed = _aws(
+        port, tmp_path, "s3api", "list-objects-v2", "--bucket", assoc["CertificateS3BucketName"]
+    )
     assert listed.get("Contents", []) == []
     _aws(port, tmp_path, "ec2", "terminate-instances", "--instance-ids", iid)
 

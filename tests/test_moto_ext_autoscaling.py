@@ -16,8 +16,11 @@ from moto import mock_aws
 from local_backend import moto_ext
 from local_backend.moto_ext.ec2 import EnclaveInstance, models, on_instance_start, on_instance_stop
 
-KW = {"region_name": "us-east-1", "aws_access_key_id": "testing",
-      "aws_secret_access_key": "testing"}
+KW = {
+    "region_name": "us-east-1",
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+}
 
 
 @pytest.fixture()
@@ -29,15 +32,21 @@ def aws(tmp_path: Path) -> Iterator[dict[str, object]]:
     def start(info: EnclaveInstance) -> None:
         if fail:
             raise RuntimeError("enclave boot failed (test)")
-        status = boto3.client("cloudformation", **KW).describe_stacks(
-            StackName=info.stack_name)["Stacks"][0]["StackStatus"] if info.stack_name else ""
+        status = (
+            boto3.client("cloudformation", **KW).describe_stacks(StackName=info.stack_name)[
+                "Stacks"
+            ][0]["StackStatus"]
+            if info.stack_name
+            else ""
+        )
         events.append(("start", info, status))
 
     on_instance_start(start)
     on_instance_stop(lambda i: events.append(("stop", i, "")))
     with mock_aws():
-        clients = {n: boto3.client(n, **KW) for n in
-                   ("ec2", "cloudformation", "autoscaling", "iam")}
+        clients = {
+            n: boto3.client(n, **KW) for n in ("ec2", "cloudformation", "autoscaling", "iam")
+        }
         yield {**clients, "events": events, "fail": fail}
     models.clear_hooks()
     models.stop_all_enclave_instances()
@@ -46,41 +55,83 @@ def aws(tmp_path: Path) -> Iterator[dict[str, object]]:
 def _template(*, size: int = 2, tag: str = "v1", enclave: bool = True) -> str:
     res = {
         "Vpc": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.2.0.0/16"}},
-        "Subnet": {"Type": "AWS::EC2::Subnet",
-                   "Properties": {"VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.2.0.0/24",
-                                  "AvailabilityZone": "us-east-1a"}},
-        "Role": {"Type": "AWS::IAM::Role", "Properties": {"AssumeRolePolicyDocument": {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                           "Principal": {"Service": "ec2.amazonaws.com"}}]}}},
-        "Profile": {"Type": "AWS::IAM::InstanceProfile",
-                    "Properties": {"Roles": [{"Ref": "Role"}]}},
+        "Subnet": {
+            "Type": "AWS::EC2::Subnet",
+            "Properties": {
+                "VpcId": {"Ref": "Vpc"},
+                "CidrBlock": "10.2.0.0/24",
+                "AvailabilityZone": "us-east-1a",
+            },
+        },
+        "Role": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": "sts:AssumeRole",
+                            "Principal": {"Service": "ec2.amazonaws.com"},
+                        }
+                    ],
+                }
+            },
+        },
+        "Profile": {
+            "Type": "AWS::IAM::InstanceProfile",
+            "Properties": {"Roles": [{"Ref": "Role"}]},
+        },
         "Template": {
             "Type": "AWS::EC2::LaunchTemplate",
-            "Metadata": {"enclavekit:host": {"version": 1, "tag": tag,
-                                             "role": "Role", "vpc": {"Ref": "Vpc"}}},
-            "Properties": {"LaunchTemplateData": {
-                "ImageId": "ami-12c6146b", "InstanceType": "m5a.xlarge",
-                "EnclaveOptions": {"Enabled": enclave},
-                "MetadataOptions": {"HttpTokens": "required"},
-                "IamInstanceProfile": {"Arn": {"Fn::GetAtt": ["Profile", "Arn"]}},
-                "TagSpecifications": [{"ResourceType": "instance",
-                                       "Tags": [{"Key": "build", "Value": tag}]}]}},
+            "Metadata": {
+                "enclavekit:host": {"version": 1, "tag": tag, "role": "Role", "vpc": {"Ref": "Vpc"}}
+            },
+            "Properties": {
+                "LaunchTemplateData": {
+                    "ImageId": "ami-12c6146b",
+                    "InstanceType": "m5a.xlarge",
+                    "EnclaveOptions": {"Enabled": enclave},
+                    "MetadataOptions": {"HttpTokens": "required"},
+                    "IamInstanceProfile": {"Arn": {"Fn::GetAtt": ["Profile", "Arn"]}},
+                    "TagSpecifications": [
+                        {"ResourceType": "instance", "Tags": [{"Key": "build", "Value": tag}]}
+                    ],
+                }
+            },
         },
-        "Fleet": {"Type": "AWS::AutoScaling::AutoScalingGroup", "Properties": {
-            "LaunchTemplate": {"LaunchTemplateId": {"Ref": "Template"},
-                               "Version": {"Fn::GetAtt": ["Template", "LatestVersionNumber"]}},
-            "MinSize": str(size), "MaxSize": str(size),
-            "VPCZoneIdentifier": [{"Ref": "Subnet"}]}},
+        "Fleet": {
+            "Type": "AWS::AutoScaling::AutoScalingGroup",
+            "Properties": {
+                "LaunchTemplate": {
+                    "LaunchTemplateId": {"Ref": "Template"},
+                    "Version": {"Fn::GetAtt": ["Template", "LatestVersionNumber"]},
+                },
+                "MinSize": str(size),
+                "MaxSize": str(size),
+                "VPCZoneIdentifier": [{"Ref": "Subnet"}],
+            },
+        },
     }
-    return json.dumps({"Resources": res, "Outputs": {
-        "Group": {"Value": {"Ref": "Fleet"}}, "RoleArn": {"Value": {"Fn::GetAtt": ["Role", "Arn"]}},
-        "Vpc": {"Value": {"Ref": "Vpc"}}}})
+    return json.dumps(
+        {
+            "Resources": res,
+            "Outputs": {
+                "Group": {"Value": {"Ref": "Fleet"}},
+                "RoleArn": {"Value": {"Fn::GetAtt": ["Role", "Arn"]}},
+                "Vpc": {"Value": {"Ref": "Vpc"}},
+            },
+        }
+    )
 
 
 def _deploy(cfn, body: str, kind: str = "CREATE") -> dict[str, str]:
-    cfn.create_change_set(StackName="Fleet", ChangeSetName="cdk-deploy-change-set",
-                          TemplateBody=body, ChangeSetType=kind)
+    cfn.create_change_set(
+        StackName="Fleet",
+        ChangeSetName="cdk-deploy-change-set",
+        TemplateBody=body,
+        ChangeSetType=kind,
+    )
     cfn.execute_change_set(StackName="Fleet", ChangeSetName="cdk-deploy-change-set")
     stack = cfn.describe_stacks(StackName="Fleet")["Stacks"][0]
     assert stack["StackStatus"] == f"{kind}_COMPLETE", stack
@@ -88,8 +139,9 @@ def _deploy(cfn, body: str, kind: str = "CREATE") -> dict[str, str]:
 
 
 def _in_service(aws: dict, group: str) -> list[str]:
-    g = aws["autoscaling"].describe_auto_scaling_groups(
-        AutoScalingGroupNames=[group])["AutoScalingGroups"][0]
+    g = aws["autoscaling"].describe_auto_scaling_groups(AutoScalingGroupNames=[group])[
+        "AutoScalingGroups"
+    ][0]
     return sorted(i["InstanceId"] for i in g["Instances"] if i["LifecycleState"] == "InService")
 
 
@@ -105,8 +157,9 @@ def test_create_starts_each_instance_after_the_stack_applied(aws: dict) -> None:
     for _, info, status in events:
         assert status == "CREATE_IN_PROGRESS"  # after apply, before the stack completes
         assert info.logical_id == "Template" and info.stack_name == "Fleet"
-        assert info.metadata == {"enclavekit:host": {"version": 1, "tag": "v1", "role": "Role",
-                                                     "vpc": out["Vpc"]}}
+        assert info.metadata == {
+            "enclavekit:host": {"version": 1, "tag": "v1", "role": "Role", "vpc": out["Vpc"]}
+        }
         assert info.role_arns == (out["RoleArn"],)
         assert info.instance_profile_arn and info.instance_type == "m5a.xlarge"
     for iid in ids:
@@ -138,8 +191,12 @@ def test_scaling_update_replacement_and_delete_move_the_hooks(aws: dict) -> None
     (new,) = _in_service(aws, group)
     assert _ids(events, "stop") == kept and _ids(events, "start") == [new]
     assert events[-1][1].metadata["enclavekit:host"]["tag"] == "v2"
-    tags = {t["Key"]: t["Value"] for t in ec2.describe_instances(
-        InstanceIds=[new])["Reservations"][0]["Instances"][0]["Tags"]}
+    tags = {
+        t["Key"]: t["Value"]
+        for t in ec2.describe_instances(InstanceIds=[new])["Reservations"][0]["Instances"][0][
+            "Tags"
+        ]
+    }
     assert tags["aws:ec2launchtemplate:version"] == "2" and tags["build"] == "v2"
     # stack delete stops the rest
     events.clear()

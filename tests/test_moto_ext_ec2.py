@@ -17,8 +17,11 @@ from moto.kms.models import kms_backends
 from local_backend import moto_ext
 from local_backend.moto_ext.ec2 import EnclaveInstance, models, on_instance_start, on_instance_stop
 
-KW = {"region_name": "us-east-1", "aws_access_key_id": "testing",
-      "aws_secret_access_key": "testing"}
+KW = {
+    "region_name": "us-east-1",
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+}
 
 
 @pytest.fixture()
@@ -28,8 +31,9 @@ def aws(tmp_path: Path) -> Iterator[dict[str, object]]:
     on_instance_start(lambda i: events.append(("start", i)))
     on_instance_stop(lambda i: events.append(("stop", i)))
     with mock_aws():
-        clients = {n: boto3.client(n, **KW) for n in
-                   ("ec2", "cloudformation", "acm", "iam", "s3", "kms")}
+        clients = {
+            n: boto3.client(n, **KW) for n in ("ec2", "cloudformation", "acm", "iam", "s3", "kms")
+        }
         yield {**clients, "events": events}
     models.clear_hooks()
     models.stop_all_enclave_instances()
@@ -38,26 +42,35 @@ def aws(tmp_path: Path) -> Iterator[dict[str, object]]:
 def _template(enclave: bool = True, extra: dict | None = None) -> str:
     res: dict = {
         "Vpc": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.1.0.0/16"}},
-        "Subnet": {"Type": "AWS::EC2::Subnet",
-                   "Properties": {"VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.1.0.0/24"}},
+        "Subnet": {
+            "Type": "AWS::EC2::Subnet",
+            "Properties": {"VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.1.0.0/24"},
+        },
         "Rt": {"Type": "AWS::EC2::RouteTable", "Properties": {"VpcId": {"Ref": "Vpc"}}},
-        "RtAssoc": {"Type": "AWS::EC2::SubnetRouteTableAssociation",
-                    "Properties": {"RouteTableId": {"Ref": "Rt"}, "SubnetId": {"Ref": "Subnet"}}},
-        "Host": {"Type": "AWS::EC2::Instance",
-                 "Metadata": {"enclavekit:host": {"version": 1, "vpc": {"Ref": "Vpc"}}},
-                 "Properties": {"ImageId": "ami-12c6146b", "InstanceType": "m5a.xlarge",
-                                "SubnetId": {"Ref": "Subnet"},
-                                "EnclaveOptions": {"Enabled": enclave}}},
+        "RtAssoc": {
+            "Type": "AWS::EC2::SubnetRouteTableAssociation",
+            "Properties": {"RouteTableId": {"Ref": "Rt"}, "SubnetId": {"Ref": "Subnet"}},
+        },
+        "Host": {
+            "Type": "AWS::EC2::Instance",
+            "Metadata": {"enclavekit:host": {"version": 1, "vpc": {"Ref": "Vpc"}}},
+            "Properties": {
+                "ImageId": "ami-12c6146b",
+                "InstanceType": "m5a.xlarge",
+                "SubnetId": {"Ref": "Subnet"},
+                "EnclaveOptions": {"Enabled": enclave},
+            },
+        },
         "Meta": {"Type": "AWS::CDK::Metadata", "Properties": {"Analytics": "v2:deflate64:x"}},
     }
     res.update(extra or {})
-    return json.dumps({"Resources": res,
-                       "Outputs": {"HostId": {"Value": {"Ref": "Host"}}}})
+    return json.dumps({"Resources": res, "Outputs": {"HostId": {"Value": {"Ref": "Host"}}}})
 
 
 def _deploy(cfn, name: str, body: str, kind: str = "CREATE") -> dict:
-    cfn.create_change_set(StackName=name, ChangeSetName="cdk-deploy-change-set",
-                          TemplateBody=body, ChangeSetType=kind)
+    cfn.create_change_set(
+        StackName=name, ChangeSetName="cdk-deploy-change-set", TemplateBody=body, ChangeSetType=kind
+    )
     cfn.execute_change_set(StackName=name, ChangeSetName="cdk-deploy-change-set")
     return cfn.describe_stacks(StackName=name)["Stacks"][0]
 
@@ -66,9 +79,13 @@ def test_run_and_terminate_call_the_hooks(aws: dict) -> None:
     ec2, events = aws["ec2"], aws["events"]
     plain = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)
     assert plain["Instances"][0]["EnclaveOptions"] == {"Enabled": False}
-    iid = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
-                            InstanceType="m5a.xlarge",
-                            EnclaveOptions={"Enabled": True})["Instances"][0]["InstanceId"]
+    iid = ec2.run_instances(
+        ImageId="ami-12c6146b",
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="m5a.xlarge",
+        EnclaveOptions={"Enabled": True},
+    )["Instances"][0]["InstanceId"]
     assert [(k, i.instance_id) for k, i in events] == [("start", iid)]
     assert events[0][1].stack_name is None and events[0][1].instance_type == "m5a.xlarge"
     ec2.terminate_instances(InstanceIds=[iid])
@@ -100,8 +117,10 @@ def test_a_failing_start_hook_fails_the_create_and_rolls_back(aws: dict) -> None
     on_instance_start(refuse)
     stack = _deploy(cfn, "S2", _template())
     assert stack["StackStatus"] == "ROLLBACK_COMPLETE"
-    reasons = [e.get("ResourceStatusReason") or "" for e in
-               cfn.describe_stack_events(StackName="S2")["StackEvents"]]
+    reasons = [
+        e.get("ResourceStatusReason") or ""
+        for e in cfn.describe_stack_events(StackName="S2")["StackEvents"]
+    ]
     assert any("could not boot" in r for r in reasons)
     assert [v for v in ec2.describe_vpcs()["Vpcs"] if not v["IsDefault"]] == []
     assert [k for k, _ in aws["events"]] == ["start", "stop"]  # nothing left running
@@ -109,8 +128,12 @@ def test_a_failing_start_hook_fails_the_create_and_rolls_back(aws: dict) -> None
 
 def test_unsupported_type_is_refused_with_its_name(aws: dict) -> None:
     cfn = aws["cloudformation"]
-    body = _template(extra={"Q": {"Type": "AWS::Foo::Bar", "Properties": {}},
-                            "W": {"Type": "AWS::CloudFormation::WaitConditionHandle"}})
+    body = _template(
+        extra={
+            "Q": {"Type": "AWS::Foo::Bar", "Properties": {}},
+            "W": {"Type": "AWS::CloudFormation::WaitConditionHandle"},
+        }
+    )
     with pytest.raises(ClientError) as err:
         _deploy(cfn, "S3", body)
     msg = err.value.response["Error"]["Message"]
@@ -129,8 +152,10 @@ def test_change_set_not_found_codes(aws: dict) -> None:
         cfn.delete_change_set(StackName="NoSuchStack", ChangeSetName="no-such-set")
     # same-named change sets of two stacks are kept apart
     _deploy(cfn, "S5", _template(enclave=False))
-    assert cfn.describe_change_set(StackName="S4", ChangeSetName="cdk-deploy-change-set")[
-        "StackName"] == "S4"
+    assert (
+        cfn.describe_change_set(StackName="S4", ChangeSetName="cdk-deploy-change-set")["StackName"]
+        == "S4"
+    )
 
 
 def test_kms_key_policy_update_is_in_place(aws: dict) -> None:
@@ -138,10 +163,19 @@ def test_kms_key_policy_update_is_in_place(aws: dict) -> None:
 
     def key(pcr: str) -> dict:
         root = {"AWS": "arn:aws:iam::123456789012:root"}
-        policy = {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Principal": root, "Action": "kms:*", "Resource": "*"},
-            {"Effect": "Allow", "Principal": root, "Action": "kms:Decrypt", "Resource": "*",
-             "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": pcr}}}]}
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": root, "Action": "kms:*", "Resource": "*"},
+                {
+                    "Effect": "Allow",
+                    "Principal": root,
+                    "Action": "kms:Decrypt",
+                    "Resource": "*",
+                    "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": pcr}},
+                },
+            ],
+        }
         return {"Key": {"Type": "AWS::KMS::Key", "Properties": {"KeyPolicy": policy}}}
 
     body = json.dumps({"Resources": key("aa"), "Outputs": {"K": {"Value": {"Ref": "Key"}}}})
@@ -169,7 +203,8 @@ def test_association_key_policy_and_object(aws: dict) -> None:
     [release] = [s for s in policy["Statement"] if s["Action"] == "kms:Decrypt"]
     assert release["Principal"] == {"AWS": role}
     assert release["Condition"] == {
-        "StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": ["ab" * 48]}}
+        "StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": ["ab" * 48]}
+    }
     models.unregister_agent_image("us-east-1", role, "i-0123456789abcdef0")
     policy = json.loads(backend.get_key_policy(assoc["EncryptionKmsKeyId"]))
     assert [s for s in policy["Statement"] if s["Action"] == "kms:Decrypt"] == []
@@ -177,8 +212,11 @@ def test_association_key_policy_and_object(aws: dict) -> None:
     # the customer account has no such key: it lives in the service account
     with pytest.raises(ClientError):
         aws["kms"].describe_key(KeyId=assoc["EncryptionKmsKeyId"])
-    obj = json.loads(s3.get_object(Bucket=assoc["CertificateS3BucketName"],
-                                   Key=assoc["CertificateS3ObjectKey"])["Body"].read())
+    obj = json.loads(
+        s3.get_object(Bucket=assoc["CertificateS3BucketName"], Key=assoc["CertificateS3ObjectKey"])[
+            "Body"
+        ].read()
+    )
     blob = base64.b64decode(obj["encryptedPrivateKey"])
     plain, key_id = backend.decrypt(blob, {})
     assert key_id.endswith(f":{models.SERVICE_ACCOUNT}:key/{assoc['EncryptionKmsKeyId']}")

@@ -23,8 +23,7 @@ REQUEST_EXAMPLES = [
     (nsm.LockPCRs(range=32), "a1684c6f636b50435273a16572616e67651820"),
     (
         nsm.Attestation(),
-        "a16b4174746573746174696f6ea369757365725f64617461f6656e6f6e6365f6"
-        "6a7075626c69635f6b6579f6",
+        "a16b4174746573746174696f6ea369757365725f64617461f6656e6f6e6365f66a7075626c69635f6b6579f6",
     ),
 ]
 RESPONSE_EXAMPLES = [
@@ -221,14 +220,16 @@ _cbor_values = st.recursive(
     | st.binary(max_size=16)
     | st.text(max_size=12)
     | st.sampled_from(["DescribeNSM", "GetRandom", "LockPCR", "Error", "Attestation"]),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(
-        st.sampled_from(
-            ["index", "data", "range", "lock", "DescribePCR", "ExtendPCR", "Error", "digest"]
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["index", "data", "range", "lock", "DescribePCR", "ExtendPCR", "Error", "digest"]
+            )
+            | st.text(max_size=6),
+            children,
+            max_size=4,
         )
-        | st.text(max_size=6),
-        children,
-        max_size=4,
     ),
     max_leaves=12,
 )

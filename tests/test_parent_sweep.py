@@ -14,8 +14,9 @@ from local_backend.parent import sweep
 def _fake_parent(instance_dir: Path) -> subprocess.Popen[bytes]:
     """A process that names its instance dir on its command line, as the real agent does."""
     instance_dir.mkdir(parents=True)
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
-                             str(instance_dir)])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", str(instance_dir)]
+    )
     (instance_dir / "parent.json").write_text(json.dumps({"state": "running", "pid": proc.pid}))
     return proc
 

@@ -21,17 +21,28 @@ ROLE = f"arn:aws:iam::{ACCT}:role/data-processing"
 KEY = f"arn:aws:kms:us-east-1:{ACCT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 PCR0 = "ab" * 48
 OTHER = "cd" * 48
-ACTIONS = ["kms:Decrypt", "kms:DeriveSharedSecret", "kms:GenerateDataKey",
-           "kms:GenerateDataKeyPair", "kms:GenerateRandom"]
+ACTIONS = [
+    "kms:Decrypt",
+    "kms:DeriveSharedSecret",
+    "kms:GenerateDataKey",
+    "kms:GenerateDataKeyPair",
+    "kms:GenerateRandom",
+]
 
 
 def ctx(principal: str = ROLE, action: str = "kms:Decrypt", **keys: object) -> RequestContext:
-    return RequestContext(principal=principal, account=ACCT, action=action, resource=KEY,
-                          keys={k.replace("__", ":"): v for k, v in keys.items()})
+    return RequestContext(
+        principal=principal,
+        account=ACCT,
+        action=action,
+        resource=KEY,
+        keys={k.replace("__", ":"): v for k, v in keys.items()},
+    )
 
 
-def cond(op: str, key: str, *values: str, if_exists: bool = False,
-         qualifier: str | None = None) -> Condition:
+def cond(
+    op: str, key: str, *values: str, if_exists: bool = False, qualifier: str | None = None
+) -> Condition:
     return Condition(op, key, values, if_exists, qualifier)
 
 
@@ -95,8 +106,18 @@ def test_condition_operators(c: Condition, keys: dict, expected: bool) -> None:
 
 
 def test_keys_and_operators_are_anded() -> None:
-    pol = parse_policy({"Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*",
-        "Condition": {"StringEquals": {"a": "1", "b": "2"}, "StringLike": {"c": "x*"}}}]})
+    pol = parse_policy(
+        {
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "kms:*",
+                    "Resource": "*",
+                    "Condition": {"StringEquals": {"a": "1", "b": "2"}, "StringLike": {"c": "x*"}},
+                }
+            ]
+        }
+    )
     assert evaluate(ctx(a="1", b="2", c="xy"), [pol]).allowed
     assert not evaluate(ctx(a="1", b="2", c="y"), [pol]).allowed
     assert not evaluate(ctx(a="1", c="xy"), [pol]).allowed
@@ -105,11 +126,17 @@ def test_keys_and_operators_are_anded() -> None:
 # ----------------------------------------------------------------------------- matching
 @pytest.mark.parametrize(
     ("pattern", "action", "expected"),
-    [("kms:Decrypt", "kms:Decrypt", True), ("KMS:decrypt", "kms:Decrypt", True),
-     ("kms:Gen*", "kms:GenerateDataKeyPair", True), ("kms:*", "kms:Decrypt", True),
-     ("*", "s3:GetObject", True), ("kms:Encrypt", "kms:Decrypt", False),
-     ("kms:Decrypt?", "kms:Decrypt", False), ("kms:ReEncrypt*", "kms:ReEncryptFrom", True),
-     ("s3:*", "kms:Decrypt", False)],
+    [
+        ("kms:Decrypt", "kms:Decrypt", True),
+        ("KMS:decrypt", "kms:Decrypt", True),
+        ("kms:Gen*", "kms:GenerateDataKeyPair", True),
+        ("kms:*", "kms:Decrypt", True),
+        ("*", "s3:GetObject", True),
+        ("kms:Encrypt", "kms:Decrypt", False),
+        ("kms:Decrypt?", "kms:Decrypt", False),
+        ("kms:ReEncrypt*", "kms:ReEncryptFrom", True),
+        ("s3:*", "kms:Decrypt", False),
+    ],
 )
 def test_action_matching(pattern: str, action: str, expected: bool) -> None:
     assert action_matches(pattern, action) is expected
@@ -123,9 +150,18 @@ def test_resource_matching() -> None:
 
 
 def test_not_action_not_resource_not_principal() -> None:
-    pol = parse_policy({"Statement": [
-        {"Effect": "Deny", "NotPrincipal": {"AWS": ROOT}, "NotAction": "kms:Describe*",
-         "NotResource": "arn:aws:kms:*:*:alias/*"}]})
+    pol = parse_policy(
+        {
+            "Statement": [
+                {
+                    "Effect": "Deny",
+                    "NotPrincipal": {"AWS": ROOT},
+                    "NotAction": "kms:Describe*",
+                    "NotResource": "arn:aws:kms:*:*:alias/*",
+                }
+            ]
+        }
+    )
     assert not evaluate(ctx(action="kms:Decrypt"), [pol]).allowed
     assert evaluate(ctx(action="kms:Decrypt"), [pol]).statements == ("#0",)
     assert evaluate(ctx(action="kms:DescribeKey"), [pol]).statements == ()
@@ -133,10 +169,12 @@ def test_not_action_not_resource_not_principal() -> None:
 
 
 def test_generic_evaluate_default_deny_and_explicit_deny_wins() -> None:
-    allow = parse_policy({"Statement": [{"Sid": "A", "Effect": "Allow", "Action": "kms:*",
-                                         "Resource": "*"}]})
-    deny = parse_policy({"Statement": [{"Sid": "D", "Effect": "Deny", "Action": "kms:Decrypt",
-                                        "Resource": "*"}]})
+    allow = parse_policy(
+        {"Statement": [{"Sid": "A", "Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}
+    )
+    deny = parse_policy(
+        {"Statement": [{"Sid": "D", "Effect": "Deny", "Action": "kms:Decrypt", "Resource": "*"}]}
+    )
     assert evaluate(ctx(), [allow]).allowed
     d = evaluate(ctx(), [allow, deny])
     assert (d.allowed, d.statements) == (False, ("D",))
@@ -145,8 +183,18 @@ def test_generic_evaluate_default_deny_and_explicit_deny_wins() -> None:
 
 
 def test_assumed_role_session_matches_its_role() -> None:
-    pol = parse_policy({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ROLE},
-                                       "Action": "kms:Decrypt", "Resource": "*"}]})
+    pol = parse_policy(
+        {
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": ROLE},
+                    "Action": "kms:Decrypt",
+                    "Resource": "*",
+                }
+            ]
+        }
+    )
     session = f"arn:aws:sts::{ACCT}:assumed-role/data-processing/i-0abc"
     assert evaluate(ctx(principal=session), [pol]).allowed
     other = f"arn:aws:sts::{ACCT}:assumed-role/other/i-0abc"
@@ -154,30 +202,53 @@ def test_assumed_role_session_matches_its_role() -> None:
 
 
 # ----------------------------------------------------------------------------- KMS rule
-ADMIN = {"Sid": "Enable IAM User Permissions", "Effect": "Allow",
-         "Principal": {"AWS": ROOT}, "Action": "kms:*", "Resource": "*"}
+ADMIN = {
+    "Sid": "Enable IAM User Permissions",
+    "Effect": "Allow",
+    "Principal": {"AWS": ROOT},
+    "Action": "kms:*",
+    "Resource": "*",
+}
 # The example of the KMS Developer Guide, "Condition keys for AWS Nitro Enclaves".
-ENCLAVE_ALLOW = {"Sid": "Enable enclave data processing", "Effect": "Allow",
-                 "Principal": {"AWS": ROLE}, "Action": ACTIONS, "Resource": "*",
-                 "Condition": {"StringEqualsIgnoreCase": {
-                     "kms:RecipientAttestation:ImageSha384": PCR0}}}
-PCR_ALLOW = {"Sid": "PCRs", "Effect": "Allow", "Principal": {"AWS": ROLE},
-             "Action": "kms:Decrypt", "Resource": "*",
-             "Condition": {"StringEqualsIgnoreCase": {
-                 "kms:RecipientAttestation:PCR0": PCR0, "kms:RecipientAttestation:PCR1": PCR0,
-                 "kms:RecipientAttestation:PCR2": PCR0}}}
-DENY_UNATTESTED = {"Sid": "Deny unattested", "Effect": "Deny", "Principal": {"AWS": ROLE},
-                   "Action": ACTIONS, "Resource": "*",
-                   "Condition": {"StringNotEqualsIgnoreCase": {
-                       "kms:RecipientAttestation:PCR0": PCR0}}}
+ENCLAVE_ALLOW = {
+    "Sid": "Enable enclave data processing",
+    "Effect": "Allow",
+    "Principal": {"AWS": ROLE},
+    "Action": ACTIONS,
+    "Resource": "*",
+    "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": PCR0}},
+}
+PCR_ALLOW = {
+    "Sid": "PCRs",
+    "Effect": "Allow",
+    "Principal": {"AWS": ROLE},
+    "Action": "kms:Decrypt",
+    "Resource": "*",
+    "Condition": {
+        "StringEqualsIgnoreCase": {
+            "kms:RecipientAttestation:PCR0": PCR0,
+            "kms:RecipientAttestation:PCR1": PCR0,
+            "kms:RecipientAttestation:PCR2": PCR0,
+        }
+    },
+}
+DENY_UNATTESTED = {
+    "Sid": "Deny unattested",
+    "Effect": "Deny",
+    "Principal": {"AWS": ROLE},
+    "Action": ACTIONS,
+    "Resource": "*",
+    "Condition": {"StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": PCR0}},
+}
 
 
 def key_policy(*stmts: dict) -> object:
     return parse_policy({"Version": "2012-10-17", "Statement": list(stmts)})
 
 
-ID_DECRYPT = parse_policy({"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt",
-                                          "Resource": KEY}]})
+ID_DECRYPT = parse_policy(
+    {"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": KEY}]}
+)
 
 
 def test_docs_example_image_sha384() -> None:
@@ -185,8 +256,14 @@ def test_docs_example_image_sha384() -> None:
     attested = ctx(**{"kms__RecipientAttestation__ImageSha384": PCR0})
     assert evaluate_kms(attested, kp, []).allowed
     # upper-case policy value still matches lower-case request value (IgnoreCase)
-    kp_upper = key_policy({**ENCLAVE_ALLOW, "Condition": {"StringEqualsIgnoreCase": {
-        "kms:RecipientAttestation:ImageSha384": PCR0.upper()}}})
+    kp_upper = key_policy(
+        {
+            **ENCLAVE_ALLOW,
+            "Condition": {
+                "StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": PCR0.upper()}
+            },
+        }
+    )
     assert evaluate_kms(attested, kp_upper, []).allowed
     # no attestation document -> denied: "this condition isn't satisfied"
     d = evaluate_kms(ctx(), kp, [])
@@ -198,8 +275,9 @@ def test_docs_example_image_sha384() -> None:
     assert not evaluate_kms(wrong, kp, []).allowed
     # every attested operation of the example is allowed
     for action in ACTIONS:
-        assert evaluate_kms(ctx(action=action, **{"kms__RecipientAttestation__ImageSha384": PCR0}),
-                            kp, []).allowed
+        assert evaluate_kms(
+            ctx(action=action, **{"kms__RecipientAttestation__ImageSha384": PCR0}), kp, []
+        ).allowed
 
 
 def test_all_pcrs_must_match() -> None:
@@ -242,8 +320,9 @@ def test_account_delegation_needs_identity_policy() -> None:
     assert d.reason == "because no identity-based policy allows the kms:Decrypt action"
     assert evaluate_kms(ctx(), kp, [ID_DECRYPT]).allowed
     # an identity policy for another key does not help
-    other_key = parse_policy({"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt",
-                                             "Resource": KEY + "-other"}]})
+    other_key = parse_policy(
+        {"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": KEY + "-other"}]}
+    )
     assert not evaluate_kms(ctx(), kp, [other_key]).allowed
     # account id form of the root principal delegates too
     kp_id = key_policy({**ADMIN, "Principal": {"AWS": ACCT}})
@@ -262,16 +341,27 @@ def test_no_delegation_without_root_or_to_other_account() -> None:
 
 def test_identity_deny_wins_over_key_allow() -> None:
     kp = key_policy({**ADMIN, "Principal": {"AWS": ROLE}})
-    deny = parse_policy({"Statement": [{"Sid": "No", "Effect": "Deny", "Action": "kms:*",
-                                        "Resource": "*"}]})
+    deny = parse_policy(
+        {"Statement": [{"Sid": "No", "Effect": "Deny", "Action": "kms:*", "Resource": "*"}]}
+    )
     d = evaluate_kms(ctx(), kp, [ID_DECRYPT, deny])
     assert (d.allowed, d.reason, d.statements) == (
-        False, "with an explicit deny in an identity-based policy", ("No",))
+        False,
+        "with an explicit deny in an identity-based policy",
+        ("No",),
+    )
 
 
 def test_wildcard_principal_and_caller_account_condition() -> None:
-    kp = key_policy({"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "kms:Decrypt",
-                     "Resource": "*", "Condition": {"StringEquals": {"kms:CallerAccount": ACCT}}})
+    kp = key_policy(
+        {
+            "Effect": "Allow",
+            "Principal": {"AWS": "*"},
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"kms:CallerAccount": ACCT}},
+        }
+    )
     assert evaluate_kms(ctx(**{"kms__CallerAccount": ACCT}), kp, []).allowed
     assert not evaluate_kms(ctx(**{"kms__CallerAccount": "999999999999"}), kp, []).allowed
 
@@ -279,8 +369,20 @@ def test_wildcard_principal_and_caller_account_condition() -> None:
 def test_identity_policy_with_attestation_condition() -> None:
     """Condition keys work in identity policies too (the docs say so)."""
     kp = key_policy(ADMIN)
-    idp = parse_policy({"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*",
-        "Condition": {"StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": PCR0}}}]})
+    idp = parse_policy(
+        {
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": "kms:Decrypt",
+                    "Resource": "*",
+                    "Condition": {
+                        "StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": PCR0}
+                    },
+                }
+            ]
+        }
+    )
     assert not evaluate_kms(ctx(), kp, [idp]).allowed
     assert evaluate_kms(ctx(**{"kms__RecipientAttestation__PCR0": PCR0}), kp, [idp]).allowed
 
@@ -294,8 +396,9 @@ def test_cross_account_key_needs_both_policies() -> None:
     assert not d.allowed
     assert d.reason == "because no identity-based policy allows the kms:Decrypt action"
     assert evaluate_kms(c, kp_role, [ID_DECRYPT]).allowed is False  # ID_DECRYPT names KEY
-    any_key = parse_policy({"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt",
-                                           "Resource": "*"}]})
+    any_key = parse_policy(
+        {"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"}]}
+    )
     assert evaluate_kms(c, kp_role, [any_key]).allowed
     kp_acct = key_policy({**ADMIN, "Principal": {"AWS": ACCT}})
     assert evaluate_kms(c, kp_acct, [any_key]).allowed

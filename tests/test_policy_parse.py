@@ -17,8 +17,17 @@ def _doc(**stmt: object) -> dict:
 
 
 def test_parses_json_text_and_single_statement_object() -> None:
-    text = json.dumps({"Version": "2012-10-17", "Statement": {
-        "Sid": "A", "Effect": "Deny", "NotAction": ["kms:*"], "NotResource": "arn:x"}})
+    text = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": {
+                "Sid": "A",
+                "Effect": "Deny",
+                "NotAction": ["kms:*"],
+                "NotResource": "arn:x",
+            },
+        }
+    )
     pol = parse_policy(text)
     (s,) = pol.statements
     assert (s.sid, s.effect) == ("A", "Deny")
@@ -27,8 +36,14 @@ def test_parses_json_text_and_single_statement_object() -> None:
 
 
 def test_principals_are_normalised() -> None:
-    pol = parse_policy(_doc(Principal={"AWS": ["111122223333", "arn:aws:iam::1:role/r"],
-                                       "Service": "ec2.amazonaws.com"}))
+    pol = parse_policy(
+        _doc(
+            Principal={
+                "AWS": ["111122223333", "arn:aws:iam::1:role/r"],
+                "Service": "ec2.amazonaws.com",
+            }
+        )
+    )
     assert pol.statements[0].principals == (
         PrincipalRef("AWS", "arn:aws:iam::111122223333:root"),
         PrincipalRef("AWS", "arn:aws:iam::1:role/r"),
@@ -39,11 +54,15 @@ def test_principals_are_normalised() -> None:
 
 
 def test_conditions_with_qualifiers_ifexists_and_typed_values() -> None:
-    pol = parse_policy(_doc(Condition={
-        "ForAnyValue:StringLikeIfExists": {"aws:TagKeys": ["a*", "b"]},
-        "Bool": {"aws:SecureTransport": True},
-        "NumericLessThan": {"kms:X": 5},
-    }))
+    pol = parse_policy(
+        _doc(
+            Condition={
+                "ForAnyValue:StringLikeIfExists": {"aws:TagKeys": ["a*", "b"]},
+                "Bool": {"aws:SecureTransport": True},
+                "NumericLessThan": {"kms:X": 5},
+            }
+        )
+    )
     assert pol.statements[0].conditions == (
         Condition("StringLike", "aws:TagKeys", ("a*", "b"), True, "ForAnyValue"),
         Condition("Bool", "aws:SecureTransport", ("true",), False, None),
@@ -77,8 +96,10 @@ def test_conditions_with_qualifiers_ifexists_and_typed_values() -> None:
         (_doc(Condition={"StringEquals": {"k": {"x": 1}}}), "value or list of values"),
         (_doc(Condition={"StringEquals": "k"}), "object of key"),
         (_doc(Extra=1), "Extra"),
-        ({"Statement": [{"Effect": "Allow", "Resource": "*"}]},
-         "Action or NotAction, found neither"),
+        (
+            {"Statement": [{"Effect": "Allow", "Resource": "*"}]},
+            "Action or NotAction, found neither",
+        ),
     ],
 )
 def test_bad_documents_raise_one_line_errors(doc: object, needle: str) -> None:

@@ -59,8 +59,19 @@ def _all_messages() -> list:
         Attest(nonce=b"\x00" * 512),
         Provisioned("ready", "ab" * 32, ("app-secret",)),
         StatusReport("waiting", "i-0-enc0", "cd" * 32),
-        StatusReport("ready", "i-0-enc0", "cd" * 32, "ab" * 32, "CN=x", "2030-01-01T00:00:00Z",
-                     ("a", "b"), 1.5, 2.5, 3, "KMS said no"),
+        StatusReport(
+            "ready",
+            "i-0-enc0",
+            "cd" * 32,
+            "ab" * 32,
+            "CN=x",
+            "2030-01-01T00:00:00Z",
+            ("a", "b"),
+            1.5,
+            2.5,
+            3,
+            "KMS said no",
+        ),
         ChallengeAnswer("app-secret", bytes(32)),
         AttestResult(b"\x84\x44"),
         ErrorReply("UnknownSecret", "secret 'x': expected one of [], found nothing"),
@@ -76,21 +87,37 @@ def test_wire_shape_is_the_documented_json() -> None:
     obj = json.loads(encode_message(Provision(region="us-east-1", credentials=CREDS)))
     assert obj["version"] == 1 and obj["type"] == "Provision"
     assert obj["credentials"] == {
-        "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "very-secret-key",
-        "SessionToken": "session-token-xyz", "Expiration": "2030-01-01T00:00:00Z"}
+        "AccessKeyId": "ASIAEXAMPLE",
+        "SecretAccessKey": "very-secret-key",
+        "SessionToken": "session-token-xyz",
+        "Expiration": "2030-01-01T00:00:00Z",
+    }
     assert obj["kms_proxy_port"] == 8000 and obj["kms_endpoint_scheme"] == "https"
     default = Provision(region="us-east-1", credentials=CREDS)
     assert default.kms_host == "kms.us-east-1.amazonaws.com"
     assert json.loads(encode_message(Challenge("s", b"k" * 16))) == {
-        "version": 1, "type": "Challenge", "name": "s",
-        "nonce_b64": base64.b64encode(b"k" * 16).decode()}
+        "version": 1,
+        "type": "Challenge",
+        "name": "s",
+        "nonce_b64": base64.b64encode(b"k" * 16).decode(),
+    }
 
 
 def test_repr_never_shows_secret_material() -> None:
-    text = repr(Provision(region="us-east-1", credentials=CREDS, certificate=BUNDLE,
-                          secrets=(SecretSpec("s", "c2VjcmV0"),)))
-    for secret in ("very-secret-key", "session-token-xyz", BUNDLE.encrypted_private_key,
-                   "c2VjcmV0"):
+    text = repr(
+        Provision(
+            region="us-east-1",
+            credentials=CREDS,
+            certificate=BUNDLE,
+            secrets=(SecretSpec("s", "c2VjcmV0"),),
+        )
+    )
+    for secret in (
+        "very-secret-key",
+        "session-token-xyz",
+        BUNDLE.encrypted_private_key,
+        "c2VjcmV0",
+    ):
         assert secret not in text
     assert "ASIAEXAMPLE" in text
 
@@ -129,23 +156,45 @@ def _prov(**over) -> bytes:
         (_prov(kms_endpoint_host="a b"), "kms_endpoint_host: expected a DNS host name"),
         (_prov(refresh_interval_secs=0), "refresh_interval_secs: expected an integer 1.."),
         (_prov(secrets={}), "secrets: expected a JSON array, found dict"),
-        (_prov(secrets=[{"name": "a", "ciphertext_b64": "!!"}]),
-         r"secrets\[a\].ciphertext_b64: expected base64 text"),
-        (_prov(secrets=[{"name": "a", "ciphertext_b64": "AA=="}] * 2),
-         "secrets: expected unique secret names, found 'a'"),
-        (_prov(secrets=[{"name": "../x y", "ciphertext_b64": "AA=="}]),
-         "name: expected 1..128 characters"),
-        (_prov(certificate={"certificate": "nope", "certificateChain": "",
-                            "encryptedPrivateKey": "AA==", "encryptionMethod": "m"}),
-         "certificate.certificate: expected a PEM certificate"),
-        (_prov(credentials={"AccessKeyId": "a", "SecretAccessKey": 5}),
-         "SecretAccessKey: expected a non-empty string, found int"),
-        (_prov(credentials={"AccessKeyId": "a", "SecretAccessKey": "b", "Token": "t"}),
-         "unknown field 'Token'"),
-        (b'{"version":1,"type":"Challenge","name":"s","nonce_b64":"AAAA"}',
-         "Challenge.nonce_b64: expected 16..512 bytes, found 3 bytes"),
-        (b'{"version":1,"type":"ChallengeAnswer","name":"s","mac_b64":"AAAA"}',
-         "mac_b64: expected 32 bytes"),
+        (
+            _prov(secrets=[{"name": "a", "ciphertext_b64": "!!"}]),
+            r"secrets\[a\].ciphertext_b64: expected base64 text",
+        ),
+        (
+            _prov(secrets=[{"name": "a", "ciphertext_b64": "AA=="}] * 2),
+            "secrets: expected unique secret names, found 'a'",
+        ),
+        (
+            _prov(secrets=[{"name": "../x y", "ciphertext_b64": "AA=="}]),
+            "name: expected 1..128 characters",
+        ),
+        (
+            _prov(
+                certificate={
+                    "certificate": "nope",
+                    "certificateChain": "",
+                    "encryptedPrivateKey": "AA==",
+                    "encryptionMethod": "m",
+                }
+            ),
+            "certificate.certificate: expected a PEM certificate",
+        ),
+        (
+            _prov(credentials={"AccessKeyId": "a", "SecretAccessKey": 5}),
+            "SecretAccessKey: expected a non-empty string, found int",
+        ),
+        (
+            _prov(credentials={"AccessKeyId": "a", "SecretAccessKey": "b", "Token": "t"}),
+            "unknown field 'Token'",
+        ),
+        (
+            b'{"version":1,"type":"Challenge","name":"s","nonce_b64":"AAAA"}',
+            "Challenge.nonce_b64: expected 16..512 bytes, found 3 bytes",
+        ),
+        (
+            b'{"version":1,"type":"ChallengeAnswer","name":"s","mac_b64":"AAAA"}',
+            "mac_b64: expected 32 bytes",
+        ),
         (b'{"version":1,"type":"Error","code":"Oops","message":"m"}', "Error.code: expected one"),
         (b'{"version":1,"type":"Provisioned","state":"happy"}', "state: expected one of"),
         (b"[" * 100000 + b"]" * 100000, "expected UTF-8 JSON"),
@@ -204,19 +253,48 @@ def test_decoder_raises_only_invalid_input_on_bytes(data: bytes) -> None:
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=20,
 )
-_keys = st.sampled_from(["region", "credentials", "kms_proxy_port", "certificate", "secrets",
-                         "name", "nonce_b64", "state", "mac_b64", "document_b64", "code",
-                         "message", "refresh_interval_secs", "kms_endpoint_host"])
+_keys = st.sampled_from(
+    [
+        "region",
+        "credentials",
+        "kms_proxy_port",
+        "certificate",
+        "secrets",
+        "name",
+        "nonce_b64",
+        "state",
+        "mac_b64",
+        "document_b64",
+        "code",
+        "message",
+        "refresh_interval_secs",
+        "kms_endpoint_host",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["Provision", "Status", "Challenge", "Attest", "Provisioned",
-                        "StatusReport", "ChallengeAnswer", "AttestResult", "Error"]),
-       st.dictionaries(_keys, _json, max_size=6))
+@given(
+    st.sampled_from(
+        [
+            "Provision",
+            "Status",
+            "Challenge",
+            "Attest",
+            "Provisioned",
+            "StatusReport",
+            "ChallengeAnswer",
+            "AttestResult",
+            "Error",
+        ]
+    ),
+    st.dictionaries(_keys, _json, max_size=6),
+)
 def test_decoder_raises_only_invalid_input_on_json(kind: str, body: dict) -> None:
     payload = json.dumps({"version": 1, "type": kind, **body}).encode()
     with contextlib.suppress(InvalidInput):

@@ -48,8 +48,9 @@ class _EchoNsm:
                 except (ConnectionError, OSError):
                     return
                 self.seen.append(raw)
-                send_frame(conn, nsm.encode_response(
-                    nsm.DescribePCRResponse(lock=True, data=bytes(48))))
+                send_frame(
+                    conn, nsm.encode_response(nsm.DescribePCRResponse(lock=True, data=bytes(48)))
+                )
 
     def close(self) -> None:
         self.sock.close()

@@ -66,12 +66,14 @@ class AgentSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.sha256, str) or not _SHA256.match(self.sha256):
-            raise InvalidInput(f"agent bundle sha256: expected 64 lower-case hex digits, "
-                               f"found {self.sha256!r}")
+            raise InvalidInput(
+                f"agent bundle sha256: expected 64 lower-case hex digits, found {self.sha256!r}"
+            )
         for pin in self.requirements:
             if not isinstance(pin, str) or not _PIN.match(pin):
-                raise InvalidInput(f"agent bundle requirement: expected 'name==version', "
-                                   f"found {pin!r}")
+                raise InvalidInput(
+                    f"agent bundle requirement: expected 'name==version', found {pin!r}"
+                )
 
 
 @dataclass(frozen=True)

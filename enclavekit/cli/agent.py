@@ -93,9 +93,13 @@ def _run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     parent, cid = _build(args)
     parent.credentials.credentials()  # no IMDS, no role: one line and exit 1 before looping
-    log.info("parent agent: enclave CID %d, region %s, certificate %s, %d secret(s)",
-             cid, parent.region, parent.config.certificate_arn or "none",
-             len(parent.config.secrets))
+    log.info(
+        "parent agent: enclave CID %d, region %s, certificate %s, %d secret(s)",
+        cid,
+        parent.region,
+        parent.config.certificate_arn or "none",
+        len(parent.config.secrets),
+    )
     if args.once:
         return _once(parent, cid, args.wait)
     stop, resync = threading.Event(), threading.Event()
@@ -133,26 +137,59 @@ def register(sub: Any) -> None:
         "credentials (IMDSv2), the ACM certificate bundle and the sealed secrets over vsock, "
         "and keep them fresh. Exit: 0 ok, 1 not provisioned, 2 bad config.",
     )
-    p.add_argument("--config", type=Path, default=Path(HOST_CONFIG_PATH),
-                   help=f"the host JSON the user data writes (default {HOST_CONFIG_PATH})")
-    p.add_argument("--enclave-cid", type=_positive, default=None,
-                   help="the enclave's vsock CID (default: enclave.cid of the config)")
-    p.add_argument("--once", action="store_true",
-                   help="provision once and exit (0 provisioned, 1 not)")
-    p.add_argument("--wait", type=_seconds, default=120.0,
-                   help="with --once: how long to wait for the enclave's port 5005 (default 120)")
-    p.add_argument("--interval", type=_seconds, default=SYNC_SLOW_S,
-                   help=f"re-sync interval in seconds (default {SYNC_SLOW_S:.0f})")
-    p.add_argument("--region", default=None,
-                   help="AWS region (default: region of the config, else IMDS placement/region)")
-    p.add_argument("--kms-proxy-port", type=_positive, default=None,
-                   help="the parent's vsock-proxy port to KMS (default: the config's, else 8000)")
-    p.add_argument("--imds-endpoint", default=IMDS_ENDPOINT,
-                   help=f"instance metadata service (default {IMDS_ENDPOINT}; IPv6: "
-                   "http://[fd00:ec2::254])")
-    p.add_argument("--vsock-root", type=Path, default=None,
-                   help="emulator/testing: emulated vsock directory (parent CID 3) instead of "
-                   "AF_VSOCK")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="log level (default INFO)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=Path(HOST_CONFIG_PATH),
+        help=f"the host JSON the user data writes (default {HOST_CONFIG_PATH})",
+    )
+    p.add_argument(
+        "--enclave-cid",
+        type=_positive,
+        default=None,
+        help="the enclave's vsock CID (default: enclave.cid of the config)",
+    )
+    p.add_argument(
+        "--once", action="store_true", help="provision once and exit (0 provisioned, 1 not)"
+    )
+    p.add_argument(
+        "--wait",
+        type=_seconds,
+        default=120.0,
+        help="with --once: how long to wait for the enclave's port 5005 (default 120)",
+    )
+    p.add_argument(
+        "--interval",
+        type=_seconds,
+        default=SYNC_SLOW_S,
+        help=f"re-sync interval in seconds (default {SYNC_SLOW_S:.0f})",
+    )
+    p.add_argument(
+        "--region",
+        default=None,
+        help="AWS region (default: region of the config, else IMDS placement/region)",
+    )
+    p.add_argument(
+        "--kms-proxy-port",
+        type=_positive,
+        default=None,
+        help="the parent's vsock-proxy port to KMS (default: the config's, else 8000)",
+    )
+    p.add_argument(
+        "--imds-endpoint",
+        default=IMDS_ENDPOINT,
+        help=f"instance metadata service (default {IMDS_ENDPOINT}; IPv6: http://[fd00:ec2::254])",
+    )
+    p.add_argument(
+        "--vsock-root",
+        type=Path,
+        default=None,
+        help="emulator/testing: emulated vsock directory (parent CID 3) instead of AF_VSOCK",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="log level (default INFO)",
+    )
     p.set_defaults(handler=_run)

@@ -48,8 +48,9 @@ def _demo(args: argparse.Namespace) -> int:
     result = up(project, state_dir=state_dir, port=args.port)
     rows = hosts_in_assembly(project / "cdk.out")
     if not rows:
-        raise CheckFailed(f"cloud assembly {project / 'cdk.out'}: expected enclave hosts, found "
-                          "none")
+        raise CheckFailed(
+            f"cloud assembly {project / 'cdk.out'}: expected enclave hosts, found none"
+        )
     print()
     print(render(rows))
     print("\n" + phases_table(result))
@@ -58,8 +59,10 @@ def _demo(args: argparse.Namespace) -> int:
     for host in result.report.hosts:
         st = _parent_state(state_dir, host.instance_id)
         port, domain = st.get("relay_port", "?"), st.get("domain") or "DOMAIN"
-        print(f"\nTry it: curl --cacert <(.venv/bin/enclavekit local ca --state-dir {state_dir}) "
-              f"--resolve {domain}:{port}:127.0.0.1 https://{domain}:{port}/")
+        print(
+            f"\nTry it: curl --cacert <(.venv/bin/enclavekit local ca --state-dir {state_dir}) "
+            f"--resolve {domain}:{port}:127.0.0.1 https://{domain}:{port}/"
+        )
     print(f"Stop it: .venv/bin/enclavekit local stop --state-dir {state_dir}")
     return 0 if result.ok else 1
 

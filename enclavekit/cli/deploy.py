@@ -15,15 +15,16 @@ DEFAULT_PORT = 4599
 def _up(args: argparse.Namespace) -> int:
     from local_backend.up import phases_table, up
 
-    result = up(args.app, state_dir=args.state_dir, port=args.port,
-                run_verify=not args.no_verify)
+    result = up(args.app, state_dir=args.state_dir, port=args.port, run_verify=not args.no_verify)
     print()
     print(phases_table(result))
     if result.report is not None:
         print()
         print(result.report.table())
-    print(f"\nendpoint {result.endpoint} — stop it with: enclavekit local stop "
-          f"--state-dir {args.state_dir}")
+    print(
+        f"\nendpoint {result.endpoint} — stop it with: enclavekit local stop "
+        f"--state-dir {args.state_dir}"
+    )
     return 0 if result.ok else 1
 
 
@@ -43,10 +44,17 @@ def _verify(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `up` and `verify`."""
-    p = sub.add_parser("up", help="start the local endpoint if needed, bootstrap, deploy "
-                       "--all, seal secrets, boot enclaves, verify")
-    p.add_argument("--app", type=Path, default=Path("."),
-                   help="the CDK app directory (with cdk.json); default: here")
+    p = sub.add_parser(
+        "up",
+        help="start the local endpoint if needed, bootstrap, deploy "
+        "--all, seal secrets, boot enclaves, verify",
+    )
+    p.add_argument(
+        "--app",
+        type=Path,
+        default=Path("."),
+        help="the CDK app directory (with cdk.json); default: here",
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     p.add_argument("--no-verify", action="store_true", help="stop after the enclaves are up")

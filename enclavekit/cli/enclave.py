@@ -45,8 +45,11 @@ def _run(args: argparse.Namespace) -> int:
         parent_role_arn=args.parent_role_arn,
         parent_instance_id=args.parent_instance_id,
     )
-    print(f"Started enclave with enclave-cid: {result['EnclaveCID']}, "
-          f"memory: {result['MemoryMiB']} MiB, cpu-ids: {result['CPUIDs']}", file=sys.stderr)
+    print(
+        f"Started enclave with enclave-cid: {result['EnclaveCID']}, "
+        f"memory: {result['MemoryMiB']} MiB, cpu-ids: {result['CPUIDs']}",
+        file=sys.stderr,
+    )
     _print_json(result)
     if args.attach_console:
         if not args.debug_mode:
@@ -81,12 +84,21 @@ def _vsock_proxy(args: argparse.Namespace) -> int:
     from local_backend.emulator.vsock_proxy import VsockProxy
 
     proxy = VsockProxy.for_state_dir(
-        state_dir(args.state_dir), args.local_port, args.remote_addr, args.remote_port,
-        config=args.config, endpoint=args.local_endpoint, workers=args.num_workers,
+        state_dir(args.state_dir),
+        args.local_port,
+        args.remote_addr,
+        args.remote_port,
+        config=args.config,
+        endpoint=args.local_endpoint,
+        workers=args.num_workers,
     )
     host, port = proxy.target
-    print(f"vsock-proxy: vsock port {args.local_port} (CID 3) -> {args.remote_addr}:"
-          f"{args.remote_port} (emulator: {host}:{port})", file=sys.stderr, flush=True)
+    print(
+        f"vsock-proxy: vsock port {args.local_port} (CID 3) -> {args.remote_addr}:"
+        f"{args.remote_port} (emulator: {host}:{port})",
+        file=sys.stderr,
+        flush=True,
+    )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -107,29 +119,52 @@ def _positive(text: str) -> int:
 
 
 def _state(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", type=Path, default=None,
-                   help="emulator state directory (default $ENCLAVEKIT_STATE_DIR or .enclavekit)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="emulator state directory (default $ENCLAVEKIT_STATE_DIR or .enclavekit)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    run = sub.add_parser("run-enclave", help="boot an enclave from an EIF (emulated nitro-cli)",
-                         description="Start an enclave from an EIF in the local emulator; "
-                         "returns once it runs. Output: nitro-cli's run-enclave JSON.")
+    run = sub.add_parser(
+        "run-enclave",
+        help="boot an enclave from an EIF (emulated nitro-cli)",
+        description="Start an enclave from an EIF in the local emulator; "
+        "returns once it runs. Output: nitro-cli's run-enclave JSON.",
+    )
     run.add_argument("--eif-path", required=True, help="the enclave image file")
     run.add_argument("--cpu-count", required=True, type=_positive, help="number of vCPUs")
     run.add_argument("--memory", required=True, type=_positive, help="memory in MiB (>= 64)")
-    run.add_argument("--enclave-cid", type=_positive, default=None,
-                     help="vsock CID (>= 4; default: auto from 16)")
+    run.add_argument(
+        "--enclave-cid",
+        type=_positive,
+        default=None,
+        help="vsock CID (>= 4; default: auto from 16)",
+    )
     run.add_argument("--enclave-name", default=None, help="name (default: the image name)")
-    run.add_argument("--debug-mode", action="store_true",
-                     help="debug mode: console enabled, PCR0/1/2/8 zero in attestations")
-    run.add_argument("--attach-console", action="store_true",
-                     help="stream the console after start (debug mode only)")
-    run.add_argument("--parent-role-arn", default=None,
-                     help="emulator: the parent's IAM role ARN (PCR3; default none)")
-    run.add_argument("--parent-instance-id", default=None,
-                     help="emulator: the parent's instance id (PCR4; default per state dir)")
+    run.add_argument(
+        "--debug-mode",
+        action="store_true",
+        help="debug mode: console enabled, PCR0/1/2/8 zero in attestations",
+    )
+    run.add_argument(
+        "--attach-console",
+        action="store_true",
+        help="stream the console after start (debug mode only)",
+    )
+    run.add_argument(
+        "--parent-role-arn",
+        default=None,
+        help="emulator: the parent's IAM role ARN (PCR3; default none)",
+    )
+    run.add_argument(
+        "--parent-instance-id",
+        default=None,
+        help="emulator: the parent's instance id (PCR4; default per state dir)",
+    )
     _state(run)
     run.set_defaults(handler=_run)
 
@@ -146,25 +181,40 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     con = sub.add_parser("console", help="stream a debug-mode enclave's console")
     con.add_argument("--enclave-id", required=True, help="the EnclaveID")
-    con.add_argument("--disconnect-timeout", type=float, default=None,
-                     help="stop after this many seconds")
+    con.add_argument(
+        "--disconnect-timeout", type=float, default=None, help="stop after this many seconds"
+    )
     _state(con)
     con.set_defaults(handler=_console)
 
-    proxy = sub.add_parser("vsock-proxy", help="relay a parent vsock port to an allowed remote",
-                           description="AWS vsock-proxy on the emulated parent (CID 3): "
-                           "LOCAL_PORT REMOTE_ADDR REMOTE_PORT, checked against the allowlist.")
+    proxy = sub.add_parser(
+        "vsock-proxy",
+        help="relay a parent vsock port to an allowed remote",
+        description="AWS vsock-proxy on the emulated parent (CID 3): "
+        "LOCAL_PORT REMOTE_ADDR REMOTE_PORT, checked against the allowlist.",
+    )
     proxy.add_argument("local_port", type=_positive, metavar="LOCAL_PORT")
     proxy.add_argument("remote_addr", metavar="REMOTE_ADDR")
     proxy.add_argument("remote_port", type=_positive, metavar="REMOTE_PORT")
-    proxy.add_argument("--config", default=None,
-                       help="allowlist YAML (default /etc/nitro_enclaves/vsock-proxy.yaml)")
-    proxy.add_argument("-w", "--num_workers", type=_positive, default=4,
-                       help="connections served at once (default 4)")
+    proxy.add_argument(
+        "--config",
+        default=None,
+        help="allowlist YAML (default /etc/nitro_enclaves/vsock-proxy.yaml)",
+    )
+    proxy.add_argument(
+        "-w",
+        "--num_workers",
+        type=_positive,
+        default=4,
+        help="connections served at once (default 4)",
+    )
     family = proxy.add_mutually_exclusive_group()
     family.add_argument("-4", "--ipv4", action="store_true", help="accepted for compatibility")
     family.add_argument("-6", "--ipv6", action="store_true", help="accepted for compatibility")
-    proxy.add_argument("--local-endpoint", default=None,
-                       help="emulator: the local endpoint AWS service hosts map to")
+    proxy.add_argument(
+        "--local-endpoint",
+        default=None,
+        help="emulator: the local endpoint AWS service hosts map to",
+    )
     _state(proxy)
     proxy.set_defaults(handler=_vsock_proxy)

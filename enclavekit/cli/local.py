@@ -17,9 +17,12 @@ DEFAULT_PORT = 4599
 
 
 def _state_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                   help="where the endpoint keeps endpoint.json, logs and its CA "
-                   "(default .enclavekit)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="where the endpoint keeps endpoint.json, logs and its CA (default .enclavekit)",
+    )
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -30,8 +33,10 @@ def _start(args: argparse.Namespace) -> int:
     verb = "already running" if already else "started"
     print(f"local endpoint {verb}: {info.endpoint} (pid {info.pid}, state {info.state_dir})")
     if already and info.port != args.port:
-        print(f"note: it listens on port {info.port}, not {args.port}; stop it first to move it",
-              file=sys.stderr)
+        print(
+            f"note: it listens on port {info.port}, not {args.port}; stop it first to move it",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -58,9 +63,11 @@ def _status(args: argparse.Namespace) -> int:
     hosts = st.extra.get("enclave_hosts", [])
     print(f"enclave hosts:  {len(hosts)}")
     for h in hosts:
-        print(f"  {h['stack']}/{h['host']}  {h['instance_id']}  enclave {h['enclave_id']} "
-              f"(CID {h['cid']})  https://{h['domain']} on 127.0.0.1:{h['host_port']}"
-              f"  provisioned: {'yes' if h['provisioned'] else 'no'}")
+        print(
+            f"  {h['stack']}/{h['host']}  {h['instance_id']}  enclave {h['enclave_id']} "
+            f"(CID {h['cid']})  https://{h['domain']} on 127.0.0.1:{h['host_port']}"
+            f"  provisioned: {'yes' if h['provisioned'] else 'no'}"
+        )
     return 0
 
 
@@ -83,8 +90,9 @@ def _cdk(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add this group's commands to the top-level parser."""
     local = sub.add_parser("local", help="the local AWS endpoint (moto + enclavekit extensions)")
-    lsub = local.add_subparsers(dest="local_command", metavar="SUBCOMMAND",
-                                parser_class=type(local))
+    lsub = local.add_subparsers(
+        dest="local_command", metavar="SUBCOMMAND", parser_class=type(local)
+    )
     lsub.required = True
 
     p = lsub.add_parser("start", help="start the endpoint (detached, 127.0.0.1 only)")
@@ -105,9 +113,12 @@ def register(sub: Any) -> None:
     _state_arg(p)
     p.set_defaults(handler=_ca)
 
-    p = sub.add_parser("cdk", help="the project's cdk CLI aimed at the local endpoint",
-                       description="Run cdk ARGS... against the running local endpoint; real "
-                       "AWS credentials, profiles and endpoints are removed from its environment.")
+    p = sub.add_parser(
+        "cdk",
+        help="the project's cdk CLI aimed at the local endpoint",
+        description="Run cdk ARGS... against the running local endpoint; real "
+        "AWS credentials, profiles and endpoints are removed from its environment.",
+    )
     _state_arg(p)
     p.add_argument("cdk_args", nargs=argparse.REMAINDER, metavar="ARGS")
     p.set_defaults(handler=_cdk)

@@ -66,9 +66,7 @@ class EnclaveLintPlugin:
     def version(self) -> str:
         return PLUGIN_VERSION
 
-    def validate(
-        self, context: cdk.IPolicyValidationContext
-    ) -> cdk.PolicyValidationPluginReport:
+    def validate(self, context: cdk.IPolicyValidationContext) -> cdk.PolicyValidationPluginReport:
         """Lint every template CDK hands over; errors without acknowledgment fail the synth."""
         try:
             report = lint_paths(list(context.template_paths), self._rules)

@@ -28,9 +28,7 @@ Matcher = Callable[[str, str], bool]  # (request value, policy value) -> match
 @lru_cache(maxsize=4096)
 def glob_regex(pattern: str, ignore_case: bool = False) -> re.Pattern[str]:
     """`*` = any run of characters, `?` = one character, everything else literal."""
-    body = "".join(
-        ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern
-    )
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
     return re.compile(f"^{body}$", re.DOTALL | (re.IGNORECASE if ignore_case else 0))
 
 
@@ -126,7 +124,7 @@ _BY_LOWER = {name.lower(): name for name in OPERATORS}
 
 
 def parse_operator(name: str, where: str) -> tuple[str | None, str, bool]:
-    """"ForAnyValue:StringLikeIfExists" -> ("ForAnyValue", "StringLike", True)."""
+    """ "ForAnyValue:StringLikeIfExists" -> ("ForAnyValue", "StringLike", True)."""
     qualifier: str | None = None
     rest = name
     if ":" in name:
@@ -213,6 +211,11 @@ def conditions_match(
 
 
 __all__ = [
-    "OPERATORS", "condition_matches", "conditions_match", "glob_match", "parse_date",
-    "parse_operator", "validate_values"
+    "OPERATORS",
+    "condition_matches",
+    "conditions_match",
+    "glob_match",
+    "parse_date",
+    "parse_operator",
+    "validate_values",
 ]

@@ -129,7 +129,8 @@ def evaluate_kms(
     if key_deny:
         return Decision(False, "with an explicit deny in a resource-based policy", tuple(key_deny))
     id_deny = [
-        lab for pol in identity_policies
+        lab
+        for pol in identity_policies
         for lab in _labels(pol, lambda s: s.effect == "Deny" and statement_matches(s, ctx))
     ]
     if id_deny:
@@ -146,12 +147,14 @@ def evaluate_kms(
             False, f"because no resource-based policy allows the {ctx.action} action", ()
         )
     id_allow = [
-        lab for pol in identity_policies
+        lab
+        for pol in identity_policies
         for lab in _labels(pol, lambda s: s.effect == "Allow" and statement_matches(s, ctx))
     ]
     if id_allow:
         return Decision(
-            True, "allowed by the key policy (account) and an identity policy",
+            True,
+            "allowed by the key policy (account) and an identity policy",
             tuple(delegated + id_allow),
         )
     return Decision(False, f"because no identity-based policy allows the {ctx.action} action", ())

@@ -17,8 +17,17 @@ from .model import Condition, Policy, PrincipalRef, Statement
 
 VERSIONS = ("2012-10-17", "2008-10-17")
 _STATEMENT_KEYS = frozenset(
-    {"Sid", "Effect", "Principal", "NotPrincipal", "Action", "NotAction", "Resource",
-     "NotResource", "Condition"}
+    {
+        "Sid",
+        "Effect",
+        "Principal",
+        "NotPrincipal",
+        "Action",
+        "NotAction",
+        "Resource",
+        "NotResource",
+        "Condition",
+    }
 )
 _PRINCIPAL_KINDS = ("AWS", "Service", "Federated", "CanonicalUser")
 _ACCOUNT_ID = re.compile(r"^\d{12}$")
@@ -45,9 +54,7 @@ def parse_policy(doc: Mapping[str, Any] | str | bytes) -> Policy:
         )
     version = doc.get("Version")
     if version is not None and version not in VERSIONS:
-        raise PolicyDocumentError(
-            f"policy Version: expected one of {VERSIONS}, got {version!r}"
-        )
+        raise PolicyDocumentError(f"policy Version: expected one of {VERSIONS}, got {version!r}")
     if "Statement" not in doc:
         raise PolicyDocumentError("policy document: expected a Statement element, found none")
     raw = doc["Statement"]
@@ -82,8 +89,11 @@ def _statement(raw: Any, i: int) -> Statement:
     effect = raw.get("Effect")
     if effect not in ("Allow", "Deny"):
         raise PolicyDocumentError(f"{where} Effect: expected Allow or Deny, got {effect!r}")
-    for a, b in (("Principal", "NotPrincipal"), ("Action", "NotAction"),
-                 ("Resource", "NotResource")):
+    for a, b in (
+        ("Principal", "NotPrincipal"),
+        ("Action", "NotAction"),
+        ("Resource", "NotResource"),
+    ):
         if a in raw and b in raw:
             raise PolicyDocumentError(f"{where}: expected {a} or {b}, got both")
     if "Action" not in raw and "NotAction" not in raw:
@@ -92,9 +102,7 @@ def _statement(raw: Any, i: int) -> Statement:
         sid=sid,
         effect=effect,
         principals=_principals(raw["Principal"], where) if "Principal" in raw else None,
-        not_principals=(
-            _principals(raw["NotPrincipal"], where) if "NotPrincipal" in raw else None
-        ),
+        not_principals=(_principals(raw["NotPrincipal"], where) if "NotPrincipal" in raw else None),
         actions=_actions(raw["Action"], where, "Action") if "Action" in raw else None,
         not_actions=(
             _actions(raw["NotAction"], where, "NotAction") if "NotAction" in raw else None
@@ -109,9 +117,7 @@ def _statement(raw: Any, i: int) -> Statement:
 
 def _strings(value: Any, where: str, element: str) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(
-        isinstance(v, str) and v for v in items
-    ):
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v for v in items):
         raise PolicyDocumentError(
             f"{where} {element}: expected a non-empty string or list of strings, got {value!r:.80}"
         )

@@ -142,9 +142,15 @@ def _create_v1(name: str, memory_mib: int, cpu_ids: list[int]) -> EnclaveCgroup:
             return
         cg.dirs[controller] = d
 
-    make("memory", [("memory.limit_in_bytes", limit), ("memory.memsw.limit_in_bytes", limit),
-                    ("memory.swappiness", "0")], ["memory.memsw.limit_in_bytes",
-                                                  "memory.swappiness"])
+    make(
+        "memory",
+        [
+            ("memory.limit_in_bytes", limit),
+            ("memory.memsw.limit_in_bytes", limit),
+            ("memory.swappiness", "0"),
+        ],
+        ["memory.memsw.limit_in_bytes", "memory.swappiness"],
+    )
     mems = "0"
     with contextlib.suppress(OSError):
         parent = CGROUP_ROOT / "cpuset" / own.get("cpuset", "/").lstrip("/")

@@ -248,13 +248,17 @@ def build_root(spec: LaunchSpec) -> None:
     mount(None, str(dev), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
     # /tmp: a tmpfs bounded by the enclave's memory (its pages are charged to its cgroup).
     (root / "tmp").mkdir(exist_ok=True)
-    mount("enclave-tmp", str(root / "tmp"), "tmpfs", MS_NOSUID | MS_NODEV,
-          f"mode=1777,size={spec.memory_mib}m")
+    mount(
+        "enclave-tmp",
+        str(root / "tmp"),
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        f"mode=1777,size={spec.memory_mib}m",
+    )
     # /run/enclavekit/vsock: own CID (read-write) and the parent's (read-only), nothing else.
     vs = root / "run" / "enclavekit" / "vsock"
     vs.mkdir(parents=True)
-    mount("enclave-vsock", str(vs), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-          "mode=0755,size=64k")
+    mount("enclave-vsock", str(vs), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k")
     own, parent = vs / str(spec.cid), vs / str(spec.parent_cid)
     own.mkdir()
     parent.mkdir()
@@ -285,8 +289,7 @@ def _child(spec: LaunchSpec, go_r: int, err_w: int, have_pidns: bool, have_root:
         if have_root:
             root = spec.new_root
             if have_pidns:
-                mount("proc", os.path.join(root, "proc"), "proc",
-                      MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
             mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
             os.chdir(root)
             try:

@@ -71,8 +71,16 @@ class Monitor:
         self.layout = state.Layout(Path(self.request["state_dir"]))
         self.record: dict[str, Any] = {
             k: self.request[k]
-            for k in ("EnclaveName", "EnclaveID", "EnclaveCID", "NumberOfCPUs", "CPUIDs",
-                      "MemoryMiB", "Flags", "Measurements")
+            for k in (
+                "EnclaveName",
+                "EnclaveID",
+                "EnclaveCID",
+                "NumberOfCPUs",
+                "CPUIDs",
+                "MemoryMiB",
+                "Flags",
+                "Measurements",
+            )
         }
         self.record.update(ProcessID=os.getpid(), State=state.STARTING)
         self.warnings: list[str] = []
@@ -109,8 +117,9 @@ class Monitor:
         signer = make_signer(self.layout.root, req["EnclaveID"])
         device = NsmDevice(req["EnclaveID"], boot, signer)
         state.private_dir(self.dir)
-        self.nsm = NsmServer(device, self.dir / "nsm.sock", peer_check=self.members,
-                             log=log).start()
+        self.nsm = NsmServer(
+            device, self.dir / "nsm.sock", peer_check=self.members, log=log
+        ).start()
         cid_dir = self.layout.vsock / str(req["EnclaveCID"])
         shutil.rmtree(cid_dir, ignore_errors=True)
         state.private_dir(self.layout.vsock)
@@ -122,8 +131,9 @@ class Monitor:
         (self.dir / "root").mkdir(exist_ok=True)
         console_path = self.dir / "console.log"
         keep = req["debug_mode"] or req.get("keep_console", False)
-        console = os.open(console_path if keep else os.devnull,
-                          os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        console = os.open(
+            console_path if keep else os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
         spec = {
             "image_root": str(launch.root),
             "cmd": launch.cmd,
@@ -145,8 +155,12 @@ class Monitor:
         }
         state.write_json(self.dir / "launch.json", spec)
         self.helper = subprocess.Popen(
-            [sys.executable, "-m", "local_backend.emulator.isolation",
-             str(self.dir / "launch.json")],
+            [
+                sys.executable,
+                "-m",
+                "local_backend.emulator.isolation",
+                str(self.dir / "launch.json"),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             pass_fds=(console,),
@@ -168,8 +182,9 @@ class Monitor:
                 if fallback:
                     self.warn(fallback)
                 self.save(State=state.RUNNING, EnclavePID=int(text))
-                log.info("enclave running, pid %s; NSM peers checked by %s", text,
-                         self.members.mechanism)
+                log.info(
+                    "enclave running, pid %s; NSM peers checked by %s", text, self.members.mechanism
+                )
             elif kind == "FAILED":
                 self.members.enclave_gone()
                 reason = f"boot failed: {text}"
@@ -184,8 +199,10 @@ class Monitor:
         if self.terminate_requested:
             return "terminated by terminate-enclave"
         if self.cgroup is not None and self.cgroup.oom_killed():
-            return (f"out of memory: exceeded its {self.request['MemoryMiB']} MiB "
-                    f"and was killed by the kernel OOM killer (cgroup v{self.cgroup.version})")
+            return (
+                f"out of memory: exceeded its {self.request['MemoryMiB']} MiB "
+                f"and was killed by the kernel OOM killer (cgroup v{self.cgroup.version})"
+            )
         if text.startswith("SIGNAL"):
             sig = int(text.split()[1])
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
@@ -232,8 +249,11 @@ class Monitor:
             self.save(State=state.FAILED, ExitReason=reason)
         finally:
             self.teardown()
-        final = state.FAILED if self.record.get("State") in (state.FAILED, state.STARTING) \
+        final = (
+            state.FAILED
+            if self.record.get("State") in (state.FAILED, state.STARTING)
             else state.TERMINATED
+        )
         self.save(State=final, ExitReason=reason, EnclavePID=None)
         log.info("enclave %s: %s", self.record["EnclaveID"], reason)
         return 0

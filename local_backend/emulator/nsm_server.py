@@ -155,8 +155,14 @@ class NsmServer:
     socket is 0600 before it listens, so no other user can even connect.
     """
 
-    def __init__(self, device: NsmDevice, path: Path, *, peer_check: PeerCheck | None = None,
-                 log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        device: NsmDevice,
+        path: Path,
+        *,
+        peer_check: PeerCheck | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
         self.device = device
         self.path = path
         self.peer_check: PeerCheck = peer_check or same_user

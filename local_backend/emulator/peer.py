@@ -43,8 +43,9 @@ class Peer:
 
 def peer_of(sock: socket.socket) -> Peer:
     """SO_PEERCRED of a connected Unix socket."""
-    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                  _UCRED.size))
+    pid, uid, gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
     return Peer(pid, uid, gid)
 
 
@@ -75,6 +76,7 @@ def _pinned(sock: socket.socket):  # noqa: ANN202 - yields a callable
     except OSError:
         pidfd = -1
     try:
+
         def still_same() -> bool:
             if pidfd < 0:
                 return True
@@ -125,14 +127,18 @@ class EnclaveMembership:
             self._enclave_uid = _uid(pid)
         except OSError as exc:
             ns = own = None
-            warning = (f"NSM peer check: /proc/{pid} unreadable ({exc}); the NSM accepts "
-                       "only processes descended from the enclave's init")
+            warning = (
+                f"NSM peer check: /proc/{pid} unreadable ({exc}); the NSM accepts "
+                "only processes descended from the enclave's init"
+            )
         if ns is not None and ns != own:
             self._enclave_ns, self.mechanism = ns, "pid-namespace"
         else:
             self.mechanism = "ancestry"
-            warning = warning or ("NSM peer check: the enclave has no PID namespace of its own; "
-                                  "falling back to ancestry from the enclave's init")
+            warning = warning or (
+                "NSM peer check: the enclave has no PID namespace of its own; "
+                "falling back to ancestry from the enclave's init"
+            )
         self._enclave_pid = pid
         self._known.set()
         return warning

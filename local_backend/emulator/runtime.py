@@ -29,8 +29,15 @@ MAX_CID = 0xFFFFFFFF - 1
 BOOT_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 KEEP_CONSOLE_ENV = "ENCLAVEKIT_EMULATOR_KEEP_CONSOLE"
-RUN_KEYS = ("EnclaveName", "EnclaveID", "ProcessID", "EnclaveCID", "NumberOfCPUs", "CPUIDs",
-            "MemoryMiB")
+RUN_KEYS = (
+    "EnclaveName",
+    "EnclaveID",
+    "ProcessID",
+    "EnclaveCID",
+    "NumberOfCPUs",
+    "CPUIDs",
+    "MemoryMiB",
+)
 DESCRIBE_KEYS = (*RUN_KEYS, "State", "Flags", "Measurements")
 
 
@@ -192,18 +199,22 @@ class EnclaveManager:
             return state.read_json(d / "state.json")
         except (OSError, ValueError):
             req = state.read_json(d / "request.json")
-            return {**{k: req.get(k) for k in DESCRIBE_KEYS if k in req},
-                    "ProcessID": None, "State": state.STARTING}
+            return {
+                **{k: req.get(k) for k in DESCRIBE_KEYS if k in req},
+                "ProcessID": None,
+                "State": state.STARTING,
+            }
 
     def _live_record(self, slot: str) -> dict[str, Any]:
         d = self.layout.slot_dir(slot)
         record = self._read_record(d)
         pid = record.get("ProcessID")
-        if record.get("State") in (state.RUNNING, state.STARTING) and pid and not state.pid_alive(
-            pid, str(d)
+        if (
+            record.get("State") in (state.RUNNING, state.STARTING)
+            and pid
+            and not state.pid_alive(pid, str(d))
         ):
-            record.update(State=state.TERMINATED,
-                          ExitReason="the enclave's monitor process died")
+            record.update(State=state.TERMINATED, ExitReason="the enclave's monitor process died")
         return record
 
     def describe(self) -> list[dict[str, Any]]:
@@ -246,7 +257,8 @@ class EnclaveManager:
         cgroups.leftover(f"enclavekit-{slot}").remove()
         cid = record.get("EnclaveCID")
         if cid is not None and not any(
-            r["EnclaveCID"] == cid and r["State"] == state.RUNNING for r in self.describe()
+            r["EnclaveCID"] == cid and r["State"] == state.RUNNING
+            for r in self.describe()
             if r["EnclaveID"] != record.get("EnclaveID")
         ):
             shutil.rmtree(self.layout.vsock / str(cid), ignore_errors=True)
@@ -262,15 +274,19 @@ class EnclaveManager:
         self._stop(d, record)
         self._reap(slot, record)
         self._remove(d)
-        return {"EnclaveName": record.get("EnclaveName"), "EnclaveID": enclave_id,
-                "Terminated": True}
+        return {
+            "EnclaveName": record.get("EnclaveName"),
+            "EnclaveID": enclave_id,
+            "Terminated": True,
+        }
 
     def terminate_all(self) -> list[dict[str, Any]]:
         return [self.terminate(r["EnclaveID"]) for r in self.describe()]
 
     # ------------------------------------------------------------------ console
-    def console(self, enclave_id: str, *, disconnect_timeout: float | None = None,
-                poll: float = 0.05) -> Iterator[bytes]:
+    def console(
+        self, enclave_id: str, *, disconnect_timeout: float | None = None, poll: float = 0.05
+    ) -> Iterator[bytes]:
         """The enclave's console output (debug mode only), followed until it terminates."""
         slot = self.layout.slot_of(enclave_id)
         record = self._live_record(slot)
@@ -293,8 +309,11 @@ class EnclaveManager:
                 offset += len(chunk)
                 yield chunk
                 continue
-            alive = self._live_record(slot).get("State") in (state.RUNNING, state.STARTING) \
-                if self.layout.slot_dir(slot).is_dir() else False
+            alive = (
+                self._live_record(slot).get("State") in (state.RUNNING, state.STARTING)
+                if self.layout.slot_dir(slot).is_dir()
+                else False
+            )
             if not alive:
                 return
             if disconnect_timeout is not None and time.monotonic() - started > disconnect_timeout:

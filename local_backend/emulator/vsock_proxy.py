@@ -175,21 +175,36 @@ class VsockProxy:
         self.remote = (remote_addr, remote_port)
         self.local_port = local_port
         self._server = vsock.listen(local_port, backlog=64)
-        self._path = (vsock.path(vsock.own_cid, local_port)
-                      if isinstance(vsock, EmulatedVsock) else None)
+        self._path = (
+            vsock.path(vsock.own_cid, local_port) if isinstance(vsock, EmulatedVsock) else None
+        )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vsock-proxy")
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def for_state_dir(cls, state_dir: Path, local_port: int, remote_addr: str, remote_port: int,
-                      *, config: str | Path | None = None, endpoint: str | None = None,
-                      workers: int = DEFAULT_WORKERS) -> VsockProxy:
+    def for_state_dir(
+        cls,
+        state_dir: Path,
+        local_port: int,
+        remote_addr: str,
+        remote_port: int,
+        *,
+        config: str | Path | None = None,
+        endpoint: str | None = None,
+        workers: int = DEFAULT_WORKERS,
+    ) -> VsockProxy:
         """A proxy on the emulated parent (CID 3) of `state_dir`."""
         (state_dir / "vsock" / "3").mkdir(parents=True, exist_ok=True)
-        return cls(local_port, remote_addr, remote_port, allowlist=Allowlist.load(config),
-                   vsock=EmulatedVsock(state_dir / "vsock", 3),
-                   endpoint=local_endpoint(endpoint, state_dir), workers=workers)
+        return cls(
+            local_port,
+            remote_addr,
+            remote_port,
+            allowlist=Allowlist.load(config),
+            vsock=EmulatedVsock(state_dir / "vsock", 3),
+            endpoint=local_endpoint(endpoint, state_dir),
+            workers=workers,
+        )
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:

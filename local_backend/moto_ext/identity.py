@@ -129,7 +129,10 @@ def _assumed_role(access_key_id: str) -> Any:
 
 
 def authenticate(
-    method: str, url: str, headers: Mapping[str, str], body: bytes,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
     now: dt.datetime | None = None,
 ) -> Caller:
     """Check the request's SigV4 signature and return the caller (AuthFailure otherwise)."""
@@ -164,12 +167,12 @@ def authenticate(
     missing = [h for h in signed if h not in lower]
     if missing:
         raise AuthFailure("IncompleteSignatureException", f"Signed headers missing: {missing}")
-    req = AWSRequest(method=method, url=url, data=body,
-                     headers={h: lower[h] for h in signed})
+    req = AWSRequest(method=method, url=url, data=body, headers={h: lower[h] for h in signed})
     req.context["timestamp"] = amz_date
     signer = SigV4Auth(
         Credentials(m["akid"], secret, lower.get("x-amz-security-token")),
-        m["service"], m["region"],
+        m["service"],
+        m["region"],
     )
     canonical = signer.canonical_request(req)
     expected = signer.signature(signer.string_to_sign(req, canonical), req)

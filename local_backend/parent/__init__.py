@@ -57,8 +57,10 @@ def start_parent(info: Any) -> None:
     assert _state_dir is not None
     spec = (info.metadata or {}).get(METADATA_KEY)
     if not spec or not spec.get("image"):
-        log.info("instance %s: enclave-enabled, no enclavekit image in its Metadata: parent only",
-                 info.instance_id)
+        log.info(
+            "instance %s: enclave-enabled, no enclavekit image in its Metadata: parent only",
+            info.instance_id,
+        )
         return
     d = instance_dir(_state_dir, info.instance_id)
     d.mkdir(parents=True, exist_ok=True)
@@ -81,16 +83,25 @@ def start_parent(info: Any) -> None:
     with open(d / "parent.log", "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "local_backend.parent", str(d)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env, cwd=str(d),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=str(d),
         )
     _procs[info.instance_id] = proc
     deadline = time.monotonic() + BOOT_TIMEOUT_S
     while time.monotonic() < deadline:
         st = read_state(d)
         if st.get("state") == "running":
-            log.info("instance %s: parent pid %s, enclave %s, relay port %s", info.instance_id,
-                     proc.pid, st["enclave"]["EnclaveID"], st["relay_port"])
+            log.info(
+                "instance %s: parent pid %s, enclave %s, relay port %s",
+                info.instance_id,
+                proc.pid,
+                st["enclave"]["EnclaveID"],
+                st["relay_port"],
+            )
             return
         if st.get("state") == "failed" or proc.poll() is not None:
             break
@@ -160,12 +171,18 @@ def instances_status(state_dir: Path) -> list[dict[str, Any]]:
         if st.get("state") != "running":
             continue
         enclave = st.get("enclave") or {}
-        rows.append({
-            "instance_id": d.name, "stack": info.get("stack_name"),
-            "host": info.get("logical_id"), "enclave_id": enclave.get("EnclaveID"),
-            "cid": enclave.get("EnclaveCID"), "domain": st.get("domain"),
-            "host_port": st.get("relay_port"), "provisioned": bool(st.get("provisioned")),
-        })
+        rows.append(
+            {
+                "instance_id": d.name,
+                "stack": info.get("stack_name"),
+                "host": info.get("logical_id"),
+                "enclave_id": enclave.get("EnclaveID"),
+                "cid": enclave.get("EnclaveCID"),
+                "domain": st.get("domain"),
+                "host_port": st.get("relay_port"),
+                "provisioned": bool(st.get("provisioned")),
+            }
+        )
     return rows
 
 

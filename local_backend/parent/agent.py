@@ -55,8 +55,19 @@ log = logging.getLogger("enclavekit.parent")
 
 INSTANCE_FILE = "instance.json"
 PARENT_FILE = "parent.json"
-__all__ = ["INSTANCE_FILE", "METADATA_KEY", "PARENT_FILE", "SYNC_FAST_S", "SYNC_SLOW_S",
-           "UNSEALED", "AssumeRoleCredentials", "Parent", "main", "read_state", "write_state"]
+__all__ = [
+    "INSTANCE_FILE",
+    "METADATA_KEY",
+    "PARENT_FILE",
+    "SYNC_FAST_S",
+    "SYNC_SLOW_S",
+    "UNSEALED",
+    "AssumeRoleCredentials",
+    "Parent",
+    "main",
+    "read_state",
+    "write_state",
+]
 
 
 def write_state(instance_dir: Path, **fields: Any) -> None:
@@ -204,7 +215,11 @@ class Parent:
         allowlist = self.dir / "vsock-proxy.yaml"
         allowlist.write_text(f"allowlist:\n- {{address: {kms_host}, port: 443}}\n")
         self.proxy = VsockProxy.for_state_dir(
-            self.dir, self.agent.config.kms_proxy_port, kms_host, 443, config=allowlist,
+            self.dir,
+            self.agent.config.kms_proxy_port,
+            kms_host,
+            443,
+            config=allowlist,
             endpoint=self.endpoint,
         ).start()
         self.agent.kms_proxy_port = self.proxy.local_port
@@ -221,7 +236,8 @@ class Parent:
         )
         enclave_port = self.agent.config.enclave_port
         self.relay = TcpToVsockRelay(
-            EmulatedVsock(self.dir / "vsock", PARENT_CID), self.enclave["EnclaveCID"],
+            EmulatedVsock(self.dir / "vsock", PARENT_CID),
+            self.enclave["EnclaveCID"],
             enclave_port,
         ).start()
         write_state(
@@ -236,16 +252,24 @@ class Parent:
         )
         log.info(
             "instance %s: enclave %s (CID %s) running; relay 127.0.0.1:%d -> vsock %s",
-            self.info["instance_id"], self.enclave["EnclaveID"], self.enclave["EnclaveCID"],
-            self.relay.port, enclave_port,
+            self.info["instance_id"],
+            self.enclave["EnclaveID"],
+            self.enclave["EnclaveCID"],
+            self.relay.port,
+            enclave_port,
         )
 
     # ------------------------------------------------------------------ the agent
     def record(self, result: SyncResult) -> None:
         """parent.json from one sync result (what `enclavekit up` and verify read)."""
         if result.outcome == "provisioned":
-            write_state(self.dir, provisioned=True, last_error=None, waiting_for_secrets=[],
-                        provisioned_at=result.at)
+            write_state(
+                self.dir,
+                provisioned=True,
+                last_error=None,
+                waiting_for_secrets=[],
+                provisioned_at=result.at,
+            )
             log.info("%s", result.describe())
         elif result.outcome == "unchanged":
             write_state(self.dir, provisioned=True, last_error=None, waiting_for_secrets=[])
@@ -267,8 +291,7 @@ class Parent:
 
     def sync_loop(self) -> None:
         assert self.enclave is not None
-        self.agent.sync_loop(self._stop, self._resync, self.record,
-                             cid=self.enclave["EnclaveCID"])
+        self.agent.sync_loop(self._stop, self._resync, self.record, cid=self.enclave["EnclaveCID"])
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
@@ -292,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     instance_dir = Path(args[0]).resolve()
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout,
+        level=logging.INFO,
+        stream=sys.stdout,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     done = threading.Event()

@@ -49,8 +49,9 @@ class TcpToVsockRelay:
             try:
                 upstream = self._vsock.connect(self.cid, self.vsock_port)
             except OSError as exc:
-                log.warning("relay: enclave (%d, %d) unreachable: %s", self.cid, self.vsock_port,
-                            exc)
+                log.warning(
+                    "relay: enclave (%d, %d) unreachable: %s", self.cid, self.vsock_port, exc
+                )
                 return
             with upstream:
                 pump(conn, upstream)

@@ -50,25 +50,36 @@ class LocalCa:
             return cls(directory, cert_path.read_bytes(), key_path.read_bytes())
         directory.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP384R1())
-        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "enclavekit"),
-                          x509.NameAttribute(NameOID.COMMON_NAME, ROOT_CN)])
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "enclavekit"),
+                x509.NameAttribute(NameOID.COMMON_NAME, ROOT_CN),
+            ]
+        )
         now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name).public_key(key.public_key())
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                         False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
             .sign(key, hashes.SHA384())
         )
-        key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(key_pem)
@@ -76,15 +87,19 @@ class LocalCa:
         cert_path.write_bytes(root_pem)
         return cls(directory, root_pem, key_pem)
 
-    def issue(self, domain: str, sans: list[str], key_algorithm: str = "RSA_2048"
-              ) -> tuple[bytes, bytes]:
+    def issue(
+        self, domain: str, sans: list[str], key_algorithm: str = "RSA_2048"
+    ) -> tuple[bytes, bytes]:
         """A TLS server certificate for `domain` + `sans`: (cert PEM, private key PEM)."""
         if not domain or len(domain) > 253:
             raise InvalidInput(
-                f"DomainName: expected a DNS name of 1..253 characters, found {domain!r}")
+                f"DomainName: expected a DNS name of 1..253 characters, found {domain!r}"
+            )
         if key_algorithm not in KEY_ALGORITHMS:
-            raise InvalidInput(f"KeyAlgorithm: expected one of {', '.join(KEY_ALGORITHMS)}, "
-                               f"found {key_algorithm!r}")
+            raise InvalidInput(
+                f"KeyAlgorithm: expected one of {', '.join(KEY_ALGORITHMS)}, "
+                f"found {key_algorithm!r}"
+            )
         if key_algorithm == "RSA_2048":
             key: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         elif key_algorithm == "EC_prime256v1":
@@ -98,22 +113,27 @@ class LocalCa:
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-                           critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+            )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_cert.public_key()), critical=False)  # type: ignore[arg-type]
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),
+                critical=False,
+            )  # type: ignore[arg-type]
             .sign(ca_key, hashes.SHA384())  # type: ignore[arg-type]
         )
-        key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
         return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
@@ -124,12 +144,20 @@ def local_ca() -> LocalCa:
     return _ca
 
 
-def issue_certificate(account_id: str, region: str, domain: str, sans: list[str],
-                      key_algorithm: str = "RSA_2048") -> CertBundle:
+def issue_certificate(
+    account_id: str, region: str, domain: str, sans: list[str], key_algorithm: str = "RSA_2048"
+) -> CertBundle:
     """Issue, store and return an ISSUED certificate in the account's local ACM."""
     cert_pem, key_pem = local_ca().issue(domain, sans, key_algorithm)
-    bundle = CertBundle(account_id, cert_pem, key_pem, chain=None, region=region,
-                        cert_type="AMAZON_ISSUED", cert_status="ISSUED")
+    bundle = CertBundle(
+        account_id,
+        cert_pem,
+        key_pem,
+        chain=None,
+        region=region,
+        cert_type="AMAZON_ISSUED",
+        cert_status="ISSUED",
+    )
     bundle.chain = local_ca().root_pem  # our root, not moto's made-up AWS root
     acm_backends[account_id][region]._certificates[bundle.arn] = bundle
     return bundle
@@ -167,21 +195,33 @@ class Certificate(CloudFormationModel):
 
     @classmethod
     def create_from_cloudformation_json(  # type: ignore[misc]
-        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str,
+        cls,
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
         **kwargs: Any,
     ) -> Certificate:
         props = cloudformation_json.get("Properties", {})
         domain = props.get("DomainName")
         if not isinstance(domain, str):
-            raise InvalidInput(f"AWS::CertificateManager::Certificate {kwargs.get('LogicalId')}: "
-                               f"DomainName must be a string, found {domain!r}")
+            raise InvalidInput(
+                f"AWS::CertificateManager::Certificate {kwargs.get('LogicalId')}: "
+                f"DomainName must be a string, found {domain!r}"
+            )
         if props.get("CertificateAuthorityArn"):
-            raise InvalidInput("AWS::CertificateManager::Certificate: CertificateAuthorityArn "
-                               "(private CA) is not emulated; omit it to get a local-CA "
-                               "certificate")
-        bundle = issue_certificate(account_id, region_name, domain,
-                                   list(props.get("SubjectAlternativeNames") or []),
-                                   props.get("KeyAlgorithm") or "RSA_2048")
+            raise InvalidInput(
+                "AWS::CertificateManager::Certificate: CertificateAuthorityArn "
+                "(private CA) is not emulated; omit it to get a local-CA "
+                "certificate"
+            )
+        bundle = issue_certificate(
+            account_id,
+            region_name,
+            domain,
+            list(props.get("SubjectAlternativeNames") or []),
+            props.get("KeyAlgorithm") or "RSA_2048",
+        )
         tags = [{"Key": t["Key"], "Value": t["Value"]} for t in props.get("Tags") or []]
         if tags:
             bundle.tags.add(tags)
@@ -189,13 +229,18 @@ class Certificate(CloudFormationModel):
 
     @classmethod
     def update_from_cloudformation_json(  # type: ignore[misc]
-        cls, original_resource: Certificate, new_resource_name: str, cloudformation_json: Any,
-        account_id: str, region_name: str,
+        cls,
+        original_resource: Certificate,
+        new_resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
     ) -> Certificate:
         # Every property of this resource requires replacement on AWS; CFN creates the new
         # certificate first, then deletes the old one.
-        new = cls.create_from_cloudformation_json(new_resource_name, cloudformation_json,
-                                                  account_id, region_name)
+        new = cls.create_from_cloudformation_json(
+            new_resource_name, cloudformation_json, account_id, region_name
+        )
         original_resource.delete(account_id, region_name)
         return new
 
@@ -213,15 +258,28 @@ def install(state_dir: Path) -> None:
             return
         original = AWSCertificateManagerBackend.request_certificate
 
-        def request_certificate(self: AWSCertificateManagerBackend, domain_name: str,
-                                idempotency_token: str, subject_alt_names: list[str],
-                                tags: list[dict[str, str]], cert_authority_arn: str | None = None,
-                                cert_options: dict[str, Any] | None = None) -> str:
+        def request_certificate(
+            self: AWSCertificateManagerBackend,
+            domain_name: str,
+            idempotency_token: str,
+            subject_alt_names: list[str],
+            tags: list[dict[str, str]],
+            cert_authority_arn: str | None = None,
+            cert_options: dict[str, Any] | None = None,
+        ) -> str:
             if cert_authority_arn:  # a private-CA request keeps moto's own behaviour
-                return original(self, domain_name, idempotency_token, subject_alt_names, tags,
-                                cert_authority_arn, cert_options)
-            bundle = issue_certificate(self.account_id, self.region_name, domain_name,
-                                       list(subject_alt_names or []))
+                return original(
+                    self,
+                    domain_name,
+                    idempotency_token,
+                    subject_alt_names,
+                    tags,
+                    cert_authority_arn,
+                    cert_options,
+                )
+            bundle = issue_certificate(
+                self.account_id, self.region_name, domain_name, list(subject_alt_names or [])
+            )
             if cert_options:
                 bundle.cert_options.update(cert_options)
             if tags:

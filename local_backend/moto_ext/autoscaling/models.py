@@ -76,23 +76,24 @@ def _associate_profile(instance: Instance, data: dict[str, Any]) -> None:
     if not spec or instance.id in backend.iam_instance_profile_associations:
         return
     if spec.get("Arn"):
-        backend.associate_iam_instance_profile(instance_id=instance.id,
-                                               iam_instance_profile_arn=spec["Arn"])
+        backend.associate_iam_instance_profile(
+            instance_id=instance.id, iam_instance_profile_arn=spec["Arn"]
+        )
     elif spec.get("Name"):
-        backend.associate_iam_instance_profile(instance_id=instance.id,
-                                               iam_instance_profile_name=spec["Name"])
+        backend.associate_iam_instance_profile(
+            instance_id=instance.id, iam_instance_profile_name=spec["Name"]
+        )
 
 
-def start_group_instance(group: FakeAutoScalingGroup, instance: Instance,
-                         host: FleetHost) -> None:
+def start_group_instance(group: FakeAutoScalingGroup, instance: Instance, host: FleetHost) -> None:
     """Run the start hooks for one enclave-enabled group instance (no-op if started)."""
     if not ec2_ext.enclave_enabled(instance) or not instance.is_running():
         return
     if instance.id in ec2_ext.started_instances():
         return
-    info = ec2_ext.describe_enclave_instance(instance, stack=host.stack,
-                                             logical_id=host.logical_id,
-                                             metadata=host.metadata)
+    info = ec2_ext.describe_enclave_instance(
+        instance, stack=host.stack, logical_id=host.logical_id, metadata=host.metadata
+    )
     instance._ek_last_info = info  # type: ignore[attr-defined]  # StartInstances boots it again
     log.info("group %s: starting enclave host %s", group.name, instance.id)
     ec2_ext._fire_start(info)
@@ -101,8 +102,9 @@ def start_group_instance(group: FakeAutoScalingGroup, instance: Instance,
 _original_replace = FakeAutoScalingGroup.replace_autoscaling_group_instances
 
 
-def _replace_instances(self: FakeAutoScalingGroup, count_needed: int,
-                       propagated_tags: dict[str, str]) -> None:
+def _replace_instances(
+    self: FakeAutoScalingGroup, count_needed: int, propagated_tags: dict[str, str]
+) -> None:
     """moto's launch, with the group's template version and instance profile, then start."""
     template = self.ec2_launch_template
     backend = self.autoscaling_backend.ec2_backend
@@ -147,15 +149,19 @@ def _replace_instances(self: FakeAutoScalingGroup, count_needed: int,
         assert error is not None
         # moto would answer a bare exception with a 500; the caller gets the reason instead
         raise AutoscalingClientError(
-            "ValidationError", f"group {self.name}: enclave host(s) {', '.join(sorted(ids))} "
-            f"failed to start and were terminated: {error}") from error
+            "ValidationError",
+            f"group {self.name}: enclave host(s) {', '.join(sorted(ids))} "
+            f"failed to start and were terminated: {error}",
+        ) from error
 
 
 def _template_logical_id(stack: Any, template: LaunchTemplate) -> str | None:
     parsed = stack.resource_map._parsed_resources
     for logical_id, resource_json in stack.template_dict.get("Resources", {}).items():
-        if resource_json.get("Type") == TEMPLATE_TYPE and \
-                getattr(parsed.get(logical_id), "id", None) == template.id:
+        if (
+            resource_json.get("Type") == TEMPLATE_TYPE
+            and getattr(parsed.get(logical_id), "id", None) == template.id
+        ):
             return logical_id
     return None
 
@@ -188,15 +194,22 @@ def _after_stack_apply(stack: Any, operation: str) -> None:
                 raise
 
 
-def _update_group(original: FakeAutoScalingGroup, new_name: str, cloudformation_json: Any,
-                  account_id: str, region_name: str) -> FakeAutoScalingGroup:
+def _update_group(
+    original: FakeAutoScalingGroup,
+    new_name: str,
+    cloudformation_json: Any,
+    account_id: str,
+    region_name: str,
+) -> FakeAutoScalingGroup:
     """In-place update (UpdateAutoScalingGroup); a new AutoScalingGroupName replaces it."""
     props = cloudformation_json["Properties"]
     if props.get("AutoScalingGroupName") and props["AutoScalingGroupName"] != original.name:
-        FakeAutoScalingGroup.delete_from_cloudformation_json(original.name, cloudformation_json,
-                                                             account_id, region_name)
+        FakeAutoScalingGroup.delete_from_cloudformation_json(
+            original.name, cloudformation_json, account_id, region_name
+        )
         return FakeAutoScalingGroup.create_from_cloudformation_json(
-            new_name, cloudformation_json, account_id, region_name)
+            new_name, cloudformation_json, account_id, region_name
+        )
     backend = autoscaling_backends[account_id][region_name]
     return backend.update_auto_scaling_group(
         name=original.name,

@@ -78,9 +78,12 @@ class UnsupportedResourceType(ValidationError):
 
     def __init__(self, types: Iterable[str]):
         names = ", ".join(sorted(set(types)))
-        super().__init__(message=(
-            f"Template format error: resource type(s) not supported by the enclavekit local "
-            f"endpoint: [{names}]"))
+        super().__init__(
+            message=(
+                f"Template format error: resource type(s) not supported by the enclavekit local "
+                f"endpoint: [{names}]"
+            )
+        )
 
 
 class CdkMetadata(CloudFormationModel):
@@ -107,15 +110,23 @@ class CdkMetadata(CloudFormationModel):
 
     @classmethod
     def create_from_cloudformation_json(  # type: ignore[misc]
-        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str,
+        cls,
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
         **kwargs: Any,
     ) -> CdkMetadata:
         return cls(resource_name)
 
     @classmethod
     def update_from_cloudformation_json(  # type: ignore[misc]
-        cls, original_resource: CdkMetadata, new_resource_name: str, cloudformation_json: Any,
-        account_id: str, region_name: str,
+        cls,
+        original_resource: CdkMetadata,
+        new_resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
     ) -> CdkMetadata:
         return original_resource
 
@@ -141,8 +152,13 @@ def unsupported_types(template: dict[str, Any]) -> list[str]:
     """The resource types of `template` that the endpoint cannot deploy."""
     resources = template.get("Resources") or {}
     known = supported_types()
-    return sorted({r.get("Type", "<no Type>") for r in resources.values()
-                   if not isinstance(r, dict) or r.get("Type") not in known})
+    return sorted(
+        {
+            r.get("Type", "<no Type>")
+            for r in resources.values()
+            if not isinstance(r, dict) or r.get("Type") not in known
+        }
+    )
 
 
 def check_template(template: dict[str, Any]) -> None:
@@ -162,11 +178,17 @@ def _resource_class_from_type(resource_type: str) -> type[CloudFormationModel]:
 _original_create = parsing.parse_and_create_resource
 
 
-def _parse_and_create_resource(logical_id: str, resource_json: dict[str, Any],
-                               resources_map: Any, account_id: str, region_name: str) -> Any:
+def _parse_and_create_resource(
+    logical_id: str,
+    resource_json: dict[str, Any],
+    resources_map: Any,
+    account_id: str,
+    region_name: str,
+) -> Any:
     try:
-        resource = _original_create(logical_id, resource_json, resources_map, account_id,
-                                    region_name)
+        resource = _original_create(
+            logical_id, resource_json, resources_map, account_id, region_name
+        )
     except Exception as exc:
         _tag_failure(exc, logical_id, resource_json.get("Type", ""))
         raise
@@ -175,13 +197,16 @@ def _parse_and_create_resource(logical_id: str, resource_json: dict[str, Any],
     return resource
 
 
-def _tag_ec2(resource: Any, resources_map: Any, logical_id: str, account_id: str,
-             region_name: str) -> None:
+def _tag_ec2(
+    resource: Any, resources_map: Any, logical_id: str, account_id: str, region_name: str
+) -> None:
     from moto.ec2.models import ec2_backends
 
-    tags = {"aws:cloudformation:stack-name": resources_map["AWS::StackName"],
-            "aws:cloudformation:stack-id": resources_map["AWS::StackId"],
-            "aws:cloudformation:logical-id": logical_id}
+    tags = {
+        "aws:cloudformation:stack-name": resources_map["AWS::StackName"],
+        "aws:cloudformation:stack-id": resources_map["AWS::StackId"],
+        "aws:cloudformation:logical-id": logical_id,
+    }
     ec2_backends[account_id][region_name].create_tags([resource.physical_resource_id], tags)
 
 
@@ -192,12 +217,16 @@ def _tag_failure(exc: BaseException, logical_id: str, resource_type: str) -> Non
         exc._ek_type = resource_type  # type: ignore[attr-defined]
 
 
-def _parse_and_update_resource(logical_id: str, resource_json: dict[str, Any],
-                               resources_map: Any, account_id: str, region_name: str) -> Any:
+def _parse_and_update_resource(
+    logical_id: str,
+    resource_json: dict[str, Any],
+    resources_map: Any,
+    account_id: str,
+    region_name: str,
+) -> Any:
     resource_type = resource_json["Type"]
     try:
-        parsed = parsing.parse_resource_and_generate_name(logical_id, resource_json,
-                                                          resources_map)
+        parsed = parsing.parse_resource_and_generate_name(logical_id, resource_json, resources_map)
         resource_class, resource_json, new_name = parsed
         original = resources_map[logical_id]
         updater = _updaters.get(resource_type)
@@ -205,14 +234,24 @@ def _parse_and_update_resource(logical_id: str, resource_json: dict[str, Any],
         if updater is not None:
             new = updater(original, new_name, resource_json, account_id, region_name)
         elif not hasattr(own, "__isabstractmethod__"):
-            new = own(original_resource=original, new_resource_name=new_name,
-                      cloudformation_json=resource_json, account_id=account_id,
-                      region_name=region_name)
+            new = own(
+                original_resource=original,
+                new_resource_name=new_name,
+                cloudformation_json=resource_json,
+                account_id=account_id,
+                region_name=region_name,
+            )
         else:
             # No update handler: replace, as CloudFormation does for replacement updates.
             new = resource_class.create_from_cloudformation_json(
-                new_name, resource_json, account_id, region_name, LogicalId=logical_id,
-                StackId=resources_map.stack_id, ResourceType=resource_type)
+                new_name,
+                resource_json,
+                account_id,
+                region_name,
+                LogicalId=logical_id,
+                StackId=resources_map.stack_id,
+                ResourceType=resource_type,
+            )
             if original is not None and original is not new:
                 resources_map._delete_resource(original, resource_json)
     except Exception as exc:
@@ -220,7 +259,8 @@ def _parse_and_update_resource(logical_id: str, resource_json: dict[str, Any],
         raise
     if new is None:
         raise ValidationError(
-            message=f"update of {logical_id} ({resource_type}) produced no resource")
+            message=f"update of {logical_id} ({resource_type}) produced no resource"
+        )
     new.cf_resource_type = resource_type
     new.logical_resource_id = logical_id
     if isinstance(new, TaggedEC2Resource) and new is not original:
@@ -233,8 +273,9 @@ def _parse_ssm_parameter(self: parsing.ResourceMap, value: str, value_type: str)
 
     parameter = ssm_backends[self._account_id][self._region_name].get_parameter(value)
     if parameter is None:
-        raise ValidationError(message=(
-            f"Unable to fetch parameters [{value}] from parameter store for this account."))
+        raise ValidationError(
+            message=(f"Unable to fetch parameters [{value}] from parameter store for this account.")
+        )
     actual = parameter.value
     if value_type.startswith("List<") or value_type.startswith("AWS::SSM::Parameter::Value<List"):
         return actual.split(",")  # type: ignore[return-value]
@@ -245,8 +286,7 @@ def _get_stack_from_s3_url(template_url: str, account_id: str, partition: str) -
     host = urlparse(template_url).hostname or ""
     if host in ("127.0.0.1", "::1") or host.startswith("127."):
         template_url = template_url.replace(urlparse(template_url).netloc, "localhost", 1)
-    return _original_get_stack_from_s3_url(template_url, account_id=account_id,
-                                           partition=partition)
+    return _original_get_stack_from_s3_url(template_url, account_id=account_id, partition=partition)
 
 
 _original_get_stack_from_s3_url = utils.get_stack_from_s3_url
@@ -255,8 +295,14 @@ _original_get_stack_from_s3_url = utils.get_stack_from_s3_url
 # ------------------------------------------------------------------ KMS key in-place update
 
 
-def _create_kms_key(cls: type[KmsKey], resource_name: str, cloudformation_json: Any,
-                    account_id: str, region_name: str, **kwargs: Any) -> KmsKey:
+def _create_kms_key(
+    cls: type[KmsKey],
+    resource_name: str,
+    cloudformation_json: Any,
+    account_id: str,
+    region_name: str,
+    **kwargs: Any,
+) -> KmsKey:
     """moto's KMS::Key create, but with the policy stored as the JSON string AWS returns,
     and KeySpec / KeyUsage honoured."""
     props = cloudformation_json["Properties"]
@@ -274,8 +320,9 @@ def _create_kms_key(cls: type[KmsKey], resource_name: str, cloudformation_json: 
     return key
 
 
-def _update_kms_key(original: KmsKey, new_name: str, cloudformation_json: Any,
-                    account_id: str, region_name: str) -> KmsKey:
+def _update_kms_key(
+    original: KmsKey, new_name: str, cloudformation_json: Any, account_id: str, region_name: str
+) -> KmsKey:
     """KeyPolicy, Description, EnableKeyRotation, Enabled change in place (same key id, so
     ciphertexts stay valid); KeySpec / KeyUsage / MultiRegion changes replace the key."""
     props = cloudformation_json["Properties"]
@@ -296,12 +343,26 @@ def _update_kms_key(original: KmsKey, new_name: str, cloudformation_json: Any,
 # ------------------------------------------------------------------ change sets and stacks
 
 
-def _add_resource_event(stack: Stack, logical_id: str, resource_type: str, status: str,
-                        reason: str | None, physical_id: str = "") -> None:
-    stack.events.append(Event(
-        stack_id=stack.stack_id, stack_name=stack.name, logical_resource_id=logical_id,
-        physical_resource_id=physical_id, resource_type=resource_type, resource_status=status,
-        resource_status_reason=reason, resource_properties=None))
+def _add_resource_event(
+    stack: Stack,
+    logical_id: str,
+    resource_type: str,
+    status: str,
+    reason: str | None,
+    physical_id: str = "",
+) -> None:
+    stack.events.append(
+        Event(
+            stack_id=stack.stack_id,
+            stack_name=stack.name,
+            logical_resource_id=logical_id,
+            physical_resource_id=physical_id,
+            resource_type=resource_type,
+            resource_status=status,
+            resource_status_reason=reason,
+            resource_properties=None,
+        )
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -309,24 +370,31 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(text).split())[:1000]
 
 
-def _find_change_set(backend: CloudFormationBackend, name: str,
-                     stack_name: str | None) -> ChangeSet:
+def _find_change_set(
+    backend: CloudFormationBackend, name: str, stack_name: str | None
+) -> ChangeSet:
     if name in backend.change_sets:
         return backend.change_sets[name]
-    matches = [cs for cs in backend.change_sets.values() if cs.change_set_name == name
-               and (not stack_name or stack_name in (cs.stack_name, cs.stack_id))]
+    matches = [
+        cs
+        for cs in backend.change_sets.values()
+        if cs.change_set_name == name
+        and (not stack_name or stack_name in (cs.stack_name, cs.stack_id))
+    ]
     if not matches:
         raise ChangeSetNotFound(name)
     return matches[-1]
 
 
-def describe_change_set(self: CloudFormationBackend, change_set_name: str,
-                        stack_name: str | None = None) -> ChangeSet:
+def describe_change_set(
+    self: CloudFormationBackend, change_set_name: str, stack_name: str | None = None
+) -> ChangeSet:
     return _find_change_set(self, change_set_name, stack_name)
 
 
-def delete_change_set(self: CloudFormationBackend, change_set_name: str,
-                      stack_name: str | None = None) -> None:
+def delete_change_set(
+    self: CloudFormationBackend, change_set_name: str, stack_name: str | None = None
+) -> None:
     try:
         cs = _find_change_set(self, change_set_name, stack_name)
     except ChangeSetNotFound:
@@ -376,9 +444,13 @@ def _fail(stack: Stack, operation: str, exc: BaseException) -> None:
     else:
         stack._add_stack_event(f"{operation}_FAILED", resource_status_reason=reason)
     if operation == "CREATE":
-        stack._add_stack_event("ROLLBACK_IN_PROGRESS", resource_status_reason=(
-            f"The following resource(s) failed to create: [{logical or stack.name}]. "
-            "Rollback requested by user."))
+        stack._add_stack_event(
+            "ROLLBACK_IN_PROGRESS",
+            resource_status_reason=(
+                f"The following resource(s) failed to create: [{logical or stack.name}]. "
+                "Rollback requested by user."
+            ),
+        )
         leftover = _rollback_create(stack)
         if leftover is None:
             stack.status = "ROLLBACK_COMPLETE"
@@ -397,13 +469,15 @@ def _run_after_apply(stack: Stack, operation: str) -> None:
         fn(stack, operation)
 
 
-def execute_change_set(self: CloudFormationBackend, change_set_name: str,
-                       stack_name: str | None = None) -> None:
+def execute_change_set(
+    self: CloudFormationBackend, change_set_name: str, stack_name: str | None = None
+) -> None:
     cs = _find_change_set(self, change_set_name, stack_name)
     if cs.execution_status != "AVAILABLE":
         raise InvalidChangeSetStatus(
             f"ChangeSet [{cs.change_set_id}] cannot be executed in its current execution "
-            f"status of [{cs.execution_status}]")
+            f"status of [{cs.execution_status}]"
+        )
     stack = self.stacks.get(cs.stack_id)
     if stack is None:
         raise ValidationError(cs.stack_name)
@@ -431,8 +505,11 @@ def execute_change_set(self: CloudFormationBackend, change_set_name: str,
         stack.status = f"{operation}_COMPLETE"
         stack._add_stack_event(f"{operation}_COMPLETE")
         # Executing a change set deletes the stack's other change sets (as on AWS).
-        for cid in [c for c, other in self.change_sets.items()
-                    if other.stack_id == stack.stack_id and other is not cs]:
+        for cid in [
+            c
+            for c, other in self.change_sets.items()
+            if other.stack_id == stack.stack_id and other is not cs
+        ]:
             del self.change_sets[cid]
 
 
@@ -459,9 +536,13 @@ def _create_resources(self: Stack) -> None:
 _original_stack_update = Stack.update
 
 
-def _stack_update(self: Stack, template: str, role_arn: str | None = None,
-                  parameters: dict[str, Any] | None = None,
-                  tags: dict[str, str] | None = None) -> None:
+def _stack_update(
+    self: Stack,
+    template: str,
+    role_arn: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
     with STACK_LOCK:
         try:
             check_template(self.parse_template(template))

@@ -20,8 +20,9 @@ from moto.core.responses import ActionResult, EmptyResult
 from . import models
 
 
-def _resolve_ssm_parameters(response: CloudFormationResponse, template: dict[str, Any],
-                            parameters: dict[str, Any]) -> None:
+def _resolve_ssm_parameters(
+    response: CloudFormationResponse, template: dict[str, Any], parameters: dict[str, Any]
+) -> None:
     from moto.ssm import ssm_backends
 
     backend = ssm_backends[response.current_account][response.region]
@@ -30,8 +31,11 @@ def _resolve_ssm_parameters(response: CloudFormationResponse, template: dict[str
             continue
         name = parameters.get(key, spec.get("Default"))
         if name is not None and backend.get_parameter(name) is None:
-            raise ValidationError(message=(
-                f"Unable to fetch parameters [{name}] from parameter store for this account."))
+            raise ValidationError(
+                message=(
+                    f"Unable to fetch parameters [{name}] from parameter store for this account."
+                )
+            )
 
 
 def _previous_input(stack: Stack | None, key: str) -> Any:
@@ -58,9 +62,12 @@ def create_change_set(self: CloudFormationResponse) -> ActionResult:
         if self._get_bool_param("UsePreviousTemplate", False):
             stack_body = stack.template
     elif change_set_type != "CREATE":
-        raise ValidationError(message=(
-            f"ChangeSetType: expected CREATE or UPDATE, found {change_set_type!r} "
-            "(IMPORT is not emulated)"))
+        raise ValidationError(
+            message=(
+                f"ChangeSetType: expected CREATE or UPDATE, found {change_set_type!r} "
+                "(IMPORT is not emulated)"
+            )
+        )
     if template_url:
         stack_body = self._get_stack_from_s3_url(template_url)
     if not stack_body:
@@ -71,9 +78,12 @@ def create_change_set(self: CloudFormationResponse) -> ActionResult:
         if param.get("UsePreviousValue", False):
             previous = _previous_input(stack, key)
             if previous is None:
-                raise ValidationError(message=(
-                    f"Invalid input for parameter key {key}. Cannot specify usePreviousValue "
-                    "as true for a parameter key not in the previous template"))
+                raise ValidationError(
+                    message=(
+                        f"Invalid input for parameter key {key}. Cannot specify usePreviousValue "
+                        "as true for a parameter key not in the previous template"
+                    )
+                )
             parameters[key] = previous
         else:
             parameters[key] = param.get("ParameterValue")
@@ -83,7 +93,8 @@ def create_change_set(self: CloudFormationResponse) -> ActionResult:
         raise ValidationError(message=f"Template format error: {exc}") from exc
     if not isinstance(template, dict):
         raise ValidationError(
-            message="Template format error: the template is not a JSON/YAML object")
+            message="Template format error: the template is not a JSON/YAML object"
+        )
     models.check_template(template)
     _resolve_ssm_parameters(self, template, parameters)
     change_set_id, stack_id = self.cloudformation_backend.create_change_set(
@@ -102,19 +113,22 @@ def create_change_set(self: CloudFormationResponse) -> ActionResult:
 
 def describe_change_set(self: CloudFormationResponse) -> ActionResult:
     cs = self.cloudformation_backend.describe_change_set(
-        self._get_param("ChangeSetName"), self._get_param("StackName"))
+        self._get_param("ChangeSetName"), self._get_param("StackName")
+    )
     return ActionResult(cs)
 
 
 def delete_change_set(self: CloudFormationResponse) -> EmptyResult:
     self.cloudformation_backend.delete_change_set(
-        self._get_param("ChangeSetName"), self._get_param("StackName"))
+        self._get_param("ChangeSetName"), self._get_param("StackName")
+    )
     return EmptyResult()
 
 
 def execute_change_set(self: CloudFormationResponse) -> EmptyResult:
     self.cloudformation_backend.execute_change_set(
-        self._get_param("ChangeSetName"), self._get_param("StackName"))
+        self._get_param("ChangeSetName"), self._get_param("StackName")
+    )
     return EmptyResult()
 
 

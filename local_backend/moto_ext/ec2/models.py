@@ -123,18 +123,29 @@ def _roles_of_profile(instance: Instance) -> tuple[str | None, tuple[str, ...]]:
     return profile.arn, tuple(r.arn for r in profile.roles)
 
 
-def describe_enclave_instance(instance: Instance, *, stack: Any = None,
-                              logical_id: str | None = None,
-                              metadata: dict[str, Any] | None = None) -> EnclaveInstance:
+def describe_enclave_instance(
+    instance: Instance,
+    *,
+    stack: Any = None,
+    logical_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> EnclaveInstance:
     profile_arn, roles = _roles_of_profile(instance)
     nic = instance.nics.get(0) if instance.nics else None
     return EnclaveInstance(
-        instance_id=instance.id, account_id=instance.owner_id, region=instance.region_name,
-        instance_type=instance.instance_type, image_id=instance.image_id,
-        subnet_id=instance.subnet_id, private_ip=nic.private_ip_address if nic else None,
-        instance_profile_arn=profile_arn, role_arns=roles,
-        stack_name=getattr(stack, "name", None), stack_id=getattr(stack, "stack_id", None),
-        logical_id=logical_id, metadata=metadata,
+        instance_id=instance.id,
+        account_id=instance.owner_id,
+        region=instance.region_name,
+        instance_type=instance.instance_type,
+        image_id=instance.image_id,
+        subnet_id=instance.subnet_id,
+        private_ip=nic.private_ip_address if nic else None,
+        instance_profile_arn=profile_arn,
+        role_arns=roles,
+        stack_name=getattr(stack, "name", None),
+        stack_id=getattr(stack, "stack_id", None),
+        logical_id=logical_id,
+        metadata=metadata,
     )
 
 
@@ -188,8 +199,10 @@ def _enclave_options(value: Any) -> dict[str, bool]:
     if value is None:
         return {"Enabled": False}
     if not isinstance(value, dict):
-        raise EC2ClientError("InvalidParameterValue",
-                             f"EnclaveOptions: expected {{Enabled: true|false}}, found {value!r}")
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            f"EnclaveOptions: expected {{Enabled: true|false}}, found {value!r}",
+        )
     return {"Enabled": str(value.get("Enabled", False)).lower() == "true"}
 
 
@@ -199,8 +212,14 @@ _original_stop = Instance.stop
 _original_start = Instance.start
 
 
-def _instance_init(self: Instance, ec2_backend: Any, image_id: str, user_data: Any,
-                   security_groups: list[Any], **kwargs: Any) -> None:
+def _instance_init(
+    self: Instance,
+    ec2_backend: Any,
+    image_id: str,
+    user_data: Any,
+    security_groups: list[Any],
+    **kwargs: Any,
+) -> None:
     _original_instance_init(self, ec2_backend, image_id, user_data, security_groups, **kwargs)
     data = _template_data(ec2_backend, kwargs.get("launch_template"))
     requested = kwargs.get("enclave_options")
@@ -210,9 +229,10 @@ def _instance_init(self: Instance, ec2_backend: Any, image_id: str, user_data: A
 
         self.metadata_options = MetadataOptions(data["MetadataOptions"])
     if self.enclave_options["Enabled"] and (self.hibernation_options or {}).get("Configured"):
-        raise EC2ClientError("UnsupportedOperation",
-                             "You can't enable hibernation and Nitro Enclaves on the same "
-                             "instance.")
+        raise EC2ClientError(
+            "UnsupportedOperation",
+            "You can't enable hibernation and Nitro Enclaves on the same instance.",
+        )
 
 
 def _instance_terminate(self: Instance) -> Any:
@@ -244,15 +264,24 @@ def _instance_start(self: Instance) -> Any:
 # ------------------------------------------------------------------------ CFN: instances
 
 
-def _create_instance(cls: type[Instance], resource_name: str, cloudformation_json: Any,
-                     account_id: str, region_name: str, **kwargs: Any) -> Instance:
+def _create_instance(
+    cls: type[Instance],
+    resource_name: str,
+    cloudformation_json: Any,
+    account_id: str,
+    region_name: str,
+    **kwargs: Any,
+) -> Instance:
     """AWS::EC2::Instance with what CDK emits and moto drops: SecurityGroupIds, LaunchTemplate,
     EnclaveOptions, metadata options, IamInstanceProfile. The start hook runs once the whole
     stack has applied (so the role, key policies and association exist)."""
     props = cloudformation_json["Properties"]
     backend = ec2_backends[account_id][region_name]
-    names = [backend.get_security_group_from_id(g).name for g in props.get("SecurityGroups", [])
-             if backend.get_security_group_from_id(g) is not None]
+    names = [
+        backend.get_security_group_from_id(g).name
+        for g in props.get("SecurityGroups", [])
+        if backend.get_security_group_from_id(g) is not None
+    ]
     launch_template = props.get("LaunchTemplate")
     if launch_template:
         launch_template = {k: str(v) for k, v in launch_template.items()}
@@ -282,11 +311,13 @@ def _create_instance(cls: type[Instance], resource_name: str, cloudformation_jso
         profile = profile_spec.get("Name") or profile_spec.get("Arn")
     if profile:
         if str(profile).startswith("arn:"):
-            backend.associate_iam_instance_profile(instance_id=instance.id,
-                                                   iam_instance_profile_arn=profile)
+            backend.associate_iam_instance_profile(
+                instance_id=instance.id, iam_instance_profile_arn=profile
+            )
         else:
-            backend.associate_iam_instance_profile(instance_id=instance.id,
-                                                   iam_instance_profile_name=profile)
+            backend.associate_iam_instance_profile(
+                instance_id=instance.id, iam_instance_profile_name=profile
+            )
     return instance
 
 
@@ -304,8 +335,9 @@ def _after_stack_apply(stack: Any, operation: str) -> None:
         if instance.id in started_instances() or not instance.is_running():
             continue
         metadata = clean_json(resource_json.get("Metadata"), resource_map)
-        info = describe_enclave_instance(instance, stack=stack, logical_id=logical_id,
-                                         metadata=metadata)
+        info = describe_enclave_instance(
+            instance, stack=stack, logical_id=logical_id, metadata=metadata
+        )
         instance._ek_last_info = info  # type: ignore[attr-defined]
         try:
             _fire_start(info)
@@ -325,15 +357,22 @@ def _route_table_delete(self: RouteTable, account_id: str, region_name: str) -> 
     backend.route_tables.pop(self.id, None)
 
 
-def _create_subnet_rt_association(cls: type[SubnetRouteTableAssociation], resource_name: str,
-                                  cloudformation_json: Any, account_id: str, region_name: str,
-                                  **kwargs: Any) -> SubnetRouteTableAssociation:
+def _create_subnet_rt_association(
+    cls: type[SubnetRouteTableAssociation],
+    resource_name: str,
+    cloudformation_json: Any,
+    account_id: str,
+    region_name: str,
+    **kwargs: Any,
+) -> SubnetRouteTableAssociation:
     props = cloudformation_json["Properties"]
     backend = ec2_backends[account_id][region_name]
-    association = backend.create_subnet_association(route_table_id=props["RouteTableId"],
-                                                    subnet_id=props["SubnetId"])
+    association = backend.create_subnet_association(
+        route_table_id=props["RouteTableId"], subnet_id=props["SubnetId"]
+    )
     association.association_id = backend.associate_route_table(  # type: ignore[attr-defined]
-        props["RouteTableId"], subnet_id=props["SubnetId"])
+        props["RouteTableId"], subnet_id=props["SubnetId"]
+    )
     association.account_id = account_id  # type: ignore[attr-defined]
     association.region_name = region_name  # type: ignore[attr-defined]
     return association
@@ -343,8 +382,9 @@ def _subnet_rt_association_id(self: SubnetRouteTableAssociation) -> str:
     return getattr(self, "association_id", None) or self.route_table_id
 
 
-def _subnet_rt_association_delete(self: SubnetRouteTableAssociation, account_id: str,
-                                  region_name: str) -> None:
+def _subnet_rt_association_delete(
+    self: SubnetRouteTableAssociation, account_id: str, region_name: str
+) -> None:
     backend = ec2_backends[account_id][region_name]
     backend.subnet_associations.pop(f"{self.route_table_id}:{self.subnet_id}", None)
     association_id = getattr(self, "association_id", None)
@@ -372,8 +412,12 @@ class CertificateAssociation:
     kms_key_id: str
 
     def to_api(self) -> dict[str, str]:
-        return {"AssociatedRoleArn": self.role_arn, "CertificateS3BucketName": self.bucket,
-                "CertificateS3ObjectKey": self.object_key, "EncryptionKmsKeyId": self.kms_key_id}
+        return {
+            "AssociatedRoleArn": self.role_arn,
+            "CertificateS3BucketName": self.bucket,
+            "CertificateS3ObjectKey": self.object_key,
+            "EncryptionKmsKeyId": self.kms_key_id,
+        }
 
 
 # (account, region) -> {(certificate_arn, role_arn): association}
@@ -395,30 +439,51 @@ def service_account_key_ids() -> dict[str, str]:
 
 def _service_key_policy(roles: dict[str, list[str]]) -> str:
     """The service key's policy: `roles` maps each associated role to its agent images."""
-    statements: list[dict[str, Any]] = [{
-        "Sid": "ServiceAccountAdministration",
-        "Effect": "Allow",
-        "Principal": {"AWS": f"arn:aws:iam::{SERVICE_ACCOUNT}:root"},
-        "Action": ["kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*",
-                   "kms:Update*", "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*",
-                   "kms:TagResource", "kms:UntagResource", "kms:ScheduleKeyDeletion",
-                   "kms:CancelKeyDeletion", "kms:Encrypt"],
-        "Resource": "*",
-    }]
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "ServiceAccountAdministration",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{SERVICE_ACCOUNT}:root"},
+            "Action": [
+                "kms:Create*",
+                "kms:Describe*",
+                "kms:Enable*",
+                "kms:List*",
+                "kms:Put*",
+                "kms:Update*",
+                "kms:Revoke*",
+                "kms:Disable*",
+                "kms:Get*",
+                "kms:Delete*",
+                "kms:TagResource",
+                "kms:UntagResource",
+                "kms:ScheduleKeyDeletion",
+                "kms:CancelKeyDeletion",
+                "kms:Encrypt",
+            ],
+            "Resource": "*",
+        }
+    ]
     for n, (role, images) in enumerate(sorted(roles.items())):
         if not images:
             continue  # associated, but no enclave host runs an agent image for it yet
-        statements.append({
-            "Sid": f"ReleaseToAgentImageOfAssociatedRole{n}",
-            "Effect": "Allow",
-            "Principal": {"AWS": role},
-            "Action": "kms:Decrypt",
-            "Resource": "*",
-            "Condition": {"StringEqualsIgnoreCase": {
-                "kms:RecipientAttestation:ImageSha384": sorted(images)}},
-        })
-    return json.dumps({"Version": "2012-10-17", "Id": "aws-ec2-enclave-certificate",
-                       "Statement": statements})
+        statements.append(
+            {
+                "Sid": f"ReleaseToAgentImageOfAssociatedRole{n}",
+                "Effect": "Allow",
+                "Principal": {"AWS": role},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+                "Condition": {
+                    "StringEqualsIgnoreCase": {
+                        "kms:RecipientAttestation:ImageSha384": sorted(images)
+                    }
+                },
+            }
+        )
+    return json.dumps(
+        {"Version": "2012-10-17", "Id": "aws-ec2-enclave-certificate", "Statement": statements}
+    )
 
 
 def register_agent_image(region: str, role_arn: str, instance_id: str, image_sha384: str) -> None:
@@ -438,18 +503,24 @@ def _ensure_service_key(region: str) -> str:
     backend = kms_backends[SERVICE_ACCOUNT][region]
     key_id = _service_keys.get(region)
     if key_id is None or key_id not in backend.keys:
-        key = backend.create_key(policy=_service_key_policy({}), key_usage="ENCRYPT_DECRYPT",
-                                 key_spec="SYMMETRIC_DEFAULT",
-                                 description="ACM for Nitro Enclaves certificate keys (local)",
-                                 tags=None)
+        key = backend.create_key(
+            policy=_service_key_policy({}),
+            key_usage="ENCRYPT_DECRYPT",
+            key_spec="SYMMETRIC_DEFAULT",
+            description="ACM for Nitro Enclaves certificate keys (local)",
+            tags=None,
+        )
         key_id = _service_keys[region] = key.id
     return key_id
 
 
 def _refresh_service_key_policy(region: str) -> None:
-    roles = {a.role_arn: sorted(set(_agent_images.get((region, a.role_arn), {}).values()))
-             for (_acct, reg), table in _associations.items() if reg == region
-             for a in table.values()}
+    roles = {
+        a.role_arn: sorted(set(_agent_images.get((region, a.role_arn), {}).values()))
+        for (_acct, reg), table in _associations.items()
+        if reg == region
+        for a in table.values()
+    }
     key_id = _ensure_service_key(region)
     kms_backends[SERVICE_ACCOUNT][region].put_key_policy(key_id, _service_key_policy(roles))
 
@@ -460,17 +531,22 @@ def _invalid(message: str) -> EC2ClientError:
 
 def _check_arns(account_id: str, region: str, certificate_arn: Any, role_arn: Any) -> None:
     if not isinstance(certificate_arn, str) or not (m := _CERT_ARN.match(certificate_arn)):
-        raise _invalid(f"CertificateArn: expected arn:aws:acm:<region>:<account>:certificate/<id>, "
-                       f"found {certificate_arn!r}")
+        raise _invalid(
+            f"CertificateArn: expected arn:aws:acm:<region>:<account>:certificate/<id>, "
+            f"found {certificate_arn!r}"
+        )
     if m.group(1) != region or m.group(2) != account_id:
-        raise _invalid(f"CertificateArn: the certificate must be in {account_id}/{region}, "
-                       f"found {certificate_arn}")
+        raise _invalid(
+            f"CertificateArn: the certificate must be in {account_id}/{region}, "
+            f"found {certificate_arn}"
+        )
     if not isinstance(role_arn, str) or not _ROLE_ARN.match(role_arn):
         raise _invalid(f"RoleArn: expected arn:aws:iam::<account>:role/<name>, found {role_arn!r}")
 
 
-def associate(account_id: str, region: str, certificate_arn: str,
-              role_arn: str) -> CertificateAssociation:
+def associate(
+    account_id: str, region: str, certificate_arn: str, role_arn: str
+) -> CertificateAssociation:
     """AssociateEnclaveCertificateIamRole: write the S3 object and allow the role on the key."""
     _check_arns(account_id, region, certificate_arn, role_arn)
     try:
@@ -490,12 +566,14 @@ def associate(account_id: str, region: str, certificate_arn: str,
         blob, _arn = kms_backends[SERVICE_ACCOUNT][region].encrypt(key_id, key_pem, {})
         del key_pem
         bucket, object_key = bucket_name(region), f"{role_arn}/{certificate_arn}"
-        body = json.dumps({
-            "certificate": cert_pem,
-            "certificateChain": chain_pem,
-            "encryptedPrivateKey": base64.b64encode(blob).decode(),
-            "encryptionMethod": ENCRYPTION_METHOD,
-        }).encode()
+        body = json.dumps(
+            {
+                "certificate": cert_pem,
+                "certificateChain": chain_pem,
+                "encryptedPrivateKey": base64.b64encode(blob).decode(),
+                "encryptionMethod": ENCRYPTION_METHOD,
+            }
+        ).encode()
         s3_ext.ensure_bucket(SERVICE_ACCOUNT, region, bucket)
         s3_ext.put_object(SERVICE_ACCOUNT, bucket, object_key, body)
         assoc = CertificateAssociation(certificate_arn, role_arn, bucket, object_key, key_id)
@@ -505,12 +583,14 @@ def associate(account_id: str, region: str, certificate_arn: str,
     return assoc
 
 
-def associated_roles(account_id: str, region: str, certificate_arn: str
-                     ) -> list[CertificateAssociation]:
+def associated_roles(
+    account_id: str, region: str, certificate_arn: str
+) -> list[CertificateAssociation]:
     """GetAssociatedEnclaveCertificateIamRoles."""
     if not isinstance(certificate_arn, str) or not _CERT_ARN.match(certificate_arn):
         raise _invalid(
-            f"CertificateArn: expected an ACM certificate ARN, found {certificate_arn!r}")
+            f"CertificateArn: expected an ACM certificate ARN, found {certificate_arn!r}"
+        )
     with _lock:
         table = _associations.get((account_id, region), {})
         return [a for (c, _r), a in table.items() if c == certificate_arn]
@@ -523,8 +603,9 @@ def disassociate(account_id: str, region: str, certificate_arn: str, role_arn: s
         table = _associations.get((account_id, region), {})
         assoc = table.pop((certificate_arn, role_arn), None)
         if assoc is None:
-            raise _invalid(f"The certificate {certificate_arn} is not associated with the role "
-                           f"{role_arn}")
+            raise _invalid(
+                f"The certificate {certificate_arn} is not associated with the role {role_arn}"
+            )
         s3_ext.delete_object(SERVICE_ACCOUNT, assoc.bucket, assoc.object_key)
         _refresh_service_key_policy(region)
     log.info("disassociated %s from %s", certificate_arn, role_arn)
@@ -534,8 +615,11 @@ def disassociate(account_id: str, region: str, certificate_arn: str, role_arn: s
 class EnclaveCertificateIamRoleAssociation(CloudFormationModel):
     """`AWS::EC2::EnclaveCertificateIamRoleAssociation` with its three GetAtt attributes."""
 
-    ATTRIBUTES = {"CertificateS3BucketName": "bucket", "CertificateS3ObjectKey": "object_key",
-                  "EncryptionKmsKeyId": "kms_key_id"}
+    ATTRIBUTES = {
+        "CertificateS3BucketName": "bucket",
+        "CertificateS3ObjectKey": "object_key",
+        "EncryptionKmsKeyId": "kms_key_id",
+    }
 
     def __init__(self, account_id: str, region: str, association: CertificateAssociation):
         self.account_id = account_id
@@ -568,26 +652,38 @@ class EnclaveCertificateIamRoleAssociation(CloudFormationModel):
 
     @classmethod
     def create_from_cloudformation_json(  # type: ignore[misc]
-        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str,
+        cls,
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
         **kwargs: Any,
     ) -> EnclaveCertificateIamRoleAssociation:
         props = cloudformation_json.get("Properties", {})
-        assoc = associate(account_id, region_name, props.get("CertificateArn"),
-                          props.get("RoleArn"))
+        assoc = associate(
+            account_id, region_name, props.get("CertificateArn"), props.get("RoleArn")
+        )
         return cls(account_id, region_name, assoc)
 
     @classmethod
     def update_from_cloudformation_json(  # type: ignore[misc]
-        cls, original_resource: EnclaveCertificateIamRoleAssociation, new_resource_name: str,
-        cloudformation_json: Any, account_id: str, region_name: str,
+        cls,
+        original_resource: EnclaveCertificateIamRoleAssociation,
+        new_resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
     ) -> EnclaveCertificateIamRoleAssociation:
         props = cloudformation_json.get("Properties", {})
         old = original_resource.association
-        if (props.get("CertificateArn"), props.get("RoleArn")) == (old.certificate_arn,
-                                                                   old.role_arn):
+        if (props.get("CertificateArn"), props.get("RoleArn")) == (
+            old.certificate_arn,
+            old.role_arn,
+        ):
             return original_resource
-        new = cls.create_from_cloudformation_json(new_resource_name, cloudformation_json,
-                                                  account_id, region_name)
+        new = cls.create_from_cloudformation_json(
+            new_resource_name, cloudformation_json, account_id, region_name
+        )
         original_resource.delete(account_id, region_name)
         return new
 
@@ -612,9 +708,11 @@ def install() -> None:
     RouteTable.delete = _route_table_delete  # type: ignore[attr-defined]
     Route.delete = _route_delete  # type: ignore[attr-defined]
     SubnetRouteTableAssociation.create_from_cloudformation_json = classmethod(  # type: ignore[assignment]
-        _create_subnet_rt_association)
+        _create_subnet_rt_association
+    )
     SubnetRouteTableAssociation.physical_resource_id = property(  # type: ignore[assignment,method-assign]
-        _subnet_rt_association_id)
+        _subnet_rt_association_id
+    )
     SubnetRouteTableAssociation.delete = _subnet_rt_association_delete  # type: ignore[attr-defined]
     cfn_ext.after_apply(_after_stack_apply)
     Instance._enclavekit_patched = True  # type: ignore[attr-defined]

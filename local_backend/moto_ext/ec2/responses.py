@@ -47,36 +47,51 @@ def describe_instance_attribute(self: InstanceResponse) -> ActionResult:
     if self._get_param("Attribute") != "enclaveOptions":
         return _original_describe_attribute(self)
     instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
-    return ActionResult({"InstanceId": instance.id,
-                         "EnclaveOptions": dict(instance.enclave_options)})
+    return ActionResult(
+        {"InstanceId": instance.id, "EnclaveOptions": dict(instance.enclave_options)}
+    )
 
 
 def _dry_run(self: EC2Response, action: str) -> None:
     if self._get_bool_param("DryRun", False):
-        raise EC2ClientError("DryRunOperation",
-                             f"Request would have succeeded, but DryRun flag is set ({action}).")
+        raise EC2ClientError(
+            "DryRunOperation", f"Request would have succeeded, but DryRun flag is set ({action})."
+        )
 
 
 def associate_enclave_certificate_iam_role(self: EC2Response) -> ActionResult:
     _dry_run(self, "AssociateEnclaveCertificateIamRole")
-    assoc = models.associate(self.current_account, self.region,
-                             self._get_param("CertificateArn"), self._get_param("RoleArn"))
-    return ActionResult({"CertificateS3BucketName": assoc.bucket,
-                         "CertificateS3ObjectKey": assoc.object_key,
-                         "EncryptionKmsKeyId": assoc.kms_key_id})
+    assoc = models.associate(
+        self.current_account,
+        self.region,
+        self._get_param("CertificateArn"),
+        self._get_param("RoleArn"),
+    )
+    return ActionResult(
+        {
+            "CertificateS3BucketName": assoc.bucket,
+            "CertificateS3ObjectKey": assoc.object_key,
+            "EncryptionKmsKeyId": assoc.kms_key_id,
+        }
+    )
 
 
 def get_associated_enclave_certificate_iam_roles(self: EC2Response) -> ActionResult:
     _dry_run(self, "GetAssociatedEnclaveCertificateIamRoles")
-    found = models.associated_roles(self.current_account, self.region,
-                                    self._get_param("CertificateArn"))
+    found = models.associated_roles(
+        self.current_account, self.region, self._get_param("CertificateArn")
+    )
     return ActionResult({"AssociatedRoles": [a.to_api() for a in found]})
 
 
 def disassociate_enclave_certificate_iam_role(self: EC2Response) -> ActionResult:
     _dry_run(self, "DisassociateEnclaveCertificateIamRole")
-    ok = models.disassociate(self.current_account, self.region,
-                             self._get_param("CertificateArn"), self._get_param("RoleArn"))
+    ok = models.disassociate(
+        self.current_account,
+        self.region,
+        self._get_param("CertificateArn"),
+        self._get_param("RoleArn"),
+    )
     return ActionResult({"Return": ok})
 
 
@@ -86,6 +101,8 @@ def install() -> None:
     InstanceResponse.describe_instance_attribute = describe_instance_attribute  # type: ignore[method-assign]
     EC2Response.associate_enclave_certificate_iam_role = associate_enclave_certificate_iam_role  # type: ignore[attr-defined]
     EC2Response.get_associated_enclave_certificate_iam_roles = (  # type: ignore[attr-defined]
-        get_associated_enclave_certificate_iam_roles)
+        get_associated_enclave_certificate_iam_roles
+    )
     EC2Response.disassociate_enclave_certificate_iam_role = (  # type: ignore[attr-defined]
-        disassociate_enclave_certificate_iam_role)
+        disassociate_enclave_certificate_iam_role
+    )

@@ -32,14 +32,34 @@ MAX_ATTESTATION_DOCUMENT = 262144  # API_RecipientInfo: AttestationDocument 1..2
 # Operations authorized by identity policies only (no key involved).
 IDENTITY_ONLY_ACTIONS = frozenset({"CreateKey", "ListKeys", "ListAliases", "GenerateRandom"})
 # Operations whose key is named by a parameter other than KeyId.
-KEY_PARAMS = {"CreateAlias": "TargetKeyId", "UpdateAlias": "TargetKeyId",
-              "ReEncrypt": "DestinationKeyId"}
+KEY_PARAMS = {
+    "CreateAlias": "TargetKeyId",
+    "UpdateAlias": "TargetKeyId",
+    "ReEncrypt": "DestinationKeyId",
+}
 # Operations that take no key even though they may carry a KeyId-like parameter.
-NO_KEY_ACTIONS = frozenset({"CreateKey", "ListKeys", "ListAliases", "GenerateRandom",
-                            "DeleteAlias", "ListRetirableGrants", "RetireGrant"})
-ENCRYPTION_ALGORITHM_ACTIONS = frozenset({"Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey",
-    "GenerateDataKeyWithoutPlaintext", "GenerateDataKeyPair",
-    "GenerateDataKeyPairWithoutPlaintext"})
+NO_KEY_ACTIONS = frozenset(
+    {
+        "CreateKey",
+        "ListKeys",
+        "ListAliases",
+        "GenerateRandom",
+        "DeleteAlias",
+        "ListRetirableGrants",
+        "RetireGrant",
+    }
+)
+ENCRYPTION_ALGORITHM_ACTIONS = frozenset(
+    {
+        "Encrypt",
+        "Decrypt",
+        "ReEncrypt",
+        "GenerateDataKey",
+        "GenerateDataKeyWithoutPlaintext",
+        "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext",
+    }
+)
 
 
 class KmsRequestError(Exception):
@@ -60,8 +80,10 @@ class AttestedRecipient:
 
     def condition_keys(self) -> dict[str, str]:
         """kms:RecipientAttestation:ImageSha384 (= PCR0) and :PCR<n>, lower-case hex."""
-        keys = {f"kms:RecipientAttestation:PCR{i}": v.hex()
-                for i, v in sorted(self.document.pcrs.items())}
+        keys = {
+            f"kms:RecipientAttestation:PCR{i}": v.hex()
+            for i, v in sorted(self.document.pcrs.items())
+        }
         if 0 in self.document.pcrs:
             keys["kms:RecipientAttestation:ImageSha384"] = self.document.pcrs[0].hex()
         return keys
@@ -90,8 +112,10 @@ class _Trust:
         with self._lock:
             if self._anchor is None:
                 if self.state_dir is None:
-                    raise KmsRequestError("KMSInternalException",
-                                          "local KMS has no state dir: install() was not called")
+                    raise KmsRequestError(
+                        "KMSInternalException",
+                        "local KMS has no state dir: install() was not called",
+                    )
                 from enclavekit.pki import LocalPki
 
                 self._anchor = LocalPki.load_or_create(self.state_dir).trust_anchor()
@@ -109,9 +133,10 @@ def verify_recipient(recipient: Any, now: dt.datetime | None = None) -> Attested
     not document a dedicated error code for an attestation document it cannot verify.
     """
     if not isinstance(recipient, dict):
-        raise KmsRequestError("ValidationException",
-                              "Recipient must be a structure with KeyEncryptionAlgorithm and "
-                              "AttestationDocument")
+        raise KmsRequestError(
+            "ValidationException",
+            "Recipient must be a structure with KeyEncryptionAlgorithm and AttestationDocument",
+        )
     alg = recipient.get("KeyEncryptionAlgorithm")
     if alg != KEY_ENCRYPTION_ALGORITHM:
         raise KmsRequestError(
@@ -140,8 +165,9 @@ def verify_recipient(recipient: Any, now: dt.datetime | None = None) -> Attested
             "ValidationException", f"The attestation document is not valid: {exc}"
         ) from None
     if not doc.public_key:
-        raise KmsRequestError("ValidationException",
-                              "The attestation document does not contain a public key")
+        raise KmsRequestError(
+            "ValidationException", "The attestation document does not contain a public key"
+        )
     try:
         key = load_der_public_key(doc.public_key)
     except ValueError:
@@ -170,8 +196,9 @@ def parse_key_policy(text: Any) -> Policy:
         raise KmsRequestError("MalformedPolicyDocumentException", str(exc)) from None
 
 
-def request_keys(caller: Caller, action: str, params: dict[str, Any],
-                 recipient: AttestedRecipient | None) -> dict[str, Any]:
+def request_keys(
+    caller: Caller, action: str, params: dict[str, Any], recipient: AttestedRecipient | None
+) -> dict[str, Any]:
     """The condition keys of a request (kms:ViaService is never present locally)."""
     now = dt.datetime.now(dt.UTC)
     keys: dict[str, Any] = {
@@ -179,7 +206,8 @@ def request_keys(caller: Caller, action: str, params: dict[str, Any],
         "aws:PrincipalArn": caller.principal,
         "aws:PrincipalAccount": caller.account,
         "aws:PrincipalType": {"root": "Account", "user": "User", "role": "AssumedRole"}[
-            caller.kind],
+            caller.kind
+        ],
         "aws:SecureTransport": "false",
         "aws:CurrentTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "aws:EpochTime": str(int(now.timestamp())),
@@ -196,22 +224,33 @@ def request_keys(caller: Caller, action: str, params: dict[str, Any],
     return keys
 
 
-def authorize_key(caller: Caller, action: str, key_arn: str, key_policy: Any,
-                  keys: dict[str, Any]) -> Decision:
+def authorize_key(
+    caller: Caller, action: str, key_arn: str, key_policy: Any, keys: dict[str, Any]
+) -> Decision:
     """KMS authorization of `kms:<action>` on a key for the caller."""
     try:
         policy = parse_policy(key_policy_text(key_policy))
     except PolicyDocumentError:
         policy = Policy(statements=())  # an unreadable key policy allows nobody
-    ctx = RequestContext(principal=caller.principal, account=caller.account,
-                         action=f"kms:{action}", resource=key_arn, keys=keys)
+    ctx = RequestContext(
+        principal=caller.principal,
+        account=caller.account,
+        action=f"kms:{action}",
+        resource=key_arn,
+        keys=keys,
+    )
     return evaluate_kms(ctx, policy, _identity(caller))
 
 
 def authorize_identity_only(caller: Caller, action: str, keys: dict[str, Any]) -> Decision:
     """Operations without a key: identity policies decide; the account root may do anything."""
-    ctx = RequestContext(principal=caller.principal, account=caller.account,
-                         action=f"kms:{action}", resource="*", keys=keys)
+    ctx = RequestContext(
+        principal=caller.principal,
+        account=caller.account,
+        action=f"kms:{action}",
+        resource="*",
+        keys=keys,
+    )
     if caller.kind == "root":
         return Decision(True, "the account root", ())
     d = evaluate(ctx, _identity(caller))
@@ -234,5 +273,7 @@ def _identity(caller: Caller) -> list[Policy]:
 
 def access_denied_message(caller: Caller, action: str, resource: str, d: Decision) -> str:
     """AWS's AccessDeniedException text."""
-    return (f"User: {caller.display_arn} is not authorized to perform: kms:{action} "
-            f"on resource: {resource} {d.reason}")
+    return (
+        f"User: {caller.display_arn} is not authorized to perform: kms:{action} "
+        f"on resource: {resource} {d.reason}"
+    )

@@ -96,8 +96,11 @@ def _resolve(self: KmsResponse, key_id: Any) -> Any:
     for account in list(kms_backends):
         if account == self.current_account:
             continue
-        other = kms_backends[account].get(self.region) if hasattr(
-            kms_backends[account], "get") else None
+        other = (
+            kms_backends[account].get(self.region)
+            if hasattr(kms_backends[account], "get")
+            else None
+        )
         if other is not None and raw in other.keys:
             return other.keys[raw]
     return None
@@ -107,13 +110,17 @@ def _checks(self: KmsResponse, action: str, params: dict[str, Any]) -> list[tupl
     """(iam action, key) pairs this request needs."""
     if action == "Decrypt":
         key = _resolve(self, params.get("KeyId")) or _resolve(
-            self, _key_from_blob(params.get("CiphertextBlob")))
+            self, _key_from_blob(params.get("CiphertextBlob"))
+        )
         return [("Decrypt", key)]
     if action == "ReEncrypt":
         src = _resolve(self, params.get("SourceKeyId")) or _resolve(
-            self, _key_from_blob(params.get("CiphertextBlob")))
-        return [("ReEncryptFrom", src),
-                ("ReEncryptTo", _resolve(self, params.get("DestinationKeyId")))]
+            self, _key_from_blob(params.get("CiphertextBlob"))
+        )
+        return [
+            ("ReEncryptFrom", src),
+            ("ReEncryptTo", _resolve(self, params.get("DestinationKeyId"))),
+        ]
     return [(action, _resolve(self, params.get(KEY_PARAMS.get(action, "KeyId"))))]
 
 
@@ -121,9 +128,12 @@ def _authorize(self: KmsResponse, resource: str = "*") -> None:
     """Replaces moto's no-op IAM hook: authenticate, verify Recipient, authorize."""
     action = self._get_action()
     try:
-        caller = authenticate(self.method, self.uri, dict(self.headers.items()),
-                              self.raw_body if isinstance(self.raw_body, bytes)
-                              else (self.raw_body or "").encode())
+        caller = authenticate(
+            self.method,
+            self.uri,
+            dict(self.headers.items()),
+            self.raw_body if isinstance(self.raw_body, bytes) else (self.raw_body or "").encode(),
+        )
     except AuthFailure as exc:
         status = 403 if exc.code == "MissingAuthenticationTokenException" else 400
         raise KmsError(exc.code, exc.message, status) from None
@@ -137,8 +147,9 @@ def _authorize(self: KmsResponse, resource: str = "*") -> None:
         if action in IDENTITY_ONLY_ACTIONS:
             d = authorize_identity_only(caller, action, keys)
             if not d.allowed:
-                raise KmsError("AccessDeniedException",
-                               access_denied_message(caller, action, "*", d))
+                raise KmsError(
+                    "AccessDeniedException", access_denied_message(caller, action, "*", d)
+                )
             return
         if action in NO_KEY_ACTIONS:
             return
@@ -148,8 +159,9 @@ def _authorize(self: KmsResponse, resource: str = "*") -> None:
                 continue  # moto answers NotFoundException / InvalidCiphertextException
             d = authorize_key(caller, iam_action, key.arn, key.policy, keys)
             if not d.allowed:
-                raise KmsError("AccessDeniedException",
-                               access_denied_message(caller, iam_action, key.arn, d))
+                raise KmsError(
+                    "AccessDeniedException", access_denied_message(caller, iam_action, key.arn, d)
+                )
         owners = {key.account_id for _, key in checks if key is not None}
         if len(owners) == 1 and len(checks) == 1:
             # a key of another account, allowed: serve the call from that account's backend
@@ -196,18 +208,24 @@ def generate_data_key_pair(self: KmsResponse) -> str:
             f"constraint: Member must satisfy enum value set: [{', '.join(KEY_PAIR_SPECS)}]",
         )
     private = KEY_PAIR_SPECS[spec]()
-    private_der = private.private_bytes(serialization.Encoding.DER,
-                                        serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption())
+    private_der = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     public_der = private.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    blob, arn = self.kms_backend.encrypt(key_id=self.kms_backend.any_id_to_key_id(key_id),
-                                         plaintext=private_der,
-                                         encryption_context=params.get("EncryptionContext") or {})
-    out = {"KeyId": arn, "KeyPairSpec": spec,
-           "PrivateKeyCiphertextBlob": base64.b64encode(blob).decode(),
-           "PrivateKeyPlaintext": base64.b64encode(private_der).decode(),
-           "PublicKey": base64.b64encode(public_der).decode()}
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    blob, arn = self.kms_backend.encrypt(
+        key_id=self.kms_backend.any_id_to_key_id(key_id),
+        plaintext=private_der,
+        encryption_context=params.get("EncryptionContext") or {},
+    )
+    out = {
+        "KeyId": arn,
+        "KeyPairSpec": spec,
+        "PrivateKeyCiphertextBlob": base64.b64encode(blob).decode(),
+        "PrivateKeyPlaintext": base64.b64encode(private_der).decode(),
+        "PublicKey": base64.b64encode(public_der).decode(),
+    }
     return _seal(self, out, "PrivateKeyPlaintext")
 
 
@@ -218,8 +236,9 @@ def generate_data_key_pair_without_plaintext(self: KmsResponse) -> str:
     return json.dumps(out)
 
 
-def _lockout_check(self: KmsResponse, policy_text: str, key_arn: str,
-                   params: dict[str, Any]) -> None:
+def _lockout_check(
+    self: KmsResponse, policy_text: str, key_arn: str, params: dict[str, Any]
+) -> None:
     """AWS refuses a key policy that would stop the caller from ever changing it."""
     policy = parse_key_policy(policy_text)
     if params.get("BypassPolicyLockoutSafetyCheck"):
@@ -227,8 +246,13 @@ def _lockout_check(self: KmsResponse, policy_text: str, key_arn: str,
     caller: Caller | None = getattr(self, "_ek_caller", None)
     if caller is None:
         return
-    ctx = RequestContext(caller.principal, caller.account, "kms:PutKeyPolicy", key_arn,
-                         request_keys(caller, "PutKeyPolicy", {}, None))
+    ctx = RequestContext(
+        caller.principal,
+        caller.account,
+        "kms:PutKeyPolicy",
+        key_arn,
+        request_keys(caller, "PutKeyPolicy", {}, None),
+    )
     if not evaluate_kms(ctx, policy, _identity(caller)).allowed:
         raise KmsError(
             "MalformedPolicyDocumentException",
@@ -267,8 +291,7 @@ def install() -> None:
     """Patch moto's KMS response and backend classes (idempotent)."""
     if getattr(KmsResponse, _PATCHED, False):
         return
-    for name in ("decrypt", "generate_data_key", "generate_random", "put_key_policy",
-                 "create_key"):
+    for name in ("decrypt", "generate_data_key", "generate_random", "put_key_policy", "create_key"):
         _ORIG[name] = getattr(KmsResponse, name)
     KmsResponse._authenticate_and_authorize_normal_action = _authorize  # type: ignore[method-assign]
     KmsResponse.decrypt = decrypt  # type: ignore[method-assign]
@@ -276,7 +299,8 @@ def install() -> None:
     KmsResponse.generate_random = generate_random  # type: ignore[method-assign]
     KmsResponse.generate_data_key_pair = generate_data_key_pair  # type: ignore[attr-defined]
     KmsResponse.generate_data_key_pair_without_plaintext = (  # type: ignore[attr-defined]
-        generate_data_key_pair_without_plaintext)
+        generate_data_key_pair_without_plaintext
+    )
     KmsResponse.put_key_policy = put_key_policy  # type: ignore[method-assign]
     KmsResponse.create_key = create_key  # type: ignore[method-assign]
     KmsBackend.get_key_policy = backend_get_key_policy  # type: ignore[method-assign]

@@ -42,7 +42,8 @@ def _bucket_permission(self: FakeBucket, action: str, resource: str) -> Permissi
         if stmt.actions is not None and not any(action_matches(a, action) for a in stmt.actions):
             continue
         if stmt.resources is not None and not any(
-                resource_matches(r, resource) for r in stmt.resources):
+            resource_matches(r, resource) for r in stmt.resources
+        ):
             continue
         if not conditions_match(stmt.conditions, keys):
             continue
@@ -83,7 +84,11 @@ class BucketPolicy(CloudFormationModel):
 
     @classmethod
     def create_from_cloudformation_json(  # type: ignore[misc]
-        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str,
+        cls,
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
         **kwargs: Any,
     ) -> BucketPolicy:
         props = cloudformation_json.get("Properties", {})
@@ -94,20 +99,24 @@ class BucketPolicy(CloudFormationModel):
                 f"PolicyDocument (object), found {type(bucket).__name__} and "
                 f"{type(document).__name__}"
             )
-        s3_backends[account_id][PARTITION].put_bucket_policy(
-            bucket, json.dumps(document).encode())
+        s3_backends[account_id][PARTITION].put_bucket_policy(bucket, json.dumps(document).encode())
         return cls(account_id, bucket, document)
 
     @classmethod
     def update_from_cloudformation_json(  # type: ignore[misc]
-        cls, original_resource: BucketPolicy, new_resource_name: str, cloudformation_json: Any,
-        account_id: str, region_name: str,
+        cls,
+        original_resource: BucketPolicy,
+        new_resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
     ) -> BucketPolicy:
         new_bucket = cloudformation_json.get("Properties", {}).get("Bucket")
         if new_bucket != original_resource.bucket:
             original_resource.delete(account_id, region_name)
-        return cls.create_from_cloudformation_json(new_resource_name, cloudformation_json,
-                                                   account_id, region_name)
+        return cls.create_from_cloudformation_json(
+            new_resource_name, cloudformation_json, account_id, region_name
+        )
 
     def delete(self, account_id: str, region_name: str) -> None:
         # If the bucket went first there is nothing left to remove.
