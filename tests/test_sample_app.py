@@ -112,3 +112,22 @@ def test_demo_bad_project_exits_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "cdk.json" in proc.stderr
+
+
+def test_host_role_may_find_its_certificate_association(synth: dict) -> None:
+    """The parent agent asks EC2 where the association put the certificate bundle."""
+    template = json.loads((synth["out"] / "EnclaveService.template.json").read_text())
+    cert_ids = [
+        k
+        for k, r in template["Resources"].items()
+        if r["Type"] == "AWS::CertificateManager::Certificate"
+    ]
+    statements = [
+        s
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::IAM::Policy"
+        for s in r["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    found = [s for s in statements if s["Action"] == "ec2:GetAssociatedEnclaveCertificateIamRoles"]
+    assert found, "no statement lets the host role call GetAssociatedEnclaveCertificateIamRoles"
+    assert found[0]["Resource"] == {"Ref": cert_ids[0]}

@@ -278,6 +278,14 @@ class EnclaveHost(Construct):
             self.certificate = EnclaveCertificate(
                 self, "Certificate", certificate=certificate, role=self.role
             )
+            if self.agent_asset is not None:
+                # The parent agent finds the association's S3 object through EC2.
+                self.role.add_to_principal_policy(
+                    iam.PolicyStatement(
+                        actions=["ec2:GetAssociatedEnclaveCertificateIamRoles"],
+                        resources=[self.certificate.certificate_arn],
+                    )
+                )
 
     # ------------------------------------------------------------------ spec
     def spec(self) -> HostSpec:
