@@ -10,50 +10,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import threading
 
 from enclavekit.errors import InvalidInput
 from enclavekit.provisioning import REQUEST_TYPES, ErrorReply, read_message, write_message
+from enclavekit.transport import ConnectionServer
 
 from .service import EnclaveService
 
 log = logging.getLogger(__name__)
 
 
-class ControlServer:
+class ControlServer(ConnectionServer):
     """Accepts control connections on a listening vsock socket; a thread per connection."""
 
+    thread_name = "control"
+
     def __init__(self, listener: socket.socket, service: EnclaveService) -> None:
-        self._listener = listener
+        super().__init__(listener)
         self.service = service
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="control")
 
-    def start(self) -> ControlServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(
-                target=self._serve, args=(conn,), daemon=True, name="control-conn"
-            ).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket, addr: object) -> None:
         with conn:
-            while not self._stopped.is_set():
+            while not self.stopped.is_set():
                 try:
                     request = read_message(conn)
                 except EOFError:

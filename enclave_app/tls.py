@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from enclavekit.errors import InvalidInput
+from enclavekit.transport import ConnectionServer
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
@@ -177,16 +178,16 @@ class _Handler(BaseHTTPRequestHandler):
         log.info("https %s %s", self.peer, format % args)
 
 
-class TlsServer:
+class TlsServer(ConnectionServer):
     """Accepts the parent's relayed connections on a listening vsock socket and serves HTTPS."""
 
+    thread_name = "tls"
+
     def __init__(self, listener: socket.socket, module_id: str) -> None:
-        self._listener = listener
+        super().__init__(listener)
         self.module_id = module_id
         self._identity: ServerIdentity | None = None
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="tls-accept")
         self.connections = 0
 
     @property
@@ -198,28 +199,6 @@ class TlsServer:
         """Swap the certificate and key: new connections use the new one at once."""
         with self._lock:
             self._identity = identity
-
-    def start(self) -> TlsServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                conn, addr = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(
-                target=self._serve, args=(conn, addr), daemon=True, name="tls-conn"
-            ).start()
 
     def respond(self, method: str, path: str, conn: ssl.SSLSocket) -> dict[str, Any]:
         """The JSON body of every response: who answered, when, over what."""
@@ -234,7 +213,7 @@ class TlsServer:
             "certificate_sha256": identity.certificate_sha256 if identity else None,
         }
 
-    def _serve(self, conn: socket.socket, addr: Any) -> None:
+    def serve(self, conn: socket.socket, addr: Any) -> None:
         peer = f"cid {addr[0]} port {addr[1]}" if isinstance(addr, tuple) else "relay"
         identity = self.identity
         if identity is None:

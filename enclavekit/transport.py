@@ -20,7 +20,7 @@ import stat
 import struct
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from enclavekit.errors import EmulatorError, NsmMessageError
 
@@ -369,3 +369,46 @@ def pump(a: socket.socket, b: socket.socket, *, chunk: int = 65536) -> None:
                     dst.shutdown(socket.SHUT_WR)
     finally:
         sel.close()
+
+
+class ConnectionServer:
+    """A listening stream socket whose connections are each served on a thread of their own.
+
+    The one accept loop of the project (the enclave's control and TLS ports, the parent's
+    relay): a subclass implements `serve(conn, addr)` and owns `conn` from then on. `stopped`
+    is set by stop(), which also closes the listener so the accept loop ends.
+    """
+
+    thread_name = "server"
+
+    def __init__(self, listener: socket.socket) -> None:
+        self._listener = listener
+        self.stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._accept, daemon=True, name=f"{self.thread_name}-accept"
+        )
+
+    def serve(self, conn: socket.socket, addr: Any) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, addr = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self.serve, args=(conn, addr), daemon=True, name=f"{self.thread_name}-conn"
+            ).start()
