@@ -6,10 +6,15 @@ leaves: the TLS key goes into the TLS server, secrets answer HMAC challenges.
 
 States: ``waiting`` (no Provision yet) -> ``provisioning`` -> ``ready``. A refresh (every
 `refresh_interval_secs`, or a new Provision) re-decrypts with fresh attestation documents.
-If KMS *answers* with an error (the key policy no longer releases the key: revoked) the
-material is dropped and the state is ``failed``, as the ACM agent removes its token when a
-refresh decrypt fails; if KMS cannot be *reached*, the old material is kept and the state is
-``degraded`` until a later refresh succeeds.
+
+Each item (every secret, and the certificate's private key) is obtained on its own, so one
+denied item does not cost the others (on AWS, ACM's key is released only to ACM's own enclave
+image while our secrets are ours). Some items obtained, some not: ``degraded``, serving what
+was obtained, `last_error` naming each missing item and its cause. On a refresh, an item KMS
+*answers* with an error for (the key policy no longer releases it: revoked) is dropped, as
+the ACM agent removes its token when a refresh decrypt fails; an item KMS cannot be *reached*
+for keeps its old value. Nothing left at all: ``failed``. A Provision of which nothing could
+be obtained never takes away what an earlier one gave.
 """
 
 from __future__ import annotations
@@ -40,18 +45,61 @@ from enclavekit.transport import PARENT_CID, VsockTransport
 from .attester import Attester
 from .forwarder import LoopbackForwarder
 from .keys import RecipientKey
-from .kms import AttestedKms, KmsDenied
+from .kms import AttestedKms, KmsDenied, KmsUnreachable
 from .tls import ServerIdentity, TlsServer, load_identity
 
 log = logging.getLogger(__name__)
 
 
+CERTIFICATE_ITEM = "certificate key"
+
+
 @dataclass(frozen=True)
 class Material:
-    """Everything secret the enclave obtained from one round of attested decrypts."""
+    """Everything secret the enclave holds, from one or more rounds of attested decrypts."""
 
     identity: ServerIdentity | None
     secrets: dict[str, bytes] = field(repr=False)
+
+    @property
+    def empty(self) -> bool:
+        return self.identity is None and not self.secrets
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """One item a round of decrypts did not obtain, and why (never any key material)."""
+
+    item: str  # "certificate key" or "secret 'name'"
+    error: EnclaveAppError | InvalidInput
+
+    @property
+    def revoked(self) -> bool:
+        """KMS answered no: the key policy does not release this item (any more)."""
+        return isinstance(self.error, KmsDenied)
+
+    def describe(self) -> str:
+        return f"{self.item}: {self.error}"
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one round of per-item decrypts came to."""
+
+    material: Material
+    failures: tuple[ItemFailure, ...]
+    requested: int
+
+    @property
+    def nothing_obtained(self) -> bool:
+        return self.requested > 0 and len(self.failures) == self.requested
+
+    def reason(self) -> str:
+        return "; ".join(f.describe() for f in self.failures)
+
+
+def _secret_item(name: str) -> str:
+    return f"secret {name!r}"
 
 
 KmsFactory = Callable[[Provision, str, str | None], AttestedKms]
@@ -124,7 +172,12 @@ class EnclaveService:
     # ------------------------------------------------------------------ requests
 
     def provision(self, msg: Provision) -> Provisioned | ErrorReply:
-        """Take the parent's configuration and obtain the secret material with attestation."""
+        """Take the parent's configuration and obtain the secret material with attestation.
+
+        Every item is obtained on its own: all -> ``ready``; some -> ``degraded`` (what was
+        obtained is served, a failed item keeps what an earlier Provision gave for it); none ->
+        an Error reply, and the enclave keeps whatever it held (``failed`` if nothing).
+        """
         log.info(
             "Provision received: region %s, KMS %s://%s via vsock port %d, certificate %s, "
             "secrets %s, refresh every %d s",
@@ -141,32 +194,35 @@ class EnclaveService:
                 if self._state in ("waiting", "failed"):
                     self._state = "provisioning"
             try:
-                kms = self._connect(msg)
-                material = self._obtain(msg, kms)
-            except EnclaveAppError as exc:
+                got = self._obtain(msg, self._connect(msg))
+            except (EnclaveAppError, InvalidInput) as exc:
+                got = Round(Material(None, {}), (ItemFailure("KMS client", exc),), 1)
+            if got.nothing_obtained:
                 # A failed Provision never takes away what a good one gave (the refresh loop
                 # notices a real revocation); it only fails an enclave that has nothing yet.
-                self._failed(exc, revoked=self._material is None)
-                return ErrorReply("KmsError", str(exc))
-            except InvalidInput as exc:
-                self._failed(exc, revoked=self._material is None)
-                return ErrorReply("BadRequest", str(exc))
+                reason = got.reason()
+                self._nothing_obtained(reason, drop=self._material is None)
+                kms = any(isinstance(f.error, EnclaveAppError) for f in got.failures)
+                return ErrorReply("KmsError" if kms else "BadRequest", reason)
             now = self.clock()
             with self._lock:
+                material = _merge(got, self._material, keep=lambda f: True)
+                state = "degraded" if got.failures else "ready"
                 self._provision = msg
                 self._material = material
-                self._state = "ready"
+                self._state = state
                 self._provisioned_at = self._refreshed_at = now
-                self._last_error = None
+                self._last_error = got.reason() or None
             self._install(material)
         self._schedule()
         fp = material.identity.certificate_sha256 if material.identity else None
         log.info(
-            "provisioned: certificate %s, secrets %s",
+            "provisioned: certificate %s, secrets %s (%s)",
             fp or "none",
             sorted(material.secrets) or "none",
+            state,
         )
-        return Provisioned("ready", fp, tuple(sorted(material.secrets)))
+        return Provisioned(state, fp, tuple(sorted(material.secrets)))
 
     def status(self) -> StatusReport:
         with self._lock:
@@ -205,25 +261,47 @@ class EnclaveService:
     # ------------------------------------------------------------------ refresh
 
     def refresh(self) -> bool:
-        """Re-decrypt everything with fresh attestation documents. True on success."""
+        """Re-decrypt every item with fresh attestation documents. True if all came back.
+
+        An item KMS refuses (revoked) is dropped; one KMS cannot be reached for keeps its old
+        value. Nothing left -> ``failed``; some items missing -> ``degraded``.
+        """
         with self._work:
             with self._lock:
                 msg = self._provision
             if msg is None:
                 return False
             try:
-                material = self._obtain(msg, self._connect(msg))
+                got = self._obtain(msg, self._connect(msg))
             except (EnclaveAppError, InvalidInput) as exc:
-                self._failed(exc, revoked=isinstance(exc, KmsDenied))
-                return False
+                got = Round(Material(None, {}), (ItemFailure("KMS client", exc),), 1)
             with self._lock:
-                self._material = material
-                self._state = "ready"
-                self._refreshed_at = self.clock()
-                self._refresh_count += 1
-                self._last_error = None
+                if any(f.item == "KMS client" for f in got.failures):
+                    material = self._material or Material(None, {})  # nothing was asked
+                else:
+                    material = _merge(got, self._material, keep=lambda f: not f.revoked)
+                if material.empty and got.requested:
+                    self._material = None
+                    self._state = "failed"
+                else:
+                    self._material = material
+                    self._state = "degraded" if got.failures else "ready"
+                if not got.nothing_obtained:
+                    self._refreshed_at = self.clock()
+                    self._refresh_count += 1
+                self._last_error = got.reason() or None
+                state, count = self._state, self._refresh_count
             self._install(material)
-        log.info("refreshed with fresh attestation (refresh #%d)", self._refresh_count)
+        if got.failures:
+            log.error(
+                "refresh: %s (%s, certificate %s, secrets %s)",
+                got.reason(),
+                state,
+                "kept" if material.identity else "none",
+                sorted(material.secrets) or "none",
+            )
+            return False
+        log.info("refreshed with fresh attestation (refresh #%d)", count)
         return True
 
     def _schedule(self) -> None:
@@ -303,10 +381,27 @@ class EnclaveService:
             old_kms.close()
         return kms
 
-    def _obtain(self, msg: Provision, kms: AttestedKms) -> Material:
+    def _obtain(self, msg: Provision, kms: AttestedKms) -> Round:
+        """Decrypt each requested item on its own; a failure costs only that item.
+
+        Once KMS could not be reached, the remaining items are not tried (each would wait for
+        the same timeout) and fail with that cause.
+        """
         secrets: dict[str, bytes] = {}
+        failures: list[ItemFailure] = []
+        unreachable: KmsUnreachable | None = None
         for spec in msg.secrets:
-            secrets[spec.name] = kms.decrypt(spec.ciphertext, key_id=spec.key_id)
+            item = _secret_item(spec.name)
+            if unreachable is not None:
+                failures.append(ItemFailure(item, unreachable))
+                continue
+            try:
+                secrets[spec.name] = kms.decrypt(spec.ciphertext, key_id=spec.key_id)
+            except (EnclaveAppError, InvalidInput) as exc:
+                failures.append(ItemFailure(item, exc))
+                unreachable = exc if isinstance(exc, KmsUnreachable) else None
+                log.warning("%s not obtained: %s", item, exc)
+                continue
             log.info(
                 "secret %r decrypted with attestation (%d bytes)",
                 spec.name,
@@ -314,34 +409,68 @@ class EnclaveService:
             )
         identity = None
         if msg.certificate is not None:
-            key_pem = kms.decrypt(msg.certificate.private_key_ciphertext)
+            if unreachable is not None:
+                failures.append(ItemFailure(CERTIFICATE_ITEM, unreachable))
+            else:
+                try:
+                    identity = self._load_certificate(msg, kms)
+                except (EnclaveAppError, InvalidInput) as exc:
+                    failures.append(ItemFailure(CERTIFICATE_ITEM, exc))
+                    log.warning("%s not obtained: %s", CERTIFICATE_ITEM, exc)
+        requested = len(msg.secrets) + (msg.certificate is not None)
+        return Round(Material(identity=identity, secrets=secrets), tuple(failures), requested)
+
+    def _load_certificate(self, msg: Provision, kms: AttestedKms) -> ServerIdentity:
+        assert msg.certificate is not None
+        key_pem = kms.decrypt(msg.certificate.private_key_ciphertext)
+        try:
             identity = load_identity(
                 msg.certificate.certificate, msg.certificate.certificate_chain, key_pem
             )
+        finally:
             del key_pem
-            log.info(
-                "certificate %s (%s) loaded; private key decrypted with attestation and "
-                "kept in enclave memory",
-                identity.certificate_sha256,
-                identity.subject,
-            )
-        return Material(identity=identity, secrets=secrets)
+        log.info(
+            "certificate %s (%s) loaded; private key decrypted with attestation and "
+            "kept in enclave memory",
+            identity.certificate_sha256,
+            identity.subject,
+        )
+        return identity
 
     def _install(self, material: Material) -> None:
         if self.tls is not None:
             self.tls.set_identity(material.identity)
 
-    def _failed(self, exc: Exception, *, revoked: bool) -> None:
-        reason = str(exc)
+    def _nothing_obtained(self, reason: str, *, drop: bool) -> None:
+        """A Provision got nothing: fail an enclave that holds nothing, else keep its material."""
         with self._lock:
             self._last_error = reason
-            if revoked:
+            if drop:
                 self._material = None
                 self._state = "failed"
             else:
                 self._state = "degraded"
-        if revoked:
+        if drop:
             self._install(Material(identity=None, secrets={}))
         log.error(
-            "%s: %s", "failed, material dropped" if revoked else "degraded, material kept", reason
+            "%s: %s", "failed, nothing obtained" if drop else "degraded, material kept", reason
         )
+
+
+def _merge(
+    got: Round, earlier: Material | None, *, keep: Callable[[ItemFailure], bool]
+) -> Material:
+    """What `got` obtained, plus the earlier value of each failed item `keep` accepts."""
+    secrets = dict(got.material.secrets)
+    identity = got.material.identity
+    if earlier is not None:
+        for failure in got.failures:
+            if not keep(failure):
+                continue
+            if failure.item == CERTIFICATE_ITEM:
+                identity = earlier.identity
+            else:
+                for name, value in earlier.secrets.items():
+                    if failure.item == _secret_item(name):
+                        secrets[name] = value
+    return Material(identity=identity, secrets=secrets)

@@ -1,12 +1,16 @@
 """The enclave program's control port, driven as the parent drives it, over emulated vsock, with
 real KMS (local, PCR-bound key), the emulator's NSM and vsock-proxy, and a real TLS client.
 
-Budget: ~8 s.
+Also: each secret and the certificate key obtained on its own (one denied item costs only
+itself: ``degraded``), with two PCR-bound keys whose policies are changed independently.
+
+Budget: ~12 s.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -52,7 +56,7 @@ from enclavekit.provisioning import (
     exchange,
     read_message,
 )
-from enclavekit.transport import SocketNsm
+from enclavekit.transport import EmulatedVsock, SocketNsm
 
 
 @dataclass
@@ -60,9 +64,10 @@ class Enclave:
     world: KmsWorld
     service: EnclaveService
     key: RecipientKey
+    cid: int = ENCLAVE_CID
 
     def ask(self, request):
-        with self.world.parent_vsock().connect(ENCLAVE_CID, 5005) as sock:
+        with self.world.parent_vsock().connect(self.cid, 5005) as sock:
             sock.settimeout(30)
             return exchange(sock, request)
 
@@ -87,7 +92,7 @@ class Enclave:
 
     def https(self, path: str = "/") -> tuple[dict, bytes]:
         ctx = ssl.create_default_context(cadata=pem(self.world.ca_root))
-        raw = self.world.parent_vsock().connect(ENCLAVE_CID, 8443)
+        raw = self.world.parent_vsock().connect(self.cid, 8443)
         raw.settimeout(10)
         with ctx.wrap_socket(raw, server_hostname=DOMAIN) as tls:
             peer = tls.getpeercert(binary_form=True)
@@ -102,25 +107,33 @@ class Enclave:
         return json.loads(body), peer
 
 
+@contextlib.contextmanager
+def running_enclave(world: KmsWorld, cid: int = ENCLAVE_CID) -> Iterator[Enclave]:
+    """The enclave program's parts on emulated vsock CID `cid`, against `world`'s KMS."""
+    vsock = EmulatedVsock(world.vsock_root, cid)
+    attester = Attester(SocketNsm(world.nsm_path))
+    key = RecipientKey.generate()
+    tls = TlsServer(vsock.listen(8443), MODULE_ID).start()
+    service = EnclaveService(attester=attester, key=key, vsock=vsock, module_id=MODULE_ID, tls=tls)
+    control = ControlServer(vsock.listen(5005), service).start()
+    try:
+        yield Enclave(world, service, key, cid)
+    finally:
+        control.stop()
+        service.stop()
+        tls.stop()
+        attester.close()
+
+
 @pytest.fixture(scope="module")
 def enclave(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Enclave]:
     tmp = tmp_path_factory.mktemp("enclave-svc")
-    with kms_world(tmp) as world, nsm_device(world.nsm_path, world.state):
-        vsock = world.enclave_vsock()
-        attester = Attester(SocketNsm(world.nsm_path))
-        key = RecipientKey.generate()
-        tls = TlsServer(vsock.listen(8443), MODULE_ID).start()
-        service = EnclaveService(
-            attester=attester, key=key, vsock=vsock, module_id=MODULE_ID, tls=tls
-        )
-        control = ControlServer(vsock.listen(5005), service).start()
-        try:
-            yield Enclave(world, service, key)
-        finally:
-            control.stop()
-            service.stop()
-            tls.stop()
-            attester.close()
+    with (
+        kms_world(tmp) as world,
+        nsm_device(world.nsm_path, world.state),
+        running_enclave(world) as enc,
+    ):
+        yield enc
 
 
 def test_full_life_cycle(enclave: Enclave, caplog) -> None:
@@ -219,12 +232,21 @@ def test_automatic_refresh_on_the_interval(enclave: Enclave) -> None:
 def test_bad_provision_keeps_what_a_good_one_gave(enclave: Enclave) -> None:
     assert enclave.ask(enclave.provision()).state == "ready"
     garbage = SecretSpec("broken", base64.b64encode(b"not a kms ciphertext").decode())
-    reply = enclave.ask(enclave.provision(secrets=(garbage,)))
+    # nothing of it can be obtained: an Error, and the enclave keeps all it held
+    reply = enclave.ask(enclave.provision(certificate=None, secrets=(garbage,)))
     assert isinstance(reply, ErrorReply) and reply.code == "KmsError"
-    assert "Decrypt: expected CiphertextForRecipient, got" in reply.message
+    assert reply.message.startswith("secret 'broken': KMS Decrypt: expected Ciphertext")
     status = enclave.ask(Status())
     assert status.state == "degraded" and status.secrets == ("app-secret",)
-    assert enclave.ask(enclave.provision()).state == "ready"
+    assert status.certificate_sha256 is not None and "secret 'broken'" in status.last_error
+    # part of it can: degraded, holding what this Provision gave (it replaces the earlier one)
+    reply = enclave.ask(enclave.provision(secrets=(garbage,)))
+    leaf_fp = hashlib.sha256(enclave.world.leaf.public_bytes(serialization.Encoding.DER))
+    assert reply == Provisioned("degraded", leaf_fp.hexdigest(), ())
+    assert enclave.ask(enclave.provision()) == Provisioned(
+        "ready", leaf_fp.hexdigest(), ("app-secret",)
+    )
+    assert enclave.ask(Status()).last_error is None
 
 
 def test_unreadable_request_gets_an_error_and_the_connection_closes(enclave: Enclave) -> None:
@@ -241,3 +263,183 @@ def test_unreadable_request_gets_an_error_and_the_connection_closes(enclave: Enc
         reply = exchange(sock, StatusReport("ready", "m", "k"))  # a reply is not a request
         assert reply.code == "BadRequest" and "found StatusReport" in reply.message
         assert isinstance(exchange(sock, Status()), StatusReport)  # connection still usable
+
+
+# ---------------------------------------------------------------------------------------------
+# each item on its own: the secret under a second key, the certificate key under the world's
+
+
+SECOND_SECRET = b"a secret under the second key \x01"
+DENIED = "KMS Decrypt: expected CiphertextForRecipient, got AccessDeniedException"
+
+
+@dataclass
+class TwoKeys:
+    """The certificate key sealed under `cert_key`, the secret `app-secret` under `secret_key`."""
+
+    world: KmsWorld
+    cert_key: str
+    secret_key: str
+    secret_blob: bytes
+
+    def secret(self) -> SecretSpec:
+        return SecretSpec(
+            "app-secret", base64.b64encode(self.secret_blob).decode(), self.secret_key
+        )
+
+    @contextlib.contextmanager
+    def denied(self, *key_ids: str) -> Iterator[None]:
+        """These keys' policies name another image for a while (as a revocation does)."""
+        kms = self.world.client("kms")
+        try:
+            for key_id in key_ids:
+                kms.put_key_policy(
+                    KeyId=key_id, PolicyName="default", Policy=self.world.key_policy(OTHER_IMAGE)
+                )
+            yield
+        finally:
+            for key_id in key_ids:
+                kms.put_key_policy(
+                    KeyId=key_id, PolicyName="default", Policy=self.world.key_policy()
+                )
+
+
+@pytest.fixture(scope="module")
+def two_keys(enclave: Enclave) -> TwoKeys:
+    world = enclave.world
+    kms = world.client("kms")
+    key = kms.create_key(Policy=world.key_policy())["KeyMetadata"]["Arn"]
+    blob = kms.encrypt(KeyId=key, Plaintext=SECOND_SECRET)["CiphertextBlob"]
+    return TwoKeys(world, world.key_id, key, blob)
+
+
+def _leaf_sha256(world: KmsWorld) -> str:
+    return hashlib.sha256(world.leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _mac(secret: bytes, nonce: bytes) -> bytes:
+    return hmac.new(secret, nonce, "sha256").digest()
+
+
+def test_certificate_key_denied_secrets_still_served(two_keys: TwoKeys) -> None:
+    world, nonce = two_keys.world, b"c" * 32
+    with running_enclave(world, cid=17) as enc:
+        with two_keys.denied(two_keys.cert_key):
+            reply = enc.ask(enc.provision(secrets=(two_keys.secret(),)))
+        assert reply == Provisioned("degraded", None, ("app-secret",))
+        assert enc.ask(Challenge("app-secret", nonce)) == ChallengeAnswer(
+            "app-secret", _mac(SECOND_SECRET, nonce)
+        )
+        with pytest.raises((ssl.SSLError, OSError)):
+            enc.https()  # no certificate: TLS is not served
+        status = enc.ask(Status())
+        assert (status.state, status.secrets, status.certificate_sha256) == (
+            "degraded",
+            ("app-secret",),
+            None,
+        )
+        assert status.last_error.startswith(f"certificate key: {DENIED}")
+        assert "secret" not in status.last_error
+        # the policy releases the key again: the next Provision is whole
+        reply = enc.ask(enc.provision(secrets=(two_keys.secret(),)))
+        assert reply == Provisioned("ready", _leaf_sha256(world), ("app-secret",))
+        assert enc.https()[1] == world.leaf.public_bytes(serialization.Encoding.DER)
+        assert enc.ask(Status()).last_error is None
+
+
+def test_secret_denied_tls_still_served(two_keys: TwoKeys) -> None:
+    world, nonce = two_keys.world, b"s" * 32
+    leaf_der = world.leaf.public_bytes(serialization.Encoding.DER)
+    with running_enclave(world, cid=18) as enc:
+        with two_keys.denied(two_keys.secret_key):
+            reply = enc.ask(enc.provision(secrets=(two_keys.secret(),)))
+        assert reply == Provisioned("degraded", _leaf_sha256(world), ())
+        assert enc.https()[1] == leaf_der
+        unknown = enc.ask(Challenge("app-secret", nonce))
+        assert isinstance(unknown, ErrorReply) and unknown.code == "UnknownSecret"
+        status = enc.ask(Status())
+        assert status.state == "degraded" and status.secrets == ()
+        assert status.last_error.startswith(f"secret 'app-secret': {DENIED}")
+        assert "certificate" not in status.last_error
+        # whole, then a Provision whose secret is denied keeps the secret an earlier one gave
+        assert enc.ask(enc.provision(secrets=(two_keys.secret(),))).state == "ready"
+        with two_keys.denied(two_keys.secret_key):
+            reply = enc.ask(enc.provision(secrets=(two_keys.secret(),)))
+        assert reply == Provisioned("degraded", _leaf_sha256(world), ("app-secret",))
+        assert enc.ask(Challenge("app-secret", nonce)).mac == _mac(SECOND_SECRET, nonce)
+
+
+def test_everything_denied_is_an_error(two_keys: TwoKeys) -> None:
+    world = two_keys.world
+    with (
+        running_enclave(world, cid=19) as enc,
+        two_keys.denied(two_keys.cert_key, two_keys.secret_key),
+    ):
+        reply = enc.ask(enc.provision(secrets=(two_keys.secret(),)))
+        assert isinstance(reply, ErrorReply) and reply.code == "KmsError"
+        assert f"secret 'app-secret': {DENIED}" in reply.message
+        assert f"certificate key: {DENIED}" in reply.message
+        status = enc.ask(Status())
+        assert (status.state, status.secrets, status.certificate_sha256) == (
+            "failed",
+            (),
+            None,
+        )
+        # verify's probes: secrets only, then the certificate only -> each an Error
+        for probe in (
+            enc.provision(certificate=None, secrets=(two_keys.secret(),)),
+            enc.provision(secrets=()),
+        ):
+            reply = enc.ask(probe)
+            assert isinstance(reply, ErrorReply) and reply.code == "KmsError"
+            assert DENIED in reply.message
+        assert enc.ask(Status()).state == "failed"
+        with pytest.raises((ssl.SSLError, OSError)):
+            enc.https()
+
+
+def test_revocation_on_refresh_drops_only_that_item(two_keys: TwoKeys) -> None:
+    world, nonce = two_keys.world, b"r" * 32
+    leaf_der = world.leaf.public_bytes(serialization.Encoding.DER)
+    with running_enclave(world, cid=20) as enc:
+        assert enc.ask(enc.provision(secrets=(two_keys.secret(),))).state == "ready"
+        with two_keys.denied(two_keys.secret_key):
+            assert not enc.service.refresh()
+            status = enc.ask(Status())
+            assert (status.state, status.secrets, status.certificate_sha256) == (
+                "degraded",
+                (),
+                _leaf_sha256(world),
+            )
+            assert status.refresh_count == 1  # the certificate key did come back, fresh
+            assert status.last_error.startswith(f"secret 'app-secret': {DENIED}")
+            assert enc.ask(Challenge("app-secret", nonce)).code == "UnknownSecret"
+            assert enc.https()[1] == leaf_der
+        # a later good refresh brings the item back and the state to ready
+        assert enc.service.refresh()
+        status = enc.ask(Status())
+        assert (status.state, status.secrets, status.last_error) == ("ready", ("app-secret",), None)
+        with two_keys.denied(two_keys.cert_key):
+            assert not enc.service.refresh()
+            status = enc.ask(Status())
+            assert (status.state, status.secrets, status.certificate_sha256) == (
+                "degraded",
+                ("app-secret",),
+                None,
+            )
+            assert status.last_error.startswith(f"certificate key: {DENIED}")
+            with pytest.raises((ssl.SSLError, OSError)):
+                enc.https()
+            assert enc.ask(Challenge("app-secret", nonce)).mac == _mac(SECOND_SECRET, nonce)
+            # now the secret's key too: nothing is left
+            with two_keys.denied(two_keys.secret_key):
+                assert not enc.service.refresh()
+                status = enc.ask(Status())
+                assert (status.state, status.secrets, status.certificate_sha256) == (
+                    "failed",
+                    (),
+                    None,
+                )
+                assert enc.ask(Challenge("app-secret", nonce)).code == "NotProvisioned"
+        assert enc.ask(enc.provision(secrets=(two_keys.secret(),))).state == "ready"
+        assert enc.https()[1] == leaf_der
