@@ -47,18 +47,16 @@ KEEPALIVE_LIMIT = int(os.environ.get("BENCH_HTTPS_KEEPALIVE_N", "3000"))
 CASE_SECONDS = float(os.environ.get("BENCH_HTTPS_SECONDS", "4"))  # per case, at most
 IO_TIMEOUT_S = 10.0
 
-# The baseline server: enclave_app's TLS server on a TCP listener, logging as in the enclave.
-# TCP_NODELAY on its connections: the handler writes headers and body separately, and with
-# Nagle's algorithm a keep-alive answer's body would wait ~40 ms for the client's delayed ACK
-# (a floor has no such stall; the enclave path's stalls, if any, show in its p95).
+# The baseline server: enclave_app's TLS server on a TCP listener, logging as in the enclave,
+# with TCP_NODELAY on its connections like the parent relay's client side.
 _DIRECT_SERVER = """
 import logging, socket, sys
 from pathlib import Path
 from enclave_app.tls import TlsServer, load_identity
 class DirectTlsServer(TlsServer):
-    def _serve(self, conn, addr):
+    def serve(self, conn, addr):
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super()._serve(conn, addr)
+        super().serve(conn, addr)
 logging.basicConfig(stream=sys.stderr, level="INFO",
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 d = Path(sys.argv[1])
@@ -358,11 +356,6 @@ def compare(
     out(
         "x direct = enclave req/s / direct req/s: the share of direct TLS throughput left after "
         "the relay, emulated vsock and enclave isolation"
-    )
-    out(
-        "a p95 near 40 ms = answers held by Nagle's algorithm until the client's delayed ACK "
-        "(the handler writes headers and body apart; the parent relay's client socket has no "
-        "TCP_NODELAY, the baseline's has)"
     )
     return rows
 
