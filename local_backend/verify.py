@@ -48,7 +48,7 @@ from enclavekit.cpio import CpioEntry, read_newc, write_newc
 from enclavekit.errors import EnclaveKitError, InvalidInput
 from enclavekit.localenv import LOCAL_ACCOUNT, local_aws_env
 from enclavekit.pki import LocalPki
-from enclavekit.policy import parse_policy
+from enclavekit.policy import parse_policy, principal_matches
 from enclavekit.transport import EmulatedVsock
 from local_backend import server
 from local_backend.parent import instances_dir
@@ -228,10 +228,13 @@ def _short(hex_value: str) -> str:
 
 
 def _bound_pcrs(policy_text: str, role_arn: str | None) -> dict[str, set[str]]:
-    """PCR condition values (lower-case) of the Allow statements that name attestation keys."""
+    """PCR condition values (lower-case) of the Allow statements that grant the host role
+    (`role_arn`) under attestation keys: what the key releases to this host's enclave."""
     bound: dict[str, set[str]] = {}
     for st in parse_policy(policy_text).statements:
-        if st.effect != "Allow":
+        if st.effect != "Allow" or role_arn is None:
+            continue
+        if not any(principal_matches(p, role_arn) for p in st.principals or ()):
             continue
         for cond in st.conditions:
             key = cond.key.lower()
@@ -274,7 +277,10 @@ def check_image(host: _Host) -> tuple[bool, str]:
             (host.info.get("role_arns") or [None])[0],
         )
         if not bound:
-            return False, f"key {logical} has no kms:RecipientAttestation condition"
+            return False, (
+                f"key {logical} grants the host role nothing under a "
+                "kms:RecipientAttestation condition"
+            )
         for name, values in sorted(bound.items()):
             index = int(name[3:])
             actual = doc.pcrs.get(index, b"").hex()
