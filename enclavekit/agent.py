@@ -371,6 +371,11 @@ class SyncResult:
     outcome: "provisioned" (the enclave answered Provisioned), "unchanged" (it is ready with
     exactly what we would send), "waiting" (secrets not sealed yet), "refused" (it answered an
     Error), "error" (we could not get that far: AWS, IMDS, vsock).
+
+    A "provisioned" enclave may be *degraded*: it obtained only part of what it was sent (say
+    its secrets but not the certificate key). Then `secrets`/`certificate` say what it holds,
+    `degraded` names what it does not ("certificate", "secret <name>") and `error` is its
+    Status `last_error` (each failed item and its cause).
     """
 
     outcome: str
@@ -379,6 +384,8 @@ class SyncResult:
     waiting: tuple[str, ...] = ()
     error: str | None = None
     at: float = field(default_factory=time.time)
+    degraded: tuple[str, ...] = ()
+    partial: bool = False  # the enclave answered state "degraded"
 
     @property
     def answered(self) -> bool:
@@ -388,11 +395,15 @@ class SyncResult:
     def describe(self) -> str:
         if self.outcome in ("provisioned", "unchanged"):
             verb = "provisioned" if self.outcome == "provisioned" else "up to date"
-            return (
+            line = (
                 f"enclave {verb}: {len(self.secrets)} secret(s) "
                 f"[{', '.join(self.secrets)}], certificate: "
                 f"{'yes' if self.certificate else 'no'}"
             )
+            if self.partial:
+                missing = ", ".join(self.degraded) or "items kept from an earlier Provision"
+                line += f"; degraded, not obtained: {missing} ({self.error})"
+            return line
         if self.outcome == "waiting":
             return f"waiting for sealed secrets: {', '.join(self.waiting)}"
         return f"{self.outcome}: {self.error}"
@@ -534,7 +545,32 @@ class ParentAgent:
             self._delivered = None
             return SyncResult("refused", error=f"unexpected reply {reply.TYPE}")
         self._delivered = msg
+        if reply.state == "degraded":
+            return self._degraded(cid, reply, names, has_cert)
         return SyncResult("provisioned", secrets=names, certificate=has_cert)
+
+    def _degraded(
+        self, cid: int, reply: prov.Provisioned, names: tuple[str, ...], has_cert: bool
+    ) -> SyncResult:
+        """The enclave holds part of what it was sent: what is missing, and why (its Status)."""
+        held = set(reply.secrets)
+        holds_cert = reply.certificate_sha256 is not None
+        missing = (["certificate"] if has_cert and not holds_cert else []) + [
+            f"secret {n}" for n in names if n not in held
+        ]
+        try:
+            st = self._exchange(cid, prov.Status())
+            why = st.last_error if isinstance(st, prov.StatusReport) else None
+        except (EnclaveKitError, OSError, EOFError) as exc:
+            why = f"Status not read: {_one_line(exc)}"
+        return SyncResult(
+            "provisioned",
+            secrets=tuple(n for n in names if n in held),
+            certificate=holds_cert,
+            degraded=tuple(missing),
+            partial=True,
+            error=why or "the enclave obtained only part of what it was sent",
+        )
 
     def sync_once(self, cid: int | None = None, *, force: bool = True) -> SyncResult:
         """`provision_once` with every failure turned into an "error" result (for loops)."""

@@ -2,7 +2,8 @@
 real KMS (local, PCR-bound key), the emulator's NSM and vsock-proxy, and a real TLS client.
 
 Also: each secret and the certificate key obtained on its own (one denied item costs only
-itself: ``degraded``), with two PCR-bound keys whose policies are changed independently.
+itself: ``degraded``), with two PCR-bound keys whose policies are changed independently, and the parent agent's
+record of a degraded enclave (parent.json).
 
 Budget: ~12 s.
 """
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from enclave_app_support import (
     DOMAIN,
     ENCLAVE_CID,
+    INSTANCE_ID,
     MEASUREMENTS,
     MODULE_ID,
     OTHER_IMAGE,
@@ -41,6 +43,8 @@ from enclave_app.keys import RecipientKey
 from enclave_app.service import EnclaveService
 from enclave_app.tls import TlsServer
 from enclavekit import attestation
+from enclavekit.agent import METADATA_KEY, ParentAgent, boto3_clients
+from enclavekit.localenv import LOCAL_REGION
 from enclavekit.pki import LocalPki
 from enclavekit.provisioning import (
     Attest,
@@ -57,6 +61,7 @@ from enclavekit.provisioning import (
     read_message,
 )
 from enclavekit.transport import EmulatedVsock, SocketNsm
+from local_backend.parent.agent import INSTANCE_FILE, Parent, read_state
 
 
 @dataclass
@@ -443,3 +448,54 @@ def test_revocation_on_refresh_drops_only_that_item(two_keys: TwoKeys) -> None:
                 assert enc.ask(Challenge("app-secret", nonce)).code == "NotProvisioned"
         assert enc.ask(enc.provision(secrets=(two_keys.secret(),))).state == "ready"
         assert enc.https()[1] == leaf_der
+
+
+def test_parent_agent_records_a_degraded_enclave(two_keys: TwoKeys, tmp_path) -> None:
+    """The parent agent (real ParentAgent, SSM on the local endpoint) sees the partial answer
+    and parent.json records it: provisioned, what is missing, and why."""
+    world = two_keys.world
+    ssm = world.client("ssm")
+    theirs = base64.b64encode(world.secret_blob).decode()  # under the certificate's key
+    ssm.put_parameter(Name="/degraded/ours", Type="String", Value=two_keys.secret().ciphertext_b64)
+    ssm.put_parameter(Name="/degraded/theirs", Type="String", Value=theirs)
+    spec = {
+        "version": 1,
+        "enclave": {"cid": 21},
+        "service": {"port": 443, "enclave_port": 8443},
+        "secrets": [
+            {"name": "ours", "parameter": "/degraded/ours"},
+            {"name": "theirs", "parameter": "/degraded/theirs"},
+        ],
+    }
+    (tmp_path / INSTANCE_FILE).write_text(
+        json.dumps(
+            {
+                "region": LOCAL_REGION,
+                "endpoint": world.endpoint,
+                "instance_id": INSTANCE_ID,
+                "role_arns": [world.role_arn],
+                "metadata": {METADATA_KEY: spec},
+            }
+        )
+    )
+    parent = Parent(tmp_path)
+    agent = ParentAgent(
+        spec,
+        region=LOCAL_REGION,
+        credentials=parent.credential_source,
+        vsock=world.parent_vsock(),
+        kms_endpoint_scheme="http",
+        clients=boto3_clients(LOCAL_REGION, endpoint_url=world.endpoint),
+    )
+    with running_enclave(world, cid=21), two_keys.denied(two_keys.cert_key):
+        result = agent.sync_once()
+        parent.record(result)
+    assert (result.outcome, result.secrets, result.degraded) == (
+        "provisioned",
+        ("ours",),
+        ("secret theirs",),
+    )
+    assert "degraded, not obtained: secret theirs" in result.describe()
+    state = read_state(tmp_path)
+    assert state["provisioned"] is True and state["degraded"] == ["secret theirs"]
+    assert state["last_error"].startswith(f"secret 'theirs': {DENIED}")

@@ -266,13 +266,16 @@ class Parent:
             write_state(
                 self.dir,
                 provisioned=True,
-                last_error=None,
+                last_error=result.error,  # None unless degraded: then each failed item, why
+                degraded=list(result.degraded),
                 waiting_for_secrets=[],
                 provisioned_at=result.at,
             )
-            log.info("%s", result.describe())
+            (log.warning if result.partial else log.info)("%s", result.describe())
         elif result.outcome == "unchanged":
-            write_state(self.dir, provisioned=True, last_error=None, waiting_for_secrets=[])
+            write_state(
+                self.dir, provisioned=True, last_error=None, degraded=[], waiting_for_secrets=[]
+            )
         elif result.outcome == "waiting":
             write_state(self.dir, waiting_for_secrets=list(result.waiting))
         elif result.outcome == "refused":
