@@ -2,8 +2,8 @@
 real KMS (local, PCR-bound key), the emulator's NSM and vsock-proxy, and a real TLS client.
 
 Also: each secret and the certificate key obtained on its own (one denied item costs only
-itself: ``degraded``), with two PCR-bound keys whose policies are changed independently, and the parent agent's
-record of a degraded enclave (parent.json).
+itself: ``degraded``), with two PCR-bound keys whose policies are changed independently, and
+the parent agent's record of a degraded enclave (parent.json).
 
 Budget: ~12 s.
 """
