@@ -261,7 +261,15 @@ def up(
 
     progress.start("boot", "enclaves: boot and provisioning")
     hosts = wait_provisioned(state_dir, result.stacks, progress)
-    result.phases["boot"] = progress.done(f"{len(hosts)} enclave(s) provisioned")
+    degraded = [
+        f"{d.name}: without {', '.join(st['degraded'])}"
+        for d in hosts
+        if (st := read_state(d)).get("degraded")
+    ]
+    result.phases["boot"] = progress.done(
+        f"{len(hosts)} enclave(s) provisioned"
+        + (f"; DEGRADED {'; '.join(degraded)}" if degraded else "")
+    )
 
     if run_verify:
         progress.start("verify", "end-to-end checks")
