@@ -24,6 +24,7 @@ from aws_cdk import aws_kms as kms
 
 from constructs import Construct, IValidation
 from enclavekit.errors import InvalidInput
+from enclavekit.policy.kms_actions import KMS_ADMIN_ACTIONS
 
 from .image import EnclaveImage
 
@@ -32,23 +33,6 @@ ATTESTED_ACTIONS: tuple[str, ...] = (
     "kms:GenerateDataKey*",
     "kms:GenerateRandom",
     "kms:DeriveSharedSecret",
-)
-# Key administration without any action that returns plaintext or re-encrypts.
-ADMIN_ACTIONS: tuple[str, ...] = (
-    "kms:Create*",
-    "kms:Describe*",
-    "kms:Enable*",
-    "kms:List*",
-    "kms:Put*",
-    "kms:Update*",
-    "kms:Revoke*",
-    "kms:Disable*",
-    "kms:Get*",
-    "kms:Delete*",
-    "kms:TagResource",
-    "kms:UntagResource",
-    "kms:ScheduleKeyDeletion",
-    "kms:CancelKeyDeletion",
 )
 SEAL_ACTIONS: tuple[str, ...] = ("kms:Encrypt",)
 BINDABLE_PCRS = (0, 1, 2, 8)
@@ -78,7 +62,7 @@ class AttestedKey(Construct):
                 iam.PolicyStatement(
                     sid="KeyAdministrationWithoutDecrypt",
                     principals=[root],
-                    actions=list(ADMIN_ACTIONS),
+                    actions=list(KMS_ADMIN_ACTIONS),
                     resources=["*"],
                 ),
                 iam.PolicyStatement(

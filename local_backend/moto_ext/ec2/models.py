@@ -38,6 +38,7 @@ from moto.ec2.models.subnets import SubnetRouteTableAssociation
 from moto.iam.models import iam_backends
 from moto.kms.models import kms_backends
 
+from enclavekit.policy.kms_actions import KMS_ADMIN_ACTIONS
 from local_backend.moto_ext.acm.models import certificate_material
 from local_backend.moto_ext.s3 import models as s3_ext
 
@@ -444,23 +445,7 @@ def _service_key_policy(roles: dict[str, list[str]]) -> str:
             "Sid": "ServiceAccountAdministration",
             "Effect": "Allow",
             "Principal": {"AWS": f"arn:aws:iam::{SERVICE_ACCOUNT}:root"},
-            "Action": [
-                "kms:Create*",
-                "kms:Describe*",
-                "kms:Enable*",
-                "kms:List*",
-                "kms:Put*",
-                "kms:Update*",
-                "kms:Revoke*",
-                "kms:Disable*",
-                "kms:Get*",
-                "kms:Delete*",
-                "kms:TagResource",
-                "kms:UntagResource",
-                "kms:ScheduleKeyDeletion",
-                "kms:CancelKeyDeletion",
-                "kms:Encrypt",
-            ],
+            "Action": [*KMS_ADMIN_ACTIONS, "kms:Encrypt"],
             "Resource": "*",
         }
     ]
