@@ -20,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import threading
+from typing import Self
 
-from enclavekit.transport import VsockTransport, pump
+from enclavekit.transport import ConnectionServer, VsockTransport, pump
 
 log = logging.getLogger(__name__)
 MAX_CONNECT_HEAD = 8192
@@ -48,8 +48,10 @@ def loopback_up() -> bool:
             return False
 
 
-class LoopbackForwarder:
+class LoopbackForwarder(ConnectionServer):
     """Listens on 127.0.0.1:`listen_port` (0 = any free port); forwards to (cid, port) on vsock."""
+
+    thread_name = "kms-forward"
 
     def __init__(
         self,
@@ -68,20 +70,19 @@ class LoopbackForwarder:
         self.vsock, self.cid, self.port = vsock, cid, port
         self.mode = mode
         self.connect_target = connect_target
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", listen_port))
-        self._sock.listen(64)
-        self.listen_port: int = self._sock.getsockname()[1]
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="kms-forwarder")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", listen_port))
+        sock.listen(64)
+        super().__init__(sock)
+        self.listen_port: int = sock.getsockname()[1]
 
     @property
     def proxy_url(self) -> str:
         return f"http://127.0.0.1:{self.listen_port}"
 
-    def start(self) -> LoopbackForwarder:
-        self._thread.start()
+    def start(self) -> Self:
+        super().start()
         log.info(
             "forwarding 127.0.0.1:%d -> vsock (%d, %d) in %s mode",
             self.listen_port,
@@ -91,25 +92,7 @@ class LoopbackForwarder:
         )
         return self
 
-    def stop(self) -> None:
-        self._stopped.set()
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(
-                target=self._serve, args=(conn,), daemon=True, name="kms-forward"
-            ).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket, addr: object) -> None:
         try:
             if self.mode == "connect" and not self._tunnel_request(conn):
                 conn.close()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from enclavekit import nsm, pcr
 from enclavekit.errors import NsmMessageError
-from enclavekit.transport import recv_frame, send_frame, unix_address
+from enclavekit.transport import ConnectionServer, recv_frame, send_frame, unix_address
 from local_backend.emulator.peer import same_user
 
 MAX_PCRS = 32
@@ -145,7 +145,7 @@ class NsmDevice:
             return err(codes.InvalidOperation)
 
 
-class NsmServer:
+class NsmServer(ConnectionServer):
     """Serves an `NsmDevice` on a Unix socket (the enclave's /dev/nsm), a thread per client.
 
     Every connection is first put to `peer_check` (the monitor passes an
@@ -154,6 +154,8 @@ class NsmServer:
     Without a `peer_check` only processes of our own uid are served (in-process tests). The
     socket is 0600 before it listens, so no other user can even connect.
     """
+
+    thread_name = "nsm"
 
     def __init__(
         self,
@@ -170,25 +172,12 @@ class NsmServer:
         self.refused = 0
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with unix_address(path) as addr:
-            self._sock.bind(addr)
+            sock.bind(addr)
         os.chmod(path, 0o600)  # before listen(): until then nobody can connect at all
-        self._sock.listen(64)
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name="nsm-accept", daemon=True)
-
-    def start(self) -> NsmServer:
-        self._thread.start()
-        return self
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        sock.listen(64)
+        super().__init__(sock)
 
     def _admit(self, conn: socket.socket) -> bool:
         try:
@@ -201,7 +190,7 @@ class NsmServer:
         self.log.warning("NSM: refused a connection to %s from %s", self.path.name, reason)
         return False
 
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket, addr: object) -> None:
         with conn:
             if not self._admit(conn):
                 return
@@ -216,9 +205,6 @@ class NsmServer:
                     return
 
     def stop(self) -> None:
-        self._stopped.set()
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
+        super().stop()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
