@@ -23,7 +23,6 @@ The same parts are plain functions for tests that need their own scope: `local_e
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import http.client
 import json
@@ -492,40 +491,20 @@ def seal_secrets(
     where `enclavekit verify` reads it, so `Deployment.verify()` can challenge the enclave.
     A name in `secrets` that no host declares fails the test.
     """
-    from local_backend import parent, up, verify
+    from local_backend import parent, up
 
-    cfn, kms, ssm = (endpoint.client(s) for s in ("cloudformation", "kms", "ssm"))
     wanted = dict(secrets or {})
+    for name, value in wanted.items():
+        if not isinstance(value, bytes | bytearray):
+            pytest.fail(
+                f"enclavekit: secret {name!r} must be bytes, got {type(value).__name__}",
+                pytrace=False,
+            )
     declared: set[str] = set()
-    sealed: list[str] = []
     for h in hosts:
         info = json.loads((h.instance_dir / "instance.json").read_text())
         spec = (info.get("metadata") or {}).get("enclavekit:host") or {}
-        for s in spec.get("secrets") or []:
-            declared.add(s["name"])
-            if s["name"] not in wanted or f"{h.stack}/{s['name']}" in sealed:
-                continue
-            value = wanted[s["name"]]
-            if not isinstance(value, bytes | bytearray):
-                pytest.fail(
-                    f"enclavekit: secret {s['name']!r} must be bytes, got {type(value).__name__}",
-                    pytrace=False,
-                )
-            key = cfn.describe_stack_resource(StackName=h.stack, LogicalResourceId=s["key"])
-            key_id = key["StackResourceDetail"]["PhysicalResourceId"]
-            blob = kms.encrypt(KeyId=key_id, Plaintext=bytes(value))["CiphertextBlob"]
-            ssm.put_parameter(
-                Name=s["parameter"],
-                Value=base64.b64encode(blob).decode(),
-                Type="String",
-                Overwrite=True,
-            )
-            ref = endpoint.state_dir / verify.VERIFIER_DIR / h.stack / f"{s['name']}.secret"
-            ref.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(ref, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(bytes(value))
-            sealed.append(f"{h.stack}/{s['name']}")
+        declared.update(s["name"] for s in spec.get("secrets") or [])
     unknown = sorted(set(wanted) - declared)
     if unknown:
         pytest.fail(
@@ -534,7 +513,7 @@ def seal_secrets(
             pytrace=False,
         )
     stacks = sorted({h.stack for h in hosts})
-    sealed += up.seal_secrets(endpoint.state_dir, endpoint.url, stacks)
+    sealed = up.seal_secrets(endpoint.state_dir, endpoint.url, stacks, values=wanted)
     parent.resync(endpoint.state_dir)
     return sealed
 

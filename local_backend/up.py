@@ -23,7 +23,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -153,11 +153,21 @@ def _hosts(state_dir: Path, stacks: list[str]) -> list[Path]:
     return out
 
 
-def seal_secrets(state_dir: Path, endpoint: str, stacks: list[str]) -> list[str]:
-    """Seal every still-unsealed application secret of the stacks' hosts; returns the names."""
+def seal_secrets(
+    state_dir: Path,
+    endpoint: str,
+    stacks: list[str],
+    values: Mapping[str, bytes] | None = None,
+) -> list[str]:
+    """Seal the application secrets of the stacks' hosts; returns the `stack/name`s sealed.
+
+    A name in `values` is sealed with those bytes (again, if it was sealed before); every
+    other secret only while still unsealed, with a fresh random value.
+    """
+    values = values or {}
     client = _clients(endpoint)
     cfn, kms, ssm = client("cloudformation"), client("kms"), client("ssm")
-    sealed = []
+    sealed: list[str] = []
     for d in _hosts(state_dir, stacks):
         info = json.loads((d / "instance.json").read_text())
         stack = info["stack_name"]
@@ -167,11 +177,16 @@ def seal_secrets(state_dir: Path, endpoint: str, stacks: list[str]) -> list[str]
             if r.get("LogicalResourceId")
         }
         for spec in info["metadata"][METADATA_KEY].get("secrets") or []:
-            param = ssm.get_parameter(Name=spec["parameter"])["Parameter"]["Value"]
+            name = f"{stack}/{spec['name']}"
             ref = state_dir / VERIFIER_DIR / stack / f"{spec['name']}.secret"
-            if param != UNSEALED and ref.is_file():
-                continue
-            secret = secrets.token_bytes(32)
+            given = values.get(spec["name"])
+            if name in sealed:
+                continue  # a fleet: the hosts of one stack share its secrets
+            if given is None:
+                param = ssm.get_parameter(Name=spec["parameter"])["Parameter"]["Value"]
+                if param != UNSEALED and ref.is_file():
+                    continue
+            secret = bytes(given) if given is not None else secrets.token_bytes(32)
             blob = kms.encrypt(KeyId=resources[spec["key"]], Plaintext=secret)["CiphertextBlob"]
             ssm.put_parameter(
                 Name=spec["parameter"],
@@ -183,7 +198,7 @@ def seal_secrets(state_dir: Path, endpoint: str, stacks: list[str]) -> list[str]
             fd = os.open(ref, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(secret)
-            sealed.append(f"{stack}/{spec['name']}")
+            sealed.append(name)
     return sealed
 
 
