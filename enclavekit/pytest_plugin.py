@@ -451,16 +451,13 @@ def _context_args(context: Mapping[str, Any] | None) -> list[str]:
 
 def hosts_of(endpoint: LocalEndpoint, stacks: Sequence[str]) -> tuple[DeployedHost, ...]:
     """The running enclave hosts of `stacks`, from the emulated parents' state files."""
-    root = endpoint.state_dir / "instances"
+    from local_backend.parent import parents
+
     hosts = []
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        try:
-            info = json.loads((d / "instance.json").read_text())
-            st = json.loads((d / "parent.json").read_text())
-        except (OSError, ValueError):
+    for p in parents(endpoint.state_dir, stacks):
+        if not p.running:
             continue
-        if info.get("stack_name") not in stacks or st.get("state") != "running":
-            continue
+        d, info, st = p.dir, p.info, p.state
         hosts.append(
             DeployedHost(
                 stack=info["stack_name"],

@@ -35,7 +35,7 @@ from enclavekit.localenv import local_aws_env
 from enclavekit.toolchain import cdk_command
 from local_backend import server
 from local_backend.cdk import bootstrap_target, cdk_env
-from local_backend.parent import instances_dir, resync
+from local_backend.parent import parents, resync
 from local_backend.parent.agent import METADATA_KEY, UNSEALED, read_state
 from local_backend.verify import VERIFIER_DIR, VerifyReport, verify
 
@@ -137,20 +137,8 @@ def assembly_stacks(cdk_out: Path) -> list[str]:
 
 
 def _hosts(state_dir: Path, stacks: list[str]) -> list[Path]:
-    root = instances_dir(state_dir)
-    out = []
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        try:
-            info = json.loads((d / "instance.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if (
-            info.get("stack_name") in stacks
-            and (info.get("metadata") or {}).get(METADATA_KEY)
-            and read_state(d).get("state") == "running"
-        ):
-            out.append(d)
-    return out
+    """The directories of the stacks' running enclave hosts."""
+    return [p.dir for p in parents(state_dir, stacks) if p.spec and p.running]
 
 
 def seal_secrets(

@@ -51,8 +51,8 @@ from enclavekit.pki import LocalPki
 from enclavekit.policy import parse_policy, principal_matches
 from enclavekit.transport import EmulatedVsock
 from local_backend import server
-from local_backend.parent import instances_dir
-from local_backend.parent.agent import METADATA_KEY, Parent, read_state
+from local_backend.parent import parents
+from local_backend.parent.agent import Parent, read_state
 
 ATTESTED_PREFIX = "kms:recipientattestation:"
 VERIFIER_DIR = "verifier"  # <state>/verifier/<stack>/<secret>.secret: up's reference copies
@@ -666,20 +666,9 @@ def verify(
             )
         stacks = [stack]
     report = VerifyReport(hosts=[])
-    root = instances_dir(state_dir)
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        st = read_state(d)
-        try:
-            info = json.loads((d / "instance.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if info.get("stack_name") not in stacks or st.get("state") not in (
-            "running",
-            "failed",
-            "booting",
-        ):
-            continue
-        if not (info.get("metadata") or {}).get(METADATA_KEY):
+    for p in parents(state_dir, stacks):
+        d, info, st = p.dir, p.info, p.state
+        if not p.spec or st.get("state") not in ("running", "failed", "booting"):
             continue
         host = _Host(d, state_dir)
         hr = HostReport(

@@ -18,6 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,39 @@ def instances_dir(state_dir: Path) -> Path:
 
 def instance_dir(state_dir: Path, instance_id: str) -> Path:
     return instances_dir(state_dir) / instance_id
+
+
+@dataclass(frozen=True)
+class ParentRecord:
+    """One emulated parent as its files describe it: what was booted and how it is doing."""
+
+    dir: Path
+    info: dict[str, Any]  # instance.json
+    state: dict[str, Any]  # parent.json
+
+    @property
+    def spec(self) -> dict[str, Any] | None:
+        """The host's `Metadata["enclavekit:host"]`, if it has one."""
+        return (self.info.get("metadata") or {}).get(METADATA_KEY)
+
+    @property
+    def running(self) -> bool:
+        return self.state.get("state") == "running"
+
+
+def parents(state_dir: Path, stacks: Iterable[str] | None = None) -> list[ParentRecord]:
+    """Every emulated parent recorded under `state_dir` (of `stacks`, if given), in order."""
+    wanted = None if stacks is None else set(stacks)
+    root = instances_dir(Path(state_dir))
+    out = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            info = json.loads((d / INSTANCE_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if wanted is None or info.get("stack_name") in wanted:
+            out.append(ParentRecord(d, info, read_state(d)))
+    return out
 
 
 def _endpoint(state_dir: Path) -> str:
@@ -161,15 +196,10 @@ def stop_parent(info: Any) -> None:
 def instances_status(state_dir: Path) -> list[dict[str, Any]]:
     """One row per emulated parent: what `enclavekit local status` shows."""
     rows = []
-    root = instances_dir(state_dir)
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        st = read_state(d)
-        try:
-            info = json.loads((d / INSTANCE_FILE).read_text())
-        except (OSError, ValueError):
+    for p in parents(state_dir):
+        if not p.running:
             continue
-        if st.get("state") != "running":
-            continue
+        d, info, st = p.dir, p.info, p.state
         enclave = st.get("enclave") or {}
         rows.append(
             {
@@ -221,12 +251,10 @@ def sweep(state_dir: Path) -> list[str]:
 def resync(state_dir: Path) -> int:
     """Ask every running parent agent to re-sync now (after sealing a secret); returns count."""
     count = 0
-    root = instances_dir(state_dir)
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        st = read_state(d)
-        if st.get("state") == "running" and st.get("pid"):
+    for p in parents(state_dir):
+        if p.running and p.state.get("pid"):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(st["pid"]), signal.SIGHUP)
+                os.kill(int(p.state["pid"]), signal.SIGHUP)
                 count += 1
     return count
 
