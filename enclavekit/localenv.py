@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 LOCAL_ACCOUNT = "123456789012"
 LOCAL_REGION = "us-east-1"
@@ -68,3 +69,30 @@ def local_aws_env(
     if session_token:
         env["AWS_SESSION_TOKEN"] = session_token
     return env
+
+
+def local_client(
+    service: str,
+    endpoint: str,
+    *,
+    region: str = LOCAL_REGION,
+    access_key_id: str = LOCAL_ACCESS_KEY_ID,
+    secret_access_key: str = LOCAL_SECRET_ACCESS_KEY,
+    session_token: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A boto3 client for `service` at the local `endpoint` (the account root unless other
+    credentials are given). Credentials are explicit, so no chain, profile or IMDS is read."""
+    if not endpoint.startswith(("http://localhost:", "http://127.", "http://[::1]:")):
+        raise ValueError(f"local endpoint must be a loopback http URL, got {endpoint!r}")
+    import boto3
+
+    return boto3.session.Session().client(
+        service,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        aws_session_token=session_token,
+        **kwargs,
+    )

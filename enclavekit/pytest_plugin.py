@@ -121,14 +121,9 @@ class LocalEndpoint:
 
     def client(self, service: str, **kwargs: Any) -> Any:
         """A boto3 client for `service` at this endpoint, as the account root."""
-        import boto3
+        from enclavekit.localenv import local_client
 
-        from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_REGION, LOCAL_SECRET_ACCESS_KEY
-
-        kwargs.setdefault("region_name", LOCAL_REGION)
-        kwargs.setdefault("aws_access_key_id", LOCAL_ACCESS_KEY_ID)
-        kwargs.setdefault("aws_secret_access_key", LOCAL_SECRET_ACCESS_KEY)
-        return boto3.session.Session().client(service, endpoint_url=self.url, **kwargs)
+        return local_client(service, self.url, **kwargs)
 
     def ca_pem(self) -> bytes:
         """The local CA root (PEM) that issues this endpoint's ACM certificates."""

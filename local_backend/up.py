@@ -28,10 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import boto3
-
 from enclavekit.errors import BackendError, InvalidInput
-from enclavekit.localenv import local_aws_env
+from enclavekit.localenv import local_client
 from enclavekit.toolchain import cdk_command
 from local_backend import server
 from local_backend.cdk import bootstrap_target, cdk_env
@@ -113,18 +111,7 @@ def _run_cdk(args: list[str], app_dir: Path, endpoint: str, progress: Progress) 
 
 
 def _clients(endpoint: str) -> Callable[[str], Any]:
-    env = local_aws_env(endpoint)
-
-    def client(service: str) -> Any:
-        return boto3.session.Session().client(
-            service,
-            endpoint_url=endpoint,
-            region_name=env["AWS_REGION"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        )
-
-    return client
+    return lambda service: local_client(service, endpoint)
 
 
 def assembly_stacks(cdk_out: Path) -> list[str]:

@@ -39,14 +39,13 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-import boto3
 from botocore.exceptions import ClientError
 
 from enclavekit import attestation, eif
 from enclavekit import provisioning as prov
 from enclavekit.cpio import CpioEntry, read_newc, write_newc
 from enclavekit.errors import EnclaveKitError, InvalidInput
-from enclavekit.localenv import LOCAL_ACCOUNT, local_aws_env
+from enclavekit.localenv import LOCAL_ACCOUNT, local_client
 from enclavekit.pki import LocalPki
 from enclavekit.policy import parse_policy, principal_matches
 from enclavekit.transport import EmulatedVsock
@@ -633,15 +632,7 @@ CHECKS: tuple[tuple[str, Callable[[_Host], tuple[bool, str]]], ...] = (
 
 
 def deployed_stacks(state_dir: Path) -> list[str]:
-    info = server.running_endpoint(state_dir)
-    env = local_aws_env(info.endpoint)
-    cfn = boto3.client(
-        "cloudformation",
-        endpoint_url=info.endpoint,
-        region_name=env["AWS_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
+    cfn = local_client("cloudformation", server.running_endpoint(state_dir).endpoint)
     done = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
     return [
         s["StackName"]

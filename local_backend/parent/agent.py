@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.config import Config
 
 from enclavekit import provisioning as prov
@@ -47,7 +46,7 @@ from enclavekit.agent import (
     SyncResult,
 )
 from enclavekit.errors import EnclaveKitError, ParentAgentError
-from enclavekit.localenv import local_aws_env
+from enclavekit.localenv import local_client
 from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.parent.relay import TcpToVsockRelay
 
@@ -161,18 +160,18 @@ class Parent:
 
     # ------------------------------------------------------------------ AWS clients
     def _client(self, service: str, creds: prov.Credentials | None = None) -> Any:
-        env = local_aws_env(self.endpoint, region=self.region)
-        kwargs: dict[str, Any] = {
-            "region_name": self.region,
-            "endpoint_url": self.endpoint,
-            "aws_access_key_id": creds.access_key_id if creds else env["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": (
-                creds.secret_access_key if creds else env["AWS_SECRET_ACCESS_KEY"]
-            ),
-            "aws_session_token": creds.session_token if creds else None,
-            "config": Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
-        }
-        return boto3.session.Session().client(service, **kwargs)
+        config = Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30)
+        if creds is None:  # the account root: what EC2 itself uses to assume the role
+            return local_client(service, self.endpoint, region=self.region, config=config)
+        return local_client(
+            service,
+            self.endpoint,
+            region=self.region,
+            access_key_id=creds.access_key_id,
+            secret_access_key=creds.secret_access_key,
+            session_token=creds.session_token,
+            config=config,
+        )
 
     def role_credentials(self) -> prov.Credentials:
         """The instance role's temporary credentials, as IMDS would serve them."""
