@@ -15,6 +15,8 @@ from enclavekit.localenv import local_aws_env
 from enclavekit.toolchain import cdk_command, tool_path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Synth makes no AWS calls; a loopback endpoint only guarantees none could reach an account.
+SYNTH_ENDPOINT = "http://localhost:4599"
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.slow
 def synth(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("cdk") / "cdk.out"
     with tempfile.TemporaryDirectory() as scratch:
-        env = local_aws_env(demo.DUMMY_ENDPOINT, scratch_dir=Path(scratch))
+        env = local_aws_env(SYNTH_ENDPOINT, scratch_dir=Path(scratch))
         env["PATH"] = tool_path(env["PATH"], start=ROOT)
         proc = subprocess.run(
             [*cdk_command(ROOT), "synth", "--quiet", "--output", str(out)],

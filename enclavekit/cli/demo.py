@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from enclavekit.errors import CheckFailed, InvalidInput, TemplateError
-from enclavekit.localenv import local_aws_env
-from enclavekit.toolchain import cdk_command, tool_path
 
 HOST_METADATA = "enclavekit:host"
-# Synth makes no AWS calls; the endpoint only guarantees none could reach a real account.
-DUMMY_ENDPOINT = "http://localhost:4599"
 _ATTESTATION_PREFIX = "kms:recipientattestation:"
 
 
@@ -39,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from local_backend.parent import instance_dir, read_state
     from local_backend.up import phases_table, up
 
     project = Path(args.project).resolve()
@@ -57,7 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
     assert result.report is not None
     print("\n" + result.report.table())
     for host in result.report.hosts:
-        st = _parent_state(state_dir, host.instance_id)
+        st = read_state(instance_dir(state_dir, host.instance_id))
         port, domain = st.get("relay_port", "?"), st.get("domain") or "DOMAIN"
         print(
             f"\nTry it: curl --cacert <(.venv/bin/enclavekit local ca --state-dir {state_dir}) "
@@ -65,27 +59,6 @@ def _demo(args: argparse.Namespace) -> int:
         )
     print(f"Stop it: .venv/bin/enclavekit local stop --state-dir {state_dir}")
     return 0 if result.ok else 1
-
-
-def _parent_state(state_dir: Path, instance_id: str) -> dict[str, Any]:
-    try:
-        return json.loads((state_dir / "instances" / instance_id / "parent.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def synth(project: Path, out: Path) -> None:
-    """Run the project's pinned cdk CLI: `cdk synth --quiet --output OUT`."""
-    with tempfile.TemporaryDirectory(prefix="enclavekit-demo-") as scratch:
-        env = local_aws_env(DUMMY_ENDPOINT, scratch_dir=Path(scratch))
-        env["PATH"] = tool_path(env.get("PATH", ""), start=project)
-        cmd = [*cdk_command(project), "synth", "--quiet", "--output", str(out)]
-        proc = subprocess.run(
-            cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False
-        )
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise CheckFailed(f"cdk synth failed with exit status {proc.returncode} (output above)")
 
 
 def _templates(assembly: Path) -> list[tuple[str, dict[str, Any]]]:
