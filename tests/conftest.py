@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-ATTESTATION_DATA = SHARED / "testdata" / "attestation"
+# The real AWS attestation documents (and the AWS root) from ../shared/testdata, copied into
+# the repo so a clone runs its tests on its own; test_testdata_copy keeps the copy honest.
+ATTESTATION_DATA = ROOT / "tests" / "data" / "attestation"
+SHARED_ATTESTATION_DATA = ROOT.parent / "shared" / "testdata" / "attestation"
 
 # jsii starts `node` at the first `import aws_cdk` (test modules import it at collection time):
 # make that the project's Node.js 22, not an end-of-life system Node.
