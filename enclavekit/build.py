@@ -96,10 +96,6 @@ class AppManifest:
     runtime_packages: tuple[str, ...] = ()
 
     @property
-    def env_dict(self) -> dict[str, str]:
-        return dict(self.env)
-
-    @property
     def runtime(self) -> dict[str, Any]:
         return {"python": self.runtime_python, "packages": list(self.runtime_packages)}
 

@@ -16,7 +16,7 @@ from enclavekit.errors import PolicyDocumentError
 from enclavekit.lint.model import Location
 from enclavekit.lint.resolve import ACCOUNT, PARTITION, REGION, Resolver, assoc_attr, key_id_of
 from enclavekit.lint.templates import Resource, Template
-from enclavekit.policy import Policy, RequestContext, Statement, parse_policy
+from enclavekit.policy import Policy, RequestContext, parse_policy
 
 HOST_METADATA = "enclavekit:host"
 # Operations that accept a Recipient (attestation document): KMS Developer Guide.
@@ -419,7 +419,3 @@ def _names_principal(key: KeyFact, arn: str) -> bool:
     if key.doc is None:
         return False
     return any(p.value == arn for s in key.doc.policy.statements for p in (s.principals or ()))
-
-
-def statement_label(policy: Policy, stmt: Statement) -> str:
-    return stmt.label(policy.statements.index(stmt))
