@@ -123,7 +123,15 @@ class LocalEndpoint:
         """A boto3 client for `service` at this endpoint, as the account root."""
         from enclavekit.localenv import local_client
 
-        return local_client(service, self.url, **kwargs)
+        # boto3's own names for credentials and region are accepted, as the contract says
+        names = {
+            "aws_access_key_id": "access_key_id",
+            "aws_secret_access_key": "secret_access_key",
+            "aws_session_token": "session_token",
+            "region_name": "region",
+        }
+        given = {ours: kwargs.pop(theirs) for theirs, ours in names.items() if theirs in kwargs}
+        return local_client(service, self.url, **given, **kwargs)
 
     def ca_pem(self) -> bytes:
         """The local CA root (PEM) that issues this endpoint's ACM certificates."""
