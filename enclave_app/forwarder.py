@@ -4,15 +4,12 @@ An enclave has no network; its only way out is vsock to the parent, where vsock-
 the bytes on to KMS. boto3 only speaks TCP, so we give it a TCP port on the enclave's own
 loopback (127.0.0.1) and pipe each connection to (CID 3, kms_proxy_port).
 
-Two modes, because of what is at the far end of the proxy:
-
-* ``pipe`` (plain HTTP endpoint, the emulator): boto3's endpoint is ``http://127.0.0.1:<port>``
-  and every byte is piped as is.
-* ``connect`` (KMS over TLS, AWS): boto3's endpoint is ``https://kms.<region>.amazonaws.com``
-  and this listener is its HTTP proxy. boto3 sends ``CONNECT <host>:443``; we answer 200 and
-  pipe the tunnel. TLS then runs end to end between boto3 and KMS with the real host name (SNI,
-  certificate check and SigV4 Host all correct), and no DNS or /etc/hosts entry is needed in the
-  enclave. A CONNECT to any other target is refused (403): the proxy only leads to KMS.
+boto3's endpoint is ``https://kms.<region>.amazonaws.com`` and this listener is its HTTP
+proxy: boto3 sends ``CONNECT <host>:443``, we answer 200 and pipe the tunnel. TLS then runs end
+to end between boto3 and KMS with the real host name (SNI, certificate check and SigV4 Host all
+correct), and no DNS or /etc/hosts entry is needed in the enclave. A CONNECT to any other
+target is refused (403): the proxy only leads to KMS. There is no plain mode: the enclave
+never speaks to KMS in clear text, whatever is at the far end of the parent's proxy.
 """
 
 from __future__ import annotations
@@ -59,16 +56,12 @@ class LoopbackForwarder(ConnectionServer):
         cid: int,
         port: int,
         *,
-        mode: str = "pipe",
-        connect_target: str | None = None,
+        connect_target: str,
         listen_port: int = 0,
     ) -> None:
-        if mode not in ("pipe", "connect"):
-            raise ValueError(f"forwarder mode: expected 'pipe' or 'connect', got {mode!r}")
-        if mode == "connect" and not connect_target:
-            raise ValueError("forwarder in connect mode: expected a target host:port, got none")
+        if not connect_target:
+            raise ValueError("forwarder: expected a CONNECT target host:port, got none")
         self.vsock, self.cid, self.port = vsock, cid, port
-        self.mode = mode
         self.connect_target = connect_target
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -84,30 +77,28 @@ class LoopbackForwarder(ConnectionServer):
     def start(self) -> Self:
         super().start()
         log.info(
-            "forwarding 127.0.0.1:%d -> vsock (%d, %d) in %s mode",
+            "forwarding 127.0.0.1:%d -> vsock (%d, %d), CONNECT %s only",
             self.listen_port,
             self.cid,
             self.port,
-            self.mode,
+            self.connect_target,
         )
         return self
 
     def serve(self, conn: socket.socket, addr: object) -> None:
         try:
-            if self.mode == "connect" and not self._tunnel_request(conn):
+            if not self._tunnel_request(conn):
                 conn.close()
                 return
             try:
                 upstream = self.vsock.connect(self.cid, self.port)
             except OSError as exc:
                 log.warning("KMS proxy at vsock (%d, %d) unreachable: %s", self.cid, self.port, exc)
-                if self.mode == "connect":
-                    with contextlib.suppress(OSError):
-                        conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
                 conn.close()
                 return
-            if self.mode == "connect":
-                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             with conn, upstream:
                 pump(conn, upstream)
         except OSError as exc:

@@ -29,6 +29,7 @@ from .forwarder import loopback_up
 from .keys import RecipientKey
 from .service import EnclaveService
 from .tls import TlsServer
+from .trust import PLATFORM_CA_PATH, kms_verify
 
 log = logging.getLogger("enclave_app")
 
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         "--vsock-root",
         default=EMULATED_VSOCK_ROOT,
         help="where the emulator mounts emulated vsock (ignored on Nitro)",
+    )
+    p.add_argument(
+        "--platform-ca",
+        default=PLATFORM_CA_PATH,
+        help="CA file the emulator provides for AWS hosts (absent on AWS: the image's bundle)",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     return p
@@ -68,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         vsock = open_vsock(args.vsock_root)
         tls = TlsServer(vsock.listen(args.tls_port), described.module_id).start()
         service = EnclaveService(
-            attester=attester, key=key, vsock=vsock, module_id=described.module_id, tls=tls
+            attester=attester,
+            key=key,
+            vsock=vsock,
+            module_id=described.module_id,
+            tls=tls,
+            kms_verify=kms_verify(args.platform_ca),
         )
         control = ControlServer(vsock.listen(args.control_port), service).start()
     except (EnclaveKitError, OSError) as exc:

@@ -116,7 +116,7 @@ class EnclaveService:
         vsock: VsockTransport,
         module_id: str,
         tls: TlsServer | None = None,
-        kms_verify: bool | str | None = None,
+        kms_verify: bool | str = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.attester = attester
@@ -124,6 +124,8 @@ class EnclaveService:
         self.vsock = vsock
         self.module_id = module_id
         self.tls = tls
+        if kms_verify is False:  # the one thing KMS's identity rests on: never switched off
+            raise ValueError("kms_verify: expected True or a CA bundle path, got False")
         self.kms_verify = kms_verify
         self.clock = clock
         self._state = "waiting"
@@ -179,10 +181,9 @@ class EnclaveService:
         an Error reply, and the enclave keeps whatever it held (``failed`` if nothing).
         """
         log.info(
-            "Provision received: region %s, KMS %s://%s via vsock port %d, certificate %s, "
+            "Provision received: region %s, KMS https://%s via vsock port %d, certificate %s, "
             "secrets %s, refresh every %d s",
             msg.region,
-            msg.kms_endpoint_scheme,
             msg.kms_host,
             msg.kms_proxy_port,
             "yes" if msg.certificate else "no",
@@ -340,16 +341,15 @@ class EnclaveService:
     # ------------------------------------------------------------------ internals
 
     def _connect(self, msg: Provision) -> AttestedKms:
-        """The KMS client for `msg`, with the loopback forwarder to the parent's vsock-proxy."""
-        mode = "connect" if msg.kms_endpoint_scheme == "https" else "pipe"
-        target = f"{msg.kms_host}:443" if mode == "connect" else None
+        """The KMS client for `msg`: TLS to the region's KMS host through the parent's proxy.
+
+        Always TLS, always to `kms.<region>.amazonaws.com`, always verified against the trust
+        store the enclave was started with (`kms_verify`): the parent only carries the bytes.
+        """
+        target = f"{msg.kms_host}:443"
         with self._lock:
             fw = self._forwarder
-            stale = fw is not None and (fw.port, fw.mode, fw.connect_target) != (
-                msg.kms_proxy_port,
-                mode,
-                target,
-            )
+            stale = fw is not None and (fw.port, fw.connect_target) != (msg.kms_proxy_port, target)
             if stale or fw is None:
                 old, self._forwarder = fw, None
             else:
@@ -358,14 +358,11 @@ class EnclaveService:
             old.stop()
         if fw is None or stale:
             fw = LoopbackForwarder(
-                self.vsock, PARENT_CID, msg.kms_proxy_port, mode=mode, connect_target=target
+                self.vsock, PARENT_CID, msg.kms_proxy_port, connect_target=target
             ).start()
             with self._lock:
                 self._forwarder = fw
-        if mode == "connect":
-            endpoint, proxy = f"https://{msg.kms_host}", fw.proxy_url
-        else:
-            endpoint, proxy = fw.proxy_url, None
+        endpoint, proxy = f"https://{msg.kms_host}", fw.proxy_url
         kms = AttestedKms(
             attester=self.attester,
             key=self.key,

@@ -419,8 +419,6 @@ class ParentAgent:
         region: str,
         credentials: CredentialSource,
         vsock: VsockTransport,
-        kms_endpoint_scheme: str = "https",
-        kms_endpoint_host: str | None = None,
         kms_proxy_port: int | None = None,
         clients: ClientFactory | None = None,
         where: str = f"Metadata {METADATA_KEY}",
@@ -430,8 +428,6 @@ class ParentAgent:
         self.region = region
         self.credentials = credentials
         self.vsock = vsock
-        self.kms_endpoint_scheme = kms_endpoint_scheme
-        self.kms_endpoint_host = kms_endpoint_host
         self.kms_proxy_port = kms_proxy_port or self.config.kms_proxy_port
         self.clients = clients or boto3_clients(region)
         self._delivered: prov.Provision | None = None
@@ -504,8 +500,6 @@ class ParentAgent:
             region=self.region,
             credentials=creds,
             kms_proxy_port=self.kms_proxy_port,
-            kms_endpoint_scheme=self.kms_endpoint_scheme,
-            kms_endpoint_host=self.kms_endpoint_host,
             certificate=bundle,
             secrets=tuple(secrets),
         )

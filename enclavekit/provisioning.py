@@ -43,7 +43,6 @@ MAX_NONCE_LEN = 512  # the NSM's limit for nonce / user_data
 STATES = ("waiting", "provisioning", "ready", "degraded", "failed")
 _FRAME = struct.Struct(">I")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 
 
@@ -288,19 +287,17 @@ class Message:
 class Provision(Message):
     """Everything the enclave needs from its parent; a later Provision replaces the earlier.
 
-    KMS is reached through the parent's vsock-proxy on (CID 3, `kms_proxy_port`).
-    `kms_endpoint_scheme`/`kms_endpoint_host` say what is at the far end of that proxy:
-    on AWS ``https`` and ``kms.<region>.amazonaws.com`` (TLS ends at KMS itself, so the name
-    must match its certificate and the SigV4 Host); in the emulator ``http`` and the local
-    endpoint, which speaks plain HTTP.
+    KMS is reached through the parent's vsock-proxy on (CID 3, `kms_proxy_port`), always over
+    TLS to ``kms.<region>.amazonaws.com``, verified against the enclave's own trust store. The
+    parent chooses only the region and the vsock port, neither of which can weaken that: it
+    carries the bytes and sees only ciphertext. (Earlier versions let the parent choose the
+    scheme and host, so a parent could plant a fake KMS; those fields are refused now.)
     """
 
     TYPE: ClassVar[str] = "Provision"
     region: str
     credentials: Credentials
     kms_proxy_port: int = KMS_PROXY_PORT
-    kms_endpoint_scheme: str = "https"
-    kms_endpoint_host: str | None = None
     certificate: CertificateBundle | None = None
     secrets: tuple[SecretSpec, ...] = ()
     refresh_interval_secs: int = DEFAULT_REFRESH_INTERVAL_SECS
@@ -313,13 +310,6 @@ class Provision(Message):
         port = self.kms_proxy_port
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 0xFFFFFFFF:
             raise _bad("Provision.kms_proxy_port", "a vsock port 1..4294967295", port)
-        if self.kms_endpoint_scheme not in ("http", "https"):
-            raise _bad(
-                "Provision.kms_endpoint_scheme", "'http' or 'https'", self.kms_endpoint_scheme
-            )
-        host = self.kms_endpoint_host
-        if host is not None and (not isinstance(host, str) or not _HOST.match(host)):
-            raise _bad("Provision.kms_endpoint_host", "a DNS host name", host)
         if self.certificate is not None and not isinstance(self.certificate, CertificateBundle):
             raise _bad("Provision.certificate", "a certificate bundle or null", self.certificate)
         secrets = tuple(self.secrets)
@@ -334,16 +324,15 @@ class Provision(Message):
 
     @property
     def kms_host(self) -> str:
-        """The KMS host name at the far end of the proxy (default: the region's endpoint)."""
-        return self.kms_endpoint_host or f"kms.{self.region}.amazonaws.com"
+        """The region's KMS host name, the only one the enclave talks to."""
+        suffix = "amazonaws.com.cn" if self.region.startswith("cn-") else "amazonaws.com"
+        return f"kms.{self.region}.{suffix}"
 
     def body(self) -> dict[str, Any]:
         return {
             "region": self.region,
             "credentials": self.credentials.to_json(),
             "kms_proxy_port": self.kms_proxy_port,
-            "kms_endpoint_scheme": self.kms_endpoint_scheme,
-            "kms_endpoint_host": self.kms_endpoint_host,
             "certificate": None if self.certificate is None else self.certificate.to_json(),
             "secrets": [s.to_json() for s in self.secrets],
             "refresh_interval_secs": self.refresh_interval_secs,
@@ -359,8 +348,6 @@ class Provision(Message):
                 "region",
                 "credentials",
                 "kms_proxy_port",
-                "kms_endpoint_scheme",
-                "kms_endpoint_host",
                 "certificate",
                 "secrets",
                 "refresh_interval_secs",
@@ -378,8 +365,6 @@ class Provision(Message):
             region=_str(obj, "region", w),
             credentials=Credentials.from_json(obj["credentials"]),
             kms_proxy_port=_int(obj, "kms_proxy_port", w, 1, 0xFFFFFFFF, KMS_PROXY_PORT),
-            kms_endpoint_scheme=_str(obj, "kms_endpoint_scheme", w, optional=True) or "https",
-            kms_endpoint_host=_str(obj, "kms_endpoint_host", w, optional=True),
             certificate=None if cert is None else CertificateBundle.from_json(cert),
             secrets=tuple(
                 SecretSpec.from_json(s, f"{w}.secrets[{i}]") for i, s in enumerate(secrets)

@@ -6,7 +6,9 @@ detached. The process writes `<state>/endpoint.json` once it is bound and remove
 stop; on SIGTERM it first stops everything it started (the enclave-instance stop hooks).
 
 State directory layout (all created on demand):
-    endpoint.json     {"endpoint", "port", "pid", "state_dir", "started"} while running
+    endpoint.json     {"endpoint", "port", "pid", "state_dir", "started", "tls_endpoint"}
+                      while running (tls_endpoint: the HTTPS front for AWS host names)
+    pki/aws-tls/      the CA of that HTTPS front (see tls_front.py)
     logs/endpoint.log the endpoint's log (requests, extension messages, errors)
     acm-ca/           the local CA that issues ACM certificates (root.pem, root-key.pem)
 """
@@ -55,6 +57,7 @@ class EndpointInfo:
     pid: int
     state_dir: str
     started: str
+    tls_endpoint: str | None = None  # https://127.0.0.1:P, the TLS front (tls_front.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
@@ -100,7 +103,7 @@ def read_endpoint(state_dir: Path) -> EndpointInfo | None:
         ) from exc
     keys = ("endpoint", "port", "pid", "state_dir", "started")
     try:
-        return EndpointInfo(**{k: raw[k] for k in keys})
+        return EndpointInfo(**{k: raw[k] for k in keys}, tls_endpoint=raw.get("tls_endpoint"))
     except (KeyError, TypeError) as exc:
         raise InvalidInput(
             f"{path}: expected keys {', '.join(keys)}; missing or wrong: {exc}"
@@ -376,12 +379,16 @@ def serve(port: int, state_dir: Path) -> int:
     except OSError as exc:
         log.error("cannot bind %s:%s: %s", HOST, port, exc)
         return 3
+    from local_backend.tls_front import TlsFront, endpoint_ca
+
+    tls_front = TlsFront(endpoint_ca(state_dir), (HOST, port)).start()
     info = EndpointInfo(
         endpoint=endpoint_url(port),
         port=port,
         pid=os.getpid(),
         state_dir=str(state_dir),
         started=datetime.now(UTC).isoformat(timespec="seconds"),
+        tls_endpoint=tls_front.url,
     )
     tmp = state_dir / (ENDPOINT_FILE + ".tmp")
     tmp.write_text(json.dumps(asdict(info), indent=2) + "\n")
@@ -398,6 +405,7 @@ def serve(port: int, state_dir: Path) -> int:
         server.serve_forever()
     finally:
         ec2_models.stop_all_enclave_instances()
+        tls_front.stop()
         with contextlib.suppress(OSError):
             current = read_endpoint(state_dir)
             if current is not None and current.pid == os.getpid():

@@ -452,7 +452,6 @@ def _provision_probe(host: _Host, record: dict[str, Any]) -> tuple[bool, str]:
             region=host.region,
             credentials=creds,
             kms_proxy_port=port,
-            kms_endpoint_scheme="http",
             certificate=certificate,
             secrets=secrets_,
         )

@@ -39,6 +39,7 @@ from local_backend.emulator.monitor import make_signer
 from local_backend.emulator.nsm_server import BootMeasurements, NsmDevice, NsmServer
 from local_backend.emulator.vsock_proxy import Allowlist, VsockProxy
 from local_backend.moto_ext import kms as kms_ext
+from local_backend.tls_front import TlsFront, endpoint_ca
 
 ENCLAVE_CID = 16
 INSTANCE_ID = "i-0123456789abcdef0"
@@ -117,6 +118,7 @@ class KmsWorld:
     bundle: CertificateBundle
     ca_root: x509.Certificate
     leaf: x509.Certificate
+    kms_ca: Path = Path()  # the endpoint TLS CA the enclave trusts (its platform CA)
 
     def client(self, service: str, **kw: Any) -> Any:
         return boto3.client(
@@ -192,7 +194,7 @@ def kms_world(tmp: Path) -> Iterator[KmsWorld]:
     endpoint = f"http://localhost:{port}"
     vsock_root = tmp / "vsock"
     (vsock_root / str(ENCLAVE_CID)).mkdir(parents=True)
-    proxy = None
+    proxy = front = None
     try:
         admin = boto3.client(
             "iam",
@@ -266,6 +268,10 @@ def kms_world(tmp: Path) -> Iterator[KmsWorld]:
             pem(leaf), pem(mid), base64.b64encode(encrypted).decode(), "kms-rsaes-oaep-sha256"
         )
         world.ca_root, world.leaf = root, leaf
+        # KMS over TLS, as on AWS: the vsock-proxy carries the enclave's TLS to the TLS front
+        ca = endpoint_ca(state)
+        world.kms_ca = ca.directory / "root.pem"
+        front = TlsFront(ca, ("127.0.0.1", port)).start()
         proxy = VsockProxy(
             8000,
             KMS_HOST,
@@ -273,9 +279,12 @@ def kms_world(tmp: Path) -> Iterator[KmsWorld]:
             allowlist=Allowlist(None, "built-in default"),
             vsock=world.parent_vsock(),
             endpoint=endpoint,
+            tls_endpoint=front.url,
         ).start()
         yield world
     finally:
         if proxy is not None:
             proxy.stop()
+        if front is not None:
+            front.stop()
         server.stop()

@@ -365,11 +365,10 @@ def test_agent_provisions_from_imds_s3_and_ssm(
     assert msg.credentials.session_token == imds.creds["Token"]
     assert msg.certificate == aws["bundle"]  # this role's association, not the other one's
     assert [s.ciphertext_b64 for s in msg.secrets] == [aws["sealed"]] * 2
-    assert (msg.region, msg.kms_proxy_port, msg.kms_endpoint_scheme, msg.kms_endpoint_host) == (
+    assert (msg.region, msg.kms_proxy_port, msg.kms_host) == (
         REGION,
         8000,
-        "https",
-        None,
+        f"kms.{REGION}.amazonaws.com",
     )
     # a periodic sync leaves a ready enclave with the same material alone; a forced one resends
     assert agent.provision_once(force=False).outcome == "unchanged"

@@ -54,13 +54,17 @@ def key() -> RecipientKey:
 def _kms(world: KmsWorld, key: RecipientKey, nsm_path: Path, **nsm_kw) -> Iterator[AttestedKms]:
     with nsm_device(nsm_path, world.state, **nsm_kw):
         attester = Attester(SocketNsm(nsm_path))
-        fw = LoopbackForwarder(world.enclave_vsock(), PARENT_CID, 8000).start()
+        fw = LoopbackForwarder(
+            world.enclave_vsock(), PARENT_CID, 8000, connect_target=f"{KMS_HOST}:443"
+        ).start()
         client = AttestedKms(
             attester=attester,
             key=key,
             region="us-east-1",
             credentials=world.role_credentials,
-            endpoint_url=fw.proxy_url,
+            endpoint_url=f"https://{KMS_HOST}",
+            proxy_url=fw.proxy_url,
+            verify=str(world.kms_ca),
         )
         try:
             yield client
@@ -124,13 +128,17 @@ def test_debug_mode_enclave_is_denied(world, key, tmp_path):
 def test_no_proxy_is_unreachable_not_denied(world, key, tmp_path):
     with nsm_device(tmp_path / "nsm.sock", world.state):
         attester = Attester(SocketNsm(tmp_path / "nsm.sock"))
-        fw = LoopbackForwarder(world.enclave_vsock(), PARENT_CID, 8999).start()
+        fw = LoopbackForwarder(
+            world.enclave_vsock(), PARENT_CID, 8999, connect_target=f"{KMS_HOST}:443"
+        ).start()
         kms = AttestedKms(
             attester=attester,
             key=key,
             region="us-east-1",
             credentials=world.role_credentials,
-            endpoint_url=fw.proxy_url,
+            endpoint_url=f"https://{KMS_HOST}",
+            proxy_url=fw.proxy_url,
+            verify=str(world.kms_ca),
             timeout=3,
         )
         try:
@@ -143,9 +151,9 @@ def test_no_proxy_is_unreachable_not_denied(world, key, tmp_path):
 
 
 class _TlsKmsFront:
-    """What AWS's side of the proxy looks like: TLS for kms.<region>.amazonaws.com in front
-    of KMS. Here: a vsock listener on the parent (the vsock-proxy's place) that terminates TLS
-    with a certificate for the KMS host and relays the plaintext to the local KMS."""
+    """A parent-side impostor: a vsock listener on the parent (the vsock-proxy's place) that
+    terminates TLS with a certificate for the KMS host from a CA of its own and relays the
+    plaintext to the local KMS (so it could read or rewrite every answer)."""
 
     def __init__(self, world: KmsWorld, port: int, tmp: Path) -> None:
         root, mid, leaf, leaf_key = issue_chain(KMS_HOST)
@@ -191,59 +199,56 @@ class _TlsKmsFront:
         self.listener.close()
 
 
-def test_https_mode_tunnels_tls_to_the_kms_host_name(world, key, tmp_path):
-    """The AWS configuration: https://kms.<region>.amazonaws.com via a CONNECT tunnel, TLS end
-    to end with the real host name (SNI, certificate check), no DNS in the enclave."""
-    front = _TlsKmsFront(world, 8443, tmp_path)
+def test_tls_to_kms_is_end_to_end_and_verified(world, key, tmp_path):
+    """The enclave speaks TLS to kms.<region>.amazonaws.com through a CONNECT tunnel and the
+    parent's vsock-proxy, and checks the certificate against its platform CA: it works with
+    that CA; the image's public bundle does not know the local CA (so the check is real); and
+    a parent-side impostor presenting a KMS certificate from its own CA is refused."""
+    impostor = _TlsKmsFront(world, 8443, tmp_path)
     try:
         with nsm_device(tmp_path / "nsm.sock", world.state):
             attester = Attester(SocketNsm(tmp_path / "nsm.sock"))
-            fw = LoopbackForwarder(
-                world.enclave_vsock(),
-                PARENT_CID,
-                8443,
-                mode="connect",
-                connect_target=f"{KMS_HOST}:443",
-            ).start()
-            kms = AttestedKms(
-                attester=attester,
-                key=key,
-                region="us-east-1",
-                credentials=world.role_credentials,
-                endpoint_url=f"https://{KMS_HOST}",
-                proxy_url=fw.proxy_url,
-                verify=str(front.ca_path),
-            )
+
+            def client(port: int, verify: str | bool) -> AttestedKms:
+                fw = LoopbackForwarder(
+                    world.enclave_vsock(), PARENT_CID, port, connect_target=f"{KMS_HOST}:443"
+                ).start()
+                forwarders.append(fw)
+                return AttestedKms(
+                    attester=attester,
+                    key=key,
+                    region="us-east-1",
+                    credentials=world.role_credentials,
+                    endpoint_url=f"https://{KMS_HOST}",
+                    proxy_url=fw.proxy_url,
+                    verify=verify,
+                    timeout=5,
+                )
+
+            forwarders: list[LoopbackForwarder] = []
+            good = client(8000, str(world.kms_ca))
+            public = client(8000, True)
+            fake = client(8443, str(world.kms_ca))
             try:
-                assert kms.decrypt(world.secret_blob) == SECRET
-            finally:
-                kms.close()
-            # without the right trust the certificate check fails: TLS really is end to end
-            bad = AttestedKms(
-                attester=attester,
-                key=key,
-                region="us-east-1",
-                credentials=world.role_credentials,
-                endpoint_url=f"https://{KMS_HOST}",
-                proxy_url=fw.proxy_url,
-                verify=True,
-                timeout=5,
-            )
-            try:
+                assert good.decrypt(world.secret_blob) == SECRET
                 with pytest.raises(KmsUnreachable, match="SSL|certificate"):
-                    bad.decrypt(world.secret_blob)
+                    public.decrypt(world.secret_blob)
+                with pytest.raises(KmsUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+                    fake.decrypt(world.secret_blob)
             finally:
-                bad.close()
-                fw.stop()
+                for c in (good, public, fake):
+                    c.close()
+                for fw in forwarders:
+                    fw.stop()
                 attester.close()
     finally:
-        front.stop()
-    assert front.sni and set(front.sni) == {KMS_HOST}
+        impostor.stop()
+    assert impostor.sni and set(impostor.sni) == {KMS_HOST}  # it was asked, and refused
 
 
 def test_connect_mode_refuses_other_targets(world, tmp_path):
     fw = LoopbackForwarder(
-        world.enclave_vsock(), PARENT_CID, 8000, mode="connect", connect_target=f"{KMS_HOST}:443"
+        world.enclave_vsock(), PARENT_CID, 8000, connect_target=f"{KMS_HOST}:443"
     ).start()
     try:
         for head in (
@@ -255,14 +260,30 @@ def test_connect_mode_refuses_other_targets(world, tmp_path):
                 assert c.recv(100).startswith(b"HTTP/1.1 403")
     finally:
         fw.stop()
-    with pytest.raises(ValueError, match="expected a target"):
-        LoopbackForwarder(world.enclave_vsock(), PARENT_CID, 8000, mode="connect")
+    with pytest.raises(ValueError, match="expected a CONNECT target"):
+        LoopbackForwarder(world.enclave_vsock(), PARENT_CID, 8000, connect_target="")
+
+
+def _tcp_listeners(port: int) -> set[str]:
+    """Local addresses (hex, as the kernel lists them) listening on `port`, IPv4 and IPv6."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                addr, hexport = local.rsplit(":", 1)
+                if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+                    found.add(addr)
+    return found
 
 
 def test_forwarder_listens_on_loopback_only(world):
-    fw = LoopbackForwarder(world.enclave_vsock(), PARENT_CID, 8000).start()
+    fw = LoopbackForwarder(
+        world.enclave_vsock(), PARENT_CID, 8000, connect_target=f"{KMS_HOST}:443"
+    ).start()
     try:
-        assert fw.proxy_url.startswith("http://127.0.0.1:")
+        # the kernel's own table: bound to 127.0.0.1 (0100007F) and nothing else
+        assert _tcp_listeners(fw.listen_port) == {"0100007F"}
     finally:
         fw.stop()
     with socket.socket() as s, pytest.raises(OSError):

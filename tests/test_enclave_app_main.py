@@ -96,6 +96,8 @@ def test_built_image_boots_and_serves_the_protocol(tmp_path: Path) -> None:
             str(world.nsm_path),
             "--vsock-root",
             str(world.vsock_root),
+            "--platform-ca",
+            str(world.kms_ca),
         ]
         proc = subprocess.Popen(
             argv,
@@ -118,7 +120,6 @@ def test_built_image_boots_and_serves_the_protocol(tmp_path: Path) -> None:
                     Provision(
                         region="us-east-1",
                         credentials=world.role_credentials,
-                        kms_endpoint_scheme="http",
                         certificate=world.bundle,
                         secrets=(
                             SecretSpec("app-secret", base64.b64encode(world.secret_blob).decode()),

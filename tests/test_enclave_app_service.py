@@ -81,7 +81,6 @@ class Enclave:
             region="us-east-1",
             credentials=self.world.role_credentials,
             kms_proxy_port=8000,
-            kms_endpoint_scheme="http",
             certificate=self.world.bundle,
             secrets=(
                 SecretSpec(
@@ -119,7 +118,14 @@ def running_enclave(world: KmsWorld, cid: int = ENCLAVE_CID) -> Iterator[Enclave
     attester = Attester(SocketNsm(world.nsm_path))
     key = RecipientKey.generate()
     tls = TlsServer(vsock.listen(8443), MODULE_ID).start()
-    service = EnclaveService(attester=attester, key=key, vsock=vsock, module_id=MODULE_ID, tls=tls)
+    service = EnclaveService(
+        attester=attester,
+        key=key,
+        vsock=vsock,
+        module_id=MODULE_ID,
+        tls=tls,
+        kms_verify=str(world.kms_ca),
+    )
     control = ControlServer(vsock.listen(5005), service).start()
     try:
         yield Enclave(world, service, key, cid)
@@ -484,7 +490,6 @@ def test_parent_agent_records_a_degraded_enclave(two_keys: TwoKeys, tmp_path) ->
         region=LOCAL_REGION,
         credentials=parent.credential_source,
         vsock=world.parent_vsock(),
-        kms_endpoint_scheme="http",
         clients=boto3_clients(LOCAL_REGION, endpoint_url=world.endpoint),
     )
     with running_enclave(world, cid=21), two_keys.denied(two_keys.cert_key):

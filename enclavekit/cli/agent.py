@@ -63,7 +63,6 @@ def _build(args: argparse.Namespace) -> tuple[Any, int]:
         region=region,
         credentials=creds,
         vsock=vsock,
-        kms_endpoint_scheme="https",
         kms_proxy_port=args.kms_proxy_port,
         where=f"host config {args.config}",
     )

@@ -94,6 +94,9 @@ class LaunchSpec:
     system_libs: list[str] = field(default_factory=list)  # e.g. /usr/lib, /usr/lib64
     cgroup_procs: list[str] = field(default_factory=list)  # cgroup.procs files to join
     console_fd: int = -1  # inherited fd for the enclave's stdout/stderr (-1: /dev/null)
+    # The platform's CA for AWS endpoints (PEM), written read-only at /run/enclavekit/kms-ca.pem:
+    # the emulator's stand-in for the public CAs an image trusts on AWS (enclave_app/trust.py).
+    platform_ca_pem: str = ""
 
     @classmethod
     def load(cls, path: str | Path) -> LaunchSpec:
@@ -263,6 +266,9 @@ def build_root(spec: LaunchSpec) -> None:
     own.mkdir()
     parent.mkdir()
     (vs / "self").write_text(f"{spec.cid}\n")
+    if spec.platform_ca_pem:
+        # on the root tmpfs, which becomes read-only before the enclave runs
+        (root / "run" / "enclavekit" / "kms-ca.pem").write_text(spec.platform_ca_pem)
     mount(None, str(vs), None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount(os.path.join(spec.vsock_root, str(spec.cid)), str(own), None, MS_BIND)
     bind_ro(os.path.join(spec.vsock_root, str(spec.parent_cid)), str(parent))

@@ -30,6 +30,22 @@ LEAF_ROTATION_S = 2 * 3600  # leaves live 3 h; re-issue well before
 log = logging.getLogger("enclavekit.monitor")
 
 
+def platform_ca_pem(state_root: Path) -> str:
+    """The endpoint TLS CA the enclave trusts for AWS hosts, from the platform's own PKI dir.
+
+    Read from `<state>/pki/aws-tls/root.pem` (written by the local endpoint), the directory the
+    attestation root comes from: like the NSM, it is the platform's, not the parent's, to give.
+    Missing: the enclave gets none and its TLS to KMS fails closed.
+    """
+    from local_backend.tls_front import CA_CERT
+
+    try:
+        return (Path(state_root) / CA_CERT).read_text()
+    except OSError:
+        log.warning("no endpoint TLS CA at %s: the enclave will trust no KMS", state_root / CA_CERT)
+        return ""
+
+
 def make_signer(state_root: Path, module_id: str):  # noqa: ANN201 - a DocumentSigner
     """A DocumentSigner backed by a per-enclave leaf of the state dir's local PKI."""
     from enclavekit import attestation, pki
@@ -152,6 +168,7 @@ class Monitor:
             "system_libs": list(layer.system_libs),
             "cgroup_procs": self.cgroup.procs_files,
             "console_fd": console,
+            "platform_ca_pem": platform_ca_pem(self.layout.root),
         }
         state.write_json(self.dir / "launch.json", spec)
         self.helper = subprocess.Popen(

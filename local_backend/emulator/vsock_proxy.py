@@ -7,10 +7,12 @@ port}]`, default /etc/nitro_enclaves/vsock-proxy.yaml) names exactly that addres
 
 The emulator's resolver (why the bytes never reach AWS): an AWS service host
 `<service>.<region>.amazonaws.com[.cn]` (e.g. `kms.us-east-1.amazonaws.com:443`) is mapped to
-the local endpoint — `--local-endpoint URL`, else $ENCLAVEKIT_LOCAL_ENDPOINT, else the
-`endpoint` of `<state>/endpoint.json` written by `enclavekit local start` — so the enclave's
-traffic for that host lands on the local backend, byte for byte (the local endpoint speaks plain
-HTTP; the enclave's client must use an http endpoint URL through the proxy). Any other remote must
+the local endpoint, byte for byte: port 443 to its TLS front (`tls_endpoint` of
+`<state>/endpoint.json`, or $ENCLAVEKIT_LOCAL_TLS_ENDPOINT), which presents a certificate for
+that host name from the endpoint's own CA, so TLS runs end to end between the enclave and the
+endpoint exactly as it runs between an enclave and KMS on AWS, and this proxy sees only
+ciphertext; any other port to the plain-HTTP endpoint (`--local-endpoint URL`, else
+$ENCLAVEKIT_LOCAL_ENDPOINT, else `endpoint` of endpoint.json). Any other remote must
 be a loopback address (127.0.0.0/8, ::1, localhost); anything else is refused, so nothing relayed
 by the emulator can leave this machine. The allowlist check happens first, on the name given.
 """
@@ -34,6 +36,7 @@ from enclavekit.transport import EmulatedVsock, VsockTransport, pump
 
 DEFAULT_CONFIG = Path("/etc/nitro_enclaves/vsock-proxy.yaml")
 ENDPOINT_ENV = "ENCLAVEKIT_LOCAL_ENDPOINT"
+TLS_ENDPOINT_ENV = "ENCLAVEKIT_LOCAL_TLS_ENDPOINT"
 DEFAULT_WORKERS = 4
 _AWS_HOST = re.compile(
     r"^(?P<service>[a-z0-9-]+)\.(?P<region>[a-z]{2}(?:-gov|-iso[a-z]*)?-[a-z]+-\d+)"
@@ -125,21 +128,38 @@ def local_endpoint(explicit: str | None, state_dir: Path | None) -> str | None:
     return None
 
 
-def resolve(address: str, port: int, endpoint: str | None) -> tuple[str, int]:
+def local_tls_endpoint(explicit: str | None, state_dir: Path | None) -> str | None:
+    """The endpoint's TLS front URL: explicit, else $ENCLAVEKIT_LOCAL_TLS_ENDPOINT, else
+    `tls_endpoint` of endpoint.json."""
+    if explicit:
+        return explicit
+    if os.environ.get(TLS_ENDPOINT_ENV):
+        return os.environ[TLS_ENDPOINT_ENV]
+    if state_dir is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            return json.loads((state_dir / "endpoint.json").read_text()).get("tls_endpoint")
+    return None
+
+
+def resolve(
+    address: str, port: int, endpoint: str | None, tls_endpoint: str | None = None
+) -> tuple[str, int]:
     """Where the emulator really connects for (address, port); see the module docstring."""
     if _AWS_HOST.match(address.lower()):
-        if not endpoint:
+        target, what = (tls_endpoint, "TLS front") if port == 443 else (endpoint, "endpoint")
+        if not target:
             raise EmulatorError(
-                f"vsock-proxy: {address}:{port} maps to the local endpoint, but none is known "
-                f"(pass --local-endpoint, set {ENDPOINT_ENV} or run `enclavekit local start`)"
+                f"vsock-proxy: {address}:{port} maps to the local endpoint's {what}, but none "
+                f"is known (run `enclavekit local start`, or set {TLS_ENDPOINT_ENV} / "
+                f"{ENDPOINT_ENV})"
             )
-        parts = urlsplit(endpoint)
+        parts = urlsplit(target)
         host = parts.hostname or ""
         if not _is_loopback(host):
             raise InvalidInput(
-                f"vsock-proxy local endpoint: expected a loopback URL, found {endpoint!r}"
+                f"vsock-proxy local endpoint: expected a loopback URL, found {target!r}"
             )
-        return host, parts.port or 80
+        return host, parts.port or (443 if parts.scheme == "https" else 80)
     if _is_loopback(address):
         return address, port
     raise EmulatorError(
@@ -160,6 +180,7 @@ class VsockProxy:
         allowlist: Allowlist,
         vsock: VsockTransport,
         endpoint: str | None = None,
+        tls_endpoint: str | None = None,
         workers: int = DEFAULT_WORKERS,
     ) -> None:
         if not 1 <= remote_port <= 65535:
@@ -171,7 +192,7 @@ class VsockProxy:
                 f"vsock-proxy: {remote_addr}:{remote_port} is not in the allowlist "
                 f"({allowlist.source}): the given address and port are not allowed"
             )
-        self.target = resolve(remote_addr, remote_port, endpoint)
+        self.target = resolve(remote_addr, remote_port, endpoint, tls_endpoint)
         self.remote = (remote_addr, remote_port)
         self.local_port = local_port
         self._server = vsock.listen(local_port, backlog=64)
@@ -192,6 +213,7 @@ class VsockProxy:
         *,
         config: str | Path | None = None,
         endpoint: str | None = None,
+        tls_endpoint: str | None = None,
         workers: int = DEFAULT_WORKERS,
     ) -> VsockProxy:
         """A proxy on the emulated parent (CID 3) of `state_dir`."""
@@ -203,6 +225,7 @@ class VsockProxy:
             allowlist=Allowlist.load(config),
             vsock=EmulatedVsock(state_dir / "vsock", 3),
             endpoint=local_endpoint(endpoint, state_dir),
+            tls_endpoint=local_tls_endpoint(tls_endpoint, state_dir),
             workers=workers,
         )
 

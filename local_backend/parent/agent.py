@@ -153,7 +153,6 @@ class Parent:
             region=self.region,
             credentials=self.credential_source,
             vsock=EmulatedVsock(self.dir / "vsock", PARENT_CID),
-            kms_endpoint_scheme="http",  # the emulated vsock-proxy leads to the local endpoint
             clients=self._client,
             where=f"instance {self.info['instance_id']} Metadata {METADATA_KEY}",
         )
@@ -198,6 +197,14 @@ class Parent:
         path.write_bytes(body["Body"].read())
         return path
 
+    @staticmethod
+    def _tls_endpoint(state_root: Path) -> str | None:
+        """The endpoint's TLS front, where the vsock-proxy carries the enclave's KMS TLS."""
+        from local_backend.server import read_endpoint
+
+        info = read_endpoint(state_root)
+        return None if info is None else info.tls_endpoint
+
     def boot(self) -> None:
         from enclavekit.pki import LocalPki
         from local_backend.emulator.runtime import EnclaveManager
@@ -220,6 +227,7 @@ class Parent:
             443,
             config=allowlist,
             endpoint=self.endpoint,
+            tls_endpoint=self._tls_endpoint(state_root),
         ).start()
         self.agent.kms_proxy_port = self.proxy.local_port
         enclave = self.spec.get("enclave") or {}

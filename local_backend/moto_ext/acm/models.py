@@ -42,7 +42,7 @@ class LocalCa:
     _key_pem: bytes
 
     @classmethod
-    def load_or_create(cls, directory: Path) -> LocalCa:
+    def load_or_create(cls, directory: Path, common_name: str = ROOT_CN) -> LocalCa:
         """Load the CA under `directory`, creating it the first time (mode 0600 key)."""
         directory = Path(directory)
         cert_path, key_path = directory / "root.pem", directory / "root-key.pem"
@@ -53,7 +53,7 @@ class LocalCa:
         name = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "enclavekit"),
-                x509.NameAttribute(NameOID.COMMON_NAME, ROOT_CN),
+                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
             ]
         )
         now = dt.datetime.now(dt.UTC)

@@ -8,20 +8,28 @@ CiphertextForRecipient (CMS) instead of plaintext.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from moto.core.exceptions import JsonRESTError
+from moto.kms import utils as moto_kms_utils
 from moto.kms.models import KmsBackend
 from moto.kms.responses import KmsResponse
-from moto.kms.utils import KEY_ID_LEN
 
 from enclavekit.policy import RequestContext, evaluate_kms
 
 from ..identity import AuthFailure, Caller, authenticate
+from .ciphertext import (
+    SealedBlob,
+    context_aad,
+    decode_blob_param,
+    encryption_context,
+    key_state_error,
+    open_blob,
+    parse_blob,
+)
 from .models import (
     IDENTITY_ONLY_ACTIONS,
     KEY_PARAMS,
@@ -40,6 +48,7 @@ from .models import (
 )
 
 _PATCHED = "_enclavekit_kms_patched"
+BLOB_ACTIONS = frozenset({"Decrypt", "ReEncrypt"})
 _ORIG: dict[str, Any] = {}
 KEY_PAIR_SPECS = {
     "RSA_2048": lambda: rsa.generate_private_key(65537, 2048),
@@ -70,14 +79,6 @@ def _params(self: KmsResponse) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _key_from_blob(blob_b64: Any) -> str | None:
-    try:
-        blob = base64.b64decode(blob_b64 or "", validate=True)
-        return blob[:KEY_ID_LEN].decode("utf-8") if len(blob) > KEY_ID_LEN else None
-    except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
-        return None
-
-
 def _resolve(self: KmsResponse, key_id: Any) -> Any:
     """The moto Key a KeyId/ARN/alias names, or None (moto then answers NotFound itself)."""
     if not isinstance(key_id, str) or not key_id:
@@ -106,21 +107,55 @@ def _resolve(self: KmsResponse, key_id: Any) -> Any:
     return None
 
 
+BLOB_PARAMS = ("CiphertextBlob", "Plaintext", "Message", "Signature")
+CONTEXT_PARAMS = ("EncryptionContext", "SourceEncryptionContext", "DestinationEncryptionContext")
+INCORRECT_KEY = (
+    "The key ID in the request does not identify a KMS key that can perform this operation."
+)
+
+
+def _validate_wire(params: dict[str, Any]) -> None:
+    """Blob members must be strict base64 and contexts maps of strings, before anything runs."""
+    for name in BLOB_PARAMS:
+        if name in params:
+            decode_blob_param(params[name], name)
+    for name in CONTEXT_PARAMS:
+        if name in params:
+            encryption_context(params[name], name)
+
+
+def _sealed(self: KmsResponse, params: dict[str, Any], named_by: str) -> SealedBlob:
+    """The request's ciphertext, read once; `named_by` (KeyId / SourceKeyId) must agree."""
+    raw = decode_blob_param(params.get("CiphertextBlob"), "CiphertextBlob")
+    blob = parse_blob(raw, lambda key_id: _resolve(self, key_id))
+    if blob.key is None:
+        raise KmsRequestError(
+            "InvalidCiphertextException",
+            "The ciphertext refers to a KMS key that does not exist or that you cannot use",
+        )
+    named = params.get(named_by)
+    if named is not None:
+        key = _resolve(self, named)
+        if key is None:
+            raise KmsRequestError("NotFoundException", f"Key '{named}' does not exist")
+        if key.arn != blob.key.arn:
+            raise KmsRequestError("IncorrectKeyException", INCORRECT_KEY)
+    return blob
+
+
 def _checks(self: KmsResponse, action: str, params: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(iam action, key) pairs this request needs."""
+    """(iam action, key) pairs this request needs; Decrypt/ReEncrypt pin the blob they read."""
     if action == "Decrypt":
-        key = _resolve(self, params.get("KeyId")) or _resolve(
-            self, _key_from_blob(params.get("CiphertextBlob"))
-        )
-        return [("Decrypt", key)]
+        self._ek_blob = _sealed(self, params, "KeyId")
+        return [("Decrypt", self._ek_blob.key)]
     if action == "ReEncrypt":
-        src = _resolve(self, params.get("SourceKeyId")) or _resolve(
-            self, _key_from_blob(params.get("CiphertextBlob"))
-        )
-        return [
-            ("ReEncryptFrom", src),
-            ("ReEncryptTo", _resolve(self, params.get("DestinationKeyId"))),
-        ]
+        self._ek_blob = _sealed(self, params, "SourceKeyId")
+        dest = _resolve(self, params.get("DestinationKeyId"))
+        if dest is None:
+            raise KmsRequestError(
+                "NotFoundException", f"Key '{params.get('DestinationKeyId')}' does not exist"
+            )
+        return [("ReEncryptFrom", self._ek_blob.key), ("ReEncryptTo", dest)]
     return [(action, _resolve(self, params.get(KEY_PARAMS.get(action, "KeyId"))))]
 
 
@@ -140,7 +175,9 @@ def _authorize(self: KmsResponse, resource: str = "*") -> None:
     params = _params(self)
     self._ek_caller = caller
     self._ek_recipient = None
+    self._ek_blob = None
     try:
+        _validate_wire(params)
         if action in RECIPIENT_ACTIONS and params.get("Recipient") is not None:
             self._ek_recipient = verify_recipient(params["Recipient"])
         keys = request_keys(caller, action, params, self._ek_recipient)
@@ -156,12 +193,17 @@ def _authorize(self: KmsResponse, resource: str = "*") -> None:
         checks = _checks(self, action, params)
         for iam_action, key in checks:
             if key is None:
-                continue  # moto answers NotFoundException / InvalidCiphertextException
+                continue  # moto answers NotFoundException for the key it cannot find
             d = authorize_key(caller, iam_action, key.arn, key.policy, keys)
             if not d.allowed:
                 raise KmsError(
                     "AccessDeniedException", access_denied_message(caller, iam_action, key.arn, d)
                 )
+        if action in BLOB_ACTIONS:
+            for _, key in checks:
+                err = key_state_error(key)
+                if err is not None:
+                    raise err
         owners = {key.account_id for _, key in checks if key is not None}
         if len(owners) == 1 and len(checks) == 1:
             # a key of another account, allowed: serve the call from that account's backend
@@ -179,10 +221,61 @@ def _seal(self: KmsResponse, out: dict[str, Any], field: str) -> str:
     return json.dumps(out)
 
 
+def _pinned_blob(self: KmsResponse) -> SealedBlob:
+    """The blob `_authorize` read and authorized; never re-read from the request."""
+    blob: SealedBlob | None = getattr(self, "_ek_blob", None)
+    if blob is None:  # _authorize always sets it for these actions; refuse rather than guess
+        raise KmsError("KMSInternalException", "ciphertext was not authorized", 500)
+    return blob
+
+
 def decrypt(self: KmsResponse) -> str:
-    out = json.loads(_ORIG["decrypt"](self))
-    out.setdefault("EncryptionAlgorithm", "SYMMETRIC_DEFAULT")
+    """Decrypt exactly the blob and key that were authorized (never moto's lenient path)."""
+    params = _params(self)
+    blob = _pinned_blob(self)
+    try:
+        context = encryption_context(params.get("EncryptionContext"), "EncryptionContext")
+        plaintext = open_blob(blob, context)
+    except KmsRequestError as exc:
+        raise KmsError(exc.code, exc.message) from None
+    out = {
+        "KeyId": blob.key_arn,
+        "Plaintext": base64.b64encode(plaintext).decode(),
+        "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+    }
     return _seal(self, out, "Plaintext")
+
+
+def re_encrypt(self: KmsResponse) -> str:
+    """ReEncrypt: open the authorized blob, seal under the authorized destination key."""
+    params = _params(self)
+    blob = _pinned_blob(self)
+    dest = _resolve(self, params.get("DestinationKeyId"))
+    try:
+        source_ctx = encryption_context(
+            params.get("SourceEncryptionContext"), "SourceEncryptionContext"
+        )
+        dest_ctx = encryption_context(
+            params.get("DestinationEncryptionContext"), "DestinationEncryptionContext"
+        )
+        plaintext = open_blob(blob, source_ctx)
+    except KmsRequestError as exc:
+        raise KmsError(exc.code, exc.message) from None
+    new_blob = moto_kms_utils.encrypt(
+        master_keys={dest.id: dest},
+        key_id=dest.id,
+        plaintext=plaintext,
+        encryption_context=dest_ctx,
+    )
+    return json.dumps(
+        {
+            "CiphertextBlob": base64.b64encode(new_blob).decode(),
+            "KeyId": dest.arn,
+            "SourceKeyId": blob.key_arn,
+            "SourceEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+            "DestinationEncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+        }
+    )
 
 
 def generate_data_key(self: KmsResponse) -> str:
@@ -293,8 +386,11 @@ def install() -> None:
         return
     for name in ("decrypt", "generate_data_key", "generate_random", "put_key_policy", "create_key"):
         _ORIG[name] = getattr(KmsResponse, name)
+    # One AAD encoding for everything moto encrypts and everything we open.
+    moto_kms_utils._serialize_encryption_context = context_aad
     KmsResponse._authenticate_and_authorize_normal_action = _authorize  # type: ignore[method-assign]
     KmsResponse.decrypt = decrypt  # type: ignore[method-assign]
+    KmsResponse.re_encrypt = re_encrypt  # type: ignore[method-assign]
     KmsResponse.generate_data_key = generate_data_key  # type: ignore[method-assign]
     KmsResponse.generate_random = generate_random  # type: ignore[method-assign]
     KmsResponse.generate_data_key_pair = generate_data_key_pair  # type: ignore[attr-defined]
