@@ -177,7 +177,7 @@ class LocalPki:
             .sign(key, hashes.SHA384())
         )
         _write_atomic(key_path, _key_pem(key), 0o600)
-        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o600)
         return key, cert
 
     @staticmethod
@@ -208,7 +208,7 @@ class LocalPki:
             .sign(root_key, hashes.SHA384())
         )
         _write_atomic(key_path, _key_pem(key), 0o600)
-        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o600)
         return key, cert
 
     def issue_leaf(

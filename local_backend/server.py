@@ -44,6 +44,7 @@ ENDPOINT_FILE = "endpoint.json"
 LOG_FILE = Path("logs") / "endpoint.log"
 KEYSCAN_PATH = "/_enclavekit/keyscan"
 HEALTH_PATH = "/_enclavekit/health"
+STATE_UMASK = 0o077
 
 log = logging.getLogger("enclavekit.endpoint")
 
@@ -200,14 +201,17 @@ def start(
         info = read_endpoint(state_dir)
         assert info is not None
         return info
+    private_state_dir(state_dir)
     (state_dir / ENDPOINT_FILE).unlink(missing_ok=True)
     if not _port_free(port):
         raise BackendError(
             f"port {port} on {HOST} is already in use by another process: "
             "stop it or pass another --port"
         )
-    (state_dir / LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
-    logf = open(state_dir / LOG_FILE, "ab")  # noqa: SIM115 - handed to the child
+    (state_dir / LOG_FILE).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    logf = os.fdopen(  # handed to the child
+        os.open(state_dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+    )
     try:
         proc = subprocess.Popen(
             [
@@ -225,6 +229,7 @@ def start(
             start_new_session=True,
             cwd=str(Path(__file__).resolve().parent.parent),
             env=_server_env(),
+            umask=STATE_UMASK,  # everything the endpoint and its parents write: owner-only
         )
     finally:
         logf.close()
@@ -244,6 +249,18 @@ def start(
         time.sleep(0.1)
     _terminate(proc.pid, 5.0)
     raise BackendError(f"the local endpoint did not answer on port {port} within {timeout:.0f} s")
+
+
+def private_state_dir(state_dir: Path) -> Path:
+    """Make `state_dir` (and its top-level entries) owner-only: logs, keys and the endpoint's
+    address are nobody else's business on a shared machine."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    for entry in state_dir.iterdir():
+        with contextlib.suppress(OSError):
+            if not entry.is_symlink():
+                os.chmod(entry, 0o700 if entry.is_dir() else entry.stat().st_mode & 0o700)
+    return state_dir
 
 
 def _server_env() -> dict[str, str]:
@@ -363,6 +380,8 @@ def serve(port: int, state_dir: Path) -> int:
     from local_backend.moto_ext.ec2 import models as ec2_models
 
     state_dir = Path(state_dir).resolve()
+    os.umask(STATE_UMASK)
+    private_state_dir(state_dir)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stdout,
@@ -419,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args(argv)
-    args.state_dir.mkdir(parents=True, exist_ok=True)
+    args.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return serve(args.port, args.state_dir)
 
 

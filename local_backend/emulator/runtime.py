@@ -58,6 +58,17 @@ def _check_int(name: str, value: object, expected: str) -> int:
     return value
 
 
+def _machine_available_mib() -> int:
+    """MemAvailable of /proc/meminfo in MiB (outside a host, the machine bounds enclaves)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class EnclaveManager:
     """Emulated nitro-cli over one state directory."""
 
@@ -66,6 +77,38 @@ class EnclaveManager:
         self._monitors: dict[int, subprocess.Popen[bytes]] = {}  # ours, reaped on terminate
 
     # ------------------------------------------------------------------ run
+    def memory_pool_mib(self) -> tuple[int, str]:
+        """(MiB enclaves may use in all, where that bound comes from)."""
+        pool = self.layout.allocator_pool
+        if pool.is_file():
+            try:
+                mib = int(state.read_json(pool)["memory_mib"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise EmulatorError(
+                    f"{pool}: expected {{\"memory_mib\": <int>}} from the allocator, got {exc}"
+                ) from None
+            return mib, "the allocator's pool (/etc/nitro_enclaves/allocator.yaml)"
+        return _machine_available_mib(), "this machine's available memory"
+
+    def _check_memory_available(self, memory_mib: int) -> None:
+        """nitro-cli's E27: enclaves get their memory from the allocator's hugepages only."""
+        pool, source = self.memory_pool_mib()
+        used = sum(
+            int(r.get("MemoryMiB", 0))
+            for r in self.describe()
+            if r["State"] in (state.RUNNING, state.STARTING)
+        )
+        available = max(pool - used, 0)
+        if memory_mib > available:
+            raise EmulatorError(
+                f"[ E27 ] Insufficient memory available. User provided `memory` is {memory_mib} "
+                f"MB, which is more than the available hugepage memory ({available} MB of "
+                f"{pool} MB in {source}, {used} MB used by running enclaves). You can increase "
+                "the available memory by editing the `memory_mib` value from "
+                "'/etc/nitro_enclaves/allocator.yaml' and then enable the "
+                "nitro-enclaves-allocator.service."
+            )
+
     def run_enclave(
         self,
         eif_path: str | Path,
@@ -101,6 +144,7 @@ class EnclaveManager:
         path = Path(eif_path)
         if not path.is_file():
             raise InvalidInput(f"--eif-path: expected an EIF file, found no file at {path}")
+        self._check_memory_available(memory_mib)
         image = eif.read_eif(path)
         if not image.crc_ok:
             raise InvalidInput(f"--eif-path {path}: expected a valid CRC32, the image is corrupt")

@@ -78,6 +78,9 @@ class Layout:
         self.root = root
         self.enclaves = root / "enclaves"
         self.vsock = root / "vsock"
+        # What the allocator reserved ({"memory_mib": N, "cpu_count": N}), written by whoever
+        # plays nitro-enclaves-allocator for this parent; absent: the machine is the pool.
+        self.allocator_pool = root / "emulator" / "allocator-pool.json"
 
     def ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

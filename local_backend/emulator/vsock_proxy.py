@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from enclavekit import yamlsafe
 from enclavekit.errors import EmulatorError, InvalidInput
 from enclavekit.transport import EmulatedVsock, VsockTransport, pump
 
@@ -38,6 +39,7 @@ DEFAULT_CONFIG = Path("/etc/nitro_enclaves/vsock-proxy.yaml")
 ENDPOINT_ENV = "ENCLAVEKIT_LOCAL_ENDPOINT"
 TLS_ENDPOINT_ENV = "ENCLAVEKIT_LOCAL_TLS_ENDPOINT"
 DEFAULT_WORKERS = 4
+MAX_CONFIG_BYTES = 64 * 1024  # AWS's file is a few lines; anything huge is not a config
 _AWS_HOST = re.compile(
     r"^(?P<service>[a-z0-9-]+)\.(?P<region>[a-z]{2}(?:-gov|-iso[a-z]*)?-[a-z]+-\d+)"
     r"\.amazonaws\.com(?:\.cn)?$"
@@ -63,22 +65,27 @@ class Allowlist:
     @classmethod
     def load(cls, path: str | Path | None) -> Allowlist:
         """Read `path`, else the default config file if present, else AWS's default list."""
-        import yaml
-
         if path is None:
             if not DEFAULT_CONFIG.is_file():
                 return cls(None, "built-in default (kms and kms-fips endpoints, port 443)")
             path = DEFAULT_CONFIG
         p = Path(path)
         try:
-            doc = yaml.safe_load(p.read_text())
+            raw = p.read_bytes()
         except OSError as exc:
             raise InvalidInput(
                 f"vsock-proxy --config {p}: cannot be read ({exc.strerror})"
             ) from None
-        except yaml.YAMLError as exc:
-            reason = str(exc).replace("\n", " ")
-            raise InvalidInput(f"vsock-proxy --config {p}: expected YAML, found {reason}") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise InvalidInput(
+                f"vsock-proxy --config {p}: expected at most {MAX_CONFIG_BYTES} bytes of YAML, "
+                f"found {len(raw)}"
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"vsock-proxy --config {p}: expected UTF-8 YAML text") from None
+        doc = yamlsafe.load(text, what=f"vsock-proxy --config {p}")
         items = doc.get("allowlist") if isinstance(doc, dict) else None
         if not isinstance(items, list):
             raise InvalidInput(
