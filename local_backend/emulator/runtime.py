@@ -85,7 +85,7 @@ class EnclaveManager:
                 mib = int(state.read_json(pool)["memory_mib"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise EmulatorError(
-                    f"{pool}: expected {{\"memory_mib\": <int>}} from the allocator, got {exc}"
+                    f'{pool}: expected {{"memory_mib": <int>}} from the allocator, got {exc}'
                 ) from None
             return mib, "the allocator's pool (/etc/nitro_enclaves/allocator.yaml)"
         return _machine_available_mib(), "this machine's available memory"
