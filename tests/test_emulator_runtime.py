@@ -291,7 +291,8 @@ def test_vsock_proxy_allowlist_and_relay_to_local_endpoint(
         "kms.us-east-1.amazonaws.com",
         443,
         config=config,
-        endpoint=f"http://127.0.0.1:{upstream.getsockname()[1]}",
+        endpoint="http://127.0.0.1:1",  # port 443 goes to the TLS front, not here
+        tls_endpoint=f"https://127.0.0.1:{upstream.getsockname()[1]}",
     ).start()
     try:
         got = ask(manager, enclave["EnclaveCID"], "CALLPARENT 8000 hello-kms")
