@@ -37,6 +37,19 @@ def _int_bytes(n: int) -> bytes:
     return n.to_bytes((n.bit_length() + 7) // 8, "big")
 
 
+def _secret_offset(key: object, der: bytes) -> int:
+    """Where a window of `der` covers only secret bytes. An EC key's DER ends with its public
+    point, which every certificate of the key carries too: a window there would be "found" in
+    any process that holds the certificate. So EC windows start at the private scalar; RSA's
+    middle lies in d/p/q, after the public modulus."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        scalar = key.private_numbers().private_value.to_bytes((key.curve.key_size + 7) // 8, "big")
+        found = der.find(scalar)
+        if found >= 0:
+            return found
+    return len(der) // 2
+
+
 def key_patterns(key_pem: bytes) -> dict[str, bytes]:
     """Distinctive byte windows of the key in each form it could appear in."""
     key = serialization.load_pem_private_key(key_pem, password=None)
@@ -48,9 +61,11 @@ def key_patterns(key_pem: bytes) -> dict[str, bytes]:
         ("traditional DER", serialization.PrivateFormat.TraditionalOpenSSL),
     ):
         der = key.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption())
-        forms[name] = der[len(der) // 2 : len(der) // 2 + _WINDOW]
+        at = _secret_offset(key, der)
+        forms[name] = der[at : at + _WINDOW]
         b64 = base64.b64encode(der)
-        forms[f"{name} as base64"] = b64[len(b64) // 2 : len(b64) // 2 + 2 * _WINDOW]
+        at64 = at // 3 * 4 + 4  # a base64 quantum boundary inside the secret part
+        forms[f"{name} as base64"] = b64[at64 : at64 + 2 * _WINDOW]
     if isinstance(key, rsa.RSAPrivateKey):
         nums = key.private_numbers()
         for name, value in (("RSA d", nums.d), ("RSA p", nums.p), ("RSA q", nums.q)):
