@@ -179,4 +179,18 @@ def test_host_role_cannot_administer_or_grant_itself(target: Target) -> None:
         with pytest.raises(ClientError) as info:
             call()
         assert info.value.response["Error"]["Code"] == "AccessDeniedException", what
+    # DeriveSharedSecret (absent from moto and boto3's older models): authorized first, denied
+    out = kms_call(
+        target,
+        target.role_creds(),
+        "DeriveSharedSecret",
+        json.dumps(
+            {
+                "KeyId": target.key_arn,
+                "KeyAgreementAlgorithm": "ECDH",
+                "PublicKey": base64.b64encode(b"\x04" + b"\x01" * 64).decode(),
+            }
+        ),
+    )
+    assert out["code"] == "AccessDeniedException", out
     assert SECRET  # the secret never came back in any answer above
