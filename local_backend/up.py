@@ -16,28 +16,35 @@ Phases (each timed; `make bench` reads the same figures):
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import queue
 import re
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from enclavekit.errors import BackendError, InvalidInput
+from enclavekit.cdk_errors import construct_error
+from enclavekit.errors import BackendError, EnclaveKitError, InvalidInput
 from enclavekit.localenv import local_client
 from enclavekit.toolchain import cdk_command
 from local_backend import server
 from local_backend.cdk import bootstrap_target, cdk_env
-from local_backend.parent import parents, resync
+from local_backend.parent import parents, restart_enclaves, resync
 from local_backend.parent.agent import METADATA_KEY, UNSEALED, read_state
 from local_backend.verify import VERIFIER_DIR, VerifyReport, verify
 
 BOOT_TIMEOUT_S = 180.0
+# A phase that runs the user's app or the cdk CLI ends in time or fails naming itself.
+PHASE_TIMEOUTS_S = {"synth": 300.0, "bootstrap": 600.0, "deploy": 1800.0}
 _EVENT = re.compile(r"\|\s*(\d+/\d+)\s*\|[^|]*\|\s*(\S+)\s*\|\s*(\S+)\s*\|\s*(\S+)")
 
 
@@ -77,6 +84,7 @@ class UpResult:
     phases: dict[str, float] = field(default_factory=dict)
     stacks: list[str] = field(default_factory=list)
     sealed: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
     report: VerifyReport | None = None
 
     @property
@@ -84,8 +92,18 @@ class UpResult:
         return self.report is None or self.report.ok
 
 
-def _run_cdk(args: list[str], app_dir: Path, endpoint: str, progress: Progress) -> None:
-    """Run the cdk CLI, streaming its events into the progress line; raise with its tail."""
+def _run_cdk(
+    args: list[str],
+    app_dir: Path,
+    endpoint: str,
+    progress: Progress,
+    *,
+    phase: str,
+    timeout: float,
+) -> None:
+    """Run the cdk CLI, streaming its events into the progress line; raise with its tail, or
+    after `timeout` seconds without it finishing (the whole process group is killed: a
+    hanging app under cdk goes too) naming the phase it hung in."""
     argv = [*cdk_command(app_dir), *args]
     proc = subprocess.Popen(
         argv,
@@ -95,10 +113,33 @@ def _run_cdk(args: list[str], app_dir: Path, endpoint: str, progress: Progress) 
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def _read() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            lines.put(raw)
+        lines.put(None)
+
+    threading.Thread(target=_read, name=f"cdk-{phase}", daemon=True).start()
     tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            shown = "\n".join(tail[-5:]) or "(no output)"
+            raise BackendError(
+                f"{phase}: `cdk {' '.join(args[:2])}` did not finish within {timeout:.0f} s "
+                f"(in {app_dir}); stopped it. Last output:\n{shown}"
+            ) from None
+        if line is None:
+            break
         line = line.rstrip()
         if not line:
             continue
@@ -106,8 +147,14 @@ def _run_cdk(args: list[str], app_dir: Path, endpoint: str, progress: Progress) 
         m = _EVENT.search(line)
         progress.update(f"{m.group(1)} {m.group(2)} {m.group(3)} {m.group(4)}" if m else line)
     if proc.wait() != 0:
+        output = "\n".join(tail)
+        construct = construct_error(output)
+        if construct is not None:
+            raise InvalidInput(f"{phase}: {construct}")
         shown = "\n".join(tail[-15:])
-        raise BackendError(f"`cdk {' '.join(args[:2])}` failed (exit {proc.returncode}):\n{shown}")
+        raise BackendError(
+            f"{phase}: `cdk {' '.join(args[:2])}` failed (exit {proc.returncode}):\n{shown}"
+        )
 
 
 def _clients(endpoint: str) -> Callable[[str], Any]:
@@ -183,9 +230,12 @@ def wait_provisioned(
     resync(state_dir)
     deadline = time.monotonic() + timeout
     while True:
-        hosts = _hosts(state_dir, stacks)
-        states = {d.name: read_state(d) for d in hosts}
-        pending = [n for n, st in states.items() if not st.get("provisioned")]
+        records = [p for p in parents(state_dir, stacks) if p.spec and p.running]
+        hosts = [p.dir for p in records]
+        states = {p.dir.name: p.state for p in records}
+        pending = [
+            p.dir.name for p in records if not p.state.get("provisioned") or not p.enclave_running
+        ]
         if not pending:
             return hosts
         errors = [f"{n}: {st['last_error']}" for n, st in states.items() if st.get("last_error")]
@@ -207,49 +257,95 @@ def up(
     port: int = server.DEFAULT_PORT,
     progress: Progress | None = None,
     run_verify: bool = True,
+    timeouts: Mapping[str, float] | None = None,
 ) -> UpResult:
-    """Start (if needed), bootstrap, deploy every stack of the app, seal, boot and verify."""
+    """Start (if needed), bootstrap, deploy every stack of the app, seal, boot and verify.
+
+    A failure after the endpoint is up says so: the error ends with whether this `up` started
+    the endpoint (or found it running) and how to stop it.
+    """
     app_dir = Path(app_dir).resolve()
     if not (app_dir / "cdk.json").is_file():
         raise InvalidInput(f"--app: expected a CDK app directory with a cdk.json, found {app_dir}")
     state_dir = Path(state_dir).resolve()
     progress = progress or Progress()
+    limits = {**PHASE_TIMEOUTS_S, **(timeouts or {})}
 
     progress.start("endpoint", "local endpoint")
+    already = server.status(state_dir).running
     info = server.start(port, state_dir)
     result = UpResult(endpoint=info.endpoint)
     result.phases["endpoint"] = progress.done(f"{info.endpoint} (state {state_dir})")
+    try:
+        _deploy_phases(app_dir, state_dir, info.endpoint, progress, result, limits, run_verify)
+    except EnclaveKitError as exc:
+        how = "was already running" if already else "was started by this `up`"
+        exc.args = (
+            f"{exc}\nThe local endpoint {info.endpoint} {how} and is still running; stop it "
+            f"with: enclavekit local stop --state-dir {state_dir}",
+        )
+        raise
+    return result
 
+
+def _deploy_phases(
+    app_dir: Path,
+    state_dir: Path,
+    endpoint: str,
+    progress: Progress,
+    result: UpResult,
+    limits: Mapping[str, float],
+    run_verify: bool,
+) -> None:
     progress.start("synth", "cdk synth")
-    _run_cdk(["synth", "--quiet"], app_dir, info.endpoint, progress)
+    _run_cdk(
+        ["synth", "--quiet"],
+        app_dir,
+        endpoint,
+        progress,
+        phase="synth",
+        timeout=limits["synth"],
+    )
     result.stacks = assembly_stacks(app_dir / "cdk.out")
     result.phases["synth"] = progress.done(
         f"{len(result.stacks)} stack(s): {', '.join(result.stacks)}"
     )
 
     progress.start("bootstrap", f"cdk bootstrap {bootstrap_target()}")
-    ssm = _clients(info.endpoint)("ssm")
+    ssm = _clients(endpoint)("ssm")
     try:
         ssm.get_parameter(Name="/cdk-bootstrap/hnb659fds/version")
         result.phases["bootstrap"] = progress.done("already bootstrapped")
     except ssm.exceptions.ParameterNotFound:
-        _run_cdk(["bootstrap", bootstrap_target()], app_dir, info.endpoint, progress)
+        _run_cdk(
+            ["bootstrap", bootstrap_target()],
+            app_dir,
+            endpoint,
+            progress,
+            phase="bootstrap",
+            timeout=limits["bootstrap"],
+        )
         result.phases["bootstrap"] = progress.done("CDKToolkit deployed")
 
     progress.start("deploy", "cdk deploy --all")
     _run_cdk(
         ["deploy", "--all", "--app", "cdk.out", "--require-approval", "never"],
         app_dir,
-        info.endpoint,
+        endpoint,
         progress,
+        phase="deploy",
+        timeout=limits["deploy"],
     )
     result.phases["deploy"] = progress.done(f"deployed {', '.join(result.stacks)}")
 
     progress.start("seal", "application secrets")
-    result.sealed = seal_secrets(state_dir, info.endpoint, result.stacks)
+    result.sealed = seal_secrets(state_dir, endpoint, result.stacks)
     result.phases["seal"] = progress.done(f"sealed {', '.join(result.sealed) or 'nothing new'}")
 
     progress.start("boot", "enclaves: boot and provisioning")
+    result.restarted = restart_enclaves(state_dir, result.stacks)
+    for what in result.restarted:
+        progress.update(f"restarting the enclave of {what}")
     hosts = wait_provisioned(state_dir, result.stacks, progress)
     degraded = [
         f"{d.name}: without {', '.join(st['degraded'])}"
@@ -258,6 +354,7 @@ def up(
     ]
     result.phases["boot"] = progress.done(
         f"{len(hosts)} enclave(s) provisioned"
+        + (f"; restarted {'; '.join(result.restarted)}" if result.restarted else "")
         + (f"; DEGRADED {'; '.join(degraded)}" if degraded else "")
     )
 
@@ -273,7 +370,25 @@ def up(
         result.phases["verify"] = progress.done(
             "all checks passed" if result.report.ok else f"{bad} check(s) failed"
         )
-    return result
+
+
+def try_it_lines(
+    state_dir: Path, stacks: list[str] | None = None, *, command: str = "enclavekit"
+) -> list[str]:
+    """ "Try it" curl lines, one per running enclave host with a domain (what `up` and `demo`
+    print after a deployment)."""
+    out = []
+    for p in parents(state_dir, stacks):
+        if not (p.spec and p.running):
+            continue
+        port, domain = p.state.get("relay_port"), p.state.get("domain")
+        if not (port and domain):
+            continue
+        out.append(
+            f"Try it: curl --cacert <({command} local ca --state-dir {state_dir}) "
+            f"--resolve {domain}:{port}:127.0.0.1 https://{domain}:{port}/"
+        )
+    return out
 
 
 def phases_table(result: UpResult) -> str:

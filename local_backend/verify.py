@@ -33,7 +33,7 @@ import ssl
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from botocore.exceptions import ClientError
 from enclavekit import attestation, eif
 from enclavekit import provisioning as prov
 from enclavekit.cpio import CpioEntry, read_newc, write_newc
-from enclavekit.errors import EnclaveKitError, InvalidInput
+from enclavekit.errors import BackendError, EnclaveKitError, InvalidInput
 from enclavekit.localenv import LOCAL_ACCOUNT, local_client
 from enclavekit.pki import LocalPki
 from enclavekit.policy import parse_policy, principal_matches
@@ -205,16 +205,7 @@ def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> Check:
     start = time.monotonic()
     try:
         ok, detail = fn()
-    except (
-        EnclaveKitError,
-        ClientError,
-        OSError,
-        ConnectionError,
-        EOFError,
-        ssl.SSLError,
-        ValueError,
-        KeyError,
-    ) as exc:
+    except Exception as exc:  # noqa: BLE001 - a check that cannot run fails, with its reason
         ok, detail = False, f"could not check: {type(exc).__name__}: {exc}"
     return Check(name, ok, detail.replace("\n", " "), round(time.monotonic() - start, 3))
 
@@ -328,12 +319,23 @@ def check_secret(host: _Host) -> tuple[bool, str]:
 # -------------------------------------------------------------------------- 3. parent denied
 
 
-def _denied(call: Callable[[], Any]) -> tuple[bool, str]:
+def _denied(call: Callable[[], Any], key_id: str | None) -> tuple[bool, str]:
+    """Did KMS itself answer AccessDeniedException for `key_id` (any key if None)? The only
+    evidence of a denial: any other error (unreachable, bad ciphertext...) proves nothing."""
     try:
         call()
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        return code == "AccessDeniedException", code
+        err = exc.response.get("Error", {})
+        code, message = str(err.get("Code", "")), str(err.get("Message", ""))
+        if code != "AccessDeniedException":
+            return False, f"could not check: KMS answered {code or 'no error code'}: {message}"
+        resource = message.partition(" on resource: ")[2].split(" ", 1)[0]
+        if not resource.startswith("arn:aws:kms:") or (key_id and key_id not in resource):
+            return False, (
+                f"could not check: AccessDeniedException for {resource or 'no resource'}, "
+                f"not for key {key_id or '(any KMS key)'}"
+            )
+        return True, code
     return False, "ALLOWED"
 
 
@@ -343,22 +345,35 @@ def check_parent_denied(host: _Host) -> tuple[bool, str]:
     results = []
     secrets_, _ = host.parent.sealed_secrets(creds)
     for spec in secrets_:
-        ok, what = _denied(lambda s=spec: kms.decrypt(CiphertextBlob=s.ciphertext))
+        key_id = _secret_key_id(host, spec.name)
+        ok, what = _denied(lambda s=spec: kms.decrypt(CiphertextBlob=s.ciphertext), key_id)
         if not ok:
+            if what != "ALLOWED":
+                return False, f"secret {spec.name!r}: {what}"
             return False, (
                 f"the parent decrypted secret {spec.name!r} with the instance role "
-                f"and no attestation ({what}): the key policy does not bind it"
+                f"and no attestation: the key policy does not bind it"
             )
         results.append(spec.name)
     bundle = host.parent.certificate_bundle(creds)
     if bundle is not None:
-        ok, what = _denied(lambda: kms.decrypt(CiphertextBlob=bundle.private_key_ciphertext))
+        ok, what = _denied(lambda: kms.decrypt(CiphertextBlob=bundle.private_key_ciphertext), None)
         if not ok:
-            return False, f"the parent decrypted the certificate's private key ({what})"
+            if what != "ALLOWED":
+                return False, f"certificate key: {what}"
+            return False, "the parent decrypted the certificate's private key (ALLOWED)"
         results.append("certificate key")
     if not results:
         return False, "nothing sealed to try"
     return True, f"Decrypt without attestation: AccessDeniedException for {', '.join(results)}"
+
+
+def _secret_key_id(host: _Host, name: str) -> str | None:
+    """The KMS key id the host's Metadata seals secret `name` under (None if undeclared)."""
+    for s in host.spec.get("secrets") or []:
+        if s.get("name") == name and s.get("key"):
+            return host.physical_id(s["key"]).rsplit("/", 1)[-1]
+    return None
 
 
 def check_nsm_parent_refused(host: _Host) -> tuple[bool, str]:
@@ -369,6 +384,8 @@ def check_nsm_parent_refused(host: _Host) -> tuple[bool, str]:
 
     layout = EnclaveManager(host.dir).layout
     slot_dir = layout.slot_dir(layout.slot_of(host.enclave.get("EnclaveID", "")))
+    log_path = slot_dir / "monitor.log"
+    seen = log_path.stat().st_size if log_path.is_file() else 0
     client = SocketNsm(slot_dir / "nsm.sock")
     try:
         reply = nsm_request(
@@ -377,15 +394,34 @@ def check_nsm_parent_refused(host: _Host) -> tuple[bool, str]:
         )
     except EnclaveKitError as exc:
         if "expected a listening socket" in str(exc):
-            return False, f"could not reach the NSM socket: {exc}"
-        logged = f"pid {os.getpid()} " in (slot_dir / "monitor.log").read_text(errors="replace")
-        return logged, (
+            return False, f"could not check: the NSM socket does not answer: {exc}"
+        # the positive evidence: the NSM's own record of refusing this process, logged after
+        # we connected (an older line for a recycled pid proves nothing)
+        mine = f"refused a connection to nsm.sock from pid {os.getpid()} "
+        deadline = time.monotonic() + 3
+        while not (logged := mine in _read_from(log_path, seen)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not logged:
+            return False, (
+                f"closed without a reply to the verify process (pid {os.getpid()}), but the "
+                "NSM recorded no refusal of it: could not check that the NSM refused it"
+            )
+        return True, (
             f"closed without a reply to the verify process (pid {os.getpid()}); "
-            f"{'refusal' if logged else 'but no refusal'} in the monitor log"
+            "refusal in the monitor log"
         )
     finally:
         client.close()
     return False, f"the NSM answered a parent-side process: {type(reply).__name__}"
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 # -------------------------------------------------------------------------- 4. other enclaves
@@ -464,11 +500,44 @@ def _provision_probe(host: _Host, record: dict[str, Any]) -> tuple[bool, str]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        if not (isinstance(reply, prov.ErrorReply) and reply.code == "KmsError"):
+        if not isinstance(reply, prov.ErrorReply):
             return False, f"the probe enclave obtained the {what}: {reply.to_json()}"
-        reason = "AccessDenied" if "AccessDenied" in reply.message else reply.message[:60]
-        results.append(f"{what} {reason}")
+        items = [f"secret {s.name!r}" for s in secrets_] or ["certificate key"]
+        keys = [_secret_key_id(host, s.name) for s in secrets_] or [None]
+        for item, key_id in zip(items, keys, strict=True):
+            denied, why = _probe_denied(reply, item, key_id)
+            if not denied:
+                return False, f"could not check: {item}: {why}"
+        results.append(f"{what} AccessDeniedException")
     return True, "KMS: " + ", ".join(results)
+
+
+_PROBE_DENIED = "got AccessDeniedException: "
+
+
+def _probe_denied(reply: prov.ErrorReply, item: str, key_id: str | None) -> tuple[bool, str]:
+    """Did KMS itself deny the probe `item` (AccessDeniedException for `key_id`)? The probe's
+    Error reply names each item it failed and KMS's answer for it; anything else (KMS
+    unreachable, a bad request) is no evidence of a denial."""
+    text = reply.message
+    start = text.find(f"{item}: ")
+    if reply.code != "KmsError" or start < 0:
+        return False, f"the probe failed without a KMS answer: {reply.code}: {text[:200]}"
+    end = min(
+        (
+            i
+            for i in (text.find("; secret '", start + 1), text.find("; certificate key", start + 1))
+            if i > 0
+        ),
+        default=len(text),
+    )
+    part = text[start:end]
+    if _PROBE_DENIED not in part:
+        return False, f"KMS did not answer AccessDeniedException: {part[:200]}"
+    resource = part.partition(" on resource: ")[2].split(" ", 1)[0]
+    if not resource.startswith("arn:aws:kms:") or (key_id and key_id not in resource):
+        return False, f"AccessDeniedException for {resource or 'no resource'}, not for {key_id}"
+    return True, "AccessDeniedException"
 
 
 def check_debug_denied(host: _Host) -> tuple[bool, str]:
@@ -538,8 +607,9 @@ def check_key_not_on_parent(host: _Host) -> tuple[bool, str]:
     # The S3 object as the parent downloads it, searched by the endpoint too.
     creds = host.parent.role_credentials()
     bundle = host.parent.certificate_bundle(creds)
+    if bundle is None:
+        return False, "could not check: the host's certificate bundle is not in S3"
     s3_copy = host.dir / "verify-s3-object.json"
-    assert bundle is not None
     s3_copy.write_text(json.dumps(bundle.to_json()))
     try:
         req = {
@@ -631,7 +701,14 @@ CHECKS: tuple[tuple[str, Callable[[_Host], tuple[bool, str]]], ...] = (
 
 
 def deployed_stacks(state_dir: Path) -> list[str]:
-    cfn = local_client("cloudformation", server.running_endpoint(state_dir).endpoint)
+    try:
+        endpoint = server.running_endpoint(state_dir).endpoint
+    except BackendError:
+        raise BackendError(
+            f"the local endpoint of {Path(state_dir).resolve()} is not running, so nothing is "
+            "deployed to verify: deploy with `enclavekit up` (it starts the endpoint)"
+        ) from None
+    cfn = local_client("cloudformation", endpoint)
     done = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
     return [
         s["StackName"]
@@ -640,14 +717,30 @@ def deployed_stacks(state_dir: Path) -> list[str]:
     ]
 
 
+def _running_instances(state_dir: Path) -> set[str]:
+    ec2 = local_client("ec2", server.running_endpoint(state_dir).endpoint)
+    return {
+        i["InstanceId"]
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] in ("pending", "running")
+    }
+
+
 def verify(
     state_dir: Path,
     *,
     stack: str | None = None,
+    checks: Sequence[str] | None = None,
     on_check: Callable[[HostReport, Check], None] | None = None,
 ) -> VerifyReport:
-    """Run every check on every enclave host of the deployed stacks (or of `stack`)."""
+    """Run every check (or those named in `checks`) on every enclave host of the deployed
+    stacks (or of `stack`)."""
     state_dir = Path(state_dir).resolve()
+    known = [name for name, _ in CHECKS]
+    unknown = sorted(set(checks or ()) - set(known))
+    if unknown:
+        raise InvalidInput(f"--check: expected some of {', '.join(known)}, found {unknown}")
     stacks = deployed_stacks(state_dir)
     if stack is not None:
         if stack not in stacks:
@@ -655,11 +748,12 @@ def verify(
                 f"--stack: expected one of the deployed stacks {stacks}, found {stack!r}"
             )
         stacks = [stack]
+    live = _running_instances(state_dir)
     report = VerifyReport(hosts=[])
     for p in parents(state_dir, stacks):
         d, info, st = p.dir, p.info, p.state
-        if not p.spec or st.get("state") not in ("running", "failed", "booting"):
-            continue
+        if not p.spec or info.get("instance_id") not in live:
+            continue  # left behind by an earlier endpoint (killed mid-deploy): not deployed now
         host = _Host(d, state_dir)
         hr = HostReport(
             stack=info["stack_name"],
@@ -668,12 +762,20 @@ def verify(
             enclave_id=(st.get("enclave") or {}).get("EnclaveID"),
         )
         report.hosts.append(hr)
-        if st.get("state") != "running":
+        if not p.running:
+            why = st.get("error") or st.get("last_error")
+            if st.get("state") in ("running", "booting") and not p.agent_alive:
+                why = f"its agent process (pid {st.get('pid')}) is gone"
+            hr.checks.append(Check("boot", False, f"parent state {st.get('state')}: {why}"))
+            continue
+        enclave_state, exit_reason = p.enclave_state()
+        if enclave_state != "RUNNING":
             hr.checks.append(
                 Check(
-                    "boot",
+                    "enclave",
                     False,
-                    f"parent state {st.get('state')}: {st.get('error') or st.get('last_error')}",
+                    f"enclave {hr.enclave_id} is {enclave_state}: {exit_reason}; "
+                    "`enclavekit up` starts it again",
                 )
             )
             continue
@@ -684,6 +786,8 @@ def verify(
                 )
             )
         for name, fn in CHECKS:
+            if checks and name not in checks:
+                continue
             check = _timed(name, lambda fn=fn, host=host: fn(host))
             hr.checks.append(check)
             if on_check:

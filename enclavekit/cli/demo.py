@@ -32,8 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from local_backend.parent import instance_dir, read_state
-    from local_backend.up import phases_table, up
+    from local_backend.up import phases_table, try_it_lines, up
 
     project = Path(args.project).resolve()
     if not (project / "cdk.json").is_file():
@@ -50,13 +49,9 @@ def _demo(args: argparse.Namespace) -> int:
     print("\n" + phases_table(result))
     assert result.report is not None
     print("\n" + result.report.table())
-    for host in result.report.hosts:
-        st = read_state(instance_dir(state_dir, host.instance_id))
-        port, domain = st.get("relay_port", "?"), st.get("domain") or "DOMAIN"
-        print(
-            f"\nTry it: curl --cacert <(.venv/bin/enclavekit local ca --state-dir {state_dir}) "
-            f"--resolve {domain}:{port}:127.0.0.1 https://{domain}:{port}/"
-        )
+    print()
+    for line in try_it_lines(state_dir, result.stacks, command=".venv/bin/enclavekit"):
+        print(line)
     print(f"Stop it: .venv/bin/enclavekit local stop --state-dir {state_dir}")
     return 0 if result.ok else 1
 

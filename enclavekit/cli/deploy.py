@@ -13,16 +13,26 @@ DEFAULT_PORT = 4599
 
 
 def _up(args: argparse.Namespace) -> int:
-    from local_backend.up import phases_table, up
+    from local_backend.up import phases_table, try_it_lines, up
 
-    result = up(args.app, state_dir=args.state_dir, port=args.port, run_verify=not args.no_verify)
+    timeouts = {"synth": args.synth_timeout} if args.synth_timeout else None
+    result = up(
+        args.app,
+        state_dir=args.state_dir,
+        port=args.port,
+        run_verify=not args.no_verify,
+        timeouts=timeouts,
+    )
     print()
     print(phases_table(result))
     if result.report is not None:
         print()
         print(result.report.table())
+    print()
+    for line in try_it_lines(Path(args.state_dir).resolve(), result.stacks):
+        print(line)
     print(
-        f"\nendpoint {result.endpoint} — stop it with: enclavekit local stop "
+        f"endpoint {result.endpoint} — stop it with: enclavekit local stop "
         f"--state-dir {args.state_dir}"
     )
     return 0 if result.ok else 1
@@ -31,7 +41,7 @@ def _up(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from local_backend.verify import verify
 
-    report = verify(args.state_dir, stack=args.stack)
+    report = verify(args.state_dir, stack=args.stack, checks=args.check)
     if args.junit:
         Path(args.junit).write_text(report.to_junit())
     if args.json:
@@ -40,6 +50,16 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         print(report.table())
     return 0 if report.ok else 1
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400], found {text!r}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,10 +78,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     p.add_argument("--no-verify", action="store_true", help="stop after the enclaves are up")
+    p.add_argument(
+        "--synth-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="fail the synth phase if the app has not synthesized by then (default 300)",
+    )
     p.set_defaults(handler=_up)
 
     v = sub.add_parser("verify", help="prove every deployed enclave host end to end")
     v.add_argument("--stack", help="only this stack")
+    v.add_argument(
+        "--check",
+        action="append",
+        metavar="NAME",
+        help="only this check (repeatable): image-pcrs, secret, parent-denied, "
+        "nsm-parent-refused, debug-denied, other-image-denied, https, key-not-on-parent",
+    )
     v.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     v.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
     v.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from enclavekit.errors import EmulatorError
+from enclavekit.errors import EmulatorError, EnclaveKitError
 from enclavekit.localenv import local_aws_env
 from local_backend.parent.agent import INSTANCE_FILE, METADATA_KEY, read_state
 
 log = logging.getLogger("enclavekit.parent")
 
 BOOT_TIMEOUT_S = 120.0
+RESTART_SIGNAL = signal.SIGUSR1  # to a parent agent: start its enclave again
 STOP_TIMEOUT_S = 15.0
 _state_dir: Path | None = None
 _procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -57,8 +58,37 @@ class ParentRecord:
         return (self.info.get("metadata") or {}).get(METADATA_KEY)
 
     @property
+    def agent_alive(self) -> bool:
+        """Whether the agent process parent.json names still runs (and is this parent's: its
+        command line names this directory, so a recycled pid does not count)."""
+        from local_backend.emulator.state import pid_alive
+
+        pid = self.state.get("pid")
+        return bool(pid) and pid_alive(int(pid), str(self.dir))
+
+    @property
     def running(self) -> bool:
-        return self.state.get("state") == "running"
+        """parent.json says running and its agent is alive: a directory left behind by an
+        endpoint killed mid-deploy (its processes gone) is not a running parent."""
+        return self.state.get("state") == "running" and self.agent_alive
+
+    def enclave_state(self) -> tuple[str, str | None]:
+        """(State, ExitReason) of the enclave this parent runs, as describe-enclaves says:
+        RUNNING, or TERMINATED with why (killed, crashed, gone)."""
+        from local_backend.emulator.runtime import EnclaveManager
+
+        enclave_id = (self.state.get("enclave") or {}).get("EnclaveID")
+        if not enclave_id:
+            return "NONE", "no enclave recorded in parent.json"
+        try:
+            record = EnclaveManager(self.dir).record(enclave_id)
+        except (EnclaveKitError, OSError, ValueError) as exc:
+            return "TERMINATED", f"no record of enclave {enclave_id} ({exc})"
+        return str(record.get("State")), record.get("ExitReason")
+
+    @property
+    def enclave_running(self) -> bool:
+        return self.enclave_state()[0] == "RUNNING"
 
 
 def parents(state_dir: Path, stacks: Iterable[str] | None = None) -> list[ParentRecord]:
@@ -201,6 +231,8 @@ def instances_status(state_dir: Path) -> list[dict[str, Any]]:
             continue
         d, info, st = p.dir, p.info, p.state
         enclave = st.get("enclave") or {}
+        enclave_state, exit_reason = p.enclave_state()
+        alive = enclave_state == "RUNNING"
         rows.append(
             {
                 "instance_id": d.name,
@@ -210,7 +242,9 @@ def instances_status(state_dir: Path) -> list[dict[str, Any]]:
                 "cid": enclave.get("EnclaveCID"),
                 "domain": st.get("domain"),
                 "host_port": st.get("relay_port"),
-                "provisioned": bool(st.get("provisioned")),
+                "enclave_state": enclave_state,
+                "exit_reason": None if alive else exit_reason,
+                "provisioned": alive and bool(st.get("provisioned")),
             }
         )
     return rows
@@ -257,6 +291,23 @@ def resync(state_dir: Path) -> int:
                 os.kill(int(p.state["pid"]), signal.SIGHUP)
                 count += 1
     return count
+
+
+def restart_enclaves(state_dir: Path, stacks: Iterable[str] | None = None) -> list[str]:
+    """Ask every running parent whose enclave is no longer running to start it again (as
+    `systemctl restart` of its enclave unit would; the agent then provisions it). Returns
+    "instance id (why it had stopped)" for each parent asked."""
+    asked = []
+    for p in parents(state_dir, stacks):
+        if not p.running:
+            continue
+        enclave_state, reason = p.enclave_state()
+        if enclave_state == "RUNNING":
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(p.state["pid"]), RESTART_SIGNAL)
+            asked.append(f"{p.dir.name} (enclave {enclave_state}: {reason})")
+    return asked
 
 
 def install(state_dir: Path) -> None:

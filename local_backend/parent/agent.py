@@ -207,7 +207,6 @@ class Parent:
 
     def boot(self) -> None:
         from enclavekit.pki import LocalPki
-        from local_backend.emulator.runtime import EnclaveManager
         from local_backend.emulator.vsock_proxy import VsockProxy
 
         state_root = Path(self.info["state_dir"])
@@ -230,17 +229,7 @@ class Parent:
             tls_endpoint=self._tls_endpoint(state_root),
         ).start()
         self.agent.kms_proxy_port = self.proxy.local_port
-        enclave = self.spec.get("enclave") or {}
-        self.enclave = EnclaveManager(self.dir).run_enclave(
-            eif_path,
-            int(enclave.get("cpu_count", 2)),
-            int(enclave.get("memory_mib", 512)),
-            cid=enclave.get("cid"),
-            debug_mode=bool(enclave.get("debug_mode", False)),
-            parent_role_arn=self.role_arn,
-            parent_instance_id=self.info["instance_id"],
-            name=(self.spec.get("image") or {}).get("name"),
-        )
+        self.enclave = self._run_enclave(eif_path, self.spec.get("enclave", {}).get("cid"))
         enclave_port = self.agent.config.enclave_port
         self.relay = TcpToVsockRelay(
             EmulatedVsock(self.dir / "vsock", PARENT_CID),
@@ -265,6 +254,59 @@ class Parent:
             self.relay.port,
             enclave_port,
         )
+
+    def _run_enclave(self, eif_path: Path, cid: int | None) -> dict[str, Any]:
+        """`nitro-cli run-enclave` as the host's enclave unit runs it."""
+        from local_backend.emulator.runtime import EnclaveManager
+
+        enclave = self.spec.get("enclave") or {}
+        return EnclaveManager(self.dir).run_enclave(
+            eif_path,
+            int(enclave.get("cpu_count", 2)),
+            int(enclave.get("memory_mib", 512)),
+            cid=cid,
+            debug_mode=bool(enclave.get("debug_mode", False)),
+            parent_role_arn=self.role_arn,
+            parent_instance_id=self.info["instance_id"],
+            name=(self.spec.get("image") or {}).get("name"),
+        )
+
+    def restart_enclave(self) -> None:
+        """The enclave unit restarted (`enclavekit up` asks for it when the enclave died):
+        the old enclave's leftovers go, the image runs again on the same CID (the relay and
+        the agent keep addressing it), and the agent provisions it from scratch."""
+        from local_backend.emulator.runtime import EnclaveManager
+
+        assert self.enclave is not None
+        manager = EnclaveManager(self.dir)
+        current = self.enclave
+        with contextlib.suppress(EnclaveKitError, OSError):
+            if manager.record(current["EnclaveID"]).get("State") == "RUNNING":
+                return  # nothing to do: it runs
+        with contextlib.suppress(EnclaveKitError, OSError):
+            manager.terminate(current["EnclaveID"])
+        try:
+            self.enclave = self._run_enclave(self.dir / "image.eif", current["EnclaveCID"])
+        except EnclaveKitError as exc:
+            log.error("enclave restart failed: %s", exc)
+            write_state(self.dir, provisioned=False, last_error=f"enclave restart failed: {exc}")
+            return
+        restarts = int(read_state(self.dir).get("enclave_restarts") or 0) + 1
+        write_state(
+            self.dir,
+            enclave=self.enclave,
+            provisioned=False,
+            last_error=None,
+            degraded=[],
+            enclave_restarts=restarts,
+        )
+        log.info(
+            "instance %s: enclave restarted as %s (CID %s)",
+            self.info["instance_id"],
+            self.enclave["EnclaveID"],
+            self.enclave["EnclaveCID"],
+        )
+        self._resync.set()  # provision the new enclave now
 
     # ------------------------------------------------------------------ the agent
     def record(self, result: SyncResult) -> None:
@@ -331,11 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     done = threading.Event()
     resync = threading.Event()
+    restart = threading.Event()
+    wanted = {signal.SIGHUP: resync, signal.SIGUSR1: restart}
 
     def _on_signal(signum: int, _frame: Any) -> None:
-        (resync if signum == signal.SIGHUP else done).set()
+        wanted.get(signum, done).set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(signum, _on_signal)
     write_state(instance_dir, state="booting", pid=os.getpid())
     parent: Parent | None = None
@@ -351,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         write_state(instance_dir, state="failed")
         return 1
     threading.Thread(target=parent.sync_loop, name="agent", daemon=True).start()
-    done.wait()
+    while not done.is_set():
+        restart.wait(0.5)
+        if restart.is_set() and not done.is_set():
+            restart.clear()
+            parent.restart_enclave()
     parent.shutdown()
     return 0
