@@ -403,7 +403,13 @@ def run_cdk(
 
 
 def _reason(output: str) -> str:
-    """The line of cdk's output that says why it failed (the ❌ line and what follows it)."""
+    """The line of cdk's output that says why it failed: the app's construct error as one
+    line, else the ❌ line and what follows it."""
+    from enclavekit.cdk_errors import construct_error
+
+    construct = construct_error(output)
+    if construct is not None:
+        return f"construct error: {construct}"
     lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
     for i, ln in enumerate(lines):
         if ln.startswith("❌"):
@@ -547,6 +553,33 @@ def wait_all_provisioned(
         time.sleep(0.1)
 
 
+_DEPLOYED = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
+
+
+def deployed_stacks(
+    endpoint: LocalEndpoint, app_dir: Path, wanted: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """The app's stacks (from its cloud assembly, `cdk.out/manifest.json` or cdk.json's
+    "output") that the endpoint has deployed, in assembly order; only `wanted` if given.
+    Not from cdk's outputs file, which names only stacks that declare a CfnOutput."""
+    from local_backend.up import assembly_stacks
+
+    try:
+        out_dir = json.loads((app_dir / "cdk.json").read_text()).get("output") or "cdk.out"
+        assembly = assembly_stacks(app_dir / out_dir)
+    except (OSError, ValueError, AttributeError) as exc:
+        pytest.fail(
+            f"enclavekit: cdk deploy of {app_dir} left no readable cloud assembly ({exc})",
+            pytrace=False,
+        )
+    cfn = endpoint.client("cloudformation")
+    live = {
+        s["StackName"] for s in cfn.describe_stacks()["Stacks"] if s["StackStatus"] in _DEPLOYED
+    }
+    picked = set(wanted) if wanted else None
+    return tuple(n for n in assembly if n in live and (picked is None or n in picked))
+
+
 def deploy(
     endpoint: LocalEndpoint,
     app_dir: str | Path,
@@ -596,7 +629,8 @@ def deploy(
         )
     finally:
         outputs_file.unlink(missing_ok=True)
-    names = tuple(outputs)
+    names = deployed_stacks(endpoint, app, stacks)
+    outputs = {name: dict(outputs.get(name) or {}) for name in names}
     hosts = hosts_of(endpoint, names)
     if seal:
         before = {h.instance_id: h.parent_state().get("provisioned_at") for h in hosts}
@@ -611,11 +645,51 @@ def deploy(
 
 # ------------------------------------------------------------------ fixtures
 
+PORT_ENV = "ENCLAVEKIT_PORT"
+
+
+def _port(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 1..65535, found {text!r}")
+    return int(text)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("enclavekit").addoption(
+        "--enclavekit-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help=f"loopback port of the enclavekit_endpoint fixture (env {PORT_ENV}; "
+        "default: a free port)",
+    )
+
+
+def endpoint_port(config: pytest.Config) -> int | None:
+    """The port the session's endpoint listens on: --enclavekit-port, else $ENCLAVEKIT_PORT,
+    else None (a free port)."""
+    given = config.getoption("enclavekit_port", None)
+    if given is not None:
+        return int(given)
+    env = os.environ.get(PORT_ENV, "").strip()
+    if not env:
+        return None
+    try:
+        return _port(env)
+    except Exception as exc:  # noqa: BLE001 - argparse's error, as a usage error
+        raise pytest.UsageError(f"{PORT_ENV}: {exc}") from None
+
 
 @pytest.fixture(scope="session")
-def enclavekit_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEndpoint]:
-    """A local endpoint for the session (free loopback port, temporary state dir)."""
-    with local_endpoint(tmp_path_factory.mktemp("enclavekit-state")) as ep:
+def enclavekit_endpoint(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalEndpoint]:
+    """A local endpoint for the session (a free loopback port unless --enclavekit-port or
+    $ENCLAVEKIT_PORT names one; temporary state dir)."""
+    port = endpoint_port(request.config)
+    with local_endpoint(tmp_path_factory.mktemp("enclavekit-state"), port) as ep:
         yield ep
 
 

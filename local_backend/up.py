@@ -100,6 +100,7 @@ def _run_cdk(
     *,
     phase: str,
     timeout: float,
+    verbose: bool = False,
 ) -> None:
     """Run the cdk CLI, streaming its events into the progress line; raise with its tail, or
     after `timeout` seconds without it finishing (the whole process group is killed: a
@@ -150,7 +151,8 @@ def _run_cdk(
         output = "\n".join(tail)
         construct = construct_error(output)
         if construct is not None:
-            raise InvalidInput(f"{phase}: {construct}")
+            detail = f"\n{output}" if verbose else ""
+            raise InvalidInput(f"{phase}: {construct}{detail}")
         shown = "\n".join(tail[-15:])
         raise BackendError(
             f"{phase}: `cdk {' '.join(args[:2])}` failed (exit {proc.returncode}):\n{shown}"
@@ -162,9 +164,11 @@ def _clients(endpoint: str) -> Callable[[str], Any]:
 
 
 def assembly_stacks(cdk_out: Path) -> list[str]:
+    """The CloudFormation stack names of a cloud assembly (a stack's `stackName`, which is
+    its artifact id unless the app set another name)."""
     manifest = json.loads((cdk_out / "manifest.json").read_text())
     return [
-        name
+        (art.get("properties") or {}).get("stackName") or name
         for name, art in manifest.get("artifacts", {}).items()
         if art.get("type") == "aws:cloudformation:stack"
     ]
@@ -258,6 +262,7 @@ def up(
     progress: Progress | None = None,
     run_verify: bool = True,
     timeouts: Mapping[str, float] | None = None,
+    verbose: bool = False,
 ) -> UpResult:
     """Start (if needed), bootstrap, deploy every stack of the app, seal, boot and verify.
 
@@ -277,7 +282,9 @@ def up(
     result = UpResult(endpoint=info.endpoint)
     result.phases["endpoint"] = progress.done(f"{info.endpoint} (state {state_dir})")
     try:
-        _deploy_phases(app_dir, state_dir, info.endpoint, progress, result, limits, run_verify)
+        _deploy_phases(
+            app_dir, state_dir, info.endpoint, progress, result, limits, run_verify, verbose
+        )
     except EnclaveKitError as exc:
         how = "was already running" if already else "was started by this `up`"
         exc.args = (
@@ -296,6 +303,7 @@ def _deploy_phases(
     result: UpResult,
     limits: Mapping[str, float],
     run_verify: bool,
+    verbose: bool,
 ) -> None:
     progress.start("synth", "cdk synth")
     _run_cdk(
@@ -305,6 +313,7 @@ def _deploy_phases(
         progress,
         phase="synth",
         timeout=limits["synth"],
+        verbose=verbose,
     )
     result.stacks = assembly_stacks(app_dir / "cdk.out")
     result.phases["synth"] = progress.done(

@@ -80,3 +80,26 @@ def patch_app(app_dir: Path, code: str) -> None:
         raise AssertionError(f"{path}: the line to patch after is gone: {ANCHOR.strip()!r}")
     body = textwrap.indent(textwrap.dedent(code).strip() + "\n", " " * 8)
     path.write_text(text.replace(ANCHOR, ANCHOR + body))
+
+
+def readme_construct_example() -> str:
+    """The README's construct example (its first python block after "## A construct
+    example"), exactly as printed."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## A construct example") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```\n", start)]
+
+
+def write_readme_app(dest: Path) -> Path:
+    """The README's construct example as a user sets it up: app.py copied as printed, the
+    README's cdk.json (`python3 app.py`) and a copy of enclave_app/ next to it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "app.py").write_text(readme_construct_example())
+    (dest / "cdk.json").write_text(json.dumps({"app": "python3 app.py"}))
+    shutil.copytree(
+        ROOT / "enclave_app",
+        dest / "enclave_app",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    return dest

@@ -1,5 +1,7 @@
 """The pytest plugin as a user meets it: a user's test file run by pytester in its own process,
-using `enclavekit_endpoint` and `enclavekit_deploy` against a tiny CDK app and the sample app.
+using `enclavekit_endpoint` (on the port --enclavekit-port names) and `enclavekit_deploy`
+against a tiny CDK app, the README's construct example as printed (no CfnOutput: its stack is
+found from the cloud assembly) and that example with a construct error.
 
 Budget: ~60 s on 2 cores (one endpoint, one bootstrap, five cdk deploys, one enclave boot);
 `Deployment.verify()` is exercised by test_e2e_sample_app.
@@ -12,7 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from e2e_support import copy_sample_app, write_tiny_app
+from e2e_support import write_readme_app, write_tiny_app
 
 from enclavekit import pytest_plugin as plugin
 
@@ -25,7 +27,8 @@ from pathlib import Path
 import pytest
 
 TINY = Path(r"{tiny}")
-SAMPLE = Path(r"{sample}")
+README_APP = Path(r"{readme}")
+T3 = Path(r"{t3}")
 REPORT = Path(r"{report}")
 
 
@@ -72,19 +75,25 @@ def test_not_an_app(enclavekit_deploy, tmp_path):
     enclavekit_deploy(tmp_path)
 
 
-def test_sample_app_https(enclavekit_deploy):
-    d = enclavekit_deploy(SAMPLE, secrets={{"app-secret": b"plugin-secret"}})
+def test_construct_error_is_one_line(enclavekit_deploy):
+    enclavekit_deploy(T3)
+
+
+def test_readme_example_https(enclavekit_deploy):
+    # the README's PaymentsStack, copied as printed: no CfnOutput at all
+    d = enclavekit_deploy(README_APP, secrets={{"api-token": b"plugin-secret"}})
     host = d.host()
     _report(relay_port=host.relay_port, instance_id=host.instance_id)
-    assert d.stacks == ("EnclaveService",)
-    assert host.domain == "enclave.example.test" and host.service_port == 443
-    assert d.outputs["EnclaveService"]["InstanceId"] == host.instance_id
+    assert d.stacks == ("Payments",) and d.outputs == {{"Payments": {{}}}}
+    assert host.domain == "pay.example.test" and host.service_port == 443
+    report = d.verify()  # the README's plugin pattern
+    assert report.ok, report.table()
     r = d.https(host, "/hello?x=1")
     assert r.status == 200 and r.tls_version == "TLSv1.3"
     body = r.json()
     assert body["served_by"] == "enclave_app" and body["path"] == "/hello?x=1"
     assert body["enclave_module_id"] == host.enclave_id
-    assert d.https("enclave.example.test").status == 200  # a host by its domain
+    assert d.https("pay.example.test").status == 200  # a host by its domain
     # the verification is real: system CAs, or the local CA for another name, are refused
     for ctx, name in ((ssl.create_default_context(), host.domain),
                       (ssl.create_default_context(cadata=d.endpoint.ca_pem().decode()),
@@ -117,12 +126,24 @@ def test_nothing_starts_unless_asked(pytester: pytest.Pytester) -> None:
 
 def test_user_tests_with_the_fixtures(pytester: pytest.Pytester, tmp_path: Path) -> None:
     tiny = write_tiny_app(tmp_path / "tiny")
-    sample = copy_sample_app(tmp_path / "sample")
+    readme = write_readme_app(tmp_path / "readme")
+    t3 = write_readme_app(tmp_path / "t3")
+    (t3 / "app.py").write_text((t3 / "app.py").read_text().replace("m5a.xlarge", "t3.large"))
     report = tmp_path / "report.json"
-    pytester.makepyfile(test_user=USER_TESTS.format(tiny=tiny, sample=sample, report=report))
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rf", "--timeout=400")
+    pytester.makepyfile(test_user=USER_TESTS.format(tiny=tiny, readme=readme, t3=t3, report=report))
+    port = plugin.free_port()
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-rf", "--timeout=400", f"--enclavekit-port={port}"
+    )
     out = result.stdout.str()
-    result.assert_outcomes(passed=3, failed=2)
+    result.assert_outcomes(passed=3, failed=3)
+    # the construct error: one line with the message and where, no jsii traceback
+    result.stdout.fnmatch_lines(
+        [
+            "*enclavekit: cdk deploy of */t3 failed (exit 1): construct error: instance_type "
+            "must be enclave-capable *got 't3.large'* (construct EnclaveHost at app.py:*)"
+        ]
+    )
     # each failure is one line naming what failed and why, then the tail of cdk's output
     result.stdout.fnmatch_lines(
         [
@@ -138,6 +159,7 @@ def test_user_tests_with_the_fixtures(pytester: pytest.Pytester, tmp_path: Path)
     assert "pytest_plugin.py" not in out  # no traceback into the plugin, only the reasons
     # after the session: the endpoint, the parent, the enclave and every port are gone
     seen = json.loads(report.read_text())
+    assert seen["port"] == port  # --enclavekit-port chose it
     state = Path(seen["state_dir"])
     assert plugin.processes_of(state) == []
     assert plugin.listening([seen["port"], seen["relay_port"]]) == set()
@@ -161,3 +183,26 @@ def test_reason_picks_the_cdk_error_line() -> None:
     )
     assert plugin._reason("a\nsome Error here\nb") == "some Error here"
     assert plugin._reason("") == "no output"
+
+
+def test_endpoint_port_from_the_environment(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$ENCLAVEKIT_PORT names the port; a bad one is a one-line usage error, nothing starts."""
+    pytester.makepyfile(
+        test_port=textwrap.dedent("""
+        from enclavekit.pytest_plugin import endpoint_port
+
+        def test_port(request):
+            assert endpoint_port(request.config) == 4711
+        """)
+    )
+    monkeypatch.setenv("ENCLAVEKIT_PORT", "4711")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    monkeypatch.setenv("ENCLAVEKIT_PORT", "port")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ENCLAVEKIT_PORT: expected a TCP port 1..65535, found 'port'*"])
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--enclavekit-port=0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--enclavekit-port: expected a TCP port 1..65535, found '0'*"])

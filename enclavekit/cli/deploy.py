@@ -22,6 +22,7 @@ def _up(args: argparse.Namespace) -> int:
         port=args.port,
         run_verify=not args.no_verify,
         timeouts=timeouts,
+        verbose=args.verbose,
     )
     print()
     print(phases_table(result))
@@ -78,6 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     p.add_argument("--no-verify", action="store_true", help="stop after the enclaves are up")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="with a construct error, also the app's full Python traceback",
+    )
     p.add_argument(
         "--synth-timeout",
         type=_seconds,

@@ -79,12 +79,41 @@ def _ca(args: argparse.Namespace) -> int:
 
 
 def _cdk(args: argparse.Namespace) -> int:
-    from local_backend.cdk import run_cdk
+    """cdk's stdout passes through untouched (`cdk synth > template.yaml` works); its stderr
+    too, except that a Python traceback of the app becomes one line (`--verbose`: kept), and
+    a construct error exits 2."""
+    import subprocess
+
+    from enclavekit.cdk_errors import TracebackFilter
+    from enclavekit.toolchain import cdk_command
+    from local_backend import server
+    from local_backend.cdk import cdk_env
 
     cdk_args: list[str] = list(args.cdk_args)
     if cdk_args and cdk_args[0] == "--":
         cdk_args = cdk_args[1:]
-    return run_cdk(cdk_args, state_dir=args.state_dir).returncode
+    info = server.running_endpoint(args.state_dir)
+    workdir = Path.cwd().resolve()
+    proc = subprocess.Popen(
+        [*cdk_command(workdir), *cdk_args],
+        cwd=workdir,
+        env=cdk_env(info.endpoint, cwd=workdir),
+        text=True,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    shown = TracebackFilter(verbose=args.verbose)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        sys.stderr.writelines(shown.feed(line))
+        sys.stderr.flush()
+    sys.stderr.writelines(shown.finish())
+    code = proc.wait()
+    if code != 0 and shown.error is not None:
+        if not args.verbose:
+            print("(the full traceback: enclavekit cdk --verbose ...)", file=sys.stderr)
+        return 2
+    return code
 
 
 def register(sub: Any) -> None:
@@ -120,5 +149,10 @@ def register(sub: Any) -> None:
         "AWS credentials, profiles and endpoints are removed from its environment.",
     )
     _state_arg(p)
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the app's full Python traceback (default: one line, exit 2)",
+    )
     p.add_argument("cdk_args", nargs=argparse.REMAINDER, metavar="ARGS")
     p.set_defaults(handler=_cdk)
