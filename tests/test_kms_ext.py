@@ -402,8 +402,9 @@ def test_generate_random_uses_identity_policy(env: Env) -> None:
         out = env.role.generate_random(NumberOfBytes=16, Recipient=env.recipient())
         assert "Plaintext" not in out
         assert len(cms.open_enveloped(out["CiphertextForRecipient"], env.enclave_key)) == 16
-        with pytest.raises(ClientError):
+        with pytest.raises(ClientError) as denied:
             env.role.generate_random(NumberOfBytes=16)
+        assert _code(denied) == "AccessDeniedException"
     finally:
         env.client("iam").delete_role_policy(RoleName="enclave-host", PolicyName="random")
 
@@ -484,8 +485,10 @@ def test_cfn_key_policy_is_a_json_string(env: Env) -> None:
     assert isinstance(text, str) and json.loads(text) == policy
     blob = env.root.encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"]
     assert env.root.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as denied:
         env.role.decrypt(CiphertextBlob=blob)
+    assert _code(denied) == "AccessDeniedException"
+    assert key_id in denied.value.response["Error"]["Message"]  # denied for that key
 
 
 def test_key_of_another_account(env: Env) -> None:
