@@ -531,7 +531,7 @@ def _probe_denied(reply: prov.ErrorReply, item: str, key_id: str | None) -> tupl
         ),
         default=len(text),
     )
-    part = text[start:end]
+    part = text[start + len(item) + 2 : end]
     if _PROBE_DENIED not in part:
         return False, f"KMS did not answer AccessDeniedException: {part[:200]}"
     resource = part.partition(" on resource: ")[2].split(" ", 1)[0]

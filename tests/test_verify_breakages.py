@@ -10,6 +10,7 @@ instance directory of an earlier endpoint, a synth that hangs, a construct error
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from e2e_support import copy_sample_app
@@ -191,11 +193,34 @@ def test_parent_denied_fails_when_the_role_may_decrypt_unattested(
         )
 
     with _key_policy(deployed, grant):
-        check = _check(deployed.endpoint, "parent-denied")
+        # the parent, with nothing but the instance role, reads the application secret ...
+        assert _parent_decrypt(deployed) == SECRET
+        check = _check(deployed.endpoint, "parent-denied")  # ... and verify says so
     assert not check.ok
     assert check.detail.startswith(
         "the parent decrypted secret 'app-secret' with the instance role and no attestation"
     )
+
+
+def _parent_decrypt(deployed: plugin.Deployment) -> bytes | str:
+    """The parent's view: instance-role credentials (STS, as IMDS gives them), Decrypt of the
+    sealed secret without attestation. Returns the plaintext, or the error code."""
+    ep, out = deployed.endpoint, deployed.outputs[STACK]
+    creds = ep.client("sts").assume_role(RoleArn=out["RoleArn"], RoleSessionName="parent")
+    role = {
+        "aws_access_key_id": creds["Credentials"]["AccessKeyId"],
+        "aws_secret_access_key": creds["Credentials"]["SecretAccessKey"],
+        "aws_session_token": creds["Credentials"]["SessionToken"],
+    }
+    value = ep.client("ssm", **role).get_parameter(Name=out["SecretParameter"])["Parameter"]
+    try:
+        return bytes(
+            ep.client("kms", **role).decrypt(CiphertextBlob=base64.b64decode(value["Value"]))[
+                "Plaintext"
+            ]
+        )
+    except ClientError as exc:
+        return str(exc.response["Error"]["Code"])
 
 
 # ------------------------------------------------------------------ 4. nsm-parent-refused
