@@ -73,6 +73,10 @@ def test_bad_input_exit_2(
         (["attest", "verify", str(tmp_path / "missing")], "expected a readable file"),
         (["attest", "verify", path, "--at", "yesterday"], "--at: expected RFC 3339"),
         (["attest", "verify", path, "--expect-pcr", "0=zz"], "--expect-pcr: expected N=HEX"),
+        (  # the 8-digit prefix the docs once showed: refused, it would weaken the check
+            ["attest", "verify", path, "--expect-pcr", "0=f4d48b81"],
+            "--expect-pcr: expected the whole PCR0 (96 hex digits for SHA-384), found 8",
+        ),
         (
             ["attest", "verify", path, "--trust", "local", "--state-dir", str(tmp_path)],
             "emulator root",

@@ -34,6 +34,7 @@ from e2e_support import copy_sample_app
 
 from enclavekit import eif
 from enclavekit import pytest_plugin as plugin
+from enclavekit.cli import main
 from enclavekit.errors import BackendError, InvalidInput
 from enclavekit.transport import unix_address
 from local_backend import parent, server, up, verify
@@ -439,7 +440,7 @@ def _plant_stale_instance(ep: plugin.LocalEndpoint, host: plugin.DeployedHost) -
 
 
 def test_killed_enclave_is_named_and_up_brings_it_back(
-    deployed: plugin.Deployment, app: Path
+    deployed: plugin.Deployment, app: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ep = deployed.endpoint
     host = deployed.host()
@@ -451,6 +452,11 @@ def test_killed_enclave_is_named_and_up_brings_it_back(
     assert row["instance_id"] == host.instance_id
     assert row["enclave_state"] == "TERMINATED" and not row["provisioned"]
     assert row["exit_reason"]
+    assert main(["local", "status", "--state-dir", str(ep.state_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert f"enclave {host.enclave_id} (CID {host.enclave_cid}) TERMINATED: " in shown
+    assert "provisioned: no" in shown and "`enclavekit up` starts it again" in shown
+    assert stale.name not in shown
 
     report = verify.verify(ep.state_dir)
     assert [h.instance_id for h in report.hosts] == [host.instance_id], report.table()

@@ -121,6 +121,12 @@ def parse_expect(items: list[str]) -> dict[int, bytes]:
             value = bytes.fromhex(hexval.strip())
         except ValueError:
             n, value = -1, b""
+        if sep and 0 <= n < 32 and 0 < len(value) < 32:
+            raise InvalidInput(
+                f"--expect-pcr: expected the whole PCR{n} (96 hex digits for SHA-384), found "
+                f"{len(value) * 2} in {item!r}: a prefix would pass an image that only starts "
+                "the same"
+            )
         if not sep or not 0 <= n < 32 or len(value) not in (32, 48, 64):
             raise InvalidInput(
                 f"--expect-pcr: expected N=HEX with N 0..31 and 32/48/64 bytes of hex, "

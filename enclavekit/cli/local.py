@@ -63,11 +63,15 @@ def _status(args: argparse.Namespace) -> int:
     hosts = st.extra.get("enclave_hosts", [])
     print(f"enclave hosts:  {len(hosts)}")
     for h in hosts:
+        state = h.get("enclave_state", "RUNNING")
+        down = "" if state == "RUNNING" else f" {state}: {h.get('exit_reason')};"
         print(
             f"  {h['stack']}/{h['host']}  {h['instance_id']}  enclave {h['enclave_id']} "
-            f"(CID {h['cid']})  https://{h['domain']} on 127.0.0.1:{h['host_port']}"
+            f"(CID {h['cid']}){down}  https://{h['domain']} on 127.0.0.1:{h['host_port']}"
             f"  provisioned: {'yes' if h['provisioned'] else 'no'}"
         )
+    if any(h.get("enclave_state", "RUNNING") != "RUNNING" for h in hosts):
+        print("an enclave is not running: `enclavekit up` starts it again")
     return 0
 
 
