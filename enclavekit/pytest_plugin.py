@@ -10,12 +10,15 @@ nothing but the standard library (every pytest run in the environment loads it).
         assert deployed.https(path="/").status == 200   # TLS verified against the local CA
 
 Fixtures:
-    enclavekit_endpoint  (session) a local endpoint on a free loopback port with a temporary
+    enclavekit_endpoint  (session) a local endpoint on a free loopback port (or the one
+                         `--enclavekit-port PORT` / $ENCLAVEKIT_PORT names) with a temporary
                          state dir; stopped at teardown together with every parent instance
                          and enclave it started.
     enclavekit_deploy    (session) factory: `cdk bootstrap` once, then `cdk deploy` of an app
                          dir, sealing its application secrets and waiting for its enclaves;
-                         returns a `Deployment` (outputs, stacks, hosts, https(), verify()).
+                         returns a `Deployment` (outputs, stacks, hosts, https(), verify());
+                         its stacks come from the app's cloud assembly and the endpoint, so
+                         a stack needs no CfnOutput to be found.
 
 The same parts are plain functions for tests that need their own scope: `local_endpoint()`
 (a context manager), `deploy()`, `Deployment.destroy()`, `processes_of()`, `listening()`.

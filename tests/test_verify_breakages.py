@@ -509,7 +509,10 @@ def _processes_running(needle: str) -> list[int]:
 
 
 def test_a_construct_error_is_one_line_with_exit_2(
-    ep: plugin.LocalEndpoint, tmp_path: Path
+    ep: plugin.LocalEndpoint,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     app = copy_sample_app(tmp_path / "t3")
     source = (app / "app.py").read_text()
@@ -524,3 +527,17 @@ def test_a_construct_error_is_one_line_with_exit_2(
         first,
     ), first
     assert "Traceback" not in str(failed.value)
+    # `enclavekit cdk synth`: the same line, exit 2; --verbose shows the traceback
+    monkeypatch.chdir(app)
+    state = ["--state-dir", str(ep.state_dir)]
+    assert main(["cdk", *state, "synth", "--quiet"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(
+        r"^error: instance_type must be enclave-capable .*\(construct EnclaveHost "
+        r"at app\.py:\d+\)$",
+        err,
+        re.M,
+    ), err
+    assert main(["cdk", *state, "--verbose", "synth", "--quiet"]) == 2
+    assert "Traceback (most recent call last):" in capfd.readouterr().err
