@@ -20,6 +20,8 @@ import secrets
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -48,6 +50,7 @@ STACK = "EnclaveService"
 SECRET = b"breakage secret " + secrets.token_hex(8).encode()
 PCR_PREFIX = "kms:recipientattestation:"
 ZERO_PCR = "00" * 48  # a debug-mode enclave's PCR0/1/2
+ENCLAVEKIT = Path(sys.executable).parent / "enclavekit"
 
 
 @pytest.fixture(scope="module")
@@ -475,6 +478,17 @@ def test_killed_enclave_is_named_and_up_brings_it_back(
     assert st["pid"] == agent_pid  # the same parent agent: only its enclave was restarted
     assert server.status(ep.state_dir).pid == ep.pid  # the same endpoint throughout
     assert stale.is_dir()  # left alone, and harmless
+    # the "Try it" line up prints works as printed (with this venv's enclavekit)
+    [try_it] = up.try_it_lines(ep.state_dir, [STACK], command=str(ENCLAVEKIT))
+    assert try_it.startswith("Try it: curl --cacert <(")
+    done = subprocess.run(
+        ["bash", "-c", try_it.removeprefix("Try it: ") + " --silent --show-error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["enclave_module_id"] == st["enclave"]["EnclaveID"]
 
 
 def test_a_hanging_app_fails_synth_by_name(ep: plugin.LocalEndpoint, tmp_path: Path) -> None:
@@ -541,3 +555,27 @@ def test_a_construct_error_is_one_line_with_exit_2(
     ), err
     assert main(["cdk", *state, "--verbose", "synth", "--quiet"]) == 2
     assert "Traceback (most recent call last):" in capfd.readouterr().err
+
+
+def test_after_the_endpoint_is_killed_up_and_verify_work_again(
+    deployed: plugin.Deployment, app: Path
+) -> None:
+    """An endpoint killed with its parents running: the next endpoint on the state dir stops
+    them and marks their directories stopped; `up` deploys afresh and verify passes."""
+    ep = deployed.endpoint
+    [old] = plugin.hosts_of(ep, [STACK])
+    os.kill(ep.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while server.status(ep.state_dir).running:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert _processes_running(str(old.instance_dir))  # its parent outlived it
+
+    out = io.StringIO()
+    result = up.up(app, state_dir=ep.state_dir, port=ep.port, progress=up.Progress(out))
+    assert result.ok, out.getvalue() + (result.report.table() if result.report else "")
+    assert not _processes_running(str(old.instance_dir))  # its agent and enclave are gone
+    assert old.parent_state()["state"] == "stopped"
+    [new] = plugin.hosts_of(ep, [STACK])
+    assert new.instance_id != old.instance_id
+    assert [h.instance_id for h in result.report.hosts] == [new.instance_id]  # type: ignore[union-attr]

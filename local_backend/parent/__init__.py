@@ -25,7 +25,7 @@ from typing import Any
 
 from enclavekit.errors import EmulatorError, EnclaveKitError
 from enclavekit.localenv import local_aws_env
-from local_backend.parent.agent import INSTANCE_FILE, METADATA_KEY, read_state
+from local_backend.parent.agent import INSTANCE_FILE, METADATA_KEY, read_state, write_state
 
 log = logging.getLogger("enclavekit.parent")
 
@@ -316,5 +316,13 @@ def install(state_dir: Path) -> None:
     from local_backend.moto_ext.ec2 import on_instance_start, on_instance_stop
 
     _state_dir = Path(state_dir).resolve()
+    # A new endpoint knows no instance yet: every parent still recorded here belongs to an
+    # endpoint that died (killed mid-deploy, say). Its processes go, and its directory says
+    # "stopped", so nothing takes it for a running host of a redeployed stack.
+    for instance_id in sweep(_state_dir):
+        log.warning("stopped the parent of %s, left by an endpoint that died", instance_id)
+    for p in parents(_state_dir):
+        if p.state.get("state") in ("booting", "running"):
+            write_state(p.dir, state="stopped", stopped_by="endpoint start: its endpoint died")
     on_instance_start(start_parent)
     on_instance_stop(stop_parent)
