@@ -403,8 +403,8 @@ def check_nsm_parent_refused(host: _Host) -> tuple[bool, str]:
             time.sleep(0.05)
         if not logged:
             return False, (
-                f"closed without a reply to the verify process (pid {os.getpid()}), but the "
-                "NSM recorded no refusal of it: could not check that the NSM refused it"
+                f"could not check: the socket closed without a reply to the verify process "
+                f"(pid {os.getpid()}), but the NSM recorded no refusal of it"
             )
         return True, (
             f"closed without a reply to the verify process (pid {os.getpid()}); "
