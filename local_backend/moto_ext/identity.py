@@ -9,6 +9,7 @@ role (policy matching uses the role ARN); IAM user keys -> the user.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import json
 import re
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.auth import SigV4Auth
+from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
@@ -26,6 +27,16 @@ from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_ACCOUNT, LOCAL_SECRET
 ROOT_KEYS: dict[str, tuple[str, str]] = {
     LOCAL_ACCESS_KEY_ID: (LOCAL_SECRET_ACCESS_KEY, LOCAL_ACCOUNT)
 }
+# The key the local stand-in for IMDS signs with: EC2 itself (the service principal
+# ec2.amazonaws.com) assuming an instance's role. It may call sts:AssumeRole only, and only a
+# role whose trust policy names ec2.amazonaws.com gets it through (the IAM layer decides).
+EC2_SERVICE_ACCESS_KEY_ID = "EKLOCALEC2SERVICE"
+EC2_SERVICE_SECRET_ACCESS_KEY = "ec2.amazonaws.com-local"
+SERVICE_KEYS: dict[str, tuple[str, str, str]] = {
+    EC2_SERVICE_ACCESS_KEY_ID: (EC2_SERVICE_SECRET_ACCESS_KEY, LOCAL_ACCOUNT, "ec2.amazonaws.com")
+}
+UNSIGNED_OK = frozenset({"x-amz-content-sha256"})  # S3 tolerates it unsigned
+UNSIGNED_PAYLOADS = ("UNSIGNED-PAYLOAD", "STREAMING-")
 MAX_SKEW = dt.timedelta(minutes=15)  # AWS refuses signatures older/newer than this
 _AUTH = re.compile(
     r"^AWS4-HMAC-SHA256\s+Credential=(?P<akid>[^/,\s]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
@@ -35,12 +46,15 @@ _AUTH = re.compile(
 
 
 class AuthFailure(Exception):
-    """A request AWS would refuse before authorization; `code` is AWS's error code."""
+    """A request AWS would refuse before authorization; `code` is AWS's error code (JSON
+    protocol spelling; the IAM layer translates it per protocol). `unsigned` names the
+    headers that were present but not signed (S3 answers those with AccessDenied)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, unsigned: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.unsigned = unsigned
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,8 @@ class Caller:
 
     `principal` is the ARN used for policy matching (root, user or *role* ARN);
     `display_arn` is what AWS prints in AccessDenied messages (the assumed-role session ARN
-    for role sessions); `kind` is "root", "user" or "role".
+    for role sessions); `kind` is "root", "user", "role", "service" (a service principal such
+    as ec2.amazonaws.com: `principal` is its name) or "anonymous" (S3 without a signature).
     """
 
     access_key_id: str
@@ -83,6 +98,9 @@ def lookup(access_key_id: str, session_token: str | None) -> tuple[Caller, str]:
         secret, account = ROOT_KEYS[access_key_id]
         root = f"arn:aws:iam::{account}:root"
         return Caller(access_key_id, account, root, root, "root"), secret
+    if access_key_id in SERVICE_KEYS:
+        secret, account, service = SERVICE_KEYS[access_key_id]
+        return Caller(access_key_id, account, service, service, "service"), secret
     found = _find_key(access_key_id)
     if found is None:
         raise AuthFailure(
@@ -154,8 +172,21 @@ def authenticate(
         raise AuthFailure(
             "IncompleteSignatureException", "Authorization requires a valid X-Amz-Date header"
         ) from None
+    if m["date"] != amz_date[:8]:
+        raise AuthFailure(
+            "InvalidSignatureException",
+            f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
+            f"from HTTP: '{m['date']}' != '{amz_date[:8]}', from '{amz_date}'.",
+        )
     now = now or dt.datetime.now(dt.UTC)
-    if abs(now - when) > MAX_SKEW:
+    if when - now > MAX_SKEW:
+        raise AuthFailure(
+            "InvalidSignatureException",
+            f"Signature not yet current: {amz_date} is still later than "
+            f"{(now + MAX_SKEW).strftime('%Y%m%dT%H%M%SZ')} "
+            f"({now.strftime('%Y%m%dT%H%M%SZ')} + 15 min.)",
+        )
+    if now - when > MAX_SKEW:
         raise AuthFailure(
             "InvalidSignatureException",
             f"Signature expired: {amz_date} is now earlier than "
@@ -163,13 +194,36 @@ def authenticate(
             f"({now.strftime('%Y%m%dT%H%M%SZ')} - 15 min.)",
         )
     caller, secret = lookup(m["akid"], lower.get("x-amz-security-token"))
+    if caller.kind == "service" and m["service"] != "sts":
+        raise AuthFailure(
+            "UnrecognizedClientException", "The security token included in the request is invalid."
+        )
     signed = m["signed"].split(";")
     missing = [h for h in signed if h not in lower]
     if missing:
         raise AuthFailure("IncompleteSignatureException", f"Signed headers missing: {missing}")
+    for required in ("host", "x-amz-date"):
+        if required not in signed:
+            raise AuthFailure(
+                "IncompleteSignatureException",
+                f"'{required}' must be a 'SignedHeader' in the AWS Authorization.",
+            )
+    # Every x-amz-* header sent must be signed, or a relay could swap X-Amz-Target (the
+    # operation), X-Amz-Security-Token or S3's x-amz-* options under a valid signature.
+    unsigned = tuple(
+        sorted(h for h in lower if h.startswith("x-amz-") and h not in signed + list(UNSIGNED_OK))
+    )
+    if unsigned:
+        raise AuthFailure(
+            "InvalidSignatureException",
+            "There were headers present in the request which were not signed: "
+            + ", ".join(unsigned),
+            unsigned,
+        )
     req = AWSRequest(method=method, url=url, data=body, headers={h: lower[h] for h in signed})
     req.context["timestamp"] = amz_date
-    signer = SigV4Auth(
+    auth_cls = S3SigV4Auth if m["service"] == "s3" else SigV4Auth
+    signer = auth_cls(
         Credentials(m["akid"], secret, lower.get("x-amz-security-token")),
         m["service"],
         m["region"],
@@ -183,6 +237,14 @@ def authenticate(
             "Check your AWS Secret Access Key and signing method. Consult the service "
             "documentation for details.",
         )
+    claimed = lower.get("x-amz-content-sha256")
+    if claimed and not claimed.startswith(UNSIGNED_PAYLOADS):
+        actual = hashlib.sha256(body).hexdigest()
+        if not hmac.compare_digest(claimed, actual):
+            raise AuthFailure(
+                "XAmzContentSHA256Mismatch",
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            )
     return caller
 
 

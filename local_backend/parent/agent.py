@@ -160,8 +160,20 @@ class Parent:
     # ------------------------------------------------------------------ AWS clients
     def _client(self, service: str, creds: prov.Credentials | None = None) -> Any:
         config = Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30)
-        if creds is None:  # the account root: what EC2 itself uses to assume the role
-            return local_client(service, self.endpoint, region=self.region, config=config)
+        if creds is None:  # EC2 itself (ec2.amazonaws.com) assuming the instance's role
+            from local_backend.moto_ext.identity import (
+                EC2_SERVICE_ACCESS_KEY_ID,
+                EC2_SERVICE_SECRET_ACCESS_KEY,
+            )
+
+            return local_client(
+                service,
+                self.endpoint,
+                region=self.region,
+                access_key_id=EC2_SERVICE_ACCESS_KEY_ID,
+                secret_access_key=EC2_SERVICE_SECRET_ACCESS_KEY,
+                config=config,
+            )
         return local_client(
             service,
             self.endpoint,
