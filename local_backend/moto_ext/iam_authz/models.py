@@ -30,6 +30,7 @@ from ..identity import Caller, identity_policies
 
 log = logging.getLogger("enclavekit.iam")
 DATA = Path(__file__).resolve().parent / "data" / "aws_managed_policies.json"
+ENCLAVE_CERT_BUCKET_PREFIX = "aws-ec2-enclave-certificate-"
 PRINCIPAL_TYPE = {
     "root": "Account",
     "user": "User",
@@ -200,8 +201,33 @@ def _bucket_policy(resource: str) -> ResourcePolicy:
     for account, parts in list(s3_backends.items()):
         found = parts["aws"].buckets.get(bucket)
         if found is not None:
+            if bucket.startswith(ENCLAVE_CERT_BUCKET_PREFIX):
+                return ResourcePolicy(_enclave_certificate_bucket_policy(bucket), account)
             return ResourcePolicy(parse_text(found.policy), account)
     return ResourcePolicy(None, None)
+
+
+def _enclave_certificate_bucket_policy(bucket: str) -> Policy | None:
+    """The AWS-owned ACM-for-Nitro-Enclaves bucket lets each associated role read its own
+    object `<role_arn>/<certificate_arn>` (the association's s3:GetObject grant is the
+    identity half). Built from the EC2 extension's associations, as they stand now."""
+    from ..ec2 import models as ec2_models
+
+    with ec2_models._lock:
+        assocs = [a for table in ec2_models._associations.values() for a in table.values()]
+    statements = [
+        {
+            "Effect": "Allow",
+            "Principal": {"AWS": a.role_arn},
+            "Action": "s3:GetObject",
+            "Resource": f"arn:aws:s3:::{a.bucket}/{a.object_key}",
+        }
+        for a in assocs
+        if a.bucket == bucket
+    ]
+    if not statements:
+        return None
+    return parse_text(json.dumps({"Version": "2012-10-17", "Statement": statements}))
 
 
 def _trust_policy(role_arn: str) -> ResourcePolicy:
