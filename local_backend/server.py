@@ -385,9 +385,66 @@ def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
             )
             return [body]
         _keep_body(environ)
+        if iam == "on":
+            refused = _unauthenticated(environ)
+            if refused is not None:
+                status_line, content_type, body = refused
+                start_response(
+                    status_line,
+                    [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+                )
+                return [body]
         return moto_app(environ, start_response)
 
     return app
+
+
+def _unauthenticated(environ: dict[str, Any]) -> tuple[str, str, bytes] | None:
+    """AWS's answer to a request that carries no signature, where moto would route it to S3
+    and answer: JSON services (X-Amz-Target) and query services (Action=) refuse it; moto's
+    own control API (/moto-api/) does not exist on AWS. None: let it through (S3 then judges
+    an anonymous request by its bucket policy)."""
+    if environ.get("PATH_INFO", "").startswith("/moto-api"):
+        return (
+            "403 Forbidden",
+            "application/xml",
+            _xml_error("AccessDenied", "Access Denied", "Error"),
+        )
+    if environ.get("HTTP_AUTHORIZATION") or "X-Amz-Credential=" in environ.get("QUERY_STRING", ""):
+        return None
+    if environ.get("HTTP_X_AMZ_TARGET"):
+        body = json.dumps(
+            {
+                "__type": "MissingAuthenticationTokenException",
+                "message": "Missing Authentication Token",
+            }
+        ).encode()
+        return "400 Bad Request", "application/x-amz-json-1.1", body
+    form = environ.get(BODY_ENVIRON_KEY, b"") or b""
+    query = environ.get("QUERY_STRING", "")
+    if (
+        query.startswith("Action=")
+        or "&Action=" in query
+        or form.startswith(b"Action=")
+        or (b"&Action=" in form)
+    ):
+        return (
+            "403 Forbidden",
+            "text/xml",
+            _xml_error(
+                "MissingAuthenticationToken",
+                "Request is missing Authentication Token",
+                "ErrorResponse",
+            ),
+        )
+    return None
+
+
+def _xml_error(code: str, message: str, root: str) -> bytes:
+    inner = f"<Code>{code}</Code><Message>{message}</Message>"
+    if root == "ErrorResponse":
+        inner = f"<Error><Type>Sender</Type>{inner}</Error>"
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}>{inner}</{root}>'.encode()
 
 
 def _keep_body(environ: dict[str, Any]) -> None:

@@ -15,6 +15,12 @@ from . import actions, models, responses
 
 __all__ = ["actions", "install", "models", "responses"]
 _PATCHED = "_enclavekit_iam_patched"
+OBJECT_ACTION = {
+    "GET": "GetObject",
+    "HEAD": "GetObject",
+    "PUT": "PutObject",
+    "DELETE": "DeleteObject",
+}
 
 
 def install(enabled: bool = True) -> None:
@@ -32,6 +38,26 @@ def install(enabled: bool = True) -> None:
     ActionAuthenticatorMixin._authenticate_and_authorize_s3_action = (  # type: ignore[method-assign]
         responses.s3_action
     )
+    from moto.s3.responses import S3Response
+
+    original_key_response = S3Response._key_response
+
+    def _key_response(self: Any, request: Any, full_url: str) -> Any:
+        """moto answers some anonymous or policy-denied object calls itself with an empty 403;
+        AWS's body is an AccessDenied error."""
+        out = original_key_response(self, request, full_url)
+        if not (isinstance(out, tuple) and len(out) == 3 and out[0] == 403 and not out[2]):
+            return out
+        self.data["Action"] = OBJECT_ACTION.get(request.method, "GetObject")
+        bucket = self.parse_bucket_name_from_url(request, full_url)
+        try:  # our evaluation names the principal, action and reason, as AWS does
+            responses.s3_action(self, bucket, self.parse_key_name())
+            denied = responses.error("s3", "AccessDenied", "Access Denied", 403)
+        except responses.AwsError as exc:
+            denied = exc
+        return 403, {"Content-Type": "application/xml"}, denied.get_body()
+
+    S3Response._key_response = _key_response  # type: ignore[method-assign]
     setattr(ActionAuthenticatorMixin, _PATCHED, True)
 
 

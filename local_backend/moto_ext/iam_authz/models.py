@@ -188,8 +188,9 @@ def resource_policy(service: str, action: str, resource: str, region: str) -> Re
         return _trust_policy(resource)
     if service == "secretsmanager" and resource.startswith("arn:aws:secretsmanager:"):
         return _secret_policy(resource, region)
-    owner = resource.split(":")[4] if resource.count(":") >= 5 else None
-    return ResourcePolicy(None, owner or None)
+    owner = resource.split(":")[4] if resource.count(":") >= 5 else ""
+    # "aws" (AWS-managed policies) and "" (S3, global names) are no customer account
+    return ResourcePolicy(None, owner if owner.isdigit() else None)
 
 
 def _bucket_policy(resource: str) -> ResourcePolicy:
