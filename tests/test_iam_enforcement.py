@@ -543,3 +543,17 @@ def test_iam_off_is_moto_behaviour_and_shown_in_status(tmp_path: Path) -> None:
         assert e.client("s3", nobody).list_buckets()["Buckets"] == []
     finally:
         server.stop(state)
+
+
+def test_unmapped_operations_are_counted_and_documented() -> None:
+    from local_backend.moto_ext.iam_authz import actions
+
+    services = actions.served_services()
+    unmapped = actions.unmapped_operations(services)
+    for svc in ("s3", "ssm", "sts", "iam", "ec2", "acm", "secretsmanager", "cloudformation"):
+        assert svc in services and svc not in unmapped, svc
+    count = sum(len(ops) for ops in unmapped.values())
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "limitations.md").read_text()
+    assert f"Of the {len(services)} services moto serves, {len(unmapped)} services ({count} " in (
+        doc
+    ), (len(services), len(unmapped), count)

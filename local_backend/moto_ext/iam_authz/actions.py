@@ -228,6 +228,24 @@ def needs(service: str, region: str, account: str, op: str, params: Params) -> l
     return rule(region, account, op, params)
 
 
+# moto module name -> botocore service name, where removing dashes is not enough
+_MOTO_TO_BOTOCORE = {"awslambda": "lambda", "elb": "elb", "elbv2": "elbv2"}
+
+
+def served_services() -> list[str]:
+    """botocore names of the services moto answers (its URL index), for the unmapped count."""
+    import botocore.session
+    from moto.backend_index import backend_url_patterns
+
+    names = {n.replace("-", ""): n for n in botocore.session.get_session().get_available_services()}
+    out = set()
+    for module, _pattern in backend_url_patterns:
+        found = names.get(_MOTO_TO_BOTOCORE.get(module, module).replace("-", ""))
+        if found is not None:
+            out.add(found)
+    return sorted(out)
+
+
 def unmapped_operations(services: list[str]) -> dict[str, list[str]]:
     """Per served service without rules, its operations (every call there is unmapped)."""
     out: dict[str, list[str]] = {}
