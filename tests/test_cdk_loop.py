@@ -18,6 +18,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -180,7 +181,7 @@ def _key_pcr0(kms: boto3.client, key_arn: str) -> str:
 
 
 def test_full_loop(endpoint: server.EndpointInfo, app_dir: Path, aws: dict) -> None:
-    cfn, s3, ec2c = aws["cloudformation"], aws["s3"], aws["ec2"]
+    cfn, ec2c = aws["cloudformation"], aws["ec2"]
     out = _cdk(endpoint, app_dir, "bootstrap", bootstrap_target())
     assert "bootstrapped" in out
     toolkit = cfn.describe_stacks(StackName="CDKToolkit")["Stacks"][0]
@@ -264,8 +265,9 @@ def test_full_loop(endpoint: server.EndpointInfo, app_dir: Path, aws: dict) -> N
     assert [v for v in vpcs if not v["IsDefault"]] == []
     inst = ec2c.describe_instances(InstanceIds=[outputs["InstanceId"]])
     assert inst["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
-    listed = s3.list_objects_v2(Bucket=outputs["BucketName"]).get("Contents", [])
-    assert listed == []
+    with pytest.raises(ClientError) as gone:  # AWS's bucket: no association, no read
+        role_s3.get_object(Bucket=outputs["BucketName"], Key=outputs["ObjectKey"])
+    assert gone.value.response["Error"]["Code"] == "AccessDenied"
     assert aws["ssm"].get_parameters(Names=["/enclave/secret"])["Parameters"] == []
 
     # redeploy
