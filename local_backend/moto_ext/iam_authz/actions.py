@@ -93,8 +93,7 @@ def _iam(region: str, account: str, op: str, p: Params) -> list[Need]:
     out: list[Need] = []
     role = first(p, "RoleName")
     if role:
-        found = backend.roles_by_name().get(role) if hasattr(backend, "roles_by_name") else None
-        found = found or next((r for r in backend.roles.values() if r.name == role), None)
+        found = next((r for r in list(backend.roles.values()) if r.name == role), None)
         path = found.path if found is not None else (first(p, "Path") or "/")
         out.append(Need(f"iam:{op}", f"arn:aws:iam::{account}:role{path}{role}"))
     user = first(p, "UserName")
