@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,20 @@ def _step(w: World, step: str) -> Any:
     return fn(creds)
 
 
+def _log(w: World) -> str:
+    return (Path(w.ep.state_dir) / "logs" / "endpoint.log").read_text(errors="replace")
+
+
+def test_deploy_ran_as_the_bootstrap_roles_without_a_denial(world: World) -> None:
+    """The cdk CLI assumed the CDK's deploy and file-publishing roles (their trust policies
+    allow the account) and every call they made was allowed by their own policies."""
+    log = _log(world)
+    assert "AccessDenied" not in log, [ln for ln in log.splitlines() if "AccessDenied" in ln]
+    for role in ("deploy-role", "file-publishing-role"):
+        assert re.search(rf"IAM: arn:aws:iam::\d+:root assumes \S+cdk-\w+-{role}-", log), role
+    assert "IAM: ec2.amazonaws.com assumes arn:aws:iam::" in log  # the instance's role
+
+
 def test_every_step_passes_with_the_grants(world: World) -> None:
     for step in {g[2] for g in GRANTS}:
         assert _step(world, step) is not None, step
@@ -145,6 +160,6 @@ def test_removing_a_grant_fails_its_step(
 
 
 def test_endpoint_log_names_each_denial(world: World) -> None:
-    log = (Path(world.ep.state_dir) / "logs" / "endpoint.log").read_text(errors="replace")
+    log = _log(world)
     for _what, _drop, _step_name, action in GRANTS:
         assert f"is not authorized to perform: {action}" in log, action

@@ -71,13 +71,20 @@ def parse_text(doc: Any) -> Policy | None:
         return None
     if isinstance(doc, bytes):
         doc = doc.decode("utf-8", "replace")
-    if not isinstance(doc, str):
-        doc = json.dumps(doc, sort_keys=True)
-    elif not doc.lstrip().startswith("{"):
-        from urllib.parse import unquote
+    if isinstance(doc, str):
+        if not doc.lstrip().startswith("{"):
+            from urllib.parse import unquote
 
-        doc = unquote(doc)
-    return _parse(doc)
+            doc = unquote(doc)
+        try:
+            doc = json.loads(doc)
+        except ValueError:
+            return None
+    if isinstance(doc, dict) and isinstance(doc.get("Statement"), list):
+        # moto's CloudFormation renders `Fn::If [..., Ref AWS::NoValue]` list items as null;
+        # CloudFormation removes them (the CDK bootstrap roles' trust policies have two).
+        doc = {**doc, "Statement": [st for st in doc["Statement"] if st is not None]}
+    return _parse(json.dumps(doc, sort_keys=True))
 
 
 def caller_policies(caller: Caller) -> list[Policy]:

@@ -182,6 +182,8 @@ def _authorize(self: Any, service: str, caller: Caller, needs: list[actions.Need
     for need in needs:
         res = models.resource_policy(service, need.action, need.resource, self.region)
         keys = models.request_keys(caller, self.region, need.keys)
+        if res.owner:
+            keys["aws:ResourceAccount"] = res.owner
         verdict = models.decide(caller, need.action, need.resource, keys, identity, res)
         if not verdict.allowed:
             log.warning(
@@ -192,6 +194,8 @@ def _authorize(self: Any, service: str, caller: Caller, needs: list[actions.Need
                 verdict.reason,
             )
             raise denied(service, caller, need, verdict.reason)
+        if need.action == "sts:AssumeRole":  # who acts as whom: the log says so
+            log.info("IAM: %s assumes %s", caller.display_arn, need.resource)
 
 
 def normal_action(self: Any, resource: str = "*") -> None:
