@@ -557,3 +557,39 @@ def test_unmapped_operations_are_counted_and_documented() -> None:
     assert f"Of the {len(services)} services moto serves, {len(unmapped)} services ({count} " in (
         doc
     ), (len(services), len(unmapped), count)
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _presigner(ep: Ep, creds: dict[str, str] | None = None) -> Any:
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=ep.url,
+        region_name=LOCAL_REGION,
+        config=Config(signature_version="s3v4"),
+        **(creds or ROOT),
+    )
+
+
+def test_presigned_urls_carry_their_signer(ep: Ep, nobody: dict[str, str]) -> None:
+    """Query-string SigV4: the signer's permissions, the signed path, the expiry."""
+    params = {"Bucket": BUCKET, "Key": "data/a.txt"}
+    url = _presigner(ep).generate_presigned_url("get_object", Params=params, ExpiresIn=300)
+    assert _get(url) == (200, b"hello")
+    status, body = _get(url.replace("data/a.txt", "data/b.txt"))  # another object, same sig
+    assert (status, _code(body)) == (403, "SignatureDoesNotMatch")
+    as_nobody = _presigner(ep, nobody).generate_presigned_url("get_object", Params=params)
+    status, body = _get(as_nobody)
+    assert (status, _code(body)) == (403, "AccessDenied") and b"user/nobody" in body
+    short = _presigner(ep).generate_presigned_url("get_object", Params=params, ExpiresIn=1)
+    time.sleep(2.1)
+    status, body = _get(short)
+    assert (status, _code(body)) == (403, "AccessDenied") and b"Request has expired" in body

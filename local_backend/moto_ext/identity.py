@@ -16,6 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -245,6 +246,88 @@ def authenticate(
                 "XAmzContentSHA256Mismatch",
                 "The provided 'x-amz-content-sha256' header does not match what was computed.",
             )
+    return caller
+
+
+class _PresignedS3(S3SigV4Auth):
+    """S3's query-string SigV4: the payload is never signed."""
+
+    def payload(self, request: Any) -> str:
+        return "UNSIGNED-PAYLOAD"
+
+
+MAX_PRESIGN_S = 604800  # 7 days, S3's limit for X-Amz-Expires
+
+
+def authenticate_presigned(
+    method: str, url: str, headers: Mapping[str, str], now: dt.datetime | None = None
+) -> Caller:
+    """Check an S3 presigned URL (query-string SigV4) and return the caller."""
+    parts = urlsplit(url)
+    pairs = [p.partition("=") for p in parts.query.split("&") if p]
+    params = {unquote(k): unquote(v) for k, _, v in pairs}
+    if params.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
+        raise AuthFailure(
+            "AuthorizationQueryParametersError",
+            'X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"',
+        )
+    scope = params.get("X-Amz-Credential", "").split("/")
+    amz_date = params.get("X-Amz-Date", "")
+    try:
+        when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        expires = int(params.get("X-Amz-Expires", ""))
+    except ValueError:
+        raise AuthFailure(
+            "AuthorizationQueryParametersError",
+            "Query-string authentication version 4 requires the X-Amz-Algorithm, "
+            "X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and "
+            "X-Amz-Expires parameters.",
+        ) from None
+    if len(scope) != 5 or scope[4] != "aws4_request" or not 0 < expires <= MAX_PRESIGN_S:
+        raise AuthFailure(
+            "AuthorizationQueryParametersError",
+            "X-Amz-Credential must be <key>/<date>/<region>/<service>/aws4_request and "
+            f"X-Amz-Expires 1..{MAX_PRESIGN_S}",
+        )
+    now = now or dt.datetime.now(dt.UTC)
+    if now > when + dt.timedelta(seconds=expires):
+        raise AuthFailure("AccessDenied", "Request has expired")
+    if when - now > MAX_SKEW:
+        raise AuthFailure("AccessDenied", "Request is not valid yet")
+    caller, secret = lookup(scope[0], params.get("X-Amz-Security-Token"))
+    lower = {k.lower(): v for k, v in headers.items()}
+    signed = params.get("X-Amz-SignedHeaders", "").split(";")
+    if "host" not in signed or any(h not in lower for h in signed):
+        raise AuthFailure(
+            "AuthorizationQueryParametersError", "X-Amz-SignedHeaders must name host and be sent"
+        )
+    unsigned = tuple(
+        sorted(h for h in lower if h.startswith("x-amz-") and h not in signed + list(UNSIGNED_OK))
+    )
+    if unsigned:
+        raise AuthFailure(
+            "InvalidSignatureException",
+            "There were headers present in the request which were not signed: "
+            + ", ".join(unsigned),
+            unsigned,
+        )
+    query = "&".join(f"{k}{sep}{v}" for k, sep, v in pairs if k != "X-Amz-Signature")
+    req = AWSRequest(
+        method=method,
+        url=urlunsplit(parts._replace(query=query)),
+        headers={h: lower[h] for h in signed},
+    )
+    req.context["timestamp"] = amz_date
+    signer = _PresignedS3(
+        Credentials(scope[0], secret, params.get("X-Amz-Security-Token")), scope[3], scope[2]
+    )
+    expected = signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req)
+    if not hmac.compare_digest(expected, params.get("X-Amz-Signature", "")):
+        raise AuthFailure(
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your key and signing method.",
+        )
     return caller
 
 

@@ -12,11 +12,12 @@ import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 from werkzeug.exceptions import HTTPException
 
-from ..identity import AuthFailure, Caller, authenticate
+from ..identity import AuthFailure, Caller, authenticate, authenticate_presigned
 from . import actions, models
 
 log = logging.getLogger("enclavekit.iam")
@@ -46,6 +47,12 @@ AUTH_CODES = {
         "IncompleteSignature",
         "IncompleteSignature",
         "AuthorizationHeaderMalformed",
+    ),
+    "AccessDenied": ("AccessDenied", "AuthFailure", "AccessDenied"),
+    "AuthorizationQueryParametersError": (
+        "IncompleteSignature",
+        "AuthFailure",
+        "AuthorizationQueryParametersError",
     ),
     "XAmzContentSHA256Mismatch": (
         "SignatureDoesNotMatch",
@@ -110,7 +117,8 @@ def auth_error(service: str, exc: AuthFailure) -> AwsError:
             extra = f"<HeadersNotSigned>{escape(', '.join(exc.unsigned))}</HeadersNotSigned>"
             msg = "There were headers present in the request which were not signed"
             return error(service, "AccessDenied", msg, 403, extra)
-        status = 400 if s3 in ("AuthorizationHeaderMalformed", "XAmzContentSHA256Mismatch") else 403
+        bad_request = ("AuthorizationHeaderMalformed", "XAmzContentSHA256Mismatch")
+        status = 400 if s3 in bad_request or s3.startswith("AuthorizationQuery") else 403
         return error(service, s3, exc.message, status)
     if proto == "ec2":
         message = EC2_AUTH_MESSAGE if ec2 == "AuthFailure" else exc.message
@@ -157,9 +165,12 @@ def _raw_body(self: Any) -> bytes:
 def _caller(self: Any, service: str, *, anonymous_ok: bool = False) -> Caller:
     headers = dict(self.headers.items())
     has_auth = any(k.lower() == "authorization" for k in headers)
-    if not has_auth and anonymous_ok:
+    presigned = "X-Amz-Credential=" in urlsplit(self.uri).query
+    if not has_auth and anonymous_ok and not presigned:
         return Caller("", "", "*", "anonymous", "anonymous")
     try:
+        if not has_auth and anonymous_ok:
+            return authenticate_presigned(self.method, self.uri, headers)
         return authenticate(self.method, self.uri, headers, _raw_body(self))
     except AuthFailure as exc:
         log.warning("%s %s: %s (%s)", service, self.method, exc.code, exc.message)
