@@ -419,7 +419,7 @@ def _unauthenticated(environ: dict[str, Any]) -> tuple[str, str, bytes] | None:
                 "message": "Missing Authentication Token",
             }
         ).encode()
-        return "400 Bad Request", "application/x-amz-json-1.1", body
+        return "403 Forbidden", "application/x-amz-json-1.1", body  # AWS Common Errors: 403
     form = environ.get(BODY_ENVIRON_KEY, b"") or b""
     query = environ.get("QUERY_STRING", "")
     if (

@@ -465,7 +465,7 @@ def test_signed_requests_pass(ep: Ep) -> None:
          mutate=lambda h: {**h, "Authorization": h["Authorization"].replace(
              "host;x-amz-date", "host")}), 400, "IncompleteSignature"),
         ("no-authorization-json", dict(body=SSM_BODY, headers=SSM_HEADERS, service="ssm",
-         mutate=lambda h: {k: v for k, v in h.items() if k != "Authorization"}), 400,
+         mutate=lambda h: {k: v for k, v in h.items() if k != "Authorization"}), 403,
          "MissingAuthenticationTokenException"),
         ("no-authorization-query", dict(body=STS_BODY, headers=STS_HEADERS, service="sts",
          mutate=lambda h: {k: v for k, v in h.items() if k != "Authorization"}), 403,
