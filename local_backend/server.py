@@ -6,8 +6,8 @@ detached. The process writes `<state>/endpoint.json` once it is bound and remove
 stop; on SIGTERM it first stops everything it started (the enclave-instance stop hooks).
 
 State directory layout (all created on demand):
-    endpoint.json     {"endpoint", "port", "pid", "state_dir", "started", "tls_endpoint"}
-                      while running (tls_endpoint: the HTTPS front for AWS host names)
+    endpoint.json     {"endpoint", "port", "pid", "state_dir", "started", "tls_endpoint", "iam"}
+                      while running (tls_endpoint: the HTTPS front for AWS host names; iam: on/off)
     pki/aws-tls/      the CA of that HTTPS front (see tls_front.py)
     logs/endpoint.log the endpoint's log (requests, extension messages, errors)
     acm-ca/           the local CA that issues ACM certificates (root.pem, root-key.pem)
@@ -45,6 +45,8 @@ LOG_FILE = Path("logs") / "endpoint.log"
 KEYSCAN_PATH = "/_enclavekit/keyscan"
 HEALTH_PATH = "/_enclavekit/health"
 STATE_UMASK = 0o077
+IAM_MODES = ("on", "off")
+BODY_ENVIRON_KEY = "enclavekit.body"
 
 log = logging.getLogger("enclavekit.endpoint")
 
@@ -59,8 +61,11 @@ class EndpointInfo:
     state_dir: str
     started: str
     tls_endpoint: str | None = None  # https://127.0.0.1:P, the TLS front (tls_front.py)
+    iam: str = "on"  # IAM enforcement of non-KMS calls: "on" (AWS's behaviour) or "off"
 
     def __post_init__(self) -> None:
+        if self.iam not in IAM_MODES:
+            raise InvalidInput(f"endpoint.json: iam must be on or off, found {self.iam!r}")
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise InvalidInput(f"endpoint.json: port must be 1..65535, found {self.port!r}")
         if not isinstance(self.pid, int) or self.pid <= 0:
@@ -104,7 +109,11 @@ def read_endpoint(state_dir: Path) -> EndpointInfo | None:
         ) from exc
     keys = ("endpoint", "port", "pid", "state_dir", "started")
     try:
-        return EndpointInfo(**{k: raw[k] for k in keys}, tls_endpoint=raw.get("tls_endpoint"))
+        return EndpointInfo(
+            **{k: raw[k] for k in keys},
+            tls_endpoint=raw.get("tls_endpoint"),
+            iam=raw.get("iam", "on"),
+        )
     except (KeyError, TypeError) as exc:
         raise InvalidInput(
             f"{path}: expected keys {', '.join(keys)}; missing or wrong: {exc}"
@@ -160,6 +169,7 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> EndpointStatus:
     if running:
         from local_backend.parent import instances_status
 
+        extra["iam"] = str(health.get("iam", info.iam)) if health else info.iam
         extra["enclave_hosts"] = instances_status(state_dir)
     return EndpointStatus(
         state_dir=str(state_dir),
@@ -191,10 +201,15 @@ def start(
     *,
     timeout: float = 30.0,
     python: str | None = None,
+    iam: str = "on",
 ) -> EndpointInfo:
-    """Start the endpoint detached (idempotent) and wait until it answers."""
+    """Start the endpoint detached (idempotent) and wait until it answers.
+
+    `iam="off"` turns IAM enforcement of non-KMS calls off (moto's old behaviour)."""
     if not 0 < port < 65536:
         raise InvalidInput(f"--port: expected 1..65535, found {port}")
+    if iam not in IAM_MODES:
+        raise InvalidInput(f"--iam: expected on or off, found {iam!r}")
     state_dir = Path(state_dir).resolve()
     st = status(state_dir)
     if st.running:
@@ -222,6 +237,8 @@ def start(
                 str(port),
                 "--state-dir",
                 str(state_dir),
+                "--iam",
+                iam,
             ],
             stdin=subprocess.DEVNULL,
             stdout=logf,
@@ -351,7 +368,7 @@ def _keyscan(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any
     return [body]
 
 
-def _app(state_dir: Path) -> Callable[..., Any]:
+def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
     """moto's WSGI dispatcher behind a tiny health route of our own."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
@@ -362,21 +379,96 @@ def _app(state_dir: Path) -> Callable[..., Any]:
         if environ.get("PATH_INFO") == KEYSCAN_PATH and environ.get("REQUEST_METHOD") == "POST":
             return _keyscan(environ, start_response)
         if environ.get("PATH_INFO") == HEALTH_PATH:
-            body = json.dumps({"pid": pid, "state_dir": str(state_dir)}).encode()
+            body = json.dumps({"pid": pid, "state_dir": str(state_dir), "iam": iam}).encode()
             start_response(
                 "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
             )
             return [body]
+        _keep_body(environ)
+        if iam == "on":
+            refused = _unauthenticated(environ)
+            if refused is not None:
+                status_line, content_type, body = refused
+                start_response(
+                    status_line,
+                    [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+                )
+                return [body]
         return moto_app(environ, start_response)
 
     return app
 
 
-def serve(port: int, state_dir: Path) -> int:
+def _unauthenticated(environ: dict[str, Any]) -> tuple[str, str, bytes] | None:
+    """AWS's answer to a request that carries no signature, where moto would route it to S3
+    and answer: JSON services (X-Amz-Target) and query services (Action=) refuse it; moto's
+    own control API (/moto-api/) does not exist on AWS. None: let it through (S3 then judges
+    an anonymous request by its bucket policy)."""
+    if environ.get("PATH_INFO", "").startswith("/moto-api"):
+        return (
+            "403 Forbidden",
+            "application/xml",
+            _xml_error("AccessDenied", "Access Denied", "Error"),
+        )
+    if environ.get("HTTP_AUTHORIZATION") or "X-Amz-Credential=" in environ.get("QUERY_STRING", ""):
+        return None
+    if environ.get("HTTP_X_AMZ_TARGET"):
+        body = json.dumps(
+            {
+                "__type": "MissingAuthenticationTokenException",
+                "message": "Missing Authentication Token",
+            }
+        ).encode()
+        return "403 Forbidden", "application/x-amz-json-1.1", body  # AWS Common Errors: 403
+    form = environ.get(BODY_ENVIRON_KEY, b"") or b""
+    query = environ.get("QUERY_STRING", "")
+    if (
+        query.startswith("Action=")
+        or "&Action=" in query
+        or form.startswith(b"Action=")
+        or (b"&Action=" in form)
+    ):
+        return (
+            "403 Forbidden",
+            "text/xml",
+            _xml_error(
+                "MissingAuthenticationToken",
+                "Request is missing Authentication Token",
+                "ErrorResponse",
+            ),
+        )
+    return None
+
+
+def _xml_error(code: str, message: str, root: str) -> bytes:
+    inner = f"<Code>{code}</Code><Message>{message}</Message>"
+    if root == "ErrorResponse":
+        inner = f"<Error><Type>Sender</Type>{inner}</Error>"
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}>{inner}</{root}>'.encode()
+
+
+def _keep_body(environ: dict[str, Any]) -> None:
+    """Keep the request body's bytes as sent (`BODY_ENVIRON_KEY`): werkzeug parses form bodies
+    away, and SigV4 signs the bytes (the IAM layer re-computes every signature)."""
+    import io
+
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if length <= 0:
+        return
+    body = environ["wsgi.input"].read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ[BODY_ENVIRON_KEY] = body
+
+
+def serve(port: int, state_dir: Path, iam: str = "on") -> int:
     """Run the endpoint in this process until SIGTERM/SIGINT; returns the exit status."""
     from werkzeug.serving import make_server
 
     from local_backend import moto_ext, parent
+    from local_backend.moto_ext import iam_authz
     from local_backend.moto_ext.ec2 import models as ec2_models
 
     state_dir = Path(state_dir).resolve()
@@ -388,12 +480,13 @@ def serve(port: int, state_dir: Path) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     moto_ext.install(state_dir)
+    iam_authz.install(enabled=iam == "on")
     parent.install(state_dir)  # enclave-enabled instances boot emulated parents
     try:
         from moto.moto_server.werkzeug_app import MotoRequestHandler
 
         server = make_server(
-            HOST, port, _app(state_dir), threaded=True, request_handler=MotoRequestHandler
+            HOST, port, _app(state_dir, iam), threaded=True, request_handler=MotoRequestHandler
         )
     except OSError as exc:
         log.error("cannot bind %s:%s: %s", HOST, port, exc)
@@ -408,11 +501,18 @@ def serve(port: int, state_dir: Path) -> int:
         state_dir=str(state_dir),
         started=datetime.now(UTC).isoformat(timespec="seconds"),
         tls_endpoint=tls_front.url,
+        iam=iam,
     )
     tmp = state_dir / (ENDPOINT_FILE + ".tmp")
     tmp.write_text(json.dumps(asdict(info), indent=2) + "\n")
     tmp.replace(state_dir / ENDPOINT_FILE)
-    log.info("local endpoint %s serving (pid %s, state %s)", info.endpoint, info.pid, state_dir)
+    log.info(
+        "local endpoint %s serving (pid %s, state %s, IAM enforcement %s)",
+        info.endpoint,
+        info.pid,
+        state_dir,
+        iam,
+    )
 
     def _shutdown(signum: int, _frame: Any) -> None:
         log.info("signal %s: stopping", signum)
@@ -437,9 +537,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local_backend.server")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--iam", choices=IAM_MODES, default="on")
     args = parser.parse_args(argv)
     args.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return serve(args.port, args.state_dir)
+    return serve(args.port, args.state_dir, args.iam)
 
 
 if __name__ == "__main__":

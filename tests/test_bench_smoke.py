@@ -154,3 +154,12 @@ def test_https_bench_compares_two_direct_servers(
     assert [r[1].requests for r in rows if r[1]] == [5, 20]
     out = capsys.readouterr().out
     assert "new connection, 1 client" in out and "x direct" in out
+
+
+@pytest.mark.slow  # two real endpoints
+def test_iam_bench_measures_on_and_off_with_few_requests(tmp_path: Path) -> None:
+    mod = importlib.import_module("bench.bench_iam")
+    rows = mod.measure(tmp_path, n=2, deploy=False)
+    assert set(rows) >= {"s3 GetObject p50 ms", "sts AssumeRole p50 ms"}
+    assert all(set(v) == {"on", "off"} for v in rows.values())
+    assert "on/off" in mod.table(rows)

@@ -14,9 +14,11 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -131,6 +133,32 @@ def aws(endpoint: server.EndpointInfo) -> dict[str, boto3.client]:
     }
 
 
+def _role_s3(endpoint: server.EndpointInfo, role_arn: str) -> Any:
+    """S3 as the instance role (EC2 assumes it): only the associated role may read the
+    association's object in the AWS-owned bucket, as on AWS."""
+    from local_backend.moto_ext.identity import (
+        EC2_SERVICE_ACCESS_KEY_ID,
+        EC2_SERVICE_SECRET_ACCESS_KEY,
+    )
+
+    sts = boto3.client(
+        "sts",
+        endpoint_url=endpoint.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=EC2_SERVICE_ACCESS_KEY_ID,
+        aws_secret_access_key=EC2_SERVICE_SECRET_ACCESS_KEY,
+    )
+    c = sts.assume_role(RoleArn=role_arn, RoleSessionName="cdk-loop")["Credentials"]
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=c["AccessKeyId"],
+        aws_secret_access_key=c["SecretAccessKey"],
+        aws_session_token=c["SessionToken"],
+    )
+
+
 def _cdk(endpoint: server.EndpointInfo, app_dir: Path, *args: str) -> str:
     res = run_cdk(args, state_dir=Path(endpoint.state_dir), cwd=app_dir, capture=True, timeout=180)
     out = res.stdout + res.stderr
@@ -153,7 +181,7 @@ def _key_pcr0(kms: boto3.client, key_arn: str) -> str:
 
 
 def test_full_loop(endpoint: server.EndpointInfo, app_dir: Path, aws: dict) -> None:
-    cfn, s3, ec2c = aws["cloudformation"], aws["s3"], aws["ec2"]
+    cfn, ec2c = aws["cloudformation"], aws["ec2"]
     out = _cdk(endpoint, app_dir, "bootstrap", bootstrap_target())
     assert "bootstrapped" in out
     toolkit = cfn.describe_stacks(StackName="CDKToolkit")["Stacks"][0]
@@ -186,7 +214,8 @@ def test_full_loop(endpoint: server.EndpointInfo, app_dir: Path, aws: dict) -> N
     )
 
     # the association's object: AWS's layout, the chain to the local CA, no plaintext key
-    body = s3.get_object(Bucket=outputs["BucketName"], Key=outputs["ObjectKey"])["Body"].read()
+    role_s3 = _role_s3(endpoint, role_arn)
+    body = role_s3.get_object(Bucket=outputs["BucketName"], Key=outputs["ObjectKey"])["Body"].read()
     obj = json.loads(body)
     assert set(obj) == {
         "certificate",
@@ -236,15 +265,17 @@ def test_full_loop(endpoint: server.EndpointInfo, app_dir: Path, aws: dict) -> N
     assert [v for v in vpcs if not v["IsDefault"]] == []
     inst = ec2c.describe_instances(InstanceIds=[outputs["InstanceId"]])
     assert inst["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
-    listed = s3.list_objects_v2(Bucket=outputs["BucketName"]).get("Contents", [])
-    assert listed == []
+    with pytest.raises(ClientError) as gone:  # AWS's bucket: no association, no read
+        role_s3.get_object(Bucket=outputs["BucketName"], Key=outputs["ObjectKey"])
+    assert gone.value.response["Error"]["Code"] == "AccessDenied"
     assert aws["ssm"].get_parameters(Names=["/enclave/secret"])["Parameters"] == []
 
     # redeploy
     _cdk(endpoint, app_dir, "deploy", "EnclaveTestStack", "--require-approval", "never")
     again = _outputs(cfn)
     assert again["InstanceId"] != outputs["InstanceId"]
-    assert s3.get_object(Bucket=again["BucketName"], Key=again["ObjectKey"])["Body"].read()
+    again_s3 = _role_s3(endpoint, again["ObjectKey"].split("/arn:aws:acm:")[0])
+    assert again_s3.get_object(Bucket=again["BucketName"], Key=again["ObjectKey"])["Body"].read()
 
 
 def test_unsupported_type_fails_with_its_name(

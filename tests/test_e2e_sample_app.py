@@ -36,6 +36,8 @@ from enclavekit.build import build_enclave
 from enclavekit.eif import describe_eif
 from enclavekit.transport import EmulatedVsock
 from local_backend.emulator.runtime import EnclaveManager
+from local_backend.moto_ext.identity import EC2_SERVICE_ACCESS_KEY_ID
+from local_backend.moto_ext.identity import EC2_SERVICE_SECRET_ACCESS_KEY as EC2_SERVICE_SECRET
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +110,9 @@ def _challenge(host: plugin.DeployedHost) -> bool:
 def _parent_decrypt(ep: plugin.LocalEndpoint, role_arn: str, parameter: str) -> str | bytes:
     """The parent's view: instance-role credentials, Decrypt of the sealed secret without
     attestation. Returns the plaintext, or the error code."""
-    sts = ep.client("sts")
+    sts = ep.client(  # the instance role, as IMDS serves it: EC2 assumes it
+        "sts", aws_access_key_id=EC2_SERVICE_ACCESS_KEY_ID, aws_secret_access_key=EC2_SERVICE_SECRET
+    )
     creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="parent")["Credentials"]
     role = {
         "aws_access_key_id": creds["AccessKeyId"],

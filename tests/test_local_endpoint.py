@@ -10,8 +10,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
+from botocore.exceptions import ClientError
 from cryptography import x509
 
 from enclavekit.localenv import local_aws_env
@@ -116,6 +119,50 @@ def test_ca_prints_the_root_once_per_state_dir(state: tuple[Path, int]) -> None:
     assert oct((state_dir / "acm-ca" / "root-key.pem").stat().st_mode & 0o777) == "0o600"
 
 
+EC2_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    ],
+}
+
+
+def _role_client(port: int, role_arn: str, service: str) -> Any:
+    """A client with the role's credentials, as EC2 (the instance's IMDS) hands them out."""
+    from local_backend.moto_ext.identity import (
+        EC2_SERVICE_ACCESS_KEY_ID,
+        EC2_SERVICE_SECRET_ACCESS_KEY,
+    )
+
+    url = f"http://localhost:{port}"
+    c = boto3.client(
+        "sts",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id=EC2_SERVICE_ACCESS_KEY_ID,
+        aws_secret_access_key=EC2_SERVICE_SECRET_ACCESS_KEY,
+    ).assume_role(RoleArn=role_arn, RoleSessionName="cli-test")["Credentials"]
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id=c["AccessKeyId"],
+        aws_secret_access_key=c["SecretAccessKey"],
+        aws_session_token=c["SessionToken"],
+    )
+
+
+def _aws_fails(port: int, tmp: Path, *args: str) -> str:
+    env = local_aws_env(f"http://localhost:{port}", base=os.environ, scratch_dir=tmp)
+    res = subprocess.run([str(AWS), *args], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode != 0, res.stdout
+    return res.stderr
+
+
 def _aws(port: int, tmp: Path, *args: str) -> dict:
     env = local_aws_env(f"http://localhost:{port}", base=os.environ, scratch_dir=tmp)
     res = subprocess.run(
@@ -168,8 +215,21 @@ def test_aws_cli_enclave_calls(state: tuple[Path, int], tmp_path: Path) -> None:
         "--role-name",
         "cli-enclave-role",
         "--assume-role-policy-document",
-        "{}",
+        json.dumps(EC2_TRUST),
     )["Role"]["Arn"]
+    grant = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}
+    _aws(
+        port,
+        tmp_path,
+        "iam",
+        "put-role-policy",
+        "--role-name",
+        "cli-enclave-role",
+        "--policy-name",
+        "bundle",
+        "--policy-document",
+        json.dumps({"Version": "2012-10-17", "Statement": [grant]}),
+    )
     assoc = _aws(
         port,
         tmp_path,
@@ -191,20 +251,19 @@ def test_aws_cli_enclave_calls(state: tuple[Path, int], tmp_path: Path) -> None:
         cert,
     )
     assert got["AssociatedRoles"] == [{"AssociatedRoleArn": role, **assoc}]
-    obj = tmp_path / "obj.json"
-    _aws(
-        port,
-        tmp_path,
-        "s3api",
-        "get-object",
-        "--bucket",
-        assoc["CertificateS3BucketName"],
-        "--key",
-        assoc["CertificateS3ObjectKey"],
-        str(obj),
+    where = ["--bucket", assoc["CertificateS3BucketName"], "--key", assoc["CertificateS3ObjectKey"]]
+    # The bucket is AWS's: the account root may not read it, the associated role may.
+    denied = _aws_fails(port, tmp_path, "s3api", "get-object", *where, str(tmp_path / "x"))
+    assert "AccessDenied" in denied
+    role_s3 = _role_client(port, role, "s3")
+    text = (
+        role_s3.get_object(
+            Bucket=assoc["CertificateS3BucketName"], Key=assoc["CertificateS3ObjectKey"]
+        )["Body"]
+        .read()
+        .decode()
     )
-    body = json.loads(obj.read_text())
-    assert "PRIVATE KEY" not in obj.read_text() and body["encryptedPrivateKey"]
+    assert "PRIVATE KEY" not in text and json.loads(text)["encryptedPrivateKey"]
     dis = _aws(
         port,
         tmp_path,
@@ -225,10 +284,11 @@ def test_aws_cli_enclave_calls(state: tuple[Path, int], tmp_path: Path) -> None:
         cert,
     )
     assert got["AssociatedRoles"] == []
-    listed = _aws(
-        port, tmp_path, "s3api", "list-objects-v2", "--bucket", assoc["CertificateS3BucketName"]
-    )
-    assert listed.get("Contents", []) == []
+    with pytest.raises(ClientError) as info:  # no association, no read
+        role_s3.get_object(
+            Bucket=assoc["CertificateS3BucketName"], Key=assoc["CertificateS3ObjectKey"]
+        )
+    assert info.value.response["Error"]["Code"] == "AccessDenied"
     _aws(port, tmp_path, "ec2", "terminate-instances", "--instance-ids", iid)
 
 

@@ -29,9 +29,14 @@ def _start(args: argparse.Namespace) -> int:
     from local_backend import server
 
     already = server.status(args.state_dir).running
-    info = server.start(args.port, args.state_dir)
+    info = server.start(args.port, args.state_dir, iam=args.iam)
     verb = "already running" if already else "started"
-    print(f"local endpoint {verb}: {info.endpoint} (pid {info.pid}, state {info.state_dir})")
+    print(
+        f"local endpoint {verb}: {info.endpoint} (pid {info.pid}, state {info.state_dir}, "
+        f"IAM enforcement {info.iam})"
+    )
+    if already and info.iam != args.iam:
+        print(f"note: IAM enforcement is {info.iam}; stop it first to change it", file=sys.stderr)
     if already and info.port != args.port:
         print(
             f"note: it listens on port {info.port}, not {args.port}; stop it first to move it",
@@ -60,6 +65,7 @@ def _status(args: argparse.Namespace) -> int:
         return 1
     print(f"local endpoint: running at {st.endpoint} (pid {st.pid}, since {st.started})")
     print(f"state dir:      {st.state_dir}")
+    print(f"IAM enforcement: {st.extra.get('iam', 'on')}")
     hosts = st.extra.get("enclave_hosts", [])
     print(f"enclave hosts:  {len(hosts)}")
     for h in hosts:
@@ -130,6 +136,13 @@ def register(sub: Any) -> None:
 
     p = lsub.add_parser("start", help="start the endpoint (detached, 127.0.0.1 only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument(
+        "--iam",
+        choices=("on", "off"),
+        default="on",
+        help="IAM enforcement of every non-KMS call as AWS does it (default on); off: "
+        "moto's unchecked behaviour (KMS always authorizes)",
+    )
     _state_arg(p)
     p.set_defaults(handler=_start)
 

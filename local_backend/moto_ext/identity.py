@@ -9,14 +9,16 @@ role (policy matching uses the role ARN); IAM user keys -> the user.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from botocore.auth import SigV4Auth
+from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
@@ -26,6 +28,16 @@ from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_ACCOUNT, LOCAL_SECRET
 ROOT_KEYS: dict[str, tuple[str, str]] = {
     LOCAL_ACCESS_KEY_ID: (LOCAL_SECRET_ACCESS_KEY, LOCAL_ACCOUNT)
 }
+# The key the local stand-in for IMDS signs with: EC2 itself (the service principal
+# ec2.amazonaws.com) assuming an instance's role. It may call sts:AssumeRole only, and only a
+# role whose trust policy names ec2.amazonaws.com gets it through (the IAM layer decides).
+EC2_SERVICE_ACCESS_KEY_ID = "EKLOCALEC2SERVICE"
+EC2_SERVICE_SECRET_ACCESS_KEY = "ec2.amazonaws.com-local"
+SERVICE_KEYS: dict[str, tuple[str, str, str]] = {
+    EC2_SERVICE_ACCESS_KEY_ID: (EC2_SERVICE_SECRET_ACCESS_KEY, LOCAL_ACCOUNT, "ec2.amazonaws.com")
+}
+UNSIGNED_OK = frozenset({"x-amz-content-sha256"})  # S3 tolerates it unsigned
+UNSIGNED_PAYLOADS = ("UNSIGNED-PAYLOAD", "STREAMING-")
 MAX_SKEW = dt.timedelta(minutes=15)  # AWS refuses signatures older/newer than this
 _AUTH = re.compile(
     r"^AWS4-HMAC-SHA256\s+Credential=(?P<akid>[^/,\s]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
@@ -35,12 +47,15 @@ _AUTH = re.compile(
 
 
 class AuthFailure(Exception):
-    """A request AWS would refuse before authorization; `code` is AWS's error code."""
+    """A request AWS would refuse before authorization; `code` is AWS's error code (JSON
+    protocol spelling; the IAM layer translates it per protocol). `unsigned` names the
+    headers that were present but not signed (S3 answers those with AccessDenied)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, unsigned: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.unsigned = unsigned
 
 
 @dataclass(frozen=True)
@@ -49,7 +64,8 @@ class Caller:
 
     `principal` is the ARN used for policy matching (root, user or *role* ARN);
     `display_arn` is what AWS prints in AccessDenied messages (the assumed-role session ARN
-    for role sessions); `kind` is "root", "user" or "role".
+    for role sessions); `kind` is "root", "user", "role", "service" (a service principal such
+    as ec2.amazonaws.com: `principal` is its name) or "anonymous" (S3 without a signature).
     """
 
     access_key_id: str
@@ -83,6 +99,9 @@ def lookup(access_key_id: str, session_token: str | None) -> tuple[Caller, str]:
         secret, account = ROOT_KEYS[access_key_id]
         root = f"arn:aws:iam::{account}:root"
         return Caller(access_key_id, account, root, root, "root"), secret
+    if access_key_id in SERVICE_KEYS:
+        secret, account, service = SERVICE_KEYS[access_key_id]
+        return Caller(access_key_id, account, service, service, "service"), secret
     found = _find_key(access_key_id)
     if found is None:
         raise AuthFailure(
@@ -154,8 +173,21 @@ def authenticate(
         raise AuthFailure(
             "IncompleteSignatureException", "Authorization requires a valid X-Amz-Date header"
         ) from None
+    if m["date"] != amz_date[:8]:
+        raise AuthFailure(
+            "InvalidSignatureException",
+            f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
+            f"from HTTP: '{m['date']}' != '{amz_date[:8]}', from '{amz_date}'.",
+        )
     now = now or dt.datetime.now(dt.UTC)
-    if abs(now - when) > MAX_SKEW:
+    if when - now > MAX_SKEW:
+        raise AuthFailure(
+            "InvalidSignatureException",
+            f"Signature not yet current: {amz_date} is still later than "
+            f"{(now + MAX_SKEW).strftime('%Y%m%dT%H%M%SZ')} "
+            f"({now.strftime('%Y%m%dT%H%M%SZ')} + 15 min.)",
+        )
+    if now - when > MAX_SKEW:
         raise AuthFailure(
             "InvalidSignatureException",
             f"Signature expired: {amz_date} is now earlier than "
@@ -163,13 +195,36 @@ def authenticate(
             f"({now.strftime('%Y%m%dT%H%M%SZ')} - 15 min.)",
         )
     caller, secret = lookup(m["akid"], lower.get("x-amz-security-token"))
+    if caller.kind == "service" and m["service"] != "sts":
+        raise AuthFailure(
+            "UnrecognizedClientException", "The security token included in the request is invalid."
+        )
     signed = m["signed"].split(";")
     missing = [h for h in signed if h not in lower]
     if missing:
         raise AuthFailure("IncompleteSignatureException", f"Signed headers missing: {missing}")
+    for required in ("host", "x-amz-date"):
+        if required not in signed:
+            raise AuthFailure(
+                "IncompleteSignatureException",
+                f"'{required}' must be a 'SignedHeader' in the AWS Authorization.",
+            )
+    # Every x-amz-* header sent must be signed, or a relay could swap X-Amz-Target (the
+    # operation), X-Amz-Security-Token or S3's x-amz-* options under a valid signature.
+    unsigned = tuple(
+        sorted(h for h in lower if h.startswith("x-amz-") and h not in signed + list(UNSIGNED_OK))
+    )
+    if unsigned:
+        raise AuthFailure(
+            "InvalidSignatureException",
+            "There were headers present in the request which were not signed: "
+            + ", ".join(unsigned),
+            unsigned,
+        )
     req = AWSRequest(method=method, url=url, data=body, headers={h: lower[h] for h in signed})
     req.context["timestamp"] = amz_date
-    signer = SigV4Auth(
+    auth_cls = S3SigV4Auth if m["service"] == "s3" else SigV4Auth
+    signer = auth_cls(
         Credentials(m["akid"], secret, lower.get("x-amz-security-token")),
         m["service"],
         m["region"],
@@ -182,6 +237,96 @@ def authenticate(
             "The request signature we calculated does not match the signature you provided. "
             "Check your AWS Secret Access Key and signing method. Consult the service "
             "documentation for details.",
+        )
+    claimed = lower.get("x-amz-content-sha256")
+    if claimed and not claimed.startswith(UNSIGNED_PAYLOADS):
+        actual = hashlib.sha256(body).hexdigest()
+        if not hmac.compare_digest(claimed, actual):
+            raise AuthFailure(
+                "XAmzContentSHA256Mismatch",
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            )
+    return caller
+
+
+class _PresignedS3(S3SigV4Auth):
+    """S3's query-string SigV4: the payload is never signed."""
+
+    def payload(self, request: Any) -> str:
+        return "UNSIGNED-PAYLOAD"
+
+
+MAX_PRESIGN_S = 604800  # 7 days, S3's limit for X-Amz-Expires
+
+
+def authenticate_presigned(
+    method: str, url: str, headers: Mapping[str, str], now: dt.datetime | None = None
+) -> Caller:
+    """Check an S3 presigned URL (query-string SigV4) and return the caller."""
+    parts = urlsplit(url)
+    pairs = [p.partition("=") for p in parts.query.split("&") if p]
+    params = {unquote(k): unquote(v) for k, _, v in pairs}
+    if params.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
+        raise AuthFailure(
+            "AuthorizationQueryParametersError",
+            'X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"',
+        )
+    scope = params.get("X-Amz-Credential", "").split("/")
+    amz_date = params.get("X-Amz-Date", "")
+    try:
+        when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        expires = int(params.get("X-Amz-Expires", ""))
+    except ValueError:
+        raise AuthFailure(
+            "AuthorizationQueryParametersError",
+            "Query-string authentication version 4 requires the X-Amz-Algorithm, "
+            "X-Amz-Credential, X-Amz-Signature, X-Amz-Date, X-Amz-SignedHeaders, and "
+            "X-Amz-Expires parameters.",
+        ) from None
+    if len(scope) != 5 or scope[4] != "aws4_request" or not 0 < expires <= MAX_PRESIGN_S:
+        raise AuthFailure(
+            "AuthorizationQueryParametersError",
+            "X-Amz-Credential must be <key>/<date>/<region>/<service>/aws4_request and "
+            f"X-Amz-Expires 1..{MAX_PRESIGN_S}",
+        )
+    now = now or dt.datetime.now(dt.UTC)
+    if now > when + dt.timedelta(seconds=expires):
+        raise AuthFailure("AccessDenied", "Request has expired")
+    if when - now > MAX_SKEW:
+        raise AuthFailure("AccessDenied", "Request is not valid yet")
+    caller, secret = lookup(scope[0], params.get("X-Amz-Security-Token"))
+    lower = {k.lower(): v for k, v in headers.items()}
+    signed = params.get("X-Amz-SignedHeaders", "").split(";")
+    if "host" not in signed or any(h not in lower for h in signed):
+        raise AuthFailure(
+            "AuthorizationQueryParametersError", "X-Amz-SignedHeaders must name host and be sent"
+        )
+    unsigned = tuple(
+        sorted(h for h in lower if h.startswith("x-amz-") and h not in signed + list(UNSIGNED_OK))
+    )
+    if unsigned:
+        raise AuthFailure(
+            "InvalidSignatureException",
+            "There were headers present in the request which were not signed: "
+            + ", ".join(unsigned),
+            unsigned,
+        )
+    query = "&".join(f"{k}{sep}{v}" for k, sep, v in pairs if k != "X-Amz-Signature")
+    req = AWSRequest(
+        method=method,
+        url=urlunsplit(parts._replace(query=query)),
+        headers={h: lower[h] for h in signed},
+    )
+    req.context["timestamp"] = amz_date
+    signer = _PresignedS3(
+        Credentials(scope[0], secret, params.get("X-Amz-Security-Token")), scope[3], scope[2]
+    )
+    expected = signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req)
+    if not hmac.compare_digest(expected, params.get("X-Amz-Signature", "")):
+        raise AuthFailure(
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your key and signing method.",
         )
     return caller
 

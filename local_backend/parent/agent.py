@@ -146,7 +146,7 @@ class Parent:
         self._stop = threading.Event()
         self._resync = threading.Event()
         self.credential_source = AssumeRoleCredentials(
-            lambda: self._client("sts"), self.role_arn, self.info["instance_id"]
+            self._ec2_sts, self.role_arn, self.info["instance_id"]
         )
         self.agent = ParentAgent(
             self.spec,
@@ -160,7 +160,7 @@ class Parent:
     # ------------------------------------------------------------------ AWS clients
     def _client(self, service: str, creds: prov.Credentials | None = None) -> Any:
         config = Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30)
-        if creds is None:  # the account root: what EC2 itself uses to assume the role
+        if creds is None:  # the account root (verify's own look-ups)
             return local_client(service, self.endpoint, region=self.region, config=config)
         return local_client(
             service,
@@ -170,6 +170,23 @@ class Parent:
             secret_access_key=creds.secret_access_key,
             session_token=creds.session_token,
             config=config,
+        )
+
+    def _ec2_sts(self) -> Any:
+        """STS as EC2 itself (ec2.amazonaws.com) calls it to assume the instance's role: only a
+        role whose trust policy names ec2.amazonaws.com gets through, as on AWS."""
+        from local_backend.moto_ext.identity import (
+            EC2_SERVICE_ACCESS_KEY_ID,
+            EC2_SERVICE_SECRET_ACCESS_KEY,
+        )
+
+        return local_client(
+            "sts",
+            self.endpoint,
+            region=self.region,
+            access_key_id=EC2_SERVICE_ACCESS_KEY_ID,
+            secret_access_key=EC2_SERVICE_SECRET_ACCESS_KEY,
+            config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
         )
 
     def role_credentials(self) -> prov.Credentials:

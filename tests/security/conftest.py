@@ -44,7 +44,17 @@ class Target:
 
     def role_creds(self, session: str = "attacker") -> dict[str, str]:
         """Credentials of the host role: what any process on the parent can get from IMDS."""
-        c = self.endpoint.client("sts").assume_role(RoleArn=self.role_arn, RoleSessionName=session)
+        from local_backend.moto_ext.identity import (
+            EC2_SERVICE_ACCESS_KEY_ID,
+            EC2_SERVICE_SECRET_ACCESS_KEY,
+        )
+
+        sts = self.endpoint.client(  # as EC2 assumes it for IMDS (the root may not: IAM)
+            "sts",
+            aws_access_key_id=EC2_SERVICE_ACCESS_KEY_ID,
+            aws_secret_access_key=EC2_SERVICE_SECRET_ACCESS_KEY,
+        )
+        c = sts.assume_role(RoleArn=self.role_arn, RoleSessionName=session)
         return {
             "aws_access_key_id": c["Credentials"]["AccessKeyId"],
             "aws_secret_access_key": c["Credentials"]["SecretAccessKey"],

@@ -1,0 +1,140 @@
+"""IAM enforcement's cost: the same work against an endpoint with `--iam on` and one with
+`--iam off`, in the same run on the same machine (the figure is the ratio on/off).
+
+Requests: as a role session whose inline policy grants exactly what is called (so every call
+is evaluated and allowed), p50 latency of S3 GetObject, SSM GetParameter, EC2
+DescribeInstances, STS AssumeRole (trust policy + identity policy) and IAM GetRole.
+Deploy: `cdk bootstrap` + `cdk deploy` of a trivial CDK app (one SSM parameter; bench_up's
+baseline app) with the real cdk CLI; with enforcement on the CLI assumes the bootstrap roles
+and every call it and they make is authorized.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.bench_up import free_port, timed_cdk, write_trivial_app
+from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION
+from local_backend import server
+
+N = 90  # requests per call kind and endpoint (in 3 alternating rounds)
+ACCOUNT_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": LOCAL_ACCOUNT}, "Action": "sts:AssumeRole"}
+    ],
+}
+
+
+def _client(endpoint: str, service: str, creds: dict[str, str] | None = None) -> Any:
+    import boto3
+
+    from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_SECRET_ACCESS_KEY
+
+    c = creds or {
+        "aws_access_key_id": LOCAL_ACCESS_KEY_ID,
+        "aws_secret_access_key": LOCAL_SECRET_ACCESS_KEY,
+    }
+    return boto3.client(service, endpoint_url=endpoint, region_name=LOCAL_REGION, **c)
+
+
+def setup_calls(endpoint: str) -> dict[str, Callable[[], Any]]:
+    """A bucket, a parameter and a role whose session may call exactly what is measured."""
+    _client(endpoint, "s3").create_bucket(Bucket="bench-iam")
+    _client(endpoint, "s3").put_object(Bucket="bench-iam", Key="k", Body=b"x" * 1024)
+    _client(endpoint, "ssm").put_parameter(Name="/bench/p", Value="v", Type="String")
+    iam = _client(endpoint, "iam")
+    arn = iam.create_role(RoleName="bench-iam", AssumeRolePolicyDocument=json.dumps(ACCOUNT_TRUST))[
+        "Role"
+    ]["Arn"]
+    statements = [
+        {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::bench-iam/*"},
+        {"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": "*"},
+        {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"},
+        {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": arn},
+        {"Effect": "Allow", "Action": "iam:GetRole", "Resource": arn},
+    ]
+    iam.put_role_policy(
+        RoleName="bench-iam",
+        PolicyName="bench",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": statements}),
+    )
+    c = _client(endpoint, "sts").assume_role(RoleArn=arn, RoleSessionName="bench")["Credentials"]
+    creds = {
+        "aws_access_key_id": c["AccessKeyId"],
+        "aws_secret_access_key": c["SecretAccessKey"],
+        "aws_session_token": c["SessionToken"],
+    }
+    s3, ssm, ec2 = (_client(endpoint, s, creds) for s in ("s3", "ssm", "ec2"))
+    sts, role_iam = _client(endpoint, "sts", creds), _client(endpoint, "iam", creds)
+    return {
+        "s3 GetObject": lambda: s3.get_object(Bucket="bench-iam", Key="k")["Body"].read(),
+        "ssm GetParameter": lambda: ssm.get_parameter(Name="/bench/p"),
+        "ec2 DescribeInstances": lambda: ec2.describe_instances(),
+        "sts AssumeRole": lambda: sts.assume_role(RoleArn=arn, RoleSessionName="again"),
+        "iam GetRole": lambda: role_iam.get_role(RoleName="bench-iam"),
+    }
+
+
+def p50_ms(call: Callable[[], Any], n: int = N) -> float:
+    call()  # warm-up
+    lat = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        lat.append(time.perf_counter() - t0)
+    return statistics.median(lat) * 1e3
+
+
+def measure(work: Path, *, n: int = N, deploy: bool = True) -> dict[str, dict[str, float]]:
+    """{row: {"on": value, "off": value}} for every request kind (ms) and the deploy (s).
+
+    Both endpoints run at once and the two are measured in alternating rounds, so load from
+    other processes on the machine falls on both alike."""
+    out: dict[str, dict[str, float]] = {}
+    modes = ("on", "off")
+    infos = {m: server.start(free_port(), work / f"state-{m}", iam=m) for m in modes}
+    try:
+        calls = {m: setup_calls(infos[m].endpoint) for m in modes}
+        rounds = 3
+        for name in calls["on"]:
+            samples: dict[str, list[float]] = {m: [] for m in modes}
+            for _ in range(rounds):
+                for m in modes:
+                    samples[m].append(p50_ms(calls[m][name], max(1, n // rounds)))
+            out[f"{name} p50 ms"] = {m: statistics.median(samples[m]) for m in modes}
+        if deploy:
+            target = f"aws://{LOCAL_ACCOUNT}/{LOCAL_REGION}"
+            for m in modes:
+                app = write_trivial_app(work / f"app-{m}")
+                seconds = timed_cdk(["bootstrap", target], work, infos[m].endpoint)
+                seconds += timed_cdk(
+                    ["deploy", "--require-approval", "never"], app, infos[m].endpoint
+                )
+                out.setdefault("bootstrap + deploy s", {})[m] = seconds
+    finally:
+        for m in modes:
+            server.stop(work / f"state-{m}")
+    return out
+
+
+def table(rows: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'':28} {'iam on':>10} {'iam off':>10} {'on/off':>8}"]
+    for name, v in rows.items():
+        lines.append(f"{name:28} {v['on']:10.2f} {v['off']:10.2f} {v['on'] / v['off']:7.2f}x")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-iam-") as tmp:
+        print(table(measure(Path(tmp))))
+
+
+if __name__ == "__main__":
+    main()
