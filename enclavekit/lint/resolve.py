@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from enclavekit.errors import TemplateError
 from enclavekit.lint.templates import Template
 
 ACCOUNT = "123456789012"
@@ -19,6 +20,12 @@ REGION = "us-east-1"
 PARTITION = "aws"
 
 _NOVALUE = object()
+# Intrinsics nest (and re-enter through Ref/GetAtt of other resources) at most this deep; deeper
+# (or cyclic) references resolve to a token instead of recursing without end.
+MAX_NESTING = 64
+# Text that Fn::Join / Fn::Sub / Fn::ToJsonString may produce in one template: a template of
+# bounded size cannot amplify itself into gigabytes through repeated references.
+MAX_PRODUCED_CHARS = 32 * 1024 * 1024
 
 
 def key_id_of(logical_id: str) -> str:
@@ -40,6 +47,8 @@ class Resolver:
         self._mappings = template.body.get("Mappings") or {}
         self._conditions = template.body.get("Conditions") or {}
         self._cond_cache: dict[str, bool] = {}
+        self._level = 0  # current nesting of _resolve/_truth, across re-entrant calls
+        self._produced = 0
 
     # --------------------------------------------------------------- public
     def resolve(self, value: Any) -> Any:
@@ -153,6 +162,15 @@ class Resolver:
         return self._cond_cache[name]
 
     def _truth(self, expr: Any, depth: int) -> bool:
+        if self._level > MAX_NESTING:
+            return True
+        self._level += 1
+        try:
+            return self._truth_of(expr, depth)
+        finally:
+            self._level -= 1
+
+    def _truth_of(self, expr: Any, depth: int) -> bool:
         if isinstance(expr, dict) and len(expr) == 1:
             ((fn, arg),) = expr.items()
             if fn == "Condition" and isinstance(arg, str):
@@ -172,9 +190,26 @@ class Resolver:
             return expr
         return True
 
-    def _resolve(self, value: Any, depth: int) -> Any:  # noqa: C901 - one dispatch table
-        if depth > 64:
+    def _produce(self, text: str) -> str:
+        """Account for generated text; TemplateError past MAX_PRODUCED_CHARS."""
+        self._produced += len(text)
+        if self._produced > MAX_PRODUCED_CHARS:
+            raise TemplateError(
+                f"{self.template.path}: expected intrinsic functions that produce at most "
+                f"{MAX_PRODUCED_CHARS} characters, found more (Fn::Join/Fn::Sub amplification)"
+            )
+        return text
+
+    def _resolve(self, value: Any, depth: int) -> Any:
+        if depth > MAX_NESTING or self._level > MAX_NESTING:
             return "{{too-deep}}"
+        self._level += 1
+        try:
+            return self._resolve_one(value, depth)
+        finally:
+            self._level -= 1
+
+    def _resolve_one(self, value: Any, depth: int) -> Any:  # noqa: C901 - one dispatch table
         if isinstance(value, list):
             items = [self._resolve(v, depth + 1) for v in value]
             return [v for v in items if v is not _NOVALUE]
@@ -193,9 +228,10 @@ class Resolver:
             if fn == "Fn::Join" and isinstance(arg, list) and len(arg) == 2:
                 sep, parts = self._resolve(arg[0], depth + 1), self._resolve(arg[1], depth + 1)
                 if isinstance(parts, list):
-                    return str(sep).join(_text(p) for p in parts)
+                    return self._produce(_text(sep).join(_text(p) for p in parts))
             if fn == "Fn::Sub":
-                return self._sub(arg, depth)
+                out = self._sub(arg, depth)
+                return self._produce(out) if isinstance(out, str) else out
             if fn == "Fn::Select" and isinstance(arg, list) and len(arg) == 2:
                 idx, seq = self._resolve(arg[0], depth + 1), self._resolve(arg[1], depth + 1)
                 try:
@@ -222,7 +258,8 @@ class Resolver:
             if fn == "Fn::ImportValue":
                 return f"{{{{import:{_text(self._resolve(arg, depth + 1))}}}}}"
             if fn == "Fn::ToJsonString":
-                return json.dumps(self._resolve(arg, depth + 1), separators=(",", ":"))
+                value = self._resolve(arg, depth + 1)
+                return self._produce(json.dumps(value, separators=(",", ":"), default=str))
             if fn == "Fn::Length":
                 seq = self._resolve(arg, depth + 1)
                 return len(seq) if isinstance(seq, list) else "{{length}}"
@@ -277,4 +314,4 @@ def _text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    return json.dumps(value, separators=(",", ":"))
+    return json.dumps(value, separators=(",", ":"), default=str)
