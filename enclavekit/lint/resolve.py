@@ -9,6 +9,7 @@ be known (an import, a parameter without default) becomes a `{{...}}` token, nev
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,14 +29,10 @@ MAX_NESTING = 64
 MAX_PRODUCED_CHARS = 32 * 1024 * 1024
 
 
-def key_id_of(logical_id: str) -> str:
-    """The symbolic key id of a template's KMS key."""
-    return f"key-{logical_id}"
-
-
-def assoc_attr(logical_id: str, attr: str) -> str:
-    """Symbolic value of an ACM association attribute (bucket, object key, KMS key id)."""
-    return f"ek-{logical_id}-{attr}".lower()
+def generated_name(stack: str, logical_id: str) -> str:
+    """The name CloudFormation generates for an unnamed resource: stack name and logical id
+    (AWS adds a random suffix), so two stacks' resources never share a symbolic name."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", f"{stack}-{logical_id}")
 
 
 class Resolver:
@@ -51,6 +48,17 @@ class Resolver:
         self._produced = 0
 
     # --------------------------------------------------------------- public
+    def key_id(self, logical_id: str) -> str:
+        """The symbolic key id of this template's KMS key `logical_id`."""
+        return f"key-{generated_name(self.template.name, logical_id)}"
+
+    def key_arn(self, logical_id: str) -> str:
+        return f"arn:{PARTITION}:kms:{REGION}:{ACCOUNT}:key/{self.key_id(logical_id)}"
+
+    def assoc_attr(self, logical_id: str, attr: str) -> str:
+        """Symbolic value of an ACM association attribute (bucket, object key, KMS key id)."""
+        return f"ek-{generated_name(self.template.name, logical_id)}-{attr}".lower()
+
     def resolve(self, value: Any) -> Any:
         """The value with every intrinsic replaced by what it evaluates to (or a token)."""
         out = self._resolve(value, 0)
@@ -99,16 +107,16 @@ class Resolver:
             return f"arn:{PARTITION}:iam::{ACCOUNT}:instance-profile{path}{self.ref(logical_id)}"
         if rtype == "AWS::KMS::Key":
             if attr == "Arn":
-                return f"arn:{PARTITION}:kms:{REGION}:{ACCOUNT}:key/{key_id_of(logical_id)}"
+                return self.key_arn(logical_id)
             if attr == "KeyId":
-                return key_id_of(logical_id)
+                return self.key_id(logical_id)
         if rtype == "AWS::EC2::EnclaveCertificateIamRoleAssociation":
-            return assoc_attr(logical_id, attr)
+            return self.assoc_attr(logical_id, attr)
         if rtype == "AWS::S3::Bucket" and attr == "Arn":
             return f"arn:{PARTITION}:s3:::{self.ref(logical_id)}"
         if rtype == "AWS::EC2::LaunchTemplate":
             if attr == "LaunchTemplateId":
-                return f"lt-{logical_id}"
+                return f"lt-{generated_name(self.template.name, logical_id)}"
             if attr in ("LatestVersionNumber", "DefaultVersionNumber"):
                 return "1"
         if rtype == "AWS::IAM::ManagedPolicy" and attr == "PolicyArn":
@@ -140,17 +148,19 @@ class Resolver:
             if name:
                 return name
         if rtype == "AWS::KMS::Key":
-            return key_id_of(logical_id)
+            return self.key_id(logical_id)
         if rtype == "AWS::IAM::ManagedPolicy":
             name = self._str(props.get("ManagedPolicyName")) or logical_id
             path = self._str(props.get("Path")) or "/"
             return f"arn:{PARTITION}:iam::{ACCOUNT}:policy{path}{name}"
         if rtype == "AWS::EC2::LaunchTemplate":
-            return f"lt-{logical_id}"
+            return f"lt-{generated_name(self.template.name, logical_id)}"
         if rtype == "AWS::CertificateManager::Certificate":
             return f"arn:{PARTITION}:acm:{REGION}:{ACCOUNT}:certificate/{logical_id}"
         if rtype == "AWS::S3::Bucket":
-            return logical_id.lower()
+            return generated_name(self.template.name, logical_id).lower()
+        if rtype in ("AWS::IAM::Role", "AWS::IAM::InstanceProfile"):
+            return generated_name(self.template.name, logical_id)
         return logical_id
 
     def condition(self, name: str) -> bool:
