@@ -20,6 +20,7 @@ _MODULES = (
     "ek_kms_004",
     "ek_kms_005",
     "ek_kms_006",
+    "ek_kms_007",
     "ek_pcr_001",
     "ek_pcr_002",
     "ek_pcr_003",
