@@ -390,3 +390,9 @@ def load_paths(paths: Iterable[str | Path]) -> list[Template]:
         names = ", ".join(map(str, paths))
         raise TemplateError(f"{names}: expected at least one template, found none")
     return out
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Any YAML document (cloud-config, allocator.yaml...) with the template's bounds: numbers
+    stay strings, aliases and nesting are bounded, errors are one-line TemplateErrors."""
+    return _yaml_load(text, where)[0]

@@ -18,6 +18,7 @@ from enclavekit.errors import PolicyDocumentError
 from enclavekit.lint.model import Location
 from enclavekit.lint.resolve import ACCOUNT, PARTITION, REGION, Resolver
 from enclavekit.lint.templates import Resource, Template
+from enclavekit.lint.userdata import UserData, parse_user_data
 from enclavekit.policy import Policy, RequestContext, parse_policy
 
 HOST_METADATA = "enclavekit:host"
@@ -159,6 +160,7 @@ class World:
         )
         self.resolvers = {tkey(t): Resolver(t) for t in self.templates}
         self._props: dict[tuple[tuple[str, str], str], Mapping[str, Any]] = {}
+        self._user_data: dict[tuple[tuple[str, str], str], UserData | None] = {}
 
     def resolver(self, tpl: Template) -> Resolver:
         return self.resolvers[tkey(tpl)]
@@ -429,6 +431,15 @@ class World:
                 if id(k) not in keys and self.role_can_use(host.role, k):
                     keys[id(k)] = k
         return list(keys.values())
+
+    def user_data(self, host: HostFact) -> UserData | None:
+        """What the host's user data does (None when it has none)."""
+        key = (tkey(host.template), host.resource.logical_id)
+        if key not in self._user_data:
+            text = host.user_data
+            where = f"{host.template.path}: user data of {host.resource.logical_id}"
+            self._user_data[key] = parse_user_data(text, where) if text else None
+        return self._user_data[key]
 
     def role_can_use(self, role: RoleFact, key: KeyFact) -> bool:
         """The key policy names the role in an Allow, or KMS would let the role call an
