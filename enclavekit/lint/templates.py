@@ -27,6 +27,14 @@ MAX_DEPTH = MAX_JSON_DEPTH
 MAX_EXPANDED = 4_000_000  # nodes + scalar characters after YAML aliases are expanded
 
 
+class NotATemplate(TemplateError):
+    """JSON/YAML that is not a CloudFormation template (no Resources object)."""
+
+
+TEMPLATE_SUFFIXES = (".json", ".yaml", ".yml", ".template")
+_SKIP_DIRS = ("node_modules", "__pycache__")
+
+
 @dataclass(frozen=True)
 class Resource:
     """One resource of a template, as written (intrinsics unresolved)."""
@@ -255,13 +263,13 @@ def parse_template(
     else:
         body, lines = _yaml_load(text, where)
     if not isinstance(body, dict):
-        raise TemplateError(
+        raise NotATemplate(
             f"{where}: expected a template object with a Resources section, "
             f"found {type(body).__name__}"
         )
     raw_resources = body.get("Resources")
     if not isinstance(raw_resources, dict):
-        raise TemplateError(
+        raise (TemplateError if "Resources" in body else NotATemplate)(
             f"{where}: expected a 'Resources' object, found {type(raw_resources).__name__}"
         )
     resources: dict[str, Resource] = {}
@@ -275,7 +283,8 @@ def parse_template(
         meta = res.get("Metadata") or {}
         if not isinstance(props, dict) or not isinstance(meta, dict):
             raise TemplateError(
-                f"{where}: resource {brief(logical_id)}: expected objects for Properties and Metadata"
+                f"{where}: resource {brief(logical_id)}: expected objects for Properties and "
+                "Metadata"
             )
         resources[str(logical_id)] = Resource(
             str(logical_id), res["Type"], props, meta, lines.get(str(logical_id))
@@ -309,20 +318,75 @@ def load_template(path: Path, name: str | None = None, parent: str | None = None
 
 
 def _nested(template: Template, base: Path, seen: set[Path]) -> Iterable[Template]:
-    """Nested stacks CDK wrote next to the parent (Metadata aws:asset:path)."""
+    """Nested stacks next to the parent: CDK's Metadata aws:asset:path, or a TemplateURL that
+    names a local file (what `aws cloudformation package` uploads)."""
     for res in template.resources.values():
         if res.type != "AWS::CloudFormation::Stack":
             continue
         asset = res.metadata.get("aws:asset:path")
+        url = res.properties.get("TemplateURL")
         if not isinstance(asset, str):
+            asset = url if isinstance(url, str) and "://" not in url else None
+        if not isinstance(asset, str) or len(asset) > 4096:
             continue
-        child = (base / asset).resolve()
-        if child in seen or not child.is_file():
+        try:
+            child = (base / asset).resolve()
+            if child in seen or not child.is_file():
+                continue
+        except (OSError, ValueError):
             continue
         seen.add(child)
         tpl = load_template(child, name=f"{template.name}/{res.logical_id}", parent=template.name)
         yield tpl
-        yield from _nested(tpl, base, seen)
+        yield from _nested(tpl, child.parent, seen)
+
+
+def _looks_like_template(path: Path) -> bool:
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:65536]
+    except OSError:
+        return False
+    return "AWSTemplateFormatVersion" in head or "Resources" in head
+
+
+def load_directory(
+    directory: Path, seen: set[Path], skip_non_templates: bool = True
+) -> list[Template]:
+    """A cdk.out (it has manifest.json) or a directory of plain templates, in path order;
+    JSON/YAML files that are not templates are skipped."""
+    if (directory / "manifest.json").is_file():
+        return load_cloud_assembly(directory, seen)
+    out: list[Template] = []
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.suffix.lower() in TEMPLATE_SUFFIXES
+        and p.is_file()
+        and not any(
+            part.startswith(".") or part in _SKIP_DIRS for part in p.relative_to(directory).parts
+        )
+    )
+    for path in files:
+        resolved = path.resolve()
+        if resolved in seen:
+            continue
+        try:
+            tpl = load_template(path)
+        except NotATemplate:
+            continue
+        except TemplateError:
+            if skip_non_templates and not _looks_like_template(path):
+                continue
+            raise
+        seen.add(resolved)
+        out.append(tpl)
+        out.extend(_nested(tpl, path.parent, seen))
+    if not out:
+        raise TemplateError(
+            f"{directory}: expected a cdk.out directory or a directory of templates, found "
+            "no template in it"
+        )
+    return out
 
 
 def load_cloud_assembly(directory: Path, seen: set[Path] | None = None) -> list[Template]:
@@ -366,27 +430,40 @@ def load_cloud_assembly(directory: Path, seen: set[Path] | None = None) -> list[
     return out
 
 
-def load_paths(paths: Iterable[str | Path]) -> list[Template]:
-    """Templates from cdk.out directories and/or template files, in the order given."""
+def load_paths(paths: Iterable[str | Path], skip_non_templates: bool = False) -> list[Template]:
+    """Templates from cdk.out directories, directories of templates and template files.
+
+    `skip_non_templates`: files that are JSON/YAML but not templates are passed over (what a
+    pre-commit hook given every changed YAML file needs) instead of being an error.
+    """
     out: list[Template] = []
     seen: set[Path] = set()
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out.extend(load_cloud_assembly(path, seen))
+            out.extend(load_directory(path, seen))
         elif path.is_file():
             resolved = path.resolve()
             if resolved in seen:
                 continue
             seen.add(resolved)
-            tpl = load_template(path)
+            try:
+                tpl = load_template(path)
+            except NotATemplate:
+                if skip_non_templates:
+                    continue
+                raise
+            except TemplateError:
+                if skip_non_templates and not _looks_like_template(path):
+                    continue
+                raise
             out.append(tpl)
             out.extend(_nested(tpl, path.parent, seen))
         else:
             raise TemplateError(
                 f"{path}: expected a cdk.out directory or a template file, found nothing there"
             )
-    if not out:
+    if not out and not skip_non_templates:
         names = ", ".join(map(str, paths))
         raise TemplateError(f"{names}: expected at least one template, found none")
     return out

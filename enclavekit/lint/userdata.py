@@ -170,9 +170,10 @@ def _script(text: str, ud: UserData) -> None:
             strip, delim = here.group(1) == "-", here.group(3)
             body: list[str] = []
             i += 1
-            while i < len(raw_lines) and (
-                raw_lines[i].lstrip("\t") if strip else raw_lines[i]
-            ) != delim:
+            while (
+                i < len(raw_lines)
+                and (raw_lines[i].lstrip("\t") if strip else raw_lines[i]) != delim
+            ):
                 body.append(raw_lines[i].lstrip("\t") if strip else raw_lines[i])
                 i += 1
             content = "\n".join(body) + "\n"

@@ -92,7 +92,8 @@ def parse_policy(doc: Mapping[str, Any] | str | bytes) -> Policy:
     unknown = set(doc) - {"Version", "Id", "Statement"}
     if unknown:
         raise PolicyDocumentError(
-            f"policy document: expected only Version, Id, Statement, got {sorted(map(brief, unknown))}"
+            "policy document: expected only Version, Id, Statement, got "
+            f"{sorted(map(brief, unknown))}"
         )
     version = doc.get("Version")
     if version is not None and version not in VERSIONS:
@@ -128,7 +129,8 @@ def _statement(raw: Any, i: int) -> Statement:
     unknown = set(raw) - _STATEMENT_KEYS
     if unknown:
         raise PolicyDocumentError(
-            f"{where}: expected elements among {sorted(_STATEMENT_KEYS)}, got {sorted(map(brief, unknown))}"
+            f"{where}: expected elements among {sorted(_STATEMENT_KEYS)}, "
+            f"got {sorted(map(brief, unknown))}"
         )
     effect = raw.get("Effect")
     if effect not in ("Allow", "Deny"):
@@ -183,7 +185,8 @@ def _principals(value: Any, where: str) -> tuple[PrincipalRef, ...]:
         return (PrincipalRef("AWS", "*"),)
     if not isinstance(value, Mapping) or not value:
         raise PolicyDocumentError(
-            f"{where} Principal: expected '*' or an object like {{\"AWS\": ARN}}, got {brief(value)}"
+            f"{where} Principal: expected '*' or an object like {{\"AWS\": ARN}}, "
+            f"got {brief(value)}"
         )
     out: list[PrincipalRef] = []
     for kind, ids in value.items():
@@ -196,7 +199,8 @@ def _principals(value: Any, where: str) -> tuple[PrincipalRef, ...]:
                 ident = f"arn:aws:iam::{ident}:root"
             elif kind == "AWS" and ident != "*" and not ident.startswith("arn:"):
                 raise PolicyDocumentError(
-                    f"{where} Principal.AWS: expected an ARN, an account id or '*', got {brief(ident)}"
+                    f"{where} Principal.AWS: expected an ARN, an account id or '*', "
+                    f"got {brief(ident)}"
                 )
             out.append(PrincipalRef(kind, ident))
     return tuple(out)

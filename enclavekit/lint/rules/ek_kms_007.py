@@ -43,7 +43,7 @@ RULE = Rule(
     severity=Severity.ERROR,
     title="Enclave role may use every key without attestation",
     explanation="An identity policy granting Decrypt (or another attested action) on "
-    "arn:aws:kms:*:*:key/* or \"*\" reaches every key whose policy delegates to the account, "
+    'arn:aws:kms:*:*:key/* or "*" reaches every key whose policy delegates to the account, '
     "including enclave keys created later or in other stacks: the parent decrypts their "
     "ciphertext itself, and no key in this template shows it.",
     fix="Name the keys the parent really needs in Resource, or add kms:RecipientAttestation "

@@ -24,8 +24,11 @@ def check(world: World) -> Iterator[Finding]:
         enclave = acm.get("enclave") if acm else None
         if isinstance(enclave, dict):
             asks.append(
-                ("the ACM enclave (acm.yaml)", as_int(enclave.get("cpu_count")),
-                 as_int(enclave.get("memory_mib")))
+                (
+                    "the ACM enclave (acm.yaml)",
+                    as_int(enclave.get("cpu_count")),
+                    as_int(enclave.get("memory_mib")),
+                )
             )
         for what, want_cpus, want_mem in asks:
             problems = []
