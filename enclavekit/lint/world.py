@@ -19,7 +19,7 @@ from enclavekit.lint.model import Location
 from enclavekit.lint.resolve import ACCOUNT, PARTITION, REGION, Resolver
 from enclavekit.lint.templates import Resource, Template
 from enclavekit.lint.userdata import UserData, parse_user_data
-from enclavekit.policy import Policy, RequestContext, parse_policy
+from enclavekit.policy import Policy, RequestContext, evaluate_kms, parse_policy
 
 HOST_METADATA = "enclavekit:host"
 # Operations that accept a Recipient (attestation document): KMS Developer Guide.
@@ -281,6 +281,7 @@ class World:
     @cached_property
     def keys(self) -> tuple[KeyFact, ...]:
         overrides = {kid: (src, raw) for kid, src, raw in self.key_policies}
+        used: set[str] = set()  # logical ids found in a template (every template's key)
         out: list[KeyFact] = []
         for tpl, res in self.resources("AWS::KMS::Key"):
             p = self.props(tpl, res)
@@ -288,13 +289,16 @@ class World:
             pointer = "/Properties/KeyPolicy"
             where = f"key policy of {res.logical_id}"
             if res.logical_id in overrides:  # the policy put on the key after deployment
-                src, raw = overrides.pop(res.logical_id)
+                src, raw = overrides[res.logical_id]
+                used.add(res.logical_id)
                 where = f"key policy of {res.logical_id} (from {src})"
             explicit = raw is not None
             doc = self._parse(tpl, res, raw if explicit else _DEFAULT_KEY_POLICY, pointer, where)
             arn = self.resolver(tpl).key_arn(res.logical_id)
             out.append(KeyFact(tpl, res, arn, doc, explicit))
         for kid, (src, raw) in sorted(overrides.items()):
+            if kid in used:
+                continue
             tpl = Template(Path(src), kid, {}, {})
             res = Resource(kid, "AWS::KMS::Key", {}, {}, 1)
             doc = self._parse(tpl, res, raw, "", f"key policy of {kid} (from {src})")
@@ -444,8 +448,6 @@ class World:
     def role_can_use(self, role: RoleFact, key: KeyFact) -> bool:
         """The key policy names the role in an Allow, or KMS would let the role call an
         attested action on the key without any attestation."""
-        from enclavekit.policy import evaluate_kms
-
         if key.doc is None:
             return False
         if any(
@@ -513,9 +515,3 @@ def _profile_of(spec: Any) -> Any:
     if isinstance(spec, dict):
         return spec.get("Arn") or spec.get("Name")
     return None
-
-
-def _names_principal(key: KeyFact, arn: str) -> bool:
-    if key.doc is None:
-        return False
-    return any(p.value == arn for s in key.doc.policy.statements for p in (s.principals or ()))
