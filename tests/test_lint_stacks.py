@@ -150,9 +150,10 @@ def test_key_policy_applied_outside_the_template(tmp_path: Path) -> None:
         assert cli_main(["lint", str(tpl), "--key-policy", spec]) == 2
 
 
-def test_gitlab_code_quality_report(tmp_path: Path) -> None:
+def test_gitlab_code_quality_report(monkeypatch: pytest.MonkeyPatch) -> None:
     """GitLab's documented fields: description, check_name, fingerprint, severity,
     location.path, location.lines.begin."""
+    monkeypatch.chdir(ROOT)
     report = lint_paths(_mixed_set())
     issues = json.loads(render(report, "gitlab"))
     schema = {

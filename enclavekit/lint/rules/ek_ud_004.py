@@ -29,13 +29,15 @@ def check(world: World) -> Iterator[Finding]:
         if not acm:
             continue
         role_arn = host.role.arn if host.role else None
+        # associations of this role, or of a role this run cannot resolve (an import)
         associated = {
-            world.props(a.template, a.resource).get("CertificateArn")
+            str(world.props(a.template, a.resource).get("CertificateArn"))
             for a in world.associations
-            if role_arn is None or a.role_arn == role_arn
+            if role_arn is None or a.role_arn == role_arn or "{{" in a.role_arn
         }
+        unknowable = any("{{" in c for c in associated)
         for label, arn in _certificates(acm):
-            if "{{" in arn or "$" in arn or arn in associated:
+            if unknowable or "{{" in arn or "$" in arn or arn in associated:
                 continue
             yield RULE.finding(
                 world.location(host.template, host.resource, "/Properties/UserData"),
