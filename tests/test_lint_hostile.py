@@ -307,6 +307,7 @@ _UD_PIECES = st.sampled_from(
         "  content: [1]\nruncmd:\n- [nitro-cli, run-enclave, --debug-mode]\n",
         "'\"\\\n",
         "tokens:\n- source: {Acm: {certificate_arn: 7}}\n",
+        "x: !!int " + "9" * 5000 + "\n",
         "<<-EOT\n\tEOT\n",
         "\t",
     ]

@@ -468,8 +468,3 @@ def load_paths(paths: Iterable[str | Path], skip_non_templates: bool = False) ->
         raise TemplateError(f"{names}: expected at least one template, found none")
     return out
 
-
-def load_yaml(text: str, where: str) -> Any:
-    """Any YAML document (cloud-config, allocator.yaml...) with the template's bounds: numbers
-    stay strings, aliases and nesting are bounded, errors are one-line TemplateErrors."""
-    return _yaml_load(text, where)[0]

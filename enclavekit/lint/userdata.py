@@ -16,8 +16,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from enclavekit.errors import TemplateError
-from enclavekit.lint.templates import load_yaml
+from enclavekit import yamlsafe
+from enclavekit.errors import InvalidInput
 
 ALLOCATOR = "/etc/nitro_enclaves/allocator.yaml"
 VSOCK_PROXY_CONFIG = "/etc/nitro_enclaves/vsock-proxy.yaml"
@@ -61,22 +61,26 @@ class UserData:
         text = self.files.get(path)
         if text is None:
             return None
-        try:
-            body = load_yaml(text, f"{where} {path}")
-        except TemplateError:
-            return None
+        body = _yaml(text, f"{where} {path}")
         return body if isinstance(body, dict) else None
 
     def allocator(self, where: str) -> tuple[int | None, int | None, bool]:
         """(cpu_count, memory_mib, written) of the allocator pool this host reserves."""
         written = ALLOCATOR in self.files
-        body = self.yaml_file(ALLOCATOR, where) if written else load_yaml(DEFAULT_ALLOCATOR, "")
-        body = body or {}
+        body = (self.yaml_file(ALLOCATOR, where) if written else _yaml(DEFAULT_ALLOCATOR, "")) or {}
         cpus = as_int(body.get("cpu_count"))
         pool = body.get("cpu_pool")
-        if cpus is None and isinstance(pool, str):
-            cpus = len(cpu_list(pool))
+        if cpus is None and pool is not None:
+            cpus = len(cpu_list(str(pool)))
         return cpus, as_int(body.get("memory_mib")), written
+
+
+def _yaml(text: str, what: str) -> Any:
+    """A YAML file as the host's tools read it (bounded), or None when it is not YAML."""
+    try:
+        return yamlsafe.load(text, what=what)
+    except (InvalidInput, ValueError, TypeError, OverflowError):  # e.g. a 5000-digit !!int
+        return None
 
 
 def as_int(value: Any) -> int | None:
@@ -122,10 +126,7 @@ def _read(text: str, where: str, ud: UserData, depth: int) -> None:
                 _read(payload.decode("utf-8", "replace"), where, ud, depth + 1)
         return
     if head.startswith("#cloud-config"):
-        try:
-            doc = load_yaml(text, f"{where} (cloud-config)")
-        except TemplateError:
-            return
+        doc = _yaml(text, f"{where} (cloud-config)")
         if isinstance(doc, dict):
             _cloud_config(doc, where, ud, depth)
         return
