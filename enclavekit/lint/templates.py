@@ -467,4 +467,3 @@ def load_paths(paths: Iterable[str | Path], skip_non_templates: bool = False) ->
         names = ", ".join(map(str, paths))
         raise TemplateError(f"{names}: expected at least one template, found none")
     return out
-
