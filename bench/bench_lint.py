@@ -2,7 +2,9 @@
 
 Two workloads: the cdk.out of a small enclave app (the linter's CDK fixture app, synthesized
 once here) and 200 generated enclave templates (variants of the hand-written fixture stack).
-Both tools run as a fresh process, as CI runs them.
+Both tools run as a fresh process, as CI runs them. A second table: how long enclavekit takes to
+refuse hostile input (a billion-laughs YAML, 200k-deep JSON, an Fn::Sub amplifier) against
+linting the hand-written fixture stack, each a fresh process (the issue 8 hardening).
 """
 
 from __future__ import annotations
@@ -57,6 +59,30 @@ def _generate(dest: Path, n: int = 200) -> list[Path]:
     return out
 
 
+def _hostile(dest: Path) -> list[tuple[str, Path]]:
+    """The hostile templates of tests/test_lint_hostile.py, written to `dest`."""
+    sys.path.insert(0, str(ROOT))
+    from tests.test_lint_hostile import HOSTILE
+
+    out = []
+    for name in ("billion-laughs.yaml", "deep-200k.json", "amplify.json"):
+        path = dest / name
+        path.write_text(HOSTILE[name][0])
+        out.append((name, path))
+    return out
+
+
+def hostile_rows(tmpdir: Path) -> list[tuple[str, float, int, float]]:
+    """(input, seconds to refuse, exit status, seconds to lint good.yaml) per hostile file."""
+    lint = [sys.executable, "-m", "enclavekit", "lint"]
+    base = min(_timed([*lint, str(FIX / "good.yaml")], tmpdir)[0] for _ in range(3))
+    rows = []
+    for name, path in _hostile(tmpdir):
+        seconds, rc = _timed([*lint, str(path)], tmpdir)
+        rows.append((name, seconds, rc, base))
+    return rows
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-lint-") as tmp:
         tmpdir = Path(tmp)
@@ -93,6 +119,14 @@ def main() -> None:
             f"   (exit {rc1} / {rc2})"
         )
     print("ratio = enclavekit time / cfn-lint time on the same files (lower is faster)")
+    with tempfile.TemporaryDirectory(prefix="bench-lint-hostile-") as tmp:
+        head = f"{'hostile input (refused)':34} {'enclavekit lint':>16} {'good.yaml':>10}"
+        print(f"\n{head} {'ratio':>7}")
+        for name, seconds, rc, base in hostile_rows(Path(tmp)):
+            print(
+                f"{name:34} {seconds:>14.2f} s {base:>8.2f} s {seconds / base:>6.2f}x   (exit {rc})"
+            )
+        print("ratio = time to refuse the hostile file / time to lint the fixture stack")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
 """EC2 instance types: size, architecture and whether they can be Nitro Enclaves parents.
 
-Why a table and not DescribeInstanceTypes: synth and lint must answer offline and the same way
-every time. The rules come from the Nitro Enclaves user guide (docs/reference
-kms-acm-cloudformation.md §5): a virtualized Nitro parent, Intel/AMD with >= 4 vCPUs, Graviton
-with >= 2 vCPUs, no burstable T-series, no bare metal, no hibernation together with enclaves,
-and a few sizes AWS lists as unsupported. The allocator rules (§5.2) live here too, so the
+Why a table and not DescribeInstanceTypes at run time: synth and lint must answer offline and
+the same way every time. The table is data (`enclavekit/data/instance_types.json`): every
+current EC2 type with its vCPUs, memory, threads per core, architecture and AWS's own
+`NitroEnclavesSupport` flag, with its source and the date it was read. The user guide's rules
+(a virtualized Nitro parent, Intel/AMD with >= 4 vCPUs, Graviton with >= 2, no burstable
+T-series, no bare metal, no hibernation together with enclaves) explain each refusal. The
+allocator rules (docs/reference kms-acm-cloudformation.md §5.2) live here too, so the
 constructs and the linter judge an enclave size against a type with the same code.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
 from enclavekit.errors import InvalidInput
 
@@ -22,11 +27,6 @@ MIN_ENCLAVE_MEMORY_MIB = 64
 ENCLAVE_MEMORY_STEP_MIB = 2
 # What the parent keeps for its OS, nitro-cli, the ACM agent and the web server.
 MIN_PARENT_MEMORY_MIB = 1024
-# AWS hibernation prerequisite: instance RAM below 150 GiB.
-_HIBERNATION_MAX_MEMORY_MIB = 150 * 1024
-
-# Sizes AWS lists as not supported as enclave parents although their family is.
-_EXCLUDED_SIZES = frozenset({"c7i.24xlarge", "c7i.48xlarge", "m7i.24xlarge", "m7i.48xlarge"})
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,11 @@ class InstanceType:
     vcpus: int
     memory_mib: int
     architecture: str  # "x86_64" | "arm64"
-    threads_per_core: int  # 2 on SMT x86 types, 1 on Graviton
+    threads_per_core: int  # 2 on SMT x86 types, 1 on Graviton and some AMD types
     burstable: bool
     metal: bool
     hibernation: bool  # hibernation supported by the type (never together with enclaves)
+    nitro_enclaves: bool = True  # DescribeInstanceTypes NitroEnclavesSupport == "supported"
 
     @property
     def smt(self) -> bool:
@@ -54,127 +55,41 @@ class InstanceType:
         return _reason(self) is None
 
 
-@dataclass(frozen=True)
-class _Family:
-    name: str
-    architecture: str
-    mib_per_vcpu: int
-    sizes: tuple[str, ...]
-    metal: tuple[tuple[str, int], ...] = ()  # (size name, vCPUs) of the bare-metal sizes
-    burstable: bool = False
-    hibernation: bool = False
-
-
-# vCPUs of each size name; families that differ (c5) override below.
-_SIZE_VCPUS = {
-    "nano": 2,
-    "micro": 2,
-    "small": 2,
-    "medium": 1,
-    "large": 2,
-    "xlarge": 4,
-    "2xlarge": 8,
-    "4xlarge": 16,
-    "8xlarge": 32,
-    "9xlarge": 36,
-    "12xlarge": 48,
-    "16xlarge": 64,
-    "18xlarge": 72,
-    "24xlarge": 96,
-    "32xlarge": 128,
-    "48xlarge": 192,
-}
-_T_MEMORY_MIB = {
-    "nano": 512,
-    "micro": 1024,
-    "small": 2048,
-    "medium": 4096,
-    "large": 8192,
-    "xlarge": 16384,
-    "2xlarge": 32768,
-}
-_T_SIZES = ("nano", "micro", "small", "medium", "large", "xlarge", "2xlarge")
-_A_SIZES = ("large", "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge", "24xlarge")
-_C5_SIZES = ("large", "xlarge", "2xlarge", "4xlarge", "9xlarge", "12xlarge", "18xlarge", "24xlarge")
-_I6_SIZES = (*_A_SIZES, "32xlarge")
-_A6_SIZES = (*_I6_SIZES, "48xlarge")
-_G_SIZES = ("medium", "large", "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge", "16xlarge")
-
-_FAMILIES = (
-    # Intel / AMD, general purpose: 4 GiB per vCPU
-    _Family("m5", X86_64, 4096, _A_SIZES, (("metal", 96),), hibernation=True),
-    _Family("m5a", X86_64, 4096, _A_SIZES, hibernation=True),
-    _Family("m5n", X86_64, 4096, _A_SIZES, (("metal", 96),)),
-    _Family("m6i", X86_64, 4096, _I6_SIZES, (("metal", 128),), hibernation=True),
-    _Family("m6a", X86_64, 4096, _A6_SIZES, (("metal", 192),)),
-    _Family(
-        "m7i", X86_64, 4096, _A6_SIZES, (("metal-24xl", 96), ("metal-48xl", 192)), hibernation=True
-    ),
-    # compute optimised: 2 GiB per vCPU
-    _Family("c5", X86_64, 2048, _C5_SIZES, (("metal", 96),), hibernation=True),
-    _Family("c5a", X86_64, 2048, _A_SIZES),
-    _Family("c6i", X86_64, 2048, _I6_SIZES, (("metal", 128),), hibernation=True),
-    _Family("c6a", X86_64, 2048, _A6_SIZES, (("metal", 192),)),
-    _Family(
-        "c7i", X86_64, 2048, _A6_SIZES, (("metal-24xl", 96), ("metal-48xl", 192)), hibernation=True
-    ),
-    # memory optimised: 8 GiB per vCPU
-    _Family("r5", X86_64, 8192, _A_SIZES, (("metal", 96),), hibernation=True),
-    _Family("r5a", X86_64, 8192, _A_SIZES, hibernation=True),
-    _Family("r6i", X86_64, 8192, _I6_SIZES, (("metal", 128),), hibernation=True),
-    # Graviton (one thread per core)
-    _Family("m6g", ARM64, 4096, _G_SIZES, (("metal", 64),), hibernation=True),
-    _Family("c6g", ARM64, 2048, _G_SIZES, (("metal", 64),), hibernation=True),
-    _Family("r6g", ARM64, 8192, _G_SIZES, (("metal", 64),), hibernation=True),
-    _Family("m7g", ARM64, 4096, _G_SIZES, (("metal", 64),)),
-    _Family("c7g", ARM64, 2048, _G_SIZES, (("metal", 64),)),
-    # burstable
-    _Family("t3", X86_64, 0, _T_SIZES, burstable=True, hibernation=True),
-    _Family("t3a", X86_64, 0, _T_SIZES, burstable=True, hibernation=True),
-    _Family("t4g", ARM64, 0, _T_SIZES, burstable=True, hibernation=True),
-)
-
-
-def _expand(fam: _Family) -> list[InstanceType]:
-    tpc = 2 if fam.architecture == X86_64 else 1
-    out: list[InstanceType] = []
-    for size in fam.sizes:
-        vcpus = _SIZE_VCPUS[size]
-        mem = _T_MEMORY_MIB[size] if fam.burstable else vcpus * fam.mib_per_vcpu
-        out.append(
-            InstanceType(
-                name=f"{fam.name}.{size}",
-                family=fam.name,
-                size=size,
-                vcpus=vcpus,
-                memory_mib=mem,
-                architecture=fam.architecture,
-                threads_per_core=tpc,
-                burstable=fam.burstable,
-                metal=False,
-                hibernation=fam.hibernation and mem < _HIBERNATION_MAX_MEMORY_MIB,
-            )
+def _load() -> tuple[dict[str, InstanceType], dict[str, Any]]:
+    raw = json.loads(
+        resources.files("enclavekit").joinpath("data/instance_types.json").read_text("utf-8")
+    )
+    types: dict[str, InstanceType] = {}
+    for name, (vcpus, mem, tpc, arch, flags) in raw["types"].items():
+        family, size = name.split(".", 1)
+        types[name] = InstanceType(
+            name=name,
+            family=family,
+            size=size,
+            vcpus=vcpus,
+            memory_mib=mem,
+            architecture=arch,
+            threads_per_core=tpc,
+            burstable="b" in flags,
+            metal="m" in flags,
+            hibernation="h" in flags,
+            nitro_enclaves="e" in flags,
         )
-    for size, vcpus in fam.metal:
-        out.append(
-            InstanceType(
-                name=f"{fam.name}.{size}",
-                family=fam.name,
-                size=size,
-                vcpus=vcpus,
-                memory_mib=vcpus * fam.mib_per_vcpu,
-                architecture=fam.architecture,
-                threads_per_core=tpc,
-                burstable=False,
-                metal=True,
-                hibernation=False,
-            )
-        )
-    return out
+    return types, {k: v for k, v in raw.items() if k != "types"}
 
 
-TYPES: dict[str, InstanceType] = {t.name: t for f in _FAMILIES for t in _expand(f)}
-FAMILIES: tuple[str, ...] = tuple(f.name for f in _FAMILIES)
+TYPES, SOURCE = _load()
+FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(t.family for t in TYPES.values()))
+
+
+def family_of(name: str) -> str:
+    """ "m7a.xlarge" -> "m7a" (lower case, whatever follows the first dot dropped)."""
+    return name.strip().lower().split(".", 1)[0]
+
+
+def known_family(name: str) -> bool:
+    """Whether the table knows the family of `name` (its size may still be unknown)."""
+    return family_of(name) in FAMILIES
 
 
 def _examples() -> str:
@@ -191,7 +106,8 @@ def lookup(name: str) -> InstanceType:
         hint = (
             f"sizes of {family}: {', '.join(t.size for t in TYPES.values() if t.family == family)}"
             if family in FAMILIES
-            else f"known families: {', '.join(FAMILIES)}"
+            else f"family {family!r} is not among the {len(FAMILIES)} families of enclavekit's "
+            f"table, read from AWS on {SOURCE.get('read')}"
         )
         raise InvalidInput(
             f"instance type must be a known EC2 type such as {_examples()}, got {name!r} ({hint})"
@@ -200,17 +116,18 @@ def lookup(name: str) -> InstanceType:
 
 
 def _reason(t: InstanceType) -> str | None:
+    """Why AWS refuses `t` as a parent (its NitroEnclavesSupport flag), in the guide's terms."""
+    if t.nitro_enclaves:
+        return None
     if t.burstable:
         return f"{t.name} is a burstable T-series type, which cannot run Nitro Enclaves"
     if t.metal:
         return f"{t.name} is bare metal; enclave parents must be virtualized Nitro instances"
-    if t.name in _EXCLUDED_SIZES:
-        return f"{t.name} is listed by AWS as not supporting Nitro Enclaves"
     need = 4 if t.architecture == X86_64 else 2
-    if t.vcpus < need:
+    if t.vcpus < need and t.vcpus // t.threads_per_core < 2:
         kind = "Intel/AMD" if t.architecture == X86_64 else "Graviton"
         return f"{t.name} has {t.vcpus} vCPUs; {kind} enclave parents need at least {need} vCPUs"
-    return None
+    return f"{t.name} is listed by AWS as not supporting Nitro Enclaves"
 
 
 def why_not(name: str | InstanceType) -> str | None:

@@ -66,7 +66,8 @@ def test_capable(name: str) -> None:
         ("m6g.medium", "at least 2 vCPUs"),
         ("m5.metal", "bare metal"),
         ("m7i.metal-24xl", "bare metal"),
-        ("m7i.48xlarge", "not supporting"),
+        ("m7i-flex.xlarge", "not supporting"),  # AWS: NitroEnclavesSupport unsupported
+        ("c7gn.xlarge", "not supporting"),
     ],
 )
 def test_not_capable_says_why(name: str, words: str) -> None:
@@ -86,7 +87,8 @@ def test_hibernation_flags() -> None:
     assert it.lookup("m5.xlarge").hibernation
     assert not it.lookup("m5.metal").hibernation
     assert not it.lookup("m5.24xlarge").hibernation  # 384 GiB is over the 150 GiB limit
-    assert not it.lookup("c6a.xlarge").hibernation
+    assert it.lookup("c6a.xlarge").hibernation  # AWS's DescribeInstanceTypes says supported
+    assert not it.lookup("u-6tb1.56xlarge").hibernation
 
 
 def test_capable_list_excludes_every_bad_kind() -> None:
@@ -116,3 +118,20 @@ def test_allocator_fits() -> None:
     assert it.allocator_problems("m5a.xlarge", 2, 512) == []
     assert it.allocator_problems("c6g.large", 1, 2048) == []
     assert it.allocator_problems("m6i.4xlarge", 14, 64 * 1024 - 1024) == []
+
+
+def test_table_is_aws_data_with_source_and_date() -> None:
+    """Every type AWS flags as enclave-capable obeys the user guide's rules, and the families
+    new users hit (7th-gen AMD, network-optimised Intel, Graviton 3/4) are there."""
+    assert "DescribeInstanceTypes" in it.SOURCE["source"]
+    assert it.SOURCE["rules"].startswith("https://docs.aws.amazon.com/enclaves/")
+    assert it.SOURCE["read"] == "2026-12-02"
+    capable = [t for t in it.TYPES.values() if t.nitro_enclaves]
+    assert len({t.family for t in capable}) >= 100
+    for t in capable:
+        assert not t.burstable and not t.metal, t.name
+        assert t.vcpus // t.threads_per_core >= 2, t.name  # a core for the parent, one to give
+        assert it.enclave_capable(t)
+    for name in ("m7a.xlarge", "c6in.xlarge", "m8g.large", "r7iz.xlarge", "c7i.48xlarge"):
+        assert it.enclave_capable(name), name
+    assert it.known_family("m7a.weird") and not it.known_family("zz9.large")

@@ -77,7 +77,7 @@ def test_json_lines_and_yaml_short_forms() -> None:
     assert yml.resources["Key"].line == 9
     props = Resolver(yml).resolve(dict(yml.resources["R"].properties))
     assert props["Path"] == "/us-east-1/" and props["V"] == "b" and props["Z"] == "0x12"
-    assert props["W"] == "arn:aws:kms:us-east-1:123456789012:key/key-Key"
+    assert props["W"] == "arn:aws:kms:us-east-1:123456789012:key/key-t-Key"  # per stack
 
 
 @pytest.mark.parametrize(

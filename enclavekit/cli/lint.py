@@ -1,6 +1,8 @@
-"""`enclavekit lint PATH... [--format text|json|sarif|junit] [--output FILE]`.
+"""`enclavekit lint PATH... [--format text|json|sarif|junit|gitlab] [--output FILE]
+[--key-policy KEYID=FILE]... [--baseline FILE] [--skip-non-templates]`.
 
-Exit 1 when an unacknowledged error is found, 0 otherwise, 2 on unreadable input.
+Exit 1 when an unacknowledged error is found (after the baseline), 0 otherwise, 2 on
+unreadable input or bad usage. docs/lint-rules.md documents the rules and the modes.
 """
 
 from __future__ import annotations
@@ -17,21 +19,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "lint",
         help="enclave-aware policy lint of cdk.out directories or templates",
-        description="Lint synthesized CloudFormation (a cdk.out directory, JSON or YAML "
-        "templates) with the enclavekit rules (docs/lint-rules.md).",
+        description="Lint CloudFormation (a cdk.out directory, a directory of templates, JSON "
+        "or YAML templates, nested stacks) with the enclavekit rules (docs/lint-rules.md).",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="cdk.out directory or template")
-    p.add_argument("--format", choices=("text", "json", "sarif", "junit"), default="text")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="cdk.out, directory or template")
+    p.add_argument("--format", choices=("text", "json", "sarif", "junit", "gitlab"), default="text")
     p.add_argument("--output", metavar="FILE", help="write the report here instead of stdout")
+    p.add_argument(
+        "--key-policy",
+        action="append",
+        default=[],
+        metavar="KEYID=FILE",
+        help="a key policy applied outside the templates (KEYID: logical id or key id)",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="FILE",
+        help="a previous report (json, sarif or gitlab): report only findings not in it",
+    )
+    p.add_argument(
+        "--skip-non-templates",
+        action="store_true",
+        help="pass over JSON/YAML files that are not templates (for pre-commit)",
+    )
     p.set_defaults(handler=_lint)
 
 
 def _lint(args: argparse.Namespace) -> int:
     from enclavekit.lint import lint_paths
+    from enclavekit.lint.baseline import apply_baseline, load_baseline
     from enclavekit.lint.reporters import render
     from enclavekit.lint.reporters.text import summary
 
-    report = lint_paths(args.paths)
+    known = load_baseline(args.baseline) if args.baseline else None
+    report = lint_paths(
+        args.paths, key_policies=args.key_policy, skip_non_templates=args.skip_non_templates
+    )
+    if known is not None:
+        report = apply_baseline(report, known)
     out = render(report, args.format)
     if args.output:
         try:

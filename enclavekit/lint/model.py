@@ -81,6 +81,7 @@ class Report:
     findings: tuple[Finding, ...]
     rules: tuple[Rule, ...]
     templates: tuple[str, ...]
+    baselined: int = 0  # findings dropped because a --baseline report already had them
 
     @property
     def errors(self) -> tuple[Finding, ...]:

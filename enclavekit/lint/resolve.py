@@ -9,9 +9,11 @@ be known (an import, a parameter without default) becomes a `{{...}}` token, nev
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from enclavekit.errors import TemplateError
 from enclavekit.lint.templates import Template
 
 ACCOUNT = "123456789012"
@@ -19,16 +21,18 @@ REGION = "us-east-1"
 PARTITION = "aws"
 
 _NOVALUE = object()
+# Intrinsics nest (and re-enter through Ref/GetAtt of other resources) at most this deep; deeper
+# (or cyclic) references resolve to a token instead of recursing without end.
+MAX_NESTING = 64
+# Text that Fn::Join / Fn::Sub / Fn::ToJsonString may produce in one template: a template of
+# bounded size cannot amplify itself into gigabytes through repeated references.
+MAX_PRODUCED_CHARS = 32 * 1024 * 1024
 
 
-def key_id_of(logical_id: str) -> str:
-    """The symbolic key id of a template's KMS key."""
-    return f"key-{logical_id}"
-
-
-def assoc_attr(logical_id: str, attr: str) -> str:
-    """Symbolic value of an ACM association attribute (bucket, object key, KMS key id)."""
-    return f"ek-{logical_id}-{attr}".lower()
+def generated_name(stack: str, logical_id: str) -> str:
+    """The name CloudFormation generates for an unnamed resource: stack name and logical id
+    (AWS adds a random suffix), so two stacks' resources never share a symbolic name."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", f"{stack}-{logical_id}")
 
 
 class Resolver:
@@ -40,8 +44,21 @@ class Resolver:
         self._mappings = template.body.get("Mappings") or {}
         self._conditions = template.body.get("Conditions") or {}
         self._cond_cache: dict[str, bool] = {}
+        self._level = 0  # current nesting of _resolve/_truth, across re-entrant calls
+        self._produced = 0
 
     # --------------------------------------------------------------- public
+    def key_id(self, logical_id: str) -> str:
+        """The symbolic key id of this template's KMS key `logical_id`."""
+        return f"key-{generated_name(self.template.name, logical_id)}"
+
+    def key_arn(self, logical_id: str) -> str:
+        return f"arn:{PARTITION}:kms:{REGION}:{ACCOUNT}:key/{self.key_id(logical_id)}"
+
+    def assoc_attr(self, logical_id: str, attr: str) -> str:
+        """Symbolic value of an ACM association attribute (bucket, object key, KMS key id)."""
+        return f"ek-{generated_name(self.template.name, logical_id)}-{attr}".lower()
+
     def resolve(self, value: Any) -> Any:
         """The value with every intrinsic replaced by what it evaluates to (or a token)."""
         out = self._resolve(value, 0)
@@ -90,16 +107,16 @@ class Resolver:
             return f"arn:{PARTITION}:iam::{ACCOUNT}:instance-profile{path}{self.ref(logical_id)}"
         if rtype == "AWS::KMS::Key":
             if attr == "Arn":
-                return f"arn:{PARTITION}:kms:{REGION}:{ACCOUNT}:key/{key_id_of(logical_id)}"
+                return self.key_arn(logical_id)
             if attr == "KeyId":
-                return key_id_of(logical_id)
+                return self.key_id(logical_id)
         if rtype == "AWS::EC2::EnclaveCertificateIamRoleAssociation":
-            return assoc_attr(logical_id, attr)
+            return self.assoc_attr(logical_id, attr)
         if rtype == "AWS::S3::Bucket" and attr == "Arn":
             return f"arn:{PARTITION}:s3:::{self.ref(logical_id)}"
         if rtype == "AWS::EC2::LaunchTemplate":
             if attr == "LaunchTemplateId":
-                return f"lt-{logical_id}"
+                return f"lt-{generated_name(self.template.name, logical_id)}"
             if attr in ("LatestVersionNumber", "DefaultVersionNumber"):
                 return "1"
         if rtype == "AWS::IAM::ManagedPolicy" and attr == "PolicyArn":
@@ -131,17 +148,19 @@ class Resolver:
             if name:
                 return name
         if rtype == "AWS::KMS::Key":
-            return key_id_of(logical_id)
+            return self.key_id(logical_id)
         if rtype == "AWS::IAM::ManagedPolicy":
             name = self._str(props.get("ManagedPolicyName")) or logical_id
             path = self._str(props.get("Path")) or "/"
             return f"arn:{PARTITION}:iam::{ACCOUNT}:policy{path}{name}"
         if rtype == "AWS::EC2::LaunchTemplate":
-            return f"lt-{logical_id}"
+            return f"lt-{generated_name(self.template.name, logical_id)}"
         if rtype == "AWS::CertificateManager::Certificate":
             return f"arn:{PARTITION}:acm:{REGION}:{ACCOUNT}:certificate/{logical_id}"
         if rtype == "AWS::S3::Bucket":
-            return logical_id.lower()
+            return generated_name(self.template.name, logical_id).lower()
+        if rtype in ("AWS::IAM::Role", "AWS::IAM::InstanceProfile"):
+            return generated_name(self.template.name, logical_id)
         return logical_id
 
     def condition(self, name: str) -> bool:
@@ -153,6 +172,15 @@ class Resolver:
         return self._cond_cache[name]
 
     def _truth(self, expr: Any, depth: int) -> bool:
+        if self._level > MAX_NESTING:
+            return True
+        self._level += 1
+        try:
+            return self._truth_of(expr, depth)
+        finally:
+            self._level -= 1
+
+    def _truth_of(self, expr: Any, depth: int) -> bool:
         if isinstance(expr, dict) and len(expr) == 1:
             ((fn, arg),) = expr.items()
             if fn == "Condition" and isinstance(arg, str):
@@ -172,9 +200,26 @@ class Resolver:
             return expr
         return True
 
-    def _resolve(self, value: Any, depth: int) -> Any:  # noqa: C901 - one dispatch table
-        if depth > 64:
+    def _produce(self, text: str) -> str:
+        """Account for generated text; TemplateError past MAX_PRODUCED_CHARS."""
+        self._produced += len(text)
+        if self._produced > MAX_PRODUCED_CHARS:
+            raise TemplateError(
+                f"{self.template.path}: expected intrinsic functions that produce at most "
+                f"{MAX_PRODUCED_CHARS} characters, found more (Fn::Join/Fn::Sub amplification)"
+            )
+        return text
+
+    def _resolve(self, value: Any, depth: int) -> Any:
+        if depth > MAX_NESTING or self._level > MAX_NESTING:
             return "{{too-deep}}"
+        self._level += 1
+        try:
+            return self._resolve_one(value, depth)
+        finally:
+            self._level -= 1
+
+    def _resolve_one(self, value: Any, depth: int) -> Any:  # noqa: C901 - one dispatch table
         if isinstance(value, list):
             items = [self._resolve(v, depth + 1) for v in value]
             return [v for v in items if v is not _NOVALUE]
@@ -193,9 +238,10 @@ class Resolver:
             if fn == "Fn::Join" and isinstance(arg, list) and len(arg) == 2:
                 sep, parts = self._resolve(arg[0], depth + 1), self._resolve(arg[1], depth + 1)
                 if isinstance(parts, list):
-                    return str(sep).join(_text(p) for p in parts)
+                    return self._produce(_text(sep).join(_text(p) for p in parts))
             if fn == "Fn::Sub":
-                return self._sub(arg, depth)
+                out = self._sub(arg, depth)
+                return self._produce(out) if isinstance(out, str) else out
             if fn == "Fn::Select" and isinstance(arg, list) and len(arg) == 2:
                 idx, seq = self._resolve(arg[0], depth + 1), self._resolve(arg[1], depth + 1)
                 try:
@@ -222,7 +268,8 @@ class Resolver:
             if fn == "Fn::ImportValue":
                 return f"{{{{import:{_text(self._resolve(arg, depth + 1))}}}}}"
             if fn == "Fn::ToJsonString":
-                return json.dumps(self._resolve(arg, depth + 1), separators=(",", ":"))
+                value = self._resolve(arg, depth + 1)
+                return self._produce(json.dumps(value, separators=(",", ":"), default=str))
             if fn == "Fn::Length":
                 seq = self._resolve(arg, depth + 1)
                 return len(seq) if isinstance(seq, list) else "{{length}}"
@@ -277,4 +324,4 @@ def _text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    return json.dumps(value, separators=(",", ":"))
+    return json.dumps(value, separators=(",", ":"), default=str)

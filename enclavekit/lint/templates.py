@@ -16,6 +16,23 @@ from typing import Any
 import yaml
 
 from enclavekit.errors import TemplateError
+from enclavekit.policy.parse import MAX_JSON_DEPTH, brief, load_json
+
+# Hostile input bounds. CloudFormation takes template bodies of at most 1 MB; a few MiB leaves
+# room for cdk.out files before asset publishing. Nesting and YAML alias expansion are bounded
+# so that a billion-laughs file or a 200k-deep document ends in one line, not a hang or a
+# RecursionError.
+MAX_TEMPLATE_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = MAX_JSON_DEPTH
+MAX_EXPANDED = 4_000_000  # nodes + scalar characters after YAML aliases are expanded
+
+
+class NotATemplate(TemplateError):
+    """JSON/YAML that is not a CloudFormation template (no Resources object)."""
+
+
+TEMPLATE_SUFFIXES = (".json", ".yaml", ".yml", ".template")
+_SKIP_DIRS = ("node_modules", "__pycache__")
 
 
 @dataclass(frozen=True)
@@ -82,23 +99,108 @@ _CfnLoader.yaml_implicit_resolvers = {
 }
 
 
+def _yaml_bounds(text: str, where: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from the event stream (the parser is iterative;
+    PyYAML's composer and constructor recurse per level)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_CfnLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise TemplateError(
+                    f"{where}: expected a template nested at most {MAX_DEPTH} levels deep, "
+                    f"found more (line {event.start_mark.line + 1})"
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _expanded_size(node: yaml.Node, where: str) -> int:
+    """Size of the document once aliases are expanded (nodes + scalar characters), computed
+    on the node graph with memoisation, so a billion-laughs file costs what its text costs."""
+    memo: dict[int, tuple[int, int]] = {}  # id(node) -> (size, depth)
+    active: set[int] = set()
+
+    def walk(n: yaml.Node, level: int) -> tuple[int, int]:
+        key = id(n)
+        if key in memo:
+            size, depth = memo[key]
+        else:
+            if key in active:
+                raise TemplateError(f"{where}: expected a template, found a recursive YAML alias")
+            if level > MAX_DEPTH:
+                raise TemplateError(
+                    f"{where}: expected a template nested at most {MAX_DEPTH} levels deep once "
+                    "YAML aliases are expanded, found more"
+                )
+            active.add(key)
+            size, depth = 1, 0
+            if isinstance(n, yaml.ScalarNode):
+                size += len(n.value)
+            else:
+                children = (
+                    n.value
+                    if isinstance(n, yaml.SequenceNode)
+                    else [c for pair in n.value for c in pair]
+                )
+                for child in children:
+                    csize, cdepth = walk(child, level + 1)
+                    size += csize
+                    depth = max(depth, cdepth + 1)
+                    if size > MAX_EXPANDED:
+                        break
+            active.discard(key)
+            memo[key] = (size, depth)
+        if size > MAX_EXPANDED:
+            raise TemplateError(
+                f"{where}: expected a template whose YAML aliases expand to at most "
+                f"{MAX_EXPANDED} nodes and characters, found more (an alias bomb?)"
+            )
+        if level + depth > MAX_DEPTH:
+            raise TemplateError(
+                f"{where}: expected a template nested at most {MAX_DEPTH} levels deep once "
+                "YAML aliases are expanded, found more"
+            )
+        return size, depth
+
+    return walk(node, 0)[0]
+
+
 def _yaml_load(text: str, where: str) -> tuple[Any, dict[str, int]]:
-    loader = _CfnLoader(text)
+    loader: _CfnLoader | None = None
     try:
+        _yaml_bounds(text, where)
+        loader = _CfnLoader(text)
         node = loader.get_single_node()
+        if node is not None:
+            _expanded_size(node, where)
         body = loader.construct_document(node) if node is not None else None
+    except TemplateError:
+        raise
     except yaml.YAMLError as exc:
         raise TemplateError(
-            f"{where}: expected a JSON or YAML template, YAML error: {exc}".replace("\n", " ")
+            f"{where}: expected a JSON or YAML template, YAML error: "
+            + " ".join(str(exc).split())[:300]
         ) from exc
+    except (ValueError, TypeError, OverflowError) as exc:  # explicit tags (!!int, !!binary...)
+        raise TemplateError(
+            f"{where}: expected a CloudFormation template, YAML value error: "
+            + " ".join(str(exc).split())[:200]
+        ) from None
+    except RecursionError:  # belt and braces: the bounds above should have caught it
+        raise TemplateError(
+            f"{where}: expected a template of bounded depth, found one nested too deeply"
+        ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     lines: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if key.value == "Resources" and isinstance(value, yaml.MappingNode):
                 for rkey, _ in value.value:
-                    lines[str(rkey.value)] = rkey.start_mark.line + 1
+                    if isinstance(rkey, yaml.ScalarNode):
+                        lines[str(rkey.value)] = rkey.start_mark.line + 1
     return body, lines
 
 
@@ -140,40 +242,49 @@ def parse_template(
 ) -> Template:
     """Parse template text (JSON or YAML) into a Template; TemplateError names what is wrong."""
     where = str(path)
+    if len(text) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(
+            f"{where}: expected a template of at most {MAX_TEMPLATE_BYTES} characters "
+            f"(CloudFormation accepts 1 MB), found {len(text)}"
+        )
     stripped = text.lstrip()
     if stripped.startswith("{"):
         try:
-            body = json.loads(text)
+            body = load_json(text, "JSON")
         except json.JSONDecodeError as exc:
             raise TemplateError(
                 f"{where}: expected a JSON template, found invalid JSON at line {exc.lineno} "
                 f"column {exc.colno}: {exc.msg}"
             ) from exc
+        except ValueError as exc:  # too deep, or a number json refuses to convert
+            reason = " ".join(str(exc).split())[:200]
+            raise TemplateError(f"{where}: expected a JSON template, {reason}") from None
         lines = _json_resource_lines(text)
     else:
         body, lines = _yaml_load(text, where)
     if not isinstance(body, dict):
-        raise TemplateError(
+        raise NotATemplate(
             f"{where}: expected a template object with a Resources section, "
             f"found {type(body).__name__}"
         )
     raw_resources = body.get("Resources")
     if not isinstance(raw_resources, dict):
-        raise TemplateError(
+        raise (TemplateError if "Resources" in body else NotATemplate)(
             f"{where}: expected a 'Resources' object, found {type(raw_resources).__name__}"
         )
     resources: dict[str, Resource] = {}
     for logical_id, res in raw_resources.items():
         if not isinstance(res, dict) or not isinstance(res.get("Type"), str):
             raise TemplateError(
-                f"{where}: resource {logical_id!r}: expected an object with a string 'Type', "
-                f"found {res!r:.80}"
+                f"{where}: resource {brief(logical_id)}: expected an object with a string 'Type', "
+                f"found {brief(res)}"
             )
         props = res.get("Properties") or {}
         meta = res.get("Metadata") or {}
         if not isinstance(props, dict) or not isinstance(meta, dict):
             raise TemplateError(
-                f"{where}: resource {logical_id!r}: expected objects for Properties and Metadata"
+                f"{where}: resource {brief(logical_id)}: expected objects for Properties and "
+                "Metadata"
             )
         resources[str(logical_id)] = Resource(
             str(logical_id), res["Type"], props, meta, lines.get(str(logical_id))
@@ -192,6 +303,12 @@ def _stack_name(path: Path) -> str:
 def load_template(path: Path, name: str | None = None, parent: str | None = None) -> Template:
     """Read and parse one template file."""
     try:
+        size = path.stat().st_size
+        if size > MAX_TEMPLATE_BYTES:
+            raise TemplateError(
+                f"{path}: expected a template of at most {MAX_TEMPLATE_BYTES} bytes "
+                f"(CloudFormation accepts 1 MB), found {size}"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise TemplateError(f"{path}: expected a template file, found nothing there") from exc
@@ -201,20 +318,75 @@ def load_template(path: Path, name: str | None = None, parent: str | None = None
 
 
 def _nested(template: Template, base: Path, seen: set[Path]) -> Iterable[Template]:
-    """Nested stacks CDK wrote next to the parent (Metadata aws:asset:path)."""
+    """Nested stacks next to the parent: CDK's Metadata aws:asset:path, or a TemplateURL that
+    names a local file (what `aws cloudformation package` uploads)."""
     for res in template.resources.values():
         if res.type != "AWS::CloudFormation::Stack":
             continue
         asset = res.metadata.get("aws:asset:path")
+        url = res.properties.get("TemplateURL")
         if not isinstance(asset, str):
+            asset = url if isinstance(url, str) and "://" not in url else None
+        if not isinstance(asset, str) or len(asset) > 4096:
             continue
-        child = (base / asset).resolve()
-        if child in seen or not child.is_file():
+        try:
+            child = (base / asset).resolve()
+            if child in seen or not child.is_file():
+                continue
+        except (OSError, ValueError):
             continue
         seen.add(child)
         tpl = load_template(child, name=f"{template.name}/{res.logical_id}", parent=template.name)
         yield tpl
-        yield from _nested(tpl, base, seen)
+        yield from _nested(tpl, child.parent, seen)
+
+
+def _looks_like_template(path: Path) -> bool:
+    try:
+        head = path.read_text(encoding="utf-8", errors="replace")[:65536]
+    except OSError:
+        return False
+    return "AWSTemplateFormatVersion" in head or "Resources" in head
+
+
+def load_directory(
+    directory: Path, seen: set[Path], skip_non_templates: bool = True
+) -> list[Template]:
+    """A cdk.out (it has manifest.json) or a directory of plain templates, in path order;
+    JSON/YAML files that are not templates are skipped."""
+    if (directory / "manifest.json").is_file():
+        return load_cloud_assembly(directory, seen)
+    out: list[Template] = []
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.suffix.lower() in TEMPLATE_SUFFIXES
+        and p.is_file()
+        and not any(
+            part.startswith(".") or part in _SKIP_DIRS for part in p.relative_to(directory).parts
+        )
+    )
+    for path in files:
+        resolved = path.resolve()
+        if resolved in seen:
+            continue
+        try:
+            tpl = load_template(path)
+        except NotATemplate:
+            continue
+        except TemplateError:
+            if skip_non_templates and not _looks_like_template(path):
+                continue
+            raise
+        seen.add(resolved)
+        out.append(tpl)
+        out.extend(_nested(tpl, path.parent, seen))
+    if not out:
+        raise TemplateError(
+            f"{directory}: expected a cdk.out directory or a directory of templates, found "
+            "no template in it"
+        )
+    return out
 
 
 def load_cloud_assembly(directory: Path, seen: set[Path] | None = None) -> list[Template]:
@@ -222,13 +394,16 @@ def load_cloud_assembly(directory: Path, seen: set[Path] | None = None) -> list[
     seen = set() if seen is None else seen
     manifest_path = directory / "manifest.json"
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = load_json(manifest_path.read_text(encoding="utf-8"), "JSON")
     except FileNotFoundError as exc:
         raise TemplateError(
             f"{directory}: expected a cdk.out directory with manifest.json, found none"
         ) from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TemplateError(f"{manifest_path}: expected a cloud assembly manifest, {exc}") from exc
+    except (OSError, ValueError) as exc:
+        reason = (str(exc).splitlines() or ["?"])[0][:200]
+        raise TemplateError(
+            f"{manifest_path}: expected a cloud assembly manifest, {reason}"
+        ) from None
     artifacts = manifest.get("artifacts") if isinstance(manifest, dict) else None
     if not isinstance(artifacts, dict):
         raise TemplateError(f"{manifest_path}: expected an 'artifacts' object in the manifest")
@@ -255,27 +430,40 @@ def load_cloud_assembly(directory: Path, seen: set[Path] | None = None) -> list[
     return out
 
 
-def load_paths(paths: Iterable[str | Path]) -> list[Template]:
-    """Templates from cdk.out directories and/or template files, in the order given."""
+def load_paths(paths: Iterable[str | Path], skip_non_templates: bool = False) -> list[Template]:
+    """Templates from cdk.out directories, directories of templates and template files.
+
+    `skip_non_templates`: files that are JSON/YAML but not templates are passed over (what a
+    pre-commit hook given every changed YAML file needs) instead of being an error.
+    """
     out: list[Template] = []
     seen: set[Path] = set()
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out.extend(load_cloud_assembly(path, seen))
+            out.extend(load_directory(path, seen))
         elif path.is_file():
             resolved = path.resolve()
             if resolved in seen:
                 continue
             seen.add(resolved)
-            tpl = load_template(path)
+            try:
+                tpl = load_template(path)
+            except NotATemplate:
+                if skip_non_templates:
+                    continue
+                raise
+            except TemplateError:
+                if skip_non_templates and not _looks_like_template(path):
+                    continue
+                raise
             out.append(tpl)
             out.extend(_nested(tpl, path.parent, seen))
         else:
             raise TemplateError(
                 f"{path}: expected a cdk.out directory or a template file, found nothing there"
             )
-    if not out:
+    if not out and not skip_non_templates:
         names = ", ".join(map(str, paths))
         raise TemplateError(f"{names}: expected at least one template, found none")
     return out

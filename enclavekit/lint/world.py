@@ -6,17 +6,20 @@ Built once per lint run; rules are pure functions of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from enclavekit.errors import PolicyDocumentError
 from enclavekit.lint.model import Location
-from enclavekit.lint.resolve import ACCOUNT, PARTITION, REGION, Resolver, assoc_attr, key_id_of
+from enclavekit.lint.resolve import ACCOUNT, PARTITION, REGION, Resolver
 from enclavekit.lint.templates import Resource, Template
-from enclavekit.policy import Policy, RequestContext, parse_policy
+from enclavekit.lint.userdata import UserData, parse_user_data
+from enclavekit.policy import Policy, RequestContext, evaluate_kms, parse_policy
 
 HOST_METADATA = "enclavekit:host"
 # Operations that accept a Recipient (attestation document): KMS Developer Guide.
@@ -62,6 +65,7 @@ class RoleFact:
     name: str
     path: str
     policies: tuple[PolicyDoc, ...]
+    named: bool = False  # RoleName written: the same role in every stack of the account
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ class KeyFact:
     arn: str
     doc: PolicyDoc | None  # None when the key policy itself is not valid grammar
     explicit_policy: bool
+    external: bool = False  # a key policy given with --key-policy for a key not in a template
+
+    @property
+    def logical_id(self) -> str:
+        return self.resource.logical_id
 
     @property
     def attested(self) -> bool:
@@ -93,6 +102,7 @@ class HostFact:
     http_tokens: str | None
     role: RoleFact | None
     metadata: Mapping[str, Any] | None
+    user_data: str | None = None  # after intrinsics; None when the host has none
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,7 @@ class AssociationFact:
     bucket: str
     object_key: str
     kms_key_id: str
+    certificate_arn: str = ""
 
 
 def is_attestation_key(name: str) -> bool:
@@ -114,16 +125,45 @@ def _truthy(value: Any) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
+def _obj(value: Any) -> Mapping[str, Any]:
+    """`value` when it is an object, else an empty one: templates may hold anything."""
+    return value if isinstance(value, dict) else {}
+
+
+def _seq(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def tkey(tpl: Template) -> tuple[str, str]:
+    """What identifies a template in a run: its file and stack name, never its position."""
+    return (str(tpl.path), tpl.name)
+
+
 @dataclass
 class World:
     """Everything the rules need, computed lazily from the templates of one run."""
 
     templates: tuple[Template, ...]
     policy_errors: list[tuple[Location, str]] = field(default_factory=list)
+    # --key-policy KEYID=FILE: (key logical id or key id, file, parsed JSON)
+    key_policies: tuple[tuple[str, str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        self.resolvers = {t.name: Resolver(t) for t in self.templates}
-        self._props: dict[tuple[str, str], Mapping[str, Any]] = {}
+        # Facts are keyed by template file and logical id, and built in one canonical order,
+        # so the order of the inputs never changes a result.
+        ordered = sorted(self.templates, key=tkey)
+        names = [t.name for t in ordered]
+        # Two files with one stack name (a/stack.json, b/stack.json) are two stacks.
+        self.templates = tuple(
+            dataclasses.replace(t, name=str(t.path)) if names.count(t.name) > 1 else t
+            for t in ordered
+        )
+        self.resolvers = {tkey(t): Resolver(t) for t in self.templates}
+        self._props: dict[tuple[tuple[str, str], str], Mapping[str, Any]] = {}
+        self._user_data: dict[tuple[tuple[str, str], str], UserData | None] = {}
+
+    def resolver(self, tpl: Template) -> Resolver:
+        return self.resolvers[tkey(tpl)]
 
     # --------------------------------------------------------------- basics
     def resources(self, *types: str) -> Iterator[tuple[Template, Resource]]:
@@ -133,9 +173,9 @@ class World:
                     yield tpl, res
 
     def props(self, tpl: Template, res: Resource) -> Mapping[str, Any]:
-        key = (tpl.name, res.logical_id)
+        key = (tkey(tpl), res.logical_id)
         if key not in self._props:
-            out = self.resolvers[tpl.name].resolve(dict(res.properties))
+            out = self.resolver(tpl).resolve(dict(res.properties))
             self._props[key] = out if isinstance(out, dict) else {}
         return self._props[key]
 
@@ -166,7 +206,7 @@ class World:
     def roles(self) -> tuple[RoleFact, ...]:
         out: list[RoleFact] = []
         # Policies attached from the outside, by role name, per template.
-        attached: dict[tuple[str, str], list[PolicyDoc]] = {}
+        attached: dict[tuple[tuple[str, str], str], list[PolicyDoc]] = {}
         managed_by_arn: dict[str, PolicyDoc] = {}
         for tpl, res in self.resources(
             "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::IAM::RolePolicy"
@@ -181,20 +221,20 @@ class World:
             )
             if doc is None:
                 continue
-            roles = p.get("Roles") or []
+            roles = _seq(p.get("Roles"))
             if res.type == "AWS::IAM::RolePolicy":
                 roles = [p.get("RoleName")]
-            for r in roles if isinstance(roles, list) else []:
+            for r in roles:
                 if isinstance(r, str):
-                    attached.setdefault((tpl.name, r), []).append(doc)
+                    attached.setdefault((tkey(tpl), r), []).append(doc)
             if res.type == "AWS::IAM::ManagedPolicy":
-                managed_by_arn[str(self.resolvers[tpl.name].ref(res.logical_id))] = doc
+                managed_by_arn[str(self.resolver(tpl).ref(res.logical_id))] = doc
         for tpl, res in self.resources("AWS::IAM::Role"):
             p = self.props(tpl, res)
-            resolver = self.resolvers[tpl.name]
+            resolver = self.resolver(tpl)
             name = str(resolver.ref(res.logical_id))
             docs: list[PolicyDoc] = []
-            for i, pol in enumerate(p.get("Policies") or []):
+            for i, pol in enumerate(_seq(p.get("Policies"))):
                 if isinstance(pol, dict):
                     doc = self._parse(
                         tpl,
@@ -205,17 +245,26 @@ class World:
                     )
                     if doc:
                         docs.append(doc)
-            for arn in p.get("ManagedPolicyArns") or []:
+            for arn in _seq(p.get("ManagedPolicyArns")):
                 if isinstance(arn, str) and arn in managed_by_arn:
                     docs.append(managed_by_arn[arn])
-            docs.extend(attached.get((tpl.name, name), []))
+            docs.extend(attached.get((tkey(tpl), name), []))
             path = p.get("Path") if isinstance(p.get("Path"), str) else "/"
+            named = isinstance(p.get("RoleName"), str) and "{{" not in p["RoleName"]
             out.append(
-                RoleFact(tpl, res, resolver.role_arn(res.logical_id), name, path, tuple(docs))
+                RoleFact(
+                    tpl, res, resolver.role_arn(res.logical_id), name, path, tuple(docs), named
+                )
             )
         return tuple(out)
 
-    def role_by_arn(self, arn: str) -> RoleFact | None:
+    def role_by_arn(self, arn: str, tpl: Template | None = None) -> RoleFact | None:
+        """The role `arn` names: in `tpl` first; elsewhere only a role with a RoleName (an
+        unnamed role gets a per-stack generated name, so it can never be another stack's)."""
+        if tpl is not None:
+            same = next((r for r in self.roles if r.template is tpl and r.arn == arn), None)
+            if same:
+                return same
         return next((r for r in self.roles if r.arn == arn), None)
 
     def role_by_id(self, tpl: Template, logical_id: str) -> RoleFact | None:
@@ -225,25 +274,37 @@ class World:
         )
 
     def role_by_name(self, tpl: Template, name: str) -> RoleFact | None:
-        return next((r for r in self.roles if r.template is tpl and r.name == name), None)
+        same = next((r for r in self.roles if r.template is tpl and r.name == name), None)
+        return same or next((r for r in self.roles if r.named and r.name == name), None)
 
     # --------------------------------------------------------------- keys
     @cached_property
     def keys(self) -> tuple[KeyFact, ...]:
+        overrides = {kid: (src, raw) for kid, src, raw in self.key_policies}
+        used: set[str] = set()  # logical ids found in a template (every template's key)
         out: list[KeyFact] = []
         for tpl, res in self.resources("AWS::KMS::Key"):
             p = self.props(tpl, res)
             raw = p.get("KeyPolicy")
+            pointer = "/Properties/KeyPolicy"
+            where = f"key policy of {res.logical_id}"
+            if res.logical_id in overrides:  # the policy put on the key after deployment
+                src, raw = overrides[res.logical_id]
+                used.add(res.logical_id)
+                where = f"key policy of {res.logical_id} (from {src})"
             explicit = raw is not None
-            doc = self._parse(
-                tpl,
-                res,
-                raw if explicit else _DEFAULT_KEY_POLICY,
-                "/Properties/KeyPolicy",
-                f"key policy of {res.logical_id}",
-            )
-            arn = f"arn:{PARTITION}:kms:{REGION}:{ACCOUNT}:key/{key_id_of(res.logical_id)}"
+            doc = self._parse(tpl, res, raw if explicit else _DEFAULT_KEY_POLICY, pointer, where)
+            arn = self.resolver(tpl).key_arn(res.logical_id)
             out.append(KeyFact(tpl, res, arn, doc, explicit))
+        for kid, (src, raw) in sorted(overrides.items()):
+            if kid in used:
+                continue
+            tpl = Template(Path(src), kid, {}, {})
+            res = Resource(kid, "AWS::KMS::Key", {}, {}, 1)
+            doc = self._parse(tpl, res, raw, "", f"key policy of {kid} (from {src})")
+            key_id = kid.rsplit("/", 1)[-1]
+            arn = f"arn:{PARTITION}:kms:{REGION}:{ACCOUNT}:key/{key_id}"
+            out.append(KeyFact(tpl, res, arn, doc, True, external=True))
         return tuple(out)
 
     def key_by_id(self, tpl: Template, logical_id: str) -> KeyFact | None:
@@ -261,16 +322,16 @@ class World:
             if t is not tpl:
                 continue
             p = self.props(t, res)
-            if (want_id and want_id == f"lt-{res.logical_id}") or (
+            if (want_id and want_id == self.resolver(t).ref(res.logical_id)) or (
                 want_name and want_name == p.get("LaunchTemplateName")
             ):
-                return res, p.get("LaunchTemplateData") or {}
+                return res, _obj(p.get("LaunchTemplateData"))
         return None
 
     def _role_of_profile(self, tpl: Template, profile: Any) -> RoleFact | None:
         if not isinstance(profile, str):
             return None
-        resolver = self.resolvers[tpl.name]
+        resolver = self.resolver(tpl)
         for t, res in self.resources("AWS::IAM::InstanceProfile"):
             if t is not tpl:
                 continue
@@ -278,8 +339,7 @@ class World:
                 str(resolver.ref(res.logical_id)),
                 str(resolver.get_att(res.logical_id, "Arn")),
             ):
-                roles = self.props(t, res).get("Roles") or []
-                for r in roles if isinstance(roles, list) else []:
+                for r in _seq(self.props(t, res).get("Roles")):
                     role = self.role_by_name(tpl, str(r))
                     if role:
                         return role
@@ -287,26 +347,28 @@ class World:
 
     @cached_property
     def hosts(self) -> tuple[HostFact, ...]:
+        """Enclave hosts as AWS sees them: any instance or launch template with
+        EnclaveOptions.Enabled (or our Metadata), whoever wrote the template."""
         out: list[HostFact] = []
-        referenced_lts: set[tuple[str, str]] = set()
+        referenced_lts: set[tuple[tuple[str, str], str]] = set()
         for tpl, res in self.resources("AWS::EC2::Instance"):
             p = self.props(tpl, res)
             lt = self._launch_template(tpl, p.get("LaunchTemplate"))
             ltd: Mapping[str, Any] = lt[1] if lt else {}
             if lt:
-                referenced_lts.add((tpl.name, lt[0].logical_id))
+                referenced_lts.add((tkey(tpl), lt[0].logical_id))
             enabled = _truthy(
-                (p.get("EnclaveOptions") or ltd.get("EnclaveOptions") or {}).get("Enabled")
+                _obj(p.get("EnclaveOptions") or ltd.get("EnclaveOptions")).get("Enabled")
             )
             meta = res.metadata.get(HOST_METADATA)
             if not enabled and meta is None:
                 continue
-            hib = p.get("HibernationOptions") or ltd.get("HibernationOptions") or {}
-            mopts = p.get("MetadataOptions") or ltd.get("MetadataOptions") or {}
+            hib = _obj(p.get("HibernationOptions") or ltd.get("HibernationOptions"))
+            mopts = _obj(p.get("MetadataOptions") or ltd.get("MetadataOptions"))
             itype = p.get("InstanceType") or ltd.get("InstanceType")
-            role = self._host_role(
-                tpl, meta, p.get("IamInstanceProfile") or _profile_of(ltd.get("IamInstanceProfile"))
-            )
+            profile = p.get("IamInstanceProfile") or _profile_of(ltd.get("IamInstanceProfile"))
+            role = self._host_role(tpl, meta, profile)
+            user_data = p.get("UserData") or ltd.get("UserData")
             out.append(
                 HostFact(
                     tpl,
@@ -315,19 +377,21 @@ class World:
                     itype if isinstance(itype, str) else None,
                     enabled,
                     _truthy(hib.get("Configured")),
-                    mopts.get("HttpTokens"),
+                    _str_or_none(mopts.get("HttpTokens")),
                     role,
                     meta if isinstance(meta, dict) else None,
+                    user_data if isinstance(user_data, str) else None,
                 )
             )
         for tpl, res in self.resources("AWS::EC2::LaunchTemplate"):
-            ltd = self.props(tpl, res).get("LaunchTemplateData") or {}
-            enabled = _truthy((ltd.get("EnclaveOptions") or {}).get("Enabled"))
+            ltd = _obj(self.props(tpl, res).get("LaunchTemplateData"))
+            enabled = _truthy(_obj(ltd.get("EnclaveOptions")).get("Enabled"))
             meta = res.metadata.get(HOST_METADATA)
-            if meta is None and (not enabled or (tpl.name, res.logical_id) in referenced_lts):
+            if meta is None and (not enabled or (tkey(tpl), res.logical_id) in referenced_lts):
                 continue
             itype = ltd.get("InstanceType")
             role = self._host_role(tpl, meta, _profile_of(ltd.get("IamInstanceProfile")))
+            user_data = ltd.get("UserData")
             out.append(
                 HostFact(
                     tpl,
@@ -335,10 +399,11 @@ class World:
                     "launch-template",
                     itype if isinstance(itype, str) else None,
                     enabled,
-                    _truthy((ltd.get("HibernationOptions") or {}).get("Configured")),
-                    (ltd.get("MetadataOptions") or {}).get("HttpTokens"),
+                    _truthy(_obj(ltd.get("HibernationOptions")).get("Configured")),
+                    _str_or_none(_obj(ltd.get("MetadataOptions")).get("HttpTokens")),
                     role,
                     meta if isinstance(meta, dict) else None,
+                    user_data if isinstance(user_data, str) else None,
                 )
             )
         return tuple(out)
@@ -351,18 +416,51 @@ class World:
         return self._role_of_profile(tpl, profile)
 
     def host_keys(self, host: HostFact) -> list[KeyFact]:
-        """Keys bound to this host's image: named in its Metadata, else those granting its role
-        an attested action."""
+        """Every key the host's role can use: named in its Metadata, named as principal in a
+        key policy Allow, or usable without attestation through the key policy or an identity
+        policy (wildcard key ARNs included) — whether or not the key has PCR conditions."""
         ids: list[str] = []
         if host.metadata:
-            ids.extend(k for k in host.metadata.get("attested_keys") or [] if isinstance(k, str))
-            for s in host.metadata.get("secrets") or []:
+            ids.extend(k for k in _seq(host.metadata.get("attested_keys")) if isinstance(k, str))
+            for s in _seq(host.metadata.get("secrets")):
                 if isinstance(s, dict) and isinstance(s.get("key"), str):
                     ids.append(s["key"])
-        keys = [k for k in (self.key_by_id(host.template, i) for i in dict.fromkeys(ids)) if k]
-        if not keys and host.role:
-            keys = [k for k in self.keys if k.attested and _names_principal(k, host.role.arn)]
-        return keys
+        keys = {
+            id(k): k
+            for k in (self.key_by_id(host.template, i) for i in dict.fromkeys(ids))
+            if k is not None
+        }
+        if host.role is not None:
+            for k in self.keys:
+                if id(k) not in keys and self.role_can_use(host.role, k):
+                    keys[id(k)] = k
+        return list(keys.values())
+
+    def user_data(self, host: HostFact) -> UserData | None:
+        """What the host's user data does (None when it has none)."""
+        key = (tkey(host.template), host.resource.logical_id)
+        if key not in self._user_data:
+            text = host.user_data
+            where = f"{host.template.path}: user data of {host.resource.logical_id}"
+            self._user_data[key] = parse_user_data(text, where) if text else None
+        return self._user_data[key]
+
+    def role_can_use(self, role: RoleFact, key: KeyFact) -> bool:
+        """The key policy names the role in an Allow, or KMS would let the role call an
+        attested action on the key without any attestation."""
+        if key.doc is None:
+            return False
+        if any(
+            s.effect == "Allow" and p.value == role.arn
+            for s in key.doc.policy.statements
+            for p in (s.principals or ())
+        ):
+            return True
+        identity = [d.policy for d in role.policies]
+        return any(
+            evaluate_kms(self.unattested(role.arn, a, key.arn), key.doc.policy, identity).allowed
+            for a in ATTESTED_ACTIONS
+        )
 
     # --------------------------------------------------------------- ACM associations
     @cached_property
@@ -372,7 +470,7 @@ class World:
             p = self.props(tpl, res)
             role_arn = p.get("RoleArn")
             role_arn = role_arn if isinstance(role_arn, str) else ""
-            role = self.role_by_arn(role_arn)
+            role = self.role_by_arn(role_arn, tpl)
             lid = res.logical_id
             out.append(
                 AssociationFact(
@@ -380,9 +478,9 @@ class World:
                     res,
                     role,
                     role_arn,
-                    assoc_attr(lid, "CertificateS3BucketName"),
-                    assoc_attr(lid, "CertificateS3ObjectKey"),
-                    assoc_attr(lid, "EncryptionKmsKeyId"),
+                    self.resolver(tpl).assoc_attr(lid, "CertificateS3BucketName"),
+                    self.resolver(tpl).assoc_attr(lid, "CertificateS3ObjectKey"),
+                    self.resolver(tpl).assoc_attr(lid, "EncryptionKmsKeyId"),
                 )
             )
         return tuple(out)
@@ -409,13 +507,11 @@ class World:
         )
 
 
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _profile_of(spec: Any) -> Any:
     if isinstance(spec, dict):
         return spec.get("Arn") or spec.get("Name")
     return None
-
-
-def _names_principal(key: KeyFact, arn: str) -> bool:
-    if key.doc is None:
-        return False
-    return any(p.value == arn for s in key.doc.policy.statements for p in (s.principals or ()))

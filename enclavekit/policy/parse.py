@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,16 +33,57 @@ _STATEMENT_KEYS = frozenset(
 _PRINCIPAL_KINDS = ("AWS", "Service", "Federated", "CanonicalUser")
 _ACCOUNT_ID = re.compile(r"^\d{12}$")
 _ACTION = re.compile(r"^[A-Za-z0-9*?-]+:[A-Za-z0-9*?]+$")
+# Hostile input: JSON nesting beyond this is refused before json.loads (which would recurse
+# into a RecursionError); no policy or template AWS accepts comes near it.
+MAX_JSON_DEPTH = 100
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 3, 60, 60
+_BRIEF.maxlist = _BRIEF.maxdict = _BRIEF.maxtuple = _BRIEF.maxset = 4
+
+
+def brief(value: Any) -> str:
+    """A short repr for messages: bounded in length and depth whatever `value` holds."""
+    return _BRIEF.repr(value)
+
+
+def json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of JSON text by one linear scan (strings skipped); stops past `limit`."""
+    depth = top = 0
+    for match in _JSON_TOKEN.finditer(text):
+        ch = text[match.start()]
+        if ch in "[{":
+            depth += 1
+            if depth > top:
+                top = depth
+                if top > limit:
+                    break
+        elif ch in "]}":
+            depth -= 1
+    return top
+
+
+def load_json(text: str | bytes, what: str, limit: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads that refuses nesting deeper than `limit` with one line (ValueError)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if json_depth(text, limit) > limit:
+        raise ValueError(f"found {what} nested more than {limit} levels deep")
+    try:
+        return json.loads(text)
+    except RecursionError:  # belt and braces: the scan above should have caught it
+        raise ValueError(f"found {what} nested too deeply") from None
 
 
 def parse_policy(doc: Mapping[str, Any] | str | bytes) -> Policy:
     """Parse a policy document given as a dict or JSON text."""
     if isinstance(doc, bytes | str):
         try:
-            doc = json.loads(doc)
+            doc = load_json(doc, "JSON")
         except (ValueError, UnicodeDecodeError) as exc:
+            reason = (str(exc).splitlines() or ["?"])[0][:120]
             raise PolicyDocumentError(
-                f"policy document: expected JSON text, got invalid JSON ({exc})"
+                f"policy document: expected JSON text, got invalid JSON ({reason})"
             ) from None
     if not isinstance(doc, Mapping):
         raise PolicyDocumentError(
@@ -50,45 +92,49 @@ def parse_policy(doc: Mapping[str, Any] | str | bytes) -> Policy:
     unknown = set(doc) - {"Version", "Id", "Statement"}
     if unknown:
         raise PolicyDocumentError(
-            f"policy document: expected only Version, Id, Statement, got {sorted(unknown)}"
+            "policy document: expected only Version, Id, Statement, got "
+            f"{sorted(map(brief, unknown))}"
         )
     version = doc.get("Version")
     if version is not None and version not in VERSIONS:
-        raise PolicyDocumentError(f"policy Version: expected one of {VERSIONS}, got {version!r}")
+        raise PolicyDocumentError(
+            f"policy Version: expected one of {VERSIONS}, got {brief(version)}"
+        )
     if "Statement" not in doc:
         raise PolicyDocumentError("policy document: expected a Statement element, found none")
     raw = doc["Statement"]
     raw_list = [raw] if isinstance(raw, Mapping) else raw
     if not isinstance(raw_list, list) or not raw_list:
         raise PolicyDocumentError(
-            f"policy Statement: expected an object or a non-empty list, got {raw!r:.80}"
+            f"policy Statement: expected an object or a non-empty list, got {brief(raw)}"
         )
     statements = tuple(_statement(s, i) for i, s in enumerate(raw_list))
     pid = doc.get("Id")
     if pid is not None and not isinstance(pid, str):
-        raise PolicyDocumentError(f"policy Id: expected a string, got {pid!r}")
+        raise PolicyDocumentError(f"policy Id: expected a string, got {brief(pid)}")
     return Policy(statements=statements, version=version, id=pid)
 
 
 def _where(i: int, sid: Any) -> str:
-    return f"statement {i}" + (f" ({sid})" if sid else "")
+    return f"statement {i}" + (f" ({sid if isinstance(sid, str) else brief(sid)})" if sid else "")
 
 
 def _statement(raw: Any, i: int) -> Statement:
     if not isinstance(raw, Mapping):
-        raise PolicyDocumentError(f"statement {i}: expected an object, got {raw!r:.80}")
+        raise PolicyDocumentError(f"statement {i}: expected an object, got {brief(raw)}")
     sid = raw.get("Sid")
     where = _where(i, sid)
     if sid is not None and not isinstance(sid, str):
-        raise PolicyDocumentError(f"{where} Sid: expected a string, got {sid!r}")
+        raise PolicyDocumentError(f"{where} Sid: expected a string, got {brief(sid)}")
     unknown = set(raw) - _STATEMENT_KEYS
     if unknown:
         raise PolicyDocumentError(
-            f"{where}: expected elements among {sorted(_STATEMENT_KEYS)}, got {sorted(unknown)}"
+            f"{where}: expected elements among {sorted(_STATEMENT_KEYS)}, "
+            f"got {sorted(map(brief, unknown))}"
         )
     effect = raw.get("Effect")
     if effect not in ("Allow", "Deny"):
-        raise PolicyDocumentError(f"{where} Effect: expected Allow or Deny, got {effect!r}")
+        raise PolicyDocumentError(f"{where} Effect: expected Allow or Deny, got {brief(effect)}")
     for a, b in (
         ("Principal", "NotPrincipal"),
         ("Action", "NotAction"),
@@ -119,7 +165,7 @@ def _strings(value: Any, where: str, element: str) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(v, str) and v for v in items):
         raise PolicyDocumentError(
-            f"{where} {element}: expected a non-empty string or list of strings, got {value!r:.80}"
+            f"{where} {element}: expected a non-empty string or list of strings, got {brief(value)}"
         )
     return tuple(items)
 
@@ -129,7 +175,7 @@ def _actions(value: Any, where: str, element: str) -> tuple[str, ...]:
     for a in items:
         if a != "*" and not _ACTION.match(a):
             raise PolicyDocumentError(
-                f"{where} {element}: expected '*' or 'service:action', got {a!r}"
+                f"{where} {element}: expected '*' or 'service:action', got {brief(a)}"
             )
     return items
 
@@ -139,20 +185,22 @@ def _principals(value: Any, where: str) -> tuple[PrincipalRef, ...]:
         return (PrincipalRef("AWS", "*"),)
     if not isinstance(value, Mapping) or not value:
         raise PolicyDocumentError(
-            f"{where} Principal: expected '*' or an object like {{\"AWS\": ARN}}, got {value!r:.80}"
+            f"{where} Principal: expected '*' or an object like {{\"AWS\": ARN}}, "
+            f"got {brief(value)}"
         )
     out: list[PrincipalRef] = []
     for kind, ids in value.items():
         if kind not in _PRINCIPAL_KINDS:
             raise PolicyDocumentError(
-                f"{where} Principal: expected a kind among {_PRINCIPAL_KINDS}, got {kind!r}"
+                f"{where} Principal: expected a kind among {_PRINCIPAL_KINDS}, got {brief(kind)}"
             )
         for ident in _strings(ids, where, f"Principal.{kind}"):
             if kind == "AWS" and _ACCOUNT_ID.match(ident):
                 ident = f"arn:aws:iam::{ident}:root"
             elif kind == "AWS" and ident != "*" and not ident.startswith("arn:"):
                 raise PolicyDocumentError(
-                    f"{where} Principal.AWS: expected an ARN, an account id or '*', got {ident!r}"
+                    f"{where} Principal.AWS: expected an ARN, an account id or '*', "
+                    f"got {brief(ident)}"
                 )
             out.append(PrincipalRef(kind, ident))
     return tuple(out)
@@ -162,21 +210,29 @@ def _conditions(value: Any, where: str) -> tuple[Condition, ...]:
     if value is None:
         return ()
     if not isinstance(value, Mapping):
-        raise PolicyDocumentError(f"{where} Condition: expected an object, got {value!r:.80}")
+        raise PolicyDocumentError(f"{where} Condition: expected an object, got {brief(value)}")
     out: list[Condition] = []
     for op_name, block in value.items():
+        if not isinstance(op_name, str):
+            raise PolicyDocumentError(
+                f"{where} Condition: expected operator names as keys, got {brief(op_name)}"
+            )
         qualifier, operator, if_exists = parse_operator(op_name, where)
         if not isinstance(block, Mapping) or not block:
             raise PolicyDocumentError(
                 f"{where} Condition {op_name}: expected an object of key: value(s), "
-                f"got {block!r:.80}"
+                f"got {brief(block)}"
             )
         for key, raw_values in block.items():
+            if not isinstance(key, str):
+                raise PolicyDocumentError(
+                    f"{where} Condition {op_name}: expected condition keys, got {brief(key)}"
+                )
             items = raw_values if isinstance(raw_values, list) else [raw_values]
             if not items or not all(isinstance(v, str | bool | int | float) for v in items):
                 raise PolicyDocumentError(
                     f"{where} Condition {op_name} {key}: expected a value or list of values, "
-                    f"got {raw_values!r:.80}"
+                    f"got {brief(raw_values)}"
                 )
             values = tuple(
                 ("true" if v else "false") if isinstance(v, bool) else str(v) for v in items
@@ -186,4 +242,12 @@ def _conditions(value: Any, where: str) -> tuple[Condition, ...]:
     return tuple(out)
 
 
-__all__ = ["parse_policy", "OPERATORS", "VERSIONS"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "OPERATORS",
+    "VERSIONS",
+    "brief",
+    "json_depth",
+    "load_json",
+    "parse_policy",
+]

@@ -1,4 +1,5 @@
-"""Report writers: text (a table), json, sarif (2.1.0) and junit (XML), one module each."""
+"""Report writers, one module each: text (a table), json, sarif (2.1.0), junit (XML) and
+gitlab (Code Quality)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,20 @@ from collections.abc import Callable
 from enclavekit.errors import InvalidInput
 from enclavekit.lint.model import Report
 
-FORMATS = ("text", "json", "sarif", "junit")
+FORMATS = ("text", "json", "sarif", "junit", "gitlab")
 
 
 def render(report: Report, fmt: str) -> str:
     """The report as text in format `fmt`."""
     writers: dict[str, Callable[[Report], str]]
-    from enclavekit.lint.reporters import json_report, junit, sarif, text
+    from enclavekit.lint.reporters import gitlab, json_report, junit, sarif, text
 
     writers = {
         "text": text.render,
         "json": json_report.render,
         "sarif": sarif.render,
         "junit": junit.render,
+        "gitlab": gitlab.render,
     }
     if fmt not in writers:
         raise InvalidInput(f"lint format: expected one of {', '.join(FORMATS)}, got {fmt!r}")

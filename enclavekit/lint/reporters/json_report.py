@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from enclavekit.lint.baseline import fingerprint
 from enclavekit.lint.model import Report, Severity
 
 
@@ -19,10 +20,12 @@ def to_dict(report: Report) -> dict:
             "warnings": sum(1 for f in live if f.severity is Severity.WARNING),
             "info": sum(1 for f in live if f.severity is Severity.INFO),
             "acknowledged": len(report.findings) - len(live),
+            "baselined": report.baselined,
         },
         "findings": [
             {
                 "rule_id": f.rule_id,
+                "fingerprint": fingerprint(f),
                 "severity": f.severity.value,
                 "message": f.message,
                 "template": f.location.template,

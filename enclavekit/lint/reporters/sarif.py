@@ -4,11 +4,11 @@ findings as in-source suppressions (kept, never dropped)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from enclavekit.lint.baseline import SARIF_KEY, fingerprint
 from enclavekit.lint.model import Finding, Report, Rule
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -65,15 +65,13 @@ def _result(f: Finding, index: dict[str, int]) -> dict:
                 "kind": "resource",
             }
         ]
-    fingerprint = hashlib.sha256(
-        f"{f.rule_id}|{loc.template}|{loc.logical_id}|{f.message}".encode()
-    ).hexdigest()
+    fp = fingerprint(f)
     result: dict = {
         "ruleId": f.rule_id,
         "level": f.severity.sarif_level,
         "message": {"text": _sentence(f.message)},
         "locations": [location],
-        "partialFingerprints": {"enclavekitFinding/v1": fingerprint},
+        "partialFingerprints": {SARIF_KEY: fp},
     }
     if f.rule_id in index:
         result["ruleIndex"] = index[f.rule_id]

@@ -14,6 +14,7 @@ def summary(report: Report) -> str:
         f"{len(report.templates)} template(s), {n[Severity.ERROR]} error(s), "
         f"{n[Severity.WARNING]} warning(s), {n[Severity.INFO]} note(s), "
         f"{acked} acknowledged"
+        + (f", {report.baselined} in the baseline" if report.baselined else "")
     )
 
 

@@ -20,6 +20,7 @@ _MODULES = (
     "ek_kms_004",
     "ek_kms_005",
     "ek_kms_006",
+    "ek_kms_007",
     "ek_pcr_001",
     "ek_pcr_002",
     "ek_pcr_003",
@@ -27,6 +28,13 @@ _MODULES = (
     "ek_pcr_005",
     "ek_pcr_006",
     "ek_pol_001",
+    "ek_ud_001",
+    "ek_ud_002",
+    "ek_ud_003",
+    "ek_ud_004",
+    "ek_ud_005",
+    "ek_ud_006",
+    "ek_ud_007",
 )
 
 RULES: tuple[Rule, ...] = tuple(

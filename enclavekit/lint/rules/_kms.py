@@ -31,6 +31,6 @@ def key_principals(world: World, key: KeyFact) -> list[str]:
 def unattested_decision(world: World, key: KeyFact, principal: str, action: str) -> Decision:
     """KMS's answer to `principal` calling `action` on `key` without an attestation document."""
     assert key.doc is not None
-    role = world.role_by_arn(principal)
+    role = world.role_by_arn(principal, key.template)
     identity = [d.policy for d in role.policies] if role else []
     return evaluate_kms(world.unattested(principal, action, key.arn), key.doc.policy, identity)

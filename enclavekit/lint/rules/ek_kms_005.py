@@ -28,7 +28,7 @@ def _admin_possible(world: World, key: KeyFact) -> bool:
             if p.kind == "AWS" and p.value != "*":
                 candidates.append(p.value)
     for principal in dict.fromkeys(candidates):
-        role = world.role_by_arn(principal)
+        role = world.role_by_arn(principal, key.template)
         identity = [d.policy for d in role.policies] if role else []
         ctx = world.unattested(principal, "kms:PutKeyPolicy", key.arn)
         if evaluate_kms(ctx, relaxed, identity).allowed:

@@ -1,0 +1,52 @@
+"""EK-UD-005: the vsock-proxy lets the enclave reach more than KMS in one region (warning)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from enclavekit.lint.model import Finding, Rule, Severity
+from enclavekit.lint.userdata import VSOCK_PROXY_CONFIG
+from enclavekit.lint.world import World
+
+_KMS = re.compile(r"^kms(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
+
+
+def _targets(world: World, host) -> list[str]:  # noqa: ANN001 - HostFact
+    ud = world.user_data(host)
+    if ud is None:
+        return []
+    out = [h for h, _ in ud.proxy_targets]
+    cfg = ud.yaml_file(VSOCK_PROXY_CONFIG, f"user data of {host.resource.logical_id}")
+    for entry in (cfg or {}).get("allowlist") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("address"), str):
+            out.append(entry["address"])
+    return list(dict.fromkeys(out))
+
+
+def check(world: World) -> Iterator[Finding]:
+    for host in world.hosts:
+        targets = _targets(world, host)
+        regions = {m.group(1) for t in targets if (m := _KMS.match(t))}
+        beyond = [t for t in targets if not _KMS.match(t)]
+        if len(regions) > 1:
+            beyond.append(f"KMS in {len(regions)} regions ({', '.join(sorted(regions))})")
+        if beyond:
+            yield RULE.finding(
+                world.location(host.template, host.resource, "/Properties/UserData"),
+                f"vsock-proxy of enclave host {host.resource.logical_id} lets the enclave reach "
+                f"{', '.join(beyond)} beyond its region's KMS endpoint",
+            )
+
+
+RULE = Rule(
+    id="EK-UD-005",
+    severity=Severity.WARNING,
+    title="vsock-proxy allows more than the region's KMS endpoint",
+    explanation="The vsock-proxy is the enclave's only way out; every extra address in its "
+    "allowlist (or on its command line) is a channel the enclave's code can use to send data "
+    "off the host, and the parent-side proxy is what an attacker on the parent reconfigures.",
+    fix="Allow only kms.<region>.amazonaws.com:443 (kms-fips in FIPS regions) in "
+    "/etc/nitro_enclaves/vsock-proxy.yaml and on the vsock-proxy command line.",
+    check=check,
+)
