@@ -44,6 +44,7 @@ ENDPOINT_FILE = "endpoint.json"
 LOG_FILE = Path("logs") / "endpoint.log"
 KEYSCAN_PATH = "/_enclavekit/keyscan"
 HEALTH_PATH = "/_enclavekit/health"
+MOTO_ADMIN_PREFIX = "/moto-api"  # moto's administration API: never served (see _app)
 STATE_UMASK = 0o077
 IAM_MODES = ("on", "off")
 BODY_ENVIRON_KEY = "enclavekit.body"
@@ -368,14 +369,34 @@ def _keyscan(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any
     return [body]
 
 
+def _not_found(start_response: Callable[..., Any]) -> Any:
+    body = json.dumps({"message": "Not Found"}).encode()
+    start_response(
+        "404 Not Found",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
 def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
-    """moto's WSGI dispatcher behind a tiny health route of our own."""
+    """moto's WSGI dispatcher behind a tiny health route of our own.
+
+    moto's own administration API (`/moto-api/`: a dump of every backend with its secret
+    keys, a request recorder that keeps request bodies such as an Encrypt's plaintext, reset,
+    config) is not served: AWS has no such thing, and on loopback anyone could call it
+    unsigned. moto routes to it on exactly this PATH_INFO prefix, so this refusal is complete.
+    """
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     moto_app = DomainDispatcherApplication(create_backend_app)
     pid = os.getpid()
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if isinstance(path, bytes):
+            path = path.decode("utf-8", "replace")
+        if path.startswith(MOTO_ADMIN_PREFIX):
+            return _not_found(start_response)
         if environ.get("PATH_INFO") == KEYSCAN_PATH and environ.get("REQUEST_METHOD") == "POST":
             return _keyscan(environ, start_response)
         if environ.get("PATH_INFO") == HEALTH_PATH:
