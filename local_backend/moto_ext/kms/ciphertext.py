@@ -158,11 +158,19 @@ def open_blob(blob: SealedBlob, context: Mapping[str, str]) -> bytes:
         raise KmsRequestError("InvalidCiphertextException", "") from None
 
 
+_STATE_WORDS = {"PendingDeletion": "pending deletion", "PendingImport": "pending import"}
+
+
 def key_state_error(key: Any) -> KmsRequestError | None:
-    """AWS refuses cryptographic use of a disabled or pending-deletion key."""
+    """AWS refuses cryptographic use of a disabled or pending-deletion key.
+
+    The state is read first: moto also clears `enabled` when it schedules a deletion, and AWS
+    answers KMSInvalidStateException (not DisabledException) for a key pending deletion.
+    """
     state = getattr(key, "key_state", "Enabled")
+    if state not in ("Enabled", "Disabled", None):
+        word = _STATE_WORDS.get(state, state)
+        return KmsRequestError("KMSInvalidStateException", f"{key.arn} is {word}.")
     if state == "Disabled" or getattr(key, "enabled", True) is False:
         return KmsRequestError("DisabledException", f"{key.arn} is disabled.")
-    if state not in ("Enabled", None):
-        return KmsRequestError("KMSInvalidStateException", f"{key.arn} is {state}.")
     return None

@@ -44,7 +44,6 @@ NO_KEY_ACTIONS = frozenset(
         "ListKeys",
         "ListAliases",
         "GenerateRandom",
-        "DeleteAlias",
         "ListRetirableGrants",
         "RetireGrant",
     }

@@ -48,7 +48,25 @@ from .models import (
 )
 
 _PATCHED = "_enclavekit_kms_patched"
-BLOB_ACTIONS = frozenset({"Decrypt", "ReEncrypt"})
+# Operations that use a key's material: refused for a disabled or pending-deletion key
+# (AWS: DisabledException / KMSInvalidStateException), whoever asks.
+CRYPTO_ACTIONS = frozenset(
+    {
+        "Encrypt",
+        "Decrypt",
+        "ReEncrypt",
+        "GenerateDataKey",
+        "GenerateDataKeyWithoutPlaintext",
+        "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext",
+        "Sign",
+        "Verify",
+        "GenerateMac",
+        "VerifyMac",
+        "GetPublicKey",
+        "DeriveSharedSecret",
+    }
+)
 _ORIG: dict[str, Any] = {}
 KEY_PAIR_SPECS = {
     "RSA_2048": lambda: rsa.generate_private_key(65537, 2048),
@@ -156,6 +174,15 @@ def _checks(self: KmsResponse, action: str, params: dict[str, Any]) -> list[tupl
                 "NotFoundException", f"Key '{params.get('DestinationKeyId')}' does not exist"
             )
         return [("ReEncryptFrom", self._ek_blob.key), ("ReEncryptTo", dest)]
+    if action == "DeleteAlias":
+        # AWS: kms:DeleteAlias on the key the alias points to (unknown alias: moto's NotFound)
+        return [(action, _resolve(self, params.get("AliasName")))]
+    if action == "UpdateAlias":
+        # AWS: kms:UpdateAlias on the key the alias points to now *and* on the new one
+        return [
+            (action, _resolve(self, params.get("AliasName"))),
+            (action, _resolve(self, params.get("TargetKeyId"))),
+        ]
     return [(action, _resolve(self, params.get(KEY_PARAMS.get(action, "KeyId"))))]
 
 
@@ -199,7 +226,7 @@ def _authorize(self: KmsResponse, resource: str = "*") -> None:
                 raise KmsError(
                     "AccessDeniedException", access_denied_message(caller, iam_action, key.arn, d)
                 )
-        if action in BLOB_ACTIONS:
+        if action in CRYPTO_ACTIONS:
             for _, key in checks:
                 err = key_state_error(key)
                 if err is not None:
