@@ -119,6 +119,10 @@ def lookup(access_key_id: str, session_token: str | None) -> tuple[Caller, str]:
                 "UnrecognizedClientException",
                 "The security token included in the request is invalid.",
             )
+        if _expired(session.expiration):
+            raise AuthFailure(
+                "ExpiredTokenException", "The security token included in the request is expired"
+            )
         name = key.role_arn.rsplit("/", 1)[-1]
         return (
             Caller(access_key_id, account, key.role_arn, session.arn, "role", name),
@@ -132,6 +136,15 @@ def lookup(access_key_id: str, session_token: str | None) -> tuple[Caller, str]:
     return Caller(access_key_id, account, user.arn, user.arn, "user", user.name), (
         key.secret_access_key
     )
+
+
+def _expired(expiration: Any) -> bool:
+    """moto keeps a session's expiry as a naive UTC datetime."""
+    if not isinstance(expiration, dt.datetime):
+        return False
+    if expiration.tzinfo is None:
+        expiration = expiration.replace(tzinfo=dt.UTC)
+    return expiration <= dt.datetime.now(dt.UTC)
 
 
 def _assumed_role(access_key_id: str) -> Any:

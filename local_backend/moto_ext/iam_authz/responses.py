@@ -59,6 +59,7 @@ AUTH_CODES = {
         "AuthFailure",
         "XAmzContentSHA256Mismatch",
     ),
+    "ExpiredTokenException": ("ExpiredToken", "RequestExpired", "ExpiredToken"),
 }
 EC2_AUTH_MESSAGE = "AWS was not able to validate the provided access credentials"
 
