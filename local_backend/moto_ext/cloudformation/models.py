@@ -3,8 +3,9 @@
 What this changes in moto 5.2.5 (each found by running the real cdk CLI against it, see
 docs/reference/toolchain-findings.md §4-§5):
 - A resource type we cannot emulate FAILS the change set / stack with its name. moto skips it
-  with a log warning. `AWS::CDK::Metadata` is an explicit no-op model; `Custom::*` and moto's
-  WaitCondition "null models" are refused too (nothing here can run their handlers).
+  with a log warning. `AWS::CDK::Metadata` is an explicit no-op model; moto's WaitCondition
+  "null models" are refused too. `Custom::*` / `AWS::CloudFormation::CustomResource` run
+  their Lambda handlers locally (custom_resource.py); cross-stack exports: exports.py.
 - Updates: a type without an update handler used to vanish from the stack (the KMS key of an
   update deploy); now it is replaced (create new, delete old) unless it has an in-place
   handler here (`AWS::KMS::Key`: policy, description, rotation, enabled).
@@ -32,10 +33,14 @@ from moto.cloudformation import parsing, utils
 from moto.cloudformation import responses as cfn_responses
 from moto.cloudformation.exceptions import CloudFormationError, ValidationError
 from moto.cloudformation.models import ChangeSet, CloudFormationBackend, Event, Stack
+from moto.cloudformation.parsing import OutputMap
 from moto.core.common_models import CloudFormationModel
 from moto.ec2.models.core import TaggedEC2Resource
 from moto.kms.models import Key as KmsKey
 from moto.kms.models import kms_backends
+
+from . import exports
+from .custom_resource import CustomResource, is_custom_type
 
 log = logging.getLogger("enclavekit.endpoint.cloudformation")
 
@@ -156,7 +161,8 @@ def unsupported_types(template: dict[str, Any]) -> list[str]:
         {
             r.get("Type", "<no Type>")
             for r in resources.values()
-            if not isinstance(r, dict) or r.get("Type") not in known
+            if not isinstance(r, dict)
+            or (r.get("Type") not in known and not is_custom_type(str(r.get("Type"))))
         }
     )
 
@@ -169,6 +175,8 @@ def check_template(template: dict[str, Any]) -> None:
 
 
 def _resource_class_from_type(resource_type: str) -> type[CloudFormationModel]:
+    if is_custom_type(resource_type):
+        return CustomResource
     model = parsing.get_model_map().get(resource_type) or _model_map().get(resource_type)
     if model is None:
         raise UnsupportedResourceType([resource_type])
@@ -488,19 +496,19 @@ def execute_change_set(
         stack._add_stack_event(f"{operation}_IN_PROGRESS", resource_status_reason="User Initiated")
         try:
             check_template(cs.template_dict)
+            exports.attach(self, stack)
+            exports.check_removed_exports(self, stack, cs.template_dict)
             cs.apply()
             _refresh_stack(stack, cs.template, cs.parameters)
-            self._validate_export_uniqueness(stack)
+            exports.check_unique(self, stack)
             _run_after_apply(stack, operation)
         except Exception as exc:  # noqa: BLE001 - becomes the stack's failure, as on AWS
             log.debug("change set failure", exc_info=True)
             cs.execution_status = "EXECUTE_FAILED"
             _fail(stack, operation, exc)
             return
-        for name in [n for n, e in self.exports.items() if e.exporting_stack_id == stack.stack_id]:
-            self.exports.pop(name)
-        for export in stack.exports:
-            self.exports[export.name] = export
+        exports.publish(self, stack)
+        stack.status_reason = None
         cs.execution_status = "EXECUTE_COMPLETE"
         stack.status = f"{operation}_COMPLETE"
         stack._add_stack_event(f"{operation}_COMPLETE")
@@ -520,8 +528,10 @@ def _create_resources(self: Stack) -> None:
     """CreateStack (not via a change set): same refusal, rollback and hooks."""
     with STACK_LOCK:
         self.status = "CREATE_IN_PROGRESS"
+        backend = cfn_models.cloudformation_backends[self.account_id][self.region_name]
         try:
             check_template(self.template_dict)
+            exports.attach(backend, self)
             self.resource_map.create(self.template_dict)
             self.description = self.template_dict.get("Description")
             self.output_map = self._create_output_map()
@@ -544,31 +554,56 @@ def _stack_update(
     tags: dict[str, str] | None = None,
 ) -> None:
     with STACK_LOCK:
+        backend = cfn_models.cloudformation_backends[self.account_id][self.region_name]
         try:
-            check_template(self.parse_template(template))
+            new_template = self.parse_template(template)
+            check_template(new_template)
+            exports.attach(backend, self)
+            exports.check_removed_exports(backend, self, new_template)
             _original_stack_update(self, template, role_arn, parameters, tags)
             _ = self.outputs
+            exports.check_unique(backend, self)
             _run_after_apply(self, "UPDATE")
         except Exception as exc:  # noqa: BLE001
             _fail(self, "UPDATE", exc)
+            return
+        exports.publish(backend, self)
 
 
-_original_delete_stack = CloudFormationBackend.delete_stack
+def _freeze_deleted(stack: Stack) -> None:
+    """A deleted stack keeps no resources or outputs: DescribeStacks on its id must not try to
+    resolve outputs against resources that are gone (that was a KeyError, an HTTP 500)."""
+    _forget_resources(stack)
+    stack.output_map = OutputMap(stack.resource_map, {"Outputs": {}}, stack.stack_id)
 
 
 def delete_stack(self: CloudFormationBackend, name_or_stack_id: str) -> None:
-    """Delete without a 500 on failure (DELETE_FAILED + reason), and drop its change sets."""
+    """Delete as AWS does: refused (stack unchanged, reason on the stack) while another stack
+    imports one of its exports; DELETE_FAILED + reason when a resource cannot be deleted;
+    never a 500. Its exports and change sets go with it."""
     with STACK_LOCK:
         stacks = [s for s in self.stacks.values() if name_or_stack_id in (s.name, s.stack_id)]
         for stack in stacks:
+            in_use = exports.in_use_error(
+                self, stack, set(exports.own_export_names(self, stack)), "deleted"
+            )
+            if in_use:
+                log.warning("delete of stack %s refused: %s", stack.name, in_use)
+                stack.status_reason = in_use
+                stack._add_stack_event(stack.status, resource_status_reason=in_use)
+                continue
             try:
-                _original_delete_stack(self, stack.stack_id)
-                _forget_resources(stack)
+                stack.delete()
             except Exception as exc:  # noqa: BLE001
                 log.warning("delete of stack %s failed: %s", stack.name, _reason(exc))
                 stack.status = "DELETE_FAILED"
+                stack.status_reason = _reason(exc)
                 stack._add_stack_event("DELETE_FAILED", resource_status_reason=_reason(exc))
                 continue
+            exports.withdraw(self, stack)
+            _freeze_deleted(stack)
+            self.stacks.pop(stack.stack_id, None)
+            self.deleted_stacks[stack.stack_id] = stack
             for cid in [c for c, cs in self.change_sets.items() if cs.stack_id == stack.stack_id]:
                 del self.change_sets[cid]
 
