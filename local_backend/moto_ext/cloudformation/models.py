@@ -21,6 +21,7 @@ docs/reference/toolchain-findings.md §4-§5):
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -39,7 +40,7 @@ from moto.ec2.models.core import TaggedEC2Resource
 from moto.kms.models import Key as KmsKey
 from moto.kms.models import kms_backends
 
-from . import exports
+from . import exports, inplace
 from .custom_resource import CustomResource, is_custom_type
 
 log = logging.getLogger("enclavekit.endpoint.cloudformation")
@@ -193,6 +194,7 @@ def _parse_and_create_resource(
     account_id: str,
     region_name: str,
 ) -> Any:
+    raw_json = copy.deepcopy(resource_json)
     try:
         resource = _original_create(
             logical_id, resource_json, resources_map, account_id, region_name
@@ -202,6 +204,8 @@ def _parse_and_create_resource(
         raise
     if resource is not None and isinstance(resource, TaggedEC2Resource):
         _tag_ec2(resource, resources_map, logical_id, account_id, region_name)
+    if resource is not None:
+        inplace.remember(resource, raw_json)
     return resource
 
 
@@ -233,13 +237,16 @@ def _parse_and_update_resource(
     region_name: str,
 ) -> Any:
     resource_type = resource_json["Type"]
+    raw_json = copy.deepcopy(resource_json)
     try:
         parsed = parsing.parse_resource_and_generate_name(logical_id, resource_json, resources_map)
         resource_class, resource_json, new_name = parsed
         original = resources_map[logical_id]
         updater = _updaters.get(resource_type)
         own = resource_class.update_from_cloudformation_json
-        if updater is not None:
+        if original is not None and inplace.tags_only_change(original, raw_json):
+            new = inplace.retag(original, raw_json, resources_map, account_id, region_name)
+        elif updater is not None:
             new = updater(original, new_name, resource_json, account_id, region_name)
         elif not hasattr(own, "__isabstractmethod__"):
             new = own(
@@ -271,6 +278,7 @@ def _parse_and_update_resource(
         )
     new.cf_resource_type = resource_type
     new.logical_resource_id = logical_id
+    inplace.remember(new, raw_json)
     if isinstance(new, TaggedEC2Resource) and new is not original:
         _tag_ec2(new, resources_map, logical_id, account_id, region_name)
     return new
