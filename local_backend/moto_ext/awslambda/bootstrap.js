@@ -31,6 +31,20 @@ https.request = function request(options, ...rest) {
   return originalRequest.call(https, options, ...rest);
 };
 
+// `*.localhost` is loopback (RFC 6761); Node's resolver does not know it, and the SDK's S3
+// client addresses buckets as `<bucket>.localhost:<port>` against the local endpoint.
+const dns = require("dns");
+const originalLookup = dns.lookup;
+dns.lookup = function lookup(hostname, options, callback) {
+  if (typeof hostname === "string" && hostname.endsWith(".localhost")) {
+    const cb = typeof options === "function" ? options : callback;
+    const opts = typeof options === "object" && options !== null ? options : {};
+    if (opts.all) return process.nextTick(cb, null, [{ address: "127.0.0.1", family: 4 }]);
+    return process.nextTick(cb, null, "127.0.0.1", 4);
+  }
+  return originalLookup.call(dns, hostname, options, callback);
+};
+
 function write(result) {
   fs.writeFileSync(resultFile, JSON.stringify(result));
 }

@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
@@ -245,26 +246,54 @@ def _text(data: Any) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
 
 
+# Log events waiting for their group: Lambda delivers logs asynchronously, so a template's
+# own `/aws/lambda/<name>` LogGroup (created after the function, often while a custom resource
+# is being invoked) must not find the group already made by the first invocation.
+_pending_logs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+_pending_lock = threading.Lock()
+LOG_DELIVERY_DELAY = 5.0
+
+
 def _to_cloudwatch(
     fn: Any, request_id: str, result: Invocation, account_id: str, region: str, elapsed: float
 ) -> None:
     """The invocation's output in `/aws/lambda/<name>`, as the managed runtime writes it."""
-    from moto.logs.models import logs_backends
-
-    backend = logs_backends[account_id][region]
     group = f"/aws/lambda/{fn.function_name}"
     stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{request_id.replace('-', '')}"
     lines = [f"START RequestId: {request_id} Version: $LATEST"]
     lines += [ln for ln in result.logs.splitlines() if ln.strip()]
     if not result.ok:
-        lines.append(
-            json.dumps({"errorType": result.error_type, "errorMessage": result.error_message})
-        )
+        error = {"errorType": result.error_type, "errorMessage": result.error_message}
+        lines.append(json.dumps(error))
     lines.append(f"END RequestId: {request_id}")
     lines.append(f"REPORT RequestId: {request_id}\tDuration: {elapsed * 1000:.2f} ms")
     now = int(time.time() * 1000)
-    with contextlib.suppress(Exception):  # logging must never fail the invocation
+    with _pending_lock:
+        _pending_logs.setdefault((account_id, region, group), []).extend(
+            {"timestamp": now, "message": ln, "stream": stream} for ln in lines
+        )
+    timer = threading.Timer(LOG_DELIVERY_DELAY, _deliver, args=(account_id, region, group))
+    timer.daemon = True
+    timer.start()
+
+
+def _deliver(account_id: str, region: str, group: str) -> None:
+    """Write the pending events of `group` (creating it if nobody has by now)."""
+    from moto.logs.models import logs_backends
+
+    with _pending_lock:
+        events = _pending_logs.pop((account_id, region, group), [])
+    if not events:
+        return
+    backend = logs_backends[account_id][region]
+    with contextlib.suppress(Exception):  # logging must never fail anything
         backend.ensure_log_group(group)
-        with contextlib.suppress(Exception):
-            backend.create_log_stream(group, stream)
-        backend.put_log_events(group, stream, [{"timestamp": now, "message": ln} for ln in lines])
+        for stream in sorted({e["stream"] for e in events}):
+            with contextlib.suppress(Exception):
+                backend.create_log_stream(group, stream)
+            batch = [
+                {"timestamp": e["timestamp"], "message": e["message"]}
+                for e in events
+                if e["stream"] == stream
+            ]
+            backend.put_log_events(group, stream, batch)

@@ -7,6 +7,10 @@ ListExports showed it. Here every execution sees the region's current exports, a
 - an export another stack imports cannot be removed by an update ("cannot be updated as it is
   in use by") nor by deleting its stack ("cannot be deleted as it is in use by"), as on AWS;
 - ListImports names the stacks that import an export.
+
+`Fn::GetStackOutput` (the weak references of `@aws-cdk/core:defaultCrossStackReferences:
+weak`, on in every new `cdk init` app) reads another stack's output at create/update time and
+locks nothing, as on AWS; a missing stack or output fails the operation with its name.
 """
 
 from __future__ import annotations
@@ -143,6 +147,55 @@ def attach(backend: CloudFormationBackend, stack: Stack) -> None:
     """Let `stack`'s `Fn::ImportValue` see the region's current exports."""
     stack.cross_stack_resources = backend.exports
     stack.resource_map.cross_stack_resources = backend.exports
+
+
+_original_clean_json = parsing.clean_json
+
+
+def _clean_json(resource_json: Any, resources_map: Any) -> Any:
+    if isinstance(resource_json, dict) and "Fn::GetStackOutput" in resource_json:
+        return get_stack_output(
+            _original_clean_json(resource_json["Fn::GetStackOutput"], resources_map),
+            resources_map,
+        )
+    return _original_clean_json(resource_json, resources_map)
+
+
+def get_stack_output(args: Any, resources_map: Any) -> Any:
+    """The value of `OutputName` of stack `StackName` (same account; `Region` or this one)."""
+    from moto.cloudformation.models import cloudformation_backends
+
+    if not isinstance(args, dict) or not args.get("StackName") or not args.get("OutputName"):
+        raise ValidationError(
+            message=(
+                "Template error: Fn::GetStackOutput expects an object with StackName and "
+                f"OutputName, found {args!r}"
+            )
+        )
+    region = args.get("Region") or resources_map._region_name
+    backend = cloudformation_backends[resources_map._account_id][region]
+    name = args["StackName"]
+    stack = next(
+        (
+            s
+            for s in backend.stacks.values()
+            if name in (s.name, s.stack_id) and s.status != "REVIEW_IN_PROGRESS"
+        ),
+        None,
+    )
+    if stack is None:
+        raise ValidationError(message=f"Stack with id {name} does not exist")
+    for output in stack.outputs or []:
+        if output["OutputKey"] == args["OutputName"]:
+            return output["OutputValue"]
+    raise ValidationError(
+        message=f"Output {args['OutputName']} does not exist in stack {stack.name}"
+    )
+
+
+def install() -> None:
+    """Teach moto's template engine Fn::GetStackOutput (idempotent)."""
+    parsing.clean_json = _clean_json
 
 
 def list_imports(backend: CloudFormationBackend, export_name: str) -> list[str]:

@@ -10,8 +10,10 @@ docs/reference/toolchain-findings.md §4-§5):
   update deploy); now it is replaced (create new, delete old) unless it has an in-place
   handler here (`AWS::KMS::Key`: policy, description, rotation, enabled).
 - ExecuteChangeSet: errors no longer escape as HTTP 500; a failed create rolls back (every
-  created resource deleted, ROLLBACK_COMPLETE), a failed update leaves UPDATE_FAILED; both
-  with a resource event naming the failing resource and the reason. Outputs and exports are
+  created resource deleted, ROLLBACK_COMPLETE), a failed update rolls back to the previous
+  template (UPDATE_ROLLBACK_COMPLETE, so the next deploy proceeds as on AWS); both with a
+  resource event naming the failing resource and the reason. Deletion runs dependents first
+  (ordering.py). Outputs and exports are
   rebuilt after every execution. Change sets are looked up per stack (cdk names every one
   `cdk-deploy-change-set`); unknown ones answer ChangeSetNotFound.
 - SSM-typed parameters that cannot be resolved answer AWS's "Unable to fetch parameters"
@@ -40,7 +42,7 @@ from moto.ec2.models.core import TaggedEC2Resource
 from moto.kms.models import Key as KmsKey
 from moto.kms.models import kms_backends
 
-from . import exports, inplace
+from . import exports, inplace, ordering
 from .custom_resource import CustomResource, is_custom_type
 
 log = logging.getLogger("enclavekit.endpoint.cloudformation")
@@ -450,7 +452,30 @@ def _rollback_create(stack: Stack) -> str | None:
         return _reason(exc)
 
 
-def _fail(stack: Stack, operation: str, exc: BaseException) -> None:
+def _rollback_update(stack: Stack, previous: tuple[str, dict[str, Any] | None]) -> str | None:
+    """Return the stack's resources to the previous template, as CloudFormation's update
+    rollback does; None on success, else the reason it could not."""
+    template, parameters = previous
+    rmap = stack.resource_map
+    # What the failed update never created must not be created by a later lazy read either.
+    rmap._resource_json_map = {
+        k: v for k, v in rmap._resource_json_map.items() if k in rmap._parsed_resources
+    }
+    try:
+        rmap.update(stack.parse_template(template), parameters)
+        _refresh_stack(stack, template, parameters)
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported in the stack status, not a 500
+        log.exception("update rollback of %s failed", stack.name)
+        return _reason(exc)
+
+
+def _fail(
+    stack: Stack,
+    operation: str,
+    exc: BaseException,
+    previous: tuple[str, dict[str, Any] | None] | None = None,
+) -> None:
     reason = _reason(exc)
     logical = getattr(exc, "_ek_logical_id", None)
     rtype = getattr(exc, "_ek_type", "")
@@ -474,10 +499,25 @@ def _fail(stack: Stack, operation: str, exc: BaseException) -> None:
         else:
             stack.status = "ROLLBACK_FAILED"
             stack._add_stack_event("ROLLBACK_FAILED", resource_status_reason=leftover)
-    else:
-        # Updates are applied in place without a snapshot to return to: say so honestly.
+    elif previous is None:
         stack.status = "UPDATE_FAILED"
         stack._add_stack_event("UPDATE_FAILED", resource_status_reason=reason)
+    else:
+        stack._add_stack_event(
+            "UPDATE_ROLLBACK_IN_PROGRESS",
+            resource_status_reason=(
+                f"The following resource(s) failed to update: [{logical or stack.name}]. "
+            ),
+        )
+        leftover = _rollback_update(stack, previous)
+        if leftover is None:
+            stack.status = "UPDATE_ROLLBACK_COMPLETE"
+            stack.status_reason = reason
+            stack._add_stack_event("UPDATE_ROLLBACK_COMPLETE")
+        else:
+            stack.status = "UPDATE_ROLLBACK_FAILED"
+            stack.status_reason = leftover
+            stack._add_stack_event("UPDATE_ROLLBACK_FAILED", resource_status_reason=leftover)
 
 
 def _run_after_apply(stack: Stack, operation: str) -> None:
@@ -498,6 +538,7 @@ def execute_change_set(
     if stack is None:
         raise ValidationError(cs.stack_name)
     operation = cs.change_set_type
+    previous = (stack.template, dict(stack.parameters or {})) if operation == "UPDATE" else None
     with STACK_LOCK:
         cs.execution_status = "EXECUTE_IN_PROGRESS"
         stack.status = f"{operation}_IN_PROGRESS"
@@ -513,7 +554,7 @@ def execute_change_set(
         except Exception as exc:  # noqa: BLE001 - becomes the stack's failure, as on AWS
             log.debug("change set failure", exc_info=True)
             cs.execution_status = "EXECUTE_FAILED"
-            _fail(stack, operation, exc)
+            _fail(stack, operation, exc, previous)
             return
         exports.publish(self, stack)
         stack.status_reason = None
@@ -563,6 +604,7 @@ def _stack_update(
 ) -> None:
     with STACK_LOCK:
         backend = cfn_models.cloudformation_backends[self.account_id][self.region_name]
+        previous = (self.template, dict(self.parameters or {}))
         try:
             new_template = self.parse_template(template)
             check_template(new_template)
@@ -573,7 +615,7 @@ def _stack_update(
             exports.check_unique(backend, self)
             _run_after_apply(self, "UPDATE")
         except Exception as exc:  # noqa: BLE001
-            _fail(self, "UPDATE", exc)
+            _fail(self, "UPDATE", exc, previous)
             return
         exports.publish(backend, self)
 
@@ -621,6 +663,8 @@ def install() -> None:
     if getattr(CloudFormationBackend, "_enclavekit_patched", False):
         return
     parsing.NULL_MODELS.clear()
+    exports.install()
+    ordering.install()
     parsing.resource_class_from_type = _resource_class_from_type
     parsing.parse_and_create_resource = _parse_and_create_resource
     parsing.parse_and_update_resource = _parse_and_update_resource
