@@ -76,6 +76,11 @@ def cdk_env(
         env.pop(name, None)
         env.pop(name.lower(), None)
     env.update(proxy or {})
+    if proxy:
+        # Node's env-proxy agent announces itself as experimental on every run; keep the
+        # user's NODE_OPTIONS and silence only that warning.
+        quiet = "--disable-warning=UNDICI-EHPA"
+        env["NODE_OPTIONS"] = " ".join(p for p in (source.get("NODE_OPTIONS", ""), quiet) if p)
     # Node 22 and the cdk CLI first, then the user's interpreter (so an app run as `python3
     # app.py` finds its own venv, or enclavekit's when none is active).
     path = os.pathsep.join([_interpreter_bin(source), env.get("PATH", "")])
