@@ -86,6 +86,8 @@ def cdk_env(
     path = os.pathsep.join([_interpreter_bin(source), env.get("PATH", "")])
     env["PATH"] = tool_path(path, start=_tools_start())
     env.setdefault("CDK_DISABLE_VERSION_CHECK", "1")
+    # The CLI reports failures to cdk-cli-telemetry.<region>.api.aws: egress, so off.
+    env["CDK_DISABLE_CLI_TELEMETRY"] = "true"
     env.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
     return env
 
