@@ -117,7 +117,7 @@ def test_init_app_and_corpus_deploy_update_destroy(
     _cdk(endpoint, init, "deploy", "--require-approval", "never", "-c", "owner=alice")
     tags = ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["Tags"]
     assert {"Key": "owner", "Value": "alice"} in tags
-    _cdk(endpoint, init, "destroy", "--force")
+    _cdk(endpoint, init, "destroy", "--force", "--app", "cdk.out")  # no second synth
     assert not [s for s in cfn.describe_stacks()["Stacks"] if s["StackName"] == "InitPythonStack"]
 
     corpus = _copy_app("corpus", tmp_path)
@@ -172,7 +172,10 @@ def _check_corpus(endpoint: server.EndpointInfo, app: Path) -> None:
     _client(endpoint, "s3").put_object(Bucket=bucket, Key="left-behind.txt", Body=b"x")
 
     # AWS's refusal to delete a stack whose export is imported
-    out = _cdk(endpoint, app, "destroy", "Producer", "--exclusively", "--force", ok=False)
+    out = _cdk(
+        endpoint, app, "destroy", "Producer", "--exclusively", "--force", "--app", "cdk.out",
+        ok=False,
+    )  # fmt: skip
     assert "Export Corpus-SharedRoleArn cannot be deleted as it is in use by Consumer" in out
     assert cfn.describe_stacks(StackName="Producer")["Stacks"][0]["StackStatus"] == (
         "CREATE_COMPLETE"
@@ -210,7 +213,7 @@ def _check_corpus(endpoint: server.EndpointInfo, app: Path) -> None:
     assert any("the handler refused" not in m and "START RequestId" in m for m in messages)
 
     # destroy: autoDeleteObjects empties the bucket, the imports go first
-    _cdk(endpoint, app, "destroy", "--all", "--force")
+    _cdk(endpoint, app, "destroy", "--all", "--force", "--app", "cdk.out")
     names = {s["StackName"] for s in cfn.describe_stacks()["Stacks"]}
     assert not names & {"Producer", "Consumer"}
     assert bucket not in {b["Name"] for b in _client(endpoint, "s3").list_buckets()["Buckets"]}
