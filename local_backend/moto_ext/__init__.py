@@ -20,6 +20,7 @@ SERVICES = (
     "kms",
     "elbv2",
     "secretsmanager",
+    "stepfunctions",
 )
 
 

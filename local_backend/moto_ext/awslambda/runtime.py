@@ -43,6 +43,29 @@ RESPONSE_PREFIX = "/_enclavekit/cfn-response/"
 _state: dict[str, Any] = {"state_dir": None, "response_port": 0}
 
 
+# Asynchronous work in flight (Step Functions executions started by a handler): a custom
+# resource whose handler answers later (cr.Provider's isComplete waiter) waits for it.
+_async = {"count": 0}
+_async_cond = threading.Condition()
+
+
+def async_work_started() -> None:
+    with _async_cond:
+        _async["count"] += 1
+
+
+def async_work_done() -> None:
+    with _async_cond:
+        _async["count"] -= 1
+        _async_cond.notify_all()
+
+
+def wait_async_work(timeout: float) -> None:
+    """Block until no asynchronous work is in flight (at most `timeout` seconds)."""
+    with _async_cond:
+        _async_cond.wait_for(lambda: _async["count"] <= 0, timeout)
+
+
 class RuntimeNotEmulated(Exception):
     """A function whose runtime (or packaging) the local runtime cannot run."""
 

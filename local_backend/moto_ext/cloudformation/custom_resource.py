@@ -98,11 +98,18 @@ class _Collector:
         return True
 
     def wait(self, token: str, timeout: float) -> dict[str, Any] | None:
-        event = self._events[token]
-        event.wait(timeout)
+        """The answer for `token`, waiting at most `timeout` seconds for it."""
+        event = self._events.get(token)
+        if event is not None:
+            event.wait(timeout)
+        with self._lock:
+            return self._pending.pop(token, None)
+
+    def forget(self, token: str) -> None:
+        """Stop accepting answers for `token` (a late PUT then gets 403)."""
         with self._lock:
             self._events.pop(token, None)
-            return self._pending.pop(token, None)
+            self._pending.pop(token, None)
 
 
 COLLECTOR = _Collector()
@@ -123,6 +130,13 @@ def _function(service_token: str, account_id: str, region: str) -> Any:
             f"Received response status [FAILED] from custom resource. Message returned: "
             f"Function not found: {service_token}"
         ) from exc
+
+
+def _service_timeout(properties: dict[str, Any]) -> float:
+    try:
+        return float(properties.get("ServiceTimeout") or 3600)
+    except (TypeError, ValueError):
+        return 3600.0
 
 
 def send(
@@ -157,10 +171,17 @@ def send(
         event["OldResourceProperties"] = old_properties
     try:
         result = runtime.invoke(fn, event, account_id=account_id, region=region)
+        answer = COLLECTOR.wait(token, 0)
+        if answer is None:
+            # The handler may have handed the answer to asynchronous work (cr.Provider's
+            # waiter state machine): wait for it, up to the resource's ServiceTimeout
+            # (AWS: 1 h), then a short grace for a PUT still on its way.
+            runtime.wait_async_work(_service_timeout(properties))
+            answer = COLLECTOR.wait(token, _GRACE)
     except runtime.RuntimeNotEmulated as exc:
-        COLLECTOR.wait(token, 0)
         raise CustomResourceFailed(str(exc)) from exc
-    answer = COLLECTOR.wait(token, _GRACE)
+    finally:
+        COLLECTOR.forget(token)
     if answer is None:
         detail = "" if result.ok else f" ({result.error_type}: {result.error_message})"
         raise CustomResourceFailed(
