@@ -4,9 +4,9 @@
   flags, so Custom::VpcRestrictDefaultSG runs its Node.js handler) deploys, updates, destroys.
 - A corpus (tests/fixtures/cdk_apps/corpus): a strong export + Fn::ImportValue and a weak
   Fn::GetStackOutput, a generated secret, an NLB TCP listener, a log group, AwsCustomResource,
-  autoDeleteObjects, LogRetention, cr.Provider with isComplete and a Python handler of ours; AWS's refusal to delete an
-  imported export; an update; a handler failure that fails (and rolls back) the update with
-  the handler's reason; destroy. The endpoint log has no server error.
+  autoDeleteObjects, LogRetention, cr.Provider with isComplete and a Python handler of ours;
+  AWS's refusal to delete an imported export; an update; a handler failure that fails (and
+  rolls back) the update with the handler's reason; destroy. The endpoint log has no server error.
 - The Lambda runtime through the Lambda API (payload, handler error, timeout).
 - `enclavekit cdk`: the egress guard refuses an AWS hostname at once, naming it; an app's own
   CLI is bypassed; only what could reach an account is stripped from the environment.
