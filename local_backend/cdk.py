@@ -11,6 +11,8 @@
   interpreter running enclavekit), and cdk.json's command runs as written.
 - Every process gets the egress guard (local_backend.egress) as its HTTP(S) proxy: a
   connection to anything but loopback is refused at once and reported with its host.
+- Container image assets go to a docker that refuses with one line naming them
+  (local_backend.docker_guard): there is no local registry yet, and real ECR is never used.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION, local_aws_env
 from enclavekit.toolchain import PROJECT_ROOT, cdk_command, node_modules, tool_path
 from local_backend import server
+from local_backend.docker_guard import write_script
 from local_backend.egress import egress_guard
 
 
@@ -71,7 +74,10 @@ def cdk_env(
     """The environment for a cdk process against `endpoint` (project Node 22 first on PATH),
     with `proxy` (the egress guard's variables) when given."""
     source = os.environ if base is None else base
-    env = local_aws_env(endpoint, base=source, scratch_dir=cwd / "cdk.out" / ".enclavekit-aws")
+    scratch = cwd / "cdk.out" / ".enclavekit-aws"
+    env = local_aws_env(endpoint, base=source, scratch_dir=scratch)
+    # Container image assets: a client that refuses, naming them (never a real registry).
+    env["CDK_DOCKER"] = str(write_script(scratch / "bin"))
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
         env.pop(name, None)
         env.pop(name.lower(), None)

@@ -395,3 +395,29 @@ def test_env_strips_only_what_reaches_an_account(tmp_path: Path) -> None:
     # the project's Node.js and cdk first, then the user's venv, then the user's PATH
     assert parts.index(str(venv / "bin")) < parts.index("/usr/bin")
     assert str(Path(sys.executable).parent) not in parts[: parts.index(str(venv / "bin"))]
+
+
+def test_container_assets_never_reach_a_registry(tmp_path: Path) -> None:
+    """CDK_DOCKER is a client that refuses with one line naming the image assets, so no
+    `docker login` / `push` can reach the real ECR host."""
+    app = tmp_path / "app"
+    (app / "cdk.out").mkdir(parents=True)
+    manifest = {
+        "dockerImages": {
+            "abc123": {"displayName": "AppImage", "source": {"directory": "asset.abc123"}},
+            "def456": {"source": {"directory": "asset.def456"}},
+        }
+    }
+    (app / "cdk.out" / "ImageStack.assets.json").write_text(json.dumps(manifest))
+    env = cdk_env("http://localhost:4599", cwd=app, base={"PATH": os.environ["PATH"]})
+    docker = env["CDK_DOCKER"]
+    login = ["login", "--username", "AWS", "123456789012.dkr.ecr.us-east-1.amazonaws.com"]
+    for args, cwd in ((login, app), (["build", "."], app / "cdk.out")):
+        proc = subprocess.run(
+            [docker, *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env
+        )
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert "container image asset AppImage, asset.def456 cannot be published" in lines[0]
+        assert f"docker {args[0]} refused" in lines[0]
