@@ -82,11 +82,9 @@ def cdk_env(
         env.pop(name, None)
         env.pop(name.lower(), None)
     env.update(proxy or {})
-    if proxy:
-        # Node's env-proxy agent announces itself as experimental on every run; keep the
-        # user's NODE_OPTIONS and silence only that warning.
-        quiet = "--disable-warning=UNDICI-EHPA"
-        env["NODE_OPTIONS"] = " ".join(p for p in (source.get("NODE_OPTIONS", ""), quiet) if p)
+    if proxy and "NODE_OPTIONS" in proxy:  # the user's NODE_OPTIONS stay, the guard's added
+        options = (source.get("NODE_OPTIONS", ""), proxy["NODE_OPTIONS"])
+        env["NODE_OPTIONS"] = " ".join(o for o in options if o)
     # Node 22 and the cdk CLI first, then the user's interpreter (so an app run as `python3
     # app.py` finds its own venv, or enclavekit's when none is active).
     path = os.pathsep.join([_interpreter_bin(source), env.get("PATH", "")])

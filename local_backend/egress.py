@@ -148,6 +148,8 @@ class EgressGuard:
             out[name] = out[name.lower()] = self.url
         out["NO_PROXY"] = out["no_proxy"] = NO_PROXY
         out["NODE_USE_ENV_PROXY"] = "1"
+        # Node's env-proxy agent announces itself as experimental on every start: only that.
+        out["NODE_OPTIONS"] = "--disable-warning=UNDICI-EHPA"
         return out
 
 
@@ -163,14 +165,23 @@ def _stderr_report(stream: TextIO) -> Callable[[str, int], None]:
     return report
 
 
+def start_guard(report: Callable[[str, int], None]) -> tuple[EgressGuard, Callable[[], None]]:
+    """A running guard (daemon thread) and the function that stops it."""
+    server = _GuardServer(report)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return EgressGuard(server), stop
+
+
 @contextlib.contextmanager
 def egress_guard(stream: TextIO | None = None) -> Iterator[EgressGuard]:
     """Run a guard for the duration of the block; refusals are reported on `stream`."""
-    server = _GuardServer(_stderr_report(stream or sys.stderr))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    guard, stop = start_guard(_stderr_report(stream or sys.stderr))
     try:
-        yield EgressGuard(server)
+        yield guard
     finally:
-        server.shutdown()
-        server.server_close()
+        stop()

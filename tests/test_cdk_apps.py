@@ -257,6 +257,13 @@ def test_lambda_runtime_contract(endpoint: server.EndpointInfo) -> None:
         def handler(event, context):
             if event.get("boom"):
                 raise ValueError("boom requested")
+            if event.get("egress"):
+                import urllib.request
+                try:
+                    urllib.request.urlopen("https://sts.amazonaws.com/", timeout=30)
+                    return {"reached": True}
+                except Exception as exc:
+                    return {"reached": False, "error": str(exc)}
             if event.get("sleep"):
                 import time; time.sleep(event["sleep"])
             return {"echo": event, "fn": context.function_name,
@@ -288,6 +295,10 @@ def test_lambda_runtime_contract(endpoint: server.EndpointInfo) -> None:
     payload, err = call("py-fn", {"boom": True})
     assert err and payload["errorType"] == "ValueError"
     assert payload["errorMessage"] == "boom requested"
+    payload, err = call("py-fn", {"egress": True})  # behind the endpoint's egress guard
+    assert err is None and payload["reached"] is False and "403" in payload["error"]
+    log = (Path(endpoint.state_dir) / server.LOG_FILE).read_text()
+    assert "refused a Lambda handler's connection to sts.amazonaws.com:443" in log
     payload, err = call("py-fn", {"sleep": 10})
     assert err and "Task timed out after 2.00 seconds" in payload["errorMessage"]
 

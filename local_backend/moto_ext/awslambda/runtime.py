@@ -7,7 +7,8 @@ under `<state>/lambda/`. Each invocation gets the Lambda environment (AWS_LAMBDA
 function's variables, LAMBDA_TASK_ROOT), credentials for the local endpoint only
 (`enclavekit.localenv`, nothing of the caller's), the function's timeout ("Task timed out
 after N seconds", as AWS says) and its output in the local CloudWatch Logs group
-`/aws/lambda/<name>`.
+`/aws/lambda/<name>`. Handlers sit behind the endpoint's egress guard (local_backend.egress):
+a connection to anything but loopback is refused and logged with its host.
 """
 
 from __future__ import annotations
@@ -152,11 +153,33 @@ def _command(fn: Any, event_file: Path, result_file: Path) -> list[str]:
     )
 
 
+_guard: dict[str, Any] = {}
+_guard_lock = threading.Lock()
+
+
+def _egress_env() -> dict[str, str]:
+    """Proxy variables of the endpoint's egress guard (started once): a handler that tries a
+    non-loopback host is refused at once, and the endpoint log names the host."""
+    from local_backend.egress import start_guard
+
+    with _guard_lock:
+        if "guard" not in _guard:
+
+            def report(host: str, port: int) -> None:
+                log.warning(
+                    "egress guard: refused a Lambda handler's connection to %s:%s", host, port
+                )
+
+            _guard["guard"], _ = start_guard(report)
+        return dict(_guard["guard"].env())
+
+
 def _environment(fn: Any, code_dir: Path, request_id: str, account_id: str, region: str) -> dict:
     # The function's variables first, then the local endpoint's credentials over them (AWS
     # reserves AWS_* names; nothing a template sets can point a handler at a real account).
     variables = {str(k): str(v) for k, v in (fn.environment_vars or {}).items()}
     env = local_aws_env(endpoint(), base={**_base_env(), **variables}, region=region)
+    env.update(_egress_env())
     env.update(
         LAMBDA_TASK_ROOT=str(code_dir),
         LAMBDA_RUNTIME_DIR=str(HERE),
@@ -179,19 +202,7 @@ def _environment(fn: Any, code_dir: Path, request_id: str, account_id: str, regi
 
 def _base_env() -> dict[str, str]:
     """The few host variables a handler process needs; nothing else of the endpoint's."""
-    keep = (
-        "PATH",
-        "HOME",
-        "LANG",
-        "LC_ALL",
-        "TMPDIR",
-        "http_proxy",
-        "https_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-    )
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
     return {k: os.environ[k] for k in keep if k in os.environ}
 
 
