@@ -4,7 +4,8 @@
   flags, so Custom::VpcRestrictDefaultSG runs its Node.js handler) deploys, updates, destroys.
 - A corpus (tests/fixtures/cdk_apps/corpus): a strong export + Fn::ImportValue and a weak
   Fn::GetStackOutput, a generated secret, an NLB TCP listener, a log group, AwsCustomResource,
-  autoDeleteObjects, LogRetention, cr.Provider with isComplete and a Python handler of ours;
+  autoDeleteObjects, LogRetention, cr.Provider with isComplete, DnsValidatedCertificate and a
+  Python handler of ours;
   AWS's refusal to delete an imported export; an update; a handler failure that fails (and
   rolls back) the update with the handler's reason; destroy. The endpoint log has no server error.
 - The Lambda runtime through the Lambda API (payload, handler error, timeout).
@@ -170,6 +171,8 @@ def _check_corpus(endpoint: server.EndpointInfo, app: Path) -> None:
     assert ssm.get_parameter(Name="/corpus/own")["Parameter"]["Value"] == "own-1"
     assert consumer["OwnEcho"] == "own-1"
     assert consumer["WaitedPolls"] == "3"  # cr.Provider's waiter polled isComplete 3 times
+    dns_cert = _client(endpoint, "acm").describe_certificate(CertificateArn=consumer["DnsCertArn"])
+    assert dns_cert["Certificate"]["Status"] == "ISSUED"
     _client(endpoint, "s3").put_object(Bucket=bucket, Key="left-behind.txt", Body=b"x")
 
     # AWS's refusal to delete a stack whose export is imported
