@@ -44,6 +44,8 @@ def imported_names(stack: Stack) -> set[str]:
             if isinstance(arg, str):
                 names.add(arg)
                 continue
+            if _names_resources(arg, template):
+                continue  # resolving would create resources lazily: imports from parameters only
             try:
                 value = parsing.clean_json(arg, stack.resource_map)
             except Exception:  # noqa: BLE001 - an unresolvable argument imports nothing
@@ -51,6 +53,14 @@ def imported_names(stack: Stack) -> set[str]:
             if isinstance(value, str):
                 names.add(value)
     return names
+
+
+def _names_resources(arg: Any, template: dict[str, Any]) -> bool:
+    from .ordering import referenced
+
+    found: set[str] = set()
+    referenced(arg, set(template.get("Resources") or {}), found)
+    return bool(found)
 
 
 def importers(backend: CloudFormationBackend, name: str, *, exclude: str = "") -> list[str]:

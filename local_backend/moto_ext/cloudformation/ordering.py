@@ -16,7 +16,8 @@ from moto.cloudformation import parsing
 _SUB_NAME = re.compile(r"\$\{([A-Za-z0-9]+)(?:\.[^}]*)?\}")
 
 
-def _referenced(node: Any, names: set[str], out: set[str]) -> None:
+def referenced(node: Any, names: set[str], out: set[str]) -> None:
+    """Add to `out` the members of `names` that `node` names through Ref, GetAtt or Sub."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "Ref" and isinstance(value, str) and value in names:
@@ -30,12 +31,12 @@ def _referenced(node: Any, names: set[str], out: set[str]) -> None:
                 if isinstance(body, str):
                     out.update(n for n in _SUB_NAME.findall(body) if n in names)
                 if isinstance(value, list) and len(value) > 1:
-                    _referenced(value[1], names, out)
+                    referenced(value[1], names, out)
                 continue
-            _referenced(value, names, out)
+            referenced(value, names, out)
     elif isinstance(node, list):
         for item in node:
-            _referenced(item, names, out)
+            referenced(item, names, out)
 
 
 def dependencies(resources: dict[str, Any]) -> dict[str, set[str]]:
@@ -49,7 +50,7 @@ def dependencies(resources: dict[str, Any]) -> dict[str, set[str]]:
             out.update(
                 d for d in ([depends] if isinstance(depends, str) else depends) if d in names
             )
-            _referenced(spec.get("Properties") or {}, names, out)
+            referenced(spec.get("Properties") or {}, names, out)
         out.discard(name)
         deps[name] = out
     return deps
