@@ -435,3 +435,84 @@ def test_container_assets_never_reach_a_registry(tmp_path: Path) -> None:
         assert len(lines) == 1, proc.stderr
         assert "container image asset AppImage, asset.def456 cannot be published" in lines[0]
         assert f"docker {args[0]} refused" in lines[0]
+
+
+# ------------------------------------------------------------------ pieces, without the CLI
+
+
+def test_generated_password_follows_aws_rules() -> None:
+    from local_backend.moto_ext.secretsmanager.models import generate_password, secret_string
+
+    for _ in range(20):
+        pw = generate_password({"PasswordLength": 12, "ExcludePunctuation": True})
+        assert len(pw) == 12 and pw.isalnum()
+        assert any(c.islower() for c in pw) and any(c.isupper() for c in pw)
+        assert any(c.isdigit() for c in pw)
+    assert set(generate_password({"ExcludeCharacters": "abc", "PasswordLength": 64})).isdisjoint(
+        "abc"
+    )
+    value = json.loads(
+        secret_string(
+            {
+                "GenerateSecretString": {
+                    "SecretStringTemplate": '{"user": "u"}',
+                    "GenerateStringKey": "pw",
+                }
+            }
+        )
+    )
+    assert value["user"] == "u" and len(value["pw"]) == 32
+
+
+def test_deletion_runs_dependents_first() -> None:
+    from local_backend.moto_ext.cloudformation.ordering import deletion_order
+
+    resources = {
+        "Fn": {"Properties": {"Role": {"Fn::GetAtt": ["Role", "Arn"]}}},
+        "Role": {},
+        "Custom": {"Properties": {"ServiceToken": {"Fn::GetAtt": "Fn.Arn"}}},
+        "Log": {"Properties": {"LogGroupName": {"Fn::Sub": "/aws/lambda/${Fn}"}}},
+        "After": {"DependsOn": "Custom"},
+    }
+    order = deletion_order(resources)
+    assert order.index("After") < order.index("Custom") < order.index("Fn") < order.index("Role")
+    assert order.index("Log") < order.index("Fn")
+
+
+def test_custom_resource_properties_are_strings() -> None:
+    from local_backend.moto_ext.cloudformation.custom_resource import stringify
+
+    assert stringify({"N": 3, "On": True, "L": [1, {"x": False}], "S": "s"}) == {
+        "N": "3",
+        "On": "true",
+        "L": ["1", {"x": "false"}],
+        "S": "s",
+    }
+
+
+def test_unexpected_handler_error_is_internal_failure_not_html() -> None:
+    from moto.core.responses import BaseResponse
+
+    from local_backend.moto_ext import internal_failure
+
+    internal_failure.install(Path("."))
+
+    class Broken(BaseResponse):
+        def __init__(self) -> None:
+            super().__init__(service_name="cloudformation")
+
+        def call_original(self) -> None:
+            raise KeyError("arn:aws:cloudformation:stack/gone")
+
+    resp = Broken()
+    resp._get_action = lambda: "DescribeStacks"  # type: ignore[method-assign]
+    original = internal_failure._original_call_action
+    internal_failure._original_call_action = Broken.call_original  # type: ignore[assignment]
+    try:
+        status, headers, body = internal_failure.call_action(resp)
+    finally:
+        internal_failure._original_call_action = original
+    text = body.decode() if isinstance(body, bytes) else str(body)
+    assert status == 500 and headers["status"] == "500"
+    assert "<Code>InternalFailure</Code>" in text and "KeyError" in text
+    assert "<html" not in text.lower()
