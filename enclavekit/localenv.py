@@ -18,18 +18,64 @@ LOCAL_REGION = "us-east-1"
 LOCAL_ACCESS_KEY_ID = "testing"
 LOCAL_SECRET_ACCESS_KEY = "testing"
 
-# Variables that could point a process at a real account or endpoint.
-_STRIPPED_PREFIXES = ("AWS_", "CDK_DEFAULT_", "AMAZON_")
-_STRIPPED_NAMES = frozenset({"BOTO_CONFIG", "BOTO3_DEFAULT_PROFILE"})
+# Variables that could reach a real account: credentials, profiles and SSO, config and
+# credential files, endpoints and endpoint routing, roles and web identities. An app's own
+# variables (AWS_ACCOUNT, AWS_STAGE, ...) are kept: apps read them at synth time.
+_STRIPPED_NAMES = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ACCESS_KEY",
+        "AWS_SECRET_KEY",
+        "AWS_CREDENTIAL_EXPIRATION",
+        "AWS_CREDENTIAL_FILE",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SDK_LOAD_CONFIG",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+        "AWS_EC2_METADATA_DISABLED",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+        "AWS_USE_FIPS_ENDPOINT",
+        "AWS_USE_DUALSTACK_ENDPOINT",
+        "AWS_STS_REGIONAL_ENDPOINTS",
+        "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "BOTO_CONFIG",
+        "BOTO3_DEFAULT_PROFILE",
+        "CDK_DEFAULT_ACCOUNT",
+        "CDK_DEFAULT_REGION",
+    }
+)
+_STRIPPED_PREFIXES = (
+    "AWS_ENDPOINT_URL",  # AWS_ENDPOINT_URL and every AWS_ENDPOINT_URL_<SERVICE>
+    "AWS_CONTAINER_",  # container (ECS/EKS) credential endpoints and tokens
+    "AWS_SSO_",
+    "AWS_BEARER_TOKEN_",
+    "AWS_CREDENTIAL",
+)
+_STRIPPED_SUFFIXES = ("_ROLE_ARN",)  # AWS_*_ROLE_ARN: assume-role targets of any tool
+
+
+def _reaches_an_account(name: str) -> bool:
+    upper = name.upper()
+    if upper in _STRIPPED_NAMES or upper.startswith(_STRIPPED_PREFIXES):
+        return True
+    return upper.startswith("AWS_") and upper.endswith(_STRIPPED_SUFFIXES)
 
 
 def strip_aws_env(env: Mapping[str, str]) -> dict[str, str]:
-    """A copy of `env` without any AWS credential, profile, config file or endpoint."""
-    return {
-        k: v
-        for k, v in env.items()
-        if not k.startswith(_STRIPPED_PREFIXES) and k not in _STRIPPED_NAMES
-    }
+    """A copy of `env` without any AWS credential, profile, config file, endpoint or role
+    (names compared case-insensitively); everything else, AWS_* app settings included, stays."""
+    return {k: v for k, v in env.items() if not _reaches_an_account(k)}
 
 
 def local_aws_env(

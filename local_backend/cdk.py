@@ -1,12 +1,23 @@
-"""Run the project's cdk CLI aimed at the local endpoint, with every trace of real AWS removed.
+"""Run the project's cdk CLI aimed at the local endpoint, safe by construction.
 
-The environment comes from `enclavekit.localenv.local_aws_env`: real credentials, profiles,
-config files and endpoints are stripped and replaced by the local endpoint and its `testing`
-key, so a local deploy can never reach an AWS account.
+- The CLI is always the project's pinned one (node_modules/aws-cdk on the pinned Node.js 22);
+  an app's own node_modules CLI (older ones ignore the local endpoint and call real AWS
+  hostnames) is bypassed with a one-line notice.
+- The environment comes from `enclavekit.localenv.local_aws_env`: only what could reach a real
+  account is removed (credentials, profiles, config/credential files, endpoints, role ARNs)
+  and replaced by the local endpoint and its `testing` key; an app's own variables such as
+  AWS_ACCOUNT stay.
+- The app runs with the user's interpreter: an active venv's bin comes first on PATH (else the
+  interpreter running enclavekit), and cdk.json's command runs as written.
+- Every process gets the egress guard (local_backend.egress) as its HTTP(S) proxy: a
+  connection to anything but loopback is refused at once and reported with its host.
+- Container image assets go to a docker that refuses with one line naming them
+  (local_backend.docker_guard): there is no local registry yet, and real ECR is never used.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION, local_aws_env
-from enclavekit.toolchain import cdk_command, tool_path
+from enclavekit.toolchain import PROJECT_ROOT, cdk_command, node_modules, tool_path
 from local_backend import server
+from local_backend.docker_guard import write_script
+from local_backend.egress import egress_guard
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,7 @@ class CdkResult:
     returncode: int
     stdout: str
     stderr: str
+    refused: tuple[str, ...] = ()
 
 
 def bootstrap_target(region: str = LOCAL_REGION) -> str:
@@ -34,20 +48,73 @@ def bootstrap_target(region: str = LOCAL_REGION) -> str:
     return f"aws://{LOCAL_ACCOUNT}/{region}"
 
 
-def cdk_env(endpoint: str, *, cwd: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a cdk process against `endpoint` (project Node 22 first on PATH)."""
-    env = local_aws_env(
-        endpoint,
-        base=os.environ if base is None else base,
-        scratch_dir=cwd / "cdk.out" / ".enclavekit-aws",
+def _tools_start() -> Path:
+    """Where the pinned toolchain is looked up: the project's own node_modules when it has one
+    (never the app's), else from the current directory up."""
+    return (
+        PROJECT_ROOT if node_modules(PROJECT_ROOT) == PROJECT_ROOT / "node_modules" else Path.cwd()
     )
-    # Node 22 and the cdk CLI first, then this interpreter's bin (so an app run as `python3
-    # app.py` finds the same venv, enclave_constructs included, activated or not).
-    venv_bin = os.path.dirname(sys.executable)
-    env["PATH"] = tool_path(os.pathsep.join([venv_bin, env.get("PATH", "")]), start=cwd)
+
+
+def _interpreter_bin(base: Mapping[str, str]) -> str:
+    """The bin directory of the user's interpreter: the active venv's, else this one's."""
+    venv = base.get("VIRTUAL_ENV")
+    if venv and Path(venv, "bin").is_dir():
+        return str(Path(venv, "bin"))
+    return os.path.dirname(sys.executable)
+
+
+def cdk_env(
+    endpoint: str,
+    *,
+    cwd: Path,
+    base: Mapping[str, str] | None = None,
+    proxy: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment for a cdk process against `endpoint` (project Node 22 first on PATH),
+    with `proxy` (the egress guard's variables) when given."""
+    source = os.environ if base is None else base
+    scratch = cwd / "cdk.out" / ".enclavekit-aws"
+    env = local_aws_env(endpoint, base=source, scratch_dir=scratch)
+    # Container image assets: a client that refuses, naming them (never a real registry).
+    env["CDK_DOCKER"] = str(write_script(scratch / "bin"))
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        env.pop(name, None)
+        env.pop(name.lower(), None)
+    env.update(proxy or {})
+    if proxy and "NODE_OPTIONS" in proxy:  # the user's NODE_OPTIONS stay, the guard's added
+        options = (source.get("NODE_OPTIONS", ""), proxy["NODE_OPTIONS"])
+        env["NODE_OPTIONS"] = " ".join(o for o in options if o)
+    # Node 22 and the cdk CLI first, then the user's interpreter (so an app run as `python3
+    # app.py` finds its own venv, or enclavekit's when none is active).
+    path = os.pathsep.join([_interpreter_bin(source), env.get("PATH", "")])
+    env["PATH"] = tool_path(path, start=_tools_start())
     env.setdefault("CDK_DISABLE_VERSION_CHECK", "1")
+    # The CLI reports failures to cdk-cli-telemetry.<region>.api.aws: egress, so off.
+    env["CDK_DISABLE_CLI_TELEMETRY"] = "true"
     env.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
     return env
+
+
+def app_local_cli(app_dir: Path) -> str | None:
+    """The version of a cdk CLI the app carries in its own node_modules (None when none)."""
+    for base in (app_dir, *app_dir.parents):
+        pkg = base / "node_modules" / "aws-cdk" / "package.json"
+        if pkg.is_file() and base != PROJECT_ROOT:
+            try:
+                return str(json.loads(pkg.read_text()).get("version", "unknown"))
+            except (OSError, ValueError):
+                return "unknown"
+    return None
+
+
+def pinned_cli_version() -> str:
+    """The version of the project's pinned aws-cdk CLI."""
+    pkg = PROJECT_ROOT / "node_modules" / "aws-cdk" / "package.json"
+    try:
+        return str(json.loads(pkg.read_text()).get("version", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def run_cdk(
@@ -58,20 +125,27 @@ def run_cdk(
     capture: bool = False,
     timeout: float | None = None,
 ) -> CdkResult:
-    """Run `cdk ARGS...` in `cwd` against the running endpoint of `state_dir`.
-
-    Raises BackendError (one line) when the endpoint is not running.
-    """
+    """Run `cdk ARGS...` in `cwd` against the running endpoint of `state_dir`, behind the
+    egress guard. Raises BackendError (one line) when the endpoint is not running."""
     info = server.running_endpoint(state_dir)
     workdir = Path(cwd or Path.cwd()).resolve()
-    argv = (*cdk_command(workdir), *args)
-    proc = subprocess.run(
-        argv,
-        cwd=workdir,
-        env=cdk_env(info.endpoint, cwd=workdir),
-        text=True,
-        capture_output=capture,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    return CdkResult(tuple(argv), proc.returncode, proc.stdout or "", proc.stderr or "")
+    own = app_local_cli(workdir)
+    if own is not None:
+        print(
+            f"enclavekit: bypassing the app's own cdk CLI {own}; running the pinned "
+            f"aws-cdk {pinned_cli_version()}, which honours the local endpoint",
+            file=sys.stderr,
+        )
+    argv = (*cdk_command(_tools_start()), *args)
+    with egress_guard() as guard:
+        proc = subprocess.run(
+            argv,
+            cwd=workdir,
+            env=cdk_env(info.endpoint, cwd=workdir, proxy=guard.env()),
+            text=True,
+            capture_output=capture,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        refused = tuple(guard.refused)
+    return CdkResult(tuple(argv), proc.returncode, proc.stdout or "", proc.stderr or "", refused)

@@ -9,7 +9,19 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-SERVICES = ("cloudformation", "ec2", "autoscaling", "acm", "s3", "kms")
+SERVICES = (
+    "internal_failure",
+    "awslambda",
+    "cloudformation",
+    "ec2",
+    "autoscaling",
+    "acm",
+    "s3",
+    "kms",
+    "elbv2",
+    "secretsmanager",
+    "stepfunctions",
+)
 
 
 def install(state_dir: Path) -> None:

@@ -3,14 +3,17 @@
 What this changes in moto 5.2.5 (each found by running the real cdk CLI against it, see
 docs/reference/toolchain-findings.md §4-§5):
 - A resource type we cannot emulate FAILS the change set / stack with its name. moto skips it
-  with a log warning. `AWS::CDK::Metadata` is an explicit no-op model; `Custom::*` and moto's
-  WaitCondition "null models" are refused too (nothing here can run their handlers).
+  with a log warning. `AWS::CDK::Metadata` is an explicit no-op model; moto's WaitCondition
+  "null models" are refused too. `Custom::*` / `AWS::CloudFormation::CustomResource` run
+  their Lambda handlers locally (custom_resource.py); cross-stack exports: exports.py.
 - Updates: a type without an update handler used to vanish from the stack (the KMS key of an
   update deploy); now it is replaced (create new, delete old) unless it has an in-place
   handler here (`AWS::KMS::Key`: policy, description, rotation, enabled).
 - ExecuteChangeSet: errors no longer escape as HTTP 500; a failed create rolls back (every
-  created resource deleted, ROLLBACK_COMPLETE), a failed update leaves UPDATE_FAILED; both
-  with a resource event naming the failing resource and the reason. Outputs and exports are
+  created resource deleted, ROLLBACK_COMPLETE), a failed update rolls back to the previous
+  template (UPDATE_ROLLBACK_COMPLETE, so the next deploy proceeds as on AWS); both with a
+  resource event naming the failing resource and the reason. Deletion runs dependents first
+  (ordering.py). Outputs and exports are
   rebuilt after every execution. Change sets are looked up per stack (cdk names every one
   `cdk-deploy-change-set`); unknown ones answer ChangeSetNotFound.
 - SSM-typed parameters that cannot be resolved answer AWS's "Unable to fetch parameters"
@@ -20,6 +23,7 @@ docs/reference/toolchain-findings.md §4-§5):
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -32,10 +36,14 @@ from moto.cloudformation import parsing, utils
 from moto.cloudformation import responses as cfn_responses
 from moto.cloudformation.exceptions import CloudFormationError, ValidationError
 from moto.cloudformation.models import ChangeSet, CloudFormationBackend, Event, Stack
+from moto.cloudformation.parsing import OutputMap
 from moto.core.common_models import CloudFormationModel
 from moto.ec2.models.core import TaggedEC2Resource
 from moto.kms.models import Key as KmsKey
 from moto.kms.models import kms_backends
+
+from . import exports, inplace, ordering
+from .custom_resource import CustomResource, is_custom_type
 
 log = logging.getLogger("enclavekit.endpoint.cloudformation")
 
@@ -156,7 +164,8 @@ def unsupported_types(template: dict[str, Any]) -> list[str]:
         {
             r.get("Type", "<no Type>")
             for r in resources.values()
-            if not isinstance(r, dict) or r.get("Type") not in known
+            if not isinstance(r, dict)
+            or (r.get("Type") not in known and not is_custom_type(str(r.get("Type"))))
         }
     )
 
@@ -169,6 +178,8 @@ def check_template(template: dict[str, Any]) -> None:
 
 
 def _resource_class_from_type(resource_type: str) -> type[CloudFormationModel]:
+    if is_custom_type(resource_type):
+        return CustomResource
     model = parsing.get_model_map().get(resource_type) or _model_map().get(resource_type)
     if model is None:
         raise UnsupportedResourceType([resource_type])
@@ -185,6 +196,7 @@ def _parse_and_create_resource(
     account_id: str,
     region_name: str,
 ) -> Any:
+    raw_json = copy.deepcopy(resource_json)
     try:
         resource = _original_create(
             logical_id, resource_json, resources_map, account_id, region_name
@@ -194,6 +206,8 @@ def _parse_and_create_resource(
         raise
     if resource is not None and isinstance(resource, TaggedEC2Resource):
         _tag_ec2(resource, resources_map, logical_id, account_id, region_name)
+    if resource is not None:
+        inplace.remember(resource, raw_json)
     return resource
 
 
@@ -225,13 +239,16 @@ def _parse_and_update_resource(
     region_name: str,
 ) -> Any:
     resource_type = resource_json["Type"]
+    raw_json = copy.deepcopy(resource_json)
     try:
         parsed = parsing.parse_resource_and_generate_name(logical_id, resource_json, resources_map)
         resource_class, resource_json, new_name = parsed
         original = resources_map[logical_id]
         updater = _updaters.get(resource_type)
         own = resource_class.update_from_cloudformation_json
-        if updater is not None:
+        if original is not None and inplace.tags_only_change(original, raw_json):
+            new = inplace.retag(original, raw_json, resources_map, account_id, region_name)
+        elif updater is not None:
             new = updater(original, new_name, resource_json, account_id, region_name)
         elif not hasattr(own, "__isabstractmethod__"):
             new = own(
@@ -263,6 +280,7 @@ def _parse_and_update_resource(
         )
     new.cf_resource_type = resource_type
     new.logical_resource_id = logical_id
+    inplace.remember(new, raw_json)
     if isinstance(new, TaggedEC2Resource) and new is not original:
         _tag_ec2(new, resources_map, logical_id, account_id, region_name)
     return new
@@ -434,7 +452,30 @@ def _rollback_create(stack: Stack) -> str | None:
         return _reason(exc)
 
 
-def _fail(stack: Stack, operation: str, exc: BaseException) -> None:
+def _rollback_update(stack: Stack, previous: tuple[str, dict[str, Any] | None]) -> str | None:
+    """Return the stack's resources to the previous template, as CloudFormation's update
+    rollback does; None on success, else the reason it could not."""
+    template, parameters = previous
+    rmap = stack.resource_map
+    # What the failed update never created must not be created by a later lazy read either.
+    rmap._resource_json_map = {
+        k: v for k, v in rmap._resource_json_map.items() if k in rmap._parsed_resources
+    }
+    try:
+        rmap.update(stack.parse_template(template), parameters)
+        _refresh_stack(stack, template, parameters)
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported in the stack status, not a 500
+        log.exception("update rollback of %s failed", stack.name)
+        return _reason(exc)
+
+
+def _fail(
+    stack: Stack,
+    operation: str,
+    exc: BaseException,
+    previous: tuple[str, dict[str, Any] | None] | None = None,
+) -> None:
     reason = _reason(exc)
     logical = getattr(exc, "_ek_logical_id", None)
     rtype = getattr(exc, "_ek_type", "")
@@ -458,10 +499,25 @@ def _fail(stack: Stack, operation: str, exc: BaseException) -> None:
         else:
             stack.status = "ROLLBACK_FAILED"
             stack._add_stack_event("ROLLBACK_FAILED", resource_status_reason=leftover)
-    else:
-        # Updates are applied in place without a snapshot to return to: say so honestly.
+    elif previous is None:
         stack.status = "UPDATE_FAILED"
         stack._add_stack_event("UPDATE_FAILED", resource_status_reason=reason)
+    else:
+        stack._add_stack_event(
+            "UPDATE_ROLLBACK_IN_PROGRESS",
+            resource_status_reason=(
+                f"The following resource(s) failed to update: [{logical or stack.name}]. "
+            ),
+        )
+        leftover = _rollback_update(stack, previous)
+        if leftover is None:
+            stack.status = "UPDATE_ROLLBACK_COMPLETE"
+            stack.status_reason = reason
+            stack._add_stack_event("UPDATE_ROLLBACK_COMPLETE")
+        else:
+            stack.status = "UPDATE_ROLLBACK_FAILED"
+            stack.status_reason = leftover
+            stack._add_stack_event("UPDATE_ROLLBACK_FAILED", resource_status_reason=leftover)
 
 
 def _run_after_apply(stack: Stack, operation: str) -> None:
@@ -482,25 +538,26 @@ def execute_change_set(
     if stack is None:
         raise ValidationError(cs.stack_name)
     operation = cs.change_set_type
+    previous = (stack.template, dict(stack.parameters or {})) if operation == "UPDATE" else None
     with STACK_LOCK:
         cs.execution_status = "EXECUTE_IN_PROGRESS"
         stack.status = f"{operation}_IN_PROGRESS"
         stack._add_stack_event(f"{operation}_IN_PROGRESS", resource_status_reason="User Initiated")
         try:
             check_template(cs.template_dict)
+            exports.attach(self, stack)
+            exports.check_removed_exports(self, stack, cs.template_dict)
             cs.apply()
             _refresh_stack(stack, cs.template, cs.parameters)
-            self._validate_export_uniqueness(stack)
+            exports.check_unique(self, stack)
             _run_after_apply(stack, operation)
         except Exception as exc:  # noqa: BLE001 - becomes the stack's failure, as on AWS
             log.debug("change set failure", exc_info=True)
             cs.execution_status = "EXECUTE_FAILED"
-            _fail(stack, operation, exc)
+            _fail(stack, operation, exc, previous)
             return
-        for name in [n for n, e in self.exports.items() if e.exporting_stack_id == stack.stack_id]:
-            self.exports.pop(name)
-        for export in stack.exports:
-            self.exports[export.name] = export
+        exports.publish(self, stack)
+        stack.status_reason = None
         cs.execution_status = "EXECUTE_COMPLETE"
         stack.status = f"{operation}_COMPLETE"
         stack._add_stack_event(f"{operation}_COMPLETE")
@@ -520,8 +577,10 @@ def _create_resources(self: Stack) -> None:
     """CreateStack (not via a change set): same refusal, rollback and hooks."""
     with STACK_LOCK:
         self.status = "CREATE_IN_PROGRESS"
+        backend = cfn_models.cloudformation_backends[self.account_id][self.region_name]
         try:
             check_template(self.template_dict)
+            exports.attach(backend, self)
             self.resource_map.create(self.template_dict)
             self.description = self.template_dict.get("Description")
             self.output_map = self._create_output_map()
@@ -544,31 +603,57 @@ def _stack_update(
     tags: dict[str, str] | None = None,
 ) -> None:
     with STACK_LOCK:
+        backend = cfn_models.cloudformation_backends[self.account_id][self.region_name]
+        previous = (self.template, dict(self.parameters or {}))
         try:
-            check_template(self.parse_template(template))
+            new_template = self.parse_template(template)
+            check_template(new_template)
+            exports.attach(backend, self)
+            exports.check_removed_exports(backend, self, new_template)
             _original_stack_update(self, template, role_arn, parameters, tags)
             _ = self.outputs
+            exports.check_unique(backend, self)
             _run_after_apply(self, "UPDATE")
         except Exception as exc:  # noqa: BLE001
-            _fail(self, "UPDATE", exc)
+            _fail(self, "UPDATE", exc, previous)
+            return
+        exports.publish(backend, self)
 
 
-_original_delete_stack = CloudFormationBackend.delete_stack
+def _freeze_deleted(stack: Stack) -> None:
+    """A deleted stack keeps no resources or outputs: DescribeStacks on its id must not try to
+    resolve outputs against resources that are gone (that was a KeyError, an HTTP 500)."""
+    _forget_resources(stack)
+    stack.output_map = OutputMap(stack.resource_map, {"Outputs": {}}, stack.stack_id)
 
 
 def delete_stack(self: CloudFormationBackend, name_or_stack_id: str) -> None:
-    """Delete without a 500 on failure (DELETE_FAILED + reason), and drop its change sets."""
+    """Delete as AWS does: refused (stack unchanged, reason on the stack) while another stack
+    imports one of its exports; DELETE_FAILED + reason when a resource cannot be deleted;
+    never a 500. Its exports and change sets go with it."""
     with STACK_LOCK:
         stacks = [s for s in self.stacks.values() if name_or_stack_id in (s.name, s.stack_id)]
         for stack in stacks:
+            in_use = exports.in_use_error(
+                self, stack, set(exports.own_export_names(self, stack)), "deleted"
+            )
+            if in_use:
+                log.warning("delete of stack %s refused: %s", stack.name, in_use)
+                stack.status_reason = in_use
+                stack._add_stack_event(stack.status, resource_status_reason=in_use)
+                continue
             try:
-                _original_delete_stack(self, stack.stack_id)
-                _forget_resources(stack)
+                stack.delete()
             except Exception as exc:  # noqa: BLE001
                 log.warning("delete of stack %s failed: %s", stack.name, _reason(exc))
                 stack.status = "DELETE_FAILED"
+                stack.status_reason = _reason(exc)
                 stack._add_stack_event("DELETE_FAILED", resource_status_reason=_reason(exc))
                 continue
+            exports.withdraw(self, stack)
+            _freeze_deleted(stack)
+            self.stacks.pop(stack.stack_id, None)
+            self.deleted_stacks[stack.stack_id] = stack
             for cid in [c for c, cs in self.change_sets.items() if cs.stack_id == stack.stack_id]:
                 del self.change_sets[cid]
 
@@ -578,6 +663,8 @@ def install() -> None:
     if getattr(CloudFormationBackend, "_enclavekit_patched", False):
         return
     parsing.NULL_MODELS.clear()
+    exports.install()
+    ordering.install()
     parsing.resource_class_from_type = _resource_class_from_type
     parsing.parse_and_create_resource = _parse_and_create_resource
     parsing.parse_and_update_resource = _parse_and_update_resource

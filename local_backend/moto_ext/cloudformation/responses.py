@@ -4,6 +4,7 @@
   parameter such as cdk's BootstrapVersion that is the parameter name, not the resolved value
   that moto fed back into the SSM lookup); the template's resource types and SSM parameters are
   checked up front so the CLI gets AWS's ValidationError at change-set creation.
+- ListImports answers from the templates of the live stacks (exports.py).
 - Describe/Delete/ExecuteChangeSet pass the StackName, so same-named change sets of different
   stacks (cdk names all of them `cdk-deploy-change-set`) are not mixed up.
 """
@@ -17,7 +18,7 @@ from moto.cloudformation.models import Stack
 from moto.cloudformation.responses import CloudFormationResponse
 from moto.core.responses import ActionResult, EmptyResult
 
-from . import models
+from . import exports, models
 
 
 def _resolve_ssm_parameters(
@@ -132,9 +133,16 @@ def execute_change_set(self: CloudFormationResponse) -> EmptyResult:
     return EmptyResult()
 
 
+def list_imports(self: CloudFormationResponse) -> ActionResult:
+    """ListImports: the stacks that import an export (moto has no handler)."""
+    names = exports.list_imports(self.cloudformation_backend, self._get_param("ExportName"))
+    return ActionResult({"Imports": names})
+
+
 def install() -> None:
     """Swap in the handlers above (idempotent)."""
     CloudFormationResponse.create_change_set = create_change_set  # type: ignore[method-assign]
     CloudFormationResponse.describe_change_set = describe_change_set  # type: ignore[method-assign]
     CloudFormationResponse.delete_change_set = delete_change_set  # type: ignore[method-assign]
     CloudFormationResponse.execute_change_set = execute_change_set  # type: ignore[method-assign]
+    CloudFormationResponse.list_imports = list_imports  # type: ignore[attr-defined]

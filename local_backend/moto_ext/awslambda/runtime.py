@@ -1,0 +1,333 @@
+"""The local Lambda runtime: a function's handler runs as a subprocess, without Docker.
+
+`nodejs*` functions run on the project's Node.js 22 with the AWS SDK for JavaScript v3 clients
+pinned in package.json on NODE_PATH (what the managed runtime provides); `python*` functions run
+on the project interpreter (boto3 included). The function's zip is unpacked once per code hash
+under `<state>/lambda/`. Each invocation gets the Lambda environment (AWS_LAMBDA_*, the
+function's variables, LAMBDA_TASK_ROOT), credentials for the local endpoint only
+(`enclavekit.localenv`, nothing of the caller's), the function's timeout ("Task timed out
+after N seconds", as AWS says) and its output in the local CloudWatch Logs group
+`/aws/lambda/<name>`. Handlers sit behind the endpoint's egress guard (local_backend.egress):
+a connection to anything but loopback is refused and logged with its host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from enclavekit.localenv import local_aws_env
+from enclavekit.toolchain import PROJECT_ROOT
+
+log = logging.getLogger("enclavekit.endpoint.lambda")
+
+HERE = Path(__file__).resolve().parent
+NODE = PROJECT_ROOT / "node_modules" / "node" / "bin" / "node"
+NODE_MODULES = PROJECT_ROOT / "node_modules"
+# Where a CloudFormation custom-resource response is PUT (the collector in cloudformation).
+RESPONSE_PREFIX = "/_enclavekit/cfn-response/"
+
+_state: dict[str, Any] = {"state_dir": None, "response_port": 0}
+
+
+# Asynchronous work in flight (Step Functions executions started by a handler): a custom
+# resource whose handler answers later (cr.Provider's isComplete waiter) waits for it.
+_async = {"count": 0}
+_async_cond = threading.Condition()
+
+
+def async_work_started() -> None:
+    with _async_cond:
+        _async["count"] += 1
+
+
+def async_work_done() -> None:
+    with _async_cond:
+        _async["count"] -= 1
+        _async_cond.notify_all()
+
+
+def wait_async_work(timeout: float) -> None:
+    """Block until no asynchronous work is in flight (at most `timeout` seconds)."""
+    with _async_cond:
+        _async_cond.wait_for(lambda: _async["count"] <= 0, timeout)
+
+
+class RuntimeNotEmulated(Exception):
+    """A function whose runtime (or packaging) the local runtime cannot run."""
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One finished invocation: the handler's payload or its error, and its log output."""
+
+    ok: bool
+    payload: Any
+    error_type: str = ""
+    error_message: str = ""
+    logs: str = ""
+
+    def error_json(self) -> str:
+        """The payload AWS returns for a function error."""
+        return json.dumps({"errorType": self.error_type, "errorMessage": self.error_message})
+
+
+def configure(state_dir: Path) -> None:
+    """Remember the endpoint's state dir (code cache, endpoint.json)."""
+    _state["state_dir"] = Path(state_dir)
+
+
+def set_response_port(port: int) -> None:
+    """The loopback port of the custom-resource response collector (node's https shim)."""
+    _state["response_port"] = port
+
+
+def endpoint() -> str:
+    """The running endpoint's URL (from its endpoint.json, written once it is bound)."""
+    state_dir = _state["state_dir"]
+    if state_dir is None:
+        raise RuntimeNotEmulated("the local Lambda runtime is not configured")
+    info = json.loads((Path(state_dir) / "endpoint.json").read_text())
+    return str(info["endpoint"])
+
+
+def _code_dir(fn: Any) -> Path:
+    code = getattr(fn, "code_bytes", b"") or b""
+    if not code:
+        raise RuntimeNotEmulated(
+            f"function {fn.function_name}: only zip packages run locally (no image functions)"
+        )
+    digest = hashlib.sha256(code).hexdigest()[:32]
+    root = Path(_state["state_dir"] or tempfile.gettempdir()) / "lambda" / digest
+    if not (root / ".unpacked").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(io.BytesIO(code)) as zf:
+            for member in zf.infolist():
+                target = (root / member.filename).resolve()
+                if root.resolve() not in target.parents and target != root.resolve():
+                    raise RuntimeNotEmulated(
+                        f"function {fn.function_name}: zip entry {member.filename!r} escapes "
+                        "the package"
+                    )
+            zf.extractall(root)
+        (root / ".unpacked").touch()
+    return root
+
+
+def _command(fn: Any, event_file: Path, result_file: Path) -> list[str]:
+    runtime = str(fn.run_time or "")
+    handler = str(fn.handler or "")
+    if getattr(fn, "layers", None):
+        raise RuntimeNotEmulated(
+            f"function {fn.function_name}: Lambda layers are not emulated by the local runtime"
+        )
+    if runtime.startswith("nodejs"):
+        if not NODE.exists():
+            raise RuntimeNotEmulated("the project's Node.js 22 is missing: run `make setup`")
+        return [str(NODE), str(HERE / "bootstrap.js"), handler, str(event_file), str(result_file)]
+    if runtime.startswith("python"):
+        return [
+            sys.executable,
+            str(HERE / "bootstrap.py"),
+            handler,
+            str(event_file),
+            str(result_file),
+        ]
+    raise RuntimeNotEmulated(
+        f"function {fn.function_name}: runtime {runtime or '(none)'} is not emulated "
+        "(nodejs* and python* are)"
+    )
+
+
+_guard: dict[str, Any] = {}
+_guard_lock = threading.Lock()
+
+
+def _egress_env() -> dict[str, str]:
+    """Proxy variables of the endpoint's egress guard (started once): a handler that tries a
+    non-loopback host is refused at once, and the endpoint log names the host."""
+    from local_backend.egress import start_guard
+
+    with _guard_lock:
+        if "guard" not in _guard:
+
+            def report(host: str, port: int) -> None:
+                log.warning(
+                    "egress guard: refused a Lambda handler's connection to %s:%s", host, port
+                )
+
+            _guard["guard"], _ = start_guard(report)
+        return dict(_guard["guard"].env())
+
+
+def _environment(fn: Any, code_dir: Path, request_id: str, account_id: str, region: str) -> dict:
+    # The function's variables first, then the local endpoint's credentials over them (AWS
+    # reserves AWS_* names; nothing a template sets can point a handler at a real account).
+    variables = {str(k): str(v) for k, v in (fn.environment_vars or {}).items()}
+    env = local_aws_env(endpoint(), base={**_base_env(), **variables}, region=region)
+    env.update(_egress_env())
+    env.update(
+        LAMBDA_TASK_ROOT=str(code_dir),
+        LAMBDA_RUNTIME_DIR=str(HERE),
+        AWS_LAMBDA_FUNCTION_NAME=fn.function_name,
+        AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
+        AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(fn.memory_size),
+        AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{fn.function_name}",
+        AWS_LAMBDA_LOG_STREAM_NAME=f"{time.strftime('%Y/%m/%d')}/[$LATEST]{request_id[:32]}",
+        AWS_EXECUTION_ENV=f"AWS_Lambda_{fn.run_time}",
+        EK_LAMBDA_FUNCTION_ARN=fn.function_arn,
+        EK_LAMBDA_REQUEST_ID=request_id,
+        EK_LAMBDA_TIMEOUT_MS=str(int(fn.timeout) * 1000),
+        EK_CFN_RESPONSE_PREFIX=RESPONSE_PREFIX,
+        EK_CFN_RESPONSE_PORT=str(_state["response_port"]),
+        NODE_PATH=str(NODE_MODULES),
+        TZ=":UTC",
+    )
+    return env
+
+
+def _base_env() -> dict[str, str]:
+    """The few host variables a handler process needs; nothing else of the endpoint's."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def invoke(fn: Any, event: Any, *, account_id: str, region: str) -> Invocation:
+    """Run `fn`'s handler once with `event` and wait for it (at most its timeout)."""
+    request_id = str(uuid.uuid4())
+    code_dir = _code_dir(fn)
+    with tempfile.TemporaryDirectory(prefix="ek-lambda-") as tmp:
+        event_file, result_file = Path(tmp) / "event.json", Path(tmp) / "result.json"
+        event_file.write_text(json.dumps(event))
+        argv = _command(fn, event_file, result_file)
+        env = _environment(fn, code_dir, request_id, account_id, region)
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(
+                argv,
+                cwd=code_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=max(1, int(fn.timeout)),
+            )
+            output = (proc.stdout or "") + (proc.stderr or "")
+            timed_out = False
+        except subprocess.TimeoutExpired as exc:
+            output = _text(exc.stdout) + _text(exc.stderr)
+            timed_out = True
+        elapsed = time.monotonic() - start
+        if timed_out:
+            result = Invocation(
+                False,
+                None,
+                "Sandbox.Timedout",
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {request_id} Task timed "
+                f"out after {int(fn.timeout):.2f} seconds",
+                output,
+            )
+        elif result_file.exists():
+            raw = json.loads(result_file.read_text() or "{}")
+            if raw.get("ok"):
+                result = Invocation(True, raw.get("payload"), logs=output)
+            else:
+                result = Invocation(
+                    False,
+                    None,
+                    str(raw.get("errorType", "Error")),
+                    str(raw.get("errorMessage", "")),
+                    output,
+                )
+        else:
+            result = Invocation(
+                False,
+                None,
+                "Runtime.ExitError",
+                f"RequestId: {request_id} Error: Runtime exited with error: exit status "
+                f"{proc.returncode}",
+                output,
+            )
+    log.info(
+        "lambda %s (%s) %s in %.2fs%s",
+        fn.function_name,
+        fn.run_time,
+        "ok" if result.ok else "failed",
+        elapsed,
+        "" if result.ok else f": {result.error_type}: {result.error_message}",
+    )
+    _to_cloudwatch(fn, request_id, result, account_id, region, elapsed)
+    return result
+
+
+def _text(data: Any) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+
+
+# Log events waiting for their group: Lambda delivers logs asynchronously, so a template's
+# own `/aws/lambda/<name>` LogGroup (created after the function, often while a custom resource
+# is being invoked) must not find the group already made by the first invocation.
+_pending_logs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+_pending_lock = threading.Lock()
+LOG_DELIVERY_DELAY = 5.0
+
+
+def _to_cloudwatch(
+    fn: Any, request_id: str, result: Invocation, account_id: str, region: str, elapsed: float
+) -> None:
+    """The invocation's output in `/aws/lambda/<name>`, as the managed runtime writes it."""
+    group = f"/aws/lambda/{fn.function_name}"
+    stream = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{request_id.replace('-', '')}"
+    lines = [f"START RequestId: {request_id} Version: $LATEST"]
+    lines += [ln for ln in result.logs.splitlines() if ln.strip()]
+    if not result.ok:
+        error = {"errorType": result.error_type, "errorMessage": result.error_message}
+        lines.append(json.dumps(error))
+    lines.append(f"END RequestId: {request_id}")
+    lines.append(f"REPORT RequestId: {request_id}\tDuration: {elapsed * 1000:.2f} ms")
+    now = int(time.time() * 1000)
+    with _pending_lock:
+        _pending_logs.setdefault((account_id, region, group), []).extend(
+            {"timestamp": now, "message": ln, "stream": stream} for ln in lines
+        )
+    timer = threading.Timer(LOG_DELIVERY_DELAY, _deliver, args=(account_id, region, group))
+    timer.daemon = True
+    timer.start()
+
+
+def _deliver(account_id: str, region: str, group: str) -> None:
+    """Write the pending events of `group` (creating it if nobody has by now)."""
+    from moto.logs.models import logs_backends
+
+    with _pending_lock:
+        events = _pending_logs.pop((account_id, region, group), [])
+    if not events:
+        return
+    backend = logs_backends[account_id][region]
+    with contextlib.suppress(Exception):  # logging must never fail anything
+        backend.ensure_log_group(group)
+        for stream in sorted({e["stream"] for e in events}):
+            with contextlib.suppress(Exception):
+                backend.create_log_stream(group, stream)
+            batch = [
+                {"timestamp": e["timestamp"], "message": e["message"]}
+                for e in events
+                if e["stream"] == stream
+            ]
+            backend.put_log_events(group, stream, batch)
