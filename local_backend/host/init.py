@@ -1,0 +1,70 @@
+"""PID 1 of an instance host: start enabled units, run cloud-init once, reap, shut down.
+
+cloud-init runs in a child process so that PID 1 only reaps: services that daemonize (what
+`systemctl start` leaves running) are re-parented here, as under systemd. SIGTERM (the instance
+stops or terminates) stops the services, then every process of the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from local_backend.host.layout import HOST_IDENTITY
+
+STOP_GRACE_S = 3.0
+
+
+def _shutdown(_signum: int, _frame: object) -> None:
+    with contextlib.suppress(Exception):
+        from local_backend.host import systemd
+
+        systemd.stop_all()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(-1, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.05)
+    os._exit(0)
+
+
+def main() -> int:
+    identity = json.loads(Path(HOST_IDENTITY).read_text())
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    with contextlib.suppress(Exception):
+        from local_backend.host import systemd
+
+        systemd.start_enabled(sys.stdout.buffer)
+    pid = os.fork()
+    if pid == 0:
+        from local_backend.host import cloudinit
+
+        code = 0
+        try:
+            code = 1 if cloudinit.run(identity["instance_id"], sys.stdout.buffer).errors else 0
+        except BaseException as exc:  # noqa: BLE001 - the console must say why
+            print(f"cloud-init: {type(exc).__name__}: {exc}", flush=True)
+            code = 2
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            signal.pause()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The host sandbox: user data runs as root in its own namespaces and never touches the machine."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from host_support import booted, console
+
+from local_backend.host import control
+
+pytestmark = pytest.mark.slow
+
+# Every destructive script first proves it runs inside a host (the AMI marker exists only
+# there), so a broken sandbox fails the test without harming the machine.
+GUARD = "[ -f /var/lib/enclavekit-host/ami ] || { echo NOT-IN-HOST; exit 99; }\n"
+WATCHED = ("/etc/hosts", "/etc/passwd", "/etc/group", "/etc/shadow")
+
+
+def _fingerprint() -> dict[str, str]:
+    out = {
+        p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in WATCHED if os.path.exists(p)
+    }
+    out["/etc listing"] = ",".join(sorted(os.listdir("/etc")))
+    out["/usr/bin listing"] = ",".join(sorted(os.listdir("/usr/bin")))
+    out["/opt listing"] = ",".join(sorted(os.listdir("/opt")))
+    return out
+
+
+def test_destructive_user_data_leaves_the_machine_unchanged(tmp_path: Path) -> None:
+    before = _fingerprint()
+    script = (
+        "#!/bin/bash\n" + GUARD + "useradd bob\n"
+        "id bob\n"
+        "cp /etc/passwd /root/passwd.copy\n"
+        "sed -i 's/localhost/changed/' /etc/hosts\n"
+        "echo '203.0.113.7 evil.example' >> /etc/hosts\n"
+        "cp /etc/hosts /root/hosts.copy\n"
+        "touch /usr/bin/zz-host-canary /opt/zz-host-canary\n"
+        "rm -rf /etc\n"
+        "test ! -e /etc/passwd && echo ETC-GONE\n"
+    )
+    with booted(tmp_path, script) as (layout, host):
+        assert control.boot_error(host) is None, console(layout)
+        out = console(layout)
+        assert "uid=1001(bob)" in out and "ETC-GONE" in out, out
+        assert "bob:x:1001" in (layout.inside("/root/passwd.copy")).read_text()
+        hosts = layout.inside("/root/hosts.copy").read_text()
+        assert "evil.example" in hosts and "changed" in hosts
+        assert layout.rootfs.joinpath("usr-upper/bin/zz-host-canary").exists()
+    assert _fingerprint() == before
+    assert not Path("/usr/bin/zz-host-canary").exists()
+
+
+def test_own_namespaces_hostname_and_no_route_out(tmp_path: Path) -> None:
+    script = (
+        "#!/bin/bash\n" + GUARD + "echo HOSTNAME=$(hostname)\n"
+        "echo PID1=$(tr '\\0' ' ' < /proc/1/cmdline)\n"
+        "echo PROCS=$(ls /proc | grep -c '^[0-9]')\n"
+        "echo IFACES=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ,)\n"
+        "curl -s -m 3 http://192.0.2.1/ || echo NO-ROUTE\n"
+        "echo WHOAMI=$(id -u) OS=$(. /etc/os-release; echo $ID-$VERSION_ID)\n"
+    )
+    with booted(tmp_path, script) as (layout, host):
+        out = console(layout)
+        assert control.boot_error(host) is None, out
+        assert "HOSTNAME=ip-10-0-0-5.ec2.internal" in out
+        assert "PID1=" in out and "local_backend.host.init" in out
+        procs = int(out.split("PROCS=")[1].split()[0])
+        assert procs < 15, out  # the host's own few processes, not the machine's
+        assert "IFACES=lo," in out
+        assert "NO-ROUTE" in out
+        assert "WHOAMI=0 OS=amzn-2023" in out
+
+
+def test_failing_user_data_reports_the_command_and_status(tmp_path: Path) -> None:
+    script = "#!/bin/bash\nset -e\necho step one\ngrep -q nothing-here /etc/hostname\necho never\n"
+    with booted(tmp_path, script) as (layout, host):
+        out = console(layout)
+        assert host["boot"]["state"] == "failed"
+        failure = host["boot"]["failures"][0]
+        assert failure["status"] == 1
+        assert failure["command"] == "grep -q nothing-here /etc/hostname"
+        assert "step one" in out and "never" not in out
+        assert "Failed running /var/lib/cloud/instance/scripts/part-001 [1]" in out
+        error = control.boot_error(host)
+        assert error == (
+            "user data failed: part-001 exited 1 at `grep -q nothing-here /etc/hostname`"
+        )
