@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             "image_id",
             "role_arns",
             "private_ip",
+            "enclave_enabled",
         )
     }
     console_fd = os.open(layout.console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

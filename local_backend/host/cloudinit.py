@@ -20,6 +20,7 @@ Runs inside the host (PID 1 forks it); `run(instance_id, console)`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email
 import email.policy
 import grp
@@ -130,17 +131,27 @@ def parse(data: bytes) -> list[Part]:
 
 
 class Console:
-    """Writes to the console (the host's stdout) and /var/log/cloud-init-output.log."""
+    """cloud-init's `output: {all: '| tee -a /var/log/cloud-init-output.log'}`: one pipe whose
+    reader (a forked tee) copies to the console and the log. Scripts write to it directly, so
+    cloud-init waits for a script's exit, never for a daemon it left holding the pipe."""
 
     def __init__(self, out: BinaryIO) -> None:
-        self.out = out
         Path(OUTPUT_LOG).parent.mkdir(parents=True, exist_ok=True)
-        self.log = open(OUTPUT_LOG, "ab")  # noqa: SIM115 - lives as long as cloud-init runs
+        read_end, self.fd = os.pipe()
+        out.flush()
+        console_fd = out.fileno()
+        if os.fork() == 0:  # the tee
+            os.close(self.fd)
+            log = os.open(OUTPUT_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            while chunk := os.read(read_end, 65536):
+                for fd in (console_fd, log):
+                    with contextlib.suppress(OSError):
+                        os.write(fd, chunk)
+            os._exit(0)
+        os.close(read_end)
 
     def write(self, data: bytes) -> None:
-        for f in (self.out, self.log):
-            f.write(data)
-            f.flush()
+        os.write(self.fd, data)
 
     def line(self, text: str) -> None:
         self.write(text.encode() + b"\n")
@@ -148,6 +159,9 @@ class Console:
     def warn(self, module: str, text: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S,000", time.gmtime())
         self.line(f"{stamp} - {module}[WARNING]: {text}")
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _uptime() -> str:
@@ -171,8 +185,8 @@ def _run(console: Console, argv: list[str], *, trace: Path | None = None) -> int
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stdout=console.fd,
+            stderr=console.fd,
             env=env,
             cwd="/",
             pass_fds=pass_fds,
@@ -184,9 +198,6 @@ def _run(console: Console, argv: list[str], *, trace: Path | None = None) -> int
         if tf is not None:
             os.close(_TRACE_FD)
             tf.close()
-    assert proc.stdout is not None
-    for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
-        console.write(chunk)
     return proc.wait()
 
 
@@ -374,6 +385,7 @@ def run(instance_id: str, out: BinaryIO) -> Result:
     )
     _write_result(result, up)
     (idir / "boot-finished").write_text(f"{_uptime()} - {stamp} - v. {VERSION}\n")
+    console.close()
     return result
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from local_backend.host.layout import HOST_IDENTITY
 
 STOP_GRACE_S = 3.0
+DEFAULT_ENV_PREFIXES = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "ENCLAVEKIT_")
 
 
 def _shutdown(_signum: int, _frame: object) -> None:
@@ -42,6 +43,13 @@ def main() -> int:
     identity = json.loads(Path(HOST_IDENTITY).read_text())
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
+    from local_backend.host import systemd
+
+    # systemd's DefaultEnvironment: what services get besides their own unit's settings.
+    systemd.DEFAULT_ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
+    systemd.DEFAULT_ENV_FILE.write_text(
+        json.dumps({k: v for k, v in os.environ.items() if k.startswith(DEFAULT_ENV_PREFIXES)})
+    )
     with contextlib.suppress(Exception):
         from local_backend.host import systemd
 

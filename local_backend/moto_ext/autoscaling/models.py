@@ -87,7 +87,7 @@ def _associate_profile(instance: Instance, data: dict[str, Any]) -> None:
 
 def start_group_instance(group: FakeAutoScalingGroup, instance: Instance, host: FleetHost) -> None:
     """Run the start hooks for one enclave-enabled group instance (no-op if started)."""
-    if not ec2_ext.enclave_enabled(instance) or not instance.is_running():
+    if not ec2_ext.bootable(instance) or not instance.is_running():
         return
     if instance.id in ec2_ext.started_instances():
         return

@@ -1,0 +1,109 @@
+"""Instances of the local EC2 run their user data: console output, status, forwarded ports."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local_backend.host import control, hooks
+from local_backend.host.layout import instance_layout
+
+pytestmark = pytest.mark.slow
+
+SERVER = (
+    "#!/bin/bash\n"
+    "echo serving from $(hostname)\n"
+    "mkdir -p /srv/www && echo hello-from-the-host > /srv/www/index.html\n"
+    "cd /srv/www && nohup python3 -m http.server 8080 --bind 127.0.0.1 >/var/log/www.log 2>&1 &\n"
+    "for i in $(seq 50); do curl -s localhost:8080/ >/dev/null && break; sleep 0.1; done\n"
+)
+
+
+def _vpc(ec2: Any, ports: list[int]) -> tuple[str, str]:
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    sg = ec2.create_security_group(GroupName=f"g{time.time_ns()}", Description="d", VpcId=vpc)
+    for port in ports:
+        ec2.authorize_security_group_ingress(
+            GroupId=sg["GroupId"],
+            IpProtocol="tcp",
+            FromPort=port,
+            ToPort=port,
+            CidrIp="0.0.0.0/0",
+        )
+    return subnet, sg["GroupId"]
+
+
+def _run(ec2: Any, user_data: str, ports: list[int], **kw: Any) -> str:
+    subnet, sg = _vpc(ec2, ports)
+    return ec2.run_instances(
+        ImageId="ami-12c6146b",
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="m5.xlarge",
+        SubnetId=subnet,
+        SecurityGroupIds=[sg],
+        UserData=user_data,
+        **kw,
+    )["Instances"][0]["InstanceId"]
+
+
+def _console(ec2: Any, iid: str, until: str) -> str:
+    """GetConsoleOutput once it shows `until`. The wire carries base64 as AWS's does;
+    botocore decodes it (its after-call handler decode_console_output), as the AWS CLI does."""
+    deadline = time.monotonic() + 10
+    while True:
+        text = ec2.get_console_output(InstanceId=iid).get("Output", "")
+        if until in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
+
+
+def _booted(state_dir: Path, iid: str) -> dict[str, Any]:
+    return control.wait_booted(instance_layout(state_dir, iid), timeout=120)
+
+
+def test_run_instances_runs_user_data_console_and_ports(enclavekit_endpoint: Any) -> None:
+    ec2 = enclavekit_endpoint.client("ec2")
+    state = Path(enclavekit_endpoint.state_dir)
+    open_iid = _run(ec2, SERVER, [8080])
+    closed_iid = _run(ec2, SERVER, [22])
+    try:
+        for iid in (open_iid, closed_iid):
+            assert control.boot_error(_booted(state, iid)) is None
+        text = _console(ec2, open_iid, "Cloud-init v. 22.2.2 finished")
+        assert "Cloud-init v. 22.2.2 finished" in text and "serving from ip-" in text
+        rows = {r["instance_id"]: r for r in hooks.hosts_status(state)}
+        assert rows[open_iid]["user_data"] == "done"
+        assert [p["port"] for p in rows[open_iid]["ports"]] == [8080]
+        assert [p["port"] for p in rows[closed_iid]["ports"]] == [22]  # 8080 not let in
+        host_port = rows[open_iid]["ports"][0]["host_port"]
+        with socket.create_connection(("127.0.0.1", host_port), timeout=5) as s:
+            s.sendall(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+            reply = b"".join(iter(lambda: s.recv(4096), b""))
+        assert b"hello-from-the-host" in reply
+    finally:
+        ec2.terminate_instances(InstanceIds=[open_iid, closed_iid])
+    assert instance_layout(state, open_iid).read_host()["state"] == "stopped"
+
+
+def test_failing_user_data_is_a_failed_boot_not_a_failed_launch(enclavekit_endpoint: Any) -> None:
+    ec2 = enclavekit_endpoint.client("ec2")
+    state = Path(enclavekit_endpoint.state_dir)
+    iid = _run(ec2, "#!/bin/bash\nset -e\necho before\ndnf install -y no-such-package\n", [])
+    try:
+        host = _booted(state, iid)
+        assert control.boot_error(host) == (
+            "user data failed: part-001 exited 1 at `dnf install -y no-such-package`"
+        )
+        text = _console(ec2, iid, "Unable to find a match")
+        assert "No match for argument: no-such-package" in text
+        assert "Error: Unable to find a match: no-such-package" in text
+        row = next(r for r in hooks.hosts_status(state) if r["instance_id"] == iid)
+        assert row["user_data"] == "failed" and "exited 1" in row["boot_error"]
+    finally:
+        ec2.terminate_instances(InstanceIds=[iid])
