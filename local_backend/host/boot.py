@@ -235,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         mount_point=str(layout.mount_point),
         hostname=hostname,
         tool_mounts=rootfs.tool_mounts(),
-        extra_ro={f"{HOST_EMULATOR_STATE}/pki": str(pki)},
+        # The local PKI the endpoint's KMS trusts, copied into the host's /run (tmpfs): its
+        # enclaves' attestations verify, and nothing in the host can change the machine's.
+        copies={f"{HOST_EMULATOR_STATE}/pki": str(pki)},
     )
     identity = {
         k: info.get(k)

@@ -112,3 +112,21 @@ def console_output(layout: HostLayout) -> str:
     except OSError:
         return ""
     return base64.b64encode(data).decode()
+
+
+def host_exec(
+    layout: HostLayout, argv: list[str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv` inside the running host (its namespaces, root and PID 1's environment)."""
+    pid = layout.read_host().get("init_pid")
+    if not pid or layout.read_host().get("state") != "running":
+        raise EmulatorError(f"instance {layout.dir.name}: its host is not running")
+    env = strip_aws_env(os.environ)
+    env["PYTHONPATH"] = str(project_root())
+    return subprocess.run(
+        [sys.executable, "-m", "local_backend.host.enter", str(pid), *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

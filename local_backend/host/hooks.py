@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from local_backend.host import control
-from local_backend.host.layout import HOST_EMULATOR_STATE, HostLayout, instance_layout
+from local_backend.host.layout import HostLayout, instance_layout
 
 log = logging.getLogger("enclavekit.host")
 
@@ -69,17 +69,14 @@ def hosts(state_dir: Path) -> list[HostLayout]:
 
 
 def host_enclaves(layout: HostLayout) -> list[dict[str, Any]]:
-    """`nitro-cli describe-enclaves` of a running host, read from the machine (root only:
-    through /proc/<init>/root, the host's own view of its files)."""
-    pid = layout.read_host().get("init_pid")
-    if not pid:
+    """`nitro-cli describe-enclaves` run inside a running host (its pids and paths are the
+    host's own); [] when the host is not running or has no nitro-cli."""
+    if layout.read_host().get("state") != "running":
         return []
-    from local_backend.emulator.runtime import EnclaveManager
-
-    root = Path(f"/proc/{pid}/root{HOST_EMULATOR_STATE}")
     with contextlib.suppress(Exception):
-        if root.is_dir():
-            return EnclaveManager(root).describe()
+        out = control.host_exec(layout, ["nitro-cli", "describe-enclaves"])
+        if out.returncode == 0:
+            return json.loads(out.stdout)
     return []
 
 

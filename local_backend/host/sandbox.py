@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import shutil
 import socket
 import struct
 from collections.abc import Callable
@@ -62,6 +63,7 @@ class SandboxPlan:
     hostname: str
     tool_mounts: list[str] = field(default_factory=list)  # bound read-only at the same path
     extra_ro: dict[str, str] = field(default_factory=dict)  # inside path -> machine path
+    copies: dict[str, str] = field(default_factory=dict)  # inside path -> machine dir, copied
 
 
 @dataclass
@@ -187,6 +189,8 @@ def build_root(plan: SandboxPlan, warn: Warn) -> None:
         _bind(path, root / path.lstrip("/"), ro=True)
     for inside, source in sorted(plan.extra_ro.items()):
         _bind(source, root / inside.lstrip("/"), ro=True)
+    for inside, source in sorted(plan.copies.items()):
+        shutil.copytree(source, root / inside.lstrip("/"), symlinks=False)
 
 
 def drop_capabilities(warn: Warn) -> None:
