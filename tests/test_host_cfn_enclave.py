@@ -57,6 +57,17 @@ def _deploy(endpoint: Any, tmp: Path, stack: str, **params: str) -> str:
     return next(o["OutputValue"] for o in outputs if o["OutputKey"] == "InstanceId")
 
 
+def _status(state: Path) -> str:
+    out = subprocess.run(
+        [str(BIN / "enclavekit"), "local", "status", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 @pytest.fixture(scope="module")
 def eif_object(
     enclavekit_endpoint: Any, tmp_path_factory: pytest.TempPathFactory
@@ -105,7 +116,16 @@ def test_user_data_boots_and_attests_the_enclave(
         Path(f"/proc/{host['init_pid']}/root{HOST_EMULATOR_STATE}/vsock"), PARENT_CID
     )
     nonce = os.urandom(32)
-    with vsock.connect(16, 5005) as sock:
+    deadline = time.monotonic() + 60
+    while True:  # the enclave runs; its program opens its control port a moment later
+        try:
+            sock = vsock.connect(16, 5005)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    with sock:
         reply = prov.exchange(sock, prov.Attest(nonce=nonce))
     doc = attestation.verify(reply.document, attestation.TrustAnchor.local(state))
     assert doc.nonce == nonce
@@ -118,6 +138,9 @@ def test_user_data_boots_and_attests_the_enclave(
     row = next(r for r in hooks.hosts_status(state) if r["instance_id"] == iid)
     assert [p["port"] for p in row["ports"]] == [8443]
     assert row["enclaves"][0]["State"] == "RUNNING"
+    status = _status(state)
+    assert f"{iid}  user data: done  enclaves: {enclave['EnclaveID']} (CID 16, RUNNING)" in status
+    assert f"8443 -> 127.0.0.1:{row['ports'][0]['host_port']}" in status
     print(f"\nstack deploy -> enclave RUNNING via user data: {seconds:.1f} s")
     out = _aws(
         enclavekit_endpoint,
@@ -158,4 +181,8 @@ def test_a_pool_the_type_cannot_give_fails_at_the_allocator(
     state_out = control.host_exec(layout, ["systemctl", "is-active", "nitro-enclaves-allocator"])
     assert (state_out.stdout.strip(), state_out.returncode) == ("failed", 3)
     assert hooks.host_enclaves(layout) == []
+    assert (
+        f"{iid}  user data: FAILED: user data failed: part-001 exited 1 at `systemctl "
+        "enable --now nitro-enclaves-allocator.service`  enclaves: none"
+    ) in _status(state)
     _aws(enclavekit_endpoint, tmp_path, "cloudformation", "delete-stack", "--stack-name", "too-big")

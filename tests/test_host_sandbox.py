@@ -89,3 +89,39 @@ def test_failing_user_data_reports_the_command_and_status(tmp_path: Path) -> Non
         assert error == (
             "user data failed: part-001 exited 1 at `grep -q nothing-here /etc/hostname`"
         )
+
+
+def test_mime_cloud_config_write_files_packages_runcmd_and_scripts(tmp_path: Path) -> None:
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+
+    config = (
+        "#cloud-config\n"
+        "packages: [jq, aws-nitro-enclaves-cli]\n"
+        "write_files:\n"
+        "  - path: /etc/app/app.conf\n"
+        "    content: aGVsbG8K\n"
+        "    encoding: b64\n"
+        "    owner: ec2-user:ec2-user\n"
+        "    permissions: '0640'\n"
+        "runcmd:\n"
+        "  - echo RUNCMD $(stat -c '%U %a' /etc/app/app.conf) $(cat /etc/app/app.conf)\n"
+        "  - [sh, -c, 'command -v nitro-cli && getent group ne']\n"
+        "  - dnf install socat; echo no-y-exit=$?\n"
+        "ssh_pwauth: true\n"
+    )
+    msg = MIMEMultipart()
+    msg.attach(MIMEText(config, "cloud-config"))
+    msg.attach(
+        MIMEText("#!/bin/bash\necho SCRIPT sees $(jq -r .a <<< '{\"a\": 7}')\n", "x-shellscript")
+    )
+    with booted(tmp_path, msg.as_bytes()) as (layout, host):
+        out = console(layout)
+        assert control.boot_error(host) is None, out
+        assert "RUNCMD ec2-user 640 hello" in out
+        assert "/usr/bin/nitro-cli" in out and "ne:x:" in out
+        assert "Is this ok [y/N]: Operation aborted." in out and "no-y-exit=1" in out
+        assert "SCRIPT sees 7" in out
+        # cloud-init's order: the user's script part-001 before runcmd (scripts-user, by name)
+        assert out.index("SCRIPT sees") < out.index("RUNCMD")
+        assert host["boot"]["notes"] == ["cloud-config key 'ssh_pwauth' is not emulated"]
