@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import time
 from pathlib import Path
@@ -107,3 +108,77 @@ def test_failing_user_data_is_a_failed_boot_not_a_failed_launch(enclavekit_endpo
         assert row["user_data"] == "failed" and "exited 1" in row["boot_error"]
     finally:
         ec2.terminate_instances(InstanceIds=[iid])
+
+
+UNIT_USER_DATA = (
+    "#!/bin/bash\nset -e\n"
+    "echo first-boot-ran >> /var/log/first-boot.log\n"
+    "cat > /etc/systemd/system/tick.service <<'UNIT'\n"
+    "[Unit]\nDescription=tick\n[Service]\n"
+    "ExecStart=/bin/bash -c 'echo tick $(cat /proc/sys/kernel/random/boot_id 2>/dev/null); "
+    "sleep 600'\n[Install]\nWantedBy=multi-user.target\nUNIT\n"
+    "systemctl enable --now tick.service\n"
+)
+
+
+def test_restart_runs_enabled_units_not_the_user_data(enclavekit_endpoint: Any) -> None:
+    ec2 = enclavekit_endpoint.client("ec2")
+    state = Path(enclavekit_endpoint.state_dir)
+    iid = _run(ec2, UNIT_USER_DATA, [])
+    layout = instance_layout(state, iid)
+    try:
+        assert control.boot_error(_booted(state, iid)) is None
+        ec2.stop_instances(InstanceIds=[iid])
+        assert layout.read_host()["state"] == "stopped"
+        ec2.start_instances(InstanceIds=[iid])
+        _booted(state, iid)
+        deadline = time.monotonic() + 30
+        while True:
+            out = control.host_exec(layout, ["systemctl", "is-active", "tick"])
+            if out.stdout.strip() == "active" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert out.stdout.strip() == "active"  # enabled before the stop: started at boot
+        runs = layout.inside("/var/log/first-boot.log").read_text()
+        assert runs == "first-boot-ran\n"  # user data once per instance, as cloud-init
+    finally:
+        ec2.terminate_instances(InstanceIds=[iid])
+
+
+def test_auto_scaling_instances_run_the_launch_template_user_data(
+    enclavekit_endpoint: Any,
+) -> None:
+    ec2 = enclavekit_endpoint.client("ec2")
+    asg = enclavekit_endpoint.client("autoscaling")
+    state = Path(enclavekit_endpoint.state_dir)
+    subnet, sg = _vpc(ec2, [])
+    ec2.create_launch_template(
+        LaunchTemplateName="fleet-lt",
+        LaunchTemplateData={
+            "ImageId": "ami-12c6146b",
+            "InstanceType": "m5.xlarge",
+            "SecurityGroupIds": [sg],
+            "UserData": base64.b64encode(b"#!/bin/bash\necho fleet member up\n").decode(),
+        },
+    )
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName="fleet",
+        MinSize=2,
+        MaxSize=2,
+        DesiredCapacity=2,
+        LaunchTemplate={"LaunchTemplateName": "fleet-lt", "Version": "$Latest"},
+        VPCZoneIdentifier=subnet,
+    )
+    try:
+        ids = [
+            i["InstanceId"]
+            for i in asg.describe_auto_scaling_groups(AutoScalingGroupNames=["fleet"])[
+                "AutoScalingGroups"
+            ][0]["Instances"]
+        ]
+        assert len(ids) == 2
+        for iid in ids:
+            assert control.boot_error(_booted(state, iid)) is None
+            assert "fleet member up" in _console(ec2, iid, "fleet member up")
+    finally:
+        asg.delete_auto_scaling_group(AutoScalingGroupName="fleet", ForceDelete=True)

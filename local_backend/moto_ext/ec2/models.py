@@ -260,7 +260,9 @@ def stop_all_enclave_instances() -> None:
 def start_api_instance(instance: Instance) -> None:
     """Start hook for an instance launched through the EC2 API (not CloudFormation)."""
     if bootable(instance) and instance.is_running():
-        _fire_start(describe_enclave_instance(instance))
+        info = describe_enclave_instance(instance)
+        instance._ek_last_info = info  # type: ignore[attr-defined] # StartInstances boots it again
+        _fire_start(info)
 
 
 # ------------------------------------------------------------------------ EnclaveOptions
