@@ -226,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     udir.mkdir(parents=True, exist_ok=True)
     if info.get("user_data") and not (udir / "user-data.txt").exists():
         (udir / "user-data.txt").write_bytes(base64.b64decode(info["user_data"]))
-    from enclavekit.pki import LocalPki
+    pki = state_dir / "pki"
+    if not (pki / "root.pem").exists():
+        from enclavekit.pki import LocalPki
 
-    pki = LocalPki.load_or_create(state_dir, region=info["region"]).directory
+        pki = LocalPki.load_or_create(state_dir, region=info["region"]).directory
     layout.mount_point.mkdir(exist_ok=True)
     plan = sandbox.SandboxPlan(
         rootfs=str(layout.rootfs),

@@ -107,11 +107,17 @@ def tool_mounts() -> list[str]:
     return out
 
 
+# Tools that need only the standard library start without site-packages (-S): each user data
+# runs dozens of them, and the interpreter's site start-up is most of their cost.
+STDLIB_TOOLS = frozenset({"dnf", "yum", "amazon-linux-extras", "systemctl", "journalctl", "sudo"})
+
+
 def shim(name: str) -> str:
     """The script a host command is: this project's tool of that name."""
+    flags = " -S" if name in STDLIB_TOOLS else ""
     return (
         "#!/bin/sh\n"
-        f"PYTHONPATH={project_root()} exec {sys.executable} -m local_backend.host.tools "
+        f"PYTHONPATH={project_root()} exec {sys.executable}{flags} -m local_backend.host.tools "
         f'{name} "$@"\n'
     )
 

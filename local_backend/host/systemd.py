@@ -526,7 +526,7 @@ def start(name: str, *, chain: tuple[str, ...] = ()) -> int:
             os.dup2(devnull, fd)
         os.execv(
             sys.executable,
-            [sys.executable, "-m", "local_backend.host.systemd", "supervise", unit.name],
+            [sys.executable, "-S", "-m", "local_backend.host.systemd", "supervise", unit.name],
         )
     os.waitpid(pid, 0)
     deadline = time.monotonic() + START_TIMEOUT_S
