@@ -125,3 +125,17 @@ def test_mime_cloud_config_write_files_packages_runcmd_and_scripts(tmp_path: Pat
         # cloud-init's order: the user's script part-001 before runcmd (scripts-user, by name)
         assert out.index("SCRIPT sees") < out.index("RUNCMD")
         assert host["boot"]["notes"] == ["cloud-config key 'ssh_pwauth' is not emulated"]
+
+
+def test_a_killed_launcher_takes_its_whole_host_along(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    script = "#!/bin/bash\n" + GUARD + "nohup sleep 600 >/dev/null 2>&1 &\necho started\n"
+    with booted(tmp_path, script) as (layout, host):
+        init = host["init_pid"]
+        os.kill(host["pid"], signal.SIGKILL)  # no clean stop: the endpoint died
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{init}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{init}").exists()

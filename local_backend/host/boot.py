@@ -168,6 +168,8 @@ def _child(
         ident.write_text(json.dumps(identity, indent=2) + "\n")
         pid = os.fork()
         if pid == 0:
+            # The host lives only as long as its launcher chain: a killed launcher takes it along.
+            iso._libc.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             sandbox.become_root(plan, ns, lambda t: say(f"WARN {t}"))
             null = os.open("/dev/null", os.O_RDWR)
             os.dup2(null, 0)
