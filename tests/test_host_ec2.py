@@ -21,6 +21,12 @@ SERVER = (
     "mkdir -p /srv/www && echo hello-from-the-host > /srv/www/index.html\n"
     "cd /srv/www && nohup python3 -m http.server 8080 --bind 127.0.0.1 >/var/log/www.log 2>&1 &\n"
     "for i in $(seq 50); do curl -s localhost:8080/ >/dev/null && break; sleep 0.1; done\n"
+    "echo IMDSv1=$(curl -s -o /dev/null -w '%{http_code}' "
+    "http://169.254.169.254/latest/meta-data/instance-id)\n"
+    "T=$(curl -s -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "
+    "http://169.254.169.254/latest/api/token)\n"
+    'echo IMDSv2=$(curl -s -H "X-aws-ec2-metadata-token: $T" '
+    "http://169.254.169.254/latest/meta-data/instance-id)\n"
 )
 
 
@@ -71,13 +77,16 @@ def _booted(state_dir: Path, iid: str) -> dict[str, Any]:
 def test_run_instances_runs_user_data_console_and_ports(enclavekit_endpoint: Any) -> None:
     ec2 = enclavekit_endpoint.client("ec2")
     state = Path(enclavekit_endpoint.state_dir)
-    open_iid = _run(ec2, SERVER, [8080])
+    open_iid = _run(ec2, SERVER, [8080], MetadataOptions={"HttpTokens": "required"})
     closed_iid = _run(ec2, SERVER, [22])
     try:
         for iid in (open_iid, closed_iid):
             assert control.boot_error(_booted(state, iid)) is None
         text = _console(ec2, open_iid, "Cloud-init v. 22.2.2 finished")
         assert "Cloud-init v. 22.2.2 finished" in text and "serving from ip-" in text
+        assert "IMDSv1=401" in text and f"IMDSv2={open_iid}" in text  # HttpTokens=required
+        other = _console(ec2, closed_iid, "IMDSv1=")
+        assert "IMDSv1=200" in other  # optional tokens (the default): IMDSv1 answers
         rows = {r["instance_id"]: r for r in hooks.hosts_status(state)}
         assert rows[open_iid]["user_data"] == "done"
         assert [p["port"] for p in rows[open_iid]["ports"]] == [8080]

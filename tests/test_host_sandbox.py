@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 # Every destructive script first proves it runs inside a host (the AMI marker exists only
 # there), so a broken sandbox fails the test without harming the machine.
 GUARD = "[ -f /var/lib/enclavekit-host/ami ] || { echo NOT-IN-HOST; exit 99; }\n"
+ROOT = Path(__file__).resolve().parent.parent
 WATCHED = ("/etc/hosts", "/etc/passwd", "/etc/group", "/etc/shadow")
 
 
@@ -39,6 +40,10 @@ def test_destructive_user_data_leaves_the_machine_unchanged(tmp_path: Path) -> N
         "echo '203.0.113.7 evil.example' >> /etc/hosts\n"
         "cp /etc/hosts /root/hosts.copy\n"
         "touch /usr/bin/zz-host-canary /opt/zz-host-canary\n"
+        "mount -o remount,rw /usr 2>/dev/null || echo REMOUNT-USR-REFUSED\n"
+        f"mount -o remount,rw {ROOT} 2>/dev/null || echo REMOUNT-PROJECT-REFUSED\n"
+        "mount -t tmpfs none /mnt 2>/dev/null || echo MOUNT-REFUSED\n"
+        "unshare -m true 2>/dev/null || echo UNSHARE-REFUSED\n"
         "rm -rf /etc\n"
         "test ! -e /etc/passwd && echo ETC-GONE\n"
     )
@@ -46,6 +51,9 @@ def test_destructive_user_data_leaves_the_machine_unchanged(tmp_path: Path) -> N
         assert control.boot_error(host) is None, console(layout)
         out = console(layout)
         assert "uid=1001(bob)" in out and "ETC-GONE" in out, out
+        # root in the host holds no CAP_SYS_ADMIN: only the enclave driver does
+        for refused in ("REMOUNT-USR", "REMOUNT-PROJECT", "MOUNT", "UNSHARE"):
+            assert f"{refused}-REFUSED" in out, out
         assert "bob:x:1001" in (layout.inside("/root/passwd.copy")).read_text()
         hosts = layout.inside("/root/hosts.copy").read_text()
         assert "evil.example" in hosts and "changed" in hosts

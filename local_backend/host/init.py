@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from local_backend.host.layout import HOST_IDENTITY
+from local_backend.host.layout import HOST_EMULATOR_STATE, HOST_IDENTITY
 
 STOP_GRACE_S = 3.0
 DEFAULT_ENV_PREFIXES = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "ENCLAVEKIT_")
@@ -50,9 +50,30 @@ def main() -> int:
     systemd.DEFAULT_ENV_FILE.write_text(
         json.dumps({k: v for k, v in os.environ.items() if k.startswith(DEFAULT_ENV_PREFIXES)})
     )
-    with contextlib.suppress(Exception):
-        from local_backend.host import systemd
+    # Parent-side programs find the emulated vsock (CID 3) where the emulator's own mount
+    # says so (`enclavekit.transport.open_vsock`), as on a Nitro parent they find /dev/vsock.
+    vsock = Path(HOST_EMULATOR_STATE) / "vsock"
+    vsock.mkdir(parents=True, exist_ok=True)
+    (vsock / "self").write_text("3\n")
+    Path("/run/enclavekit").mkdir(exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        Path("/run/enclavekit/vsock").symlink_to(vsock)
+    if os.fork() == 0:  # the enclave driver keeps what everything else loses next
+        from local_backend.host import driver
 
+        try:
+            driver.serve()
+        finally:
+            os._exit(1)
+    from local_backend.host import driver, sandbox
+
+    deadline = time.monotonic() + 10
+    while not Path(driver.SOCKET).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sandbox.drop_capabilities(
+        lambda text: print(f"enclavekit: {text}", flush=True), sandbox.USER_DROPPED_CAPABILITIES
+    )
+    with contextlib.suppress(Exception):
         systemd.start_enabled(sys.stdout.buffer)
     pid = os.fork()
     if pid == 0:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from local_backend.host import driver
 from local_backend.host.layout import HOST_ALLOCATION, HOST_EMULATOR_STATE, HOST_IDENTITY
 
 CONFIG = "/etc/nitro_enclaves/allocator.yaml"
@@ -201,7 +202,45 @@ def nitro_cli_main(argv: list[str]) -> int:
     if verb == "pcr":
         return _pcr(args[1:])
     groups = ("enclavekit.cli.enclave", "enclavekit.cli.image")
+    if verb == "run-enclave" and Path(driver.SOCKET).exists():
+        return _run_through_driver(args, groups)
     return cli_main(args, groups=groups)
+
+
+def _run_through_driver(args: list[str], groups: tuple[str, ...]) -> int:
+    """run-enclave as nitro-cli does it: the driver builds the enclave, nitro-cli reports."""
+    from enclavekit.cli import build_parser
+
+    ns = build_parser(groups).parse_args(args)
+    reply = driver.run_enclave(
+        {
+            "eif_path": str(Path(ns.eif_path).absolute()),
+            "cpu_count": ns.cpu_count,
+            "memory_mib": ns.memory,
+            "cid": ns.enclave_cid,
+            "debug_mode": ns.debug_mode,
+            "name": ns.enclave_name,
+            "parent_role_arn": ns.parent_role_arn,
+            "parent_instance_id": ns.parent_instance_id,
+        }
+    )
+    if "error" in reply:
+        print(f"enclavekit: error: {reply['error']}", file=sys.stderr)
+        return int(reply.get("exit_code", 1))
+    result = reply["ok"]
+    print(
+        f"Started enclave with enclave-cid: {result['EnclaveCID']}, "
+        f"memory: {result['MemoryMiB']} MiB, cpu-ids: {result['CPUIDs']}",
+        file=sys.stderr,
+    )
+    print(json.dumps(result, indent=4), flush=True)
+    if ns.attach_console and ns.debug_mode:
+        from local_backend.emulator.runtime import EnclaveManager
+
+        for chunk in EnclaveManager(HOST_EMULATOR_STATE).console(result["EnclaveID"]):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+    return 0
 
 
 def _arg(args: list[str], name: str) -> str | None:

@@ -49,6 +49,15 @@ DROPPED_CAPABILITIES = {
     "CAP_SYSLOG": 34,
     "CAP_WAKE_ALARM": 35,
 }
+# What PID 1 drops for everything it runs (user data, services) after forking the driver,
+# which alone keeps them: mounts, remounts of the read-only binds, namespaces (CAP_SYS_ADMIN),
+# and ptrace/BPF/perf, which would reach into the driver's memory and take its capability.
+USER_DROPPED_CAPABILITIES = {
+    "CAP_SYS_PTRACE": 19,
+    "CAP_SYS_ADMIN": 21,
+    "CAP_PERFMON": 38,
+    "CAP_BPF": 39,
+}
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
 Warn = Callable[[str], None]
@@ -193,9 +202,15 @@ def build_root(plan: SandboxPlan, warn: Warn) -> None:
         shutil.copytree(source, root / inside.lstrip("/"), symlinks=False)
 
 
-def drop_capabilities(warn: Warn) -> None:
-    """Drop DROPPED_CAPABILITIES from the bounding set (lost at the next exec)."""
-    for name, cap in DROPPED_CAPABILITIES.items():
+def drop_capabilities(warn: Warn, caps: dict[str, int] | None = None) -> None:
+    """Drop `caps` (default DROPPED_CAPABILITIES) from the bounding set (lost at the next
+    exec: root's permitted set after an exec is its bounding set)."""
+    last = 40
+    with contextlib.suppress(OSError, ValueError):
+        last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    for name, cap in (DROPPED_CAPABILITIES if caps is None else caps).items():
+        if cap > last:
+            continue
         zero = ctypes.c_ulong(0)
         if (
             iso._libc.prctl(

@@ -11,14 +11,12 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
-from enclavekit.transport import PARENT_CID, EmulatedVsock, pump
-from local_backend.host.layout import HOST_EMULATOR_STATE
+from enclavekit.transport import VsockTransport, open_vsock, pump
 
 
-def _vsock() -> EmulatedVsock:
-    return EmulatedVsock(Path(HOST_EMULATOR_STATE) / "vsock", PARENT_CID)
+def _vsock() -> VsockTransport:
+    return open_vsock()  # the host's emulated vsock, as the parent (CID 3)
 
 
 def _parse(addr: str) -> tuple[str, list[str], set[str]]:
