@@ -49,7 +49,6 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 def serve(path: str = SOCKET) -> None:
     """Serve run-enclave requests forever (in the forked driver process)."""
-    from local_backend.emulator import runtime  # noqa: F401 - imported once, before requests
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -59,6 +58,9 @@ def serve(path: str = SOCKET) -> None:
         server = _Server(path, _Handler)
     finally:
         os.umask(old)
+    # Bound first (PID 1 waits for the socket), then the emulator's import, before requests.
+    from local_backend.emulator import runtime  # noqa: F401
+
     server.serve_forever()
 
 
