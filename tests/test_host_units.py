@@ -193,3 +193,53 @@ def test_only_listed_tcp_ports_are_forwarded() -> None:
     )
     assert ports == [443, 8000, 8001]
     assert len(notes) == 2
+
+
+def _namespaces_with_refused(refused: int) -> tuple[dict[str, bool], list[str]]:
+    """enter_namespaces in a forked child whose kernel refuses the `refused` flags."""
+    import errno
+    import json
+    import os
+
+    from local_backend.emulator import isolation as iso
+    from local_backend.host import sandbox
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            real = iso.unshare
+
+            def unshare(flags: int) -> None:
+                if flags & refused:
+                    raise iso._Refused(errno.EPERM, "unshare: Operation not permitted")
+                real(flags)
+
+            iso.unshare = unshare  # type: ignore[assignment]
+            warnings: list[str] = []
+            ns = sandbox.enter_namespaces(warnings.append)
+            os.write(w, json.dumps([ns.__dict__, warnings]).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    flags, warnings = json.loads(data)
+    return flags, warnings
+
+
+def test_refused_namespaces_are_one_line_warnings_and_no_mount_namespace_no_boot() -> None:
+    from local_backend.emulator import isolation as iso
+
+    flags, warnings = _namespaces_with_refused(iso.CLONE_NEWNET | iso.CLONE_NEWPID)
+    assert flags == {"mount": True, "net": False, "pid": False, "uts": True}
+    assert warnings == [
+        "network namespace not permitted (unshare: Operation not permitted): the host shares the "
+        "machine's network and has no IMDS address",
+        "PID namespace not permitted (unshare: Operation not permitted): the host sees "
+        "machine processes",
+    ]
+    flags, warnings = _namespaces_with_refused(iso.CLONE_NEWNS)
+    assert flags["mount"] is False  # the launcher then refuses to run the user data at all
+    assert warnings == ["mount namespace not permitted (unshare: Operation not permitted)"]
