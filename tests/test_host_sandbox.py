@@ -147,3 +147,33 @@ def test_a_killed_launcher_takes_its_whole_host_along(tmp_path: Path) -> None:
         while Path(f"/proc/{init}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not Path(f"/proc/{init}").exists()
+
+
+def test_the_attestation_keys_are_out_of_the_user_datas_reach(tmp_path: Path) -> None:
+    """Root in a host must not sign attestation documents itself (on EC2 the parent's root
+    cannot): the local PKI lives only in the enclave driver's private mount."""
+    from enclavekit.build import build_enclave
+    from local_backend.host.layout import instance_layout
+
+    iid = "i-0123456789abcdef0"
+    opt = instance_layout(tmp_path, iid).inside("/opt")
+    opt.mkdir(parents=True)
+    build_enclave(ROOT / "enclave_app", opt / "app.eif")
+    script = (
+        "#!/bin/bash\n" + GUARD + "set -e\n"
+        "dnf install -y -q aws-nitro-enclaves-cli\n"
+        "systemctl start nitro-enclaves-allocator\n"
+        "nitro-cli run-enclave --eif-path /opt/app.eif --cpu-count 2 --memory 512 >/dev/null\n"
+        "nitro-cli describe-enclaves | grep -q RUNNING && echo ENCLAVE-RUNNING\n"
+        "ls -A /run/nitro_enclaves/emulator/pki | wc -l | sed 's/^/PKI-ENTRIES=/'\n"
+        "found=0\n"
+        "for f in /proc/[0-9]*/root/run/nitro_enclaves/emulator/pki/regional.key; do\n"
+        '  cat "$f" >/dev/null 2>&1 && { echo READ $f; found=1; }\n'
+        "done\n"
+        "[ $found = 0 ] && echo KEYS-UNREACHABLE\n"
+    )
+    with booted(tmp_path, script, enclave_enabled=True) as (layout, host):
+        out = console(layout)
+        assert control.boot_error(host) is None, out
+        assert "ENCLAVE-RUNNING" in out
+        assert "PKI-ENTRIES=0" in out and "KEYS-UNREACHABLE" in out, out

@@ -35,6 +35,9 @@ from local_backend.host import rootfs, sandbox
 from local_backend.host.layout import HOST_EMULATOR_STATE, HOST_IDENTITY, HostLayout
 
 log = logging.getLogger("enclavekit.host")
+# What the driver gets of <state>/pki: the attestation PKI, and the endpoint TLS CA's
+# certificate (the enclaves' trust anchor for AWS hosts; never its key).
+PKI_FILES = ("root.pem", "root.key", "regional.pem", "regional.key", "aws-tls/root.pem")
 MAX_FORWARDED_RANGE = 64  # ports per rule; a wider rule (or "all traffic") forwards none
 
 
@@ -129,6 +132,7 @@ def _child(
     status_w: int,
     console_fd: int,
     identity: dict[str, Any],
+    driver_sock: socket.socket,
 ) -> None:
     """The forked host: namespaces, listeners handed back, root, then PID 1 = host.init."""
 
@@ -176,7 +180,10 @@ def _child(
             os.dup2(console_fd, 1)
             os.dup2(console_fd, 2)
             env = host_environment(info, endpoint_port)
-            os.execve(sys.executable, [sys.executable, "-m", "local_backend.host.init"], env)
+            fd = driver_sock.fileno()
+            os.set_inheritable(fd, True)  # PID 1 hands it to the driver alone
+            argv = [sys.executable, "-m", "local_backend.host.init", "--driver-fd", str(fd)]
+            os.execve(sys.executable, argv, env)
         say(f"RUNNING {pid}")
         _, status = os.waitpid(pid, 0)
         say(f"EXIT {os.waitstatus_to_exitcode(status)}")
@@ -228,20 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     udir.mkdir(parents=True, exist_ok=True)
     if info.get("user_data") and not (udir / "user-data.txt").exists():
         (udir / "user-data.txt").write_bytes(base64.b64decode(info["user_data"]))
-    pki = state_dir / "pki"
-    if not (pki / "root.pem").exists():
-        from enclavekit.pki import LocalPki
-
-        pki = LocalPki.load_or_create(state_dir, region=info["region"]).directory
     layout.mount_point.mkdir(exist_ok=True)
     plan = sandbox.SandboxPlan(
         rootfs=str(layout.rootfs),
         mount_point=str(layout.mount_point),
         hostname=hostname,
         tool_mounts=rootfs.tool_mounts(),
-        # The local PKI the endpoint's KMS trusts, copied into the host's /run (tmpfs): its
-        # enclaves' attestations verify, and nothing in the host can change the machine's.
-        copies={f"{HOST_EMULATOR_STATE}/pki": str(pki)},
     )
     identity = {
         k: info.get(k)
@@ -258,13 +257,30 @@ def main(argv: list[str] | None = None) -> int:
     }
     console_fd = os.open(layout.console, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    # The enclave driver's line to the launcher (the local PKI, on its first enclave).
+    pki_sock, driver_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     status_r, status_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         parent_sock.close()
+        pki_sock.close()
         os.close(status_r)
-        _child(layout, plan, info, endpoint_port, child_sock, status_w, console_fd, identity)
+        _child(
+            layout,
+            plan,
+            info,
+            endpoint_port,
+            child_sock,
+            status_w,
+            console_fd,
+            identity,
+            driver_sock,
+        )
     child_sock.close()
+    driver_sock.close()
+    threading.Thread(
+        target=_serve_pki, args=(pki_sock, state_dir, info["region"]), daemon=True
+    ).start()
     os.close(status_w)
     os.close(console_fd)
     servers: list[ConnectionServer] = []
@@ -326,6 +342,22 @@ def main(argv: list[str] | None = None) -> int:
                 layout.write_host(state="stopped", exit=text)
     os.waitpid(pid, 0)
     return 0
+
+
+def _serve_pki(sock: socket.socket, state_dir: Path, region: str) -> None:
+    """Answer the host driver's requests for the local PKI (created on the first enclave, as
+    the Metadata path does): the files its enclaves' attestations are signed with, which only
+    the driver's private mount holds inside the host."""
+    from enclavekit.pki import LocalPki
+
+    with sock, sock.makefile("rwb") as f:
+        for line in f:
+            if line.strip() != b"pki":
+                break
+            directory = LocalPki.load_or_create(state_dir, region=region).directory
+            files = {n: (directory / n).read_text() for n in PKI_FILES if (directory / n).is_file()}
+            f.write(json.dumps(files).encode() + b"\n")
+            f.flush()
 
 
 def _watch_boot(layout: HostLayout) -> None:

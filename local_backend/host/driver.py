@@ -17,12 +17,14 @@ import json
 import os
 import socket
 import socketserver
+import threading
 from typing import Any
 
 from local_backend.host.layout import HOST_EMULATOR_STATE
 
 SOCKET = "/run/nitro_enclaves/driver.sock"
 MAX_REQUEST = 64 * 1024
+_lock = threading.Lock()
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -33,6 +35,8 @@ class _Handler(socketserver.StreamRequestHandler):
         try:
             request = json.loads(self.rfile.readline(MAX_REQUEST))
             kwargs: dict[str, Any] = request["run_enclave"]
+            with _lock:
+                _ensure_pki()
             result = EnclaveManager(HOST_EMULATOR_STATE).run_enclave(**kwargs)
             reply: dict[str, Any] = {"ok": result}
         except EnclaveKitError as exc:
@@ -47,9 +51,54 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
-def serve(path: str = SOCKET) -> None:
-    """Serve run-enclave requests forever (in the forked driver process)."""
+PKI_DIR = f"{HOST_EMULATOR_STATE}/pki"
+_launcher: dict[str, Any] = {}
 
+
+def _private_pki() -> None:
+    """The driver's own mount namespace with a private tmpfs at the emulator's pki dir: the
+    local PKI's keys (which sign attestation documents) exist only there, for the driver and
+    the enclave monitors it starts. Root in the user data sees an empty directory, cannot
+    setns (no CAP_SYS_ADMIN) and cannot read /proc/<driver>/root (the driver holds
+    capabilities it lacks, so ptrace access is refused)."""
+    from local_backend.emulator import isolation as iso
+
+    os.makedirs(PKI_DIR, exist_ok=True)
+    iso.unshare(iso.CLONE_NEWNS)
+    iso.mount(None, "/", None, iso.MS_REC | iso.MS_PRIVATE)
+    iso.mount(
+        "enclave-pki",
+        PKI_DIR,
+        "tmpfs",
+        iso.MS_NOSUID | iso.MS_NODEV | iso.MS_NOEXEC,
+        "mode=0700,size=1m",
+    )
+
+
+def _ensure_pki() -> None:
+    """Fetch the endpoint's PKI from the launcher on the first enclave."""
+    if os.path.exists(os.path.join(PKI_DIR, "root.pem")) or "file" not in _launcher:
+        return
+    f = _launcher["file"]
+    f.write(b"pki\n")
+    f.flush()
+    files = json.loads(f.readline())
+    for name, content in files.items():
+        path = os.path.join(PKI_DIR, name)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(content)
+
+
+def serve(path: str = SOCKET, launcher_fd: int = -1) -> None:
+    """Serve run-enclave requests forever (in the forked driver process)."""
+    _private_pki()
+    if launcher_fd >= 0:
+        os.set_inheritable(launcher_fd, False)
+        sock = socket.socket(fileno=launcher_fd)
+        _launcher["file"] = sock.makefile("rwb")
+        _launcher["sock"] = sock
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

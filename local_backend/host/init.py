@@ -58,13 +58,18 @@ def main() -> int:
     Path("/run/enclavekit").mkdir(exist_ok=True)
     with contextlib.suppress(FileExistsError):
         Path("/run/enclavekit/vsock").symlink_to(vsock)
+    driver_fd = (
+        int(sys.argv[sys.argv.index("--driver-fd") + 1]) if "--driver-fd" in sys.argv else -1
+    )
     if os.fork() == 0:  # the enclave driver keeps what everything else loses next
         from local_backend.host import driver
 
         try:
-            driver.serve()
+            driver.serve(launcher_fd=driver_fd)
         finally:
             os._exit(1)
+    if driver_fd >= 0:
+        os.close(driver_fd)  # nothing else in the host holds the line to the launcher
     from local_backend.host import driver, sandbox
 
     deadline = time.monotonic() + 10

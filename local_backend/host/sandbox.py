@@ -25,7 +25,6 @@ import contextlib
 import ctypes
 import fcntl
 import os
-import shutil
 import socket
 import struct
 from collections.abc import Callable
@@ -72,7 +71,6 @@ class SandboxPlan:
     hostname: str
     tool_mounts: list[str] = field(default_factory=list)  # bound read-only at the same path
     extra_ro: dict[str, str] = field(default_factory=dict)  # inside path -> machine path
-    copies: dict[str, str] = field(default_factory=dict)  # inside path -> machine dir, copied
 
 
 @dataclass
@@ -198,8 +196,6 @@ def build_root(plan: SandboxPlan, warn: Warn) -> None:
         _bind(path, root / path.lstrip("/"), ro=True)
     for inside, source in sorted(plan.extra_ro.items()):
         _bind(source, root / inside.lstrip("/"), ro=True)
-    for inside, source in sorted(plan.copies.items()):
-        shutil.copytree(source, root / inside.lstrip("/"), symlinks=False)
 
 
 def drop_capabilities(warn: Warn, caps: dict[str, int] | None = None) -> None:
