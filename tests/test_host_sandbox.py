@@ -177,3 +177,33 @@ def test_the_attestation_keys_are_out_of_the_user_datas_reach(tmp_path: Path) ->
         assert control.boot_error(host) is None, out
         assert "ENCLAVE-RUNNING" in out
         assert "PKI-ENTRIES=0" in out and "KEYS-UNREACHABLE" in out, out
+
+
+def test_user_data_cannot_choose_pcr3_pcr4_or_exceed_the_instance_type(tmp_path: Path) -> None:
+    """PCR3 (the parent's role) and PCR4 (its instance id) come from the instance, as the
+    hardware sets them on EC2; the driver bounds enclaves by the instance type even when root
+    rewrites what nitro-cli reads."""
+    from enclavekit.build import build_enclave
+    from local_backend.host.layout import instance_layout
+
+    iid = "i-0123456789abcdef0"
+    opt = instance_layout(tmp_path, iid).inside("/opt")
+    opt.mkdir(parents=True)
+    build_enclave(ROOT / "enclave_app", opt / "app.eif")
+    run = "nitro-cli run-enclave --eif-path /opt/app.eif --cpu-count 2 --memory 512"
+    script = (
+        "#!/bin/bash\n" + GUARD + "dnf install -y -q aws-nitro-enclaves-cli\n"
+        f"{run} --parent-role-arn arn:aws:iam::123456789012:role/Other; echo SPOOF-EXIT=$?\n"
+        'echo \'{"cpu_count": 64, "memory_mib": 999999}\' > /run/nitro_enclaves/allocation.json\n'
+        "nitro-cli run-enclave --eif-path /opt/app.eif --cpu-count 2 --memory 65536 "
+        "2>&1; echo BIG-EXIT=$?\n"
+    )
+    with booted(tmp_path, script, enclave_enabled=True) as (layout, host):
+        out = console(layout)
+        assert "error: unexpected argument '--parent-role-arn' found" in out
+        assert "SPOOF-EXIT=2" in out
+        assert (
+            "[ E27 ] Insufficient memory available. User provided `memory` is 65536 MB, "
+            "which is more than m5.xlarge can give." in out
+        )
+        assert "BIG-EXIT=2" in out

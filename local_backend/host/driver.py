@@ -18,6 +18,7 @@ import os
 import socket
 import socketserver
 import threading
+from pathlib import Path
 from typing import Any
 
 from local_backend.host.layout import HOST_EMULATOR_STATE
@@ -34,7 +35,12 @@ class _Handler(socketserver.StreamRequestHandler):
 
         try:
             request = json.loads(self.rfile.readline(MAX_REQUEST))
-            kwargs: dict[str, Any] = request["run_enclave"]
+            kwargs: dict[str, Any] = dict(request["run_enclave"])
+            # What the hardware says, never the caller: PCR3/PCR4 come from the instance's own
+            # role and id, and the instance type bounds the enclave (as the Nitro driver does).
+            kwargs["parent_role_arn"] = (_identity.get("role_arns") or [None])[0]
+            kwargs["parent_instance_id"] = _identity.get("instance_id")
+            _check_type_limits(kwargs)
             with _lock:
                 _ensure_pki()
             result = EnclaveManager(HOST_EMULATOR_STATE).run_enclave(**kwargs)
@@ -91,8 +97,39 @@ def _ensure_pki() -> None:
             out.write(content)
 
 
+_identity: dict[str, Any] = {}
+
+
+def _check_type_limits(kwargs: dict[str, Any]) -> None:
+    """The instance type's bounds (CPU 0's core and the parent's memory stay with the parent)."""
+    from enclavekit import instance_types
+    from enclavekit.errors import InvalidInput
+
+    if not _identity.get("enclave_enabled", True):
+        raise InvalidInput(
+            "run-enclave: this instance has no Nitro Enclaves support "
+            "(EnclaveOptions.Enabled is false): /dev/nitro_enclaves is absent"
+        )
+    t = instance_types.lookup(str(_identity.get("instance_type")))
+    cpus, mem = kwargs.get("cpu_count"), kwargs.get("memory_mib")
+    if isinstance(cpus, int) and cpus > instance_types.max_enclave_cpus(t):
+        raise InvalidInput(
+            f"[ E22 ] Insufficient CPUs available in the pool. User provided "
+            f"`cpu-count` is {cpus}, which is more than {t.name} can give."
+        )
+    if isinstance(mem, int) and mem > instance_types.max_enclave_memory_mib(t):
+        raise InvalidInput(
+            f"[ E27 ] Insufficient memory available. User provided `memory` is "
+            f"{mem} MB, which is more than {t.name} can give."
+        )
+
+
 def serve(path: str = SOCKET, launcher_fd: int = -1) -> None:
     """Serve run-enclave requests forever (in the forked driver process)."""
+    from local_backend.host.layout import HOST_IDENTITY
+
+    # Read once, before any user data runs (the file itself is writable by root in the host).
+    _identity.update(json.loads(Path(HOST_IDENTITY).read_text()))
     _private_pki()
     if launcher_fd >= 0:
         os.set_inheritable(launcher_fd, False)

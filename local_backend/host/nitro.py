@@ -191,14 +191,14 @@ def nitro_cli_main(argv: list[str]) -> int:
     if verb in ("run-enclave", "describe-enclaves", "terminate-enclave", "console"):
         args += ["--state-dir", HOST_EMULATOR_STATE]
     if verb == "run-enclave":
+        for flag in ("--parent-role-arn", "--parent-instance-id"):
+            if any(a == flag or a.startswith(flag + "=") for a in args):
+                # the emulator's own options: on a parent the hardware says who the parent is
+                print(f"error: unexpected argument '{flag}' found", file=sys.stderr)
+                return 2
         rc = _check_pool(args)
         if rc:
             return rc
-        ident = identity()
-        if "--parent-role-arn" not in args and ident.get("role_arns"):
-            args += ["--parent-role-arn", ident["role_arns"][0]]
-        if "--parent-instance-id" not in args and ident.get("instance_id"):
-            args += ["--parent-instance-id", ident["instance_id"]]
     if verb == "pcr":
         return _pcr(args[1:])
     groups = ("enclavekit.cli.enclave", "enclavekit.cli.image")
