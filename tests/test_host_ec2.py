@@ -27,6 +27,8 @@ SERVER = (
     "http://169.254.169.254/latest/api/token)\n"
     'echo IMDSv2=$(curl -s -H "X-aws-ec2-metadata-token: $T" '
     "http://169.254.169.254/latest/meta-data/instance-id)\n"
+    "echo AWS-HTTPS=$(curl -s -o /dev/null -w '%{http_code}' "
+    "https://sts.us-east-1.amazonaws.com/)\n"
 )
 
 
@@ -85,6 +87,9 @@ def test_run_instances_runs_user_data_console_and_ports(enclavekit_endpoint: Any
         text = _console(ec2, open_iid, "Cloud-init v. 22.2.2 finished")
         assert "Cloud-init v. 22.2.2 finished" in text and "serving from ip-" in text
         assert "IMDSv1=401" in text and f"IMDSv2={open_iid}" in text  # HttpTokens=required
+        # AWS names over HTTPS reach the endpoint's TLS front, verified against the host's CAs
+        code = text.split("AWS-HTTPS=")[1].split()[0]
+        assert code != "000" and code.isdigit(), text
         other = _console(ec2, closed_iid, "IMDSv1=")
         assert "IMDSv1=200" in other  # optional tokens (the default): IMDSv1 answers
         rows = {r["instance_id"]: r for r in hooks.hosts_status(state)}

@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from enclavekit.transport import ConnectionServer, pump
 from local_backend.emulator import isolation as iso
@@ -39,6 +40,7 @@ log = logging.getLogger("enclavekit.host")
 # certificate (the enclaves' trust anchor for AWS hosts; never its key).
 PKI_FILES = ("root.pem", "root.key", "regional.pem", "regional.key", "aws-tls/root.pem")
 MAX_FORWARDED_RANGE = 64  # ports per rule; a wider rule (or "all traffic") forwards none
+CA_BUNDLE = "/etc/pki/tls/certs/ca-bundle.crt"
 
 
 def _send_fds(sock: socket.socket, fds: list[int], names: list[str]) -> None:
@@ -162,6 +164,16 @@ def _child(
             relay = socket.create_server(("127.0.0.1", endpoint_port), backlog=64)
             fds.append(relay.fileno())
             names.append("endpoint")
+            tls_port = _tls_port(info)
+            if tls_port:
+                # The endpoint's TLS front at its own port and at 443: the AWS service names
+                # resolve to this loopback, so HTTPS to them reaches the front (its CA is in
+                # the host's bundle), and vsock-proxy finds it for the enclaves' KMS traffic.
+                fronts = [
+                    socket.create_server(("127.0.0.1", p), backlog=64) for p in (tls_port, 443)
+                ]  # kept referenced until sent
+                fds.extend(f.fileno() for f in fronts)
+                names.extend(["tls", "tls443"])
         netns = os.open("/proc/self/ns/net", os.O_RDONLY)
         fds.append(netns)
         names.append("netns")
@@ -194,6 +206,26 @@ def _child(
         os._exit(1)
 
 
+def _tls_port(info: dict[str, Any]) -> int | None:
+    url = info.get("tls_endpoint")
+    return urlsplit(url).port if url else None
+
+
+def _trust_endpoint_ca(layout: HostLayout, state_dir: Path) -> None:
+    """Add the endpoint TLS front's CA to the host's CA bundles (every boot: the endpoint's CA
+    can be newer than the host's disk), as an AMI trusts the public CAs AWS's names use."""
+    try:
+        pem = (state_dir / "pki" / "aws-tls" / "root.pem").read_text()
+    except OSError:
+        return
+    for bundle in ("/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/certs/ca-certificates.crt"):
+        path = layout.inside(bundle)
+        current = path.read_text() if path.exists() else ""
+        if pem.strip() not in current:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(current + ("" if current.endswith("\n") or not current else "\n") + pem)
+
+
 def host_environment(info: dict[str, Any], endpoint_port: int) -> dict[str, str]:
     """PID 1's environment (what cloud-init and user data inherit): AL2023's, plus the one
     thing the local run adds — SDKs and the AWS CLI reach AWS at the endpoint relay."""
@@ -208,6 +240,12 @@ def host_environment(info: dict[str, Any], endpoint_port: int) -> dict[str, str]
         "AWS_ENDPOINT_URL": f"http://localhost:{endpoint_port}",
         "AWS_DEFAULT_REGION": info["region"],
         "ENCLAVEKIT_LOCAL_ENDPOINT": f"http://localhost:{endpoint_port}",
+        "AWS_CA_BUNDLE": CA_BUNDLE,
+        **(
+            {"ENCLAVEKIT_LOCAL_TLS_ENDPOINT": f"https://127.0.0.1:{_tls_port(info)}"}
+            if _tls_port(info)
+            else {}
+        ),
         "ENCLAVEKIT_STATE_DIR": HOST_EMULATOR_STATE,
     }
 
@@ -230,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     layout.write_host(state="booting", pid=os.getpid(), warnings=[], ports=[], boot=None)
     hostname = _hostname(info)
     rootfs.prepare(layout, hostname=hostname, region=info["region"])
+    _trust_endpoint_ca(layout, state_dir)
     iid = info["instance_id"]
     udir = layout.inside(f"/var/lib/cloud/instances/{iid}")
     udir.mkdir(parents=True, exist_ok=True)
@@ -315,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         imds.serve(socket.socket(fileno=fds["imds"]), info)
     if "endpoint" in fds:
         servers.append(_EndpointRelay(socket.socket(fileno=fds["endpoint"]), endpoint_port).start())
+    tls_port = _tls_port(info)
+    for name in ("tls", "tls443"):
+        if name in fds and tls_port:
+            servers.append(_EndpointRelay(socket.socket(fileno=fds[name]), tls_port).start())
     ports: list[dict[str, int]] = []
     if "netns" in fds and "endpoint" in fds:
         wanted, notes = forwarded_ports(info.get("ingress") or [])

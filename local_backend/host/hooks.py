@@ -29,8 +29,8 @@ from local_backend.host.layout import HostLayout, instance_layout
 log = logging.getLogger("enclavekit.host")
 
 
-def _endpoint(state_dir: Path) -> str:
-    return json.loads((state_dir / "endpoint.json").read_text())["endpoint"]
+def _endpoint(state_dir: Path) -> dict[str, Any]:
+    return json.loads((state_dir / "endpoint.json").read_text())
 
 
 def start_instance_host(state_dir: Path, info: Any) -> None:
@@ -39,7 +39,8 @@ def start_instance_host(state_dir: Path, info: Any) -> None:
     record = dataclasses.asdict(info)
     record.update(
         boot="user-data",
-        endpoint=_endpoint(state_dir),
+        endpoint=_endpoint(state_dir)["endpoint"],
+        tls_endpoint=_endpoint(state_dir).get("tls_endpoint"),
         state_dir=str(state_dir),
         ingress=list(info.ingress),
     )

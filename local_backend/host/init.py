@@ -18,7 +18,7 @@ from pathlib import Path
 from local_backend.host.layout import HOST_EMULATOR_STATE, HOST_IDENTITY
 
 STOP_GRACE_S = 3.0
-DEFAULT_ENV_PREFIXES = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "ENCLAVEKIT_")
+DEFAULT_ENV_PREFIXES = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_CA_BUNDLE", "ENCLAVEKIT_")
 
 
 def _shutdown(_signum: int, _frame: object) -> None:
