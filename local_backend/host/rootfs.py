@@ -2,9 +2,9 @@
 
 Written once per instance under `<instance>/rootfs/` (the host's persistent directories) and
 `rootfs/usr-upper/` (the writable layer over the machine's read-only /usr). The machine's own
-files are only read: the dynamic loader's cache and configuration, the `alternatives` links
-its tools resolve through, the CA bundle and the shadow-utils defaults are *copied* in, so the
-host can change them without touching the machine.
+files are only read: the dynamic loader's cache and configuration, the CA bundle and the
+shadow-utils defaults are *copied* in, so the host can change them without touching the
+machine; its `/etc/alternatives` links are bound read-only at boot (`sandbox`).
 
 Stock content: `/etc/os-release` and the system users/groups follow Amazon Linux 2023's
 (`amazonlinux:2023` image); `/etc/hosts` maps the region's AWS service names to the host's own
@@ -143,11 +143,11 @@ def prepare(layout: HostLayout, *, hostname: str, region: str) -> bool:
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "root").chmod(0o550)
     etc = root / "etc"
+    (etc / "alternatives").mkdir(exist_ok=True)  # the machine's, bound read-only at boot
     for src in (
         "/etc/ld.so.cache",
         "/etc/ld.so.conf",
         "/etc/ld.so.conf.d",
-        "/etc/alternatives",
         "/etc/login.defs",
         "/etc/default/useradd",
         "/etc/skel",

@@ -160,6 +160,11 @@ def build_root(plan: SandboxPlan, warn: Warn) -> None:
         iso.bind_ro("/usr", str(usr))
     for d in PERSISTENT_DIRS:
         _bind(str(rootfs / d), root / d, ro=False)
+    # The machine's tools resolve through its alternatives links (absolute /usr paths, the
+    # host's own /usr inside): bound read-only rather than copied, so the instance's disk
+    # holds no links to machine files.
+    if os.path.isdir("/etc/alternatives"):
+        _bind("/etc/alternatives", root / "etc" / "alternatives", ro=True)
     for link in ("bin", "sbin", "lib", "lib64"):
         if os.path.exists(f"/usr/{link}"):
             (root / link).symlink_to(f"usr/{link}")
