@@ -51,7 +51,12 @@ def wait_booted(layout: HostLayout, timeout: float = BOOT_TIMEOUT_S) -> dict[str
     proc = _procs.get(str(layout.dir))
     while time.monotonic() < deadline:
         host = layout.read_host()
-        if host.get("boot") or host.get("state") in ("failed", "stopped"):
+        # cloud-init's result can be on disk before the launcher has reported PID 1 (a reboot
+        # finds the first boot's result at once): wait for both.
+        if (host.get("boot") and host.get("state") == "running") or host.get("state") in (
+            "failed",
+            "stopped",
+        ):
             return host
         if proc is not None and proc.poll() is not None:
             return layout.read_host() | {"state": layout.read_host().get("state", "failed")}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ HOST_ALLOCATION = "/run/nitro_enclaves/allocation.json"  # what the allocator re
 CLOUD_DIR = "/var/lib/cloud"
 BOOT_RESULT = "/var/lib/cloud/data/result.json"  # cloud-init's own result file
 BOOT_STATUS = "/var/lib/cloud/data/status.json"
+_write_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,13 @@ class HostLayout:
         return {}
 
     def write_host(self, **fields: Any) -> None:
-        """Atomically merge `fields` into host.json."""
-        current = self.read_host()
-        current.update(fields, updated=time.time())
-        tmp = self.host_file.with_name(f".{HOST_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.host_file)
+        """Atomically merge `fields` into host.json (the launcher writes from two threads)."""
+        with _write_lock:
+            current = self.read_host()
+            current.update(fields, updated=time.time())
+            tmp = self.host_file.with_name(f".{HOST_FILE}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, self.host_file)
 
     def boot_result(self) -> dict[str, Any] | None:
         """cloud-init's result inside the host, once the user data has run."""
