@@ -45,6 +45,19 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_data_host_line(h: dict) -> str:
+    """A host booted from its user data: boot result, enclaves, forwarded ports."""
+    boot = h["user_data"] if not h.get("boot_error") else f"FAILED: {h['boot_error']}"
+    enclaves = ", ".join(
+        f"{e['EnclaveID']} (CID {e['EnclaveCID']}, {e['State']})" for e in h.get("enclaves", [])
+    )
+    ports = ", ".join(f"{p['port']} -> 127.0.0.1:{p['host_port']}" for p in h.get("ports", []))
+    return (
+        f"  {h['stack'] or '-'}/{h['host'] or '-'}  {h['instance_id']}  user data: {boot}"
+        f"  enclaves: {enclaves or 'none'}  ports: {ports or 'none'}"
+    )
+
+
 def _stop(args: argparse.Namespace) -> int:
     from local_backend import server
 
@@ -69,6 +82,9 @@ def _status(args: argparse.Namespace) -> int:
     hosts = st.extra.get("enclave_hosts", [])
     print(f"enclave hosts:  {len(hosts)}")
     for h in hosts:
+        if h.get("boot") == "user-data":
+            print(_user_data_host_line(h))
+            continue
         state = h.get("enclave_state", "RUNNING")
         down = "" if state == "RUNNING" else f" {state}: {h.get('exit_reason')};"
         print(

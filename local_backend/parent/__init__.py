@@ -101,6 +101,8 @@ def parents(state_dir: Path, stacks: Iterable[str] | None = None) -> list[Parent
             info = json.loads((d / INSTANCE_FILE).read_text())
         except (OSError, ValueError):
             continue
+        if info.get("boot") == "user-data":
+            continue  # an instance host (local_backend.host.hooks.hosts lists those)
         if wanted is None or info.get("stack_name") in wanted:
             out.append(ParentRecord(d, info, read_state(d)))
     return out
@@ -122,10 +124,16 @@ def start_parent(info: Any) -> None:
     assert _state_dir is not None
     spec = (info.metadata or {}).get(METADATA_KEY)
     if not spec or not spec.get("image"):
-        log.info(
-            "instance %s: enclave-enabled, no enclavekit image in its Metadata: parent only",
-            info.instance_id,
-        )
+        # What AWS does: the instance runs its user data (local_backend.host).
+        if info.user_data:
+            from local_backend.host import hooks
+
+            hooks.start_instance_host(_state_dir, info)
+        else:
+            log.info(
+                "instance %s: no user data and no enclavekit image: nothing to boot",
+                info.instance_id,
+            )
         return
     d = instance_dir(_state_dir, info.instance_id)
     d.mkdir(parents=True, exist_ok=True)
@@ -190,8 +198,10 @@ def _register_agent_image(info: Any, spec: dict[str, Any]) -> None:
 def stop_parent(info: Any) -> None:
     """Stop hook: stop the parent process (which terminates its enclaves and relays)."""
     assert _state_dir is not None
+    from local_backend.host import hooks
     from local_backend.moto_ext.ec2 import models as ec2
 
+    hooks.stop_instance_host(_state_dir, info)
     for role in info.role_arns:
         ec2.unregister_agent_image(info.region, role, info.instance_id)
     proc = _procs.pop(info.instance_id, None)
@@ -224,8 +234,10 @@ def stop_parent(info: Any) -> None:
 
 
 def instances_status(state_dir: Path) -> list[dict[str, Any]]:
-    """One row per emulated parent: what `enclavekit local status` shows."""
-    rows = []
+    """One row per emulated parent or user-data host: what `enclavekit local status` shows."""
+    from local_backend.host import hooks
+
+    rows = hooks.hosts_status(state_dir)
     for p in parents(state_dir):
         if not p.running:
             continue
@@ -255,10 +267,13 @@ def sweep(state_dir: Path) -> list[str]:
     died without running its stop hooks. Only processes whose command line names their own
     instance directory are signalled, so a recycled pid is never hit. Returns instance ids."""
     from local_backend.emulator.runtime import EnclaveManager
+    from local_backend.host import hooks
 
-    swept = []
+    swept = hooks.sweep_hosts(Path(state_dir))
     root = instances_dir(Path(state_dir))
     for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if d.name in swept or hooks.is_host_dir(d):
+            continue
         pid = read_state(d).get("pid")
         alive = False
         if pid:
@@ -326,3 +341,8 @@ def install(state_dir: Path) -> None:
             write_state(p.dir, state="stopped", stopped_by="endpoint start: its endpoint died")
     on_instance_start(start_parent)
     on_instance_stop(stop_parent)
+    from local_backend.host import hooks
+    from local_backend.moto_ext.ec2.models import on_console_output
+
+    hooks.set_state_dir(_state_dir)
+    on_console_output(hooks.console_output_of)

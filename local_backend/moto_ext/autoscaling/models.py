@@ -44,6 +44,8 @@ GROUP_TYPE = "AWS::AutoScaling::AutoScalingGroup"
 TEMPLATE_TYPE = "AWS::EC2::LaunchTemplate"
 # Set on a moto LaunchTemplate once a stack that defines it has applied (goes with it).
 _HOST_ATTR = "_ek_fleet_host"
+# Set on a moto LaunchTemplate that CloudFormation created (others come from the EC2 API).
+_FROM_STACK_ATTR = "_ek_from_stack"
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class FleetHost:
     """Where a fleet's host Metadata comes from: the launch template's resource in its stack."""
 
     stack: Any  # the moto Stack: its status says whether an operation is still applying
-    logical_id: str  # of the AWS::EC2::LaunchTemplate (which carries the Metadata)
+    logical_id: str | None  # of the AWS::EC2::LaunchTemplate (which carries the Metadata)
     metadata: dict[str, Any] | None  # the resource's Metadata, intrinsics resolved
 
     def applying(self) -> bool:
@@ -87,7 +89,7 @@ def _associate_profile(instance: Instance, data: dict[str, Any]) -> None:
 
 def start_group_instance(group: FakeAutoScalingGroup, instance: Instance, host: FleetHost) -> None:
     """Run the start hooks for one enclave-enabled group instance (no-op if started)."""
-    if not ec2_ext.enclave_enabled(instance) or not instance.is_running():
+    if not ec2_ext.bootable(instance) or not instance.is_running():
         return
     if instance.id in ec2_ext.started_instances():
         return
@@ -131,6 +133,8 @@ def _replace_instances(
     for instance in launched:
         _associate_profile(instance, data)
     host = fleet_host(template)
+    if host is None and not getattr(template, _FROM_STACK_ATTR, False):
+        host = FleetHost(stack=None, logical_id=None, metadata=None)  # an API-made template
     if host is None or host.applying():
         return  # the stack is still applying: _after_stack_apply starts them
     failed: list[Instance] = []
@@ -234,6 +238,14 @@ def install() -> None:
     if getattr(FakeAutoScalingGroup, "_enclavekit_patched", False):
         return
     FakeAutoScalingGroup.replace_autoscaling_group_instances = _replace_instances  # type: ignore[method-assign]
+    original_create = LaunchTemplate.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create_template(cls: type[LaunchTemplate], *args: Any, **kwargs: Any) -> LaunchTemplate:
+        template = original_create(cls, *args, **kwargs)
+        setattr(template, _FROM_STACK_ATTR, True)
+        return template
+
+    LaunchTemplate.create_from_cloudformation_json = classmethod(create_template)  # type: ignore[assignment]
     cfn_ext.register_updater(GROUP_TYPE, _update_group)
     cfn_ext.after_apply(_after_stack_apply)
     FakeAutoScalingGroup._enclavekit_patched = True  # type: ignore[attr-defined]

@@ -75,6 +75,13 @@ class EnclaveInstance:
     logical_id: str | None = None
     # The resource's `Metadata` with intrinsics resolved against the deployed stack.
     metadata: dict[str, Any] | None = None
+    # What the instance host needs to run the instance's user data (local_backend.host).
+    user_data: str | None = None  # base64, as EC2 stores it
+    enclave_enabled: bool = True
+    ingress: tuple[dict[str, Any], ...] = ()  # TCP/UDP rules of its security groups
+    metadata_options: dict[str, str] | None = None  # HttpTokens, HttpEndpoint, ...
+    tags: dict[str, str] | None = None
+    availability_zone: str | None = None
 
 
 _start_hooks: list[Callable[[EnclaveInstance], None]] = []
@@ -99,6 +106,24 @@ def on_instance_stop(fn: Callable[[EnclaveInstance], None]) -> Callable[[Enclave
     return fn
 
 
+_console_providers: list[Callable[[str], str | None]] = []
+
+
+def on_console_output(fn: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    """`fn(instance_id) -> base64 console output | None`: what GetConsoleOutput returns."""
+    if fn not in _console_providers:
+        _console_providers.append(fn)
+    return fn
+
+
+def console_output(instance_id: str) -> str | None:
+    for fn in list(_console_providers):
+        out = fn(instance_id)
+        if out is not None:
+            return out
+    return None
+
+
 def clear_hooks() -> None:
     """Forget every registered hook (tests)."""
     _start_hooks.clear()
@@ -114,6 +139,49 @@ def started_instances() -> dict[str, EnclaveInstance]:
 def enclave_enabled(instance: Instance) -> bool:
     opts = getattr(instance, "enclave_options", None) or {}
     return str(opts.get("Enabled", False)).lower() == "true"
+
+
+def user_data_of(instance: Instance) -> str | None:
+    """The instance's user data as EC2 keeps it (base64), or None."""
+    ud: Any = getattr(instance, "user_data", None)
+    if isinstance(ud, list):
+        ud = ud[0] if ud else None
+    if ud is None:
+        return None
+    if hasattr(ud, "as_bytes"):
+        ud = ud.as_bytes()
+    if isinstance(ud, bytes):
+        ud = ud.decode("ascii", errors="replace")
+    return str(ud) or None
+
+
+def bootable(instance: Instance) -> bool:
+    """Whether starting `instance` boots something: an enclave parent or its user data."""
+    return enclave_enabled(instance) or user_data_of(instance) is not None
+
+
+def _ingress_of(instance: Instance) -> tuple[dict[str, Any], ...]:
+    rules = []
+    for group in getattr(instance, "security_groups", None) or []:
+        for rule in getattr(group, "ingress_rules", []):
+            rules.append(
+                {
+                    "group": getattr(group, "id", None),
+                    "protocol": str(rule.ip_protocol),
+                    "from": None if rule.from_port is None else int(rule.from_port),
+                    "to": None if rule.to_port is None else int(rule.to_port),
+                }
+            )
+    return tuple(rules)
+
+
+def _metadata_options_of(instance: Instance) -> dict[str, str]:
+    mo = getattr(instance, "metadata_options", None)
+    return {
+        "HttpTokens": str(getattr(mo, "http_tokens", "optional")),
+        "HttpEndpoint": str(getattr(mo, "http_endpoint", "enabled")),
+        "InstanceMetadataTags": str(getattr(mo, "instance_metadata_tags", "disabled")),
+    }
 
 
 def _roles_of_profile(instance: Instance) -> tuple[str | None, tuple[str, ...]]:
@@ -147,6 +215,14 @@ def describe_enclave_instance(
         stack_id=getattr(stack, "stack_id", None),
         logical_id=logical_id,
         metadata=metadata,
+        user_data=user_data_of(instance),
+        enclave_enabled=enclave_enabled(instance),
+        ingress=_ingress_of(instance),
+        metadata_options=_metadata_options_of(instance),
+        tags={t["key"]: t["value"] for t in instance.get_tags()}
+        if hasattr(instance, "get_tags")
+        else None,
+        availability_zone=getattr(instance.placement, "zone", None),
     )
 
 
@@ -183,8 +259,10 @@ def stop_all_enclave_instances() -> None:
 
 def start_api_instance(instance: Instance) -> None:
     """Start hook for an instance launched through the EC2 API (not CloudFormation)."""
-    if enclave_enabled(instance) and instance.is_running():
-        _fire_start(describe_enclave_instance(instance))
+    if bootable(instance) and instance.is_running():
+        info = describe_enclave_instance(instance)
+        instance._ek_last_info = info  # type: ignore[attr-defined] # StartInstances boots it again
+        _fire_start(info)
 
 
 # ------------------------------------------------------------------------ EnclaveOptions
@@ -257,7 +335,7 @@ def _instance_stop(self: Instance) -> Any:
 def _instance_start(self: Instance) -> Any:
     previous = _original_start(self)
     info = getattr(self, "_ek_last_info", None)
-    if enclave_enabled(self) and info is not None:
+    if bootable(self) and info is not None:
         _fire_start(info)
     return previous
 
@@ -301,6 +379,7 @@ def _create_instance(
         launch_template=launch_template or {},
         enclave_options=props.get("EnclaveOptions"),
         hibernation_options=props.get("HibernationOptions"),
+        metadata_options=props.get("MetadataOptions") or {},
         region_name=region_name,
     )
     instance = reservation.instances[0]
@@ -331,7 +410,7 @@ def _after_stack_apply(stack: Any, operation: str) -> None:
         if resource_json.get("Type") != "AWS::EC2::Instance":
             continue
         instance = resource_map._parsed_resources.get(logical_id)
-        if not isinstance(instance, Instance) or not enclave_enabled(instance):
+        if not isinstance(instance, Instance) or not bootable(instance):
             continue
         if instance.id in started_instances() or not instance.is_running():
             continue

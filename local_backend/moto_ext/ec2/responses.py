@@ -8,6 +8,7 @@ from typing import Any
 from moto.core.responses import ActionResult
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.responses import EC2Response
+from moto.ec2.responses.general import General
 from moto.ec2.responses.instances import InstanceResponse
 
 from . import models
@@ -15,6 +16,22 @@ from . import models
 _original_run_instances = InstanceResponse.run_instances
 _original_start_instances = InstanceResponse.start_instances
 _original_describe_attribute = InstanceResponse.describe_instance_attribute
+_original_console_output = General.get_console_output
+
+
+def get_console_output(self: General) -> ActionResult:
+    """GetConsoleOutput: an instance host's console (cloud-init and its user data), base64."""
+    from moto.core.utils import utcnow
+
+    instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
+    output = models.console_output(instance.id)
+    if output is None:
+        return _original_console_output(self)
+    from moto.ec2.utils import Base64EncodedString
+
+    return ActionResult(
+        {"InstanceId": instance.id, "Timestamp": utcnow(), "Output": Base64EncodedString(output)}
+    )
 
 
 def run_instances(self: InstanceResponse) -> ActionResult:
@@ -99,6 +116,7 @@ def install() -> None:
     """Add/replace the handlers on moto's EC2Response (idempotent)."""
     InstanceResponse.run_instances = run_instances  # type: ignore[method-assign]
     InstanceResponse.describe_instance_attribute = describe_instance_attribute  # type: ignore[method-assign]
+    General.get_console_output = get_console_output  # type: ignore[method-assign]
     EC2Response.associate_enclave_certificate_iam_role = associate_enclave_certificate_iam_role  # type: ignore[attr-defined]
     EC2Response.get_associated_enclave_certificate_iam_roles = (  # type: ignore[attr-defined]
         get_associated_enclave_certificate_iam_roles

@@ -1,0 +1,188 @@
+"""A hand-written CloudFormation template (no enclavekit Metadata), deployed with the AWS CLI:
+its user data installs aws-nitro-enclaves-cli, writes allocator.yaml, copies the EIF from S3 and
+starts it under a systemd unit. The enclave runs inside the host with the EIF's PCRs and
+attests; a pool the instance type cannot give fails at the allocator, as on AWS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enclavekit import attestation, eif, pcr
+from enclavekit import provisioning as prov
+from enclavekit.localenv import local_aws_env
+from enclavekit.transport import PARENT_CID, EmulatedVsock
+from local_backend.host import control, hooks
+from local_backend.host.layout import HOST_EMULATOR_STATE, instance_layout
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "tests" / "fixtures" / "userdata" / "enclave-host.yaml"
+BIN = Path(sys.executable).parent
+
+
+def _aws(endpoint: Any, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = local_aws_env(endpoint.url, scratch_dir=tmp / "aws")
+    return subprocess.run(
+        [str(BIN / "aws"), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def _deploy(endpoint: Any, tmp: Path, stack: str, **params: str) -> str:
+    overrides = [f"{k}={v}" for k, v in params.items()]
+    out = _aws(
+        endpoint,
+        tmp,
+        "cloudformation",
+        "deploy",
+        "--template-file",
+        str(TEMPLATE),
+        "--stack-name",
+        stack,
+        "--capabilities",
+        "CAPABILITY_IAM",
+        "--parameter-overrides",
+        *overrides,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    cfn = endpoint.client("cloudformation")
+    outputs = cfn.describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]
+    return next(o["OutputValue"] for o in outputs if o["OutputKey"] == "InstanceId")
+
+
+def _status(state: Path) -> str:
+    out = subprocess.run(
+        [str(BIN / "enclavekit"), "local", "status", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def eif_object(
+    enclavekit_endpoint: Any, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, str, Any]:
+    tmp = tmp_path_factory.mktemp("eif")
+    path = tmp / "app.eif"
+    subprocess.run(
+        [
+            str(BIN / "enclavekit"),
+            "build-enclave",
+            "--app-dir",
+            str(ROOT / "enclave_app"),
+            "--output-file",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    s3 = enclavekit_endpoint.client("s3")
+    s3.create_bucket(Bucket="hand-written-eifs")
+    s3.upload_file(str(path), "hand-written-eifs", "app/app.eif")
+    return "hand-written-eifs", "app/app.eif", eif.read_eif(path).measurements
+
+
+def test_user_data_boots_and_attests_the_enclave(
+    enclavekit_endpoint: Any, eif_object: Any, tmp_path: Path
+) -> None:
+    bucket, key, measurements = eif_object
+    state = Path(enclavekit_endpoint.state_dir)
+    started = time.monotonic()
+    iid = _deploy(enclavekit_endpoint, tmp_path, "hand-written", EifBucket=bucket, EifKey=key)
+    layout = instance_layout(state, iid)
+    host = control.wait_booted(layout, timeout=240)
+    console = layout.console.read_text()
+    assert control.boot_error(host) is None, console[-3000:]
+    seconds = time.monotonic() - started
+    enclaves = hooks.host_enclaves(layout)
+    assert [e["State"] for e in enclaves] == ["RUNNING"], console[-2000:]
+    enclave = enclaves[0]
+    assert enclave["EnclaveCID"] == 16 and enclave["NumberOfCPUs"] == 2
+    assert enclave["Measurements"]["PCR0"] == measurements.hex(0)
+    assert '"State": "RUNNING"' in console  # the user data's own describe-enclaves
+    # Attest through the enclave's control port, from the parent's side (CID 3) of this host.
+    vsock = EmulatedVsock(
+        Path(f"/proc/{host['init_pid']}/root{HOST_EMULATOR_STATE}/vsock"), PARENT_CID
+    )
+    nonce = os.urandom(32)
+    deadline = time.monotonic() + 60
+    while True:  # the enclave runs; its program opens its control port a moment later
+        try:
+            sock = vsock.connect(16, 5005)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    with sock:
+        reply = prov.exchange(sock, prov.Attest(nonce=nonce))
+    doc = attestation.verify(reply.document, attestation.TrustAnchor.local(state))
+    assert doc.nonce == nonce
+    assert doc.pcrs[0] == measurements.pcr0 and doc.pcrs[2] == measurements.pcr2
+    assert doc.pcrs[4] == pcr.pcr4_of_instance_id(iid)
+    role = enclavekit_endpoint.client("iam").list_roles()["Roles"]
+    role_arns = {r["Arn"] for r in role if "HostRole" in r["RoleName"]}
+    assert any(doc.pcrs[3] == pcr.pcr3_of_role_arn(a) for a in role_arns)
+    # The security group lets 8443 in: socat in the host relays it to the enclave.
+    row = next(r for r in hooks.hosts_status(state) if r["instance_id"] == iid)
+    assert [p["port"] for p in row["ports"]] == [8443]
+    assert row["enclaves"][0]["State"] == "RUNNING"
+    status = _status(state)
+    assert f"{iid}  user data: done  enclaves: {enclave['EnclaveID']} (CID 16, RUNNING)" in status
+    assert f"8443 -> 127.0.0.1:{row['ports'][0]['host_port']}" in status
+    print(f"\nstack deploy -> enclave RUNNING via user data: {seconds:.1f} s")
+    out = _aws(
+        enclavekit_endpoint,
+        tmp_path,
+        "cloudformation",
+        "delete-stack",
+        "--stack-name",
+        "hand-written",
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_pool_the_type_cannot_give_fails_at_the_allocator(
+    enclavekit_endpoint: Any, eif_object: Any, tmp_path: Path
+) -> None:
+    bucket, key, _ = eif_object
+    state = Path(enclavekit_endpoint.state_dir)
+    # m5.xlarge: 16 GiB, the parent keeps 1 GiB; 16384 MiB is more than the type can give.
+    iid = _deploy(
+        enclavekit_endpoint,
+        tmp_path,
+        "too-big",
+        EifBucket=bucket,
+        EifKey=key,
+        AllocatorMemory="16384",
+    )
+    layout = instance_layout(state, iid)
+    host = control.wait_booted(layout, timeout=240)
+    console = layout.console.read_text()
+    assert host["boot"]["state"] == "failed"
+    assert host["boot"]["failures"][0]["status"] == 1
+    assert "Job for nitro-enclaves-allocator.service failed" in console
+    journal = control.host_exec(layout, ["journalctl", "-u", "nitro-enclaves-allocator"])
+    assert (
+        "Error: Failed to configure entire amount of requested memory. This indicates "
+        "insufficient system resources."
+    ) in journal.stdout
+    state_out = control.host_exec(layout, ["systemctl", "is-active", "nitro-enclaves-allocator"])
+    assert (state_out.stdout.strip(), state_out.returncode) == ("failed", 3)
+    assert hooks.host_enclaves(layout) == []
+    assert (
+        f"{iid}  user data: FAILED: user data failed: part-001 exited 1 at `systemctl "
+        "enable --now nitro-enclaves-allocator.service`  enclaves: none"
+    ) in _status(state)
+    _aws(enclavekit_endpoint, tmp_path, "cloudformation", "delete-stack", "--stack-name", "too-big")
