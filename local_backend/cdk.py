@@ -21,7 +21,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +149,36 @@ def run_cdk(
         )
         refused = tuple(guard.refused)
     return CdkResult(tuple(argv), proc.returncode, proc.stdout or "", proc.stderr or "", refused)
+
+
+def stream_cdk(
+    args: Sequence[str],
+    *,
+    state_dir: Path = server.DEFAULT_STATE_DIR,
+    cwd: Path | None = None,
+    on_stderr: Callable[[str], None],
+) -> int:
+    """`run_cdk` for a terminal: stdout passes through, each stderr line goes to `on_stderr`
+    (the CLI turns an app's traceback into one line there). Same guard, same notice."""
+    info = server.running_endpoint(state_dir)
+    workdir = Path(cwd or Path.cwd()).resolve()
+    own = app_local_cli(workdir)
+    if own is not None:
+        print(
+            f"enclavekit: bypassing the app's own cdk CLI {own}; running the pinned "
+            f"aws-cdk {pinned_cli_version()}, which honours the local endpoint",
+            file=sys.stderr,
+        )
+    with egress_guard() as guard:
+        proc = subprocess.Popen(
+            [*cdk_command(_tools_start()), *args],
+            cwd=workdir,
+            env=cdk_env(info.endpoint, cwd=workdir, proxy=guard.env()),
+            text=True,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            on_stderr(line)
+        return proc.wait()

@@ -107,34 +107,21 @@ def _ca(args: argparse.Namespace) -> int:
 def _cdk(args: argparse.Namespace) -> int:
     """cdk's stdout passes through untouched (`cdk synth > template.yaml` works); its stderr
     too, except that a Python traceback of the app becomes one line (`--verbose`: kept), and
-    a construct error exits 2."""
-    import subprocess
-
+    a construct error exits 2. Every process runs behind the egress guard (local_backend.cdk)."""
     from enclavekit.cdk_errors import TracebackFilter
-    from enclavekit.toolchain import cdk_command
-    from local_backend import server
-    from local_backend.cdk import cdk_env
+    from local_backend.cdk import stream_cdk
 
     cdk_args: list[str] = list(args.cdk_args)
     if cdk_args and cdk_args[0] == "--":
         cdk_args = cdk_args[1:]
-    info = server.running_endpoint(args.state_dir)
-    workdir = Path.cwd().resolve()
-    proc = subprocess.Popen(
-        [*cdk_command(workdir), *cdk_args],
-        cwd=workdir,
-        env=cdk_env(info.endpoint, cwd=workdir),
-        text=True,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
     shown = TracebackFilter(verbose=args.verbose)
-    assert proc.stderr is not None
-    for line in proc.stderr:
+
+    def show(line: str) -> None:
         sys.stderr.writelines(shown.feed(line))
         sys.stderr.flush()
+
+    code = stream_cdk(cdk_args, state_dir=args.state_dir, on_stderr=show)
     sys.stderr.writelines(shown.finish())
-    code = proc.wait()
     if code != 0 and shown.error is not None:
         if not args.verbose:
             print("(the full traceback: enclavekit cdk --verbose ...)", file=sys.stderr)
