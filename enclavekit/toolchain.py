@@ -29,14 +29,21 @@ def tool_path(env_path: str | None = None, start: Path | None = None) -> str:
     return os.pathsep.join([*parts, rest])
 
 
+NO_NOTICES = "--no-notices"
+
+
 def cdk_command(start: Path | None = None) -> list[str]:
-    """The argv prefix that runs the pinned `cdk` CLI on the pinned Node.js."""
+    """The argv prefix that runs the pinned `cdk` CLI on the pinned Node.js.
+
+    `--no-notices`: the CLI would otherwise fetch its notices from cli.cdk.dev-tools.aws.dev,
+    a call off this machine that the egress guard refuses (and CI has no route for)."""
     nm = node_modules(start)
     if nm is None:
         found = shutil.which("cdk")
         if not found:
             raise EnclaveKitError("the cdk CLI is not installed: run `make setup` (npm ci) first")
-        return [found]
+        return [found, NO_NOTICES]
     node = nm / "node" / "bin" / "node"
     cli = nm / "aws-cdk" / "bin" / "cdk"
-    return [str(node), str(cli)] if node.exists() else [str(nm / ".bin" / "cdk")]
+    prefix = [str(node), str(cli)] if node.exists() else [str(nm / ".bin" / "cdk")]
+    return [*prefix, NO_NOTICES]

@@ -43,6 +43,10 @@ from local_backend import parent, server, up, verify
 from local_backend.emulator.monitor import make_signer
 from local_backend.emulator.nsm_server import BootMeasurements, NsmDevice, NsmServer
 from local_backend.emulator.runtime import EnclaveManager
+from local_backend.moto_ext.identity import (
+    EC2_SERVICE_ACCESS_KEY_ID,
+    EC2_SERVICE_SECRET_ACCESS_KEY,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -210,7 +214,12 @@ def _parent_decrypt(deployed: plugin.Deployment) -> bytes | str:
     """The parent's view: instance-role credentials (STS, as IMDS gives them), Decrypt of the
     sealed secret without attestation. Returns the plaintext, or the error code."""
     ep, out = deployed.endpoint, deployed.outputs[STACK]
-    creds = ep.client("sts").assume_role(RoleArn=out["RoleArn"], RoleSessionName="parent")
+    ec2 = ep.client(  # the role trusts ec2.amazonaws.com only: assumed as EC2 assumes it
+        "sts",
+        aws_access_key_id=EC2_SERVICE_ACCESS_KEY_ID,
+        aws_secret_access_key=EC2_SERVICE_SECRET_ACCESS_KEY,
+    )
+    creds = ec2.assume_role(RoleArn=out["RoleArn"], RoleSessionName="parent")
     role = {
         "aws_access_key_id": creds["Credentials"]["AccessKeyId"],
         "aws_secret_access_key": creds["Credentials"]["SecretAccessKey"],

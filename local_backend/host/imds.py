@@ -45,14 +45,13 @@ class Metadata:
         return roles[0].rsplit("/", 1)[1] if roles else None
 
     def credentials(self) -> dict[str, str]:
-        from enclavekit.localenv import local_client
-        from local_backend.parent.agent import AssumeRoleCredentials
+        from local_backend.parent.agent import AssumeRoleCredentials, ec2_sts
 
         with self.lock:
             if self._creds is None:
                 endpoint, region = self.info["endpoint"], self.info["region"]
                 self._creds = AssumeRoleCredentials(
-                    lambda: local_client("sts", endpoint, region=region),
+                    lambda: ec2_sts(endpoint, region),
                     (self.info.get("role_arns") or [None])[0],
                     self.info["instance_id"],
                 )

@@ -173,21 +173,7 @@ class Parent:
         )
 
     def _ec2_sts(self) -> Any:
-        """STS as EC2 itself (ec2.amazonaws.com) calls it to assume the instance's role: only a
-        role whose trust policy names ec2.amazonaws.com gets through, as on AWS."""
-        from local_backend.moto_ext.identity import (
-            EC2_SERVICE_ACCESS_KEY_ID,
-            EC2_SERVICE_SECRET_ACCESS_KEY,
-        )
-
-        return local_client(
-            "sts",
-            self.endpoint,
-            region=self.region,
-            access_key_id=EC2_SERVICE_ACCESS_KEY_ID,
-            secret_access_key=EC2_SERVICE_SECRET_ACCESS_KEY,
-            config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
-        )
+        return ec2_sts(self.endpoint, self.region)
 
     def role_credentials(self) -> prov.Credentials:
         """The instance role's temporary credentials, as IMDS would serve them."""
@@ -419,3 +405,22 @@ def main(argv: list[str] | None = None) -> int:
             parent.restart_enclave()
     parent.shutdown()
     return 0
+
+
+def ec2_sts(endpoint: str, region: str) -> Any:
+    """STS as EC2 itself (ec2.amazonaws.com) calls it to assume an instance's role: only a role
+    whose trust policy names ec2.amazonaws.com gets through, as on AWS. The emulated parent and
+    a host's IMDS both get instance-role credentials this way."""
+    from local_backend.moto_ext.identity import (
+        EC2_SERVICE_ACCESS_KEY_ID,
+        EC2_SERVICE_SECRET_ACCESS_KEY,
+    )
+
+    return local_client(
+        "sts",
+        endpoint,
+        region=region,
+        access_key_id=EC2_SERVICE_ACCESS_KEY_ID,
+        secret_access_key=EC2_SERVICE_SECRET_ACCESS_KEY,
+        config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
+    )
