@@ -85,5 +85,23 @@ def _install_cfn_managed_policy_arns() -> None:
                 backend.attach_role_policy(arn, role.name)
         return role
 
+    original_delete = Role.delete_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def delete(
+        cls: Any,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+    ) -> None:
+        # CloudFormation detaches the managed policies it attached before deleting the role
+        backend = iam_backends[account_id]["aws"]
+        for role in list(backend.roles.values()):
+            if role.name == resource_name:
+                for arn in list(role.managed_policies):
+                    backend.detach_role_policy(arn, role.name)
+        original_delete(cls, resource_name, cloudformation_json, account_id, region_name)
+
     Role.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment]
+    Role.delete_from_cloudformation_json = classmethod(delete)  # type: ignore[method-assign,assignment]
     Role._enclavekit_managed_arns = True  # type: ignore[attr-defined]
