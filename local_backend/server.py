@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hmac
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -43,6 +45,10 @@ DEFAULT_STATE_DIR = Path(".enclavekit")
 ENDPOINT_FILE = "endpoint.json"
 LOG_FILE = Path("logs") / "endpoint.log"
 KEYSCAN_PATH = "/_enclavekit/keyscan"
+# The key search reads any process's memory and any path: only a caller that can read the
+# state dir (0700) may ask. The token is created by the endpoint, one per state dir.
+ADMIN_TOKEN_FILE = "endpoint-admin.token"
+ADMIN_TOKEN_HEADER = "X-Enclavekit-Admin-Token"
 HEALTH_PATH = "/_enclavekit/health"
 MOTO_ADMIN_PREFIX = "/moto-api"  # moto's administration API: never served (see _app)
 STATE_UMASK = 0o077
@@ -343,15 +349,49 @@ def ca_pem(state_dir: Path = DEFAULT_STATE_DIR) -> bytes:
 # ---------------------------------------------------------------- the endpoint process
 
 
-def _keyscan(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+def admin_token(state_dir: Path, *, create: bool = False) -> str:
+    """The endpoint's administration token (`<state>/endpoint-admin.token`, mode 0600)."""
+    path = Path(state_dir) / ADMIN_TOKEN_FILE
+    if create and not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise BackendError(
+            f"{path}: the endpoint's admin token is missing (is the endpoint running?)"
+        ) from None
+
+
+def _json_reply(
+    start_response: Callable[..., Any], status_line: str, payload: dict[str, Any]
+) -> Any:
+    body = json.dumps(payload).encode()
+    start_response(
+        status_line, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
+
+
+def _keyscan(environ: dict[str, Any], start_response: Callable[..., Any], token: str) -> Any:
     """verify's question to "ACM": where, besides the enclave, is this certificate's key?
 
     The endpoint holds the key (as ACM does), so it searches itself; only the places found
-    go back, never key bytes. Loopback only, like everything the endpoint serves.
+    go back, never key bytes. The search reads process memory and files as the endpoint's
+    user, so it answers only a caller holding the admin token from the 0700 state dir:
+    loopback alone would let any local user probe other users' processes and files.
     """
     from local_backend import keyscan
     from local_backend.moto_ext.acm.models import certificate_material
 
+    given = environ.get("HTTP_" + ADMIN_TOKEN_HEADER.upper().replace("-", "_"), "")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return _json_reply(
+            start_response,
+            "403 Forbidden",
+            {"error": f"AccessDenied: the key search needs the {ADMIN_TOKEN_HEADER} header"},
+        )
     try:
         size = int(environ.get("CONTENT_LENGTH") or 0)
         req = json.loads(environ["wsgi.input"].read(size))
@@ -390,6 +430,7 @@ def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
 
     moto_app = DomainDispatcherApplication(create_backend_app)
     pid = os.getpid()
+    token = admin_token(state_dir, create=True)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -398,7 +439,7 @@ def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
         if path.startswith(MOTO_ADMIN_PREFIX):
             return _not_found(start_response)
         if environ.get("PATH_INFO") == KEYSCAN_PATH and environ.get("REQUEST_METHOD") == "POST":
-            return _keyscan(environ, start_response)
+            return _keyscan(environ, start_response, token)
         if environ.get("PATH_INFO") == HEALTH_PATH:
             body = json.dumps({"pid": pid, "state_dir": str(state_dir), "iam": iam}).encode()
             start_response(

@@ -22,6 +22,7 @@ import socket
 import ssl
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Self
 
@@ -34,6 +35,9 @@ CA_DIR = Path("pki") / "aws-tls"
 CA_CERT = CA_DIR / "root.pem"
 CA_COMMON_NAME = "enclavekit local AWS endpoint TLS CA"
 HANDSHAKE_TIMEOUT_S = 10.0
+# Server contexts kept, most recently used first: any local client picks the SNI name, so an
+# unbounded cache would let one grow the endpoint's memory (and CA work) without limit.
+MAX_CONTEXTS = 128
 _AWS_NAME = re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)*\.amazonaws\.com(\.cn)?$")
 
 
@@ -50,7 +54,7 @@ class TlsFront(ConnectionServer):
     def __init__(self, ca: LocalCa, backend: tuple[str, int], port: int = 0) -> None:
         self.ca = ca
         self.backend = backend
-        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._contexts: OrderedDict[str, ssl.SSLContext] = OrderedDict()
         self._lock = threading.Lock()
         self._default = self._context_for("kms.us-east-1.amazonaws.com")
         self._default.sni_callback = self._select
@@ -70,6 +74,7 @@ class TlsFront(ConnectionServer):
         with self._lock:
             ctx = self._contexts.get(name)
             if ctx is not None:
+                self._contexts.move_to_end(name)
                 return ctx
             cert_pem, key_pem = self.ca.issue(name, [], "EC_prime256v1")
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -81,6 +86,8 @@ class TlsFront(ConnectionServer):
                 path.write_bytes(cert_pem + key_pem)
                 ctx.load_cert_chain(path)
             self._contexts[name] = ctx
+            while len(self._contexts) > MAX_CONTEXTS:
+                self._contexts.popitem(last=False)
             return ctx
 
     def _select(self, sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:

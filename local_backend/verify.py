@@ -619,7 +619,7 @@ def check_key_not_on_parent(host: _Host) -> tuple[bool, str]:
             "paths": [str(host.state_dir)],
             "pids": [*pids, *enclave_pids],
         }
-        result = _endpoint_keyscan(host.endpoint, req)
+        result = _endpoint_keyscan(host.endpoint, req, host.state_dir)
     finally:
         s3_copy.unlink(missing_ok=True)
     if "error" in result:
@@ -671,13 +671,16 @@ def _enclave_record(host: _Host) -> dict[str, Any]:
         return {}
 
 
-def _endpoint_keyscan(endpoint: str, req: dict[str, Any]) -> dict[str, Any]:
+def _endpoint_keyscan(endpoint: str, req: dict[str, Any], state_dir: Path) -> dict[str, Any]:
     body = json.dumps(req).encode()
     r = urllib.request.Request(
         endpoint + server.KEYSCAN_PATH,
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={
+            "Content-Type": "application/json",
+            server.ADMIN_TOKEN_HEADER: server.admin_token(state_dir),
+        },
     )
     try:
         with urllib.request.urlopen(r, timeout=120) as resp:

@@ -107,3 +107,37 @@ def test_nobody_cannot_reach_the_admin_api_through_the_tls_front(target: Target)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split(" ")[1] in {str(s) for s in REFUSED}, out.stdout
     assert "secret" not in out.stdout
+
+
+def test_key_search_needs_the_admin_token(target: Target) -> None:
+    """Before: any local process could POST /_enclavekit/keyscan and have the endpoint read
+    any process's memory and any path as the endpoint's user (a presence oracle for the
+    certificate keys it holds, and a memory-read amplifier). Now only a caller that can read
+    the 0700 state dir's token is answered."""
+    from local_backend import server
+
+    url = target.endpoint.url + server.KEYSCAN_PATH
+    req = json.dumps(
+        {
+            "certificate_arn": "arn:aws:acm:us-east-1:000000000000:certificate/none",
+            "account_id": "000000000000",
+            "region": "us-east-1",
+            "paths": ["/"],
+            "pids": [1],
+        }
+    ).encode()
+    token_file = target.endpoint.state_dir / server.ADMIN_TOKEN_FILE
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    for headers in ({}, {server.ADMIN_TOKEN_HEADER: "0" * 64}):
+        r = urllib.request.Request(url, data=req, method="POST", headers=headers)
+        try:
+            urllib.request.urlopen(r, timeout=30)
+            raise AssertionError(f"the key search answered without the token ({headers})")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 403, exc.code
+            assert b"AccessDenied" in exc.read()
+    good = {server.ADMIN_TOKEN_HEADER: server.admin_token(target.endpoint.state_dir)}
+    r = urllib.request.Request(url, data=req, method="POST", headers=good)
+    with pytest.raises(urllib.error.HTTPError) as err:  # past the token: no such certificate
+        urllib.request.urlopen(r, timeout=30)
+    assert err.value.code == 400
