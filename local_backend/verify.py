@@ -41,19 +41,18 @@ from xml.sax.saxutils import escape
 
 from botocore.exceptions import ClientError
 
-from enclavekit import attestation, eif
+from enclavekit import attestation, attested_kms, eif
 from enclavekit import provisioning as prov
 from enclavekit.cpio import CpioEntry, read_newc, write_newc
 from enclavekit.errors import BackendError, EnclaveKitError, InvalidInput
 from enclavekit.localenv import LOCAL_ACCOUNT, local_client
 from enclavekit.pki import LocalPki
-from enclavekit.policy import parse_policy, principal_matches
+from enclavekit.policy import parse_policy
 from enclavekit.transport import EmulatedVsock
 from local_backend import server
 from local_backend.parent import parents
 from local_backend.parent.agent import Parent, read_state
 
-ATTESTED_PREFIX = "kms:recipientattestation:"
 VERIFIER_DIR = "verifier"  # <state>/verifier/<stack>/<secret>.secret: up's reference copies
 
 
@@ -221,18 +220,11 @@ def _bound_pcrs(policy_text: str, role_arn: str | None) -> dict[str, set[str]]:
     """PCR condition values (lower-case) of the Allow statements that grant the host role
     (`role_arn`) under attestation keys: what the key releases to this host's enclave."""
     bound: dict[str, set[str]] = {}
-    for st in parse_policy(policy_text).statements:
-        if st.effect != "Allow" or role_arn is None:
-            continue
-        if not any(principal_matches(p, role_arn) for p in st.principals or ()):
-            continue
-        for cond in st.conditions:
-            key = cond.key.lower()
-            if not key.startswith(ATTESTED_PREFIX):
-                continue
-            name = key[len(ATTESTED_PREFIX) :]
-            name = "PCR0" if name == "imagesha384" else name.upper()
-            bound.setdefault(name, set()).update(v.lower() for v in cond.values)
+    if role_arn is None:
+        return bound
+    for b in attested_kms.bindings(parse_policy(policy_text), principal=role_arn):
+        if b.effect == "Allow":
+            bound.setdefault(f"PCR{b.pcr}", set()).update(v.lower() for v in b.values)
     return bound
 
 

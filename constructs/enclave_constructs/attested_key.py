@@ -23,20 +23,22 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 
 from constructs import Construct, IValidation
+from enclavekit.attested_kms import (
+    GRANT_ACTIONS,
+    IMAGE_SHA384,
+    condition_key,
+    condition_name,
+    pcr_key,
+)
 from enclavekit.errors import InvalidInput
 from enclavekit.policy.kms_actions import KMS_ADMIN_ACTIONS
 
 from .image import EnclaveImage
 
-ATTESTED_ACTIONS: tuple[str, ...] = (
-    "kms:Decrypt",
-    "kms:GenerateDataKey*",
-    "kms:GenerateRandom",
-    "kms:DeriveSharedSecret",
-)
+# What an attested grant allows (and denies without attestation): enclavekit.attested_kms.
+ATTESTED_ACTIONS: tuple[str, ...] = GRANT_ACTIONS
 SEAL_ACTIONS: tuple[str, ...] = ("kms:Encrypt",)
 BINDABLE_PCRS = (0, 1, 2, 8)
-CONDITION_PREFIX = "kms:RecipientAttestation:"
 
 _counters: dict[str, int] = {}
 
@@ -150,9 +152,9 @@ def _condition_values(image: EnclaveImage, pcrs: Sequence[int], image_sha384: bo
             f"pcrs includes 8 but image {image.name!r} is not signed (no PCR8); "
             f"allowed: {(0, 1, 2)}"
         )
-    values = {f"{CONDITION_PREFIX}PCR{n}": image.measurements.hex(n) for n in sorted(chosen)}
+    values = {pcr_key(n): image.measurements.hex(n) for n in sorted(chosen)}
     if image_sha384:
-        values[f"{CONDITION_PREFIX}ImageSha384"] = image.measurements.image_sha384
+        values[condition_key(IMAGE_SHA384)] = image.measurements.image_sha384
     return values
 
 
@@ -196,7 +198,7 @@ def grant_attested_decrypt(
     for cond_key, value in values.items():
         kms_key.add_to_resource_policy(
             iam.PolicyStatement(
-                sid=f"DenyUnattested{n}{cond_key.rsplit(':', 1)[1]}",
+                sid=f"DenyUnattested{n}{condition_name(cond_key)}",
                 effect=iam.Effect.DENY,
                 principals=[principal],
                 actions=list(ATTESTED_ACTIONS),

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from enclavekit.attested_kms import condition_name, pcr_index
 from enclavekit.errors import CheckFailed, InvalidInput, TemplateError
 
 HOST_METADATA = "enclavekit:host"
-_ATTESTATION_PREFIX = "kms:recipientattestation:"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -107,9 +107,9 @@ def _bindings(policy: dict[str, Any]) -> dict[str, Any]:
     for s in policy.get("Statement", []):
         for op, block in (s.get("Condition") or {}).items():
             for k, v in block.items():
-                if not k.lower().startswith(_ATTESTATION_PREFIX):
+                name = condition_name(k)
+                if name is None:
                     continue
-                name = k.split(":")[-1]
                 if s.get("Effect") == "Allow" and op.startswith("StringEquals"):
                     allow[name] = v if isinstance(v, str) else ",".join(v)
                 elif s.get("Effect") == "Deny" and op.startswith("StringNotEquals"):
@@ -143,7 +143,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.append(f"{r['host']:<30} {'(none)':<28}")
         for k in r["keys"]:
             for name, value in sorted(k["allow"].items()):
-                expect = measured.get("PCR0" if name == "ImageSha384" else name)
+                expect = measured.get(f"PCR{pcr_index(name)}")
                 match = "yes" if expect and expect.lower() == str(value).lower() else "NO"
                 guarded = "yes" if name in k["deny"] else "NO"
                 lines.append(f"{r['host']:<30} {k['key']:<28} {name:<12} {match:<6} {guarded}")

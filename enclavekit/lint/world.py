@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from enclavekit.attested_kms import ATTESTED_ACTIONS, is_attestation_key
 from enclavekit.errors import PolicyDocumentError
 from enclavekit.lint.model import Location
 from enclavekit.lint.resolve import ACCOUNT, PARTITION, REGION, Resolver
@@ -22,15 +23,6 @@ from enclavekit.lint.userdata import UserData, parse_user_data
 from enclavekit.policy import Policy, RequestContext, evaluate_kms, parse_policy
 
 HOST_METADATA = "enclavekit:host"
-# Operations that accept a Recipient (attestation document): KMS Developer Guide.
-ATTESTED_ACTIONS = (
-    "kms:Decrypt",
-    "kms:GenerateDataKey",
-    "kms:GenerateDataKeyPair",
-    "kms:GenerateRandom",
-    "kms:DeriveSharedSecret",
-)
-ATTESTATION_PREFIX = "kms:recipientattestation"
 
 # What CloudFormation puts on a key created without KeyPolicy.
 _DEFAULT_KEY_POLICY = {
@@ -85,7 +77,7 @@ class KeyFact:
     def attested(self) -> bool:
         """The key policy binds some statement to an attestation (PCR or image digest)."""
         return self.doc is not None and any(
-            c.key.lower().startswith(ATTESTATION_PREFIX)
+            is_attestation_key(c.key)
             for s in self.doc.policy.statements
             for c in s.conditions
         )
@@ -115,10 +107,6 @@ class AssociationFact:
     object_key: str
     kms_key_id: str
     certificate_arn: str = ""
-
-
-def is_attestation_key(name: str) -> bool:
-    return name.lower().startswith(ATTESTATION_PREFIX)
 
 
 def _truthy(value: Any) -> bool:

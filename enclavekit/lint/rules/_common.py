@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from enclavekit.lint.world import PolicyDoc, World, is_attestation_key
+from enclavekit.attested_kms import is_attestation_key
+from enclavekit.lint.world import PolicyDoc, World
 from enclavekit.policy import Condition, Statement
 
-PCR_KEY = re.compile(r"^kms:recipientattestation:(imagesha384|pcr(\d+))$", re.IGNORECASE)
 HEX96 = re.compile(r"^[0-9a-fA-F]{96}$")
 POSITIVE_STRING_OPS = ("StringEquals", "StringEqualsIgnoreCase")
 
@@ -36,14 +36,6 @@ def attestation_conditions(
                     yield doc, i, stmt, cond
 
 
-def pcr_name(key: str) -> str | None:
-    """ "kms:RecipientAttestation:PCR0" -> "PCR0", ImageSha384 -> "ImageSha384", else None."""
-    m = PCR_KEY.match(key)
-    if not m:
-        return None
-    if m.group(2) is not None:
-        return f"PCR{int(m.group(2))}" if int(m.group(2)) <= 31 else None
-    return "ImageSha384"
 
 
 def where(doc: PolicyDoc, index: int, stmt: Statement) -> str:

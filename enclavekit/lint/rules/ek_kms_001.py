@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
 from enclavekit.lint.rules._kms import enclave_keys, key_principals, unattested_decision
-from enclavekit.lint.world import ATTESTED_ACTIONS, World
+from enclavekit.attested_kms import ATTESTED_ACTIONS
+from enclavekit.lint.world import World
 
 
 def check(world: World) -> Iterator[Finding]:

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
 from enclavekit.lint.resolve import ACCOUNT, PARTITION
-from enclavekit.lint.world import ATTESTED_ACTIONS, World
+from enclavekit.attested_kms import ATTESTED_ACTIONS
+from enclavekit.lint.world import World
 from enclavekit.policy import evaluate
 
 # A key no template names: what a wildcard key ARN (or "*") in an identity policy reaches.

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
-from enclavekit.lint.rules._common import HEX96, attestation_conditions, pcr_name, where
+from enclavekit.attested_kms import condition_name
+from enclavekit.lint.rules._common import HEX96, attestation_conditions, where
 from enclavekit.lint.world import World
 
 
 def check(world: World) -> Iterator[Finding]:
     for doc, i, stmt, cond in attestation_conditions(world):
-        if pcr_name(cond.key) is None or cond.operator == "Null":
+        if condition_name(cond.key) is None or cond.operator == "Null":
             continue  # a wrong key is EK-PCR-003; Null takes true/false
         for value in cond.values:
             if value[:2].lower() == "0x":

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
-from enclavekit.lint.rules._common import attestation_conditions, pcr_name, where
+from enclavekit.attested_kms import condition_name
+from enclavekit.lint.rules._common import attestation_conditions, where
 from enclavekit.lint.world import World
 
 ZERO = "0" * 96
@@ -13,7 +14,7 @@ ZERO = "0" * 96
 
 def check(world: World) -> Iterator[Finding]:
     for doc, i, stmt, cond in attestation_conditions(world):
-        if stmt.effect != "Allow" or pcr_name(cond.key) is None:
+        if stmt.effect != "Allow" or condition_name(cond.key) is None:
             continue
         if any(v.lower().removeprefix("0x") == ZERO for v in cond.values):
             yield RULE.finding(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
-from enclavekit.lint.rules._common import attestation_conditions, pcr_name, where
+from enclavekit.attested_kms import condition_name
+from enclavekit.lint.rules._common import attestation_conditions, where
 from enclavekit.lint.world import World
 
 _OK = ("StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase", "Null")
@@ -14,7 +15,7 @@ _CASE = ("StringEquals", "StringNotEquals")
 
 def check(world: World) -> Iterator[Finding]:
     for doc, i, stmt, cond in attestation_conditions(world):
-        if pcr_name(cond.key) is None:
+        if condition_name(cond.key) is None:
             continue
         op = (
             (f"{cond.qualifier}:" if cond.qualifier else "")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
-from enclavekit.lint.rules._common import POSITIVE_STRING_OPS, pcr_name, policy_docs, where
+from enclavekit.attested_kms import condition_name
+from enclavekit.lint.rules._common import POSITIVE_STRING_OPS, policy_docs, where
 from enclavekit.lint.world import World
 
 
@@ -14,7 +15,7 @@ def check(world: World) -> Iterator[Finding]:
         for i, stmt in enumerate(doc.policy.statements):
             found: dict[str, set[str]] = {}
             for cond in stmt.conditions:
-                name = pcr_name(cond.key)
+                name = condition_name(cond.key)
                 if name in ("ImageSha384", "PCR0") and cond.operator in POSITIVE_STRING_OPS:
                     found.setdefault(name, set()).update(v.lower() for v in cond.values)
             if len(found) == 2 and not (found["ImageSha384"] & found["PCR0"]):

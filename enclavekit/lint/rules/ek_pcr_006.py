@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 from enclavekit.errors import InvalidInput
 from enclavekit.lint.model import Finding, Rule, Severity
-from enclavekit.lint.rules._common import POSITIVE_STRING_OPS, pcr_name
+from enclavekit.attested_kms import condition_name
+from enclavekit.lint.rules._common import POSITIVE_STRING_OPS
 from enclavekit.lint.world import World
 from enclavekit.pcr import Measurements
 
@@ -41,9 +42,9 @@ def check(world: World) -> Iterator[Finding]:
                 if stmt.effect != "Allow":
                     continue
                 conds = [
-                    (pcr_name(c.key), c)
+                    (condition_name(c.key), c)
                     for c in stmt.conditions
-                    if c.operator in POSITIVE_STRING_OPS and pcr_name(c.key) in measured
+                    if c.operator in POSITIVE_STRING_OPS and condition_name(c.key) in measured
                 ]
                 if not conds:
                     continue

@@ -17,16 +17,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from enclavekit.attested_kms import RECIPIENT_OPERATIONS, request_keys
 from enclavekit.errors import EnclaveKitError, PolicyDocumentError
 from enclavekit.policy import Decision, Policy, RequestContext, evaluate, evaluate_kms, parse_policy
 
 from ..identity import Caller, identity_policies
 
-# Operations that accept Recipient (KMS Developer Guide, "Cryptographic attestation support").
-# DeriveSharedSecret is not listed: moto 5.2.5 does not implement the operation at all.
-RECIPIENT_ACTIONS = frozenset(
-    {"Decrypt", "GenerateDataKey", "GenerateDataKeyPair", "GenerateRandom"}
-)
+# Operations that accept Recipient: enclavekit.attested_kms (moto 5.2.5 does not implement
+# DeriveSharedSecret at all, so that one fails in moto whatever its Recipient).
+RECIPIENT_ACTIONS = frozenset(RECIPIENT_OPERATIONS)
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
 MAX_ATTESTATION_DOCUMENT = 262144  # API_RecipientInfo: AttestationDocument 1..262144 bytes
 # Operations authorized by identity policies only (no key involved).
@@ -79,13 +78,7 @@ class AttestedRecipient:
 
     def condition_keys(self) -> dict[str, str]:
         """kms:RecipientAttestation:ImageSha384 (= PCR0) and :PCR<n>, lower-case hex."""
-        keys = {
-            f"kms:RecipientAttestation:PCR{i}": v.hex()
-            for i, v in sorted(self.document.pcrs.items())
-        }
-        if 0 in self.document.pcrs:
-            keys["kms:RecipientAttestation:ImageSha384"] = self.document.pcrs[0].hex()
-        return keys
+        return request_keys(self.document.pcrs)
 
     def envelope(self, plaintext: bytes) -> str:
         """Base64 CiphertextForRecipient: CMS EnvelopedData to the document's key."""
