@@ -23,6 +23,7 @@ def test_every_recipient_operation_is_granted_and_named_once() -> None:
 def test_the_parts_use_the_vocabulary() -> None:
     """The constructs, the linter and the local KMS read the same lists (no copies)."""
     from enclave_constructs import ATTESTED_ACTIONS as construct_actions
+
     from enclavekit.lint.world import ATTESTED_ACTIONS as lint_actions
     from local_backend.moto_ext.kms.models import RECIPIENT_ACTIONS
 

@@ -77,9 +77,7 @@ class KeyFact:
     def attested(self) -> bool:
         """The key policy binds some statement to an attestation (PCR or image digest)."""
         return self.doc is not None and any(
-            is_attestation_key(c.key)
-            for s in self.doc.policy.statements
-            for c in s.conditions
+            is_attestation_key(c.key) for s in self.doc.policy.statements for c in s.conditions
         )
 
 
