@@ -13,11 +13,16 @@ def _cell(text: str) -> str:
 
 
 def rules_table() -> str:
-    """Markdown table: id, severity, title, why, fix of every rule in id order."""
+    """Markdown tables in id order: id, severity, title, why, fix of every rule; then its file."""
     rows = ["| Id | Severity | Title | Why | Fix |", "|---|---|---|---|---|"]
     for r in all_rules():
         cells = (r.id, r.severity.value, r.title, r.explanation, r.fix)
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    rows += ["", "Each rule's code, named by what it checks:", "", "| Id | File |", "|---|---|"]
+    from enclavekit.lint.rules import MODULE_OF
+
+    for r in all_rules():
+        rows.append(f"| {r.id} | `enclavekit/lint/rules/{MODULE_OF[r.id]}.py` |")
     return "\n".join(rows) + "\n"
 
 

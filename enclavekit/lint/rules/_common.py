@@ -36,8 +36,6 @@ def attestation_conditions(
                     yield doc, i, stmt, cond
 
 
-
-
 def where(doc: PolicyDoc, index: int, stmt: Statement) -> str:
     """How a message names a statement: "key policy of K statement 'Sid'"."""
     return f"{doc.name} statement {stmt.label(index)!r}"

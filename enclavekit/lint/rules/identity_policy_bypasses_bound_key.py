@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from enclavekit.attested_kms import ATTESTED_ACTIONS
 from enclavekit.lint.model import Finding, Rule, Severity
 from enclavekit.lint.rules._kms import enclave_keys, unattested_decision
-from enclavekit.attested_kms import ATTESTED_ACTIONS
 from enclavekit.lint.world import World
 from enclavekit.policy import evaluate
 

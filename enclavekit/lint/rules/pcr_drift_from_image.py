@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from enclavekit.attested_kms import condition_name
 from enclavekit.errors import InvalidInput
 from enclavekit.lint.model import Finding, Rule, Severity
-from enclavekit.attested_kms import condition_name
 from enclavekit.lint.rules._common import POSITIVE_STRING_OPS
 from enclavekit.lint.world import World
 from enclavekit.pcr import Measurements

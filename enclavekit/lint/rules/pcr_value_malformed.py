@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from enclavekit.lint.model import Finding, Rule, Severity
 from enclavekit.attested_kms import condition_name
+from enclavekit.lint.model import Finding, Rule, Severity
 from enclavekit.lint.rules._common import HEX96, attestation_conditions, where
 from enclavekit.lint.world import World
 

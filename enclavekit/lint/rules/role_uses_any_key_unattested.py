@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from enclavekit.attested_kms import ATTESTED_ACTIONS
 from enclavekit.lint.model import Finding, Rule, Severity
 from enclavekit.lint.resolve import ACCOUNT, PARTITION
-from enclavekit.attested_kms import ATTESTED_ACTIONS
 from enclavekit.lint.world import World
 from enclavekit.policy import evaluate
 
