@@ -19,6 +19,7 @@ import logging
 import socket
 from typing import Self
 
+from enclavekit.errors import InvalidInput
 from enclavekit.transport import ConnectionServer, VsockTransport, pump
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class LoopbackForwarder(ConnectionServer):
         listen_port: int = 0,
     ) -> None:
         if not connect_target:
-            raise ValueError("forwarder: expected a CONNECT target host:port, got none")
+            raise InvalidInput("forwarder: expected a CONNECT target host:port, got none")
         self.vsock, self.cid, self.port = vsock, cid, port
         self.connect_target = connect_target
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

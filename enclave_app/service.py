@@ -125,7 +125,7 @@ class EnclaveService:
         self.module_id = module_id
         self.tls = tls
         if kms_verify is False:  # the one thing KMS's identity rests on: never switched off
-            raise ValueError("kms_verify: expected True or a CA bundle path, got False")
+            raise InvalidInput("kms_verify: expected True or a CA bundle path, got False")
         self.kms_verify = kms_verify
         self.clock = clock
         self._state = "waiting"

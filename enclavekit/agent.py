@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from enclavekit import provisioning as prov
-from enclavekit.errors import EnclaveKitError, InvalidInput, ParentAgentError
+from enclavekit.errors import (
+    EnclaveKitError,
+    InvalidInput,
+    ParentAgentError,
+    aws_error,
+    one_line,
+)
 from enclavekit.transport import VsockTransport
 
 log = logging.getLogger("enclavekit.agent")
@@ -556,7 +562,7 @@ class ParentAgent:
             st = self._exchange(cid, prov.Status())
             why = st.last_error if isinstance(st, prov.StatusReport) else None
         except (EnclaveKitError, OSError, EOFError) as exc:
-            why = f"Status not read: {_one_line(exc)}"
+            why = f"Status not read: {one_line(exc)}"
         return SyncResult(
             "provisioned",
             secrets=tuple(n for n in names if n in held),
@@ -571,9 +577,9 @@ class ParentAgent:
         try:
             return self.provision_once(cid, force=force)
         except (EnclaveKitError, OSError, EOFError) as exc:
-            return SyncResult("error", error=_one_line(exc))
+            return SyncResult("error", error=one_line(exc))
         except Exception as exc:  # botocore's own errors: report, the loop retries
-            return SyncResult("error", error=f"{type(exc).__name__}: {_one_line(exc)}")
+            return SyncResult("error", error=f"{type(exc).__name__}: {one_line(exc)}")
 
     def sync_loop(
         self,
@@ -598,26 +604,19 @@ class ParentAgent:
             resync_event.clear()
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _aws(call: Callable[[], Any], what: str) -> Any:
     """Run one AWS call; its failure becomes a one-line ParentAgentError naming `what`."""
     try:
         return call()
     except Exception as exc:
-        response = getattr(exc, "response", None)
-        if isinstance(response, dict):  # botocore ClientError: AWS answered no
-            err = response.get("Error", {})
-            code = err.get("Code", "?")
+        answered = aws_error(exc)
+        if answered is not None:  # botocore ClientError: AWS answered no
+            code, message = answered
             if code in ("ParameterNotFound", "NoSuchKey", "NoSuchBucket"):
                 raise ParentAgentError(
                     f"{what}: not found ({code}); expected it to exist"
                 ) from None
-            raise ParentAgentError(
-                f"{what}: {code}: {_one_line(Exception(err.get('Message', '')))}"
-            ) from None
+            raise ParentAgentError(f"{what}: {code}: {message or 'Exception'}") from None
         if type(exc).__module__.startswith("botocore"):  # no answer: endpoint, network
-            raise ParentAgentError(f"{what}: {type(exc).__name__}: {_one_line(exc)}") from None
+            raise ParentAgentError(f"{what}: {type(exc).__name__}: {one_line(exc)}") from None
         raise

@@ -47,7 +47,7 @@ from enclavekit.eif import (
     signature_section,
     write_eif,
 )
-from enclavekit.errors import EifFormatError, InvalidInput
+from enclavekit.errors import EifFormatError, InvalidInput, os_reason
 from enclavekit.pcr import Measurements, pcr_of_content
 
 MANIFEST_NAME = "enclave.json"
@@ -302,9 +302,7 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise InvalidInput(
-            f"{what} {path}: cannot be read ({exc.strerror or type(exc).__name__})"
-        ) from None
+        raise InvalidInput(f"{what} {path}: cannot be read ({os_reason(exc)})") from None
 
 
 def app_entries(app_dir: Path, *, vendored: bool) -> list[CpioEntry]:
@@ -528,9 +526,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as exc:
-        raise InvalidInput(
-            f"output file {path}: cannot be written ({exc.strerror or type(exc).__name__})"
-        ) from None
+        raise InvalidInput(f"output file {path}: cannot be written ({os_reason(exc)})") from None
 
 
 # --------------------------------------------------------------------------------------- extract
@@ -598,9 +594,7 @@ def extract_customer_ramdisk(image: EifImage, dest: str | Path) -> AppLaunch:
                     fh.write(entry.data)
                 os.chmod(target, entry.mode or 0o644)
     except OSError as exc:
-        raise InvalidInput(
-            f"extract destination {root}: cannot write ({exc.strerror or type(exc).__name__})"
-        ) from None
+        raise InvalidInput(f"extract destination {root}: cannot write ({os_reason(exc)})") from None
     runtime = None
     custom = (image.metadata or {}).get("CustomMetadata")
     if isinstance(custom, Mapping) and isinstance(custom.get("EnclaveKit"), Mapping):

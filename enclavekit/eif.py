@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enclavekit.errors import EifFormatError, InvalidInput
+from enclavekit.errors import EifFormatError, InvalidInput, os_reason
 from enclavekit.pcr import HASH_ALGORITHM, Measurements, pcr8_of_certificate, pcr_of_content
 
 MAGIC = b".eif"
@@ -194,9 +194,7 @@ def _load(source: str | Path | bytes | bytearray | memoryview) -> tuple[bytes, s
     try:
         return path.read_bytes(), f"EIF {path}"
     except OSError as exc:
-        raise InvalidInput(
-            f"EIF file {path}: cannot be read ({exc.strerror or type(exc).__name__})"
-        ) from None
+        raise InvalidInput(f"EIF file {path}: cannot be read ({os_reason(exc)})") from None
 
 
 def _parse_signature(data: bytes, where: str) -> tuple[bytes, bytes]:

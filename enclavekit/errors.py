@@ -9,18 +9,29 @@
     │   ├── PolicyDocumentError     a policy document that is not valid IAM policy grammar
     │   └── TemplateError           a template / cloud assembly that cannot be read
     ├── CheckFailed                 a check ran and said no. CLI exit 1.
-    │   ├── AttestationError        a well-formed document that does not verify
-    │   └── VerificationFailed      an end-to-end verify step that failed
+    │   └── AttestationError        a well-formed document that does not verify
     ├── EmulatorError               the enclave emulator could not do what was asked
-    │   └── IsolationUnavailable    a kernel mechanism is not permitted here (we warn, carry on)
     ├── EnclaveAppError             the in-enclave program could not do what was asked (NSM, KMS)
     ├── ParentAgentError            the parent agent could not do what was asked (IMDS, S3, SSM)
-    └── BackendError                the local endpoint could not do what was asked
+    ├── BackendError                the local endpoint could not do what was asked
+    └── AwsRequestError             a request the local AWS endpoint answers with AWS error `code`
+        ├── AuthFailure             refused before authorization (local_backend.moto_ext.identity)
+        └── KmsRequestError         refused by the local KMS (local_backend.moto_ext.kms.models)
 
 Every message is one line that names the thing, the expected form and what was found.
+An AwsRequestError never reaches a command line: the server renders it as the service's wire
+error. Exceptions that stay outside the tree do so on purpose, each saying why where it is
+defined: moto's own exception classes (the server renders them as AWS does), and OSError where
+an emulation answers as the kernel would (a vsock port in use).
+
+Foreign errors are translated here, in one place: `one_line` (any exception, one line),
+`os_reason` (an OSError's reason), `aws_error` (botocore's ClientError: AWS's code and message,
+without importing botocore, so the enclave program may use it too).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class EnclaveKitError(Exception):
@@ -69,16 +80,8 @@ class AttestationError(CheckFailed):
     """A well-formed attestation document that does not verify."""
 
 
-class VerificationFailed(CheckFailed):
-    """An end-to-end verification step that failed."""
-
-
 class EmulatorError(EnclaveKitError):
     """The enclave emulator could not do what was asked."""
-
-
-class IsolationUnavailable(EmulatorError):
-    """A kernel isolation mechanism that this machine does not permit."""
 
 
 class EnclaveAppError(EnclaveKitError):
@@ -91,3 +94,33 @@ class ParentAgentError(EnclaveKitError):
 
 class BackendError(EnclaveKitError):
     """The local AWS endpoint could not do what was asked."""
+
+
+class AwsRequestError(EnclaveKitError):
+    """A request the local AWS endpoint answers with AWS error `code` and `message` (the
+    service's response layer renders it in its own wire form)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's text on one line (white space folded), or its type when it has none."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def os_reason(exc: OSError) -> str:
+    """Why an OS call failed, as the OS says it (`No such file or directory`)."""
+    return exc.strerror or one_line(exc)
+
+
+def aws_error(exc: BaseException) -> tuple[str, str] | None:
+    """(code, one-line message) when AWS answered the call with an error (botocore's
+    ClientError carries the parsed `response`); None when there was no answer at all."""
+    response: Any = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    err = response.get("Error") or {}
+    return str(err.get("Code", "?")), " ".join(str(err.get("Message", "")).split())

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from enclavekit.errors import InvalidInput
+
 LOCAL_ACCOUNT = "123456789012"
 LOCAL_REGION = "us-east-1"
 # The access key the local endpoint maps to the account root (moto's default identity).
@@ -94,7 +96,7 @@ def local_aws_env(
     so ~/.aws is never read; IMDS is disabled so no instance credentials are picked up.
     """
     if not endpoint.startswith(("http://localhost:", "http://127.", "http://[::1]:")):
-        raise ValueError(f"local endpoint must be a loopback http URL, got {endpoint!r}")
+        raise InvalidInput(f"local endpoint must be a loopback http URL, got {endpoint!r}")
     env = strip_aws_env(os.environ if base is None else base)
     empty = str(scratch_dir / "aws-empty-config") if scratch_dir else os.devnull
     if scratch_dir:
@@ -130,7 +132,7 @@ def local_client(
     """A boto3 client for `service` at the local `endpoint` (the account root unless other
     credentials are given). Credentials are explicit, so no chain, profile or IMDS is read."""
     if not endpoint.startswith(("http://localhost:", "http://127.", "http://[::1]:")):
-        raise ValueError(f"local endpoint must be a loopback http URL, got {endpoint!r}")
+        raise InvalidInput(f"local endpoint must be a loopback http URL, got {endpoint!r}")
     import boto3
 
     return boto3.session.Session().client(

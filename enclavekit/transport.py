@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol, Self
 
-from enclavekit.errors import EmulatorError, NsmMessageError
+from enclavekit.errors import EmulatorError, InvalidInput, NsmMessageError
 
 PARENT_CID = 3
 VMADDR_CID_ANY = 0xFFFFFFFF
@@ -199,7 +199,7 @@ class VsockTransport(Protocol):
 
 def _check_port(what: str, value: int, upper: int = 0xFFFFFFFF) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= upper:
-        raise ValueError(f"vsock {what}: expected an integer 0..{upper}, got {value!r}")
+        raise InvalidInput(f"vsock {what}: expected an integer 0..{upper}, got {value!r}")
 
 
 class AfVsock:
@@ -289,6 +289,8 @@ class EmulatedVsock:
                 try:
                     with unix_address(path) as addr:
                         probe.connect(addr)
+                    # OSError on purpose (outside our tree): the kernel's EADDRINUSE, as
+                    # AF_VSOCK answers a bind to a port in use.
                     raise OSError(98, f"vsock port {port} on cid {self.own_cid} is in use")
                 except ConnectionRefusedError:
                     path.unlink()  # stale socket of a dead listener

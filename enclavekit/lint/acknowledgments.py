@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from enclavekit.errors import InvalidInput
+
 ACK_METADATA = "enclavekit:acknowledge"
 RULE_ID = re.compile(r"^EK-[A-Z]+-\d{3}$")
 
@@ -24,11 +26,11 @@ class Acknowledgment:
 
     def __post_init__(self) -> None:
         if not RULE_ID.match(self.rule_id):
-            raise ValueError(
+            raise InvalidInput(
                 f"acknowledgment id: expected a rule id like EK-KMS-001, got {self.rule_id!r}"
             )
         if not self.reason.strip():
-            raise ValueError(f"acknowledgment of {self.rule_id}: a non-empty reason is required")
+            raise InvalidInput(f"acknowledgment of {self.rule_id}: a non-empty reason is required")
 
     def to_metadata(self) -> dict[str, str]:
         return {"id": self.rule_id, "reason": self.reason}

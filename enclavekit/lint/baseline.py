@@ -51,7 +51,7 @@ def _collect(doc: Any) -> set[str]:
         return out
     items = doc.get("findings") if isinstance(doc, dict) else doc  # ours / GitLab's list
     if not isinstance(items, list):
-        raise ValueError("found neither findings, a list nor SARIF runs")
+        raise InvalidInput("found neither findings, a list nor SARIF runs")
     return {
         i["fingerprint"]
         for i in items

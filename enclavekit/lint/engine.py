@@ -54,7 +54,7 @@ def load_key_policy(spec: str) -> tuple[str, str, Any]:
     try:
         text = Path(file).read_text(encoding="utf-8")
         if len(text) > 1024 * 1024:
-            raise ValueError(f"found {len(text)} characters (KMS allows 32 KB)")
+            raise InvalidInput(f"found {len(text)} characters (KMS allows 32 KB)")
         raw = load_json(_ACCOUNT_IN_ARN.sub(rf"\g<1>{ACCOUNT}:", text), "JSON")
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         reason = (str(exc).splitlines() or ["?"])[0][:200]

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from enclavekit.errors import InvalidInput
+
 if TYPE_CHECKING:
     from enclavekit.lint.world import World
 
@@ -47,7 +49,7 @@ class Finding:
 
     def __post_init__(self) -> None:
         if "\n" in self.message:
-            raise ValueError(f"finding message must be one line, got {self.message!r}")
+            raise InvalidInput(f"finding message must be one line, got {self.message!r}")
 
 
 RuleCheck = Callable[["World"], Iterable[Finding]]

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from enclavekit.errors import PolicyDocumentError
+
 EFFECTS = ("Allow", "Deny")
 QUALIFIERS = (None, "ForAnyValue", "ForAllValues")
 
@@ -37,7 +39,7 @@ class Condition:
 
     def __post_init__(self) -> None:
         if self.qualifier not in QUALIFIERS:
-            raise ValueError(
+            raise PolicyDocumentError(
                 f"Condition.qualifier must be one of {QUALIFIERS}, got {self.qualifier!r}"
             )
 
@@ -58,7 +60,9 @@ class Statement:
 
     def __post_init__(self) -> None:
         if self.effect not in EFFECTS:
-            raise ValueError(f"Statement.effect must be Allow or Deny, got {self.effect!r}")
+            raise PolicyDocumentError(
+                f"Statement.effect must be Allow or Deny, got {self.effect!r}"
+            )
 
     def label(self, index: int) -> str:
         """The Sid, or `#index` for statements without one (used in decisions)."""

@@ -11,7 +11,7 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any
 
-from enclavekit.errors import PolicyDocumentError
+from enclavekit.errors import InvalidInput, PolicyDocumentError
 
 from .conditions import OPERATORS, parse_operator, validate_values
 from .model import Condition, Policy, PrincipalRef, Statement
@@ -68,11 +68,11 @@ def load_json(text: str | bytes, what: str, limit: int = MAX_JSON_DEPTH) -> Any:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     if json_depth(text, limit) > limit:
-        raise ValueError(f"found {what} nested more than {limit} levels deep")
+        raise InvalidInput(f"found {what} nested more than {limit} levels deep")
     try:
         return json.loads(text)
     except RecursionError:  # belt and braces: the scan above should have caught it
-        raise ValueError(f"found {what} nested too deeply") from None
+        raise InvalidInput(f"found {what} nested too deeply") from None
 
 
 def parse_policy(doc: Mapping[str, Any] | str | bytes) -> Policy:

@@ -104,7 +104,7 @@ class LaunchSpec:
 
 
 class _Refused(OSError):
-    """A syscall the kernel refused."""
+    """A syscall the kernel refused (an OSError on purpose: it carries the kernel's errno)."""
 
 
 def _check(ret: int, what: str) -> None:

@@ -22,6 +22,7 @@ from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from enclavekit.errors import AwsRequestError
 from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_ACCOUNT, LOCAL_SECRET_ACCESS_KEY
 
 # access key -> (secret, account) of keys that act as an account root
@@ -46,15 +47,13 @@ _AUTH = re.compile(
 )
 
 
-class AuthFailure(Exception):
+class AuthFailure(AwsRequestError):
     """A request AWS would refuse before authorization; `code` is AWS's error code (JSON
     protocol spelling; the IAM layer translates it per protocol). `unsigned` names the
     headers that were present but not signed (S3 answers those with AccessDenied)."""
 
     def __init__(self, code: str, message: str, unsigned: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.unsigned = unsigned
 
 

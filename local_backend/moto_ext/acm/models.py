@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from moto.acm.models import AWSCertificateManagerBackend, CertBundle, acm_backends
 from moto.core.common_models import CloudFormationModel
 
-from enclavekit.errors import InvalidInput
+from enclavekit.errors import BackendError, InvalidInput
 
 ROOT_CN = "enclavekit local ACM root CA"
 LEAF_DAYS = 395
@@ -140,7 +140,7 @@ class LocalCa:
 def local_ca() -> LocalCa:
     """The CA of the state dir given to install()."""
     if _ca is None:
-        raise RuntimeError("local_backend.moto_ext.acm.install(state_dir) was not called")
+        raise BackendError("local_backend.moto_ext.acm.install(state_dir) was not called")
     return _ca
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enclavekit.errors import BackendError
 from enclavekit.localenv import local_aws_env
 from enclavekit.toolchain import PROJECT_ROOT
 
@@ -67,7 +68,7 @@ def wait_async_work(timeout: float) -> None:
         _async_cond.wait_for(lambda: _async["count"] <= 0, timeout)
 
 
-class RuntimeNotEmulated(Exception):
+class RuntimeNotEmulated(BackendError):
     """A function whose runtime (or packaging) the local runtime cannot run."""
 
 

@@ -17,15 +17,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from enclavekit.attested_kms import RECIPIENT_OPERATIONS, request_keys
-from enclavekit.errors import EnclaveKitError, PolicyDocumentError
+from enclavekit import attested_kms
+from enclavekit.errors import AwsRequestError, EnclaveKitError, PolicyDocumentError
 from enclavekit.policy import Decision, Policy, RequestContext, evaluate, evaluate_kms, parse_policy
 
 from ..identity import Caller, identity_policies
 
 # Operations that accept Recipient: enclavekit.attested_kms (moto 5.2.5 does not implement
 # DeriveSharedSecret at all, so that one fails in moto whatever its Recipient).
-RECIPIENT_ACTIONS = frozenset(RECIPIENT_OPERATIONS)
+RECIPIENT_ACTIONS = frozenset(attested_kms.RECIPIENT_OPERATIONS)
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
 MAX_ATTESTATION_DOCUMENT = 262144  # API_RecipientInfo: AttestationDocument 1..262144 bytes
 # Operations authorized by identity policies only (no key involved).
@@ -60,13 +60,8 @@ ENCRYPTION_ALGORITHM_ACTIONS = frozenset(
 )
 
 
-class KmsRequestError(Exception):
+class KmsRequestError(AwsRequestError):
     """A request KMS answers with error `code` (e.g. ValidationException)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -78,7 +73,7 @@ class AttestedRecipient:
 
     def condition_keys(self) -> dict[str, str]:
         """kms:RecipientAttestation:ImageSha384 (= PCR0) and :PCR<n>, lower-case hex."""
-        return request_keys(self.document.pcrs)
+        return attested_kms.request_keys(self.document.pcrs)
 
     def envelope(self, plaintext: bytes) -> str:
         """Base64 CiphertextForRecipient: CMS EnvelopedData to the document's key."""
@@ -150,8 +145,9 @@ def verify_recipient(recipient: Any, now: dt.datetime | None = None) -> Attested
         )
     from enclavekit import attestation
 
+    anchor = TRUST.anchor()  # outside the try: a missing anchor is KMS's fault, not the caller's
     try:
-        doc = attestation.verify(raw, TRUST.anchor(), at=now or dt.datetime.now(dt.UTC))
+        doc = attestation.verify(raw, anchor, at=now or dt.datetime.now(dt.UTC))
     except EnclaveKitError as exc:
         raise KmsRequestError(
             "ValidationException", f"The attestation document is not valid: {exc}"

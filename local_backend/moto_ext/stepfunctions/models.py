@@ -28,7 +28,10 @@ RUNNABLE = frozenset({"Task", "Pass", "Succeed", "Fail"})
 
 
 class TaskFailed(Exception):
-    """A state's error, with its ASL error name (`errorType` of a Lambda failure)."""
+    """A state's error, with its ASL error name (`errorType` of a Lambda failure).
+
+    Outside enclavekit.errors on purpose: it is the user's task failing (an ASL error the
+    interpreter catches and routes through Catch/Retry), not something enclavekit refuses."""
 
     def __init__(self, error: str, cause: str):
         super().__init__(f"{error}: {cause}")
