@@ -3,6 +3,8 @@
 Each command group lives in its own module with a `register(subparsers)` function; a handler
 returns the exit status (0 ok, 1 a check or finding failed, 2 bad usage or bad input).
 Errors from the parts arrive as `EnclaveKitError` and leave as one line on stderr.
+Imports: any part; `local_backend` only lazily, inside a handler, so `enclavekit lint` and the
+image commands run without the backend installed.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 `lint_paths(paths)` / `lint_templates(templates)` -> `Report`; reporters in
 `enclavekit.lint.reporters`; the CDK plugin in `enclavekit.lint.cdk_plugin` and the
 acknowledgment helper in `enclavekit.lint.acknowledge` (both import aws_cdk, so not here).
+Imports: the core (`enclavekit.policy`, `enclavekit.attested_kms`, `enclavekit.yamlsafe`, ...)
+and yaml; never the backend. `cdk_plugin`/`acknowledge` are the two aws_cdk exceptions
+(tests/test_import_rules.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """IAM policy model and evaluator with AWS semantics, for the local KMS and the linter.
 
 Pure: no I/O. `parse_policy` -> `Policy`; `evaluate_kms` / `evaluate` -> `Decision`.
+Imports: the stdlib and `enclavekit.errors` only.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Our extensions to moto, one package per service in moto's models/responses style.
 
 `install(state_dir)` patches moto in this process before the server starts serving; each
-service package's own `install` does its part and is idempotent.
+service package's own `install` does its part and is idempotent. Imports: moto, the core
+(`enclavekit.policy`, `enclavekit.attested_kms`, ...) and `local_backend` siblings.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Report writers, one module each: text (a table), json, sarif (2.1.0), junit (XML) and
-gitlab (Code Quality)."""
+gitlab (Code Quality). Imports: `enclavekit.lint.model`, `enclavekit.lint.baseline`,
+`enclavekit.errors` and the stdlib only."""
 
 from __future__ import annotations
 

@@ -1,0 +1,106 @@
+"""The dependency rule of docs/ARCHITECTURE.md ("Rooms and arrows"), enforced on the source.
+
+    enclave_constructs ─┐
+    local_backend ──────┼──> enclavekit (the core)
+    enclave_app ────────┘    (enclave_app: the pure format modules only)
+
+The core never imports the backend, the constructs, aws_cdk or moto. Where it still does, the
+entry is in ALLOWED with the reason it is still there; the list only shrinks: an entry that is
+no longer needed fails too, so remove it when its import goes.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+UPPER = ("local_backend", "enclave_constructs", "constructs", "aws_cdk", "moto", "enclave_app")
+# The modules the enclave image vendors (enclave_app/enclave.json): stdlib + cbor2 +
+# cryptography only, never aws_cdk, moto or yaml.
+PURE = json.loads((ROOT / "enclave_app" / "enclave.json").read_text())["vendor"]
+PURE_THIRD_PARTY = ("cbor2", "cryptography")
+
+# (core file, top-level package it imports) -> why it is still there.
+ALLOWED: dict[tuple[str, str], str] = {
+    ("enclavekit/cli/demo.py", "local_backend"): "the CLI calls every part (lazily, in handlers); "
+    "to leave the core as its own top-level package (issue 14)",
+    ("enclavekit/cli/deploy.py", "local_backend"): "the CLI calls every part (as above)",
+    ("enclavekit/cli/enclave.py", "local_backend"): "the CLI calls every part (as above)",
+    ("enclavekit/cli/local.py", "local_backend"): "the CLI calls every part (as above)",
+    ("enclavekit/pytest_plugin.py", "local_backend"): "the plugin drives a deployment; it moves "
+    "into the backend with the one deploy module (issue 14, after the boot-path work lands)",
+    ("enclavekit/lint/cdk_plugin.py", "aws_cdk"): "construct-side code (a CDK validation "
+    "plugin); to move next to the constructs",
+    ("enclavekit/lint/acknowledge.py", "aws_cdk"): "construct-side code (writes Metadata on a "
+    "construct); to move next to the constructs",
+    ("enclavekit/lint/acknowledge.py", "constructs"): "as above (IConstruct)",
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports, at any depth (lazy imports inside functions count)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def _top(module: str) -> str:
+    return module.split(".", 1)[0]
+
+
+def test_core_imports_nothing_above_it() -> None:
+    found: set[tuple[str, str]] = set()
+    for path in sorted((ROOT / "enclavekit").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        for module in _imports(path):
+            if _top(module) in UPPER:
+                found.add((rel, _top(module)))
+    new = sorted(found - set(ALLOWED))
+    stale = sorted(set(ALLOWED) - found)
+    assert not new, f"the core imports upward (see docs/ARCHITECTURE.md): {new}"
+    assert not stale, f"no longer imported: remove from ALLOWED in {__file__}: {stale}"
+
+
+def test_enclave_program_imports_only_pure_modules() -> None:
+    for path in sorted((ROOT / "enclave_app").rglob("*.py")):
+        for module in _imports(path):
+            top = _top(module)
+            assert top not in UPPER or top == "enclave_app", f"{path.name} imports {module}"
+            if top == "enclavekit" and module != "enclavekit":
+                owner = ".".join(module.split(".")[:2])
+                assert owner in PURE, f"{path.name} imports {module}: not a vendored pure module"
+
+
+def test_pure_modules_import_only_pure_modules() -> None:
+    import sys
+
+    for name in PURE:
+        path = ROOT / (name.replace(".", "/") + ".py")
+        for module in _imports(path):
+            top = _top(module)
+            if top == "enclavekit":
+                owner = ".".join(module.split(".")[:2])
+                assert module == "enclavekit" or owner in PURE, f"{name} imports {module}"
+            else:
+                assert top in sys.stdlib_module_names or top in PURE_THIRD_PARTY, (
+                    f"{name} imports {module}: the enclave image has only the stdlib, "
+                    f"{', '.join(PURE_THIRD_PARTY)} and the pure modules"
+                )
+
+
+def test_constructs_and_backend_do_not_import_each_other() -> None:
+    pairs = (
+        ("constructs/enclave_constructs", ("local_backend", "enclave_app")),
+        ("local_backend", ("enclave_constructs", "aws_cdk")),
+    )
+    for folder, banned in pairs:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            bad = sorted(m for m in _imports(path) if _top(m) in banned)
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
