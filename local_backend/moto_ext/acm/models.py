@@ -25,6 +25,8 @@ from moto.core.common_models import CloudFormationModel
 
 from enclavekit.errors import BackendError, InvalidInput
 
+from ..cfn_resource import CfnCall, CfnResource
+
 ROOT_CN = "enclavekit local ACM root CA"
 LEAF_DAYS = 395
 KEY_ALGORITHMS = ("RSA_2048", "EC_prime256v1", "EC_secp384r1")
@@ -169,44 +171,31 @@ def certificate_material(account_id: str, region: str, arn: str) -> tuple[str, s
     return bundle.cert.decode(), bundle.chain.decode(), bytes(bundle.key)
 
 
-class Certificate(CloudFormationModel):
-    """`AWS::CertificateManager::Certificate`, issued at once by the local CA."""
+class Certificate(CfnResource, CloudFormationModel):
+    """`AWS::CertificateManager::Certificate`, issued at once by the local CA.
+
+    Ref is the ARN; the resource has no GetAtt attributes. Every property requires replacement
+    on AWS: an update creates the new certificate first, then deletes the old one (the
+    default `cfn_update`)."""
+
+    CFN_TYPE = "AWS::CertificateManager::Certificate"
 
     def __init__(self, bundle: CertBundle, account_id: str, region: str):
         self.bundle = bundle
         self.account_id = account_id
         self.region = region
 
-    @staticmethod
-    def cloudformation_type() -> str:
-        return "AWS::CertificateManager::Certificate"
-
-    @staticmethod
-    def cloudformation_name_type() -> str:
-        return ""
-
     @property
     def physical_resource_id(self) -> str:
         return self.bundle.arn
 
     @classmethod
-    def has_cfn_attr(cls, attr: str) -> bool:
-        return False  # Ref is the ARN; the resource has no GetAtt attributes
-
-    @classmethod
-    def create_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> Certificate:
-        props = cloudformation_json.get("Properties", {})
+    def cfn_create(cls, call: CfnCall) -> Certificate:
+        props, account_id, region_name = call.props, call.account_id, call.region
         domain = props.get("DomainName")
         if not isinstance(domain, str):
             raise InvalidInput(
-                f"AWS::CertificateManager::Certificate {kwargs.get('LogicalId')}: "
+                f"AWS::CertificateManager::Certificate {call.logical_id}: "
                 f"DomainName must be a string, found {domain!r}"
             )
         if props.get("CertificateAuthorityArn"):
@@ -226,23 +215,6 @@ class Certificate(CloudFormationModel):
         if tags:
             bundle.tags.add(tags)
         return cls(bundle, account_id, region_name)
-
-    @classmethod
-    def update_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        original_resource: Certificate,
-        new_resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-    ) -> Certificate:
-        # Every property of this resource requires replacement on AWS; CFN creates the new
-        # certificate first, then deletes the old one.
-        new = cls.create_from_cloudformation_json(
-            new_resource_name, cloudformation_json, account_id, region_name
-        )
-        original_resource.delete(account_id, region_name)
-        return new
 
     def delete(self, account_id: str, region_name: str) -> None:
         backend = acm_backends[self.account_id][self.region]

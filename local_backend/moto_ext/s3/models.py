@@ -22,6 +22,8 @@ from moto.s3.models import FakeBucket, s3_backends
 from enclavekit.errors import InvalidInput
 from enclavekit.policy import action_matches, conditions_match, parse_policy, resource_matches
 
+from ..cfn_resource import CfnCall, CfnResource
+
 PARTITION = "aws"
 # Request context the bucket-policy check sees (loopback-only endpoint, see module doc).
 REQUEST_CONTEXT = {"aws:SecureTransport": "true"}
@@ -58,65 +60,40 @@ def install() -> None:
     FakeBucket.get_permission = _bucket_permission  # type: ignore[method-assign,assignment]
 
 
-class BucketPolicy(CloudFormationModel):
+class BucketPolicy(CfnResource, CloudFormationModel):
     """`AWS::S3::BucketPolicy`: puts the policy on the bucket; delete removes it."""
+
+    CFN_TYPE = "AWS::S3::BucketPolicy"
 
     def __init__(self, account_id: str, bucket: str, document: dict[str, Any]):
         self.account_id = account_id
         self.bucket = bucket
         self.document = document
 
-    @staticmethod
-    def cloudformation_type() -> str:
-        return "AWS::S3::BucketPolicy"
-
-    @staticmethod
-    def cloudformation_name_type() -> str:
-        return ""
-
     @property
     def physical_resource_id(self) -> str:
         return self.bucket
 
     @classmethod
-    def has_cfn_attr(cls, attr: str) -> bool:
-        return False
-
-    @classmethod
-    def create_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> BucketPolicy:
-        props = cloudformation_json.get("Properties", {})
+    def cfn_create(cls, call: CfnCall) -> BucketPolicy:
+        props = call.props
         bucket, document = props.get("Bucket"), props.get("PolicyDocument")
         if not isinstance(bucket, str) or not isinstance(document, dict):
             raise InvalidInput(
-                f"AWS::S3::BucketPolicy {kwargs.get('LogicalId')}: expected Bucket (string) and "
+                f"AWS::S3::BucketPolicy {call.logical_id}: expected Bucket (string) and "
                 f"PolicyDocument (object), found {type(bucket).__name__} and "
                 f"{type(document).__name__}"
             )
-        s3_backends[account_id][PARTITION].put_bucket_policy(bucket, json.dumps(document).encode())
-        return cls(account_id, bucket, document)
+        s3_backends[call.account_id][PARTITION].put_bucket_policy(
+            bucket, json.dumps(document).encode()
+        )
+        return cls(call.account_id, bucket, document)
 
     @classmethod
-    def update_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        original_resource: BucketPolicy,
-        new_resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-    ) -> BucketPolicy:
-        new_bucket = cloudformation_json.get("Properties", {}).get("Bucket")
-        if new_bucket != original_resource.bucket:
-            original_resource.delete(account_id, region_name)
-        return cls.create_from_cloudformation_json(
-            new_resource_name, cloudformation_json, account_id, region_name
-        )
+    def cfn_update(cls, old: BucketPolicy, call: CfnCall) -> BucketPolicy:
+        if call.props.get("Bucket") != old.bucket:
+            old.delete(call.account_id, call.region)
+        return cls.cfn_create(call)
 
     def delete(self, account_id: str, region_name: str) -> None:
         # If the bucket went first there is nothing left to remove.

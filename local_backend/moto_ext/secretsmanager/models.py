@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import secrets
 import string
+from dataclasses import replace
 from typing import Any
 
 from moto.cloudformation.exceptions import ValidationError
 from moto.core.common_models import CloudFormationModel
 from moto.secretsmanager.models import secretsmanager_backends
+
+from ..cfn_resource import CfnCall, CfnResource
 
 _PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 
@@ -86,8 +89,12 @@ def secret_string(props: dict[str, Any]) -> str:
     return json.dumps(body)
 
 
-class CfnSecret(CloudFormationModel):
+class CfnSecret(CfnResource, CloudFormationModel):
     """The CloudFormation face of one secret in moto's backend."""
+
+    CFN_TYPE = "AWS::SecretsManager::Secret"
+    CFN_NAME_PROPERTY = "Name"
+    CFN_ATTRIBUTES = frozenset({"Id"})
 
     def __init__(self, arn: str, name: str, account_id: str, region_name: str, props: dict):
         self.arn = arn
@@ -96,36 +103,17 @@ class CfnSecret(CloudFormationModel):
         self.region_name = region_name
         self.props = props
 
-    @staticmethod
-    def cloudformation_type() -> str:
-        return "AWS::SecretsManager::Secret"
-
-    @staticmethod
-    def cloudformation_name_type() -> str:
-        return "Name"
-
     @property
     def physical_resource_id(self) -> str:
         return self.arn
-
-    @classmethod
-    def has_cfn_attr(cls, attr: str) -> bool:
-        return attr == "Id"
 
     def get_cfn_attribute(self, attribute_name: str) -> Any:
         return self.arn
 
     @classmethod
-    def create_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> CfnSecret:
-        props = cloudformation_json.get("Properties") or {}
-        name = props.get("Name") or resource_name
+    def cfn_create(cls, call: CfnCall) -> CfnSecret:
+        props, account_id, region_name = call.props, call.account_id, call.region
+        name = props.get("Name") or call.name
         backend = secretsmanager_backends[account_id][region_name]
         created = json.loads(
             backend.create_secret(
@@ -143,20 +131,11 @@ class CfnSecret(CloudFormationModel):
         return cls(created["ARN"], name, account_id, region_name, props)
 
     @classmethod
-    def update_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        original_resource: CfnSecret,
-        new_resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-    ) -> CfnSecret:
-        props = cloudformation_json.get("Properties") or {}
+    def cfn_update(cls, original_resource: CfnSecret, call: CfnCall) -> CfnSecret:
+        props, account_id, region_name = call.props, call.account_id, call.region
         old = original_resource.props
         if (props.get("Name") or original_resource.name) != original_resource.name:
-            new = cls.create_from_cloudformation_json(
-                props["Name"], cloudformation_json, account_id, region_name
-            )
+            new = cls.cfn_create(replace(call, name=props["Name"]))
             original_resource.delete(account_id, region_name)
             return new
         value_changed = props.get("SecretString") != old.get("SecretString") or props.get(

@@ -1,0 +1,92 @@
+"""The CloudFormation boilerplate each of our moto resource models repeats, written once.
+
+moto deploys a resource type through a `CloudFormationModel` subclass and finds those by
+`CloudFormationModel.__subclasses__()` — direct subclasses only — so this is a mixin listed
+*before* it, not a base between them:
+
+    class BucketPolicy(CfnResource, CloudFormationModel):
+        CFN_TYPE = "AWS::S3::BucketPolicy"
+
+        @classmethod
+        def cfn_create(cls, call: CfnCall) -> BucketPolicy: ...
+
+The class says its type, the property that names it (none by default), its GetAtt attributes
+(none by default) and how to create it; `cfn_update` defaults to replacement (create the new
+resource, then delete the old one), which is what CloudFormation does for a property that
+requires replacement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+
+@dataclass(frozen=True)
+class CfnCall:
+    """One create or update as moto hands it over."""
+
+    name: str  # the physical name moto chose (or the new one on update)
+    props: dict[str, Any]  # the resource's Properties (intrinsics resolved)
+    account_id: str
+    region: str
+    logical_id: str | None = None  # set on create
+
+
+class CfnResource:
+    """Mixin for `CloudFormationModel` subclasses (see the module docstring)."""
+
+    CFN_TYPE: ClassVar[str]
+    CFN_NAME_PROPERTY: ClassVar[str] = ""  # the property that names the resource, if any
+    CFN_ATTRIBUTES: ClassVar[frozenset[str]] = frozenset()  # what Fn::GetAtt may ask
+
+    @classmethod
+    def cloudformation_type(cls) -> str:
+        return cls.CFN_TYPE
+
+    @classmethod
+    def cloudformation_name_type(cls) -> str:
+        return cls.CFN_NAME_PROPERTY
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr in cls.CFN_ATTRIBUTES
+
+    @classmethod
+    def cfn_create(cls, call: CfnCall) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def cfn_update(cls, old: Self, call: CfnCall) -> Self:
+        """Replacement: the new resource first, then the old one goes."""
+        new = cls.cfn_create(call)
+        old.delete(call.account_id, call.region)  # type: ignore[attr-defined]
+        return new
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[misc]
+        cls,
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> Self:
+        props = cloudformation_json.get("Properties") or {}
+        return cls.cfn_create(
+            CfnCall(resource_name, props, account_id, region_name, kwargs.get("LogicalId"))
+        )
+
+    @classmethod
+    def update_from_cloudformation_json(  # type: ignore[misc]
+        cls,
+        original_resource: Self,
+        new_resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+    ) -> Self:
+        props = cloudformation_json.get("Properties") or {}
+        return cls.cfn_update(
+            original_resource, CfnCall(new_resource_name, props, account_id, region_name)
+        )
