@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import string
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -146,6 +147,9 @@ class CfnSecret(CfnResource, CloudFormationModel):
             backend.update_secret(
                 original_resource.arn,
                 secret_string=secret_string(props),
+                # A new version, as CloudFormation's own PutSecretValue makes: moto refuses an
+                # update of an existing secret without a version token (ResourceExists).
+                client_request_token=str(uuid.uuid4()),
                 kms_key_id=props.get("KmsKeyId"),
                 description=props.get("Description"),
             )
