@@ -11,7 +11,6 @@ import base64
 import contextlib
 import datetime as dt
 import json
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from enclavekit.localenv import (
 from enclavekit.pcr import Measurements
 from enclavekit.pki import LocalPki
 from enclavekit.provisioning import CertificateBundle, Credentials
+from enclavekit.pytest_plugin import free_port
 from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.emulator.monitor import make_signer
 from local_backend.emulator.nsm_server import BootMeasurements, NsmDevice, NsmServer
@@ -51,12 +51,6 @@ DOMAIN = "app.example.test"
 KMS_HOST = f"kms.{LOCAL_REGION}.amazonaws.com"
 ROOT_ARN = f"arn:aws:iam::{LOCAL_ACCOUNT}:root"
 ATTESTED_ACTIONS = ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateRandom"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _name(cn: str) -> x509.Name:

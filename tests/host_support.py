@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import base64
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from enclavekit.pytest_plugin import free_port
 from local_backend.host import control
 from local_backend.host.layout import HostLayout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def instance_info(state_dir: Path, user_data: str | bytes, **extra: Any) -> dict[str, Any]:

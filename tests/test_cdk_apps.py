@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from enclavekit.localenv import local_client, strip_aws_env
+from enclavekit.pytest_plugin import free_port
 from local_backend import server
 from local_backend.cdk import bootstrap_target, cdk_env, run_cdk
 from local_backend.egress import egress_guard, is_loopback
@@ -44,16 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "cdk_apps"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.EndpointInfo]:
     state = tmp_path_factory.mktemp("state")
-    info = server.start(_free_port(), state)
+    info = server.start(free_port(), state)
     try:
         yield info
     finally:

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclavekit.localenv import local_aws_env
+from enclavekit.pytest_plugin import free_port
 from local_backend import server
 from local_backend.cdk import bootstrap_target, run_cdk
 
@@ -87,16 +88,10 @@ APP = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.EndpointInfo]:
     state = tmp_path_factory.mktemp("state")
-    info = server.start(_free_port(), state)
+    info = server.start(free_port(), state)
     try:
         yield info
     finally:

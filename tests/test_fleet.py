@@ -31,6 +31,7 @@ import pytest
 
 from enclavekit import provisioning as prov
 from enclavekit.localenv import local_aws_env
+from enclavekit.pytest_plugin import free_port
 from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend import server
 from local_backend.cdk import run_cdk
@@ -75,12 +76,6 @@ APP = textwrap.dedent(f'''
     cdk.CfnOutput(stack, "CertificateArn", value=certificate.certificate_arn)
     app.synth()
 ''')
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:
@@ -178,7 +173,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         )
     )
     state_dir = tmp_path_factory.mktemp("fleet-state")
-    port = _free_port()
+    port = free_port()
     try:
         result = up(app_dir, state_dir=state_dir, port=port)
         endpoint = server.running_endpoint(state_dir).endpoint

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +25,7 @@ from botocore.exceptions import ClientError
 
 from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_ACCOUNT, LOCAL_REGION
 from enclavekit.localenv import LOCAL_SECRET_ACCESS_KEY as LOCAL_SECRET
+from enclavekit.pytest_plugin import free_port
 from local_backend import server
 from local_backend.moto_ext.identity import (
     EC2_SERVICE_ACCESS_KEY_ID,
@@ -55,12 +55,6 @@ ACCOUNT_TRUST = {
         {"Effect": "Allow", "Principal": {"AWS": LOCAL_ACCOUNT}, "Action": "sts:AssumeRole"}
     ],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _doc(*statements: dict[str, Any]) -> str:
@@ -118,7 +112,7 @@ class Ep:
 @pytest.fixture(scope="module")
 def ep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ep]:
     state = tmp_path_factory.mktemp("iam-state")
-    info = server.start(_free_port(), state)
+    info = server.start(free_port(), state)
     try:
         e = Ep(info)
         s3 = e.client("s3")
@@ -533,7 +527,7 @@ def test_unmapped_call_is_allowed_with_a_warning_naming_it(ep: Ep, nobody: dict[
 
 def test_iam_off_is_moto_behaviour_and_shown_in_status(tmp_path: Path) -> None:
     state = tmp_path / "off"
-    info = server.start(_free_port(), state, iam="off")
+    info = server.start(free_port(), state, iam="off")
     try:
         assert info.iam == "off"
         st = server.status(state)

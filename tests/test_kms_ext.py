@@ -7,7 +7,6 @@ exactly as the enclave and the parent would drive AWS. Budget: well under 60 s.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,18 +30,13 @@ from enclavekit.localenv import (
     LOCAL_SECRET_ACCESS_KEY,
 )
 from enclavekit.pki import LocalPki
+from enclavekit.pytest_plugin import free_port
 from local_backend.moto_ext import kms as kms_ext
 
 ROOT = f"arn:aws:iam::{LOCAL_ACCOUNT}:root"
 PCRS = {0: bytes([1]) * 48, 1: bytes([2]) * 48, 2: bytes([3]) * 48}
 SECRET = b"the application secret"
 ATTESTED = ["kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyPair"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spki(key: rsa.RSAPrivateKey) -> bytes:
@@ -111,7 +105,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("kms")
     kms_ext.install(tmp / "state")
     pki = LocalPki.load_or_create(tmp / "state")
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -18,17 +18,12 @@ from botocore.exceptions import ClientError
 from cryptography import x509
 
 from enclavekit.localenv import local_aws_env
+from enclavekit.pytest_plugin import free_port
 from local_backend import server
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 AWS = ROOT / ".venv" / "bin" / "aws"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ek(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -44,7 +39,7 @@ def _ek(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 @pytest.fixture(scope="module")
 def state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int]]:
     state_dir = tmp_path_factory.mktemp("state")
-    port = _free_port()
+    port = free_port()
     res = _ek("local", "start", "--port", str(port), "--state-dir", str(state_dir))
     assert res.returncode == 0, res.stderr
     try:
