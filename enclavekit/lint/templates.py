@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from enclavekit import yamlsafe
 from enclavekit.errors import TemplateError
 from enclavekit.policy.parse import MAX_JSON_DEPTH, brief, load_json
 
@@ -25,6 +26,7 @@ from enclavekit.policy.parse import MAX_JSON_DEPTH, brief, load_json
 MAX_TEMPLATE_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = MAX_JSON_DEPTH
 MAX_EXPANDED = 4_000_000  # nodes + scalar characters after YAML aliases are expanded
+_NOUN = "a template"  # how the bounds' messages name what was expected
 
 
 class NotATemplate(TemplateError):
@@ -99,81 +101,23 @@ _CfnLoader.yaml_implicit_resolvers = {
 }
 
 
-def _yaml_bounds(text: str, where: str) -> None:
-    """Refuse nesting deeper than MAX_DEPTH from the event stream (the parser is iterative;
-    PyYAML's composer and constructor recurse per level)."""
-    depth = 0
-    for event in yaml.parse(text, Loader=_CfnLoader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise TemplateError(
-                    f"{where}: expected a template nested at most {MAX_DEPTH} levels deep, "
-                    f"found more (line {event.start_mark.line + 1})"
-                )
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-
-
-def _expanded_size(node: yaml.Node, where: str) -> int:
-    """Size of the document once aliases are expanded (nodes + scalar characters), computed
-    on the node graph with memoisation, so a billion-laughs file costs what its text costs."""
-    memo: dict[int, tuple[int, int]] = {}  # id(node) -> (size, depth)
-    active: set[int] = set()
-
-    def walk(n: yaml.Node, level: int) -> tuple[int, int]:
-        key = id(n)
-        if key in memo:
-            size, depth = memo[key]
-        else:
-            if key in active:
-                raise TemplateError(f"{where}: expected a template, found a recursive YAML alias")
-            if level > MAX_DEPTH:
-                raise TemplateError(
-                    f"{where}: expected a template nested at most {MAX_DEPTH} levels deep once "
-                    "YAML aliases are expanded, found more"
-                )
-            active.add(key)
-            size, depth = 1, 0
-            if isinstance(n, yaml.ScalarNode):
-                size += len(n.value)
-            else:
-                children = (
-                    n.value
-                    if isinstance(n, yaml.SequenceNode)
-                    else [c for pair in n.value for c in pair]
-                )
-                for child in children:
-                    csize, cdepth = walk(child, level + 1)
-                    size += csize
-                    depth = max(depth, cdepth + 1)
-                    if size > MAX_EXPANDED:
-                        break
-            active.discard(key)
-            memo[key] = (size, depth)
-        if size > MAX_EXPANDED:
-            raise TemplateError(
-                f"{where}: expected a template whose YAML aliases expand to at most "
-                f"{MAX_EXPANDED} nodes and characters, found more (an alias bomb?)"
-            )
-        if level + depth > MAX_DEPTH:
-            raise TemplateError(
-                f"{where}: expected a template nested at most {MAX_DEPTH} levels deep once "
-                "YAML aliases are expanded, found more"
-            )
-        return size, depth
-
-    return walk(node, 0)[0]
-
-
 def _yaml_load(text: str, where: str) -> tuple[Any, dict[str, int]]:
     loader: _CfnLoader | None = None
     try:
-        _yaml_bounds(text, where)
+        yamlsafe.check_depth(
+            text, where, loader=_CfnLoader, max_depth=MAX_DEPTH, error=TemplateError, noun=_NOUN
+        )
         loader = _CfnLoader(text)
         node = loader.get_single_node()
         if node is not None:
-            _expanded_size(node, where)
+            yamlsafe.check_expanded(
+                node,
+                where,
+                max_depth=MAX_DEPTH,
+                max_expanded=MAX_EXPANDED,
+                error=TemplateError,
+                noun=_NOUN,
+            )
         body = loader.construct_document(node) if node is not None else None
     except TemplateError:
         raise
