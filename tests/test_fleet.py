@@ -41,6 +41,9 @@ from local_backend.parent.agent import METADATA_KEY, read_state
 from local_backend.up import UpResult, up
 from local_backend.verify import CHECKS, verify
 
+# Real endpoint, real cdk CLI, parents and enclaves.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 STACK = "FleetStack"
 DOMAIN = "fleet.example.test"

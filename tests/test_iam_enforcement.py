@@ -32,6 +32,9 @@ from local_backend.moto_ext.identity import (
     EC2_SERVICE_SECRET_ACCESS_KEY,
 )
 
+# The real endpoint as a subprocess (module fixture) for almost every test.
+pytestmark = pytest.mark.slow
+
 ROOT = {"aws_access_key_id": LOCAL_ACCESS_KEY_ID, "aws_secret_access_key": LOCAL_SECRET}
 EC2 = {
     "aws_access_key_id": EC2_SERVICE_ACCESS_KEY_ID,

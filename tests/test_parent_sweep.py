@@ -8,7 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from local_backend.parent import sweep
+
+# Starts real processes and waits for the sweep to stop them.
+pytestmark = pytest.mark.slow
 
 
 def _fake_parent(instance_dir: Path) -> subprocess.Popen[bytes]:

@@ -124,6 +124,7 @@ def test_nothing_starts_unless_asked(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.slow  # a pytest subprocess: endpoint, bootstrap, five cdk deploys, an enclave
 def test_user_tests_with_the_fixtures(pytester: pytest.Pytester, tmp_path: Path) -> None:
     tiny = write_tiny_app(tmp_path / "tiny")
     readme = write_readme_app(tmp_path / "readme")
