@@ -108,7 +108,7 @@ def _check_third_party(name: str, source: bytes) -> None:
 
 def bundle_files() -> dict[str, bytes]:
     """Archive name -> bytes of everything in the bundle, sorted by name."""
-    core = build._core_dir()
+    core = build.core_dir()
     files: dict[str, bytes] = {"__main__.py": MAIN, "enclavekit/__init__.py": PACKAGE_INIT}
     roots: set[str] = set()
     for rel in CLI_FILES:

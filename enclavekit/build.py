@@ -234,7 +234,8 @@ def load_manifest(app_dir: str | Path) -> AppManifest:
 # ------------------------------------------------------------------------------------- vendoring
 
 
-def _core_dir() -> Path:
+def core_dir() -> Path:
+    """The directory of the installed enclavekit package (what vendoring copies from)."""
     return Path(enclavekit.__file__).resolve().parent
 
 
@@ -266,7 +267,7 @@ def resolve_vendor(modules: tuple[str, ...] | list[str]) -> dict[str, bytes]:
     Refuses a vendored module that imports a non-pure core module: whatever runs in the
     enclave must be measured and must not drag in aws_cdk or moto.
     """
-    core = _core_dir()
+    core = core_dir()
     todo = [m.split(".", 1)[1] for m in modules]
     out: dict[str, bytes] = {}
     while todo:
