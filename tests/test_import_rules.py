@@ -104,3 +104,30 @@ def test_constructs_and_backend_do_not_import_each_other() -> None:
         for path in sorted((ROOT / folder).rglob("*.py")):
             bad = sorted(m for m in _imports(path) if _top(m) in banned)
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def _relative_graph(package: Path) -> dict[str, set[str]]:
+    """module -> sibling modules it imports with `from .x import` (at any depth)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(package.glob("*.py")):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                deps.add(node.module.split(".")[0])
+        graph[path.stem] = deps
+    return graph
+
+
+def test_constructs_have_no_import_cycle() -> None:
+    """A construct module never imports, even lazily, one that imports it back."""
+    graph = _relative_graph(ROOT / "constructs" / "enclave_constructs")
+    graph.pop("__init__", None)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for dep in graph.get(start, ()):
+            if dep == goal or (dep not in seen and reaches(dep, goal, seen | {dep})):
+                return True
+        return False
+
+    cycles = sorted(m for m in graph if reaches(m, m, {m}))
+    assert not cycles, f"construct modules in an import cycle: {cycles}"

@@ -15,7 +15,7 @@ policy anywhere in the account can open a path around the attestation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jsii
 from aws_cdk import Annotations, RemovalPolicy, Stack
@@ -41,6 +41,17 @@ SEAL_ACTIONS: tuple[str, ...] = ("kms:Encrypt",)
 BINDABLE_PCRS = (0, 1, 2, 8)
 
 _counters: dict[str, int] = {}
+
+
+@runtime_checkable
+class EnclaveGrantee(Protocol):
+    """What grant_attested_decrypt needs of an enclave host beyond iam.IGrantable: the role its
+    enclave's KMS calls come from, and a place to list the key (the host's Metadata). Structural,
+    so this module does not import host.py (which imports this one)."""
+
+    role: iam.IRole
+
+    def register_attested_key(self, key: Any) -> None: ...
 
 
 class AttestedKey(Construct):
@@ -160,7 +171,7 @@ def _condition_values(image: EnclaveImage, pcrs: Sequence[int], image_sha384: bo
 
 def grant_attested_decrypt(
     key: Any,
-    grantee: Any,
+    grantee: iam.IGrantable | EnclaveGrantee,
     image: EnclaveImage,
     *,
     pcrs: Sequence[int] = (0, 1, 2),
@@ -170,11 +181,9 @@ def grant_attested_decrypt(
 
     `grantee` is an iam.IGrantable or an EnclaveHost (whose Metadata then lists the key).
     """
-    from .host import EnclaveHost
-
     kms_key = _kms_key(key)
-    host = grantee if isinstance(grantee, EnclaveHost) else None
-    principal_owner = host.role if host is not None else grantee
+    host = grantee if isinstance(grantee, EnclaveGrantee) else None
+    principal_owner: Any = host.role if host is not None else grantee
     if not hasattr(principal_owner, "grant_principal"):
         raise InvalidInput(f"grantee must be an iam.IGrantable or EnclaveHost, got {grantee!r}")
     values = _condition_values(image, pcrs, image_sha384)

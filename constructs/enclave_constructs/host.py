@@ -346,6 +346,10 @@ class EnclaveHost(Construct):
         """Record a key whose policy binds this host's image (grant_attested_decrypt calls it)."""
         self._attested_keys.append(key)
 
+    def has_attested_key(self, key: Any) -> bool:
+        """Whether `key` (a kms.Key or AttestedKey) was granted to this host's enclave."""
+        return _key_logical_id(key) in {_key_logical_id(k) for k in self._attested_keys}
+
     # ------------------------------------------------------------------ grants
     def grant_attested_decrypt(self, key: Any, *, pcrs: tuple[int, ...] = (0, 1, 2)) -> iam.Grant:
         """Let this host's enclave (and only an attested one) decrypt with `key`."""

@@ -17,7 +17,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct, IValidation
 from enclavekit.errors import InvalidInput
 
-from .host import EnclaveHost, _key_logical_id
+from .host import EnclaveHost
 
 UNSEALED = "enclavekit:unsealed"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -30,8 +30,7 @@ class _KeyBoundToHost:
 
     def validate(self) -> list[str]:
         host, key = self._secret.host, self._secret.key
-        bound = {_key_logical_id(k) for k in host._attested_keys}
-        if _key_logical_id(key) in bound:
+        if host.has_attested_key(key):
             return []
         return [
             f"secret {self._secret.name!r} is sealed under {key.node.path}, which has no "
