@@ -31,6 +31,7 @@ from .ciphertext import (
     parse_blob,
 )
 from .models import (
+    ENCRYPTION_ALGORITHM_ACTIONS,
     IDENTITY_ONLY_ACTIONS,
     KEY_PARAMS,
     NO_KEY_ACTIONS,
@@ -50,23 +51,14 @@ from .models import (
 _PATCHED = "_enclavekit_kms_patched"
 # Operations that use a key's material: refused for a disabled or pending-deletion key
 # (AWS: DisabledException / KMSInvalidStateException), whoever asks.
-CRYPTO_ACTIONS = frozenset(
-    {
-        "Encrypt",
-        "Decrypt",
-        "ReEncrypt",
-        "GenerateDataKey",
-        "GenerateDataKeyWithoutPlaintext",
-        "GenerateDataKeyPair",
-        "GenerateDataKeyPairWithoutPlaintext",
-        "Sign",
-        "Verify",
-        "GenerateMac",
-        "VerifyMac",
-        "GetPublicKey",
-        "DeriveSharedSecret",
-    }
-)
+CRYPTO_ACTIONS = ENCRYPTION_ALGORITHM_ACTIONS | {
+    "Sign",
+    "Verify",
+    "GenerateMac",
+    "VerifyMac",
+    "GetPublicKey",
+    "DeriveSharedSecret",
+}
 _ORIG: dict[str, Any] = {}
 KEY_PAIR_SPECS = {
     "RSA_2048": lambda: rsa.generate_private_key(65537, 2048),
