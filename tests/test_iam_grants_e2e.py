@@ -137,6 +137,12 @@ def test_deploy_ran_as_the_bootstrap_roles_without_a_denial(world: World) -> Non
     for role in ("deploy-role", "file-publishing-role"):
         assert re.search(rf"IAM: arn:aws:iam::\d+:root assumes \S+cdk-\w+-{role}-", log), role
     assert "IAM: ec2.amazonaws.com assumes arn:aws:iam::" in log  # the instance's role
+    # CloudFormation built the app's stack as the CDK's execution role, by its own policies
+    assert re.search(
+        rf"IAM: CloudFormation acts as arn:aws:sts::\d+:assumed-role/cdk-\w+-cfn-exec-role-"
+        rf"\S+/AWSCloudFormation for stack {STACK}\b",
+        log,
+    ), [ln for ln in log.splitlines() if "CloudFormation acts as" in ln]
 
 
 def test_every_step_passes_with_the_grants(world: World) -> None:
