@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..identity import Caller
-from . import models, responses
+from . import models, responses, service_roles
 
 log = logging.getLogger("enclavekit.iam")
 SESSION_NAME = "AWSCloudFormation"  # the session name CloudFormation uses for a service role
@@ -253,16 +253,6 @@ def _acting(stack: Any) -> Caller | None:
     return Caller("", account, role_arn, session, "role", name)
 
 
-def _assumable(role_arn: str, region: str) -> bool:
-    """The role's trust policy lets CloudFormation assume it."""
-    service = Caller("", role_arn.split(":")[4], CFN_SERVICE, CFN_SERVICE, "service")
-    keys = models.request_keys(service, region, {})
-    trust = models.resource_policy("sts", "sts:AssumeRole", role_arn, region)
-    if trust.policy is None or not trust.policy.statements:
-        return False
-    return models.decide(service, "sts:AssumeRole", role_arn, keys, [], trust).allowed
-
-
 def authorize(
     stack: Any, logical_id: str, resource_type: str, name: str, props: Props, update: bool
 ) -> None:
@@ -275,7 +265,8 @@ def authorize(
     _announce(stack, caller)
     if caller.kind == "root":
         return
-    if getattr(stack, "role_arn", None) and not _assumable(caller.principal, stack.region_name):
+    role_arn = getattr(stack, "role_arn", None)
+    if role_arn and not service_roles.may_assume(CFN_SERVICE, role_arn, stack.region_name).allowed:
         raise ResourceAccessDenied(f"Role {caller.principal} is invalid or cannot be assumed")
     rule = (UPDATE_ACTIONS.get(resource_type) if update else None) or TYPE_ACTIONS.get(
         resource_type
