@@ -25,7 +25,7 @@ from bench.bench_up import free_port, timed_cdk, write_trivial_app
 from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION
 from local_backend import server
 
-N = 90  # requests per call kind and endpoint (in 3 alternating rounds)
+N = 150  # requests per call kind and endpoint, alternating call by call
 DEPLOY_ROUNDS = 3  # deploys per mode, alternating (create, then updates)
 VALUE_VAR = "BENCH_BASELINE_VALUE"  # the trivial app's parameter value
 ACCOUNT_TRUST = {
@@ -86,33 +86,32 @@ def setup_calls(endpoint: str) -> dict[str, Callable[[], Any]]:
     }
 
 
-def p50_ms(call: Callable[[], Any], n: int = N) -> float:
-    call()  # warm-up
-    lat = []
+def interleaved_p50_ms(calls: dict[str, Callable[[], Any]], n: int = N) -> dict[str, float]:
+    """p50 latency (ms) of each mode's call, timed one call at a time in turn, so a burst of
+    load from other processes falls on both modes alike."""
+    for call in calls.values():
+        call()  # warm-up
+    lat: dict[str, list[float]] = {m: [] for m in calls}
     for _ in range(n):
-        t0 = time.perf_counter()
-        call()
-        lat.append(time.perf_counter() - t0)
-    return statistics.median(lat) * 1e3
+        for m, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            lat[m].append(time.perf_counter() - t0)
+    return {m: statistics.median(v) * 1e3 for m, v in lat.items()}
 
 
 def measure(work: Path, *, n: int = N, deploy: bool = True) -> dict[str, dict[str, float]]:
     """{row: {"on": value, "off": value}} for every request kind (ms) and the deploy (s).
 
-    Both endpoints run at once and the two are measured in alternating rounds, so load from
-    other processes on the machine falls on both alike."""
+    Both endpoints run at once and are measured call by call in turn (deploys in alternating
+    rounds), so load from other processes on the machine falls on both alike."""
     out: dict[str, dict[str, float]] = {}
     modes = ("on", "off")
     infos = {m: server.start(free_port(), work / f"state-{m}", iam=m) for m in modes}
     try:
         calls = {m: setup_calls(infos[m].endpoint) for m in modes}
-        rounds = 3
         for name in calls["on"]:
-            samples: dict[str, list[float]] = {m: [] for m in modes}
-            for _ in range(rounds):
-                for m in modes:
-                    samples[m].append(p50_ms(calls[m][name], max(1, n // rounds)))
-            out[f"{name} p50 ms"] = {m: statistics.median(samples[m]) for m in modes}
+            out[f"{name} p50 ms"] = interleaved_p50_ms({m: calls[m][name] for m in modes}, n)
         if deploy:
             out.update(_deploys(work, {m: infos[m].endpoint for m in modes}))
     finally:
