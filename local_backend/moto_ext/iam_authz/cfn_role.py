@@ -319,7 +319,7 @@ def _warn_unmapped(resource_type: str) -> None:
             return
         _WARNED.add(resource_type)
     log.warning(
-        "IAM: CloudFormation type %s is not mapped to IAM actions: built unchecked", (resource_type)
+        "IAM: CloudFormation type %s is not mapped to IAM actions: built unchecked", resource_type
     )
 
 
