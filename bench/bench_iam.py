@@ -4,14 +4,16 @@
 Requests: as a role session whose inline policy grants exactly what is called (so every call
 is evaluated and allowed), p50 latency of S3 GetObject, SSM GetParameter, EC2
 DescribeInstances, STS AssumeRole (trust policy + identity policy) and IAM GetRole.
-Deploy: `cdk bootstrap` + `cdk deploy` of a trivial CDK app (one SSM parameter; bench_up's
-baseline app) with the real cdk CLI; with enforcement on the CLI assumes the bootstrap roles
-and every call it and they make is authorized.
+Deploy: `cdk bootstrap`, then three `cdk deploy`s of a trivial CDK app (one SSM parameter;
+bench_up's baseline app; a create, then two updates) with the real cdk CLI; with enforcement
+on, the CLI assumes the bootstrap roles, every call it and they make is authorized and
+CloudFormation builds the stack as the cfn-exec role.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -23,7 +25,9 @@ from bench.bench_up import free_port, timed_cdk, write_trivial_app
 from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION
 from local_backend import server
 
-N = 90  # requests per call kind and endpoint (in 3 alternating rounds)
+N = 150  # requests per call kind and endpoint, alternating call by call
+DEPLOY_ROUNDS = 3  # deploys per mode, alternating (create, then updates)
+VALUE_VAR = "BENCH_BASELINE_VALUE"  # the trivial app's parameter value
 ACCOUNT_TRUST = {
     "Version": "2012-10-17",
     "Statement": [
@@ -82,52 +86,71 @@ def setup_calls(endpoint: str) -> dict[str, Callable[[], Any]]:
     }
 
 
-def p50_ms(call: Callable[[], Any], n: int = N) -> float:
-    call()  # warm-up
-    lat = []
+def interleaved_p50_ms(calls: dict[str, Callable[[], Any]], n: int = N) -> dict[str, float]:
+    """p50 latency (ms) of each mode's call, timed one call at a time in turn, so a burst of
+    load from other processes falls on both modes alike."""
+    for call in calls.values():
+        call()  # warm-up
+    lat: dict[str, list[float]] = {m: [] for m in calls}
     for _ in range(n):
-        t0 = time.perf_counter()
-        call()
-        lat.append(time.perf_counter() - t0)
-    return statistics.median(lat) * 1e3
+        for m, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            lat[m].append(time.perf_counter() - t0)
+    return {m: statistics.median(v) * 1e3 for m, v in lat.items()}
 
 
 def measure(work: Path, *, n: int = N, deploy: bool = True) -> dict[str, dict[str, float]]:
     """{row: {"on": value, "off": value}} for every request kind (ms) and the deploy (s).
 
-    Both endpoints run at once and the two are measured in alternating rounds, so load from
-    other processes on the machine falls on both alike."""
+    Both endpoints run at once and are measured call by call in turn (deploys in alternating
+    rounds), so load from other processes on the machine falls on both alike."""
     out: dict[str, dict[str, float]] = {}
     modes = ("on", "off")
     infos = {m: server.start(free_port(), work / f"state-{m}", iam=m) for m in modes}
     try:
         calls = {m: setup_calls(infos[m].endpoint) for m in modes}
-        rounds = 3
         for name in calls["on"]:
-            samples: dict[str, list[float]] = {m: [] for m in modes}
-            for _ in range(rounds):
-                for m in modes:
-                    samples[m].append(p50_ms(calls[m][name], max(1, n // rounds)))
-            out[f"{name} p50 ms"] = {m: statistics.median(samples[m]) for m in modes}
+            out[f"{name} p50 ms"] = interleaved_p50_ms({m: calls[m][name] for m in modes}, n)
         if deploy:
-            target = f"aws://{LOCAL_ACCOUNT}/{LOCAL_REGION}"
-            for m in modes:
-                app = write_trivial_app(work / f"app-{m}")
-                seconds = timed_cdk(["bootstrap", target], work, infos[m].endpoint)
-                seconds += timed_cdk(
-                    ["deploy", "--require-approval", "never"], app, infos[m].endpoint
-                )
-                out.setdefault("bootstrap + deploy s", {})[m] = seconds
+            out.update(_deploys(work, {m: infos[m].endpoint for m in modes}))
     finally:
         for m in modes:
             server.stop(work / f"state-{m}")
     return out
 
 
+def _deploys(work: Path, endpoints: dict[str, str]) -> dict[str, dict[str, float]]:
+    """`cdk bootstrap`, then DEPLOY_ROUNDS deploys per mode in alternating rounds (the first
+    creates the stack, each later one updates its parameter): the median of each."""
+    target = f"aws://{LOCAL_ACCOUNT}/{LOCAL_REGION}"
+    apps = {m: write_trivial_app(work / f"app-{m}") for m in endpoints}
+    boot = {m: timed_cdk(["bootstrap", target], work, ep) for m, ep in endpoints.items()}
+    samples: dict[str, list[float]] = {m: [] for m in endpoints}
+    before = os.environ.get(VALUE_VAR)
+    try:
+        for i in range(DEPLOY_ROUNDS):
+            os.environ[VALUE_VAR] = f"round-{i}"  # the app reads it: each round is a change
+            for m, ep in endpoints.items():
+                deploy = ["deploy", "--require-approval", "never"]
+                samples[m].append(timed_cdk(deploy, apps[m], ep))
+    finally:
+        if before is None:
+            os.environ.pop(VALUE_VAR, None)
+        else:
+            os.environ[VALUE_VAR] = before
+    return {
+        "cdk bootstrap s": boot,
+        f"cdk deploy s (median of {DEPLOY_ROUNDS})": {
+            m: statistics.median(v) for m, v in samples.items()
+        },
+    }
+
+
 def table(rows: dict[str, dict[str, float]]) -> str:
-    lines = [f"{'':28} {'iam on':>10} {'iam off':>10} {'on/off':>8}"]
+    lines = [f"{'':32} {'iam on':>10} {'iam off':>10} {'on/off':>8}"]
     for name, v in rows.items():
-        lines.append(f"{name:28} {v['on']:10.2f} {v['off']:10.2f} {v['on'] / v['off']:7.2f}x")
+        lines.append(f"{name:32} {v['on']:10.2f} {v['off']:10.2f} {v['on'] / v['off']:7.2f}x")
     return "\n".join(lines)
 
 

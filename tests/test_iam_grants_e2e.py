@@ -4,6 +4,11 @@ One real deployment of the sample app (real cdk CLI, enforcement on). Then, per 
 statement is taken out of the role's policy through the IAM API, the parent's own step is run
 again with the instance role's credentials (EC2 assumes the role, as IMDS hands it out), and
 it fails at that step with the denied action named; the policy is put back and the step passes.
+Two steps are not the Metadata-booted parent's: the agent zipapp download (the user-data
+host's `aws s3 cp`) and the ACM agent's `iam:GetRole`; they are made here with the same
+credentials. The EIF and the agent zipapp share one CDK asset statement (the CDK merges the
+two identical bucket grants), so removing it fails both. The association's kms:Decrypt is
+exercised by the ACM agent set-up (tests of the ACM agent host).
 """
 
 from __future__ import annotations
@@ -99,6 +104,18 @@ GRANTS: list[tuple[str, Callable[[dict[str, Any]], bool], str, str]] = [
         "s3:GetObject",
     ),
     (
+        "agent asset read (the zipapp the host's user data fetches)",
+        lambda s: "cdk-" in _resources(s) and any(a.startswith("s3:") for a in _actions(s)),
+        "fetch_agent_bundle",
+        "s3:GetObject",
+    ),
+    (
+        "ACM agent's iam:GetRole on its own role",
+        lambda s: "iam:GetRole" in _actions(s),
+        "get_own_role",
+        "iam:GetRole",
+    ),
+    (
         "SSM parameter read",
         lambda s: any(a.startswith("ssm:") for a in _actions(s)),
         "sealed_secrets",
@@ -119,8 +136,37 @@ GRANTS: list[tuple[str, Callable[[dict[str, Any]], bool], str, str]] = [
 ]
 
 
+def _as_role(w: World, service: str, creds: Any) -> Any:
+    return w.ep.client(
+        service,
+        aws_access_key_id=creds.access_key_id,
+        aws_secret_access_key=creds.secret_access_key,
+        aws_session_token=creds.session_token,
+    )
+
+
+def _fetch_agent_bundle(w: World, creds: Any) -> bytes:
+    """What the host's user data does (`aws s3 cp` of the agent zipapp asset) with the
+    instance role's credentials; the Metadata boot path runs the agent from the repo."""
+    s3 = w.ep.client("s3")
+    bucket = next(b["Name"] for b in s3.list_buckets()["Buckets"] if "cdk-" in b["Name"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    key = next(k for k in keys if k.endswith(".pyz"))
+    return bytes(_as_role(w, "s3", creds).get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def _get_own_role(w: World, creds: Any) -> Any:
+    """What the ACM for Nitro Enclaves agent calls first: iam:GetRole on its own role."""
+    return _as_role(w, "iam", creds).get_role(RoleName=w.role_name)["Role"]
+
+
+OWN_STEPS = {"fetch_agent_bundle": _fetch_agent_bundle, "get_own_role": _get_own_role}
+
+
 def _step(w: World, step: str) -> Any:
     creds = w.parent.role_credentials()
+    if step in OWN_STEPS:
+        return OWN_STEPS[step](w, creds)
     fn = getattr(w.parent, step)
     return fn(creds)
 
@@ -137,6 +183,12 @@ def test_deploy_ran_as_the_bootstrap_roles_without_a_denial(world: World) -> Non
     for role in ("deploy-role", "file-publishing-role"):
         assert re.search(rf"IAM: arn:aws:iam::\d+:root assumes \S+cdk-\w+-{role}-", log), role
     assert "IAM: ec2.amazonaws.com assumes arn:aws:iam::" in log  # the instance's role
+    # CloudFormation built the app's stack as the CDK's execution role, by its own policies
+    assert re.search(
+        rf"IAM: CloudFormation acts as arn:aws:sts::\d+:assumed-role/cdk-\w+-cfn-exec-role-"
+        rf"\S+/AWSCloudFormation for stack {STACK}\b",
+        log,
+    ), [ln for ln in log.splitlines() if "CloudFormation acts as" in ln]
 
 
 def test_every_step_passes_with_the_grants(world: World) -> None:

@@ -345,6 +345,12 @@ def authenticate_presigned(
 
 def identity_policies(caller: Caller) -> list[dict[str, Any]]:
     """The caller's identity-based policies (inline + attached managed; users: + groups)."""
+    return [_as_doc(p) for p in stored_identity_policies(caller)]
+
+
+def stored_identity_policies(caller: Caller) -> list[Any]:
+    """The same policies as moto stores them (JSON or URL-encoded text, or dicts), so a
+    caller may cache its parse on the stored text."""
     if caller.kind == "root":
         return []
     iam = _iam(caller.account)
@@ -356,13 +362,13 @@ def identity_policies(caller: Caller) -> list[dict[str, Any]]:
     else:
         holders.append(iam.get_user(caller.name))
         holders.extend(iam.get_groups_for_user(caller.name))
-    docs: list[dict[str, Any]] = []
+    docs: list[Any] = []
     for h in holders:
-        docs.extend(_as_doc(p) for p in h.policies.values())
+        docs.extend(h.policies.values())
         for managed in h.managed_policies.values():
             version = next((v for v in managed.versions if v.is_default), None)
             if version is not None:
-                docs.append(_as_doc(version.document))
+                docs.append(version.document)
     return docs
 
 

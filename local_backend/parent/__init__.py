@@ -152,6 +152,10 @@ def start_parent(info: Any) -> None:
     (d / INSTANCE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     (d / "parent.json").unlink(missing_ok=True)
     env = local_aws_env(record["endpoint"], region=info.region, scratch_dir=d / "aws")
+    # An instance holds no account key: the parent gets its role from EC2 (ec2_sts), as IMDS
+    # hands it out; the root key must not reach it or anything it starts.
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
     with open(d / "parent.log", "ab") as out:
         proc = subprocess.Popen(

@@ -4,11 +4,12 @@
 pinned in package.json on NODE_PATH (what the managed runtime provides); `python*` functions run
 on the project interpreter (boto3 included). The function's zip is unpacked once per code hash
 under `<state>/lambda/`. Each invocation gets the Lambda environment (AWS_LAMBDA_*, the
-function's variables, LAMBDA_TASK_ROOT), credentials for the local endpoint only
-(`enclavekit.localenv`, nothing of the caller's), the function's timeout ("Task timed out
-after N seconds", as AWS says) and its output in the local CloudWatch Logs group
-`/aws/lambda/<name>`. Handlers sit behind the endpoint's egress guard (local_backend.egress):
-a connection to anything but loopback is refused and logged with its host.
+function's variables, LAMBDA_TASK_ROOT), its execution role's session credentials for the
+local endpoint only (`enclavekit.localenv`, nothing of the caller's, never the root key), the
+function's timeout ("Task timed out after N seconds", as AWS says) and its output in the local
+CloudWatch Logs group `/aws/lambda/<name>`. Handlers sit behind the endpoint's egress guard
+(local_backend.egress): a connection to anything but loopback is refused and logged with its
+host.
 """
 
 from __future__ import annotations
@@ -175,11 +176,27 @@ def _egress_env() -> dict[str, str]:
         return dict(_guard["guard"].env())
 
 
+def _role_session(fn: Any, region: str) -> Any:
+    """The execution role's session, as Lambda hands it to a function (`assumed-role/<role>/
+    <function>`): the handler acts with the role's policies, never the account root's key."""
+    from local_backend.moto_ext.iam_authz import service_roles
+
+    return service_roles.assume("lambda.amazonaws.com", str(fn.role), fn.function_name, region)
+
+
 def _environment(fn: Any, code_dir: Path, request_id: str, account_id: str, region: str) -> dict:
     # The function's variables first, then the local endpoint's credentials over them (AWS
     # reserves AWS_* names; nothing a template sets can point a handler at a real account).
     variables = {str(k): str(v) for k, v in (fn.environment_vars or {}).items()}
-    env = local_aws_env(endpoint(), base={**_base_env(), **variables}, region=region)
+    session = _role_session(fn, region)
+    env = local_aws_env(
+        endpoint(),
+        base={**_base_env(), **variables},
+        region=region,
+        access_key_id=session.access_key_id,
+        secret_access_key=session.secret_access_key,
+        session_token=session.session_token,
+    )
     env.update(_egress_env())
     env.update(
         LAMBDA_TASK_ROOT=str(code_dir),
@@ -215,8 +232,13 @@ def invoke(fn: Any, event: Any, *, account_id: str, region: str) -> Invocation:
         event_file, result_file = Path(tmp) / "event.json", Path(tmp) / "result.json"
         event_file.write_text(json.dumps(event))
         argv = _command(fn, event_file, result_file)
-        env = _environment(fn, code_dir, request_id, account_id, region)
         start = time.monotonic()
+        try:
+            env = _environment(fn, code_dir, request_id, account_id, region)
+        except Exception as exc:  # noqa: BLE001 - ServiceCannotAssume: the invocation fails
+            log.warning("lambda %s: %s", fn.function_name, exc)
+            message = "The role defined for the function cannot be assumed by Lambda."
+            return Invocation(False, None, "InvalidParameterValueException", message, str(exc))
         try:
             proc = subprocess.run(
                 argv,

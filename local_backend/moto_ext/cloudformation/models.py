@@ -198,6 +198,7 @@ def _parse_and_create_resource(
 ) -> Any:
     raw_json = copy.deepcopy(resource_json)
     try:
+        _create_dependencies(resource_json, resources_map)
         resource = _original_create(
             logical_id, resource_json, resources_map, account_id, region_name
         )
@@ -209,6 +210,16 @@ def _parse_and_create_resource(
     if resource is not None:
         inplace.remember(resource, raw_json)
     return resource
+
+
+def _create_dependencies(resource_json: dict[str, Any], resources_map: Any) -> None:
+    """CloudFormation creates what a resource `DependsOn` before it. moto's change-set path
+    creates added resources in set order, so a custom resource could run before the IAM
+    policy it depends on (and be denied, now that its Lambda acts as its role)."""
+    depends = resource_json.get("DependsOn") or []
+    for name in [depends] if isinstance(depends, str) else depends:
+        if isinstance(name, str) and name in resources_map._resource_json_map:
+            _ = resources_map[name]  # moto's map creates a resource on first access
 
 
 def _tag_ec2(

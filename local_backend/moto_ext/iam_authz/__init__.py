@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import actions, models, responses
+from . import actions, cfn_role, models, responses
 
-__all__ = ["actions", "install", "models", "responses"]
+__all__ = ["actions", "cfn_role", "install", "models", "responses"]
 _PATCHED = "_enclavekit_iam_patched"
 OBJECT_ACTION = {
     "GET": "GetObject",
@@ -30,6 +30,7 @@ def install(enabled: bool = True) -> None:
 
     models.install_aws_managed_policies()
     _install_cfn_managed_policy_arns()
+    cfn_role.install()
     if getattr(ActionAuthenticatorMixin, _PATCHED, False):
         return
     ActionAuthenticatorMixin._authenticate_and_authorize_normal_action = (  # type: ignore[method-assign]

@@ -26,7 +26,7 @@ from enclavekit.errors import PolicyDocumentError
 from enclavekit.policy import Policy, RequestContext, parse_policy, statement_matches
 from enclavekit.policy.evaluate import request_matches, root_arn
 
-from ..identity import Caller, identity_policies
+from ..identity import Caller, stored_identity_policies
 
 log = logging.getLogger("enclavekit.iam")
 DATA = Path(__file__).resolve().parent / "data" / "aws_managed_policies.json"
@@ -72,14 +72,24 @@ def parse_text(doc: Any) -> Policy | None:
     if isinstance(doc, bytes):
         doc = doc.decode("utf-8", "replace")
     if isinstance(doc, str):
-        if not doc.lstrip().startswith("{"):
-            from urllib.parse import unquote
+        return _parse_stored(doc)  # cached on the stored text: no JSON work per request
+    return _parse_doc(doc)
 
-            doc = unquote(doc)
-        try:
-            doc = json.loads(doc)
-        except ValueError:
-            return None
+
+@lru_cache(maxsize=1024)
+def _parse_stored(text: str) -> Policy | None:
+    if not text.lstrip().startswith("{"):
+        from urllib.parse import unquote
+
+        text = unquote(text)
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return _parse_doc(doc)
+
+
+def _parse_doc(doc: Any) -> Policy | None:
     if isinstance(doc, dict) and isinstance(doc.get("Statement"), list):
         # moto's CloudFormation renders `Fn::If [..., Ref AWS::NoValue]` list items as null;
         # CloudFormation removes them (the CDK bootstrap roles' trust policies have two).
@@ -92,7 +102,7 @@ def caller_policies(caller: Caller) -> list[Policy]:
     if caller.kind not in ("user", "role"):
         return []
     out = []
-    for doc in identity_policies(caller):
+    for doc in stored_identity_policies(caller):
         pol = parse_text(doc)
         if pol is not None:
             out.append(pol)

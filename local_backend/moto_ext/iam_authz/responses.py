@@ -24,6 +24,7 @@ log = logging.getLogger("enclavekit.iam")
 _STATE = {"enabled": True}
 _UNMAPPED_SEEN: set[str] = set()
 _LOCK = threading.Lock()
+_REQUEST = threading.local()  # the caller of the CloudFormation request this thread serves
 # botocore's S3 REST action names where IAM's differ (Service Authorization Reference, S3)
 S3_IAM_ACTION = {
     "HeadBucket": "ListBucket",
@@ -218,6 +219,8 @@ def normal_action(self: Any, resource: str = "*") -> None:
     if service in ("kms", "s3"):
         return  # KMS authorizes itself; S3 calls the S3 hook
     caller = _caller(self, service)
+    if service == "cloudformation":  # it acts as this caller when a stack has no RoleARN
+        _REQUEST.caller = caller
     op = self._get_action()
     try:
         needs = actions.needs(service, self.region, caller.account, op, _params(self, service))
@@ -281,6 +284,11 @@ def unmapped_seen() -> list[str]:
     """The unmapped calls answered so far (each was allowed with a warning)."""
     with _LOCK:
         return sorted(_UNMAPPED_SEEN)
+
+
+def request_caller() -> Caller | None:
+    """The authenticated caller of the CloudFormation request this thread serves."""
+    return getattr(_REQUEST, "caller", None)
 
 
 def set_enabled(enabled: bool) -> None:
