@@ -347,6 +347,45 @@ def test_enclavekit_cdk_egress_guard(endpoint: server.EndpointInfo, tmp_path: Pa
     assert "bypassing the app's own cdk CLI 2.100.0" in err
 
 
+@pytest.mark.slow
+def test_up_and_plugin_run_cdk_behind_the_egress_guard(
+    endpoint: server.EndpointInfo, tmp_path: Path
+) -> None:
+    """`enclavekit up` and the pytest plugin's cdk runner start the CLI as `enclavekit cdk`
+    does: an app reaching for an AWS hostname is refused at once, and the failure names it."""
+    from enclavekit import pytest_plugin as plugin
+    from enclavekit.errors import EnclaveKitError
+    from local_backend.up import Progress, up
+
+    app = tmp_path / "egress-up-app"
+    app.mkdir()
+    (app / "app.py").write_text(EGRESS_APP)
+    (app / "cdk.json").write_text(json.dumps({"app": "python3 app.py"}))
+    refused = "enclavekit egress guard: refused sts.us-east-1.amazonaws.com:443"
+    with pytest.raises(EnclaveKitError) as failed:
+        up(
+            app,
+            state_dir=Path(endpoint.state_dir),
+            port=endpoint.port,
+            progress=Progress(io.StringIO()),
+            run_verify=False,
+        )
+    message = str(failed.value)
+    assert message.startswith("synth:") and refused in message, message
+    assert "app: cannot reach sts.us-east-1.amazonaws.com" in message and "403" in message
+    assert "REACHED" not in message
+
+    local = plugin.LocalEndpoint(
+        url=endpoint.endpoint,
+        port=endpoint.port,
+        state_dir=Path(endpoint.state_dir),
+        pid=endpoint.pid,
+    )
+    run = plugin.run_cdk(local, app, ["synth"], timeout=120)
+    assert run.returncode != 0 and refused in run.output, run.output
+    assert "REACHED" not in run.output
+
+
 def test_egress_guard_refuses_non_loopback_and_passes_loopback() -> None:
     assert is_loopback("localhost") and is_loopback("127.0.0.9") and is_loopback("[::1]")
     assert is_loopback("bucket.localhost")

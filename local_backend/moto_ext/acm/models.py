@@ -4,7 +4,8 @@ Stock moto leaves a requested certificate PENDING_VALIDATION and signs it with a
 root. Locally there is no DNS to validate against, so we issue at once from a CA created once
 per state dir (`<state>/acm-ca/root.pem` + `root-key.pem`, P-384); `enclavekit local ca` prints
 its root so a client can trust the chain. The leaf's private key stays in moto's in-memory
-CertBundle only; it is never written to the state dir or logged.
+CertBundle; it is never logged, and reaches the state dir only inside the endpoint's sealed
+state snapshot (local_backend.persist), as ACM keeps its keys encrypted at rest.
 """
 
 from __future__ import annotations
