@@ -224,15 +224,24 @@ def _sealing_key(state_dir: Path) -> bytes:
     return key
 
 
-def _backends() -> dict[str, dict[str, dict[str, Any]]]:
-    """service -> account -> region -> backend, for every moto service that holds state."""
+# What every BackendDict has; anything else on one is state shared across its accounts (S3's
+# bucket_accounts: the global bucket namespace and cross-account lookup).
+_BACKEND_DICT_FIELDS = frozenset(
+    {"backend", "service_name", "_use_boto3_regions", "_additional_regions", "_id"}
+)
+
+
+def _backends() -> dict[str, dict[str, Any]]:
+    """service -> {"accounts": account -> region -> backend, "shared": the BackendDict's own
+    extra attributes}, for every moto service that holds state."""
     from moto.core.base_backend import BackendDict
 
-    out: dict[str, dict[str, dict[str, Any]]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for bd in list(BackendDict._instances):  # type: ignore[misc]
         accounts = {acct: dict(asb.items()) for acct, asb in list(bd.items()) if len(asb)}
         if accounts:
-            out[bd.service_name] = accounts
+            shared = {k: v for k, v in vars(bd).items() if k not in _BACKEND_DICT_FIELDS}
+            out[bd.service_name] = {"accounts": accounts, "shared": shared}
     return out
 
 
@@ -330,16 +339,18 @@ def restore(state_dir: Path) -> list[Any]:
         return []
     if payload.get("moto") != moto.__version__:
         log.warning("state saved by moto %s, restored by %s", payload.get("moto"), moto.__version__)
-    for service, accounts in payload["backends"].items():
+    for service, saved in payload["backends"].items():
         try:
             bd = get_backend(service)
         except Exception:  # noqa: BLE001 - a service this moto no longer has
             log.error("state of service %s not restored: moto has no such backend", service)
             continue
-        for account, regions in accounts.items():
+        for account, regions in saved["accounts"].items():
             asb = bd[account]
             for region, backend in regions.items():
                 dict.__setitem__(asb, region, backend)
+        for name, value in saved["shared"].items():
+            setattr(bd, name, value)
     for key, value in payload["extensions"].items():
         mod, name = key.split(":", 1)
         target = getattr(importlib.import_module(mod), name)

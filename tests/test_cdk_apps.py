@@ -185,9 +185,26 @@ def _check_corpus(endpoint: server.EndpointInfo, app: Path) -> None:
         "CREATE_COMPLETE"
     )
 
+    # the private CA's ACM certificate, signed by the CA's own key
+    check_private_certificate(endpoint, producer["PrivateCaArn"], producer["PrivateCertArn"])
+
     # update: the custom resources get Update (AwsCustomResource's new physical id: the old
-    # parameter gets its Delete)
-    _cdk(endpoint, app, "deploy", "--all", "--require-approval", "never", "-c", "rev=2")
+    # parameter gets its Delete); `cdk synth` looks the hosted zone up (the lookup role, Route
+    # 53 on the local endpoint) for the new stack Lookup, which writes a record into it
+    _cdk(
+        endpoint, app, "deploy", "--all", "--require-approval", "never",
+        "-c", "rev=2", "-c", "lookup=1",
+    )  # fmt: skip
+    zone_id = _outputs(cfn, "Consumer")["ZoneId"]
+    assert _outputs(cfn, "Lookup")["ZoneId"] == zone_id
+    context = json.loads((app / "cdk.context.json").read_text())
+    assert any(k.startswith("hosted-zone:") for k in context), context
+    log = (Path(endpoint.state_dir) / server.LOG_FILE).read_text()
+    assert "assumes arn:aws:iam::123456789012:role/cdk-hnb659fds-lookup-role-" in log
+    records = _client(endpoint, "route53").list_resource_record_sets(HostedZoneId=zone_id)
+    txt = [r for r in records["ResourceRecordSets"] if r["Type"] == "TXT"]
+    assert [r["Name"] for r in txt] == ["lookup.corpus.example.test."]
+    _cdk(endpoint, app, "destroy", "Lookup", "--force", "-c", "rev=2", "-c", "lookup=1")
     assert _outputs(cfn, "Consumer")["OwnEcho"] == "own-2"
     assert ssm.get_parameter(Name="/corpus/sdk-2")["Parameter"]["Value"] == "from-sdk-2"
     with pytest.raises(ssm.exceptions.ParameterNotFound):
@@ -224,6 +241,106 @@ def _check_corpus(endpoint: server.EndpointInfo, app: Path) -> None:
     assert cfn.list_exports()["Exports"] == [
         e for e in cfn.list_exports()["Exports"] if e["Name"].startswith("CdkBootstrap")
     ]
+
+
+# ------------------------------------------------------------------ AWS Private CA
+
+PRIVATE_CA_TEMPLATE = {
+    "Resources": {
+        "Ca": {
+            "Type": "AWS::ACMPCA::CertificateAuthority",
+            "Properties": {
+                "Type": "ROOT",
+                "KeyAlgorithm": "RSA_2048",
+                "SigningAlgorithm": "SHA256WITHRSA",
+                "Subject": {"CommonName": "template private root"},
+            },
+        },
+        "CaCert": {
+            "Type": "AWS::ACMPCA::Certificate",
+            "Properties": {
+                "CertificateAuthorityArn": {"Fn::GetAtt": ["Ca", "Arn"]},
+                "CertificateSigningRequest": {"Fn::GetAtt": ["Ca", "CertificateSigningRequest"]},
+                "SigningAlgorithm": "SHA256WITHRSA",
+                "TemplateArn": "arn:aws:acm-pca:::template/RootCACertificate/V1",
+                "Validity": {"Type": "YEARS", "Value": 10},
+            },
+        },
+        "Activation": {
+            "Type": "AWS::ACMPCA::CertificateAuthorityActivation",
+            "Properties": {
+                "CertificateAuthorityArn": {"Fn::GetAtt": ["Ca", "Arn"]},
+                "Certificate": {"Fn::GetAtt": ["CaCert", "Certificate"]},
+                "Status": "ACTIVE",
+            },
+        },
+        "Leaf": {
+            "Type": "AWS::CertificateManager::Certificate",
+            "DependsOn": "Activation",
+            "Properties": {
+                "DomainName": "leaf.private.example.test",
+                "CertificateAuthorityArn": {"Fn::GetAtt": ["Ca", "Arn"]},
+            },
+        },
+    },
+    "Outputs": {"CaArn": {"Value": {"Ref": "Ca"}}, "LeafArn": {"Value": {"Ref": "Leaf"}}},
+}
+
+
+def check_private_certificate(endpoint: server.EndpointInfo, ca_arn: str, leaf_arn: str) -> None:
+    """`leaf_arn` is an ISSUED PRIVATE ACM certificate that `ca_arn`'s own key signed, with the
+    CA's certificate as its chain; the CA is ACTIVE through the acm-pca API."""
+    from cryptography import x509
+
+    pca, acm = _client(endpoint, "acm-pca"), _client(endpoint, "acm")
+    ca = pca.describe_certificate_authority(CertificateAuthorityArn=ca_arn)["CertificateAuthority"]
+    assert ca["Status"] == "ACTIVE" and ca["Type"] == "ROOT"
+    ca_pem = pca.get_certificate_authority_certificate(CertificateAuthorityArn=ca_arn)[
+        "Certificate"
+    ]
+    desc = acm.describe_certificate(CertificateArn=leaf_arn)["Certificate"]
+    assert (desc["Type"], desc["Status"]) == ("PRIVATE", "ISSUED")
+    assert desc["CertificateAuthorityArn"] == ca_arn
+    got = acm.get_certificate(CertificateArn=leaf_arn)
+    leaf = x509.load_pem_x509_certificate(got["Certificate"].encode())
+    root = x509.load_pem_x509_certificate(ca_pem.encode())
+    assert x509.load_pem_x509_certificate(got["CertificateChain"].encode()) == root
+    leaf.verify_directly_issued_by(root)  # the CA's key signed it (raises otherwise)
+    root.verify_directly_issued_by(root)  # a self-signed root, from the RootCACertificate template
+
+
+def test_private_ca_template_and_request_certificate(endpoint: server.EndpointInfo) -> None:
+    """A private CA, its root certificate and activation, and an ACM certificate it issues,
+    from a template; RequestCertificate to a CA that is not ACTIVE gives AWS's FAILED
+    certificate with PCA_INVALID_STATE."""
+    cfn = _client(endpoint, "cloudformation")
+    cfn.create_stack(StackName="PrivateCaTemplate", TemplateBody=json.dumps(PRIVATE_CA_TEMPLATE))
+    stack = cfn.describe_stacks(StackName="PrivateCaTemplate")["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    check_private_certificate(endpoint, outputs["CaArn"], outputs["LeafArn"])
+
+    pca, acm = _client(endpoint, "acm-pca"), _client(endpoint, "acm")
+    pending = pca.create_certificate_authority(
+        CertificateAuthorityConfiguration={
+            "KeyAlgorithm": "RSA_2048",
+            "SigningAlgorithm": "SHA256WITHRSA",
+            "Subject": {"CommonName": "never activated"},
+        },
+        CertificateAuthorityType="ROOT",
+    )["CertificateAuthorityArn"]
+    arn = acm.request_certificate(
+        DomainName="x.private.example.test", CertificateAuthorityArn=pending
+    )["CertificateArn"]
+    desc = acm.describe_certificate(CertificateArn=arn)["Certificate"]
+    assert (desc["Status"], desc.get("FailureReason")) == ("FAILED", "PCA_INVALID_STATE")
+    arn = acm.request_certificate(
+        DomainName="y.private.example.test", CertificateAuthorityArn=outputs["CaArn"]
+    )["CertificateArn"]
+    check_private_certificate(endpoint, outputs["CaArn"], arn)
+    cfn.delete_stack(StackName="PrivateCaTemplate")
+    ca = pca.describe_certificate_authority(CertificateAuthorityArn=outputs["CaArn"])
+    assert ca["CertificateAuthority"]["Status"] == "DELETED"
 
 
 # ------------------------------------------------------------------ the Lambda runtime

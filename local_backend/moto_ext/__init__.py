@@ -16,6 +16,7 @@ SERVICES = (
     "ec2",
     "autoscaling",
     "acm",
+    "acmpca",
     "s3",
     "kms",
     "elbv2",
