@@ -38,6 +38,7 @@ import pickle
 import threading
 import time
 import types
+import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,7 @@ EXTENSION_STATE = (
 
 _LOCK_TYPES: tuple[type, ...] = (type(threading.Lock()), type(threading.RLock()))
 _snapshot_lock = threading.Lock()
+_stopping = threading.Event()  # set when the stop-time snapshot begins
 
 
 class StateError(Exception):
@@ -166,6 +168,30 @@ def _reduce_defaultdict_subclass(obj: Any) -> Any:
     return _new_defaultdict, (type(obj), obj.default_factory), obj.__dict__, None, iter(obj.items())
 
 
+def _weak_values(items: dict[Any, Any]) -> weakref.WeakValueDictionary[Any, Any]:
+    return weakref.WeakValueDictionary(items)
+
+
+def _weak_keys(items: dict[Any, Any]) -> weakref.WeakKeyDictionary[Any, Any]:
+    return weakref.WeakKeyDictionary(items)
+
+
+def _weak_set(items: list[Any]) -> weakref.WeakSet[Any]:
+    return weakref.WeakSet(items)
+
+
+# moto's class-level registries of weak references to backends (the VPC peering and transit
+# gateway look-ups across regions): a restored backend is added, as its __init__ would have.
+_BACKEND_REFS = ("vpc_refs", "backend_refs", "vpc_pcx_refs")
+
+
+def _register_refs(backend: Any) -> None:
+    for name in _BACKEND_REFS:
+        refs = getattr(type(backend), name, None)
+        if isinstance(refs, defaultdict):
+            refs[type(backend)].add(weakref.ref(backend))
+
+
 class _Pickler(pickle.Pickler):
     dispatch_table = copyreg.dispatch_table.copy()
     for _kind in _LOCK_TYPES:
@@ -174,6 +200,12 @@ class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if type(obj).__module__.startswith("cryptography."):
             return _reduce_crypto(obj)
+        if isinstance(obj, weakref.WeakValueDictionary):  # moto's Lambda ARN index
+            return _weak_values, (dict(obj.items()),)
+        if isinstance(obj, weakref.WeakKeyDictionary):
+            return _weak_keys, (dict(obj.items()),)
+        if isinstance(obj, weakref.WeakSet):
+            return _weak_set, (list(obj),)
         if isinstance(obj, defaultdict) and type(obj) is not defaultdict:
             return _reduce_defaultdict_subclass(obj)
         if isinstance(obj, types.FunctionType) and "<locals>" in obj.__qualname__:
@@ -260,12 +292,15 @@ def _started_instances() -> list[Any]:
     return list(ec2.started_instances().values())
 
 
-def snapshot(state_dir: Path) -> Path:
-    """Seal the endpoint's whole state into `<state>/persist/endpoint-state.bin`."""
+def snapshot(state_dir: Path, *, background: bool = False) -> Path | None:
+    """Seal the endpoint's whole state into `<state>/persist/endpoint-state.bin`. A
+    `background` snapshot is skipped (None) once the stop-time snapshot has begun."""
     import moto
 
     started = time.monotonic()
     with _snapshot_lock:
+        if background and _stopping.is_set():
+            return None
         payload = {
             "version": FORMAT_VERSION,
             "moto": moto.__version__,
@@ -349,6 +384,7 @@ def restore(state_dir: Path) -> list[Any]:
             asb = bd[account]
             for region, backend in regions.items():
                 dict.__setitem__(asb, region, backend)
+                _register_refs(backend)
         for name, value in saved["shared"].items():
             setattr(bd, name, value)
     for key, value in payload["extensions"].items():
@@ -383,6 +419,7 @@ def boot_restored(instances: list[Any]) -> list[str]:
 
 def snapshot_on_stop(state_dir: Path) -> None:
     """The stop-time snapshot: never keeps the endpoint from stopping; a failure is logged."""
+    _stopping.set()  # no snapshot after this one: the stop hooks empty the instance list
     try:
         snapshot(state_dir)
     except Exception:  # noqa: BLE001 - logged with its traceback, the stop goes on
@@ -406,7 +443,7 @@ def install(state_dir: Path) -> None:
             time.sleep(0.5)
             _pending.clear()
             try:
-                snapshot(state_dir)
+                snapshot(state_dir, background=True)
             except Exception:  # noqa: BLE001 - the stop-time snapshot still comes
                 log.warning("state not saved after a stack operation", exc_info=True)
 

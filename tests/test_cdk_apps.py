@@ -4,10 +4,13 @@
   flags, so Custom::VpcRestrictDefaultSG runs its Node.js handler) deploys, updates, destroys.
 - A corpus (tests/fixtures/cdk_apps/corpus): a strong export + Fn::ImportValue and a weak
   Fn::GetStackOutput, a generated secret, an NLB TCP listener, a log group, AwsCustomResource,
-  autoDeleteObjects, LogRetention, cr.Provider with isComplete, DnsValidatedCertificate and a
-  Python handler of ours;
+  autoDeleteObjects, LogRetention, cr.Provider with isComplete, DnsValidatedCertificate, a
+  Python handler of ours, a private CA (AWS::ACMPCA::*) issuing an ACM certificate, and on
+  update a stack that finds the hosted zone with HostedZone.from_lookup (lookup role, Route 53);
   AWS's refusal to delete an imported export; an update; a handler failure that fails (and
   rolls back) the update with the handler's reason; destroy. The endpoint log has no server error.
+  Between the first deploy and the update the endpoint is stopped and started again: the rest
+  runs on its restored state (local_backend.persist).
 - The Lambda runtime through the Lambda API (payload, handler error, timeout).
 - `enclavekit cdk`: the egress guard refuses an AWS hostname at once, naming it; an app's own
   CLI is bypassed; only what could reach an account is stripped from the environment.
@@ -187,6 +190,14 @@ def _check_corpus(endpoint: server.EndpointInfo, app: Path) -> None:
 
     # the private CA's ACM certificate, signed by the CA's own key
     check_private_certificate(endpoint, producer["PrivateCaArn"], producer["PrivateCertArn"])
+
+    # `local stop` + `local start`: everything below runs on the restored state (stacks with
+    # their exports and imports, Lambda functions, the waiter state machine, the bucket)
+    state_dir = Path(endpoint.state_dir)
+    server.stop(state_dir)
+    assert server.start(endpoint.port, state_dir).endpoint == endpoint.endpoint
+    assert "state restored: " in (state_dir / server.LOG_FILE).read_text()
+    assert _outputs(cfn, "Consumer") == consumer and _outputs(cfn, "Producer") == producer
 
     # update: the custom resources get Update (AwsCustomResource's new physical id: the old
     # parameter gets its Delete); `cdk synth` looks the hosted zone up (the lookup role, Route
