@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,46 @@ def test_state_survives_stop_and_start(tmp_path: Path) -> None:
     assert [p.name for p in saved.iterdir() if ".unreadable-" in p.name]
     log = (state / server.LOG_FILE).read_text()
     assert "state not restored:" in log and "does not open with state.key" in log
+
+
+@pytest.mark.slow
+def test_user_data_host_boots_again_after_a_restart(tmp_path: Path) -> None:
+    """An instance host (user data) running when the endpoint stops is stopped with it, and
+    booted again by `local start` through the host interface (hooks.start_instance_host) from
+    what was recorded: as an EC2 stop/start, its enabled units start, its user data does not
+    run again."""
+    from test_host_ec2 import UNIT_USER_DATA, _booted, _run
+
+    from local_backend.host import control
+    from local_backend.host.layout import instance_layout
+
+    state = tmp_path / "state"
+    port = _free_port()
+    info = server.start(port, state)
+    try:
+        ec2 = local_client("ec2", info.endpoint)
+        iid = _run(ec2, UNIT_USER_DATA, [])
+        layout = instance_layout(state, iid)
+        assert control.boot_error(_booted(state, iid)) is None
+    finally:
+        server.stop(state)
+    assert layout.read_host()["state"] == "stopped"
+
+    info = server.start(port, state)
+    try:
+        ec2 = local_client("ec2", info.endpoint)
+        status = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+        assert status["State"]["Name"] == "running"
+        assert control.boot_error(_booted(state, iid)) is None
+        deadline = time.monotonic() + 30
+        while True:
+            out = control.host_exec(layout, ["systemctl", "is-active", "tick"])
+            if out.stdout.strip() == "active" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert out.stdout.strip() == "active"  # enabled before the stop: started at boot
+        assert layout.inside("/var/log/first-boot.log").read_text() == "first-boot-ran\n"
+        ec2.terminate_instances(InstanceIds=[iid])
+        assert layout.read_host()["state"] == "stopped"
+    finally:
+        server.stop(state)
