@@ -372,37 +372,44 @@ def run_cdk(
     *,
     timeout: float = DEPLOY_TIMEOUT_S,
 ) -> CdkRun:
-    """The project's cdk CLI in `app_dir` against `endpoint`, output captured.
+    """The project's cdk CLI in `app_dir` against `endpoint`, output captured, behind the
+    egress guard (local_backend.cdk.guarded_cdk; each refusal is a line of the output).
 
     The running interpreter's bin dir goes on PATH (after Node 22) so a cdk.json app of
     `python3 app.py` finds this environment's aws_cdk even when the venv is not activated.
     """
     import subprocess
 
-    from enclavekit.toolchain import cdk_command
-    from local_backend.cdk import cdk_env
+    from local_backend.cdk import guarded_cdk
+    from local_backend.egress import refusal
 
     app_dir = Path(app_dir).resolve()
     base = dict(os.environ)
     base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
-    argv = (*cdk_command(app_dir), *args)
+    refused: list[str] = []  # the egress guard's refusals, added to the output
     started = time.monotonic()
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=app_dir,
-            env=cdk_env(endpoint.url, cwd=app_dir, base=base),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-        return CdkRun(tuple(argv), -1, out + f"\n(timed out after {timeout:.0f} s)", timeout)
-    return CdkRun(tuple(argv), proc.returncode, proc.stdout or "", time.monotonic() - started)
+    with guarded_cdk(
+        endpoint.url, app_dir, base=base, report=lambda h, p: refused.append(refusal(h, p))
+    ) as cdk:
+        argv = (*cdk.argv, *args)
+        try:
+            proc = subprocess.run(
+                argv,
+                cwd=app_dir,
+                env=cdk.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+            out += "".join(f"\n{r}" for r in refused)
+            return CdkRun(tuple(argv), -1, out + f"\n(timed out after {timeout:.0f} s)", timeout)
+    output = (proc.stdout or "") + "".join(f"{r}\n" for r in refused)
+    return CdkRun(tuple(argv), proc.returncode, output, time.monotonic() - started)
 
 
 def _reason(output: str) -> str:

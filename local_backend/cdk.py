@@ -17,11 +17,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION, local_aws_env
 from enclavekit.toolchain import PROJECT_ROOT, cdk_command, node_modules, tool_path
 from local_backend import server
 from local_backend.docker_guard import write_script
-from local_backend.egress import egress_guard
+from local_backend.egress import EgressGuard, start_guard, stderr_report
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,45 @@ def pinned_cli_version() -> str:
         return "unknown"
 
 
+@dataclass(frozen=True)
+class GuardedCdk:
+    """What a guarded cdk run needs: the pinned CLI's argv prefix, the environment behind the
+    running egress guard, and that guard (its `refused` list)."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    guard: EgressGuard
+
+
+@contextlib.contextmanager
+def guarded_cdk(
+    endpoint: str,
+    app_dir: Path,
+    *,
+    base: Mapping[str, str] | None = None,
+    report: Callable[[str, int], None] | None = None,
+) -> Iterator[GuardedCdk]:
+    """The pinned cdk CLI for `app_dir` against `endpoint`, behind an egress guard that runs for
+    the block: every caller that starts the CLI (`enclavekit cdk`, `up`, the pytest plugin)
+    gets the same guard. `report(host, port)` hears each refusal (default: a stderr line)."""
+    own = app_local_cli(app_dir)
+    if own is not None:
+        print(
+            f"enclavekit: bypassing the app's own cdk CLI {own}; running the pinned "
+            f"aws-cdk {pinned_cli_version()}, which honours the local endpoint",
+            file=sys.stderr,
+        )
+    guard, stop = start_guard(report or stderr_report(sys.stderr))
+    try:
+        yield GuardedCdk(
+            tuple(cdk_command(_tools_start())),
+            cdk_env(endpoint, cwd=app_dir, base=base, proxy=guard.env()),
+            guard,
+        )
+    finally:
+        stop()
+
+
 def run_cdk(
     args: Sequence[str],
     *,
@@ -129,25 +169,18 @@ def run_cdk(
     egress guard. Raises BackendError (one line) when the endpoint is not running."""
     info = server.running_endpoint(state_dir)
     workdir = Path(cwd or Path.cwd()).resolve()
-    own = app_local_cli(workdir)
-    if own is not None:
-        print(
-            f"enclavekit: bypassing the app's own cdk CLI {own}; running the pinned "
-            f"aws-cdk {pinned_cli_version()}, which honours the local endpoint",
-            file=sys.stderr,
-        )
-    argv = (*cdk_command(_tools_start()), *args)
-    with egress_guard() as guard:
+    with guarded_cdk(info.endpoint, workdir) as cdk:
+        argv = (*cdk.argv, *args)
         proc = subprocess.run(
             argv,
             cwd=workdir,
-            env=cdk_env(info.endpoint, cwd=workdir, proxy=guard.env()),
+            env=cdk.env,
             text=True,
             capture_output=capture,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
-        refused = tuple(guard.refused)
+        refused = tuple(cdk.guard.refused)
     return CdkResult(tuple(argv), proc.returncode, proc.stdout or "", proc.stderr or "", refused)
 
 
@@ -162,18 +195,11 @@ def stream_cdk(
     (the CLI turns an app's traceback into one line there). Same guard, same notice."""
     info = server.running_endpoint(state_dir)
     workdir = Path(cwd or Path.cwd()).resolve()
-    own = app_local_cli(workdir)
-    if own is not None:
-        print(
-            f"enclavekit: bypassing the app's own cdk CLI {own}; running the pinned "
-            f"aws-cdk {pinned_cli_version()}, which honours the local endpoint",
-            file=sys.stderr,
-        )
-    with egress_guard() as guard:
+    with guarded_cdk(info.endpoint, workdir) as cdk:
         proc = subprocess.Popen(
-            [*cdk_command(_tools_start()), *args],
+            [*cdk.argv, *args],
             cwd=workdir,
-            env=cdk_env(info.endpoint, cwd=workdir, proxy=guard.env()),
+            env=cdk.env,
             text=True,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,

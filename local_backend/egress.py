@@ -153,14 +153,14 @@ class EgressGuard:
         return out
 
 
-def _stderr_report(stream: TextIO) -> Callable[[str, int], None]:
+def refusal(host: str, port: int | str) -> str:
+    """The one line that reports a refused destination."""
+    return f"enclavekit egress guard: refused {host}:{port} (a local deploy reaches loopback only)"
+
+
+def stderr_report(stream: TextIO) -> Callable[[str, int], None]:
     def report(host: str, port: int) -> None:
-        print(
-            f"enclavekit egress guard: refused {host}:{port} "
-            "(a local deploy reaches loopback only)",
-            file=stream,
-            flush=True,
-        )
+        print(refusal(host, port), file=stream, flush=True)
 
     return report
 
@@ -180,7 +180,7 @@ def start_guard(report: Callable[[str, int], None]) -> tuple[EgressGuard, Callab
 @contextlib.contextmanager
 def egress_guard(stream: TextIO | None = None) -> Iterator[EgressGuard]:
     """Run a guard for the duration of the block; refusals are reported on `stream`."""
-    guard, stop = start_guard(_stderr_report(stream or sys.stderr))
+    guard, stop = start_guard(stderr_report(stream or sys.stderr))
     try:
         yield guard
     finally:

@@ -11,6 +11,7 @@ State directory layout (all created on demand):
     pki/aws-tls/      the CA of that HTTPS front (see tls_front.py)
     logs/endpoint.log the endpoint's log (requests, extension messages, errors)
     acm-ca/           the local CA that issues ACM certificates (root.pem, root-key.pem)
+    persist/          the endpoint's state across stop/start, sealed (local_backend.persist)
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ MOTO_ADMIN_PREFIX = "/moto-api"  # moto's administration API: never served (see 
 STATE_UMASK = 0o077
 IAM_MODES = ("on", "off")
 BODY_ENVIRON_KEY = "enclavekit.body"
+RESTORE_TIMEOUT_S = 600.0  # `local start` waits this long for restored instances to boot again
+_RESTORING = threading.Event()  # set while restored instances boot again (health says so)
 
 log = logging.getLogger("enclavekit.endpoint")
 
@@ -257,7 +260,8 @@ def start(
         )
     finally:
         logf.close()
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while time.monotonic() < deadline:
         rc = proc.poll()
         if rc is not None:
@@ -269,6 +273,11 @@ def start(
         if health and health.get("pid") == proc.pid:
             info = read_endpoint(state_dir)
             if info is not None:
+                if health.get("restoring"):  # the restored instances are booting again
+                    deadline = max(deadline, time.monotonic() + 1.0)
+                    if time.monotonic() - started < RESTORE_TIMEOUT_S:
+                        time.sleep(0.2)
+                        continue
                 return info
         time.sleep(0.1)
     _terminate(proc.pid, 5.0)
@@ -441,7 +450,14 @@ def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
         if environ.get("PATH_INFO") == KEYSCAN_PATH and environ.get("REQUEST_METHOD") == "POST":
             return _keyscan(environ, start_response, token)
         if environ.get("PATH_INFO") == HEALTH_PATH:
-            body = json.dumps({"pid": pid, "state_dir": str(state_dir), "iam": iam}).encode()
+            body = json.dumps(
+                {
+                    "pid": pid,
+                    "state_dir": str(state_dir),
+                    "iam": iam,
+                    "restoring": _RESTORING.is_set(),
+                }
+            ).encode()
             start_response(
                 "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
             )
@@ -544,6 +560,10 @@ def serve(port: int, state_dir: Path, iam: str = "on") -> int:
     moto_ext.install(state_dir)
     iam_authz.install(enabled=iam == "on")
     parent.install(state_dir)  # enclave-enabled instances boot emulated parents
+    from local_backend import persist
+
+    restored = persist.restore(state_dir)  # what the last run left: stacks, keys, instances
+    persist.install(state_dir)
     try:
         from moto.moto_server.werkzeug_app import MotoRequestHandler
 
@@ -582,9 +602,17 @@ def serve(port: int, state_dir: Path, iam: str = "on") -> int:
 
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
+    if restored:  # boots need the endpoint serving (the parents call it), so in a thread
+        _RESTORING.set()
+        threading.Thread(
+            target=lambda: (persist.boot_restored(restored), _RESTORING.clear()),
+            name="boot-restored",
+            daemon=True,
+        ).start()
     try:
         server.serve_forever()
     finally:
+        persist.snapshot_on_stop(state_dir)  # before the hosts stop: they are part of it
         ec2_models.stop_all_enclave_instances()
         tls_front.stop()
         with contextlib.suppress(OSError):

@@ -35,9 +35,9 @@ from typing import Any, TextIO
 from enclavekit.cdk_errors import construct_error
 from enclavekit.errors import BackendError, EnclaveKitError, InvalidInput
 from enclavekit.localenv import local_client
-from enclavekit.toolchain import cdk_command
 from local_backend import server
-from local_backend.cdk import bootstrap_target, cdk_env
+from local_backend.cdk import GuardedCdk, bootstrap_target, guarded_cdk
+from local_backend.egress import refusal
 from local_backend.parent import parents, restart_enclaves, resync
 from local_backend.parent.agent import METADATA_KEY, UNSEALED, read_state
 from local_backend.verify import VERIFIER_DIR, VerifyReport, verify
@@ -105,18 +105,35 @@ def _run_cdk(
     """Run the cdk CLI, streaming its events into the progress line; raise with its tail, or
     after `timeout` seconds without it finishing (the whole process group is killed: a
     hanging app under cdk goes too) naming the phase it hung in."""
-    argv = [*cdk_command(app_dir), *args]
+    lines: queue.Queue[str | None] = queue.Queue()
+    with guarded_cdk(endpoint, app_dir, report=lambda h, p: lines.put(refusal(h, p))) as cdk:
+        _follow_cdk(
+            cdk, args, app_dir, lines, progress, phase=phase, timeout=timeout, verbose=verbose
+        )
+
+
+def _follow_cdk(
+    cdk: GuardedCdk,
+    args: list[str],
+    app_dir: Path,
+    lines: queue.Queue[str | None],
+    progress: Progress,
+    *,
+    phase: str,
+    timeout: float,
+    verbose: bool = False,
+) -> None:
+    """`_run_cdk`'s body, while its egress guard runs (refusals arrive as output lines)."""
     proc = subprocess.Popen(
-        argv,
+        [*cdk.argv, *args],
         cwd=app_dir,
-        env=cdk_env(endpoint, cwd=app_dir),
+        env=cdk.env,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    lines: queue.Queue[str | None] = queue.Queue()
 
     def _read() -> None:
         assert proc.stdout is not None
@@ -149,11 +166,13 @@ def _run_cdk(
         progress.update(f"{m.group(1)} {m.group(2)} {m.group(3)} {m.group(4)}" if m else line)
     if proc.wait() != 0:
         output = "\n".join(tail)
+        refused = "".join(f"\n{refusal(*h.rsplit(':', 1))}" for h in cdk.guard.refused)
         construct = construct_error(output)
         if construct is not None:
             detail = f"\n{output}" if verbose else ""
-            raise InvalidInput(f"{phase}: {construct}{detail}")
-        shown = "\n".join(tail[-15:])
+            raise InvalidInput(f"{phase}: {construct}{refused}{detail}")
+        shown = "\n".join([*(ln for ln in tail[-15:] if "egress guard: refused" not in ln)])
+        shown += refused
         raise BackendError(
             f"{phase}: `cdk {' '.join(args[:2])}` failed (exit {proc.returncode}):\n{shown}"
         )

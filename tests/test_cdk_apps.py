@@ -4,10 +4,13 @@
   flags, so Custom::VpcRestrictDefaultSG runs its Node.js handler) deploys, updates, destroys.
 - A corpus (tests/fixtures/cdk_apps/corpus): a strong export + Fn::ImportValue and a weak
   Fn::GetStackOutput, a generated secret, an NLB TCP listener, a log group, AwsCustomResource,
-  autoDeleteObjects, LogRetention, cr.Provider with isComplete, DnsValidatedCertificate and a
-  Python handler of ours;
+  autoDeleteObjects, LogRetention, cr.Provider with isComplete, DnsValidatedCertificate, a
+  Python handler of ours, a private CA (AWS::ACMPCA::*) issuing an ACM certificate, and on
+  update a stack that finds the hosted zone with HostedZone.from_lookup (lookup role, Route 53);
   AWS's refusal to delete an imported export; an update; a handler failure that fails (and
   rolls back) the update with the handler's reason; destroy. The endpoint log has no server error.
+  Between the first deploy and the update the endpoint is stopped and started again: the rest
+  runs on its restored state (local_backend.persist).
 - The Lambda runtime through the Lambda API (payload, handler error, timeout).
 - `enclavekit cdk`: the egress guard refuses an AWS hostname at once, naming it; an app's own
   CLI is bypassed; only what could reach an account is stripped from the environment.
@@ -180,9 +183,34 @@ def _check_corpus(endpoint: server.EndpointInfo, app: Path) -> None:
         "CREATE_COMPLETE"
     )
 
+    # the private CA's ACM certificate, signed by the CA's own key
+    check_private_certificate(endpoint, producer["PrivateCaArn"], producer["PrivateCertArn"])
+
+    # `local stop` + `local start`: everything below runs on the restored state (stacks with
+    # their exports and imports, Lambda functions, the waiter state machine, the bucket)
+    state_dir = Path(endpoint.state_dir)
+    server.stop(state_dir)
+    assert server.start(endpoint.port, state_dir).endpoint == endpoint.endpoint
+    assert "state restored: " in (state_dir / server.LOG_FILE).read_text()
+    assert _outputs(cfn, "Consumer") == consumer and _outputs(cfn, "Producer") == producer
+
     # update: the custom resources get Update (AwsCustomResource's new physical id: the old
-    # parameter gets its Delete)
-    _cdk(endpoint, app, "deploy", "--all", "--require-approval", "never", "-c", "rev=2")
+    # parameter gets its Delete); `cdk synth` looks the hosted zone up (the lookup role, Route
+    # 53 on the local endpoint) for the new stack Lookup, which writes a record into it
+    _cdk(
+        endpoint, app, "deploy", "--all", "--require-approval", "never",
+        "-c", "rev=2", "-c", "lookup=1",
+    )  # fmt: skip
+    zone_id = _outputs(cfn, "Consumer")["ZoneId"]
+    assert _outputs(cfn, "Lookup")["ZoneId"] == zone_id
+    context = json.loads((app / "cdk.context.json").read_text())
+    assert any(k.startswith("hosted-zone:") for k in context), context
+    log = (Path(endpoint.state_dir) / server.LOG_FILE).read_text()
+    assert "assumes arn:aws:iam::123456789012:role/cdk-hnb659fds-lookup-role-" in log
+    records = _client(endpoint, "route53").list_resource_record_sets(HostedZoneId=zone_id)
+    txt = [r for r in records["ResourceRecordSets"] if r["Type"] == "TXT"]
+    assert [r["Name"] for r in txt] == ["lookup.corpus.example.test."]
+    _cdk(endpoint, app, "destroy", "Lookup", "--force", "-c", "rev=2", "-c", "lookup=1")
     assert _outputs(cfn, "Consumer")["OwnEcho"] == "own-2"
     assert ssm.get_parameter(Name="/corpus/sdk-2")["Parameter"]["Value"] == "from-sdk-2"
     with pytest.raises(ssm.exceptions.ParameterNotFound):
@@ -219,6 +247,106 @@ def _check_corpus(endpoint: server.EndpointInfo, app: Path) -> None:
     assert cfn.list_exports()["Exports"] == [
         e for e in cfn.list_exports()["Exports"] if e["Name"].startswith("CdkBootstrap")
     ]
+
+
+# ------------------------------------------------------------------ AWS Private CA
+
+PRIVATE_CA_TEMPLATE = {
+    "Resources": {
+        "Ca": {
+            "Type": "AWS::ACMPCA::CertificateAuthority",
+            "Properties": {
+                "Type": "ROOT",
+                "KeyAlgorithm": "RSA_2048",
+                "SigningAlgorithm": "SHA256WITHRSA",
+                "Subject": {"CommonName": "template private root"},
+            },
+        },
+        "CaCert": {
+            "Type": "AWS::ACMPCA::Certificate",
+            "Properties": {
+                "CertificateAuthorityArn": {"Fn::GetAtt": ["Ca", "Arn"]},
+                "CertificateSigningRequest": {"Fn::GetAtt": ["Ca", "CertificateSigningRequest"]},
+                "SigningAlgorithm": "SHA256WITHRSA",
+                "TemplateArn": "arn:aws:acm-pca:::template/RootCACertificate/V1",
+                "Validity": {"Type": "YEARS", "Value": 10},
+            },
+        },
+        "Activation": {
+            "Type": "AWS::ACMPCA::CertificateAuthorityActivation",
+            "Properties": {
+                "CertificateAuthorityArn": {"Fn::GetAtt": ["Ca", "Arn"]},
+                "Certificate": {"Fn::GetAtt": ["CaCert", "Certificate"]},
+                "Status": "ACTIVE",
+            },
+        },
+        "Leaf": {
+            "Type": "AWS::CertificateManager::Certificate",
+            "DependsOn": "Activation",
+            "Properties": {
+                "DomainName": "leaf.private.example.test",
+                "CertificateAuthorityArn": {"Fn::GetAtt": ["Ca", "Arn"]},
+            },
+        },
+    },
+    "Outputs": {"CaArn": {"Value": {"Ref": "Ca"}}, "LeafArn": {"Value": {"Ref": "Leaf"}}},
+}
+
+
+def check_private_certificate(endpoint: server.EndpointInfo, ca_arn: str, leaf_arn: str) -> None:
+    """`leaf_arn` is an ISSUED PRIVATE ACM certificate that `ca_arn`'s own key signed, with the
+    CA's certificate as its chain; the CA is ACTIVE through the acm-pca API."""
+    from cryptography import x509
+
+    pca, acm = _client(endpoint, "acm-pca"), _client(endpoint, "acm")
+    ca = pca.describe_certificate_authority(CertificateAuthorityArn=ca_arn)["CertificateAuthority"]
+    assert ca["Status"] == "ACTIVE" and ca["Type"] == "ROOT"
+    ca_pem = pca.get_certificate_authority_certificate(CertificateAuthorityArn=ca_arn)[
+        "Certificate"
+    ]
+    desc = acm.describe_certificate(CertificateArn=leaf_arn)["Certificate"]
+    assert (desc["Type"], desc["Status"]) == ("PRIVATE", "ISSUED")
+    assert desc["CertificateAuthorityArn"] == ca_arn
+    got = acm.get_certificate(CertificateArn=leaf_arn)
+    leaf = x509.load_pem_x509_certificate(got["Certificate"].encode())
+    root = x509.load_pem_x509_certificate(ca_pem.encode())
+    assert x509.load_pem_x509_certificate(got["CertificateChain"].encode()) == root
+    leaf.verify_directly_issued_by(root)  # the CA's key signed it (raises otherwise)
+    root.verify_directly_issued_by(root)  # a self-signed root, from the RootCACertificate template
+
+
+def test_private_ca_template_and_request_certificate(endpoint: server.EndpointInfo) -> None:
+    """A private CA, its root certificate and activation, and an ACM certificate it issues,
+    from a template; RequestCertificate to a CA that is not ACTIVE gives AWS's FAILED
+    certificate with PCA_INVALID_STATE."""
+    cfn = _client(endpoint, "cloudformation")
+    cfn.create_stack(StackName="PrivateCaTemplate", TemplateBody=json.dumps(PRIVATE_CA_TEMPLATE))
+    stack = cfn.describe_stacks(StackName="PrivateCaTemplate")["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    check_private_certificate(endpoint, outputs["CaArn"], outputs["LeafArn"])
+
+    pca, acm = _client(endpoint, "acm-pca"), _client(endpoint, "acm")
+    pending = pca.create_certificate_authority(
+        CertificateAuthorityConfiguration={
+            "KeyAlgorithm": "RSA_2048",
+            "SigningAlgorithm": "SHA256WITHRSA",
+            "Subject": {"CommonName": "never activated"},
+        },
+        CertificateAuthorityType="ROOT",
+    )["CertificateAuthorityArn"]
+    arn = acm.request_certificate(
+        DomainName="x.private.example.test", CertificateAuthorityArn=pending
+    )["CertificateArn"]
+    desc = acm.describe_certificate(CertificateArn=arn)["Certificate"]
+    assert (desc["Status"], desc.get("FailureReason")) == ("FAILED", "PCA_INVALID_STATE")
+    arn = acm.request_certificate(
+        DomainName="y.private.example.test", CertificateAuthorityArn=outputs["CaArn"]
+    )["CertificateArn"]
+    check_private_certificate(endpoint, outputs["CaArn"], arn)
+    cfn.delete_stack(StackName="PrivateCaTemplate")
+    ca = pca.describe_certificate_authority(CertificateAuthorityArn=outputs["CaArn"])
+    assert ca["CertificateAuthority"]["Status"] == "DELETED"
 
 
 # ------------------------------------------------------------------ the Lambda runtime
@@ -340,6 +468,45 @@ def test_enclavekit_cdk_egress_guard(endpoint: server.EndpointInfo, tmp_path: Pa
     assert "app: cannot reach sts.us-east-1.amazonaws.com" in err and "403" in err
     assert "REACHED" not in err
     assert "bypassing the app's own cdk CLI 2.100.0" in err
+
+
+@pytest.mark.slow
+def test_up_and_plugin_run_cdk_behind_the_egress_guard(
+    endpoint: server.EndpointInfo, tmp_path: Path
+) -> None:
+    """`enclavekit up` and the pytest plugin's cdk runner start the CLI as `enclavekit cdk`
+    does: an app reaching for an AWS hostname is refused at once, and the failure names it."""
+    from enclavekit import pytest_plugin as plugin
+    from enclavekit.errors import EnclaveKitError
+    from local_backend.up import Progress, up
+
+    app = tmp_path / "egress-up-app"
+    app.mkdir()
+    (app / "app.py").write_text(EGRESS_APP)
+    (app / "cdk.json").write_text(json.dumps({"app": "python3 app.py"}))
+    refused = "enclavekit egress guard: refused sts.us-east-1.amazonaws.com:443"
+    with pytest.raises(EnclaveKitError) as failed:
+        up(
+            app,
+            state_dir=Path(endpoint.state_dir),
+            port=endpoint.port,
+            progress=Progress(io.StringIO()),
+            run_verify=False,
+        )
+    message = str(failed.value)
+    assert message.startswith("synth:") and refused in message, message
+    assert "app: cannot reach sts.us-east-1.amazonaws.com" in message and "403" in message
+    assert "REACHED" not in message
+
+    local = plugin.LocalEndpoint(
+        url=endpoint.endpoint,
+        port=endpoint.port,
+        state_dir=Path(endpoint.state_dir),
+        pid=endpoint.pid,
+    )
+    run = plugin.run_cdk(local, app, ["synth"], timeout=120)
+    assert run.returncode != 0 and refused in run.output, run.output
+    assert "REACHED" not in run.output
 
 
 def test_egress_guard_refuses_non_loopback_and_passes_loopback() -> None:

@@ -17,6 +17,7 @@ SERVICES = (
     "ec2",
     "autoscaling",
     "acm",
+    "acmpca",
     "s3",
     "kms",
     "elbv2",

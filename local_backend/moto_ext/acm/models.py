@@ -4,7 +4,8 @@ Stock moto leaves a requested certificate PENDING_VALIDATION and signs it with a
 root. Locally there is no DNS to validate against, so we issue at once from a CA created once
 per state dir (`<state>/acm-ca/root.pem` + `root-key.pem`, P-384); `enclavekit local ca` prints
 its root so a client can trust the chain. The leaf's private key stays in moto's in-memory
-CertBundle only; it is never written to the state dir or logged.
+CertBundle; it is never logged, and reaches the state dir only inside the endpoint's sealed
+state snapshot (local_backend.persist), as ACM keeps its keys encrypted at rest.
 """
 
 from __future__ import annotations
@@ -198,12 +199,28 @@ class Certificate(CfnResource, CloudFormationModel):
                 f"AWS::CertificateManager::Certificate {call.logical_id}: "
                 f"DomainName must be a string, found {domain!r}"
             )
-        if props.get("CertificateAuthorityArn"):
-            raise InvalidInput(
-                "AWS::CertificateManager::Certificate: CertificateAuthorityArn "
-                "(private CA) is not emulated; omit it to get a local-CA "
-                "certificate"
+        ca_arn = props.get("CertificateAuthorityArn")
+        if ca_arn:  # issued by a private CA of the account (moto_ext.acmpca)
+            from local_backend.moto_ext.acmpca.models import (
+                issue_private_certificate,
+                pca_failure,
             )
+
+            failure = pca_failure(account_id, region_name, str(ca_arn))
+            if failure:
+                raise InvalidInput(
+                    f"AWS::CertificateManager::Certificate {kwargs.get('LogicalId')}: the "
+                    f"certificate failed: {failure} (certificate authority {ca_arn})"
+                )
+            private = issue_private_certificate(
+                account_id,
+                region_name,
+                str(ca_arn),
+                domain,
+                list(props.get("SubjectAlternativeNames") or []),
+                props.get("KeyAlgorithm") or "RSA_2048",
+            )
+            return cls(private, account_id, region_name)
         bundle = issue_certificate(
             account_id,
             region_name,
@@ -239,19 +256,37 @@ def install(state_dir: Path) -> None:
             cert_authority_arn: str | None = None,
             cert_options: dict[str, Any] | None = None,
         ) -> str:
-            if cert_authority_arn:  # a private-CA request keeps moto's own behaviour
-                return original(
-                    self,
-                    domain_name,
-                    idempotency_token,
-                    subject_alt_names,
-                    tags,
-                    cert_authority_arn,
-                    cert_options,
+            if cert_authority_arn:  # issued by the account's private CA (moto_ext.acmpca)
+                from local_backend.moto_ext.acmpca.models import (
+                    issue_private_certificate,
+                    pca_failure,
                 )
-            bundle = issue_certificate(
-                self.account_id, self.region_name, domain_name, list(subject_alt_names or [])
-            )
+
+                failure = pca_failure(self.account_id, self.region_name, cert_authority_arn)
+                if failure:  # AWS: the request is accepted, the certificate FAILED
+                    arn = original(
+                        self,
+                        domain_name,
+                        idempotency_token,
+                        subject_alt_names,
+                        tags,
+                        cert_authority_arn,
+                        cert_options,
+                    )
+                    self._certificates[arn].status = "FAILED"
+                    self._certificates[arn].failure_reason = failure
+                    return arn
+                bundle = issue_private_certificate(
+                    self.account_id,
+                    self.region_name,
+                    cert_authority_arn,
+                    domain_name,
+                    list(subject_alt_names or []),
+                )
+            else:
+                bundle = issue_certificate(
+                    self.account_id, self.region_name, domain_name, list(subject_alt_names or [])
+                )
             if cert_options:
                 bundle.cert_options.update(cert_options)
             if tags:

@@ -257,6 +257,12 @@ def stop_all_enclave_instances() -> None:
         _fire_stop(instance_id)
 
 
+def boot_again(info: EnclaveInstance) -> None:
+    """Run the start hooks of an instance that was running when the endpoint stopped
+    (local_backend.persist restores it); raises as a first start would."""
+    _fire_start(info)
+
+
 def start_api_instance(instance: Instance) -> None:
     """Start hook for an instance launched through the EC2 API (not CloudFormation)."""
     if bootable(instance) and instance.is_running():
