@@ -1,10 +1,14 @@
 """A hand-written CloudFormation template (no enclavekit Metadata), deployed with the AWS CLI:
 its user data installs aws-nitro-enclaves-cli, writes allocator.yaml, copies the EIF from S3 and
 starts it under a systemd unit. The enclave runs inside the host with the EIF's PCRs and
-attests; a pool the instance type cannot give fails at the allocator, as on AWS."""
+attests; a pool the instance type cannot give fails at the allocator, as on AWS. And the user
+data our constructs render (`HostSpec.user_data`) runs unchanged: pip resolves the agent's pinned
+boto3 tree from the local wheelhouse, the agent zipapp comes from S3, and its systemd unit
+provisions the enclave over the host's emulated vsock."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from enclave_constructs.spec import AgentSpec, HostSpec, ImageSpec
 from enclavekit import attestation, eif, pcr
+from enclavekit.agent_bundle import build_agent_bundle, runtime_requirements
 from enclavekit import provisioning as prov
 from enclavekit.localenv import local_aws_env
 from enclavekit.transport import PARENT_CID, EmulatedVsock
@@ -186,3 +192,114 @@ def test_a_pool_the_type_cannot_give_fails_at_the_allocator(
         "enable --now nitro-enclaves-allocator.service`  enclaves: none"
     ) in _status(state)
     _aws(enclavekit_endpoint, tmp_path, "cloudformation", "delete-stack", "--stack-name", "too-big")
+
+
+def _instance_profile(iam: Any, name: str, bucket: str) -> str:
+    """An EC2 role that may read the stack's assets, in an instance profile (its ARN)."""
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))
+    read = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*"}
+        ],
+    }
+    iam.put_role_policy(RoleName=name, PolicyName="assets", PolicyDocument=json.dumps(read))
+    profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    return str(profile["Arn"])
+
+
+def test_our_constructs_user_data_runs_unchanged(
+    enclavekit_endpoint: Any, eif_object: Any, tmp_path: Path
+) -> None:
+    """The construct's rendered user data boots the host: the enclave unit, the relay and the
+    agent unit (zipapp from S3, boto3 tree pip-installed from the wheelhouse) provision the
+    enclave; a requirement the index does not hold fails as pip does."""
+    bucket, key, measurements = eif_object
+    state = Path(enclavekit_endpoint.state_dir)
+    bundle = build_agent_bundle()
+    s3 = enclavekit_endpoint.client("s3")
+    s3.put_object(Bucket=bucket, Key="agent/enclavekit-agent.pyz", Body=bundle.data)
+    spec = HostSpec(
+        image=ImageSpec(
+            name="enclave-app",
+            slug="enclave-app",
+            measurements=measurements,
+            debug=False,
+            asset_bucket=bucket,
+            asset_key=key,
+        ),
+        cpu_count=2,
+        memory_mib=512,
+        debug_mode=False,
+        port=8443,
+        domain=None,
+        role="HostRole",
+        region="us-east-1",
+        agent=AgentSpec(bucket, "agent/enclavekit-agent.pyz", bundle.sha256, runtime_requirements()),
+    )
+    ec2 = enclavekit_endpoint.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.30.1.0/24")["Subnet"]["SubnetId"]
+    profile = _instance_profile(enclavekit_endpoint.client("iam"), "ConstructHostRole", bucket)
+    started = time.monotonic()
+    iid = ec2.run_instances(
+        ImageId="ami-12c6146b",
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="m5.xlarge",
+        SubnetId=subnet,
+        UserData="#!/bin/bash\n" + spec.user_data(),
+        EnclaveOptions={"Enabled": True},
+        IamInstanceProfile={"Arn": profile},
+        MetadataOptions={"HttpTokens": "required"},
+    )["Instances"][0]["InstanceId"]
+    try:
+        layout = instance_layout(state, iid)
+        host = control.wait_booted(layout, timeout=280)
+        console = layout.console.read_text()
+        assert control.boot_error(host) is None, console[-3000:]
+        seconds = time.monotonic() - started
+        [enclave] = hooks.host_enclaves(layout)
+        assert enclave["State"] == "RUNNING" and enclave["EnclaveName"] == "enclave-app"
+        assert enclave["Measurements"]["PCR0"] == measurements.hex(0)
+        units = ["enclavekit-enclave-app-relay", "enclavekit-enclave-app-agent"]
+        active = control.host_exec(layout, ["systemctl", "is-active", *units])
+        assert active.stdout.split() == ["active", "active"], active.stdout + active.stderr
+        # The agent (the zipapp, on the venv's python3.11) provisioned the enclave over vsock.
+        vsock = EmulatedVsock(
+            Path(f"/proc/{host['init_pid']}/root{HOST_EMULATOR_STATE}/vsock"), PARENT_CID
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            with vsock.connect(16, prov.CONTROL_PORT) as sock:
+                status = prov.exchange(sock, prov.Status())
+            if status.state == "ready" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        journal = control.host_exec(layout, ["journalctl", "-u", units[1]]).stdout
+        assert status.state == "ready", journal
+        assert "enclave provisioned" in journal
+        venv = "/opt/enclavekit/venv"
+        pip = ["env", "-u", "PYTHONPATH", f"{venv}/bin/pip"]  # the venv alone, not our tools'
+        freeze = control.host_exec(layout, [*pip, "freeze"]).stdout.split()
+        assert sorted(freeze) == sorted(runtime_requirements())
+        # The wheelhouse is the host's whole PyPI: what it does not hold is not found.
+        missing = control.host_exec(layout, [*pip, "install", "requests==2.32.3"])
+        assert missing.returncode == 1
+        assert (
+            "ERROR: Could not find a version that satisfies the requirement requests==2.32.3"
+        ) in missing.stderr
+        print(f"\nRunInstances -> enclave provisioned via our user data: {seconds:.1f} s")
+    finally:
+        ec2.terminate_instances(InstanceIds=[iid])

@@ -247,6 +247,10 @@ def host_environment(info: dict[str, Any], endpoint_port: int) -> dict[str, str]
             else {}
         ),
         "ENCLAVEKIT_STATE_DIR": HOST_EMULATOR_STATE,
+        # PyPI, as a host with no route out can have it: the project's wheelhouse of pinned
+        # wheels (`make setup`), a local index pip resolves from; anything else is not found.
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(rootfs.wheelhouse()),
     }
 
 

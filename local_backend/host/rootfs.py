@@ -94,6 +94,12 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def wheelhouse() -> Path:
+    """The local package index of pinned wheels `make setup` fetches from PyPI (the parent
+    agent's boto3 tree): what `pip install` inside a host resolves from, read-only."""
+    return project_root() / ".wheelhouse"
+
+
 def tool_mounts() -> list[str]:
     """Machine paths bound read-only into every host at the same path: the project and the
     interpreter its tools run on (so `nitro-cli`, `dnf`, `systemctl` are this code)."""
