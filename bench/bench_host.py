@@ -77,6 +77,7 @@ def construct_template(user_data: dict[str, Any], measurements: Any) -> dict[str
     """The hand-written template's host with our constructs' user data instead of its own
     (same EIF, sizes and CID; the role may read the agent bundle too)."""
     from enclave_constructs.spec import AgentSpec, HostSpec, ImageSpec
+
     from enclavekit.agent_bundle import build_agent_bundle, runtime_requirements
 
     bundle = build_agent_bundle()

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from enclave_constructs.spec import AgentSpec, HostSpec, ImageSpec
+
 from enclavekit import attestation, eif, pcr
-from enclavekit.agent_bundle import build_agent_bundle, runtime_requirements
 from enclavekit import provisioning as prov
+from enclavekit.agent_bundle import build_agent_bundle, runtime_requirements
 from enclavekit.localenv import local_aws_env
 from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.host import control, hooks
@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "tests" / "fixtures" / "userdata" / "enclave-host.yaml"
 BIN = Path(sys.executable).parent
+AGENT_KEY = "agent/enclavekit-agent.pyz"
 
 
 def _aws(endpoint: Any, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -229,7 +230,7 @@ def test_our_constructs_user_data_runs_unchanged(
     state = Path(enclavekit_endpoint.state_dir)
     bundle = build_agent_bundle()
     s3 = enclavekit_endpoint.client("s3")
-    s3.put_object(Bucket=bucket, Key="agent/enclavekit-agent.pyz", Body=bundle.data)
+    s3.put_object(Bucket=bucket, Key=AGENT_KEY, Body=bundle.data)
     spec = HostSpec(
         image=ImageSpec(
             name="enclave-app",
@@ -246,7 +247,7 @@ def test_our_constructs_user_data_runs_unchanged(
         domain=None,
         role="HostRole",
         region="us-east-1",
-        agent=AgentSpec(bucket, "agent/enclavekit-agent.pyz", bundle.sha256, runtime_requirements()),
+        agent=AgentSpec(bucket, AGENT_KEY, bundle.sha256, runtime_requirements()),
     )
     ec2 = enclavekit_endpoint.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
