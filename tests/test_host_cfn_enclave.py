@@ -26,6 +26,7 @@ from enclavekit.localenv import local_aws_env
 from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.host import control, hooks
 from local_backend.host.layout import HOST_EMULATOR_STATE, instance_layout
+from local_backend.verify import verify
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +150,22 @@ def test_user_data_boots_and_attests_the_enclave(
     assert f"{iid}  user data: done  enclaves: {enclave['EnclaveID']} (CID 16, RUNNING)" in status
     assert f"8443 -> 127.0.0.1:{row['ports'][0]['host_port']}" in status
     print(f"\nstack deploy -> enclave RUNNING via user data: {seconds:.1f} s")
+    # verify sees this host though nothing of ours describes it: what it runs is checked.
+    report = verify(state, stack="hand-written")
+    [hr] = report.hosts
+    results = {c.name: (c.ok, c.applies) for c in hr.checks}
+    assert results == {
+        "boot": (True, True),
+        "enclaves": (True, True),
+        "attestation": (True, True),
+        "keys": (True, False),
+        "parent-denied": (True, False),
+        "nsm-parent-refused": (True, True),
+        "https": (True, False),
+        "key-not-on-parent": (True, False),
+    }, report.table()
+    assert report.ok and hr.enclave_id == enclave["EnclaveID"], report.table()
+    assert "does not apply: no KMS key policy grants the host role" in report.table()
     out = _aws(
         enclavekit_endpoint,
         tmp_path,
@@ -192,6 +209,14 @@ def test_a_pool_the_type_cannot_give_fails_at_the_allocator(
         f"{iid}  user data: FAILED: user data failed: part-001 exited 1 at `systemctl "
         "enable --now nitro-enclaves-allocator.service`  enclaves: none"
     ) in _status(state)
+    # verify: the failed boot, with the command, its status and the console's last lines.
+    report = verify(state, stack="too-big")
+    [boot] = report.hosts[0].checks
+    assert not report.ok and (boot.name, boot.ok) == ("boot", False)
+    assert "part-001 exited 1 at `systemctl enable --now nitro-enclaves-allocator.service`" in (
+        boot.detail
+    )
+    assert "console: " in boot.detail and "Job for nitro-enclaves-allocator.service" in boot.detail
     _aws(enclavekit_endpoint, tmp_path, "cloudformation", "delete-stack", "--stack-name", "too-big")
 
 
@@ -218,6 +243,32 @@ def _instance_profile(iam: Any, name: str, bucket: str) -> str:
     profile = iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]
     iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
     return str(profile["Arn"])
+
+
+def _attested_policy(role_arn: str, pcr0: str) -> str:
+    """Root administers and encrypts; the role decrypts only in an enclave of image `pcr0`."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+                    "Action": "kms:*",
+                    "Resource": "*",
+                },
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": role_arn},
+                    "Action": "kms:Decrypt",
+                    "Resource": "*",
+                    "Condition": {
+                        "StringEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": pcr0}
+                    },
+                },
+            ],
+        }
+    )
 
 
 def test_our_constructs_user_data_runs_unchanged(
@@ -302,5 +353,47 @@ def test_our_constructs_user_data_runs_unchanged(
             "ERROR: Could not find a version that satisfies the requirement requests==2.32.3"
         ) in missing.stderr
         print(f"\nRunInstances -> enclave provisioned via our user data: {seconds:.1f} s")
+        # An instance of no stack is verified too (every enclave-enabled instance is), with
+        # the keys whose policies release to its role under attestation.
+        role = enclavekit_endpoint.client("iam").get_role(RoleName="ConstructHostRole")
+        role_arn = role["Role"]["Arn"]
+        kms = enclavekit_endpoint.client("kms")
+        key = kms.create_key(Policy=_attested_policy(role_arn, measurements.hex(0)))
+        key_id = key["KeyMetadata"]["KeyId"]
+
+        def host_report() -> Any:
+            [hr] = [h for h in verify(state).hosts if h.instance_id == iid]
+            return hr
+
+        hr = host_report()
+        assert hr.stack == "(no stack)" and hr.ok, [c.__dict__ for c in hr.checks]
+        assert [c.name for c in hr.checks if c.applies] == [
+            "boot",
+            "enclaves",
+            "attestation",
+            "keys",
+            "parent-denied",
+            "nsm-parent-refused",
+        ]
+        # A key bound to another image is not this host's: the keys check says so.
+        other = _attested_policy(role_arn, "ab" * 48)
+        kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=other)
+        keys = next(c for c in host_report().checks if c.name == "keys")
+        assert not keys.ok and "no enclave of this host has them" in keys.detail
+        # A policy that also lets the role decrypt unattested: the parent is not denied.
+        leaky = json.loads(_attested_policy(role_arn, measurements.hex(0)))
+        leaky["Statement"].append(
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": role_arn},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+            }
+        )
+        kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=json.dumps(leaky))
+        checks = {c.name: c for c in host_report().checks}
+        assert checks["keys"].ok and not checks["parent-denied"].ok
+        assert "decrypted under key" in checks["parent-denied"].detail
+        kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
     finally:
         ec2.terminate_instances(InstanceIds=[iid])
