@@ -12,6 +12,7 @@ import pytest
 
 from local_backend.host import control, hooks
 from local_backend.host.layout import instance_layout
+from local_backend.verify import verify
 
 pytestmark = pytest.mark.slow
 
@@ -173,6 +174,7 @@ def test_auto_scaling_instances_run_the_launch_template_user_data(
             "InstanceType": "m5.xlarge",
             "SecurityGroupIds": [sg],
             "UserData": base64.b64encode(b"#!/bin/bash\necho fleet member up\n").decode(),
+            "EnclaveOptions": {"Enabled": True},
         },
     )
     asg.create_auto_scaling_group(
@@ -194,5 +196,13 @@ def test_auto_scaling_instances_run_the_launch_template_user_data(
         for iid in ids:
             assert control.boot_error(_booted(state, iid)) is None
             assert "fleet member up" in _console(ec2, iid, "fleet member up")
+        # verify sees both (enclave-enabled by their launch template), though of no stack and
+        # with no enclave: booted, then the enclave check fails saying the user data ran none.
+        report = verify(state)
+        mine = {h.instance_id: h for h in report.hosts if h.instance_id in ids}
+        assert sorted(mine) == sorted(ids) and not report.ok
+        for hr in mine.values():
+            assert [(c.name, c.ok) for c in hr.checks] == [("boot", True), ("enclaves", False)]
+            assert "the user data started none" in hr.checks[1].detail
     finally:
         asg.delete_auto_scaling_group(AutoScalingGroupName="fleet", ForceDelete=True)
