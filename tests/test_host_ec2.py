@@ -30,6 +30,9 @@ SERVER = (
     "http://169.254.169.254/latest/meta-data/instance-id)\n"
     "echo AWS-HTTPS=$(curl -s -o /dev/null -w '%{http_code}' "
     "https://sts.us-east-1.amazonaws.com/)\n"
+    # the instance's own 443 is free for its services, as on EC2 (the AWS names' front is not
+    # in the way)
+    "python3 -c \"import socket; socket.create_server(('0.0.0.0', 443)); print('BIND443=ok')\"\n"
 )
 
 
@@ -91,6 +94,7 @@ def test_run_instances_runs_user_data_console_and_ports(enclavekit_endpoint: Any
         # AWS names over HTTPS reach the endpoint's TLS front, verified against the host's CAs
         code = text.split("AWS-HTTPS=")[1].split()[0]
         assert code != "000" and code.isdigit(), text
+        assert "BIND443=ok" in text, text
         other = _console(ec2, closed_iid, "IMDSv1=")
         assert "IMDSv1=200" in other  # optional tokens (the default): IMDSv1 answers
         rows = {r["instance_id"]: r for r in hooks.hosts_status(state)}

@@ -178,7 +178,7 @@ def prepare(layout: HostLayout, *, hostname: str, region: str) -> bool:
         "127.0.0.1   localhost localhost.localdomain localhost4 localhost4.localdomain4\n"
         "::1         localhost6 localhost6.localdomain6\n"
         "# enclavekit: AWS service names reach the local endpoint relay in this host only\n"
-        + "".join(f"127.0.0.1   {n}\n" for n in aws_hostnames(region))
+        + "".join(f"::1         {n}\n" for n in aws_hostnames(region))
     )
     (etc / "resolv.conf").write_text("# no resolver: the host has no route out\n")
     (etc / "nsswitch.conf").write_text("passwd: files\nshadow: files\ngroup: files\nhosts: files\n")
