@@ -9,7 +9,8 @@ Phases (each timed; `make bench` reads the same figures):
              the account root (the only non-decrypt use the key policy gives it), the ciphertext
              into the host's SSM parameter; a reference copy for verify's challenge goes to
              <state>/verifier/ (mode 0600) — the operator's copy, never the parent's
-  boot       wait until every enclave host's parent has provisioned its enclave
+  boot       wait until every enclave host's parent has provisioned its enclave, and every
+             enclave-enabled instance booting from its user data has run it (a failure fails)
   verify     `enclavekit verify`
 """
 
@@ -273,6 +274,40 @@ def wait_provisioned(
         time.sleep(0.2)
 
 
+def wait_user_data_hosts(
+    state_dir: Path, stacks: list[str], progress: Progress, timeout: float = BOOT_TIMEOUT_S
+) -> list[str]:
+    """Wait until the stacks' enclave-enabled instances that boot from their user data have run
+    it; returns their instance ids. A user data that failed fails the boot phase, naming the
+    instance, the failing command and its exit status (its console has the rest), since an
+    enclave it did not start would fail on AWS too."""
+    from local_backend.host import control, hooks
+
+    deadline = time.monotonic() + timeout
+    while True:
+        booting = []
+        for layout in hooks.hosts(state_dir):
+            info, host = layout.read_info(), layout.read_host()
+            ours = info.get("stack_name") in stacks and info.get("enclave_enabled")
+            if ours and host.get("state") in ("booting", "running", "failed"):
+                booting.append((layout.dir.name, host))
+        failed = [(iid, err) for iid, h in booting if (err := control.boot_error(h))]
+        if failed:
+            raise BackendError(
+                "; ".join(f"instance {iid}: {err}" for iid, err in failed)
+                + " (aws ec2 get-console-output shows its console)"
+            )
+        pending = [iid for iid, h in booting if not h.get("boot")]
+        if not pending:
+            return [iid for iid, _ in booting]
+        progress.update(f"{len(booting) - len(pending)}/{len(booting)} hosts ran their user data")
+        if time.monotonic() > deadline:
+            raise BackendError(
+                f"user data still running after {timeout:.0f} s on {', '.join(pending)}"
+            )
+        time.sleep(0.2)
+
+
 def up(
     app_dir: Path,
     *,
@@ -374,6 +409,7 @@ def _deploy_phases(
     result.restarted = restart_enclaves(state_dir, result.stacks)
     for what in result.restarted:
         progress.update(f"restarting the enclave of {what}")
+    booted = wait_user_data_hosts(state_dir, result.stacks, progress)
     hosts = wait_provisioned(state_dir, result.stacks, progress)
     degraded = [
         f"{d.name}: without {', '.join(st['degraded'])}"
@@ -382,6 +418,7 @@ def _deploy_phases(
     ]
     result.phases["boot"] = progress.done(
         f"{len(hosts)} enclave(s) provisioned"
+        + (f"; {len(booted)} host(s) booted from their user data" if booted else "")
         + (f"; restarted {'; '.join(result.restarted)}" if result.restarted else "")
         + (f"; DEGRADED {'; '.join(degraded)}" if degraded else "")
     )

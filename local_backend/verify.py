@@ -18,6 +18,11 @@ For each host (an emulated parent booted from its `Metadata["enclavekit:host"]`)
                     a control that the search works, it IS found in the enclave's memory.
 
 A check that cannot run counts as failed, with the reason: nothing is skipped silently.
+
+Every other enclave-enabled instance (EnclaveOptions on it or its launch template), booted from
+its user data whether built with our constructs or not, is verified by what it runs
+(`local_backend.verify_hosts`): boot, enclaves and PCRs, attestation, attested keys, parent
+denied, NSM refusal; a check that does not apply there says why (N/A).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class Check:
     ok: bool
     detail: str
     seconds: float = 0.0
+    applies: bool = True  # False: the check does not apply to this host (`detail` says why)
 
 
 @dataclass
@@ -112,7 +118,8 @@ class VerifyReport:
                 f"/{h.instance_id}" if shared[(h.stack, h.logical_id)] > 1 else ""
             )
             for c in h.checks:
-                rows.append((label, c.name, "PASS" if c.ok else "FAIL", c.detail))
+                result = "N/A" if not c.applies else "PASS" if c.ok else "FAIL"
+                rows.append((label, c.name, result, c.detail))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = []
         for i, r in enumerate(rows):
@@ -120,9 +127,13 @@ class VerifyReport:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
         lines.extend(f"problem: {p}" for p in self.problems)
-        passed = sum(c.ok for h in self.hosts for c in h.checks)
+        passed = sum(c.ok and c.applies for h in self.hosts for c in h.checks)
+        na = sum(not c.applies for h in self.hosts for c in h.checks)
         total = sum(len(h.checks) for h in self.hosts)
-        lines.append(f"{passed} passed, {total - passed} failed")
+        lines.append(
+            f"{passed} passed, {total - passed - na} failed"
+            + (f", {na} did not apply" if na else "")
+        )
         return "\n".join(lines)
 
     def to_junit(self) -> str:
@@ -132,7 +143,13 @@ class VerifyReport:
             fleet = f".{h.instance_id}" if shared[(h.stack, h.logical_id)] > 1 else ""
             for c in h.checks:
                 detail = escape(c.detail, {'"': "&quot;"})
-                body = "" if c.ok else f'<failure message="{detail}"/>'
+                body = (
+                    f'<skipped message="{detail}"/>'
+                    if not c.applies
+                    else ""
+                    if c.ok
+                    else f'<failure message="{detail}"/>'
+                )
                 cases.append(
                     f'  <testcase classname="enclavekit.verify.{escape(h.stack)}.'
                     f'{escape(h.logical_id)}{fleet}" name="{escape(c.name)}" '
@@ -732,7 +749,10 @@ def verify(
     """Run every check (or those named in `checks`) on every enclave host of the deployed
     stacks (or of `stack`)."""
     state_dir = Path(state_dir).resolve()
+    from local_backend.verify_hosts import CHECKS as HOST_CHECKS
+
     known = [name for name, _ in CHECKS]
+    known += [name for name, _ in HOST_CHECKS if name not in known]
     unknown = sorted(set(checks or ()) - set(known))
     if unknown:
         raise InvalidInput(f"--check: expected some of {', '.join(known)}, found {unknown}")
@@ -787,6 +807,14 @@ def verify(
             hr.checks.append(check)
             if on_check:
                 on_check(hr, check)
+    # Every other enclave-enabled instance: booted from its user data, ours or not.
+    from local_backend.verify_hosts import enclave_enabled_hosts, verify_host
+
+    for layout in enclave_enabled_hosts(state_dir, None if stack is None else stacks, live):
+        info = layout.read_info()
+        if info.get("stack_name") is not None and info["stack_name"] not in stacks:
+            continue  # a stack not (or no longer) deployed
+        report.hosts.append(verify_host(layout, state_dir, checks, on_check))
     covered = {h.stack for h in report.hosts}
     report.problems.extend(
         f"stack {s}: no enclave host found to verify" for s in stacks if s not in covered

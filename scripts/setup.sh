@@ -38,3 +38,22 @@ else
   echo "==> Python environment (.venv): up to date"
 fi
 
+
+# The wheelhouse: the parent agent's pinned boto3 tree as wheels from PyPI, the local package
+# index `pip install` resolves from inside instance hosts (they have no route out).
+wstamp=.wheelhouse/.enclavekit-fetched
+if [ ! -f "$wstamp" ] || [ requirements.lock -nt "$wstamp" ]; then
+  echo "==> Wheelhouse (.wheelhouse): fetching the parent agent's pinned wheels"
+  mkdir -p .wheelhouse
+  .venv/bin/python -c "from enclavekit.agent_bundle import runtime_requirements as r; print('\n'.join(r()))" \
+    > .wheelhouse/requirements.txt
+  if ! .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps \
+         --only-binary=:all: -d .wheelhouse -r .wheelhouse/requirements.txt >.wheelhouse/download.log 2>&1; then
+    cat .wheelhouse/download.log >&2
+    echo "setup: pip download of the wheelhouse failed (log above)" >&2
+    exit 1
+  fi
+  touch "$wstamp"
+else
+  echo "==> Wheelhouse (.wheelhouse): up to date"
+fi

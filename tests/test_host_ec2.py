@@ -12,6 +12,7 @@ import pytest
 
 from local_backend.host import control, hooks
 from local_backend.host.layout import instance_layout
+from local_backend.verify import verify
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +30,9 @@ SERVER = (
     "http://169.254.169.254/latest/meta-data/instance-id)\n"
     "echo AWS-HTTPS=$(curl -s -o /dev/null -w '%{http_code}' "
     "https://sts.us-east-1.amazonaws.com/)\n"
+    # the instance's own 443 is free for its services, as on EC2 (the AWS names' front is not
+    # in the way)
+    "python3 -c \"import socket; socket.create_server(('0.0.0.0', 443)); print('BIND443=ok')\"\n"
 )
 
 
@@ -90,6 +94,7 @@ def test_run_instances_runs_user_data_console_and_ports(enclavekit_endpoint: Any
         # AWS names over HTTPS reach the endpoint's TLS front, verified against the host's CAs
         code = text.split("AWS-HTTPS=")[1].split()[0]
         assert code != "000" and code.isdigit(), text
+        assert "BIND443=ok" in text, text
         other = _console(ec2, closed_iid, "IMDSv1=")
         assert "IMDSv1=200" in other  # optional tokens (the default): IMDSv1 answers
         rows = {r["instance_id"]: r for r in hooks.hosts_status(state)}
@@ -173,6 +178,7 @@ def test_auto_scaling_instances_run_the_launch_template_user_data(
             "InstanceType": "m5.xlarge",
             "SecurityGroupIds": [sg],
             "UserData": base64.b64encode(b"#!/bin/bash\necho fleet member up\n").decode(),
+            "EnclaveOptions": {"Enabled": True},
         },
     )
     asg.create_auto_scaling_group(
@@ -194,5 +200,13 @@ def test_auto_scaling_instances_run_the_launch_template_user_data(
         for iid in ids:
             assert control.boot_error(_booted(state, iid)) is None
             assert "fleet member up" in _console(ec2, iid, "fleet member up")
+        # verify sees both (enclave-enabled by their launch template), though of no stack and
+        # with no enclave: booted, then the enclave check fails saying the user data ran none.
+        report = verify(state)
+        mine = {h.instance_id: h for h in report.hosts if h.instance_id in ids}
+        assert sorted(mine) == sorted(ids) and not report.ok
+        for hr in mine.values():
+            assert [(c.name, c.ok) for c in hr.checks] == [("boot", True), ("enclaves", False)]
+            assert "the user data started none" in hr.checks[1].detail
     finally:
         asg.delete_auto_scaling_group(AutoScalingGroupName="fleet", ForceDelete=True)

@@ -52,12 +52,14 @@ def _setup_logging(level: str) -> None:
 
 def _build(args: argparse.Namespace) -> tuple[Any, int]:
     from enclavekit import agent
-    from enclavekit.transport import PARENT_CID, AfVsock, EmulatedVsock
+    from enclavekit.transport import PARENT_CID, EmulatedVsock, open_vsock
 
     spec = agent.load_host_json(args.config)
     creds = agent.ImdsCredentials(args.imds_endpoint)
     region = args.region or spec.get("region") or creds.region()
-    vsock = EmulatedVsock(args.vsock_root, PARENT_CID) if args.vsock_root else AfVsock()
+    # A Nitro parent's /dev/vsock, or the emulated one a local host names in
+    # /run/enclavekit/vsock (so the same unit line runs in both).
+    vsock = EmulatedVsock(args.vsock_root, PARENT_CID) if args.vsock_root else open_vsock()
     parent = agent.ParentAgent(
         spec,
         region=region,

@@ -166,11 +166,14 @@ def _child(
             names.append("endpoint")
             tls_port = _tls_port(info)
             if tls_port:
-                # The endpoint's TLS front at its own port and at 443: the AWS service names
-                # resolve to this loopback, so HTTPS to them reaches the front (its CA is in
-                # the host's bundle), and vsock-proxy finds it for the enclaves' KMS traffic.
+                # The endpoint's TLS front at its own port (vsock-proxy finds it there for the
+                # enclaves' KMS traffic) and at [::1]:443, where the AWS service names resolve,
+                # so HTTPS to them reaches the front (its CA is in the host's bundle). IPv6
+                # only: a service of the instance listening on 0.0.0.0:443 (the relay of a
+                # host whose service port is 443) must be able to bind it, as on EC2.
                 fronts = [
-                    socket.create_server(("127.0.0.1", p), backlog=64) for p in (tls_port, 443)
+                    socket.create_server(("127.0.0.1", tls_port), backlog=64),
+                    socket.create_server(("::1", 443), family=socket.AF_INET6, backlog=64),
                 ]  # kept referenced until sent
                 fds.extend(f.fileno() for f in fronts)
                 names.extend(["tls", "tls443"])
@@ -247,6 +250,10 @@ def host_environment(info: dict[str, Any], endpoint_port: int) -> dict[str, str]
             else {}
         ),
         "ENCLAVEKIT_STATE_DIR": HOST_EMULATOR_STATE,
+        # PyPI, as a host with no route out can have it: the project's wheelhouse of pinned
+        # wheels (`make setup`), a local index pip resolves from; anything else is not found.
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(rootfs.wheelhouse()),
     }
 
 

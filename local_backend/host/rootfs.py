@@ -94,6 +94,12 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def wheelhouse() -> Path:
+    """The local package index of pinned wheels `make setup` fetches from PyPI (the parent
+    agent's boto3 tree): what `pip install` inside a host resolves from, read-only."""
+    return project_root() / ".wheelhouse"
+
+
 def tool_mounts() -> list[str]:
     """Machine paths bound read-only into every host at the same path: the project and the
     interpreter its tools run on (so `nitro-cli`, `dnf`, `systemctl` are this code)."""
@@ -172,7 +178,7 @@ def prepare(layout: HostLayout, *, hostname: str, region: str) -> bool:
         "127.0.0.1   localhost localhost.localdomain localhost4 localhost4.localdomain4\n"
         "::1         localhost6 localhost6.localdomain6\n"
         "# enclavekit: AWS service names reach the local endpoint relay in this host only\n"
-        + "".join(f"127.0.0.1   {n}\n" for n in aws_hostnames(region))
+        + "".join(f"::1         {n}\n" for n in aws_hostnames(region))
     )
     (etc / "resolv.conf").write_text("# no resolver: the host has no route out\n")
     (etc / "nsswitch.conf").write_text("passwd: files\nshadow: files\ngroup: files\nhosts: files\n")

@@ -190,6 +190,12 @@ def read_state(name: str) -> dict[str, Any]:
     return {}
 
 
+def _main_pid_env(name: str) -> dict[str, str]:
+    """$MAINPID, as systemd sets it for ExecReload/ExecStop while the main process runs."""
+    pid = read_state(name).get("MainPID")
+    return {"MAINPID": str(pid)} if pid else {}
+
+
 def write_state(name: str, **fields: Any) -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     st = read_state(name)
@@ -459,7 +465,11 @@ class Supervisor:
 
     def _on_term(self, _signum: int, _frame: object) -> None:
         self.stopping = True
-        env = self.unit.environment() if self.unit.all("Service", "ExecStop") else {}
+        env = (
+            {**self.unit.environment(), **_main_pid_env(self.name)}
+            if self.unit.all("Service", "ExecStop")
+            else {}
+        )
         if env:
             self._run_all("ExecStop", env)
         pids = [
@@ -696,7 +706,9 @@ def systemctl(argv: list[str]) -> int:
                     )
                     rc = 1
                     continue
-                rc = Supervisor(unit)._run_all("ExecReload", unit.environment()) or rc
+                # systemd gives ExecReload $MAINPID (`kill -HUP $MAINPID`, the usual line)
+                env = {**unit.environment(), **_main_pid_env(unit.name)}
+                rc = Supervisor(unit)._run_all("ExecReload", env) or rc
             return rc
         if cmd in ("enable", "disable"):
             rc = 0

@@ -1,0 +1,426 @@
+"""`enclavekit verify` for instances booted from their user data: every enclave-enabled host.
+
+Such a host need not be ours: nothing here reads enclavekit Metadata. What verify checks is what
+the host runs, as seen from outside (the `local_backend.host.hooks` reader interface):
+
+  boot               the user data ran and succeeded (else: the failing command, its status and
+                     the console's last lines);
+  enclaves           `nitro-cli describe-enclaves` inside the host: each RUNNING, with its PCRs;
+  attestation        each enclave's fresh attestation document (its control port, vsock 5005)
+                     verifies to the local root: our nonce, its own module id, the PCR0-2
+                     nitro-cli reports, PCR3 of the instance role and PCR4 of the instance;
+  keys               every KMS key whose policy grants the host role under
+                     kms:RecipientAttestation conditions binds the PCRs an enclave here has;
+  parent-denied      Decrypt under those keys with the instance role and no attestation is
+                     AccessDeniedException;
+  nsm-parent-refused a parent-side process of the host asking an enclave's NSM gets nothing;
+  https, key-not-on-parent  where an ACM certificate is associated with the host role.
+
+A check that does not apply says why (`Check.applies` False); one that cannot run fails.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from enclavekit import attestation, pcr
+from enclavekit import provisioning as prov
+from enclavekit.localenv import local_client
+from enclavekit.transport import PARENT_CID, EmulatedVsock
+from local_backend.host import control, hooks
+from local_backend.host.layout import HOST_EMULATOR_STATE, HostLayout
+from local_backend.verify import Check, HostReport, _bound_pcrs, _denied, _short, _timed
+
+CONSOLE_LINES = 8  # of a failed boot's console, in its check's detail
+CheckFn = Callable[["UserDataHost"], tuple[bool, str] | Check]
+
+
+class UserDataHost:
+    """What verify knows of one running instance host (host.json, instance.json, its enclaves)."""
+
+    def __init__(self, layout: HostLayout, state_dir: Path) -> None:
+        self.layout = layout
+        self.state_dir = state_dir
+        self.info = layout.read_info()
+        self.host = layout.read_host()
+        self.region: str = self.info["region"]
+        self.endpoint: str = self.info["endpoint"]
+        self.role_arn: str | None = (self.info.get("role_arns") or [None])[0]
+        self.enclaves: list[dict[str, Any]] = []
+        self.documents: dict[str, attestation.AttestationDocument] = {}  # by EnclaveID
+        self._creds: Any = None
+
+    @property
+    def vsock(self) -> EmulatedVsock:
+        """The host's emulated vsock as its parent side (CID 3) sees it, from the machine."""
+        root = Path(f"/proc/{self.host.get('init_pid')}/root{HOST_EMULATOR_STATE}/vsock")
+        return EmulatedVsock(root, PARENT_CID)
+
+    def client(self, service: str, creds: prov.Credentials | None = None) -> Any:
+        if creds is None:
+            return local_client(service, self.endpoint, region=self.region)
+        return local_client(
+            service,
+            self.endpoint,
+            region=self.region,
+            access_key_id=creds.access_key_id,
+            secret_access_key=creds.secret_access_key,
+            session_token=creds.session_token,
+        )
+
+    def role_credentials(self) -> prov.Credentials:
+        """The instance role's credentials, as the host's IMDS hands them out."""
+        from local_backend.parent.agent import AssumeRoleCredentials, ec2_sts
+
+        if self._creds is None:
+            self._creds = AssumeRoleCredentials(
+                lambda: ec2_sts(self.endpoint, self.region),
+                self.role_arn,
+                self.info["instance_id"],
+            )
+        return self._creds.credentials()
+
+    def control(self, cid: int, request: prov.Message, timeout: float = 30) -> prov.Message:
+        with self.vsock.connect(cid, prov.CONTROL_PORT) as sock:
+            sock.settimeout(timeout)
+            return prov.exchange(sock, request)
+
+
+def _not_applicable(name: str, why: str) -> Check:
+    return Check(name, True, f"does not apply: {why}", applies=False)
+
+
+# -------------------------------------------------------------------------- boot and enclaves
+
+
+def boot_check(h: UserDataHost) -> Check:
+    host = h.host
+    error = control.boot_error(host)
+    if error is None and (host.get("boot") or {}).get("state") == "done":
+        return Check("boot", True, "user data ran to completion (cloud-init: done)")
+    if error is None:
+        return Check("boot", False, f"user data still running (host {host.get('state')})")
+    try:
+        tail = h.layout.console.read_text(errors="replace").rstrip().splitlines()
+    except OSError:
+        tail = []
+    last = " | ".join(line.strip() for line in tail[-CONSOLE_LINES:] if line.strip())
+    return Check("boot", False, f"{error}; console: {last or '(empty)'}")
+
+
+def check_enclaves(h: UserDataHost) -> tuple[bool, str]:
+    h.enclaves = hooks.host_enclaves(h.layout)
+    if not h.enclaves:
+        return False, "nitro-cli describe-enclaves lists no enclave: the user data started none"
+    parts, ok = [], True
+    for e in h.enclaves:
+        m = e.get("Measurements") or {}
+        parts.append(
+            f"{e.get('EnclaveID')} CID {e.get('EnclaveCID')} {e.get('State')} "
+            f"PCR0 {_short(str(m.get('PCR0', '-')))}"
+        )
+        ok = ok and e.get("State") == "RUNNING"
+    return ok, "; ".join(parts)
+
+
+def _running(h: UserDataHost) -> list[dict[str, Any]]:
+    return [e for e in h.enclaves if e.get("State") == "RUNNING"]
+
+
+def check_attestation(h: UserDataHost) -> tuple[bool, str] | Check:
+    anchor = attestation.TrustAnchor.local(h.state_dir)
+    done, silent = [], []
+    for e in _running(h):
+        eid, cid = str(e["EnclaveID"]), int(e["EnclaveCID"])
+        nonce = secrets.token_bytes(32)
+        try:
+            reply = h.control(cid, prov.Attest(nonce=nonce))
+        except (ConnectionRefusedError, FileNotFoundError):
+            silent.append(eid)
+            continue
+        if not isinstance(reply, prov.AttestResult):
+            return False, f"enclave {eid} did not attest: {reply.to_json()}"
+        doc = attestation.verify(reply.document, anchor)
+        if doc.nonce != nonce:
+            return False, f"enclave {eid}: the document does not carry our nonce (replayed?)"
+        if doc.module_id != eid:
+            return False, f"document module_id {doc.module_id} is not the enclave {eid}"
+        want = {i: str((e.get("Measurements") or {}).get(f"PCR{i}", "")).lower() for i in (0, 1, 2)}
+        if h.role_arn:
+            want[3] = pcr.pcr3_of_role_arn(h.role_arn).hex()
+        want[4] = pcr.pcr4_of_instance_id(h.info["instance_id"]).hex()
+        for i, value in want.items():
+            if doc.pcrs.get(i, b"").hex() != value:
+                return False, (
+                    f"enclave {eid}: attested PCR{i} {_short(doc.pcrs.get(i, b'').hex() or '-')}"
+                    f" is not {_short(value or '-')}"
+                )
+        h.documents[eid] = doc
+        done.append(eid)
+    if not done:
+        return _not_applicable(
+            "attestation",
+            f"enclave(s) {', '.join(silent)} answer nothing on vsock port "
+            f"{prov.CONTROL_PORT} (not an enclavekit image): their PCRs are nitro-cli's",
+        )
+    more = f"; {', '.join(silent)} answer nothing on port 5005" if silent else ""
+    return True, (
+        f"{', '.join(done)}: fresh document verifies to the local root; PCR0-2 = "
+        f"describe-enclaves, PCR3 = instance role, PCR4 = instance{more}"
+    )
+
+
+# -------------------------------------------------------------------------- keys
+
+
+def _attested_keys(h: UserDataHost) -> dict[str, dict[str, set[str]]]:
+    """key ARN -> the PCR values its policy releases to the host role under attestation."""
+    kms = h.client("kms")
+    out: dict[str, dict[str, set[str]]] = {}
+    for page in kms.get_paginator("list_keys").paginate():
+        for k in page["Keys"]:
+            policy = kms.get_key_policy(KeyId=k["KeyId"], PolicyName="default")["Policy"]
+            text = policy if isinstance(policy, str) else json.dumps(policy)
+            bound = _bound_pcrs(text, h.role_arn)
+            if bound:
+                out[k["KeyArn"]] = bound
+    return out
+
+
+def _enclave_pcrs(h: UserDataHost, e: dict[str, Any]) -> dict[str, str]:
+    doc = h.documents.get(str(e["EnclaveID"]))
+    if doc is not None:
+        return {f"PCR{i}": v.hex() for i, v in doc.pcrs.items()}
+    m = {k: str(v).lower() for k, v in (e.get("Measurements") or {}).items()}
+    if h.role_arn:
+        m["PCR3"] = pcr.pcr3_of_role_arn(h.role_arn).hex()
+    m["PCR4"] = pcr.pcr4_of_instance_id(h.info["instance_id"]).hex()
+    return m
+
+
+def check_keys(h: UserDataHost) -> tuple[bool, str] | Check:
+    keys = _attested_keys(h)
+    if not keys:
+        return _not_applicable(
+            "keys", "no KMS key policy grants the host role under kms:RecipientAttestation"
+        )
+    running = [_enclave_pcrs(h, e) for e in _running(h)]
+    parts = []
+    for arn, bound in sorted(keys.items()):
+        key = arn.rsplit("/", 1)[-1]
+        if not any(all(have.get(n) in vals for n, vals in bound.items()) for have in running):
+            shown = ", ".join(f"{n} {_short(min(v))}" for n, v in sorted(bound.items()))
+            return False, f"key {key} releases to {shown}: no enclave of this host has them"
+        parts.append(f"{key}({','.join(sorted(bound))})")
+    return True, f"bound to an enclave running here: {', '.join(parts)}"
+
+
+def check_parent_denied(h: UserDataHost) -> tuple[bool, str] | Check:
+    keys = _attested_keys(h)
+    if not keys:
+        return _not_applicable(
+            "parent-denied", "no KMS key grants the host role under attestation conditions"
+        )
+    creds = h.role_credentials()
+    root_kms, role_kms = h.client("kms"), h.client("kms", creds)
+    tried = []
+    for arn in sorted(keys):
+        key = arn.rsplit("/", 1)[-1]
+        blob = None
+        for kms in (root_kms, role_kms):
+            try:
+                out = kms.encrypt(KeyId=arn, Plaintext=b"enclavekit verify probe")
+                blob = out["CiphertextBlob"]
+                break
+            except Exception:  # noqa: BLE001 - denied Encrypt: try the other principal
+                continue
+        if blob is None:
+            return False, (
+                f"could not check: neither the account root nor the host role may Encrypt "
+                f"under key {key}, so there is no ciphertext to try"
+            )
+        ok, what = _denied(lambda b=blob: role_kms.decrypt(CiphertextBlob=b), key)
+        if not ok:
+            if what == "ALLOWED":
+                return False, f"the instance role decrypted under key {key} without attestation"
+            return False, f"key {key}: {what}"
+        tried.append(key)
+    return True, f"Decrypt without attestation: AccessDeniedException for {', '.join(tried)}"
+
+
+# -------------------------------------------------------------------------- NSM
+
+# Run inside the host (as root of its parent side): ask the enclave's NSM for a document with
+# our own public key; print what happened and whether the NSM logged refusing this process.
+_NSM_PROBE = """
+import json, os, secrets, sys, time
+from enclavekit import nsm
+from enclavekit.errors import EnclaveKitError
+from enclavekit.transport import SocketNsm, nsm_request
+from local_backend.emulator.state import Layout, state_dir
+layout = Layout(state_dir(sys.argv[1]))
+slot = layout.slot_dir(layout.slot_of(sys.argv[2]))
+log = slot / "monitor.log"
+seen = log.stat().st_size if log.is_file() else 0
+client = SocketNsm(slot / "nsm.sock")
+out = {"pid": os.getpid()}
+try:
+    reply = nsm_request(client, nsm.Attestation(nonce=secrets.token_bytes(16),
+                                                public_key=secrets.token_bytes(64)))
+    out["answered"] = type(reply).__name__
+except EnclaveKitError as exc:
+    out["error"] = str(exc)
+finally:
+    client.close()
+mine = "refused a connection to nsm.sock from pid %d " % os.getpid()
+deadline = time.monotonic() + 3
+while True:
+    with open(log, "rb") as fh:
+        fh.seek(seen)
+        out["logged"] = mine in fh.read().decode(errors="replace")
+    if out["logged"] or time.monotonic() > deadline:
+        break
+    time.sleep(0.05)
+print(json.dumps(out))
+"""
+
+
+def check_nsm_parent_refused(h: UserDataHost) -> tuple[bool, str]:
+    results = []
+    for e in _running(h):
+        eid = str(e["EnclaveID"])
+        run = control.host_exec(
+            h.layout, [sys.executable, "-c", _NSM_PROBE, HOST_EMULATOR_STATE, eid], timeout=60
+        )
+        if run.returncode != 0:
+            return False, f"could not check: the probe in the host failed: {run.stderr[-300:]}"
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        if "answered" in out:
+            return False, f"enclave {eid}'s NSM answered a parent-side process: {out['answered']}"
+        if "expected a listening socket" in out.get("error", ""):
+            return False, f"could not check: enclave {eid}'s NSM socket does not answer"
+        if not out.get("logged"):
+            return False, (
+                f"could not check: enclave {eid}'s NSM closed without a reply to pid "
+                f"{out['pid']} but recorded no refusal of it"
+            )
+        results.append(f"{eid} (pid {out['pid']} in the host)")
+    return True, f"closed unanswered, refusal in the monitor log: {', '.join(results)}"
+
+
+# -------------------------------------------------------------------------- TLS
+
+
+def _associated_certificates(h: UserDataHost) -> list[str]:
+    """ACM certificates associated with the host role (ACM for Nitro Enclaves)."""
+    acm, ec2 = h.client("acm"), h.client("ec2")
+    out = []
+    for c in acm.list_certificates().get("CertificateSummaryList", []):
+        arn = c["CertificateArn"]
+        roles = ec2.get_associated_enclave_certificate_iam_roles(CertificateArn=arn)
+        if any(r.get("AssociatedRoleArn") == h.role_arn for r in roles["AssociatedRoles"]):
+            out.append(arn)
+    return out
+
+
+def check_tls(h: UserDataHost) -> list[Check]:
+    """https and key-not-on-parent apply where the host serves an ACM certificate."""
+    certs = _associated_certificates(h)
+    if not certs:
+        why = "no ACM certificate is associated with the host role: the host serves no TLS of ours"
+        return [_not_applicable("https", why), _not_applicable("key-not-on-parent", why)]
+    why = (
+        f"could not check: certificate {certs[0].rsplit('/', 1)[-1]} is associated with the host "
+        "role, and HTTPS through an ACM agent host booted from user data is not checked yet"
+    )
+    return [Check("https", False, why), Check("key-not-on-parent", False, why)]
+
+
+CHECKS: tuple[tuple[str, CheckFn], ...] = (
+    ("enclaves", check_enclaves),
+    ("attestation", check_attestation),
+    ("keys", check_keys),
+    ("parent-denied", check_parent_denied),
+    ("nsm-parent-refused", check_nsm_parent_refused),
+)
+
+
+def _run(name: str, fn: CheckFn, h: UserDataHost) -> Check:
+    start = time.monotonic()
+    holder: list[Check] = []
+
+    def call() -> tuple[bool, str]:
+        out = fn(h)
+        if isinstance(out, Check):
+            holder.append(out)
+            return out.ok, out.detail
+        return out
+
+    check = _timed(name, call)
+    if holder:
+        return Check(name, holder[0].ok, holder[0].detail, check.seconds, holder[0].applies)
+    return Check(check.name, check.ok, check.detail, round(time.monotonic() - start, 3))
+
+
+def enclave_enabled_hosts(
+    state_dir: Path, stacks: Sequence[str] | None, live: set[str]
+) -> list[HostLayout]:
+    """The running, enclave-enabled instance hosts (of `stacks`; None: all, stack or not)."""
+    out = []
+    for layout in hooks.hosts(state_dir):
+        info = layout.read_info()
+        if info.get("instance_id") not in live or not info.get("enclave_enabled"):
+            continue
+        if stacks is not None and info.get("stack_name") not in stacks:
+            continue
+        out.append(layout)
+    return out
+
+
+def verify_host(
+    layout: HostLayout,
+    state_dir: Path,
+    checks: Sequence[str] | None = None,
+    on_check: Callable[[HostReport, Check], None] | None = None,
+) -> HostReport:
+    """Every check that applies to the host of `layout`, in order; a failed boot stops there."""
+    h = UserDataHost(layout, state_dir)
+    hr = HostReport(
+        stack=h.info.get("stack_name") or "(no stack)",
+        logical_id=h.info.get("logical_id") or h.info["instance_id"],
+        instance_id=h.info["instance_id"],
+        enclave_id=None,
+    )
+
+    def add(check: Check) -> None:
+        hr.checks.append(check)
+        if on_check:
+            on_check(hr, check)
+
+    add(boot_check(h))
+    if not hr.checks[-1].ok:
+        return hr
+    for name, fn in CHECKS:
+        if checks and name not in checks and name != "enclaves":
+            continue
+        add(_run(name, fn, h))
+        if name == "enclaves":
+            hr.enclave_id = next((str(e["EnclaveID"]) for e in _running(h)), None)
+            if not _running(h):
+                return hr
+    if not checks or {"https", "key-not-on-parent"} & set(checks):
+        try:
+            tls = check_tls(h)
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run fails, with why
+            why = f"could not check: {type(exc).__name__}: {exc}"
+            tls = [Check("https", False, why), Check("key-not-on-parent", False, why)]
+        for c in tls:
+            if not checks or c.name in checks:
+                add(c)
+    return hr
