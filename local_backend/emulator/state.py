@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from enclavekit.errors import InvalidInput
+from enclavekit.transport import PARENT_CID  # re-exported: state.PARENT_CID
 
 DEFAULT_STATE_DIR = ".enclavekit"
 STATE_ENV = "ENCLAVEKIT_STATE_DIR"
-PARENT_CID = 3
 
 RUNNING = "RUNNING"
 TERMINATED = "TERMINATED"
