@@ -2,11 +2,12 @@
 
 One endpoint and one deployment of the sample app for the module. A baseline run passes all
 eight checks but the two TLS ones, which fail because ACM denies the sample's own image the
-certificate's key, as AWS does (set-up C; issue 10 moves the sample to set-up A); then each test breaks exactly the property one check names — in the deployment
-itself (its key policy, the parent's files and sockets, the verifier's reference copy) — runs
-that check and asserts it FAILS with its reason, and puts the deployment back. The faults of
-a running deployment follow: a killed enclave (status, verify, `up` brings it back), a stale
-instance directory of an earlier endpoint, a synth that hangs, a construct error.
+certificate's key, as AWS does (set-up C; issue 10 moves the sample to set-up A); then each
+test breaks exactly the property one check names — in the deployment itself (its key policy,
+the parent's files and sockets, the verifier's reference copy) — runs that check and asserts it
+FAILS with its reason, and puts the deployment back. The faults of a running deployment
+follow: a killed enclave (status, verify, `up` brings it back), a stale instance directory of
+an earlier endpoint, a synth that hangs, a construct error.
 """
 
 from __future__ import annotations
