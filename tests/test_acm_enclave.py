@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -465,6 +466,17 @@ def test_a_users_image_is_denied_the_acm_key(world: World, tmp_path: Path) -> No
         assert info.value.code == "AccessDeniedException"
     with _attested_kms(world, tmp_path / "p11ne.sock", p11ne_measurements()) as kms:
         assert kms.decrypt(blob).startswith(b"-----BEGIN")
+    # and the role on the parent, without attestation, gets nothing
+    c = world.creds
+    plain = world.endpoint.client(
+        "kms",
+        aws_access_key_id=c["AccessKeyId"],
+        aws_secret_access_key=c["SecretAccessKey"],
+        aws_session_token=c["SessionToken"],
+    )
+    with pytest.raises(ClientError) as denied:
+        plain.decrypt(CiphertextBlob=blob)
+    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
 
 
 @contextlib.contextmanager
