@@ -22,10 +22,11 @@ import binascii
 import logging
 import re
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
-from enclave_app.kms import AttestedKms, KmsDenied, KmsUnreachable
+from enclave_app.kms import AttestedKms
 from enclavekit.errors import EnclaveAppError, InvalidInput
 from enclavekit.provisioning import Credentials
 
@@ -58,6 +59,9 @@ class Worker:
             return {"Err": exc.value}
         except DeviceError as exc:
             log.error("%s: %s", request.call, exc)
+            return {"Err": "InternalError"}
+        except Exception as exc:  # noqa: BLE001 - answered as vtok_srv answers any fault
+            log.error("%s: unexpected %s: %s", request.call, type(exc).__name__, exc)
             return {"Err": "InternalError"}
         return {"Ok": ok}
 
@@ -180,14 +184,10 @@ class Worker:
 
     @staticmethod
     def _ttl(slot: Any) -> int:
-        import time
-
         return max(int(slot.expiry - time.monotonic()), 0)
 
 
 def _expiry() -> float:
-    import time
-
     return time.monotonic() + rpc.TOKEN_EXPIRY_SECS
 
 
@@ -224,9 +224,7 @@ class KmsDecryptor:
             timeout=10.0,
         )
         try:
-            return kms.decrypt(ciphertext)
-        except (KmsDenied, KmsUnreachable):
-            raise
+            return kms.decrypt(ciphertext)  # KmsDenied / KmsUnreachable: KmsDecryptFailed
         finally:
             kms.close()
 
