@@ -19,7 +19,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION
 from enclavekit.pcr import Measurements
 from enclavekit.provisioning import Credentials
 from enclavekit.transport import SocketNsm
-from local_backend import server
+from local_backend import server, verify
 from local_backend.acm_enclave import (
     KEY_LABEL,
     p11kit_address,
@@ -310,13 +309,10 @@ def _sign(world: World, cid: int, label: str, data: bytes, *sigopts: str) -> byt
 
 
 def _keyscan(world: World, arn: str, *, paths: list[str], pids: list[int]) -> dict[str, Any]:
+    """The endpoint (which plays ACM and holds the key) searches for it; verify's request."""
     req = {"certificate_arn": arn, "account_id": LOCAL_ACCOUNT, "region": LOCAL_REGION,
            "paths": paths, "pids": pids}  # fmt: skip
-    r = urllib.request.Request(
-        world.endpoint.url + server.KEYSCAN_PATH, data=json.dumps(req).encode(), method="POST"
-    )
-    with urllib.request.urlopen(r, timeout=120) as resp:
-        return json.loads(resp.read())
+    return verify._endpoint_keyscan(world.endpoint.url, req, world.endpoint.state_dir)
 
 
 def _tree(pid: int) -> list[int]:
