@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,6 +309,50 @@ def _sign(world: World, cid: int, label: str, data: bytes, *sigopts: str) -> byt
     return (w / "sig.bin").read_bytes()
 
 
+CKF_WRITE_PROTECTED, CKF_LOGIN_REQUIRED, CKR_TOKEN_WRITE_PROTECTED = 0x2, 0x4, 0xE2
+
+
+def _token_as_the_parent_sees_it(world: World, cid: int, label: str) -> dict[str, Any]:
+    """C_GetTokenInfo of the token `label` and the answer to a read-write C_OpenSession,
+    through p11-kit's client module (in a child process: the module reads its address from
+    the environment at C_Initialize)."""
+    script = f"""
+import ctypes, json
+ul, vp = ctypes.c_ulong, ctypes.c_void_p
+class Fl(ctypes.Structure):
+    _fields_ = [("v", ctypes.c_ubyte * 2)] + [(f"f{{i}}", vp) for i in range(68)]
+lib = ctypes.CDLL({str(world.system.p11kit_client)!r})
+fl = ctypes.POINTER(Fl)()
+assert lib.C_GetFunctionList(ctypes.byref(fl)) == 0
+fn = lambda i, *a: ctypes.CFUNCTYPE(ul, *a)(getattr(fl.contents, f"f{{i}}"))
+assert fn(0, vp)(None) == 0
+n = ul(0)
+assert fn(4, ctypes.c_ubyte, vp, ctypes.POINTER(ul))(1, None, ctypes.byref(n)) == 0
+slots = (ul * n.value)()
+assert fn(4, ctypes.c_ubyte, vp, ctypes.POINTER(ul))(1, slots, ctypes.byref(n)) == 0
+for slot in slots:
+    info = ctypes.create_string_buffer(256)
+    assert fn(6, ul, vp)(slot, info) == 0
+    raw = info.raw
+    if raw[:32].decode().rstrip() != {label!r}:
+        continue
+    h = ul(0)
+    rv = fn(12, ul, ul, vp, vp, ctypes.POINTER(ul))(slot, 0x4 | 0x2, None, None, ctypes.byref(h))
+    print(json.dumps({{"manufacturer": raw[32:64].decode().rstrip(),
+                      "model": raw[64:80].decode().rstrip(),
+                      "serial": raw[80:96].decode().rstrip(),
+                      "flags": int.from_bytes(raw[96:104], "little"), "rw_session": rv}}))
+fn(1, vp)(None)
+"""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "P11_KIT_SERVER_ADDRESS": p11kit_address(world.instance, cid)}  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0 and run.stdout.strip(), run.stdout + run.stderr
+    return json.loads(run.stdout)
+
+
 def _keyscan(world: World, arn: str, *, paths: list[str], pids: list[int]) -> dict[str, Any]:
     """The endpoint (which plays ACM and holds the key) searches for it; verify's request."""
     req = {"certificate_arn": arn, "account_id": LOCAL_ACCOUNT, "region": LOCAL_REGION,
@@ -385,6 +430,13 @@ def test_token_in_the_enclave_signs_for_the_parent(world: World) -> None:
             assert result["processes"][str(pid)]["hits"] == [], pid
         found = [h for p in enclave_pids for h in result["processes"][str(p)].get("hits", [])]
         assert found, result["processes"]  # positive control: the search does find it
+
+        # what a PKCS#11 client on the parent sees: AWS's token, read-only
+        info = _token_as_the_parent_sees_it(world, cid, "acm-rsa")
+        assert info["model"] == "p11ne-token" and info["manufacturer"] == "Amazon"
+        assert info["serial"] == "EVT00"
+        assert info["flags"] & CKF_WRITE_PROTECTED and info["flags"] & CKF_LOGIN_REQUIRED
+        assert info["rw_session"] == CKR_TOKEN_WRITE_PROTECTED
 
         # a removed token is gone from p11-kit's view too
         assert _call(world, cid, "RemoveToken", label="acm-ec", pin=PIN) == {"Ok": "None"}
