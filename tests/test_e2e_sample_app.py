@@ -2,12 +2,13 @@
 
 One endpoint for the module (free loopback port, temporary state dir), a private copy of the
 sample app whose enclave image is built in the copy. In order: bootstrap; deploy (the enclave
-boots, is provisioned, and serves HTTPS through the parent's relay with a chain to the local
-CA); an update that changes the image (new PCRs in the key policy, the instance replaced, the
-old enclave gone); a no-change deploy; destroy; redeploy. Negative: an unsupported resource
-type fails the deploy with its name (a key policy without the PCR condition, and every other
-property verify checks, is broken in test_verify_breakages). Last: nothing of ours is left
-running or listening.
+boots and is provisioned; the sample is set-up C, so ACM denies its image the certificate's
+key as AWS does: the enclave holds its secret only and serves no TLS, and verify fails its two
+TLS checks with that reason); an update that changes the image (new PCRs in the key policy,
+the instance replaced, the old enclave gone); a no-change deploy; destroy; redeploy.
+Negative: an unsupported resource type fails the deploy with its name (a key policy without
+the PCR condition, and every other property verify checks, is broken in
+test_verify_breakages). Last: nothing of ours is left running or listening.
 
 Budget: under 4 minutes on 2 cores (about 2 minutes when the machine is quiet).
 """
@@ -27,8 +28,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from cryptography import x509
-from e2e_support import copy_sample_app, patch_app
+from e2e_support import assert_setup_c_denied, copy_sample_app, patch_app
 
 from enclavekit import provisioning as prov
 from enclavekit import pytest_plugin as plugin
@@ -149,25 +149,29 @@ def _gone(ep: plugin.LocalEndpoint, host: plugin.DeployedHost) -> None:
     assert states in ([], ["terminated"]), states
 
 
-def _serves_from_enclave(deployed: plugin.Deployment, host: plugin.DeployedHost) -> None:
-    r = deployed.https(host, "/e2e")
-    assert r.status == 200 and r.tls_version == "TLSv1.3"
-    body = r.json()
-    assert body["served_by"] == "enclave_app" and body["path"] == "/e2e"
-    assert body["enclave_module_id"] == host.enclave_id  # produced inside this enclave
-    leaf = x509.load_der_x509_certificate(r.peer_certificate)
-    assert body["certificate_sha256"] == hashlib.sha256(r.peer_certificate).hexdigest()
-    root = x509.load_pem_x509_certificate(deployed.endpoint.ca_pem())
-    leaf.verify_directly_issued_by(root)
-    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert DOMAIN in sans.get_values_for_type(x509.DNSName)
+def _denied_the_acm_key(deployed: plugin.Deployment, host: plugin.DeployedHost) -> None:
+    """Set-up C as on AWS: ACM releases the certificate's key only to its own enclave image, so
+    the sample's image is denied it (AccessDeniedException): it holds its secret only
+    (degraded), says why, and serves no TLS. (Set-up A, nginx on the parent with the key in
+    ACM's enclave, is issue 10's replacement for this sample.)"""
+    vsock = EmulatedVsock(host.instance_dir / "vsock", 3)
+    with vsock.connect(host.enclave_cid, prov.CONTROL_PORT) as sock:
+        sock.settimeout(30)
+        status = prov.exchange(sock, prov.Status())
+    assert isinstance(status, prov.StatusReport), status
+    assert status.state == "degraded" and status.certificate_sha256 is None
+    assert status.secrets == ("app-secret",)
+    assert status.last_error and "certificate key" in status.last_error
+    assert "AccessDeniedException" in status.last_error
+    with pytest.raises(pytest.fail.Exception, match="TLS to .* failed"):
+        deployed.https(host, "/e2e")
     Loop.relay_ports.add(host.relay_port)
 
 
 # ------------------------------------------------------------------ the loop, in order
 
 
-def test_bootstrap_deploy_serves_from_the_enclave(
+def test_bootstrap_deploy_boots_the_enclave_denied_the_acm_key(
     ep: plugin.LocalEndpoint, app: Path, tmp_path: Path
 ) -> None:
     run = _timed("bootstrap", plugin.bootstrap, ep)
@@ -188,12 +192,12 @@ def test_bootstrap_deploy_serves_from_the_enclave(
     host = deployed.host()
     assert host.instance_id == out["InstanceId"] and host.domain == DOMAIN
     _enclave_running(host, pcr0)
-    _serves_from_enclave(deployed, host)
+    _denied_the_acm_key(deployed, host)
     assert _challenge(host)  # the enclave decrypted the secret with its attestation
     assert _parent_decrypt(ep, out["RoleArn"], out["SecretParameter"]) == "AccessDeniedException"
 
     report = _timed("verify", deployed.verify)
-    assert report.ok, report.table()
+    assert_setup_c_denied(report)
 
 
 def test_update_of_the_image_changes_pcrs_key_policy_and_instance(
@@ -218,7 +222,7 @@ def test_update_of_the_image_changes_pcrs_key_policy_and_instance(
     assert out["InstanceId"] == host.instance_id
     _gone(ep, old_host)
     _enclave_running(host, pcr0)
-    _serves_from_enclave(deployed, host)
+    _denied_the_acm_key(deployed, host)
     assert _challenge(host)  # the sealed secret survived: same key, new image bound
 
 
@@ -245,7 +249,7 @@ def test_destroy_leaves_no_enclave_process_or_port(ep: plugin.LocalEndpoint) -> 
 def test_redeploy(ep: plugin.LocalEndpoint, app: Path) -> None:
     deployed = _timed("redeploy", plugin.deploy, ep, app, secrets={"app-secret": SECRET})
     host = deployed.host()
-    _serves_from_enclave(deployed, host)
+    _denied_the_acm_key(deployed, host)
     assert _challenge(host)
     Loop.deployment = deployed
 

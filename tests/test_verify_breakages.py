@@ -1,11 +1,13 @@
 """Every `enclavekit verify` check can fail: one real deployment, each property broken in turn.
 
 One endpoint and one deployment of the sample app for the module. A baseline run passes all
-eight checks; then each test breaks exactly the property one check names — in the deployment
-itself (its key policy, the parent's files and sockets, the verifier's reference copy) — runs
-that check and asserts it FAILS with its reason, and puts the deployment back. The faults of
-a running deployment follow: a killed enclave (status, verify, `up` brings it back), a stale
-instance directory of an earlier endpoint, a synth that hangs, a construct error.
+eight checks but the two TLS ones, which fail because ACM denies the sample's own image the
+certificate's key, as AWS does (set-up C; issue 10 moves the sample to set-up A); then each
+test breaks exactly the property one check names — in the deployment itself (its key policy,
+the parent's files and sockets, the verifier's reference copy) — runs that check and asserts it
+FAILS with its reason, and puts the deployment back. The faults of a running deployment
+follow: a killed enclave (status, verify, `up` brings it back), a stale instance directory of
+an earlier endpoint, a synth that hangs, a construct error.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import pytest
 from botocore.exceptions import ClientError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from e2e_support import copy_sample_app
+from e2e_support import assert_setup_c_denied, copy_sample_app
 
 from enclavekit import eif
 from enclavekit import pytest_plugin as plugin
@@ -139,9 +141,9 @@ def _allow_pcrs(extra: dict[int, str]) -> Any:
     return change
 
 
-def test_baseline_every_check_passes(deployed: plugin.Deployment) -> None:
+def test_baseline_every_check_passes_but_set_up_c(deployed: plugin.Deployment) -> None:
     report = deployed.verify()
-    assert report.ok, report.table()
+    assert_setup_c_denied(report)  # the sample's image is denied ACM's key, as on AWS
     assert [c.name for c in report.hosts[0].checks] == [n for n, _ in verify.CHECKS]
 
 
@@ -480,7 +482,8 @@ def test_killed_enclave_is_named_and_up_brings_it_back(
 
     out = io.StringIO()
     result = up.up(app, state_dir=ep.state_dir, port=ep.port, progress=up.Progress(out))
-    assert result.ok, out.getvalue() + (result.report.table() if result.report else "")
+    assert result.report is not None, out.getvalue()
+    assert_setup_c_denied(result.report)
     assert [r.split(" ")[0] for r in result.restarted] == [host.instance_id]
     assert f"restarted {host.instance_id}" in out.getvalue()
     st = host.parent_state()
@@ -488,7 +491,8 @@ def test_killed_enclave_is_named_and_up_brings_it_back(
     assert st["pid"] == agent_pid  # the same parent agent: only its enclave was restarted
     assert server.status(ep.state_dir).pid == ep.pid  # the same endpoint throughout
     assert stale.is_dir()  # left alone, and harmless
-    # the "Try it" line up prints works as printed (with this venv's enclavekit)
+    # the "Try it" line up prints runs as printed (with this venv's enclavekit) and reaches the
+    # enclave, which has no certificate to present: set-up C is denied ACM's key, as on AWS
     [try_it] = up.try_it_lines(ep.state_dir, [STACK], command=str(ENCLAVEKIT))
     assert try_it.startswith("Try it: curl --cacert <(")
     done = subprocess.run(
@@ -497,8 +501,7 @@ def test_killed_enclave_is_named_and_up_brings_it_back(
         text=True,
         timeout=60,
     )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["enclave_module_id"] == st["enclave"]["EnclaveID"]
+    assert done.returncode != 0 and "SSL" in done.stderr, done.stderr
 
 
 def test_a_hanging_app_fails_synth_by_name(ep: plugin.LocalEndpoint, tmp_path: Path) -> None:
@@ -583,7 +586,8 @@ def test_after_the_endpoint_is_killed_up_and_verify_work_again(
 
     out = io.StringIO()
     result = up.up(app, state_dir=ep.state_dir, port=ep.port, progress=up.Progress(out))
-    assert result.ok, out.getvalue() + (result.report.table() if result.report else "")
+    assert result.report is not None, out.getvalue()
+    assert_setup_c_denied(result.report)
     assert not _processes_running(str(old.instance_dir))  # its agent and enclave are gone
     assert old.parent_state()["state"] == "stopped"
     [new] = plugin.hosts_of(ep, [STACK])
