@@ -212,8 +212,7 @@ def test_every_resource_type_our_stacks_use_is_mapped(tmp_path: Path) -> None:
     from local_backend.moto_ext import iam_authz
     from local_backend.moto_ext.cloudformation import models as cfn_models
 
-    moto_ext.install(tmp_path)
-    iam_authz.install()
+    moto_ext.install(tmp_path)  # our types registered (IAM itself stays off in this process)
     types = cfn_models.supported_types()
     unmapped = iam_authz.cfn_role.unmapped_types(types)
     total = len(iam_authz.cfn_role.resource_types(types))
