@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
-"""The sample app (seed scenario): an HTTPS service whose TLS key lives only in an enclave.
+"""The sample app: an application secret that only an attested enclave image can open.
 
 One stack: an isolated VPC, an m5a.xlarge enclave host giving its enclave 2 vCPUs and 512 MiB,
-the image built reproducibly from enclave_app/, an ACM certificate associated with the host
-role (ACM for Nitro Enclaves), and an application secret sealed under a KMS key that only an
-enclave attesting this image's PCR0/1/2 can use. Every `cdk synth` runs the enclavekit linter.
+the image built reproducibly from enclave_app/, and an application secret sealed under a KMS
+key that only an enclave attesting this image's PCR0/1/2 can use (set-up B; it works on AWS as
+deployed here). Every `cdk synth` runs the enclavekit linter.
 
-Context (cdk.json defaults work locally): domain, certificate_arn (an existing ACM
-certificate; default: a new AWS::CertificateManager::Certificate for the domain), app_dir,
-stack_name.
+Set-up C — the image also claiming an ACM for Nitro Enclaves certificate to terminate TLS
+itself — is what AWS refuses: ACM releases the certificate's key only to ACM's own enclave
+image. Context `certificate_in_image=true` deploys it anyway (the linter's EK-ACM-003
+acknowledged) so the local run can show that refusal: the enclave ends degraded with
+AccessDeniedException and verify fails its TLS checks, as the host would on AWS. HTTPS with the
+key in an enclave is set-up A (nginx on the parent, the key in ACM's enclave): see
+docs/real-aws.md.
+
+Context (cdk.json defaults work locally): app_dir, stack_name; with certificate_in_image:
+domain, certificate_arn (an existing ACM certificate; default: a new
+AWS::CertificateManager::Certificate for the domain).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ class EnclaveServiceStack(cdk.Stack):
         domain: str,
         app_dir: str,
         certificate_arn: str | None = None,
+        certificate_in_image: bool = False,
         **kwargs: object,
     ) -> None:
         super().__init__(scope, id, **kwargs)
@@ -54,9 +63,11 @@ class EnclaveServiceStack(cdk.Stack):
                 )
             ],
         )
-        certificate: acm.ICertificate | str = certificate_arn or acm.Certificate(
-            self, "Certificate", domain_name=domain
-        )
+        certificate: acm.ICertificate | str | None = None
+        if certificate_in_image:  # set-up C: refused on AWS (see the module docstring)
+            certificate = certificate_arn or acm.Certificate(
+                self, "Certificate", domain_name=domain
+            )
         image = ek.EnclaveImage.from_directory(app_dir)
         host = ek.EnclaveHost(
             self,
@@ -71,14 +82,12 @@ class EnclaveServiceStack(cdk.Stack):
             service_port=443,
         )
         host.connections.allow_default_port_from(ec2.Peer.ipv4(vpc.vpc_cidr_block))
-        # Set-up C: this image expects ACM's certificate key, which AWS releases only to ACM's
-        # own enclave image; deployed as is, the enclave ends degraded and verify's TLS checks
-        # fail with AccessDeniedException, as on AWS (until the sample moves to set-up A).
-        acknowledge(
-            host.instance,
-            "EK-ACM-003",
-            "sample kept on set-up C until issue 10 moves it to set-up A; fails on AWS",
-        )
+        if certificate_in_image:
+            acknowledge(
+                host.instance,
+                "EK-ACM-003",
+                "set-up C on purpose: shows locally the refusal AWS gives it",
+            )
         cdk.Validations.of(host).acknowledge(
             cdk.Acknowledgment(
                 id="CloudFormation-Validate::W9010",
@@ -114,6 +123,7 @@ def main() -> None:
         ctx("stack_name") or "EnclaveService",
         domain=ctx("domain") or DEFAULT_DOMAIN,
         certificate_arn=ctx("certificate_arn") or None,
+        certificate_in_image=str(ctx("certificate_in_image") or "").lower() in ("true", "1"),
         app_dir=ctx("app_dir") or "enclave_app",
         env=cdk.Environment(
             account=os.environ.get("CDK_DEFAULT_ACCOUNT"),

@@ -440,11 +440,11 @@ def _deploy_phases(
 def try_it_lines(
     state_dir: Path, stacks: list[str] | None = None, *, command: str = "enclavekit"
 ) -> list[str]:
-    """ "Try it" curl lines, one per running enclave host with a domain (what `up` and `demo`
-    print after a deployment)."""
+    """ "Try it" curl lines, one per running enclave host that serves TLS (a domain and a
+    certificate; what `up` and `demo` print after a deployment)."""
     out = []
     for p in parents(state_dir, stacks):
-        if not (p.spec and p.running):
+        if not (p.spec and p.running and p.spec.get("certificate")):
             continue
         port, domain = p.state.get("relay_port"), p.state.get("domain")
         if not (port and domain):

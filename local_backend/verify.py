@@ -720,6 +720,19 @@ def _endpoint_keyscan(endpoint: str, req: dict[str, Any], state_dir: Path) -> di
 
 # -------------------------------------------------------------------------- driver
 
+TLS_CHECKS = ("https", "key-not-on-parent")
+
+
+def _not_applicable(name: str, host: _Host) -> str | None:
+    """Why check `name` does not apply to `host`, or None when it does.
+
+    A host whose image holds secrets but no certificate (set-up B) serves no TLS: there is no
+    HTTPS to try and no certificate key to search for."""
+    if name in TLS_CHECKS and not host.spec.get("certificate"):
+        return "no certificate is associated with this host (its image serves no TLS)"
+    return None
+
+
 CHECKS: tuple[tuple[str, Callable[[_Host], tuple[bool, str]]], ...] = (
     ("image-pcrs", check_image),
     ("secret", check_secret),
@@ -823,7 +836,12 @@ def verify(
         for name, fn in CHECKS:
             if checks and name not in checks:
                 continue
-            check = _timed(name, lambda fn=fn, host=host: fn(host))
+            why_not = _not_applicable(name, host)
+            check = (
+                Check(name, True, f"does not apply: {why_not}", applies=False)
+                if why_not
+                else _timed(name, lambda fn=fn, host=host: fn(host))
+            )
             hr.checks.append(check)
             if on_check:
                 on_check(hr, check)

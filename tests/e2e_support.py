@@ -105,9 +105,9 @@ def write_readme_app(dest: Path) -> Path:
     return dest
 
 
-# The sample app is set-up C (its image claims the ACM certificate), which AWS refuses: ACM
-# releases the certificate's key only to its own enclave image. Until the sample moves to
-# set-up A (issue 10), these are the verify checks that fail on it, as they would on AWS.
+# The sample app with context certificate_in_image=true is set-up C (its image claims the ACM
+# certificate), which AWS refuses: ACM releases the certificate's key only to its own enclave
+# image. These are the verify checks that fail on it, as they would on AWS.
 SETUP_C_DENIED = ("https", "key-not-on-parent")
 
 

@@ -66,7 +66,9 @@ def ep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[plugin.LocalEndpoin
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_sample_app(tmp_path_factory.mktemp("sample") / "app")
+    return copy_sample_app(
+        tmp_path_factory.mktemp("sample") / "app", context={"certificate_in_image": True}
+    )
 
 
 def _timed(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -42,7 +42,9 @@ def _status(host: dict[str, Any]) -> prov.Message:
 
 def test_sample_app_boots_from_its_user_data(enclavekit_endpoint: Any, tmp_path: Path) -> None:
     ep = enclavekit_endpoint
-    app = copy_sample_app(tmp_path / "app", stack_name=STACK)
+    app = copy_sample_app(
+        tmp_path / "app", stack_name=STACK, context={"certificate_in_image": True}
+    )
     patch_app(app, "host.cfn_resource.cfn_options.metadata = {}  # user data alone boots it")
     started = time.monotonic()
     deployed = plugin.deploy(ep, app, seal=False)

@@ -44,7 +44,9 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ep = plugin.start_endpoint(tmp_path_factory.mktemp("grants-state"))
     try:
-        app = copy_sample_app(tmp_path_factory.mktemp("grants-app") / "app")
+        app = copy_sample_app(
+            tmp_path_factory.mktemp("grants-app") / "app", context={"certificate_in_image": True}
+        )
         plugin.bootstrap(ep)
         deployed = plugin.deploy(ep, app, secrets={"app-secret": SECRET})
         host = deployed.host()

@@ -28,7 +28,16 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> dict:
         env = local_aws_env(SYNTH_ENDPOINT, scratch_dir=Path(scratch))
         env["PATH"] = tool_path(env["PATH"], start=ROOT)
         proc = subprocess.run(
-            [*cdk_command(ROOT), "synth", "--quiet", "--output", str(out)],
+            # set-up C: the variant with the certificate association and its grants
+            [
+                *cdk_command(ROOT),
+                "synth",
+                "--quiet",
+                "--output",
+                str(out),
+                "-c",
+                "certificate_in_image=true",
+            ],  # fmt: skip
             cwd=ROOT,
             env=env,
             capture_output=True,

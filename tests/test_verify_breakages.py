@@ -70,7 +70,9 @@ def ep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[plugin.LocalEndpoin
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return copy_sample_app(tmp_path_factory.mktemp("breakage") / "app")
+    return copy_sample_app(
+        tmp_path_factory.mktemp("breakage") / "app", context={"certificate_in_image": True}
+    )
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,9 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     state = tmp_path_factory.mktemp("attack-state")
     endpoint = plugin.start_endpoint(state)
     try:
-        app = copy_sample_app(tmp_path_factory.mktemp("attack-app") / "app")
+        app = copy_sample_app(
+            tmp_path_factory.mktemp("attack-app") / "app", context={"certificate_in_image": True}
+        )
         deployment = plugin.deploy(endpoint, app, secrets={"app-secret": SECRET})
         outputs = deployment.outputs[STACK]
         value = endpoint.client("ssm").get_parameter(Name=outputs["SecretParameter"])
