@@ -47,6 +47,8 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from enclavekit.errors import BackendError
+
 log = logging.getLogger("enclavekit.endpoint.persist")
 
 PERSIST_DIR = "persist"
@@ -68,7 +70,7 @@ _snapshot_lock = threading.Lock()
 _stopping = threading.Event()  # set when the stop-time snapshot begins
 
 
-class StateError(Exception):
+class StateError(BackendError):
     """The saved state cannot be read back (wrong key, damaged file, other moto version)."""
 
 

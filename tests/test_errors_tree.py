@@ -33,6 +33,15 @@ FOREIGN_CLASSES = {
     "_Refused": "an OSError carrying the kernel's errno",
     # The user's code failing, not enclavekit refusing.
     "TaskFailed": "a Step Functions task's ASL error",
+    # Signals inside the IAM layer carrying AWS's wording to the one caller that renders them
+    # (a CloudFormation resource event, a Lambda invocation error), never shown as ours.
+    "ResourceAccessDenied": "iam_authz/cfn_role.py: the resource event's reason",
+    "ServiceCannotAssume": "iam_authz/service_roles.py: Lambda's invocation error",
+    # The ACM enclave's RPC server (inside the enclave): vtok_rpc's own error variants, sent
+    # to the agent on the wire exactly as AWS's p11ne-server names them.
+    "ApiError": "acm_enclave/p11ne: vtok_rpc's ApiError variants",
+    "DeviceError": "acm_enclave/p11ne: vtok_rpc's device errors",
+    "ParseError": "acm_enclave/p11ne: a request that does not parse gets no answer",
     # Owned by the boot-path work under way (local_backend/host, cloudformation): to be
     # brought into the tree once it lands.
     "CustomResourceFailed": "cloudformation/custom_resource.py (boot-path work in progress)",
