@@ -16,18 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # The host's IMDS listens on 169.254.169.254:80 inside the host's network, so a wildcard bind
 # of port 80 fails there (EC2's IMDS is no socket of the instance); until the host moves IMDS
 # out of its port space, the stock port-80 server listens on 127.0.0.1 only.
-IMDS_PORT_WORKAROUND = "sed -i 's/listen       80;/listen       127.0.0.1:80;/' /etc/nginx/nginx.conf\n"
-# AWS's AL2023 script (aws/aws-nitro-enclaves-acm 456d6a0,
-# cdk/src/assets/user-data-scripts/AL2023/nginx-conf.sh), the nginx.conf and OpenSSL lines.
-AWS_NGINX_EDITS = r"""
-sudo sed -i '/pid \/run\/nginx\.pid;/a\ssl_engine pkcs11;' /etc/nginx/nginx.conf
-sudo sed -i '/# Settings for a TLS enabled server./{n;:a;/^#/s///;n;ba}' /etc/nginx/nginx.conf
-sudo sed -i '/server_name/c\        server_name  DOMAIN_NAME_PLACEHOLDER;' /etc/nginx/nginx.conf
-sudo sed -i '/ssl_certificate/d; /ssl_certificate_key/d; /ssl_ciphers/d' /etc/nginx/nginx.conf
-sudo sed -i '/ssl_session_timeout/a\        ssl_protocols TLSv1.2;' /etc/nginx/nginx.conf
-sudo sed -i '/# Load configuration files for the default server block./a\        include "/etc/pki/nginx/nginx-acm.conf";' /etc/nginx/nginx.conf
-sudo sh -c "echo -e '[openssl_init]\nengines = engine_section\n\n[engine_section]\npkcs11 = pkcs11_section\n\n[pkcs11_section]\nengine_id = pkcs11\ninit = 1' >> /etc/pki/tls/openssl.d/openssl-acm.cnf"
-"""
+IMDS_PORT_WORKAROUND = (
+    "sed -i 's/listen       80;/listen       127.0.0.1:80;/' /etc/nginx/nginx.conf\n"
+)
+# The nginx.conf and OpenSSL lines of AWS's AL2023 script, verbatim (aws/aws-nitro-enclaves-acm
+# 456d6a0, cdk/src/assets/user-data-scripts/AL2023/nginx-conf.sh).
+AWS_NGINX_EDITS = (ROOT / "tests" / "fixtures" / "acm" / "aws-nginx-edits.sh").read_text()
 
 
 def test_acm_yaml_errors_are_one_line_naming_the_key() -> None:
