@@ -15,6 +15,7 @@ from moto import mock_aws
 from moto.kms.models import kms_backends
 
 from local_backend import moto_ext
+from local_backend.acm_enclave import p11ne_measurements
 from local_backend.moto_ext.ec2 import EnclaveInstance, models, on_instance_start, on_instance_stop
 
 KW = {
@@ -196,19 +197,15 @@ def test_association_key_policy_and_object(aws: dict) -> None:
     assoc = ec2.associate_enclave_certificate_iam_role(CertificateArn=cert, RoleArn=role)
     backend = kms_backends[models.SERVICE_ACCOUNT]["us-east-1"]
     policy = json.loads(backend.get_key_policy(assoc["EncryptionKmsKeyId"]))
-    # associated, but no enclave host runs an agent image for the role yet: nothing released
-    assert [s for s in policy["Statement"] if s["Action"] == "kms:Decrypt"] == []
-    models.register_agent_image("us-east-1", role, "i-0123456789abcdef0", "AB" * 48)
-    policy = json.loads(backend.get_key_policy(assoc["EncryptionKmsKeyId"]))
+    # released to the associated role from ACM's enclave image only (never a host's own image)
     [release] = [s for s in policy["Statement"] if s["Action"] == "kms:Decrypt"]
     assert release["Principal"] == {"AWS": role}
     assert release["Condition"] == {
-        "StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": ["ab" * 48]}
+        "StringEqualsIgnoreCase": {
+            "kms:RecipientAttestation:ImageSha384": p11ne_measurements().image_sha384
+        }
     }
-    models.unregister_agent_image("us-east-1", role, "i-0123456789abcdef0")
-    policy = json.loads(backend.get_key_policy(assoc["EncryptionKmsKeyId"]))
-    assert [s for s in policy["Statement"] if s["Action"] == "kms:Decrypt"] == []
-    models.register_agent_image("us-east-1", role, "i-0123456789abcdef0", "ab" * 48)
+    assert not p11ne_measurements().is_debug
     # the customer account has no such key: it lives in the service account
     with pytest.raises(ClientError):
         aws["kms"].describe_key(KeyId=assoc["EncryptionKmsKeyId"])

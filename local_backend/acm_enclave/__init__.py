@@ -70,3 +70,21 @@ def rpc_connect(instance_dir: Path, cid: int, port: int = RPC_PORT) -> socket.so
 
     root = state.Layout(state.state_dir(instance_dir)).vsock
     return EmulatedVsock(root, state.PARENT_CID).connect(cid, port)
+
+
+def wait_ready(instance_dir: Path, cid: int, timeout: float = 5.0, port: int = RPC_PORT) -> None:
+    """Wait until the enclave's RPC port accepts connections, as AWS's agent waits up to
+    acm.yaml's `boot_timeout_ms` (5000) after run-enclave; ConnectionError past `timeout`."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            rpc_connect(instance_dir, cid, port).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise ConnectionError(
+                    f"ACM enclave CID {cid}: RPC port {port} not up after {timeout:.0f} s ({exc})"
+                ) from None
+            time.sleep(0.05)

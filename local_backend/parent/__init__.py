@@ -137,7 +137,6 @@ def start_parent(info: Any) -> None:
         return
     d = instance_dir(_state_dir, info.instance_id)
     d.mkdir(parents=True, exist_ok=True)
-    _register_agent_image(info, spec)
     record = {
         "instance_id": info.instance_id,
         "account_id": info.account_id,
@@ -184,26 +183,12 @@ def start_parent(info: Any) -> None:
     raise EmulatorError(f"instance {info.instance_id}: enclave boot failed: {reason}")
 
 
-def _register_agent_image(info: Any, spec: dict[str, Any]) -> None:
-    """This host's enclave plays the ACM agent's part for its certificate: let the local ACM
-    release the certificate key to that image (and only to it), as AWS's does to its agent's."""
-    from local_backend.moto_ext.ec2 import models as ec2
-
-    pcr0 = ((spec.get("image") or {}).get("measurements") or {}).get("PCR0")
-    if spec.get("certificate") and pcr0:
-        for role in info.role_arns:
-            ec2.register_agent_image(info.region, role, info.instance_id, pcr0)
-
-
 def stop_parent(info: Any) -> None:
     """Stop hook: stop the parent process (which terminates its enclaves and relays)."""
     assert _state_dir is not None
     from local_backend.host import hooks
-    from local_backend.moto_ext.ec2 import models as ec2
 
     hooks.stop_instance_host(_state_dir, info)
-    for role in info.role_arns:
-        ec2.unregister_agent_image(info.region, role, info.instance_id)
     proc = _procs.pop(info.instance_id, None)
     pid = proc.pid if proc else read_state(instance_dir(_state_dir, info.instance_id)).get("pid")
     if not pid:

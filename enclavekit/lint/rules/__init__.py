@@ -9,6 +9,7 @@ from enclavekit.lint.model import Rule
 _MODULES = (
     "ek_acm_001",
     "ek_acm_002",
+    "acm_key_in_own_image",  # EK-ACM-003
     "ek_ack_001",
     "ek_host_001",
     "ek_host_002",

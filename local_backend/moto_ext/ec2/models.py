@@ -6,16 +6,15 @@ its chain and its private key go into an S3 object `<role_arn>/<certificate_arn>
 `aws-ec2-enclave-certificate-<region>-prod`; the private key PEM is encrypted with KMS under a
 key of a separate local *service account* (SERVICE_ACCOUNT, standing in for the AWS-owned
 account). That key's policy releases kms:Decrypt only to the associated roles, and only to an
-attested enclave running *the agent image*: on AWS that is ACM's own enclave image; here the
-enclave that plays the agent's part is the host's own image, so each enclave host whose Metadata
-names the certificate registers its image's PCR0 (`register_agent_image`, from the emulated
-parent's start hook) and the release condition is `StringEqualsIgnoreCase
-kms:RecipientAttestation:ImageSha384` in those values. A role with an association but no such
-host gets nothing released; a debug-mode enclave (PCR0 zero) or any other image is denied, and
-so is every unattested call. The bucket lives in the service account too (moto resolves bucket
-names across accounts), so the only way to the key is S3 GetObject + attested kms:Decrypt, as on
-AWS. Decrypting a ciphertext of a service-account key is routed by the KMS extension: the blob
-names the key id; `service_account_key_ids()` lists those keys.
+attested enclave running *ACM's enclave image*: on AWS that is the image the
+`aws-nitro-enclaves-acm` package ships; here it is the image enclavekit builds for that package
+(local_backend.acm_enclave, `p11ne_measurements()`), named by `StringEqualsIgnoreCase
+kms:RecipientAttestation:ImageSha384` = its PCR0. Never a user's image: an enclave host whose own
+image claims the certificate (set-up C) is denied, as on AWS; a debug-mode enclave (PCR0 zero)
+and every unattested call are denied too. The bucket lives in the service account too (moto
+resolves bucket names across accounts), so the only way to the key is S3 GetObject + attested
+kms:Decrypt, as on AWS. Decrypting a ciphertext of a service-account key is routed by the KMS
+extension: the blob names the key id; `service_account_key_ids()` lists those keys.
 """
 
 from __future__ import annotations
@@ -503,8 +502,6 @@ class CertificateAssociation:
 # (account, region) -> {(certificate_arn, role_arn): association}
 _associations: dict[tuple[str, str], dict[tuple[str, str], CertificateAssociation]] = {}
 _service_keys: dict[str, str] = {}  # region -> key id in SERVICE_ACCOUNT
-# (region, role_arn) -> {instance id: PCR0 hex of the image it runs as the agent}
-_agent_images: dict[tuple[str, str], dict[str, str]] = {}
 
 
 def bucket_name(region: str) -> str:
@@ -517,8 +514,15 @@ def service_account_key_ids() -> dict[str, str]:
         return dict(_service_keys)
 
 
-def _service_key_policy(roles: dict[str, list[str]]) -> str:
-    """The service key's policy: `roles` maps each associated role to its agent images."""
+def acm_image_sha384() -> str:
+    """PCR0 (hex) of ACM's enclave image, the only image the association key releases to."""
+    from local_backend.acm_enclave import p11ne_measurements
+
+    return p11ne_measurements().image_sha384
+
+
+def _service_key_policy(roles: list[str]) -> str:
+    """The service key's policy: Decrypt for each associated role, from ACM's image only."""
     statements: list[dict[str, Any]] = [
         {
             "Sid": "ServiceAccountAdministration",
@@ -528,20 +532,17 @@ def _service_key_policy(roles: dict[str, list[str]]) -> str:
             "Resource": "*",
         }
     ]
-    for n, (role, images) in enumerate(sorted(roles.items())):
-        if not images:
-            continue  # associated, but no enclave host runs an agent image for it yet
+    image = acm_image_sha384() if roles else None
+    for n, role in enumerate(sorted(roles)):
         statements.append(
             {
-                "Sid": f"ReleaseToAgentImageOfAssociatedRole{n}",
+                "Sid": f"ReleaseToAcmEnclaveOfAssociatedRole{n}",
                 "Effect": "Allow",
                 "Principal": {"AWS": role},
                 "Action": "kms:Decrypt",
                 "Resource": "*",
                 "Condition": {
-                    "StringEqualsIgnoreCase": {
-                        "kms:RecipientAttestation:ImageSha384": sorted(images)
-                    }
+                    "StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": image}
                 },
             }
         )
@@ -550,25 +551,12 @@ def _service_key_policy(roles: dict[str, list[str]]) -> str:
     )
 
 
-def register_agent_image(region: str, role_arn: str, instance_id: str, image_sha384: str) -> None:
-    """An enclave host of `role_arn` runs the image `image_sha384` as its certificate agent."""
-    with _lock:
-        _agent_images.setdefault((region, role_arn), {})[instance_id] = image_sha384.lower()
-        _refresh_service_key_policy(region)
-
-
-def unregister_agent_image(region: str, role_arn: str, instance_id: str) -> None:
-    with _lock:
-        _agent_images.get((region, role_arn), {}).pop(instance_id, None)
-        _refresh_service_key_policy(region)
-
-
 def _ensure_service_key(region: str) -> str:
     backend = kms_backends[SERVICE_ACCOUNT][region]
     key_id = _service_keys.get(region)
     if key_id is None or key_id not in backend.keys:
         key = backend.create_key(
-            policy=_service_key_policy({}),
+            policy=_service_key_policy([]),
             key_usage="ENCRYPT_DECRYPT",
             key_spec="SYMMETRIC_DEFAULT",
             description="ACM for Nitro Enclaves certificate keys (local)",
@@ -579,12 +567,14 @@ def _ensure_service_key(region: str) -> str:
 
 
 def _refresh_service_key_policy(region: str) -> None:
-    roles = {
-        a.role_arn: sorted(set(_agent_images.get((region, a.role_arn), {}).values()))
-        for (_acct, reg), table in _associations.items()
-        if reg == region
-        for a in table.values()
-    }
+    roles = sorted(
+        {
+            a.role_arn
+            for (_acct, reg), table in _associations.items()
+            if reg == region
+            for a in table.values()
+        }
+    )
     key_id = _ensure_service_key(region)
     kms_backends[SERVICE_ACCOUNT][region].put_key_policy(key_id, _service_key_policy(roles))
 
