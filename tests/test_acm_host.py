@@ -13,12 +13,6 @@ from host_support import booted, console
 from local_backend.host import acm_config, control
 
 ROOT = Path(__file__).resolve().parent.parent
-# The host's IMDS listens on 169.254.169.254:80 inside the host's network, so a wildcard bind
-# of port 80 fails there (EC2's IMDS is no socket of the instance); until the host moves IMDS
-# out of its port space, the stock port-80 server listens on 127.0.0.1 only.
-IMDS_PORT_WORKAROUND = (
-    "sed -i 's/listen       80;/listen       127.0.0.1:80;/' /etc/nginx/nginx.conf\n"
-)
 # The nginx.conf and OpenSSL lines of AWS's AL2023 script, verbatim (aws/aws-nitro-enclaves-acm
 # 456d6a0, cdk/src/assets/user-data-scripts/AL2023/nginx-conf.sh).
 AWS_NGINX_EDITS = (ROOT / "tests" / "fixtures" / "acm" / "aws-nginx-edits.sh").read_text()
@@ -68,7 +62,6 @@ def test_stock_nginx_takes_aws_edits_and_loads_the_pkcs11_engine(tmp_path: Path)
         "#!/bin/bash\nset -euxo pipefail\ndnf install nginx openssl-pkcs11 -y\n"
         "cp /etc/nginx/nginx.conf /root/nginx.conf.stock\n"
         + AWS_NGINX_EDITS
-        + IMDS_PORT_WORKAROUND
         + "mkdir -p /etc/pki/nginx/private\n"
         "export OPENSSL_CONF=/etc/pki/tls/openssl.cnf\n"
         "openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost -days 1 "
@@ -78,7 +71,7 @@ def test_stock_nginx_takes_aws_edits_and_loads_the_pkcs11_engine(tmp_path: Path)
         "nginx -t\n"
         "openssl engine -t pkcs11\n"
         "systemctl start nginx || { journalctl -u nginx; exit 1; }\n"
-        "curl -sk https://localhost/ | head -3\n"
+        "curl -s http://localhost/ | head -3\ncurl -sk https://localhost/ | head -3\n"
         "echo | openssl s_client -connect localhost:443 2>/dev/null | grep Protocol\n"
         "id nginx\n"
     )

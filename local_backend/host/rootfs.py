@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from local_backend.host.layout import PERSISTENT_DIRS, HostLayout
+from local_backend.host.services_net import SERVICES_ADDRESS
 
 # Commands every AL2023 host has before user data (the AMI's), served by `host.tools`.
 BASE_COMMANDS = ("dnf", "yum", "systemctl", "journalctl", "sudo", "amazon-linux-extras", "aws")
@@ -171,8 +172,8 @@ def prepare(layout: HostLayout, *, hostname: str, region: str) -> bool:
     (etc / "hosts").write_text(
         "127.0.0.1   localhost localhost.localdomain localhost4 localhost4.localdomain4\n"
         "::1         localhost6 localhost6.localdomain6\n"
-        "# enclavekit: AWS service names reach the local endpoint relay in this host only\n"
-        + "".join(f"127.0.0.1   {n}\n" for n in aws_hostnames(region))
+        "# enclavekit: AWS service names reach the local endpoint, one hop off this host\n"
+        + "".join(f"{SERVICES_ADDRESS}   {n}\n" for n in aws_hostnames(region))
     )
     (etc / "resolv.conf").write_text("# no resolver: the host has no route out\n")
     (etc / "nsswitch.conf").write_text("passwd: files\nshadow: files\ngroup: files\nhosts: files\n")

@@ -1,0 +1,213 @@
+"""ACM for Nitro Enclaves set-up A from AWS's own installation steps, deployed with the AWS CLI.
+
+tests/fixtures/acm/acm-nginx-host.yaml is written only from AWS's "Installing ACM for Nitro
+Enclaves" steps (no enclavekit construct or Metadata): certificate, role + instance profile,
+the association, the three grants, and an AL2023 m5a.xlarge whose user data installs
+`aws-nitro-enclaves-acm nginx`, edits the stock nginx.conf as AWS's script does, writes
+acm.yaml and starts `nitro-enclaves-acm`. One deployment carries, in order: HTTPS from the
+real nginx through the instance's forwarded 443 with the association's certificate and chain,
+each handshake signed in the ACM enclave (the token's signature count grows); a broken
+acm.yaml is one line in the journal; a killed ACM enclave is detected and recovered; each
+missing grant (s3:GetObject, kms:Decrypt, iam:GetRole with a role path) leaves nginx without a
+key and the agent's journal names the denied call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from enclavekit.localenv import local_aws_env
+from local_backend.host import control, hooks
+from local_backend.host.catalog_acm import ensure_acm_image
+from local_backend.host.layout import HostLayout, instance_layout
+
+pytestmark = [pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "tests" / "fixtures" / "acm" / "acm-nginx-host.yaml"
+BIN = Path(sys.executable).parent
+DOMAIN = "acm.example.test"
+STANZA = "/etc/pki/nginx/nginx-acm.conf"
+LABEL = "nginx-acm-token"
+AGENT = "nitro-enclaves-acm"
+
+
+@dataclass
+class World:
+    ep: Any
+    tmp: Path
+    layout: HostLayout
+    instance_id: str
+    certificate_arn: str
+    role_name: str
+
+    def journal(self) -> str:
+        return control.host_exec(self.layout, ["journalctl", "-u", AGENT]).stdout
+
+    def logs(self) -> str:
+        """The agent's and nginx's journals and nginx's error log (failure context)."""
+        nginx = self.sh("journalctl -u nginx | tail -20; tail -20 /var/log/nginx/error.log")
+        return self.journal()[-3000:] + "\n--- nginx ---\n" + nginx.stdout + nginx.stderr
+
+    def sh(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return control.host_exec(self.layout, ["bash", "-c", script], timeout=timeout)
+
+    def https_port(self) -> int:
+        row = next(
+            r
+            for r in hooks.hosts_status(Path(self.ep.state_dir))
+            if r["instance_id"] == self.instance_id
+        )
+        return next(p["host_port"] for p in row["ports"] if p["port"] == 443)
+
+
+def _aws(ep: Any, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = local_aws_env(ep.url, scratch_dir=tmp / "aws")
+    return subprocess.run(
+        [str(BIN / "aws"), *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def _wait(what: str, ok: Callable[[], Any], timeout: float, why: Callable[[], str]) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = ok()
+        if got:
+            return got
+        time.sleep(0.5)
+    pytest.fail(f"{what} within {timeout:.0f} s:\n{why()[-6000:]}")
+
+
+@pytest.fixture(scope="module")
+def world(enclavekit_endpoint: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    ensure_acm_image()  # the package's p11ne.eif, built on the machine
+    tmp = tmp_path_factory.mktemp("acm")
+    out = _aws(
+        enclavekit_endpoint,
+        tmp,
+        "cloudformation",
+        "deploy",
+        "--template-file",
+        str(TEMPLATE),
+        "--stack-name",
+        "acm-nginx",
+        "--capabilities",
+        "CAPABILITY_IAM",
+        "--parameter-overrides",
+        f"DomainName={DOMAIN}",
+        "RolePath=/acm/",
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    cfn = enclavekit_endpoint.client("cloudformation")
+    outputs = {
+        o["OutputKey"]: o["OutputValue"]
+        for o in cfn.describe_stacks(StackName="acm-nginx")["Stacks"][0]["Outputs"]
+    }
+    layout = instance_layout(Path(enclavekit_endpoint.state_dir), outputs["InstanceId"])
+    host = control.wait_booted(layout, timeout=300)
+    assert control.boot_error(host) is None, layout.console.read_text()[-4000:]
+    yield World(
+        enclavekit_endpoint,
+        tmp,
+        layout,
+        outputs["InstanceId"],
+        outputs["CertificateArn"],
+        outputs["RoleName"],
+    )
+    _aws(enclavekit_endpoint, tmp, "cloudformation", "delete-stack", "--stack-name", "acm-nginx")
+
+
+def _handshake(port: int, cadata: str) -> tuple[bytes, list[bytes], str]:
+    """GET / over TLS 1.2: (leaf DER, chain DERs as sent, body's first line)."""
+    ctx = ssl.create_default_context(cadata=cadata)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=20) as raw,
+        ctx.wrap_socket(raw, server_hostname=DOMAIN) as tls,
+    ):
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+        leaf = tls.getpeercert(binary_form=True)
+        chain = [c.public_bytes() for c in tls.get_unverified_chain()]  # type: ignore[attr-defined]
+    assert data.startswith(b"HTTP/1.1 200"), data[:300]
+    return leaf, chain, data.split(b"\r\n\r\n", 1)[1].decode(errors="replace")
+
+
+def _serves(w: World, cadata: str) -> bool:
+    with contextlib.suppress(OSError, ssl.SSLError, AssertionError, StopIteration):
+        _handshake(w.https_port(), cadata)
+        return True
+    return False
+
+
+def _signatures(w: World) -> int:
+    """DescribeToken over the enclave's RPC port, from inside the host (the PIN is the one the
+    agent wrote into the stanza)."""
+    stanza = w.sh(f"cat {STANZA}").stdout
+    pin = stanza.split("pin-value=", 1)[1].split('"', 1)[0]
+    code = (
+        "import json, subprocess\n"
+        "from local_backend.host.acm_agent import rpc_call\n"
+        "cid = json.loads(subprocess.run(['nitro-cli', 'describe-enclaves'],"
+        " capture_output=True).stdout)[0]['EnclaveCID']\n"
+        f"print(json.dumps(rpc_call(cid, 10000, {{'DescribeToken': {{'label': {LABEL!r},"
+        f" 'pin': {pin!r}}}}})))\n"
+    )
+    out = control.host_exec(w.layout, [sys.executable, "-c", code])
+    assert out.returncode == 0, out.stderr
+    return int(json.loads(out.stdout)["TokenDescription"]["signatures"])
+
+
+def _acm_pem(w: World) -> tuple[str, str]:
+    got = w.ep.client("acm").get_certificate(CertificateArn=w.certificate_arn)
+    return got["Certificate"], got["CertificateChain"]
+
+
+def test_nginx_serves_the_association_certificate_with_the_key_in_the_enclave(
+    world: World,
+) -> None:
+    w = world
+    cert_pem, chain_pem = _acm_pem(w)
+    _wait("nginx serving HTTPS", lambda: _serves(w, chain_pem), 120, w.logs)
+    stanza = w.sh(f"stat -c '%a %U' {STANZA} && cat {STANZA}").stdout
+    hexlabel = LABEL.encode().hex()
+    assert stanza.startswith("440 nginx\n"), stanza
+    assert (
+        'ssl_certificate_key "engine:pkcs11:pkcs11:model=p11ne-token;manufacturer=Amazon;'
+        f"token={LABEL};id=%01;object=acm-key;type=private?pin-value="
+    ) in stanza
+    assert f'ssl_certificate "/run/nitro_enclaves/acm/nginx-cert-{hexlabel}.pem";' in stanza
+    module = w.sh("cat /etc/pkcs11/modules/p11ne.module").stdout
+    assert module.startswith("remote:unix:path=/run/nitro_enclaves/emulator/vsock/") and (
+        "/9999\nmodule:p11ne\n" in module
+    ), module
+    before = _signatures(w)
+    leaf, chain, _body = _handshake(w.https_port(), chain_pem)
+    after = _signatures(w)
+    assert after >= before + 1, (before, after)
+    want_leaf = x509.load_pem_x509_certificate(cert_pem.encode())
+    assert leaf == want_leaf.public_bytes(serialization_der())
+    assert len(chain) >= 2  # leaf + the association's chain as nginx sent it
+    journal = w.journal()
+    assert "Syncing token nginx-acm-token" in journal, journal
+
+
+def serialization_der() -> Any:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.DER
