@@ -295,6 +295,21 @@ class P11neEnclave:
     def rpc(self, request: Any) -> Any:
         return rpc_call(self.cid, self.cfg.rpc_port, request)
 
+    def open_p11kit_port(self) -> None:
+        """Let nginx's workers (user nginx) connect to the enclave's p11-kit port, as any
+        parent process may connect to a vsock port on Nitro. The emulator's vsock is a Unix
+        socket under root-only directories: give search (not read) on those directories and
+        connect on that one socket; the RPC port and everything else stay root's."""
+        from local_backend.host.layout import HOST_EMULATOR_STATE
+
+        sock = Path(HOST_EMULATOR_STATE) / "vsock" / str(self.cid) / str(self.cfg.p11kit_port)
+        deadline = time.monotonic() + self.cfg.boot_timeout_ms / 1000
+        while not sock.exists() and time.monotonic() < deadline and _sleep(0.1):
+            pass
+        for d in (Path(HOST_EMULATOR_STATE), sock.parent.parent, sock.parent):
+            d.chmod(d.stat().st_mode & 0o7777 | 0o111)
+        sock.chmod(0o777)
+
     def retry_rpc(self, request: Any) -> Any:
         """Retry an API error (not a transport error) with 100 ms doubling back-off."""
         count = 1
@@ -561,6 +576,7 @@ class Agent:
     def run(self) -> None:
         if not self.enclave.wait_boot():
             raise AgentError("EnclaveBootTimeout")
+        self.enclave.open_p11kit_port()
         next_sync = time.monotonic()
         while True:
             if not self.enclave.alive():

@@ -210,6 +210,7 @@ def _child(
             # The host lives only as long as its launcher chain: a killed launcher takes it along.
             iso._libc.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             sandbox.become_root(plan, ns, lambda t: say(f"WARN {t}"))
+            os.umask(0o022)  # systemd's and the kernel's default, not the endpoint's 077
             null = os.open("/dev/null", os.O_RDWR)
             os.dup2(null, 0)
             os.dup2(console_fd, 1)

@@ -136,10 +136,20 @@ def _copy(src: str, dst: Path) -> None:
 
 def prepare(layout: HostLayout, *, hostname: str, region: str) -> bool:
     """Write the first-boot disk if absent; returns True on first boot."""
-    root = layout.rootfs
-    marker = root / "var" / "lib" / "enclavekit-host" / "ami"
+    marker = layout.rootfs / "var" / "lib" / "enclavekit-host" / "ami"
     if marker.exists():
         return False
+    # The AMI's modes (/etc 0755, ...), whatever the launcher's umask (the endpoint's is 077;
+    # the instance directory around the disk stays owner-only on the machine).
+    old = os.umask(0o022)
+    try:
+        return _prepare(layout, hostname=hostname, region=region, marker=marker)
+    finally:
+        os.umask(old)
+
+
+def _prepare(layout: HostLayout, *, hostname: str, region: str, marker: Path) -> bool:
+    root = layout.rootfs
     for d in (*PERSISTENT_DIRS, "usr-upper", "usr-work"):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "root").chmod(0o550)
