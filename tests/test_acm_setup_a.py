@@ -220,3 +220,103 @@ def test_nginx_serves_the_association_certificate_with_the_key_in_the_enclave(
     assert _sent_chain(w.https_port()) == want  # the certificate and the association's chain
     journal = w.journal()
     assert "Syncing token nginx-acm-token" in journal, journal
+
+
+def _since(w: World, mark: int) -> str:
+    return w.journal()[mark:]
+
+
+def _wait_journal(w: World, mark: int, text: str, timeout: float = 120) -> str:
+    return _wait(f"journal line {text!r}", lambda: text in _since(w, mark) and _since(w, mark),
+                 timeout, w.logs)  # fmt: skip
+
+
+def _restart_agent(w: World) -> int:
+    mark = len(w.journal())
+    out = w.sh(f"systemctl restart {AGENT}")
+    assert out.returncode == 0, out.stderr
+    return mark
+
+
+def test_a_broken_acm_yaml_is_one_line_in_the_journal(world: World) -> None:
+    w = world
+    w.sh("cp /etc/nitro_enclaves/acm.yaml /root/acm.yaml.good")
+    w.sh("sed -i 's/cpu_count: 2/cpu_count: two/' /etc/nitro_enclaves/acm.yaml")
+    mark = _restart_agent(w)
+    new = _wait_journal(w, mark, "Error: ConfigError:")
+    line = next(x for x in new.splitlines() if "Error: ConfigError:" in x)
+    assert line.endswith(
+        "Error: ConfigError: /etc/nitro_enclaves/acm.yaml: enclave.cpu_count: invalid type: "
+        'string "two", expected u64'
+    ), line
+    assert "Traceback" not in new, new
+    assert "Main process exited, code=exited, status=1/FAILURE" in _wait_journal(
+        w, mark, "status=1/FAILURE"
+    )
+    w.sh("cp /root/acm.yaml.good /etc/nitro_enclaves/acm.yaml")
+    _restart_agent(w)
+    _wait("nginx serving again", lambda: _serves(w, _acm_pem(w)[1]), 120, w.logs)
+
+
+def test_a_killed_acm_enclave_is_detected_and_recovered(world: World) -> None:
+    w = world
+    chain_pem = _acm_pem(w)[1]
+    _wait("nginx serving", lambda: _serves(w, chain_pem), 120, w.logs)
+    first = hooks.host_enclaves(w.layout)
+    assert [e["State"] for e in first] == ["RUNNING"], first
+    mark = len(w.journal())
+    out = w.sh(f"nitro-cli terminate-enclave --enclave-id {first[0]['EnclaveID']}")
+    assert out.returncode == 0, out.stderr
+    _wait_journal(w, mark, "Error: AgentError: EnclaveDied", 60)
+
+    def recovered() -> bool:
+        now = hooks.host_enclaves(w.layout)
+        fresh = [e for e in now if e["EnclaveID"] != first[0]["EnclaveID"]]
+        return bool(fresh) and fresh[0]["State"] == "RUNNING" and _serves(w, chain_pem)
+
+    _wait("a new ACM enclave and nginx serving through it", recovered, 180, w.logs)
+    assert "Syncing token nginx-acm-token" in _since(w, mark)
+    before = _signatures(w)
+    _handshake(w.https_port(), chain_pem)
+    assert _signatures(w) >= before + 1
+
+
+GRANTS = {
+    # Sid of the template's statement -> what the agent's journal says without it
+    "GetCertificate": "when calling the HeadObject operation",
+    "DecryptKey": "Attestation failed for new token nginx-acm-token.",
+    "GetRole": "Cannot fetch IAM role arn using the AWS CLI iam get-role command",
+}
+
+
+@contextlib.contextmanager
+def _without(w: World, sid: str) -> Iterator[None]:
+    iam = w.ep.client("iam")
+    name = "acm-for-nitro-enclaves"
+    doc = iam.get_role_policy(RoleName=w.role_name, PolicyName=name)["PolicyDocument"]
+    doc = json.loads(doc) if isinstance(doc, str) else doc
+    cut = {**doc, "Statement": [s for s in doc["Statement"] if s.get("Sid") != sid]}
+    assert len(cut["Statement"]) == len(doc["Statement"]) - 1
+    iam.put_role_policy(RoleName=w.role_name, PolicyName=name, PolicyDocument=json.dumps(cut))
+    try:
+        yield
+    finally:
+        iam.put_role_policy(RoleName=w.role_name, PolicyName=name, PolicyDocument=json.dumps(doc))
+
+
+@pytest.mark.parametrize("sid", list(GRANTS))
+def test_a_missing_grant_leaves_nginx_without_a_key(world: World, sid: str) -> None:
+    w = world
+    w.sh(f"systemctl stop nginx; rm -f {STANZA}")
+    with _without(w, sid):
+        mark = _restart_agent(w)
+        new = _wait_journal(w, mark, GRANTS[sid])
+        if sid == "GetRole":  # the fallback ARN drops the role's path: the object is not found
+            new = _wait_journal(w, mark, "Error creating managed token: KeyMaterialDbFetchError")
+            assert "when calling the GetRole operation" in new, new
+        time.sleep(3)  # what the agent would do next, it has done by now
+        assert w.sh(f"test -e {STANZA}").returncode != 0, _since(w, mark)
+        assert w.sh("systemctl is-active nginx").stdout.strip() != "active", _since(w, mark)
+        assert not _serves(w, _acm_pem(w)[1])
+    _restart_agent(w)
+    _wait("nginx serving with the grant back", lambda: _serves(w, _acm_pem(w)[1]), 120, w.logs)

@@ -76,6 +76,16 @@ class ApiError(Exception):
         self.value = value
 
 
+def aws_env() -> dict[str, str]:
+    """The AWS CLI's environment: the service's, with IMDS given more than the CLI's 1 s x 1
+    attempt (the local IMDS assumes the role at the endpoint and can be slower than EC2's on
+    a loaded machine; a timeout would read as "Unable to locate credentials")."""
+    env = dict(os.environ)
+    env.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "5")
+    env.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "3")
+    return env
+
+
 def _sleep(seconds: float) -> bool:
     """Sleep unless told to exit; False when the exit condition is set."""
     end = time.monotonic() + seconds
@@ -155,6 +165,7 @@ class Imds:
             capture_output=True,
             text=True,
             check=False,
+            env=aws_env(),
         )
         if out.returncode == 0:
             return json.loads(out.stdout)["Role"]["Arn"]
@@ -272,13 +283,27 @@ class P11neEnclave:
             raise AgentError(f"EnclaveError(VsockProxyError(Some({rc})))")
 
     def alive(self) -> bool:
+        """The enclave's process (`ProcessID`) still runs, as the agent's kill(pid, 0) check;
+        a reaped-late process (zombie) or an enclave nitro-cli no longer lists is gone."""
         try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
             return False
-        except PermissionError:
+        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+            return False
+        self._checks = getattr(self, "_checks", 0) + 1
+        if self._checks % 5:
             return True
-        return True
+        out = subprocess.run(
+            ["nitro-cli", "describe-enclaves"], capture_output=True, text=True, check=False
+        )
+        if out.returncode != 0:
+            return True  # cannot tell: keep going, the next check decides
+        try:
+            listed = {e["EnclaveID"]: e.get("State") for e in json.loads(out.stdout)}
+        except (ValueError, KeyError, TypeError):
+            return True
+        return listed.get(self.enclave_id) == "RUNNING"
 
     def wait_boot(self) -> bool:
         limit = time.monotonic() + self.cfg.boot_timeout_ms / 1000
@@ -353,6 +378,7 @@ def fetch_from_s3(imds: Imds, uri: str) -> dict[str, str]:
         ["aws", "s3", "--region", imds.region(), "cp", uri, "-"],
         capture_output=True,
         check=False,
+        env=aws_env(),
     )
     if out.returncode != 0:
         err = out.stderr.decode(errors="replace").strip()
