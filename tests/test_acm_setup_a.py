@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -90,8 +89,6 @@ def _wait(what: str, ok: Callable[[], Any], timeout: float, why: Callable[[], st
         if got:
             return got
         time.sleep(0.5)
-    if os.environ.get("ACM_DEBUG_HOLD"):  # DEBUG
-        time.sleep(900)  # DEBUG
     pytest.fail(f"{what} within {timeout:.0f} s:\n{why()[-6000:]}")
 
 
