@@ -317,3 +317,150 @@ def test_a_missing_grant_leaves_nginx_without_a_key(world: World, sid: str) -> N
         assert not _serves(w, _acm_pem(w)[1])
     _restart_agent(w)
     _wait("nginx serving with the grant back", lambda: _serves(w, _acm_pem(w)[1]), 120, w.logs)
+
+
+def _issue(ca_key: Any, ca: x509.Certificate, serial: int) -> tuple[str, str]:
+    """(leaf PEM, PKCS#8 key PEM) for DOMAIN under `ca`."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return leaf.public_bytes(serialization.Encoding.PEM).decode(), pem.decode()
+
+
+def test_a_renewed_certificate_is_provisioned_and_served_after_the_sync(world: World) -> None:
+    """The agent's S3 source (a key-material object the account writes, its key released
+    only to the ACM image): a new object is noticed at the next sync (DescribeToken, changed
+    object -> UpdateToken), the stanza and chain are rewritten and nginx restarts."""
+    import base64
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from local_backend.acm_enclave import p11ne_measurements
+
+    w = world
+    account = w.ep.client("sts").get_caller_identity()["Account"]
+    role_arn = w.ep.client("iam").get_role(RoleName=w.role_name)["Role"]["Arn"]
+    kms, s3 = w.ep.client("kms"), w.ep.client("s3")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": role_arn},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+                "Condition": {
+                    "StringEqualsIgnoreCase": {
+                        "kms:RecipientAttestation:ImageSha384": p11ne_measurements().hex(0)
+                    }
+                },
+            },
+        ],
+    }
+    key_id = kms.create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+    bucket, obj = "acm-renewal-material", "nginx/key-material.json"
+    s3.create_bucket(Bucket=bucket)
+    w.ep.client("iam").put_role_policy(
+        RoleName=w.role_name,
+        PolicyName="s3-key-material",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:GetObject",
+                        "Resource": f"arn:aws:s3:::{bucket}/*",
+                    },
+                    {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_id},
+                ],
+            }
+        ),
+    )
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "renewal test CA")])
+    now = dt.datetime.now(dt.UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode()
+
+    def publish(serial: int) -> str:
+        leaf, key_pem = _issue(ca_key, ca, serial)
+        blob = kms.encrypt(KeyId=key_id, Plaintext=key_pem.encode())["CiphertextBlob"]
+        body = {
+            "certificate": leaf,
+            "certificateChain": ca_pem,
+            "encryptedPrivateKey": base64.b64encode(blob).decode(),
+            "encryptionMethod": "RSAES_OAEP_SHA_256",
+        }
+        s3.put_object(Bucket=bucket, Key=obj, Body=json.dumps(body).encode())
+        return leaf
+
+    def served_serial() -> int | None:
+        with contextlib.suppress(OSError, ssl.SSLError, AssertionError, StopIteration):
+            leaf, _ = _handshake(w.https_port(), ca_pem)
+            return x509.load_der_x509_certificate(leaf).serial_number
+        return None
+
+    publish(1001)
+    w.sh("cp /etc/nitro_enclaves/acm.yaml /root/acm.yaml.acm")
+    w.sh(
+        "sed -i -e 's!^      Acm:!      S3:!' -e 's!^        certificate_arn: .*!        uri: "
+        f"s3://{bucket}/{obj}!' -e 's!sync_interval_secs: 600!sync_interval_secs: 5!' "
+        "/etc/nitro_enclaves/acm.yaml"
+    )
+    try:
+        mark = _restart_agent(w)
+        _wait("the S3 source's first certificate", lambda: served_serial() == 1001, 120, w.logs)
+        stanza = w.sh(f"cat {STANZA}").stdout
+        assert "object=s3-key;type=private" in stanza, stanza
+        publish(1002)
+        _wait("the renewed certificate after a sync", lambda: served_serial() == 1002, 90, w.logs)
+        new = _since(w, mark)
+        assert "DB change detected. Updating token: nginx-acm-token." in new, new
+        assert "Restarting nginx.service." in new, new
+        before = _signatures(w)
+        _handshake(w.https_port(), ca_pem)
+        assert _signatures(w) >= before + 1
+    finally:
+        w.sh("cp /root/acm.yaml.acm /etc/nitro_enclaves/acm.yaml")
+        _restart_agent(w)

@@ -9,7 +9,7 @@ the key-material object from S3 with the AWS CLI (the association's
 ARN from IMDS's InstanceRoleArn tag, else `aws iam get-role`, else the instance profile ARN),
 AddToken with the instance role's IMDSv2 credentials as the envelope key, write the nginx
 stanza and the certificate chain, then start or restart nginx. Every sync_interval_secs:
-re-fetch, DescribeToken, then UpdateToken (changed object: reload nginx), RefreshToken (due),
+re-fetch, DescribeToken, then UpdateToken (changed object: restart nginx), RefreshToken (due),
 or AddToken (gone). The enclave's process is checked every second; when it is gone the agent
 exits with an error and systemd (`Restart=always`) starts it again: a new enclave, new tokens,
 nginx restarted. Errors are logged as AWS's agent logs them (the denied S3/IAM call is the AWS
@@ -22,6 +22,7 @@ per connection, JSON body (serde's externally tagged enums), reply `200 OK` + JS
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
@@ -282,14 +283,17 @@ class P11neEnclave:
         if rc != 0:
             raise AgentError(f"EnclaveError(VsockProxyError(Some({rc})))")
 
-    def alive(self) -> bool:
-        """The enclave's process (`ProcessID`) still runs, as the agent's kill(pid, 0) check;
-        a reaped-late process (zombie) or an enclave nitro-cli no longer lists is gone."""
+    def alive_pid(self) -> bool:
         try:
             stat = Path(f"/proc/{self.pid}/stat").read_text()
         except OSError:
             return False
-        if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+        return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+    def alive(self) -> bool:
+        """The enclave's process (`ProcessID`) still runs, as the agent's kill(pid, 0) check;
+        a reaped-late process (zombie) or an enclave nitro-cli no longer lists is gone."""
+        if not self.alive_pid():
             return False
         self._checks = getattr(self, "_checks", 0) + 1
         if self._checks % 5:
@@ -351,9 +355,17 @@ class P11neEnclave:
                 count += 1
 
     def shutdown(self) -> None:
+        """SIGTERM to the enclave's process, as the agent's Drop does (quick: systemd kills a
+        stopping service after a few seconds); nitro-cli only if that process lingers."""
         log("INFO", f"Killing enclave pid={self.pid}")
-        with_id = ["nitro-cli", "terminate-enclave", "--enclave-id", self.enclave_id]
-        subprocess.run(with_id, capture_output=True, check=False)
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2.0
+        while self.alive_pid() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.alive_pid():
+            with_id = ["nitro-cli", "terminate-enclave", "--enclave-id", self.enclave_id]
+            subprocess.run(with_id, capture_output=True, check=False)
         log("INFO", "Cleaning up p11kit config")
         try:
             os.unlink(MODULE_FILE)
@@ -559,17 +571,18 @@ def _systemctl(*args: str) -> int:
     return subprocess.run(["systemctl", *args], check=False).returncode
 
 
-def restart_webserver(service: str, action: str, options: acm_config.Options) -> None:
-    """Post-sync action: a new token (enclave (re)provisioned) restarts the server; a changed
-    certificate reloads it; a stopped server is started when force_start is set."""
+def restart_webserver(service: str, options: acm_config.Options) -> None:
+    """Post-sync action, as the agent (456d6a0) does it: a running server is restarted after
+    reload_wait_ms (not reloaded: libp11 keeps the old token's object handles across an nginx
+    reload, and every handshake then fails with "Object handle invalid"); a stopped one is
+    started when force_start is set."""
     unit = f"{service}.service"
     log(
         "INFO",
         f"Service: {service} | Force_Start: {str(options.force_start).lower()} | Reload: "
         f"{options.reload_wait_ms} | Sync: {options.sync_interval_secs}",
     )
-    running = _systemctl("is-active", "--quiet", unit) == 0
-    if not running:
+    if _systemctl("is-active", "--quiet", unit) != 0:
         if not options.force_start:
             log("INFO", f"{unit} service is not running")
             return
@@ -577,11 +590,10 @@ def restart_webserver(service: str, action: str, options: acm_config.Options) ->
         if _systemctl("start", unit) != 0:
             log("ERROR", f"Unable to start {unit}")
         return
-    verb = "restart" if action == "add" else "reload"
-    log("INFO", f"{'Restarting' if verb == 'restart' else 'Reloading'} {unit}.")
-    if _systemctl(verb, unit) != 0:
-        log("ERROR", f"Unable to {verb} {unit}")
+    log("INFO", f"Restarting {unit}.")
     _sleep(options.reload_wait_ms / 1000)
+    if _systemctl("restart", unit) != 0:
+        log("ERROR", f"Unable to restart {unit}")
 
 
 class Agent:
@@ -640,9 +652,7 @@ class Agent:
             if act is not None:
                 actions.add(act)
         if actions:
-            restart_webserver(
-                self.options.service, "add" if "add" in actions else "update", self.options
-            )
+            restart_webserver(self.options.service, self.options)
         self.tokens = [t for t in self.tokens if t.label not in broken]
 
 
