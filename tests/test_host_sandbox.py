@@ -78,7 +78,7 @@ def test_own_namespaces_hostname_and_no_route_out(tmp_path: Path) -> None:
         assert "PID1=" in out and "local_backend.host.init" in out
         procs = int(out.split("PROCS=")[1].split()[0])
         assert procs < 15, out  # the host's own few processes, not the machine's
-        assert "IFACES=lo," in out
+        assert "IFACES=ek-host,lo," in out  # lo + the link to IMDS/AWS names (services_net)
         assert "NO-ROUTE" in out
         assert "WHOAMI=0 OS=amzn-2023" in out
 

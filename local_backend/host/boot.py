@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -32,7 +33,7 @@ from urllib.parse import urlsplit
 
 from enclavekit.transport import ConnectionServer, pump
 from local_backend.emulator import isolation as iso
-from local_backend.host import rootfs, sandbox
+from local_backend.host import rootfs, sandbox, services_net
 from local_backend.host.layout import HOST_EMULATOR_STATE, HOST_IDENTITY, HostLayout
 
 log = logging.getLogger("enclavekit.host")
@@ -143,7 +144,22 @@ def _child(
 
     try:
         iso._libc.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        ns = sandbox.enter_namespaces(lambda t: say(f"WARN {t}"))
+        tls_port = _tls_port(info)
+        wanted = [(services_net.IMDS_ADDRESS, 80)]
+        if tls_port:
+            wanted.append((services_net.SERVICES_ADDRESS, 443))
+        off: list[list[socket.socket] | None] = [None]
+
+        def in_net() -> None:
+            off[0] = services_net.listen_off_host(wanted, lambda t: say(f"WARN {t}"))
+            if off[0] is not None:  # 169.254.169.254 is one hop away now, not on lo
+                subprocess.run(
+                    [services_net.IP, "addr", "del", f"{sandbox.IMDS_ADDRESS}/32", "dev", "lo"],
+                    capture_output=True,
+                    check=False,
+                )
+
+        ns = sandbox.enter_namespaces(lambda t: say(f"WARN {t}"), in_net)
         if not ns.mount:
             say(
                 "FAILED the machine allows no mount namespace: the user data is not run (it "
@@ -152,31 +168,35 @@ def _child(
             os._exit(1)
         fds, names = [], []
         if ns.net:
-            imds = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            imds.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                imds.bind((sandbox.IMDS_ADDRESS, 80))
-                imds.listen(64)
-                fds.append(imds.fileno())
-                names.append("imds")
-            except OSError as exc:
-                say(f"WARN IMDS cannot listen on {sandbox.IMDS_ADDRESS}:80 ({exc.strerror})")
+            # IMDS and the AWS names' HTTPS live off the instance (services_net), so the
+            # host's own ports 80 and 443 stay free for its web servers, as on EC2.
+            off_host = off[0]
+            if off_host is None:
+                off_host = []
+                with contextlib.suppress(OSError):
+                    sandbox._add_address("lo:2", services_net.SERVICES_ADDRESS)
+                for addr, port in wanted:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        s.bind((addr, port))
+                        s.listen(64)
+                        off_host.append(s)
+                    except OSError as exc:
+                        say(f"WARN cannot listen on {addr}:{port} ({exc.strerror})")
+            for s in off_host:
+                fds.append(s.fileno())
+                names.append("imds" if s.getsockname()[1] == 80 else "tls443")
             relay = socket.create_server(("127.0.0.1", endpoint_port), backlog=64)
             fds.append(relay.fileno())
             names.append("endpoint")
-            tls_port = _tls_port(info)
             if tls_port:
-                # The endpoint's TLS front at its own port (vsock-proxy finds it there for the
-                # enclaves' KMS traffic) and at [::1]:443, where the AWS service names resolve,
-                # so HTTPS to them reaches the front (its CA is in the host's bundle). IPv6
-                # only: a service of the instance listening on 0.0.0.0:443 (the relay of a
-                # host whose service port is 443) must be able to bind it, as on EC2.
-                fronts = [
-                    socket.create_server(("127.0.0.1", tls_port), backlog=64),
-                    socket.create_server(("::1", 443), family=socket.AF_INET6, backlog=64),
-                ]  # kept referenced until sent
-                fds.extend(f.fileno() for f in fronts)
-                names.extend(["tls", "tls443"])
+                # The endpoint's TLS front at its own port (vsock-proxy's target for the
+                # enclaves' KMS traffic) and, above, at 443 of the AWS service names (their CA
+                # is in the host's bundle).
+                front = socket.create_server(("127.0.0.1", tls_port), backlog=64)
+                fds.append(front.fileno())
+                names.append("tls")
         netns = os.open("/proc/self/ns/net", os.O_RDONLY)
         fds.append(netns)
         names.append("netns")
@@ -190,6 +210,7 @@ def _child(
             # The host lives only as long as its launcher chain: a killed launcher takes it along.
             iso._libc.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             sandbox.become_root(plan, ns, lambda t: say(f"WARN {t}"))
+            os.umask(0o022)  # systemd's and the kernel's default, not the endpoint's 077
             null = os.open("/dev/null", os.O_RDWR)
             os.dup2(null, 0)
             os.dup2(console_fd, 1)

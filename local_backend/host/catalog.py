@@ -47,6 +47,10 @@ class Package:
     groups: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     provides: tuple[str, ...] = ()
+    links: dict[str, str] = field(default_factory=dict)  # installed path -> symlink target
+    # installed path -> machine file read at install time (built on the machine beforehand)
+    copies: dict[str, str] = field(default_factory=dict)
+    users: tuple[str, ...] = ()  # system users (same-named group, home /var/lib/<name>)
 
 
 def _nitro_cli() -> Package:
@@ -92,6 +96,8 @@ def _simple(name: str, version: str, summary: str, *machine: str, **kw: object) 
 
 def catalog() -> dict[str, Package]:
     """Every package the host can install, by name."""
+    from local_backend.host.catalog_acm import acm_packages
+
     pkgs = [
         _nitro_cli(),
         _nitro_devel(),
@@ -113,6 +119,7 @@ def catalog() -> dict[str, Package]:
         _simple("shadow-utils", "4.9-12.amzn2023", "useradd, groupadd", "useradd", "groupadd"),
         _simple("openssl", "3.0.8-1.amzn2023", "OpenSSL tools", "openssl"),
         _simple("unzip", "6.0-57.amzn2023", "unzip"),
+        *acm_packages(),
     ]
     out = {p.name: p for p in pkgs}
     for p in pkgs:
@@ -164,6 +171,7 @@ def install_package(pkg: Package) -> None:
     data = resources.files("local_backend.host") / "data"
     items = [(p, (data / src).read_bytes()) for p, src in pkg.files.items()]
     items += list(pkg.contents.items())
+    items += [(dest, Path(src).read_bytes()) for dest, src in pkg.copies.items()]
     for dest, content in items:
         path = Path(dest)
         if dest in pkg.config and path.exists():
@@ -171,8 +179,21 @@ def install_package(pkg: Package) -> None:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
+        if dest.startswith(("/usr/bin/", "/usr/sbin/")):
+            path.chmod(0o755)
     for g in pkg.groups:
         _add_group(g)
+    for link, target in pkg.links.items():
+        path = Path(link)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() or path.exists():
+            path.unlink()
+        path.symlink_to(target)
+    if pkg.users:
+        from local_backend.host import catalog_acm
+
+        for u in pkg.users:
+            catalog_acm.add_system_user(u)
 
 
 def _header() -> None:
@@ -238,6 +259,16 @@ def install(names: list[str], *, assume_yes: bool, quiet: bool) -> int:
                     file=sys.stderr,
                 )
                 return 1
+    for p in todo:
+        needed = [*p.copies.values(), *p.links.values()]
+        absent = next((f for f in needed if f.startswith("/") and not os.path.exists(f)), None)
+        if absent:
+            print(
+                f"enclavekit: package {p.name} installs {absent} from this machine, which is "
+                "absent (built or fetched on the machine before the host installs it)",
+                file=sys.stderr,
+            )
+            return 1
     for p in todo:
         install_package(p)
         db[p.name] = p.version

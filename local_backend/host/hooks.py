@@ -44,8 +44,20 @@ def start_instance_host(state_dir: Path, info: Any) -> None:
         state_dir=str(state_dir),
         ingress=list(info.ingress),
     )
+    _ensure_acm_image()
     control.start_host(layout, record)
     log.info("instance %s: host booting from its user data", info.instance_id)
+
+
+def _ensure_acm_image() -> None:
+    """The ACM enclave image the host's `dnf install aws-nitro-enclaves-acm` copies (built once
+    per content on the machine; a host cannot build it)."""
+    from local_backend.host.catalog_acm import ensure_acm_image
+
+    try:
+        ensure_acm_image()
+    except Exception as exc:  # the host's dnf then names the missing file
+        log.warning("ACM enclave image not built (%s: %s)", type(exc).__name__, exc)
 
 
 def stop_instance_host(state_dir: Path, info: Any) -> None:

@@ -100,6 +100,7 @@ class Metadata:
             "placement/availability-zone": self.zone,
             "placement/region": i["region"],
             "services/domain": "amazonaws.com",
+            "services/partition": "aws",
         }
         if self.role_name:
             meta["iam/info"] = None
@@ -126,6 +127,8 @@ class Metadata:
                     "InstanceProfileId": "AIPA",
                 }
             )
+        if key == "iam/security-credentials":  # EC2 answers with or without the slash
+            key += "/"
         if key.startswith("iam/security-credentials/") and self.role_name:
             name = key[len("iam/security-credentials/") :]
             if name == "":

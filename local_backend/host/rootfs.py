@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from local_backend.host.layout import PERSISTENT_DIRS, HostLayout
+from local_backend.host.services_net import SERVICES_ADDRESS
 
 # Commands every AL2023 host has before user data (the AMI's), served by `host.tools`.
 BASE_COMMANDS = ("dnf", "yum", "systemctl", "journalctl", "sudo", "amazon-linux-extras", "aws")
@@ -141,10 +142,20 @@ def _copy(src: str, dst: Path) -> None:
 
 def prepare(layout: HostLayout, *, hostname: str, region: str) -> bool:
     """Write the first-boot disk if absent; returns True on first boot."""
-    root = layout.rootfs
-    marker = root / "var" / "lib" / "enclavekit-host" / "ami"
+    marker = layout.rootfs / "var" / "lib" / "enclavekit-host" / "ami"
     if marker.exists():
         return False
+    # The AMI's modes (/etc 0755, ...), whatever the launcher's umask (the endpoint's is 077;
+    # the instance directory around the disk stays owner-only on the machine).
+    old = os.umask(0o022)
+    try:
+        return _prepare(layout, hostname=hostname, region=region, marker=marker)
+    finally:
+        os.umask(old)
+
+
+def _prepare(layout: HostLayout, *, hostname: str, region: str, marker: Path) -> bool:
+    root = layout.rootfs
     for d in (*PERSISTENT_DIRS, "usr-upper", "usr-work"):
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "root").chmod(0o550)
@@ -177,8 +188,8 @@ def prepare(layout: HostLayout, *, hostname: str, region: str) -> bool:
     (etc / "hosts").write_text(
         "127.0.0.1   localhost localhost.localdomain localhost4 localhost4.localdomain4\n"
         "::1         localhost6 localhost6.localdomain6\n"
-        "# enclavekit: AWS service names reach the local endpoint relay in this host only\n"
-        + "".join(f"::1         {n}\n" for n in aws_hostnames(region))
+        "# enclavekit: AWS service names reach the local endpoint, one hop off this host\n"
+        + "".join(f"{SERVICES_ADDRESS}   {n}\n" for n in aws_hostnames(region))
     )
     (etc / "resolv.conf").write_text("# no resolver: the host has no route out\n")
     (etc / "nsswitch.conf").write_text("passwd: files\nshadow: files\ngroup: files\nhosts: files\n")

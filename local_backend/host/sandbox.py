@@ -93,8 +93,9 @@ def _add_address(ifname: str, address: str) -> None:
         fcntl.ioctl(s.fileno(), _SIOCSIFNETMASK, struct.pack("16s16s", name, mask))
 
 
-def enter_namespaces(warn: Warn) -> Namespaces:
-    """unshare() what the kernel grants; the next fork is PID 1 of the host."""
+def enter_namespaces(warn: Warn, in_net: Callable[[], None] | None = None) -> Namespaces:
+    """unshare() what the kernel grants; the next fork is PID 1 of the host. `in_net` runs in
+    the host's new network before the PID namespace exists (it may run programs)."""
     ns = Namespaces()
     try:
         iso.unshare(iso.CLONE_NEWNS)
@@ -116,6 +117,8 @@ def enter_namespaces(warn: Warn) -> Namespaces:
                 f"network namespace not permitted ({exc.strerror}): the host shares the "
                 "machine's network and has no IMDS address"
             )
+    if ns.net and in_net is not None:
+        in_net()
     try:
         iso.unshare(iso.CLONE_NEWUTS | iso.CLONE_NEWIPC)
         ns.uts = True

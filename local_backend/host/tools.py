@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         from local_backend.host import socat
 
         return socat.main(rest)
+    if name == "p11ne-agent":
+        from local_backend.host import acm_agent
+
+        return acm_agent.main(rest)
     if name == "sudo":
         return _sudo(rest)
     if name == "aws":
