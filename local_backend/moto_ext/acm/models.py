@@ -209,7 +209,7 @@ class Certificate(CfnResource, CloudFormationModel):
             failure = pca_failure(account_id, region_name, str(ca_arn))
             if failure:
                 raise InvalidInput(
-                    f"AWS::CertificateManager::Certificate {kwargs.get('LogicalId')}: the "
+                    f"AWS::CertificateManager::Certificate {call.logical_id}: the "
                     f"certificate failed: {failure} (certificate authority {ca_arn})"
                 )
             private = issue_private_certificate(
