@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
-"""The sample app: an application secret that only an attested enclave image can open.
+"""The sample app: HTTPS whose TLS key lives only in an enclave, and an application secret
+that only an attested enclave image can open — the two set-ups that work on AWS.
 
-One stack: an isolated VPC, an m5a.xlarge enclave host giving its enclave 2 vCPUs and 512 MiB,
-the image built reproducibly from enclave_app/, and an application secret sealed under a KMS
-key that only an enclave attesting this image's PCR0/1/2 can use (set-up B; it works on AWS as
-deployed here). Every `cdk synth` runs the enclavekit linter.
+One stack, an isolated VPC and two m5a.xlarge enclave hosts (one host holds one 2-vCPU enclave):
+- `WebHost` (set-up A): nginx on the parent serves HTTPS with an ACM certificate whose private
+  key is released only to ACM for Nitro Enclaves' own enclave (the `aws-nitro-enclaves-acm`
+  agent boots it and provisions the key); nginx asks that enclave for every private-key
+  operation over PKCS#11 on vsock. Context `web_host=false` leaves it out.
+- `Host` (set-up B): the image built reproducibly from enclave_app/ (2 vCPUs, 512 MiB) and an
+  application secret sealed under a KMS key that only an enclave attesting this image's
+  PCR0/1/2 can use.
+Every `cdk synth` runs the enclavekit linter.
 
 Set-up C — the image also claiming an ACM for Nitro Enclaves certificate to terminate TLS
 itself — is what AWS refuses: ACM releases the certificate's key only to ACM's own enclave
@@ -14,7 +20,7 @@ AccessDeniedException and verify fails its TLS checks, as the host would on AWS.
 key in an enclave is set-up A (nginx on the parent, the key in ACM's enclave): see
 docs/real-aws.md.
 
-Context (cdk.json defaults work locally): app_dir, stack_name; with certificate_in_image:
+Context (cdk.json defaults work locally): app_dir, stack_name, web_host, certificate_in_image,
 domain, certificate_arn (an existing ACM certificate; default: a new
 AWS::CertificateManager::Certificate for the domain).
 """
@@ -49,6 +55,7 @@ class EnclaveServiceStack(cdk.Stack):
         app_dir: str,
         certificate_arn: str | None = None,
         certificate_in_image: bool = False,
+        web_host: bool = True,
         **kwargs: object,
     ) -> None:
         super().__init__(scope, id, **kwargs)
@@ -64,7 +71,7 @@ class EnclaveServiceStack(cdk.Stack):
             ],
         )
         certificate: acm.ICertificate | str | None = None
-        if certificate_in_image:  # set-up C: refused on AWS (see the module docstring)
+        if web_host or certificate_in_image:
             certificate = certificate_arn or acm.Certificate(
                 self, "Certificate", domain_name=domain
             )
@@ -77,7 +84,8 @@ class EnclaveServiceStack(cdk.Stack):
             instance_type="m5a.xlarge",
             enclave_cpu_count=2,
             enclave_memory_mib=512,
-            certificate=certificate,
+            # set-up C, refused on AWS (see the module docstring), only when asked for
+            certificate=certificate if certificate_in_image else None,
             domain=domain,
             service_port=443,
         )
@@ -112,6 +120,41 @@ class EnclaveServiceStack(cdk.Stack):
         cdk.CfnOutput(self, "ServicePort", value=str(host.service_port))
         cdk.CfnOutput(self, "Domain", value=domain)
         cdk.CfnOutput(self, "ImagePcr0", value=image.measurements.hex(0))
+        if web_host:
+            assert certificate is not None
+            self._web_host(vpc, certificate, domain)
+
+    def _web_host(self, vpc: ec2.IVpc, certificate: acm.ICertificate | str, domain: str) -> None:
+        """Set-up A: no image of ours; ACM's enclave holds the key, nginx on the parent uses it."""
+        web = ek.EnclaveHost(
+            self,
+            "WebHost",
+            vpc=vpc,
+            instance_type="m5a.xlarge",
+            enclave_cpu_count=2,
+            enclave_memory_mib=512,
+            certificate=certificate,
+            domain=domain,
+            service_port=443,
+        )
+        web.connections.allow_default_port_from(ec2.Peer.ipv4(vpc.vpc_cidr_block))
+        cdk.Validations.of(web).acknowledge(
+            cdk.Acknowledgment(
+                id="CloudFormation-Validate::W9010",
+                reason="the default AMI is a fixed id the local endpoint knows; pass "
+                "machine_image with an Amazon Linux 2023 AMI for real AWS",
+            )
+        )
+        assert web.instance is not None
+        cdk.CfnOutput(self, "WebInstanceId", value=web.instance.instance_id)
+        cdk.CfnOutput(self, "WebRoleArn", value=web.role.role_arn)
+
+
+def _flag(value: object, *, default: bool) -> bool:
+    """A boolean context value: JSON true/false (cdk.json) or "true"/"false" (`-c k=v`)."""
+    if value is None:
+        return default
+    return str(value).lower() in ("true", "1")
 
 
 def main() -> None:
@@ -123,7 +166,8 @@ def main() -> None:
         ctx("stack_name") or "EnclaveService",
         domain=ctx("domain") or DEFAULT_DOMAIN,
         certificate_arn=ctx("certificate_arn") or None,
-        certificate_in_image=str(ctx("certificate_in_image") or "").lower() in ("true", "1"),
+        certificate_in_image=_flag(ctx("certificate_in_image"), default=False),
+        web_host=_flag(ctx("web_host"), default=True),
         app_dir=ctx("app_dir") or "enclave_app",
         env=cdk.Environment(
             account=os.environ.get("CDK_DEFAULT_ACCOUNT"),

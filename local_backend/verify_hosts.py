@@ -335,11 +335,189 @@ def check_tls(h: UserDataHost) -> list[Check]:
     if not certs:
         why = "no ACM certificate is associated with the host role: the host serves no TLS of ours"
         return [_not_applicable("https", why), _not_applicable("key-not-on-parent", why)]
-    why = (
-        f"could not check: certificate {certs[0].rsplit('/', 1)[-1]} is associated with the host "
-        "role, and HTTPS through an ACM agent host booted from user data is not checked yet"
+    tokens = _acm_tokens(h)
+    if not tokens:
+        why = (
+            f"could not check: certificate {certs[0].rsplit('/', 1)[-1]} is associated with the "
+            f"host role, but the host runs no ACM for Nitro Enclaves agent ({ACM_CONFIG} with a "
+            "token whose target is an nginx stanza) that could serve it"
+        )
+        return [Check("https", False, why), Check("key-not-on-parent", False, why)]
+    token = next((t for t in tokens if t.source.certificate_arn in certs), tokens[0])
+    https = _timed("https", lambda: check_acm_https(h, token))
+    key = _timed("key-not-on-parent", lambda: check_acm_key_not_on_parent(h, token))
+    return [https, key]
+
+
+# ACM for Nitro Enclaves on the host (set-up A): nginx on the parent, the key in ACM's enclave.
+ACM_CONFIG = "/etc/nitro_enclaves/acm.yaml"
+HTTPS_PORT = 443
+
+
+def _host_path(h: UserDataHost, path: str) -> Path:
+    """A path of the host's root filesystem, seen from the machine."""
+    return Path(f"/proc/{h.host.get('init_pid')}/root") / path.lstrip("/")
+
+
+def _acm_tokens(h: UserDataHost) -> list[Any]:
+    """The ACM-sourced tokens of the host's acm.yaml that target an nginx stanza."""
+    from local_backend.host import acm_config
+
+    try:
+        text = _host_path(h, ACM_CONFIG).read_text()
+    except OSError:
+        return []
+    conf = acm_config.parse(text)
+    return [t for t in conf.tokens if t.source.kind == "Acm" and t.target is not None]
+
+
+def _stanza_pin(h: UserDataHost, token: Any) -> str:
+    """The PIN the agent wrote into the token's nginx stanza (`...?pin-value=<pin>"`)."""
+    text = _host_path(h, token.target.path).read_text()
+    if "pin-value=" not in text:
+        raise ValueError(f"{token.target.path}: no pin-value in the agent's stanza")
+    return text.split("pin-value=", 1)[1].split('"', 1)[0]
+
+
+def _acm_enclave(h: UserDataHost) -> dict[str, Any]:
+    running = _running(h)
+    if len(running) != 1:
+        raise ValueError(f"expected the one ACM enclave RUNNING, found {len(running)}")
+    return running[0]
+
+
+def _signatures(h: UserDataHost, token: Any, pin: str) -> int:
+    """The token's signature count (DescribeToken over the ACM enclave's RPC port, as the
+    agent asks it), which grows by one per private-key operation done in the enclave."""
+    from local_backend.acm_enclave import RPC_PORT
+    from local_backend.acm_enclave.p11ne import rpc
+
+    cid = int(_acm_enclave(h)["EnclaveCID"])
+    with h.vsock.connect(cid, RPC_PORT) as sock:
+        sock.settimeout(10)
+        answer = rpc.call(sock, rpc.Request("DescribeToken", {"label": token.label, "pin": pin}))
+    if "Ok" not in answer:
+        raise ValueError(f"DescribeToken {token.label}: {answer.get('Err')}")
+    return int(answer["Ok"]["signatures"])
+
+
+def _https_port(h: UserDataHost) -> int:
+    for row in h.host.get("ports") or []:
+        if row.get("port") == HTTPS_PORT:
+            return int(row["host_port"])
+    raise ValueError(
+        f"port {HTTPS_PORT} of the instance is not forwarded (its security groups allow no "
+        "ingress to it)"
     )
-    return [Check("https", False, why), Check("key-not-on-parent", False, why)]
+
+
+def check_acm_https(h: UserDataHost, token: Any) -> tuple[bool, str]:
+    """HTTPS from the host's web server with the association's certificate and a chain to the
+    local CA, each handshake's private-key operation done in the ACM enclave."""
+    import socket
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from local_backend import server
+
+    arn = token.source.certificate_arn
+    got = h.client("acm").get_certificate(CertificateArn=arn)
+    want_leaf = x509.load_pem_x509_certificate(got["Certificate"].encode())
+    domain = h.client("acm").describe_certificate(CertificateArn=arn)["Certificate"]["DomainName"]
+    pin = _stanza_pin(h, token)
+    port = _https_port(h)
+    ctx = ssl.create_default_context(cadata=server.ca_pem(h.state_dir).decode())
+    before = _signatures(h, token, pin)
+    handshakes = 2
+    for _ in range(handshakes):  # fresh connections: each one a full handshake, signed
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=20) as raw,
+            ctx.wrap_socket(raw, server_hostname=domain) as tls,
+        ):
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {domain}\r\nConnection: close\r\n\r\n".encode())
+            head = tls.recv(65536)
+            version = tls.version()
+            leaf = tls.getpeercert(binary_form=True)
+    signed = _signatures(h, token, pin) - before
+    if not head.startswith(b"HTTP/1.1 "):
+        return False, f"no HTTP answer over TLS: {head[:40]!r}"
+    if leaf != want_leaf.public_bytes(serialization.Encoding.DER):
+        return False, f"the server's certificate is not {arn.rsplit('/', 1)[-1]}'s"
+    if signed < handshakes:
+        return False, (
+            f"{handshakes} handshakes but the ACM enclave's token signed {signed} times: the key "
+            "used is not the enclave's"
+        )
+    return True, (
+        f"{version} to {domain} via 127.0.0.1:{port}: certificate {arn.rsplit('/', 1)[-1][:8]}… "
+        f"chain verifies to the local CA; {handshakes} handshakes, {signed} signatures by the "
+        f"ACM enclave's token {token.label}"
+    )
+
+
+def _host_processes(h: UserDataHost) -> tuple[list[int], list[int]]:
+    """(parent side, enclave side) machine pids of the host: processes in the host's own PID
+    namespace (nginx, the agent, systemd's stand-in...) and those in the enclaves' nested ones."""
+    from local_backend.verify import _tree
+
+    init = int(h.host["init_pid"])
+    own = Path(f"/proc/{init}/ns/pid").resolve()
+    parent, enclave = [], []
+    for pid in _tree(init):
+        try:
+            ns = Path(f"/proc/{pid}/ns/pid").resolve()
+        except OSError:
+            continue
+        (parent if ns == own else enclave).append(pid)
+    return parent, enclave
+
+
+def check_acm_key_not_on_parent(h: UserDataHost, token: Any) -> tuple[bool, str]:
+    """The certificate's key is in none of the host's parent-side processes (nginx's master and
+    workers, the agent), the S3 object, the state and log files — and is in the enclave
+    (positive control, searched while it signs)."""
+    from local_backend.verify import _endpoint_keyscan
+
+    parent, enclave = _host_processes(h)
+    req = {
+        "certificate_arn": token.source.certificate_arn,
+        "account_id": h.info.get("account_id") or h.role_arn.split(":")[4],
+        "region": h.region,
+        "paths": [str(h.state_dir)],
+        "pids": [*parent, *enclave],
+    }
+    result = _endpoint_keyscan(h.endpoint, req, h.state_dir)
+    if "error" in result:
+        return False, f"the key search failed: {result['error']}"
+    leaks = [f"{x['where']} ({x['form']})" for x in result["file_hits"]]
+    names = {}
+    for pid in parent:
+        found = result["processes"].get(str(pid), {})
+        if found.get("hits"):
+            names[pid] = _comm(pid)
+            leaks += [f"pid {pid} {names[pid]}: {x['where']} ({x['form']})" for x in found["hits"]]
+    if leaks:
+        return False, "private key found on the parent side: " + "; ".join(leaks[:4])
+    if not any(result["processes"].get(str(p), {}).get("hits") for p in enclave):
+        return False, (
+            "the search did not find the key in the ACM enclave either, so its absence "
+            "elsewhere proves nothing"
+        )
+    nginx = sum(1 for p in parent if _comm(p) == "nginx")
+    mib = sum(p.get("bytes_read", 0) for p in result["processes"].values()) >> 20
+    return True, (
+        f"absent from {result['files_read']} state/log files and {len(parent)} parent-side "
+        f"processes ({nginx} nginx); found only in the ACM enclave ({mib} MiB searched)"
+    )
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
 
 
 CHECKS: tuple[tuple[str, CheckFn], ...] = (

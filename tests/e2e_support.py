@@ -55,7 +55,8 @@ def copy_sample_app(
     dest: Path, *, stack_name: str | None = None, context: dict[str, object] | None = None
 ) -> Path:
     """app.py, cdk.json and enclave_app/ of the project in `dest` (caches left out), with
-    `stack_name` and `context` merged into the copy's cdk.json context."""
+    `stack_name` and `context` merged into the copy's cdk.json context (web_host false unless
+    `context` asks for it)."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "app.py", dest / "app.py")
     shutil.copytree(
@@ -65,7 +66,8 @@ def copy_sample_app(
     )
     cfg = json.loads((ROOT / "cdk.json").read_text())
     cfg["app"] = f"{sys.executable} app.py"
-    cfg.setdefault("context", {}).update(context or {})
+    # Tests deploy only the host they exercise: the set-up A web host when asked for.
+    cfg.setdefault("context", {}).update({"web_host": False, **(context or {})})
     if stack_name:
         cfg["context"]["stack_name"] = stack_name
     (dest / "cdk.json").write_text(json.dumps(cfg, indent=2) + "\n")
