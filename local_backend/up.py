@@ -449,11 +449,25 @@ def try_it_lines(
         port, domain = p.state.get("relay_port"), p.state.get("domain")
         if not (port and domain):
             continue
-        out.append(
-            f"Try it: curl --cacert <({command} local ca --state-dir {state_dir}) "
-            f"--resolve {domain}:{port}:127.0.0.1 https://{domain}:{port}/"
-        )
+        out.append(_curl(command, state_dir, domain, port))
+    from local_backend.host import hooks
+    from local_backend.verify_hosts import served_https
+
+    for layout in hooks.hosts(state_dir):  # nginx of an ACM for Nitro Enclaves host (set-up A)
+        info = layout.read_info()
+        if stacks is not None and info.get("stack_name") not in stacks:
+            continue
+        served = served_https(layout, state_dir)
+        if served:
+            out.append(_curl(command, state_dir, *served))
     return out
+
+
+def _curl(command: str, state_dir: Path, domain: str, port: int) -> str:
+    return (
+        f"Try it: curl --cacert <({command} local ca --state-dir {state_dir}) "
+        f"--resolve {domain}:{port}:127.0.0.1 https://{domain}:{port}/"
+    )
 
 
 def phases_table(result: UpResult) -> str:

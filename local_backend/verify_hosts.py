@@ -22,6 +22,7 @@ A check that does not apply says why (`Check.applies` False); one that cannot ru
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 import time
@@ -398,7 +399,7 @@ def _signatures(h: UserDataHost, token: Any, pin: str) -> int:
         answer = rpc.call(sock, rpc.Request("DescribeToken", {"label": token.label, "pin": pin}))
     if "Ok" not in answer:
         raise ValueError(f"DescribeToken {token.label}: {answer.get('Err')}")
-    return int(answer["Ok"]["signatures"])
+    return int(answer["Ok"]["TokenDescription"]["signatures"])
 
 
 def _https_port(h: UserDataHost) -> int:
@@ -463,11 +464,11 @@ def _host_processes(h: UserDataHost) -> tuple[list[int], list[int]]:
     from local_backend.verify import _tree
 
     init = int(h.host["init_pid"])
-    own = Path(f"/proc/{init}/ns/pid").resolve()
+    own = os.readlink(f"/proc/{init}/ns/pid")  # "pid:[inode]"
     parent, enclave = [], []
     for pid in _tree(init):
         try:
-            ns = Path(f"/proc/{pid}/ns/pid").resolve()
+            ns = os.readlink(f"/proc/{pid}/ns/pid")
         except OSError:
             continue
         (parent if ns == own else enclave).append(pid)
@@ -511,6 +512,20 @@ def check_acm_key_not_on_parent(h: UserDataHost, token: Any) -> tuple[bool, str]
         f"absent from {result['files_read']} state/log files and {len(parent)} parent-side "
         f"processes ({nginx} nginx); found only in the ACM enclave ({mib} MiB searched)"
     )
+
+
+def served_https(layout: HostLayout, state_dir: Path) -> tuple[str, int] | None:
+    """(domain, machine port) of the HTTPS an ACM agent host serves, for a "Try it" line."""
+    h = UserDataHost(layout, state_dir)
+    try:
+        tokens = _acm_tokens(h)
+        if not tokens:
+            return None
+        arn = tokens[0].source.certificate_arn
+        cert = h.client("acm").describe_certificate(CertificateArn=arn)["Certificate"]
+        return cert["DomainName"], _https_port(h)
+    except Exception:  # noqa: BLE001 - no line to print; verify says why
+        return None
 
 
 def _comm(pid: int) -> str:
