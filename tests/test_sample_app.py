@@ -28,16 +28,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> dict:
         env = local_aws_env(SYNTH_ENDPOINT, scratch_dir=Path(scratch))
         env["PATH"] = tool_path(env["PATH"], start=ROOT)
         proc = subprocess.run(
-            # set-up C: the variant with the certificate association and its grants
-            [
-                *cdk_command(ROOT),
-                "synth",
-                "--quiet",
-                "--output",
-                str(out),
-                "-c",
-                "certificate_in_image=true",
-            ],  # fmt: skip
+            [*cdk_command(ROOT), "synth", "--quiet", "--output", str(out)],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -68,12 +59,23 @@ def test_templates_have_the_seed_resources(synth: dict) -> None:
         "AWS::SSM::Parameter",
     ):
         assert kind in types, kind
-    inst = next(r for r in template["Resources"].values() if r["Type"] == "AWS::EC2::Instance")
-    assert inst["Properties"]["InstanceType"] == "m5a.xlarge"
-    meta = inst["Metadata"]["enclavekit:host"]
-    assert meta["enclave"] == {"cpu_count": 2, "memory_mib": 512, "cid": 16, "debug_mode": False}
-    assert meta["service"]["domain"] == "enclave.example.test"
-    assert set(template["Outputs"]) >= {"InstanceId", "RoleArn", "KeyArn", "ServicePort", "Domain"}
+    hosts = {
+        k[:7]: r for k, r in template["Resources"].items() if r["Type"] == "AWS::EC2::Instance"
+    }
+    assert set(hosts) == {"HostF59", "WebHost"}  # set-up B and set-up A
+    for inst in hosts.values():
+        assert inst["Properties"]["InstanceType"] == "m5a.xlarge"
+        meta = inst["Metadata"]["enclavekit:host"]
+        assert meta["enclave"] == {
+            "cpu_count": 2, "memory_mib": 512, "cid": 16, "debug_mode": False
+        }  # fmt: skip
+        assert meta["service"]["domain"] == "enclave.example.test"
+    assert "certificate" not in hosts["HostF59"]["Metadata"]["enclavekit:host"]  # not set-up C
+    web = hosts["WebHost"]["Metadata"]["enclavekit:host"]
+    assert "image" not in web and web["certificate"]["arn"]  # ACM's enclave, nginx on the parent
+    assert set(template["Outputs"]) >= {
+        "InstanceId", "RoleArn", "KeyArn", "ServicePort", "Domain", "WebInstanceId", "WebRoleArn"
+    }  # fmt: skip
 
 
 def test_validation_report_acknowledges_w9010_and_runs_the_linter(synth: dict) -> None:
@@ -102,8 +104,8 @@ def test_cfn_lint_reports_no_errors(synth: dict) -> None:
 
 
 def test_demo_table_shows_bound_pcrs(synth: dict) -> None:
-    rows = demo.hosts_in_assembly(synth["out"])
-    assert len(rows) == 1
+    rows = [r for r in demo.hosts_in_assembly(synth["out"]) if r["meta"].get("image")]
+    assert len(rows) == 1  # and the web host, whose enclave is ACM's
     meta = rows[0]["meta"]
     table = demo.render(rows)
     assert meta["image"]["measurements"]["PCR0"] in table
