@@ -104,4 +104,4 @@ def test_sample_app_synthesizes_clean_without_acknowledgments(tmp_path: Path) ->
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = lint_paths([out])
-    assert report.findings == [], [f.message for f in report.findings]
+    assert not report.findings, [f.message for f in report.findings]

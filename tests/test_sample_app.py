@@ -127,20 +127,21 @@ def test_demo_bad_project_exits_2(tmp_path: Path) -> None:
     assert proc.stderr.strip().count("\n") == 0 and "cdk.json" in proc.stderr
 
 
-def test_host_role_may_find_its_certificate_association(synth: dict) -> None:
-    """The parent agent asks EC2 where the association put the certificate bundle."""
+def test_web_host_role_has_the_three_acm_grants(synth: dict) -> None:
+    """AWS's ACM agent reads the association's S3 object, decrypts its key (in the enclave,
+    attested) and looks its own role up: s3:GetObject, kms:Decrypt, iam:GetRole on the web
+    host's role, and nothing that would let the parent decrypt (no unattested key grant)."""
     template = json.loads((synth["out"] / "EnclaveService.template.json").read_text())
-    cert_ids = [
+    web_roles = [
         k
         for k, r in template["Resources"].items()
-        if r["Type"] == "AWS::CertificateManager::Certificate"
+        if r["Type"] == "AWS::IAM::Role" and k.startswith("WebHost")
     ]
-    statements = [
-        s
-        for r in template["Resources"].values()
-        if r["Type"] == "AWS::IAM::Policy"
-        for s in r["Properties"]["PolicyDocument"]["Statement"]
-    ]
-    found = [s for s in statements if s["Action"] == "ec2:GetAssociatedEnclaveCertificateIamRoles"]
-    assert found, "no statement lets the host role call GetAssociatedEnclaveCertificateIamRoles"
-    assert found[0]["Resource"] == {"Ref": cert_ids[0]}
+    assert len(web_roles) == 1, web_roles
+    actions: set[str] = set()
+    for r in template["Resources"].values():
+        if r["Type"] == "AWS::IAM::Policy" and {"Ref": web_roles[0]} in r["Properties"]["Roles"]:
+            for st in r["Properties"]["PolicyDocument"]["Statement"]:
+                acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                actions.update(acts)
+    assert {"s3:GetObject", "kms:Decrypt", "iam:GetRole"} <= actions, actions
