@@ -62,7 +62,6 @@ FORMAT_VERSION = 1
 EXTENSION_STATE = (
     ("local_backend.moto_ext.ec2.models", "_associations"),
     ("local_backend.moto_ext.ec2.models", "_service_keys"),
-    ("local_backend.moto_ext.ec2.models", "_agent_images"),
 )
 
 _LOCK_TYPES: tuple[type, ...] = (type(threading.Lock()), type(threading.RLock()))

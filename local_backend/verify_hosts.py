@@ -32,6 +32,7 @@ from typing import Any
 
 from enclavekit import attestation, pcr
 from enclavekit import provisioning as prov
+from enclavekit.errors import CheckFailed
 from enclavekit.localenv import local_client
 from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.host import control, hooks
@@ -376,14 +377,14 @@ def _stanza_pin(h: UserDataHost, token: Any) -> str:
     """The PIN the agent wrote into the token's nginx stanza (`...?pin-value=<pin>"`)."""
     text = _host_path(h, token.target.path).read_text()
     if "pin-value=" not in text:
-        raise ValueError(f"{token.target.path}: no pin-value in the agent's stanza")
+        raise CheckFailed(f"{token.target.path}: no pin-value in the agent's stanza")
     return text.split("pin-value=", 1)[1].split('"', 1)[0]
 
 
 def _acm_enclave(h: UserDataHost) -> dict[str, Any]:
     running = _running(h)
     if len(running) != 1:
-        raise ValueError(f"expected the one ACM enclave RUNNING, found {len(running)}")
+        raise CheckFailed(f"expected the one ACM enclave RUNNING, found {len(running)}")
     return running[0]
 
 
@@ -398,7 +399,7 @@ def _signatures(h: UserDataHost, token: Any, pin: str) -> int:
         sock.settimeout(10)
         answer = rpc.call(sock, rpc.Request("DescribeToken", {"label": token.label, "pin": pin}))
     if "Ok" not in answer:
-        raise ValueError(f"DescribeToken {token.label}: {answer.get('Err')}")
+        raise CheckFailed(f"DescribeToken {token.label}: {answer.get('Err')}")
     return int(answer["Ok"]["TokenDescription"]["signatures"])
 
 
@@ -406,7 +407,7 @@ def _https_port(h: UserDataHost) -> int:
     for row in h.host.get("ports") or []:
         if row.get("port") == HTTPS_PORT:
             return int(row["host_port"])
-    raise ValueError(
+    raise CheckFailed(
         f"port {HTTPS_PORT} of the instance is not forwarded (its security groups allow no "
         "ingress to it)"
     )

@@ -42,6 +42,11 @@ FOREIGN_CLASSES = {
     "ApiError": "acm_enclave/p11ne: vtok_rpc's ApiError variants",
     "DeviceError": "acm_enclave/p11ne: vtok_rpc's device errors",
     "ParseError": "acm_enclave/p11ne: a request that does not parse gets no answer",
+    # The ACM agent in a host (AWS's vtok_agent stand-in): its error kinds, printed in its
+    # journal as AWS's agent prints them ("Error: ConfigError: ...", "AgentError: ...").
+    "AgentError": "host/acm_agent.py: vtok_agent's AgentError",
+    "TokenError": "host/acm_agent.py: vtok_agent's token errors",
+    "ConfigError": "host/acm_config.py: vtok_agent's ConfigError line",
     # Owned by the boot-path work under way (local_backend/host, cloudformation): to be
     # brought into the tree once it lands.
     "CustomResourceFailed": "cloudformation/custom_resource.py (boot-path work in progress)",
