@@ -225,6 +225,8 @@ def check_keys(h: UserDataHost) -> tuple[bool, str] | Check:
 
 def check_parent_denied(h: UserDataHost) -> tuple[bool, str] | Check:
     keys = _attested_keys(h)
+    if not keys and _acm_tokens(h):
+        return _association_key_denied(h)
     if not keys:
         return _not_applicable(
             "parent-denied", "no KMS key grants the host role under attestation conditions"
@@ -254,6 +256,43 @@ def check_parent_denied(h: UserDataHost) -> tuple[bool, str] | Check:
             return False, f"key {key}: {what}"
         tried.append(key)
     return True, f"Decrypt without attestation: AccessDeniedException for {', '.join(tried)}"
+
+
+def _association_key_denied(h: UserDataHost) -> tuple[bool, str]:
+    """An ACM agent host (set-up A): the role's credentials, as the host's IMDS gives them to
+    any parent-side process, read the association's S3 object but cannot decrypt the
+    certificate's key in it — ACM releases it only to its own attested enclave image."""
+    import base64
+
+    creds = h.role_credentials()
+    kms = h.client("kms", creds)
+    done = []
+    for token in _acm_tokens(h):
+        arn = token.source.certificate_arn
+        roles = h.client("ec2").get_associated_enclave_certificate_iam_roles(  # verify asks
+            CertificateArn=arn
+        )["AssociatedRoles"]
+        mine = [r for r in roles if r.get("AssociatedRoleArn") == h.role_arn]
+        if not mine:
+            return False, f"certificate {arn.rsplit('/', 1)[-1]} is not associated with the role"
+        obj = h.client("s3", creds).get_object(
+            Bucket=mine[0]["CertificateS3BucketName"], Key=mine[0]["CertificateS3ObjectKey"]
+        )
+        sealed = json.loads(obj["Body"].read())
+        blob = base64.b64decode(sealed["encryptedPrivateKey"])
+        ok, what = _denied(lambda b=blob: kms.decrypt(CiphertextBlob=b), None)
+        if not ok:
+            if what == "ALLOWED":
+                return (
+                    False,
+                    "the instance role decrypted the certificate's key without attestation",
+                )
+            return False, f"certificate key: {what}"
+        done.append(token.label)
+    return True, (
+        "Decrypt of the association's certificate key with the instance role, no attestation: "
+        f"AccessDeniedException ({', '.join(done)})"
+    )
 
 
 # -------------------------------------------------------------------------- NSM

@@ -44,7 +44,14 @@ def test_sample_app_set_up_a_and_b_verify(
     report = result.report
     assert result.ok, report.table()
     checks = {(h.logical_id.split("/")[-1][:7], c.name): c for h in report.hosts for c in h.checks}
-    for name in ("boot", "enclaves", "nsm-parent-refused", "https", "key-not-on-parent"):
+    for name in (
+        "boot",
+        "enclaves",
+        "parent-denied",
+        "nsm-parent-refused",
+        "https",
+        "key-not-on-parent",
+    ):
         c = checks[("WebHost", name)]
         assert c.ok and c.applies, (name, c.detail)
     assert "signatures by the ACM enclave's token" in checks[("WebHost", "https")].detail
