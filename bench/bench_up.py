@@ -60,8 +60,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def copy_sample_app(dest: Path) -> Path:
-    """app.py, cdk.json and enclave_app/ under `dest`, the app run by this interpreter."""
+def copy_sample_app(dest: Path, *, web_host: bool = False) -> Path:
+    """app.py, cdk.json and enclave_app/ under `dest`, the app run by this interpreter (the
+    set-up A web host only when asked for: the benches of the image host stay comparable)."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(ROOT / "app.py", dest / "app.py")
     shutil.copytree(
@@ -71,6 +72,7 @@ def copy_sample_app(dest: Path) -> Path:
     )
     config = json.loads((ROOT / "cdk.json").read_text())
     config["app"] = f"{sys.executable} app.py"  # cdk.json names the repo-relative .venv
+    config.setdefault("context", {})["web_host"] = web_host
     (dest / "cdk.json").write_text(json.dumps(config, indent=2) + "\n")
     return dest
 
