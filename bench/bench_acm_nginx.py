@@ -32,8 +32,8 @@ FILE_PORT = 8443
 _FILE_SERVER = """
 set -e
 install -d -m 0755 /etc/pki/nginx/bench
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=enclave.example.test \\
-  -keyout /etc/pki/nginx/bench/key.pem -out /etc/pki/nginx/bench/cert.pem 2>/dev/null
+OPENSSL_CONF=/etc/pki/tls/openssl.cnf openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=enclave.example.test \\
+  -keyout /etc/pki/nginx/bench/key.pem -out /etc/pki/nginx/bench/cert.pem
 cat > /etc/nginx/conf.d/bench-file-key.conf <<'EOF2'
 server {
     listen %(port)d ssl;
@@ -109,7 +109,12 @@ def main() -> None:
 
     from local_backend.host import control
     from local_backend.server import stop
-    from local_backend.verify_hosts import UserDataHost, _acm_tokens, check_acm_https
+    from local_backend.verify_hosts import (
+        UserDataHost,
+        _acm_tokens,
+        check_acm_https,
+        wait_for_stanza,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"
@@ -118,14 +123,18 @@ def main() -> None:
             timed_up(app, state, free_port(), run_verify=False)
             layout = _web_host(state)
             h = UserDataHost(layout, state)  # type: ignore[arg-type]
-            ok, why = check_acm_https(h, _acm_tokens(h)[0])  # serving, signed in the enclave
+            token = _acm_tokens(h)[0]
+            waiting = wait_for_stanza(h, token)
+            if waiting:
+                raise RuntimeError(waiting)
+            ok, why = check_acm_https(h, token)  # serving, signed in the enclave
             if not ok:
                 raise RuntimeError(f"the web host does not serve from the enclave: {why}")
             run = control.host_exec(
                 layout, ["bash", "-c", _FILE_SERVER % {"port": FILE_PORT}], timeout=120
             )  # type: ignore[arg-type]
             if run.returncode != 0:
-                raise RuntimeError(f"the file-key server: {run.stderr[-400:]}")
+                raise RuntimeError(f"the file-key server: {(run.stdout + run.stderr)[-600:]}")
             code = _CLIENT % {"port": FILE_PORT, "seconds": CASE_SECONDS, "rounds": ROUNDS}
             run = control.host_exec(layout, ["python3", "-c", code], timeout=600)  # type: ignore[arg-type]
             if run.returncode != 0:

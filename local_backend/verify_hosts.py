@@ -385,6 +385,9 @@ def check_tls(h: UserDataHost) -> list[Check]:
         )
         return [Check("https", False, why), Check("key-not-on-parent", False, why)]
     token = next((t for t in tokens if t.source.certificate_arn in certs), tokens[0])
+    waiting = wait_for_stanza(h, token)
+    if waiting:
+        return [Check("https", False, waiting), Check("key-not-on-parent", False, waiting)]
     https = _timed("https", lambda: check_acm_https(h, token))
     key = _timed("key-not-on-parent", lambda: check_acm_key_not_on_parent(h, token))
     return [https, key]
@@ -392,6 +395,8 @@ def check_tls(h: UserDataHost) -> list[Check]:
 
 # ACM for Nitro Enclaves on the host (set-up A): nginx on the parent, the key in ACM's enclave.
 ACM_CONFIG = "/etc/nitro_enclaves/acm.yaml"
+ACM_UNIT = "nitro-enclaves-acm.service"
+ACM_READY_TIMEOUT_S = 120.0  # boot of the ACM enclave + AddToken (attested KMS) + nginx start
 HTTPS_PORT = 443
 
 
@@ -412,6 +417,25 @@ def _acm_tokens(h: UserDataHost) -> list[Any]:
     return [t for t in conf.tokens if t.source.kind == "Acm" and t.target is not None]
 
 
+def wait_for_stanza(
+    h: UserDataHost, token: Any, timeout: float = ACM_READY_TIMEOUT_S
+) -> str | None:
+    """Wait until the agent has provisioned the token (its stanza exists): the agent does that
+    after the user data has run. None when it is there; else why not, with the journal's end."""
+    path = _host_path(h, token.target.path)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            journal = control.host_exec(h.layout, ["journalctl", "-u", ACM_UNIT]).stdout
+            tail = " | ".join(x.strip() for x in journal.strip().splitlines()[-4:])
+            return (
+                f"the ACM agent wrote no {token.target.path} for token {token.label} within "
+                f"{timeout:.0f} s; {ACM_UNIT}: {tail or '(no journal)'}"
+            )
+        time.sleep(0.5)
+    return None
+
+
 def _stanza_pin(h: UserDataHost, token: Any) -> str:
     """The PIN the agent wrote into the token's nginx stanza (`...?pin-value=<pin>"`)."""
     text = _host_path(h, token.target.path).read_text()
@@ -421,6 +445,8 @@ def _stanza_pin(h: UserDataHost, token: Any) -> str:
 
 
 def _acm_enclave(h: UserDataHost) -> dict[str, Any]:
+    if not h.enclaves:  # outside verify's run (benches): ask the host
+        h.enclaves = hooks.host_enclaves(h.layout)
     running = _running(h)
     if len(running) != 1:
         raise CheckFailed(f"expected the one ACM enclave RUNNING, found {len(running)}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,17 @@ pytestmark = pytest.mark.slow
 STACK = "EnclaveServiceA"
 
 
-def test_sample_app_set_up_a_and_b_verify(
-    enclavekit_endpoint: plugin.LocalEndpoint, tmp_path: Path
-) -> None:
-    ep = enclavekit_endpoint
+@pytest.fixture
+def ep(tmp_path: Path) -> Iterator[plugin.LocalEndpoint]:
+    """An endpoint of its own: `up` verifies every host of the state dir."""
+    endpoint = plugin.start_endpoint(tmp_path / "state")
+    try:
+        yield endpoint
+    finally:
+        plugin.stop_endpoint(endpoint)
+
+
+def test_sample_app_set_up_a_and_b_verify(ep: plugin.LocalEndpoint, tmp_path: Path) -> None:
     app = copy_sample_app(tmp_path / "app", stack_name=STACK, context={"web_host": True})
     out = io.StringIO()
     result = up.up(app, state_dir=ep.state_dir, port=ep.port, progress=up.Progress(out))
