@@ -105,7 +105,7 @@ def test_up_bench_copies_the_sample_app_and_writes_a_trivial_baseline(tmp_path: 
     config = json.loads((app / "cdk.json").read_text())
     original = json.loads((ROOT / "cdk.json").read_text())
     assert config["app"] == f"{sys.executable} app.py"
-    assert config["context"] == original["context"]
+    assert config["context"] == {**original["context"], "web_host": False}
     trivial = bench_up.write_trivial_app(tmp_path / "trivial")
     compile((trivial / "app.py").read_text(), "app.py", "exec")
     assert json.loads((trivial / "cdk.json").read_text())["app"].startswith(sys.executable)

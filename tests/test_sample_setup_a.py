@@ -13,22 +13,15 @@ any process of the parent (or an administrator with its IMDS credentials) would 
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
 from e2e_support import copy_sample_app
 
 from enclavekit import pytest_plugin as plugin
 from local_backend import up
-from local_backend.moto_ext.identity import (
-    EC2_SERVICE_ACCESS_KEY_ID,
-    EC2_SERVICE_SECRET_ACCESS_KEY,
-)
 
 pytestmark = pytest.mark.slow
 STACK = "EnclaveServiceA"
@@ -67,51 +60,3 @@ def test_sample_app_set_up_a_and_b_verify(ep: plugin.LocalEndpoint, tmp_path: Pa
     for name in ("image-pcrs", "secret", "parent-denied", "debug-denied", "other-image-denied"):
         assert checks[("HostF59", name)].ok, name
     assert not checks[("HostF59", "https")].applies  # set-up B serves no TLS
-
-    # The web host's role, as its IMDS hands it to any process of the parent, gets the S3
-    # object but not the key inside it: kms:Decrypt only for ACM's attested enclave image.
-    outputs = {
-        o["OutputKey"]: o["OutputValue"]
-        for o in ep.client("cloudformation").describe_stacks(StackName=STACK)["Stacks"][0][
-            "Outputs"
-        ]
-    }
-    sts = ep.client(
-        "sts",
-        aws_access_key_id=EC2_SERVICE_ACCESS_KEY_ID,
-        aws_secret_access_key=EC2_SERVICE_SECRET_ACCESS_KEY,
-    )
-    c = sts.assume_role(RoleArn=outputs["WebRoleArn"], RoleSessionName="admin-on-parent")[
-        "Credentials"
-    ]
-    creds = {
-        "aws_access_key_id": c["AccessKeyId"],
-        "aws_secret_access_key": c["SecretAccessKey"],
-        "aws_session_token": c["SessionToken"],
-    }
-    cert_arn = next(
-        s["CertificateArn"]
-        for s in ep.client("acm").list_certificates()["CertificateSummaryList"]
-        if any(
-            r["AssociatedRoleArn"] == outputs["WebRoleArn"]
-            for r in ep.client("ec2").get_associated_enclave_certificate_iam_roles(
-                CertificateArn=s["CertificateArn"]
-            )["AssociatedRoles"]
-        )
-    )
-    [role] = [
-        r
-        for r in ep.client("ec2", **creds).get_associated_enclave_certificate_iam_roles(
-            CertificateArn=cert_arn
-        )["AssociatedRoles"]
-        if r["AssociatedRoleArn"] == outputs["WebRoleArn"]
-    ]
-    body = ep.client("s3", **creds).get_object(
-        Bucket=role["CertificateS3BucketName"], Key=role["CertificateS3ObjectKey"]
-    )["Body"]
-    sealed = json.loads(body.read())
-    with pytest.raises(ClientError) as denied:
-        ep.client("kms", **creds).decrypt(
-            CiphertextBlob=base64.b64decode(sealed["encryptedPrivateKey"])
-        )
-    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
