@@ -217,6 +217,16 @@ def test_nginx_serves_the_association_certificate_with_the_key_in_the_enclave(
     assert _sent_chain(w.https_port()) == want  # the certificate and the association's chain
     journal = w.journal()
     assert "Syncing token nginx-acm-token" in journal, journal
+    # `enclavekit verify` of this host, written without our constructs: every check of an ACM
+    # agent host applies and passes (the signatures, the key search, the role denied the key)
+    from local_backend import verify
+
+    report = verify.verify(Path(w.ep.state_dir), stack="acm-nginx")
+    [host] = report.hosts
+    got = {c.name: c for c in host.checks}
+    for name in ("boot", "enclaves", "parent-denied", "nsm-parent-refused", "https",
+                 "key-not-on-parent"):  # fmt: skip
+        assert got[name].ok and got[name].applies, (name, report.table())
 
 
 def _since(w: World, mark: int) -> str:
