@@ -57,3 +57,12 @@ if [ ! -f "$wstamp" ] || [ requirements.lock -nt "$wstamp" ]; then
 else
   echo "==> Wheelhouse (.wheelhouse): up to date"
 fi
+
+# Set-up A's parts: Debian's nginx, p11-kit, libp11 and SoftHSMv2 unpacked into .system/ (or
+# the tree ENCLAVEKIT_SYSTEM_ROOT names), then ACM's enclave image built from them (gcc) —
+# here, with progress, rather than inside the first certificate association of a deploy.
+if [ -z "${ENCLAVEKIT_SYSTEM_ROOT:-}" ]; then
+  bash scripts/system-packages.sh
+fi
+echo "==> ACM enclave image (.system/p11ne): build or reuse"
+.venv/bin/python -c "from local_backend.host.catalog_acm import ensure_acm_image as e; print('    ' + str(e()))"
