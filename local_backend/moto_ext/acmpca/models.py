@@ -33,6 +33,8 @@ from moto.acmpca.models import CertificateAuthority, acmpca_backends
 from moto.cloudformation.exceptions import ValidationError
 from moto.core.common_models import CloudFormationModel
 
+from local_backend.moto_ext.cfn_resource import CfnCall, CfnResource
+
 PRIVATE_DAYS = 395  # ACM's validity for a private certificate it requests from a CA
 _SIGNING = {
     "SHA256WITHRSA": hashes.SHA256,
@@ -43,10 +45,6 @@ _SIGNING = {
 
 def _pem(value: Any) -> bytes:
     return value.encode() if isinstance(value, str) else bytes(value)
-
-
-def _props(cloudformation_json: Any) -> dict[str, Any]:
-    return dict(cloudformation_json.get("Properties") or {})
 
 
 def _required(kind: str, props: dict[str, Any], name: str) -> Any:
@@ -64,25 +62,16 @@ def _authority(account_id: str, region: str, arn: Any, kind: str) -> Certificate
     return ca
 
 
-class CfnCertificateAuthority(CloudFormationModel):
+class CfnCertificateAuthority(CfnResource, CloudFormationModel):
+    CFN_TYPE = "AWS::ACMPCA::CertificateAuthority"
+    CFN_ATTRIBUTES = frozenset({"Arn", "CertificateSigningRequest"})
+
     def __init__(self, ca: CertificateAuthority):
         self.ca = ca
-
-    @staticmethod
-    def cloudformation_type() -> str:
-        return "AWS::ACMPCA::CertificateAuthority"
-
-    @staticmethod
-    def cloudformation_name_type() -> str:
-        return ""
 
     @property
     def physical_resource_id(self) -> str:
         return self.ca.arn
-
-    @classmethod
-    def has_cfn_attr(cls, attr: str) -> bool:
-        return attr in ("Arn", "CertificateSigningRequest")
 
     def get_cfn_attribute(self, attribute_name: str) -> Any:
         if attribute_name == "Arn":
@@ -90,16 +79,9 @@ class CfnCertificateAuthority(CloudFormationModel):
         return self.ca.csr.decode()
 
     @classmethod
-    def create_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> CfnCertificateAuthority:
-        kind = cls.cloudformation_type()
-        props = _props(cloudformation_json)
+    def cfn_create(cls, call: CfnCall) -> CfnCertificateAuthority:
+        kind, props = cls.CFN_TYPE, call.props
+        account_id, region_name = call.account_id, call.region
         ca_type = _required(kind, props, "Type")
         if ca_type not in ("ROOT", "SUBORDINATE"):
             raise ValidationError(message=f"{kind}: Type must be ROOT or SUBORDINATE")
@@ -122,26 +104,17 @@ class CfnCertificateAuthority(CloudFormationModel):
         self.ca.status = "DELETED"
 
 
-class CfnCertificate(CloudFormationModel):
+class CfnCertificate(CfnResource, CloudFormationModel):
+    CFN_TYPE = "AWS::ACMPCA::Certificate"
+    CFN_ATTRIBUTES = frozenset({"Arn", "Certificate"})
+
     def __init__(self, ca: CertificateAuthority, arn: str):
         self.ca = ca
         self.arn = arn
 
-    @staticmethod
-    def cloudformation_type() -> str:
-        return "AWS::ACMPCA::Certificate"
-
-    @staticmethod
-    def cloudformation_name_type() -> str:
-        return ""
-
     @property
     def physical_resource_id(self) -> str:
         return self.arn
-
-    @classmethod
-    def has_cfn_attr(cls, attr: str) -> bool:
-        return attr in ("Arn", "Certificate")
 
     def get_cfn_attribute(self, attribute_name: str) -> Any:
         if attribute_name == "Arn":
@@ -149,16 +122,9 @@ class CfnCertificate(CloudFormationModel):
         return self.ca.issued_certificates[self.arn].decode()
 
     @classmethod
-    def create_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> CfnCertificate:
-        kind = cls.cloudformation_type()
-        props = _props(cloudformation_json)
+    def cfn_create(cls, call: CfnCall) -> CfnCertificate:
+        kind, props = cls.CFN_TYPE, call.props
+        account_id, region_name = call.account_id, call.region
         ca = _authority(
             account_id, region_name, _required(kind, props, "CertificateAuthorityArn"), kind
         )
@@ -183,40 +149,24 @@ class CfnCertificate(CloudFormationModel):
         return None  # AWS keeps issued certificates; deleting the resource only forgets it
 
 
-class CfnCertificateAuthorityActivation(CloudFormationModel):
+class CfnCertificateAuthorityActivation(CfnResource, CloudFormationModel):
+    CFN_TYPE = "AWS::ACMPCA::CertificateAuthorityActivation"
+    CFN_ATTRIBUTES = frozenset({"CompleteCertificateChain"})
+
     def __init__(self, ca: CertificateAuthority):
         self.ca = ca
-
-    @staticmethod
-    def cloudformation_type() -> str:
-        return "AWS::ACMPCA::CertificateAuthorityActivation"
-
-    @staticmethod
-    def cloudformation_name_type() -> str:
-        return ""
 
     @property
     def physical_resource_id(self) -> str:
         return self.ca.arn
 
-    @classmethod
-    def has_cfn_attr(cls, attr: str) -> bool:
-        return attr == "CompleteCertificateChain"
-
     def get_cfn_attribute(self, attribute_name: str) -> Any:
         return (self.ca.certificate_bytes + (self.ca.certificate_chain or b"")).decode()
 
     @classmethod
-    def create_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> CfnCertificateAuthorityActivation:
-        kind = cls.cloudformation_type()
-        props = _props(cloudformation_json)
+    def cfn_create(cls, call: CfnCall) -> CfnCertificateAuthorityActivation:
+        kind, props = cls.CFN_TYPE, call.props
+        account_id, region_name = call.account_id, call.region
         ca = _authority(
             account_id, region_name, _required(kind, props, "CertificateAuthorityArn"), kind
         )
