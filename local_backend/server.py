@@ -12,6 +12,7 @@ State directory layout (all created on demand):
     logs/endpoint.log the endpoint's log (requests, extension messages, errors)
     acm-ca/           the local CA that issues ACM certificates (root.pem, root-key.pem)
     persist/          the endpoint's state across stop/start, sealed (local_backend.persist)
+    registry/         the image registry's blobs and token key (local_backend.registry)
 """
 
 from __future__ import annotations
@@ -437,7 +438,10 @@ def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
     """
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+    from local_backend.registry import Registry, handles
+
     moto_app = DomainDispatcherApplication(create_backend_app)
+    registry = Registry(state_dir)
     pid = os.getpid()
     token = admin_token(state_dir, create=True)
 
@@ -462,6 +466,8 @@ def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
                 "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
             )
             return [body]
+        if handles(environ):  # the image registry (its own Basic auth, ECR's token)
+            return registry(environ, start_response)
         _keep_body(environ)
         if iam == "on":
             refused = _unauthenticated(environ)
@@ -558,6 +564,9 @@ def serve(port: int, state_dir: Path, iam: str = "on") -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     moto_ext.install(state_dir)
+    from local_backend.moto_ext.ecr import models as ecr_models
+
+    ecr_models.set_registry_port(port)  # repository URIs and tokens name the registry here
     iam_authz.install(enabled=iam == "on")
     parent.install(state_dir)  # enclave-enabled instances boot emulated parents
     from local_backend import persist

@@ -23,6 +23,7 @@ SERVICES = (
     "elbv2",
     "secretsmanager",
     "stepfunctions",
+    "ecr",
 )
 
 
