@@ -62,6 +62,11 @@ class SystemRoot:
     def softhsm_util(self) -> Path:
         return self.root / "usr" / "bin" / "softhsm2-util"
 
+    @property
+    def skopeo(self) -> Path:
+        """skopeo, the OCI registry client (it loads libgpgme from `libdir`)."""
+        return self.root / "usr" / "bin" / "skopeo"
+
     def missing(self) -> list[str]:
         paths = (
             self.nginx,
@@ -70,6 +75,7 @@ class SystemRoot:
             self.pkcs11_engine,
             self.softhsm_module,
             self.softhsm_util,
+            self.skopeo,
         )
         return [str(p) for p in paths if not p.exists()]
 
@@ -108,7 +114,7 @@ def system_root(*, fetch: bool = True) -> SystemRoot:
     missing = found.missing()
     if missing:
         raise BackendError(
-            f"system packages: expected nginx, p11-kit and SoftHSMv2 under {found.root}, "
+            f"system packages: expected nginx, p11-kit, SoftHSMv2 and skopeo under {found.root}, "
             f"missing {missing[0]} (run scripts/system-packages.sh, or set {ROOT_ENV})"
         )
     return found

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Debian's nginx, p11-kit (server, client module), libp11 (OpenSSL's pkcs11 engine) and SoftHSMv2,
+# Debian's nginx, p11-kit (server, client module), libp11 (OpenSSL's pkcs11 engine), SoftHSMv2
+# and skopeo,
 # fetched and unpacked into .system/ without root and without touching the machine's packages:
 # apt-get with a project-local state and cache directory, `apt-get download`, `dpkg-deb -x`.
 # Pinned by version below; idempotent (a stamp records what was unpacked).
@@ -19,6 +20,10 @@ PACKAGES=(
   "softhsm2=2.6.1-2.1"
   "softhsm2-common=2.6.1-2.1"
   "libsofthsm2=2.6.1-2.1"
+  # skopeo: the OCI client the image registry's tests push and pull with (libgpgme11: its
+  # one library a minimal host lacks)
+  "skopeo=1.9.3+ds1-1+b10"
+  "libgpgme11=1.18.0-3+b1"
 )
 sys=.system
 stamp=$sys/root/.enclavekit-unpacked
