@@ -11,8 +11,8 @@
   interpreter running enclavekit), and cdk.json's command runs as written.
 - Every process gets the egress guard (local_backend.egress) as its HTTP(S) proxy: a
   connection to anything but loopback is refused at once and reported with its host.
-- Container image assets go to a docker that refuses with one line naming them
-  (local_backend.docker_guard): there is no local registry yet, and real ECR is never used.
+- Container image assets go to docker aimed at the endpoint's own registry only
+  (local_backend.docker_guard); without a working engine, one line naming them. Never real ECR.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def cdk_env(
     source = os.environ if base is None else base
     scratch = cwd / "cdk.out" / ".enclavekit-aws"
     env = local_aws_env(endpoint, base=source, scratch_dir=scratch)
-    # Container image assets: a client that refuses, naming them (never a real registry).
+    # Container image assets: docker for the local registry only (never a real one).
     env["CDK_DOCKER"] = str(write_script(scratch / "bin"))
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
         env.pop(name, None)

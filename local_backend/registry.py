@@ -155,6 +155,7 @@ class Registry:
             if match is None:
                 continue
             repo = self._repo(match["name"], claims)
+            _authorize(claims, repo, _action(kind, method, environ))
             query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
             if kind == "upload":
                 return self._upload(environ, method, repo, match["upload"], query, claims)
@@ -333,6 +334,7 @@ class Registry:
             return None
         try:
             other = self._repo(source, claims)
+            _authorize(claims, other, "ecr:GetDownloadUrlForLayer")
         except RegistryError:
             return None
         path = self._blob_path(digest)
@@ -490,6 +492,50 @@ def _save_soon(state_dir: Path) -> Callable[[], None]:
         threading.Timer(0.5, run).start()
 
     return save
+
+
+def _action(kind: str, method: str, environ: dict[str, Any]) -> str:
+    """The ECR API action a registry request is authorized as (ECR's IAM reference)."""
+    if kind == "blob":
+        return (
+            "ecr:BatchCheckLayerAvailability" if method == "HEAD" else "ecr:GetDownloadUrlForLayer"
+        )
+    if kind == "upload":
+        if method == "POST":
+            return "ecr:InitiateLayerUpload"
+        return "ecr:UploadLayerPart" if method == "PATCH" else "ecr:CompleteLayerUpload"
+    if kind == "manifest":
+        return "ecr:PutImage" if method == "PUT" else "ecr:BatchGetImage"
+    return "ecr:ListImages"
+
+
+def _authorize(claims: ecr.TokenClaims, repo: Repo, action: str) -> None:
+    """The token carries its caller's permissions, evaluated now as for the ECR API call
+    (when the endpoint enforces IAM): 403 DENIED with AWS's wording otherwise."""
+    from local_backend.moto_ext.iam_authz import models as iam
+    from local_backend.moto_ext.iam_authz import responses as iam_responses
+
+    if not iam_responses.enabled():
+        return
+    caller = claims.caller()
+    resource = ecr.repository_arn(repo.account, repo.region, repo.name)
+    keys = iam.request_keys(caller, repo.region, {})
+    verdict = iam.decide(
+        caller,
+        action,
+        resource,
+        keys,
+        iam.caller_policies(caller),
+        iam.resource_policy("ecr", action, resource, repo.region),
+    )
+    if not verdict.allowed:
+        log.warning("registry: %s denied %s on %s", caller.display_arn, action, resource)
+        raise RegistryError(
+            "403 Forbidden",
+            "DENIED",
+            f"User: {caller.display_arn} is not authorized to perform: {action} on resource: "
+            f"{resource} {verdict.reason}",
+        )
 
 
 def _error(exc: RegistryError) -> Reply:

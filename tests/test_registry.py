@@ -165,6 +165,28 @@ def _http(
         return exc.code, dict(exc.headers), exc.read()
 
 
+def _user(
+    endpoint: server.EndpointInfo, name: str, actions: list[str], resource: str
+) -> dict[str, str]:
+    """An IAM user allowed `actions` on `resource`; its credentials for local_client."""
+    iam = local_client("iam", endpoint.endpoint)
+    iam.create_user(UserName=name)
+    _allow(endpoint, name, actions, resource, policy="base")
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}
+
+
+def _allow(
+    endpoint: server.EndpointInfo, name: str, actions: list[str], resource: str, policy: str = "p"
+) -> None:
+    doc = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": actions, "Resource": resource}
+    ]}  # fmt: skip
+    local_client("iam", endpoint.endpoint).put_user_policy(
+        UserName=name, PolicyName=policy, PolicyDocument=json.dumps(doc)
+    )
+
+
 def _codes(body: bytes) -> list[str]:
     return [e["code"] for e in json.loads(body)["errors"]]
 
@@ -274,6 +296,30 @@ def test_push_pull_with_skopeo_and_what_ecr_shows(
         "PUT", f"{base}/manifests/{bad}", password, raw.encode(), **{"Content-Type": OCI_MANIFEST}
     )
     assert status == 400 and _codes(body) == ["DIGEST_INVALID"]
+
+    # A token carries its caller's permissions: a pull-only user pulls, and its push is denied.
+    arn = f"arn:aws:ecr:{LOCAL_REGION}:{LOCAL_ACCOUNT}:repository/apps/web"
+    puller = _user(endpoint, "puller", ["ecr:GetAuthorizationToken"], "*")
+    _allow(endpoint, "puller", ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"], arn)
+    data = local_client("ecr", endpoint.endpoint, **puller).get_authorization_token()
+    pull_pw = base64.b64decode(data["authorizationData"][0]["authorizationToken"]).decode()
+    run_skopeo(
+        skopeo, "copy", "--src-creds", pull_pw, "--src-tls-verify=false",
+        f"docker://{uri}:v1", f"oci:{tmp_path / 'puller'}:v1",
+    )  # fmt: skip
+    denied = run_skopeo(
+        skopeo, "copy", "--dest-creds", pull_pw, "--dest-tls-verify=false",
+        f"oci:{tmp_path / 'src'}:v1", f"docker://{uri}:v9", ok=False,
+    )  # fmt: skip
+    assert "403 (Forbidden)" in denied.stderr, denied.stderr
+    status, _, body = _http("POST", f"{base}/blobs/uploads/", pull_pw.split(":", 1)[1], b"")
+    assert (
+        status == 403
+        and "not authorized to perform: ecr:InitiateLayerUpload"
+        in (json.loads(body)["errors"][0]["message"])
+    )
+    with pytest.raises(Exception, match="AccessDenied"):  # the ECR API: IAM as everywhere
+        local_client("ecr", endpoint.endpoint, **puller).create_repository(repositoryName="other")
 
     # local stop + start: the blobs and the image are still there.
     state = Path(endpoint.state_dir)

@@ -43,6 +43,8 @@ from moto.ecr.models import ECRBackend, Image, Repository, ecr_backends
 
 from enclavekit.errors import BackendError
 
+from ..identity import Caller
+
 REGISTRY_DIR = "registry"
 TOKEN_KEY_FILE = "token.key"
 TOKEN_PREFIX = "ekr1"
@@ -97,12 +99,20 @@ def registry_dir(state_dir: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class TokenClaims:
-    """What an authorization token was issued for."""
+    """What an authorization token was issued for: the registry (account, region) and the
+    caller whose permissions it carries (ECR: the token has the scope of the IAM principal
+    that asked for it), as `identity.Caller`'s fields."""
 
     account: str
     region: str
     principal: str
+    display_arn: str
+    kind: str
+    name: str | None
     expires: int
+
+    def caller(self) -> Caller:
+        return Caller("", self.account, self.principal, self.display_arn, self.kind, self.name)
 
 
 def _b64(data: bytes) -> str:
@@ -128,10 +138,18 @@ def _token_key() -> bytes:
     return key
 
 
-def issue_token(account: str, region: str, principal: str, now: float | None = None) -> TokenClaims:
-    """Claims for a new token (see `encode_token`)."""
+def issue_token(account: str, region: str, caller: Caller, now: float | None = None) -> TokenClaims:
+    """Claims for a new token for `caller` (see `encode_token`)."""
     issued = int(time.time() if now is None else now)
-    return TokenClaims(account, region, principal, issued + TOKEN_LIFETIME_S)
+    return TokenClaims(
+        account,
+        region,
+        caller.principal,
+        caller.display_arn,
+        caller.kind,
+        caller.name,
+        issued + TOKEN_LIFETIME_S,
+    )
 
 
 def encode_token(claims: TokenClaims) -> str:
@@ -155,9 +173,15 @@ def verify_token(password: str, now: float | None = None) -> TokenClaims | None:
             return None
         raw = json.loads(_unb64(parts[1]))
         claims = TokenClaims(
-            str(raw["account"]), str(raw["region"]), str(raw["principal"]), int(raw["expires"])
+            str(raw["account"]),
+            str(raw["region"]),
+            str(raw["principal"]),
+            str(raw["display_arn"]),
+            str(raw["kind"]),
+            None if raw["name"] is None else str(raw["name"]),
+            int(raw["expires"]),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
     if claims.expires <= (time.time() if now is None else now):
         return None
@@ -304,6 +328,10 @@ def put_image(
 
 def backend(account: str, region: str) -> ECRBackend:
     return ecr_backends[account][region]
+
+
+def repository_arn(account: str, region: str, name: str) -> str:
+    return f"arn:aws:ecr:{region}:{account}:repository/{name}"
 
 
 def install(state_dir: Path) -> None:

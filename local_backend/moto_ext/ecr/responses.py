@@ -11,29 +11,31 @@ from moto.core.responses import ActionResult
 from moto.ecr.exceptions import InvalidParameterException
 from moto.ecr.responses import ECRResponse
 
+from ..identity import Caller
 from . import models
 
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 
 
-def _principal(response: ECRResponse) -> str:
-    """The caller's ARN (the IAM layer has checked the signature before moto runs)."""
+def _caller(response: ECRResponse) -> Caller:
+    """Who asks (the IAM layer has checked the signature before moto runs; with IAM off, an
+    unknown key is the account root, as moto treats every caller)."""
     from ..identity import AuthFailure, lookup
 
+    root = f"arn:aws:iam::{response.current_account}:root"
     found = _CREDENTIAL.search(response.headers.get("Authorization", "") or "")
-    if not found:
-        return f"arn:aws:iam::{response.current_account}:root"
-    try:
-        caller, _ = lookup(found.group(1), response.headers.get("X-Amz-Security-Token"))
-    except AuthFailure:
-        return f"arn:aws:iam::{response.current_account}:root"
-    return caller.display_arn
+    if found:
+        try:
+            return lookup(found.group(1), response.headers.get("X-Amz-Security-Token"))[0]
+        except AuthFailure:
+            pass
+    return Caller("", response.current_account, root, root, "root")
 
 
 def get_authorization_token(self: ECRResponse) -> ActionResult:
     """One token per registry id asked for; only the caller's own account has a registry here."""
     registry_ids = self._get_param("registryIds") or [self.current_account]
-    principal = _principal(self)
+    caller = _caller(self)
     data = []
     for registry_id in registry_ids:
         if registry_id != self.current_account:
@@ -41,7 +43,7 @@ def get_authorization_token(self: ECRResponse) -> ActionResult:
                 f"Invalid parameter at 'registryIds': the local endpoint issues tokens for the "
                 f"caller's own registry {self.current_account} only, found {registry_id}"
             )
-        claims = models.issue_token(registry_id, self.region, principal)
+        claims = models.issue_token(registry_id, self.region, caller)
         token = b64encode(f"AWS:{models.encode_token(claims)}".encode()).decode()
         data.append(
             {

@@ -196,6 +196,17 @@ def _cloudformation(region: str, account: str, op: str, p: Params) -> list[Need]
     return needs
 
 
+def _ecr(region: str, account: str, op: str, p: Params) -> list[Need]:
+    """ECR: the repositories a call names (`repositoryName`, or DescribeRepositories'
+    `repositoryNames`; the registry is the caller's account unless `registryId` says
+    otherwise), else every resource."""
+    names = values(p, "repositoryName") or values(p, "repositoryNames")
+    if not names:
+        return [Need(f"ecr:{op}", "*")]
+    registry = first(p, "registryId") or account
+    return [Need(f"ecr:{op}", f"arn:aws:ecr:{region}:{registry}:repository/{n}") for n in names]
+
+
 def _star(prefix: str) -> Rule:
     def rule(region: str, account: str, op: str, p: Params) -> list[Need]:
         return [Need(f"{prefix}:{op}", "*")]
@@ -212,6 +223,7 @@ RULES: dict[str, Rule] = {
     "secretsmanager": _secretsmanager,
     "cloudformation": _cloudformation,
     "autoscaling": _star("autoscaling"),
+    "ecr": _ecr,
 }
 # S3 is mapped by moto itself (its REST-to-IAM table); KMS authorizes in its own extension.
 SELF_MAPPED = frozenset({"s3", "kms"})
