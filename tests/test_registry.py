@@ -36,9 +36,11 @@ from enclavekit.pytest_plugin import free_port
 from local_backend import server
 from local_backend.cdk import bootstrap_target, cdk_env, run_cdk
 from local_backend.docker_guard import local_registries, named_registries
+from local_backend.registry import handles
 from local_backend.system_packages import system_root
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 # ------------------------------------------------------------------ an OCI image layout
@@ -229,6 +231,19 @@ def test_push_pull_with_skopeo_and_what_ecr_shows(
     assert sorted(p.name for p in (tmp_path / "src" / "blobs" / "sha256").iterdir()) == sorted(
         p.name for p in (tmp_path / "back" / "blobs" / "sha256").iterdir()
     )
+    # The same image as a Docker v2 schema 2 manifest (skopeo converts it on the way).
+    run_skopeo(skopeo, *push, "-f", "v2s2", f"oci:{tmp_path / 'src'}:v1", f"docker://{uri}:docker")
+    docker_raw = run_skopeo(
+        skopeo, "inspect", "--raw", "--creds", creds, "--tls-verify=false",
+        f"docker://{uri}:docker",
+    ).stdout  # fmt: skip
+    assert json.loads(docker_raw)["mediaType"] == DOCKER_MANIFEST
+    docker_digest = "sha256:" + hashlib.sha256(docker_raw.encode()).hexdigest()
+    found = ecr.describe_images(repositoryName="apps/web", imageIds=[{"imageTag": "docker"}])
+    assert found["imageDetails"][0]["imageDigest"] == docker_digest
+    assert found["imageDetails"][0]["imageManifestMediaType"] == DOCKER_MANIFEST
+    ecr.batch_delete_image(repositoryName="apps/web", imageIds=[{"imageTag": "docker"}])
+
     raw = run_skopeo(
         skopeo, "inspect", "--raw", "--creds", creds, "--tls-verify=false", f"docker://{uri}:v1"
     ).stdout
@@ -409,6 +424,11 @@ def test_guard_names_every_registry_a_command_reaches() -> None:
     ) == ["q.io"]
     assert named_registries(["buildx", "build", "-t=localhost:1/x", "."]) == ["localhost:1"]
     assert named_registries(["info"]) == []
+    # The endpoint routes unsigned /v2 requests to the registry, signed ones (API Gateway v2)
+    # to moto.
+    assert handles({"PATH_INFO": "/v2/"}) and handles({"PATH_INFO": "/v2/1/r/n/tags/list"})
+    signed = {"PATH_INFO": "/v2/apis", "HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=x"}
+    assert not handles(signed) and not handles({"PATH_INFO": "/v20/x"})
     assert local_registries({"AWS_ENDPOINT_URL": "http://localhost:4599"}) == {
         "127.0.0.1:4599",
         "localhost:4599",
@@ -487,9 +507,14 @@ def test_tokens_are_checked(tmp_path: Path) -> None:
 
 
 def _check_tokens(ecr: Any, tmp_path: Path) -> None:
-    claims = ecr.issue_token(LOCAL_ACCOUNT, LOCAL_REGION, "arn:aws:iam::123456789012:root")
+    from local_backend.moto_ext.identity import Caller
+
+    role = f"arn:aws:iam::{LOCAL_ACCOUNT}:role/publisher"
+    caller = Caller("AKIA", LOCAL_ACCOUNT, role, role + "/session", "role", "publisher")
+    claims = ecr.issue_token(LOCAL_ACCOUNT, LOCAL_REGION, caller)
     token = ecr.encode_token(claims)
     assert ecr.verify_token(token) == claims
+    assert claims.caller().principal == role and claims.caller().kind == "role"
     assert ecr.verify_token(token, now=claims.expires + 1) is None
     head, body, mac = token.split(".")
     forged = json.loads(base64.urlsafe_b64decode(body + "=="))
