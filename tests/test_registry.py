@@ -154,7 +154,7 @@ def _token(endpoint: server.EndpointInfo, region: str = LOCAL_REGION) -> tuple[s
 
 
 def _http(
-    method: str, url: str, password: str, body: bytes | None = None, **headers: str
+    method: str, url: str, password: str, body: Any = None, **headers: str
 ) -> tuple[int, dict[str, str], bytes]:
     auth = base64.b64encode(f"AWS:{password}".encode()).decode()
     req = urllib.request.Request(
@@ -282,6 +282,12 @@ def test_push_pull_with_skopeo_and_what_ecr_shows(
     assert _http("PATCH", upload, password, b"corrupt", **{"Content-Range": "0-6"})[0] == 202
     status, _, body = _http("PUT", f"{upload}?digest={good}", password, b"ed!")
     assert status == 400 and _codes(body) == ["DIGEST_INVALID"]
+    # docker sends chunks with Transfer-Encoding: chunked (no Content-Length).
+    _, headers, _ = _http("POST", f"{base}/blobs/uploads/", password, b"")
+    upload = f"http://{host}{headers['Location']}"
+    status, headers, _ = _http("PATCH", upload, password, iter([b"layer ", b"bytes"]))
+    assert status == 202 and headers["Range"] == "0-10"
+    assert _http("PUT", f"{upload}?digest={good}", password, b"")[0] == 201
     bad = "sha256:" + hashlib.sha256(b"corrupted!").hexdigest()
     assert _http("HEAD", f"{base}/blobs/{bad}", password)[0] == 404
     # A chunk out of order is refused with the upload's range.
