@@ -14,14 +14,12 @@ non-loopback host.
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
 import subprocess
-import tarfile
+import sys
 import textwrap
 import urllib.error
 import urllib.request
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from registry_support import OCI_MANIFEST, oci_layout
 
 from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION, local_client
 from enclavekit.pytest_plugin import free_port
@@ -39,74 +38,9 @@ from local_backend.docker_guard import local_registries, named_registries
 from local_backend.registry import handles
 from local_backend.system_packages import system_root
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+SUPPORT = Path(__file__).resolve().parent / "registry_support.py"
+
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-
-
-# ------------------------------------------------------------------ an OCI image layout
-
-
-def _blob(layout: Path, data: bytes) -> tuple[str, int]:
-    digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-    (layout / "blobs" / "sha256" / digest).write_bytes(data)
-    return f"sha256:{digest}", len(data)
-
-
-def _layer(files: dict[str, bytes]) -> tuple[bytes, bytes]:
-    """A gzipped tar layer and its uncompressed tar (for the config's diff_ids)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0), raw.getvalue()
-
-
-def oci_layout(layout: Path, tag: str, text: bytes) -> str:
-    """An OCI image layout with one image (one layer holding `text`); its manifest digest."""
-    layout.mkdir(parents=True)
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    gz, tar = _layer({"hello.txt": text})
-    layer_digest, layer_size = _blob(layout, gz)
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Cmd": ["cat", "/hello.txt"]},
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest()]},
-    }
-    config_digest, config_size = _blob(layout, json.dumps(config).encode())
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config_size,
-        },
-        "layers": [
-            {
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": layer_digest,
-                "size": layer_size,
-            }
-        ],
-    }
-    digest, size = _blob(layout, json.dumps(manifest).encode())
-    index = {
-        "schemaVersion": 2,
-        "manifests": [
-            {
-                "mediaType": OCI_MANIFEST,
-                "digest": digest,
-                "size": size,
-                "annotations": {"org.opencontainers.image.ref.name": tag},
-            }
-        ],
-    }
-    (layout / "index.json").write_text(json.dumps(index))
-    return digest
 
 
 # ------------------------------------------------------------------ clients
@@ -216,7 +150,7 @@ def test_push_pull_with_skopeo_and_what_ecr_shows(
     assert ping.value.code == 401
     assert ping.value.headers["WWW-Authenticate"].startswith("Basic realm=")
 
-    digest = oci_layout(tmp_path / "src", "v1", b"hello from the local registry\n")
+    digest = oci_layout(tmp_path / "src", "v1", {"hello.txt": b"hello from the local registry\n"})
     creds = f"AWS:{password}"
     push = ("copy", "--dest-creds", creds, "--dest-tls-verify=false")
     run_skopeo(skopeo, *push, f"oci:{tmp_path / 'src'}:v1", f"docker://{uri}:v1")
@@ -361,21 +295,26 @@ def test_push_pull_with_skopeo_and_what_ecr_shows(
 CDK_APP = textwrap.dedent(
     """
     import aws_cdk as cdk
-    from aws_cdk import aws_ecr_assets as assets
+    from aws_cdk import aws_ecr_assets as assets, aws_logs as logs
 
     app = cdk.App()
     env = cdk.Environment(account="{account}", region="{region}")
     stack = cdk.Stack(app, "ImageStack", env=env)
-    assets.DockerImageAsset(stack, "AppImage", directory="image", display_name="AppImage")
+    image = assets.DockerImageAsset(stack, "AppImage", directory="image", display_name="AppImage")
+    logs.LogGroup(stack, "Logs")
+    cdk.CfnOutput(stack, "ImageUri", value=image.image_uri)
     app.synth()
     """
 )
 
 
 @pytest.mark.slow
-def test_cdk_image_asset_without_engine_fails_in_one_line(
-    endpoint: server.EndpointInfo, tmp_path: Path
+def test_cdk_image_asset_without_engine_then_through_the_local_registry(
+    endpoint: server.EndpointInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No engine: the one-line error. Then cdk-assets' whole flow with the skopeo-backed
+    stand-in engine (tests/registry_support.py): the asset lands in the bootstrap repository
+    through the guard and the registry, and the stack deploys."""
     app = tmp_path / "app"
     (app / "image").mkdir(parents=True)
     (app / "image" / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /\n")
@@ -405,6 +344,39 @@ def test_cdk_image_asset_without_engine_fails_in_one_line(
     assert "AppImage cannot be published locally: no working docker engine" in lines[0]
     assert res.refused == (), f"the egress guard refused {res.refused}"
     assert "dkr.ecr" not in out
+
+    standin = tmp_path / "engine"
+    standin.mkdir()
+    (standin / "docker").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{SUPPORT}" "$@"\n')
+    (standin / "docker").chmod(0o755)
+    root = system_root()
+    monkeypatch.setenv("PATH", f"{standin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("REGISTRY_STANDIN_DIR", str(tmp_path / "engine-state"))
+    monkeypatch.setenv("SKOPEO", str(root.skopeo))
+    monkeypatch.setenv("SKOPEO_LIBDIR", str(root.libdir))
+    res = run_cdk(
+        ["deploy", "--require-approval", "never", "ImageStack"],
+        state_dir=state,
+        cwd=app,
+        capture=True,
+        timeout=600,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert res.refused == (), f"the egress guard refused {res.refused}"
+    calls = (tmp_path / "engine-state" / "calls.log").read_text().splitlines()
+    registry = f"127.0.0.1:{endpoint.port}"
+    assert any(c.startswith("login ") and c.endswith(registry) for c in calls), calls
+    pushed = [c.split()[-1] for c in calls if c.startswith("push ")]
+    assert len(pushed) == 1 and pushed[0].startswith(assets_repo[0]["repositoryUri"] + ":")
+    tag = pushed[0].rsplit(":", 1)[1]
+    ecr = local_client("ecr", endpoint.endpoint)
+    images = ecr.describe_images(repositoryName=assets_repo[0]["repositoryName"])["imageDetails"]
+    assert [i["imageTags"] for i in images] == [[tag]]
+    cfn = local_client("cloudformation", endpoint.endpoint)
+    assert cfn.describe_stacks(StackName="ImageStack")["Stacks"][0]["StackStatus"] == (
+        "CREATE_COMPLETE"
+    )
 
 
 # ------------------------------------------------------------------ the CDK_DOCKER guard
