@@ -489,7 +489,9 @@ def _save_soon(state_dir: Path) -> Callable[[], None]:
             except Exception:  # noqa: BLE001 - the stop-time snapshot still comes
                 log.warning("state not saved after an image push", exc_info=True)
 
-        threading.Timer(0.5, run).start()
+        timer = threading.Timer(0.5, run)
+        timer.daemon = True  # the stop-time snapshot covers a push this one would miss
+        timer.start()
 
     return save
 
