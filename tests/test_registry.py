@@ -354,8 +354,8 @@ def test_cdk_image_asset_without_engine_then_through_the_local_registry(
     monkeypatch.setenv("REGISTRY_STANDIN_DIR", str(tmp_path / "engine-state"))
     monkeypatch.setenv("SKOPEO", str(root.skopeo))
     monkeypatch.setenv("SKOPEO_LIBDIR", str(root.libdir))
-    res = run_cdk(
-        ["deploy", "--require-approval", "never", "ImageStack"],
+    res = run_cdk(  # the cloud assembly the first deploy synthesized
+        ["deploy", "--app", "cdk.out", "--require-approval", "never", "ImageStack"],
         state_dir=state,
         cwd=app,
         capture=True,
