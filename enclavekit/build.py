@@ -53,7 +53,16 @@ from enclavekit.pcr import Measurements, pcr_of_content
 MANIFEST_NAME = "enclave.json"
 APP_PREFIX = "rootfs/app"
 # The core modules an enclave may carry: stdlib + cbor2 + cryptography only (ARCHITECTURE.md).
-PURE_MODULES = ("attestation", "cms", "errors", "nsm", "pcr", "provisioning", "transport")
+PURE_MODULES = (
+    "attestation",
+    "cms",
+    "contract",
+    "errors",
+    "nsm",
+    "pcr",
+    "provisioning",
+    "transport",
+)
 ROOTFS_DIRS = ("dev", "proc", "run", "sys", "tmp", "var")
 
 # nitro-cli's blobs/<arch>/cmdline after .trim() (reference notes §4.2).

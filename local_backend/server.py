@@ -38,12 +38,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from enclavekit.contract import DEFAULT_STATE_DIR, ENDPOINT_FILE
+from enclavekit.contract import ENDPOINT_PORT as DEFAULT_PORT
 from enclavekit.errors import BackendError, InvalidInput
 
 HOST = "127.0.0.1"
-DEFAULT_PORT = 4599
-DEFAULT_STATE_DIR = Path(".enclavekit")
-ENDPOINT_FILE = "endpoint.json"
 LOG_FILE = Path("logs") / "endpoint.log"
 KEYSCAN_PATH = "/_enclavekit/keyscan"
 # The key search reads any process's memory and any path: only a caller that can read the

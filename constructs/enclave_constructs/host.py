@@ -32,10 +32,11 @@ from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct, IValidation
 from enclavekit import agent_bundle, instance_types
+from enclavekit.contract import HOST_METADATA_KEY
 from enclavekit.errors import InvalidInput
 
 from .image import EnclaveImage, ImageAsset
-from .spec import METADATA_KEY, AgentSpec, CertificateSpec, HostSpec, ImageSpec, SecretSpec
+from .spec import AgentSpec, CertificateSpec, HostSpec, ImageSpec, SecretSpec
 
 DEFAULT_INSTANCE_TYPE = "m5a.xlarge"
 # An AMI id the local endpoint (moto) knows; pass `machine_image` for a real AL2023 AMI.
@@ -268,7 +269,7 @@ class EnclaveHost(Construct):
                 vpc_subnets=subnets,
             )
             self.cfn_resource = self.launch_template.node.default_child  # type: ignore[assignment]
-        self.cfn_resource.add_metadata(METADATA_KEY, Lazy.any(_MetadataProducer(self)))
+        self.cfn_resource.add_metadata(HOST_METADATA_KEY, Lazy.any(_MetadataProducer(self)))
         self.node.add_validation(_NoHibernation(self))
 
         self.certificate = None

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from enclavekit.attested_kms import ATTESTED_ACTIONS, is_attestation_key
+from enclavekit.contract import HOST_METADATA_KEY as HOST_METADATA
 from enclavekit.errors import PolicyDocumentError
 from enclavekit.lint.model import Location
 from enclavekit.lint.resolve import ACCOUNT, PARTITION, REGION, Resolver
 from enclavekit.lint.templates import Resource, Template
 from enclavekit.lint.userdata import UserData, parse_user_data
 from enclavekit.policy import Policy, RequestContext, evaluate_kms, parse_policy
-
-HOST_METADATA = "enclavekit:host"
 
 # What CloudFormation puts on a key created without KeyPolicy.
 _DEFAULT_KEY_POLICY = {

@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from enclavekit import yamlsafe
+from enclavekit.contract import ENDPOINT_FILE
 from enclavekit.errors import EmulatorError, InvalidInput
 from enclavekit.transport import EmulatedVsock, VsockTransport, pump
 
@@ -125,26 +126,23 @@ def _is_loopback(host: str) -> bool:
 
 def local_endpoint(explicit: str | None, state_dir: Path | None) -> str | None:
     """The local endpoint URL: explicit, else $ENCLAVEKIT_LOCAL_ENDPOINT, else endpoint.json."""
-    if explicit:
-        return explicit
-    if os.environ.get(ENDPOINT_ENV):
-        return os.environ[ENDPOINT_ENV]
-    if state_dir is not None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            return json.loads((state_dir / "endpoint.json").read_text()).get("endpoint")
-    return None
+    return _endpoint_url(explicit, ENDPOINT_ENV, state_dir, "endpoint")
 
 
 def local_tls_endpoint(explicit: str | None, state_dir: Path | None) -> str | None:
     """The endpoint's TLS front URL: explicit, else $ENCLAVEKIT_LOCAL_TLS_ENDPOINT, else
     `tls_endpoint` of endpoint.json."""
+    return _endpoint_url(explicit, TLS_ENDPOINT_ENV, state_dir, "tls_endpoint")
+
+
+def _endpoint_url(explicit: str | None, env: str, state_dir: Path | None, key: str) -> str | None:
     if explicit:
         return explicit
-    if os.environ.get(TLS_ENDPOINT_ENV):
-        return os.environ[TLS_ENDPOINT_ENV]
+    if os.environ.get(env):
+        return os.environ[env]
     if state_dir is not None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            return json.loads((state_dir / "endpoint.json").read_text()).get("tls_endpoint")
+            return json.loads((state_dir / ENDPOINT_FILE).read_text()).get(key)
     return None
 
 
