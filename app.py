@@ -37,8 +37,7 @@ from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_ec2 as ec2
 
 from constructs import Construct
-from enclavekit.lint.acknowledge import acknowledge
-from enclavekit.lint.cdk_plugin import EnclaveLintPlugin
+from enclave_constructs.lint import EnclaveLintPlugin, acknowledge
 
 DEFAULT_DOMAIN = "enclave.example.test"
 
