@@ -213,16 +213,18 @@ def install() -> None:
         _ORIG[name] = getattr(KmsResponse, name)
     # One AAD encoding for everything moto encrypts and everything we open.
     moto_kms_utils._serialize_encryption_context = context_aad
-    KmsResponse._authenticate_and_authorize_normal_action = _authorize  # type: ignore[method-assign]
-    KmsResponse.decrypt = decrypt  # type: ignore[method-assign]
-    KmsResponse.re_encrypt = re_encrypt  # type: ignore[method-assign]
-    KmsResponse.generate_data_key = generate_data_key  # type: ignore[method-assign]
-    KmsResponse.generate_random = generate_random  # type: ignore[method-assign]
-    KmsResponse.generate_data_key_pair = generate_data_key_pair  # type: ignore[attr-defined]
-    KmsResponse.generate_data_key_pair_without_plaintext = (  # type: ignore[attr-defined]
-        generate_data_key_pair_without_plaintext
-    )
-    KmsResponse.put_key_policy = put_key_policy  # type: ignore[method-assign]
-    KmsResponse.create_key = create_key  # type: ignore[method-assign]
+    handlers: dict[str, Callable[..., Any]] = {
+        "_authenticate_and_authorize_normal_action": _authorize,
+        "decrypt": decrypt,
+        "re_encrypt": re_encrypt,
+        "generate_data_key": generate_data_key,
+        "generate_random": generate_random,
+        "generate_data_key_pair": generate_data_key_pair,  # absent from moto 5.2.5
+        "generate_data_key_pair_without_plaintext": generate_data_key_pair_without_plaintext,
+        "put_key_policy": put_key_policy,
+        "create_key": create_key,
+    }
+    for name, fn in handlers.items():
+        setattr(KmsResponse, name, fn)
     KmsBackend.get_key_policy = backend_get_key_policy  # type: ignore[method-assign]
     setattr(KmsResponse, _PATCHED, True)
