@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from enclavekit.attested_kms import ATTESTED_ACTIONS, is_attestation_key
 from enclavekit.contract import HOST_METADATA_KEY as HOST_METADATA
@@ -36,6 +36,16 @@ _DEFAULT_KEY_POLICY = {
         }
     ],
 }
+
+
+class Fact(Protocol):
+    """A resource fact of the run (role, key, host, ...): which template, which resource."""
+
+    @property
+    def template(self) -> Template: ...
+
+    @property
+    def resource(self) -> Resource: ...
 
 
 @dataclass(frozen=True)
@@ -168,6 +178,10 @@ class World:
         if res is None:
             return Location(str(tpl.path), pointer=pointer)
         return Location(str(tpl.path), res.logical_id, res.line, res.cdk_path, pointer)
+
+    def at(self, fact: Fact, pointer: str | None = None) -> Location:
+        """Where a finding about `fact` (a host, key, role, ...) points, `pointer` inside it."""
+        return self.location(fact.template, fact.resource, pointer)
 
     def _parse(
         self, tpl: Template, res: Resource, raw: Any, pointer: str, name: str

@@ -51,4 +51,4 @@ def host_roles_and_keys(world: World) -> Iterator[tuple[HostFact, RoleFact, KeyF
 
 def key_policy_at(world: World, key: KeyFact) -> Location:
     """Where a finding about `key`'s policy points: its KeyPolicy property."""
-    return world.location(key.template, key.resource, "/Properties/KeyPolicy")
+    return world.at(key, "/Properties/KeyPolicy")
