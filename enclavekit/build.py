@@ -248,7 +248,8 @@ def core_dir() -> Path:
     return Path(enclavekit.__file__).resolve().parent
 
 
-def _imported_core_modules(source: str, module: str) -> set[str]:
+def imported_core_modules(source: str, module: str) -> set[str]:
+    """The enclavekit modules `source` imports, by short name (what vendoring must follow)."""
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
@@ -292,7 +293,7 @@ def resolve_vendor(modules: tuple[str, ...] | list[str]) -> dict[str, bytes]:
                 "enclavekit package, found nothing"
             ) from None
         out[short] = data
-        for dep in sorted(_imported_core_modules(data.decode("utf-8"), f"enclavekit.{short}")):
+        for dep in sorted(imported_core_modules(data.decode("utf-8"), f"enclavekit.{short}")):
             if dep not in PURE_MODULES:
                 raise InvalidInput(
                     f"vendored module enclavekit.{short} imports enclavekit.{dep}, which is not a "
