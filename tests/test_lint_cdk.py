@@ -75,7 +75,6 @@ def test_broken_copy_fails_real_cdk_synth(tmp_path: Path) -> None:
 
 def test_acknowledge_helper_validates_and_merges() -> None:
     import aws_cdk as cdk
-
     from enclave_constructs.lint import acknowledge
 
     app = cdk.App()
