@@ -35,10 +35,9 @@ import enclave_constructs as ek  # first: puts the project's Node.js 22 under js
 import aws_cdk as cdk
 from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_ec2 as ec2
+from enclave_constructs.lint import EnclaveLintPlugin, acknowledge
 
 from constructs import Construct
-from enclavekit.lint.acknowledge import acknowledge
-from enclavekit.lint.cdk_plugin import EnclaveLintPlugin
 
 DEFAULT_DOMAIN = "enclave.example.test"
 

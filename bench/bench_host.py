@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from enclavekit.contract import HOST_METADATA_KEY
+
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "tests" / "fixtures" / "userdata" / "enclave-host.yaml"
 BUCKET, KEY = "bench-host-eifs", "app/app.eif"
@@ -53,7 +55,7 @@ def templates(measurements: dict[str, str]) -> tuple[dict[str, Any], dict[str, A
     host = meta["Resources"]["Host"]
     del host["Properties"]["UserData"]
     host["Metadata"] = {
-        "enclavekit:host": {
+        HOST_METADATA_KEY: {
             "version": 1,
             "image": {
                 "name": "enclave-app",

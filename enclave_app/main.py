@@ -19,8 +19,8 @@ import sys
 import threading
 
 import enclavekit
+from enclavekit.contract import CONTROL_PORT, ENCLAVE_TLS_PORT
 from enclavekit.errors import EnclaveKitError
-from enclavekit.provisioning import CONTROL_PORT, TLS_PORT
 from enclavekit.transport import EMULATED_VSOCK_ROOT, NSM_DEVICE, open_nsm, open_vsock
 
 from .attester import Attester
@@ -37,7 +37,7 @@ log = logging.getLogger("enclave_app")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="enclave_app", description=__doc__.splitlines()[0])
     p.add_argument("--control-port", type=int, default=CONTROL_PORT)
-    p.add_argument("--tls-port", type=int, default=TLS_PORT)
+    p.add_argument("--tls-port", type=int, default=ENCLAVE_TLS_PORT)
     p.add_argument("--nsm-device", default=NSM_DEVICE)
     p.add_argument(
         "--vsock-root",

@@ -31,6 +31,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from enclavekit import provisioning as prov
+from enclavekit.contract import (
+    DEFAULT_ENCLAVE_CID,
+    ENCLAVE_TLS_PORT,
+    HOST_METADATA_VERSION,
+    KMS_PROXY_PORT,
+    UNSEALED,
+)
+from enclavekit.contract import HOST_METADATA_KEY as METADATA_KEY
 from enclavekit.errors import (
     EnclaveKitError,
     InvalidInput,
@@ -42,9 +50,6 @@ from enclavekit.transport import VsockTransport
 
 log = logging.getLogger("enclavekit.agent")
 
-METADATA_KEY = "enclavekit:host"
-HOST_CONFIG_PATH = "/etc/enclavekit/host.json"
-UNSEALED = "enclavekit:unsealed"  # the SSM value of a secret nobody has sealed yet
 SYNC_FAST_S = 1.0  # until the enclave answered: it may still be booting
 SYNC_SLOW_S = 600.0  # the ACM agent's default sync interval
 IMDS_ENDPOINT = "http://169.254.169.254"
@@ -256,8 +261,10 @@ class HostConfig:
         """Parse the Metadata (or host.json); one-line InvalidInput naming the bad field."""
         if not isinstance(spec, Mapping):
             raise InvalidInput(f"{where}: expected a JSON object, found {type(spec).__name__}")
-        if spec.get("version") != 1:
-            raise InvalidInput(f"{where}.version: expected 1, found {spec.get('version')!r}")
+        if spec.get("version") != HOST_METADATA_VERSION:
+            raise InvalidInput(
+                f"{where}.version: expected {HOST_METADATA_VERSION}, found {spec.get('version')!r}"
+            )
         enclave = _section(spec, "enclave", where)
         service = _section(spec, "service", where)
         image = _section(spec, "image", where)
@@ -278,11 +285,9 @@ class HostConfig:
             )
         return cls(
             region=region,
-            cid=_port(enclave, "cid", f"{where}.enclave", 16, lo=4),
-            enclave_port=_port(service, "enclave_port", f"{where}.service", prov.TLS_PORT),
-            kms_proxy_port=_port(
-                service, "kms_proxy_port", f"{where}.service", prov.KMS_PROXY_PORT
-            ),
+            cid=_port(enclave, "cid", f"{where}.enclave", DEFAULT_ENCLAVE_CID, lo=4),
+            enclave_port=_port(service, "enclave_port", f"{where}.service", ENCLAVE_TLS_PORT),
+            kms_proxy_port=_port(service, "kms_proxy_port", f"{where}.service", KMS_PROXY_PORT),
             image_name=_text(image, "name", f"{where}.image") if image else None,
             certificate_arn=cert_arn,
             secrets=tuple(refs),

@@ -120,7 +120,7 @@ def bundle_files() -> dict[str, bytes]:
                 f"agent bundle: expected {path} in the installed enclavekit package, found nothing"
             ) from None
         files[f"enclavekit/{rel}"] = data
-        for dep in build._imported_core_modules(data.decode("utf-8"), f"enclavekit/{rel}"):
+        for dep in build.imported_core_modules(data.decode("utf-8"), f"enclavekit/{rel}"):
             if dep not in build.PURE_MODULES and dep not in AGENT_MODULES:
                 raise InvalidInput(
                     f"agent bundle: enclavekit/{rel} imports enclavekit.{dep}; expected only "

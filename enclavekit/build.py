@@ -53,7 +53,16 @@ from enclavekit.pcr import Measurements, pcr_of_content
 MANIFEST_NAME = "enclave.json"
 APP_PREFIX = "rootfs/app"
 # The core modules an enclave may carry: stdlib + cbor2 + cryptography only (ARCHITECTURE.md).
-PURE_MODULES = ("attestation", "cms", "errors", "nsm", "pcr", "provisioning", "transport")
+PURE_MODULES = (
+    "attestation",
+    "cms",
+    "contract",
+    "errors",
+    "nsm",
+    "pcr",
+    "provisioning",
+    "transport",
+)
 ROOTFS_DIRS = ("dev", "proc", "run", "sys", "tmp", "var")
 
 # nitro-cli's blobs/<arch>/cmdline after .trim() (reference notes §4.2).
@@ -239,7 +248,8 @@ def core_dir() -> Path:
     return Path(enclavekit.__file__).resolve().parent
 
 
-def _imported_core_modules(source: str, module: str) -> set[str]:
+def imported_core_modules(source: str, module: str) -> set[str]:
+    """The enclavekit modules `source` imports, by short name (what vendoring must follow)."""
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
@@ -283,7 +293,7 @@ def resolve_vendor(modules: tuple[str, ...] | list[str]) -> dict[str, bytes]:
                 "enclavekit package, found nothing"
             ) from None
         out[short] = data
-        for dep in sorted(_imported_core_modules(data.decode("utf-8"), f"enclavekit.{short}")):
+        for dep in sorted(imported_core_modules(data.decode("utf-8"), f"enclavekit.{short}")):
             if dep not in PURE_MODULES:
                 raise InvalidInput(
                     f"vendored module enclavekit.{short} imports enclavekit.{dep}, which is not a "

@@ -30,12 +30,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+# The ports this protocol runs on (re-exported: prov.CONTROL_PORT reads where it is used).
+from enclavekit.contract import CONTROL_PORT as CONTROL_PORT
+from enclavekit.contract import KMS_PROXY_PORT as KMS_PROXY_PORT
 from enclavekit.errors import InvalidInput
 
 PROTOCOL_VERSION = 1
-CONTROL_PORT = 5005
-TLS_PORT = 8443
-KMS_PROXY_PORT = 8000
 MAX_MESSAGE_LEN = 1 << 20
 DEFAULT_REFRESH_INTERVAL_SECS = 43200  # the ACM agent's default token refresh (12 h)
 MIN_NONCE_LEN = 16

@@ -22,9 +22,9 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol, Self
 
+from enclavekit.contract import PARENT_CID as PARENT_CID  # the CID this wire speaks to
 from enclavekit.errors import EmulatorError, InvalidInput, NsmMessageError
 
-PARENT_CID = 3
 VMADDR_CID_ANY = 0xFFFFFFFF
 NSM_DEVICE = "/dev/nsm"
 EMULATED_VSOCK_ROOT = "/run/enclavekit/vsock"

@@ -39,12 +39,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from enclavekit.contract import DEFAULT_STATE_DIR, ENDPOINT_FILE
+from enclavekit.contract import ENDPOINT_PORT as DEFAULT_PORT
 from enclavekit.errors import BackendError, InvalidInput
+from local_backend.endpoint_file import IAM_MODES, EndpointInfo, read_endpoint
 
 HOST = "127.0.0.1"
-DEFAULT_PORT = 4599
-DEFAULT_STATE_DIR = Path(".enclavekit")
-ENDPOINT_FILE = "endpoint.json"
 LOG_FILE = Path("logs") / "endpoint.log"
 KEYSCAN_PATH = "/_enclavekit/keyscan"
 # The key search reads any process's memory and any path: only a caller that can read the
@@ -54,33 +54,11 @@ ADMIN_TOKEN_HEADER = "X-Enclavekit-Admin-Token"
 HEALTH_PATH = "/_enclavekit/health"
 MOTO_ADMIN_PREFIX = "/moto-api"  # moto's administration API: never served (see _app)
 STATE_UMASK = 0o077
-IAM_MODES = ("on", "off")
 BODY_ENVIRON_KEY = "enclavekit.body"
 RESTORE_TIMEOUT_S = 600.0  # `local start` waits this long for restored instances to boot again
 _RESTORING = threading.Event()  # set while restored instances boot again (health says so)
 
 log = logging.getLogger("enclavekit.endpoint")
-
-
-@dataclass(frozen=True)
-class EndpointInfo:
-    """What `<state>/endpoint.json` holds: how to reach a running endpoint."""
-
-    endpoint: str
-    port: int
-    pid: int
-    state_dir: str
-    started: str
-    tls_endpoint: str | None = None  # https://127.0.0.1:P, the TLS front (tls_front.py)
-    iam: str = "on"  # IAM enforcement of non-KMS calls: "on" (AWS's behaviour) or "off"
-
-    def __post_init__(self) -> None:
-        if self.iam not in IAM_MODES:
-            raise InvalidInput(f"endpoint.json: iam must be on or off, found {self.iam!r}")
-        if not isinstance(self.port, int) or not 0 < self.port < 65536:
-            raise InvalidInput(f"endpoint.json: port must be 1..65535, found {self.port!r}")
-        if not isinstance(self.pid, int) or self.pid <= 0:
-            raise InvalidInput(f"endpoint.json: pid must be a positive integer, found {self.pid!r}")
 
 
 @dataclass(frozen=True)
@@ -105,30 +83,6 @@ class EndpointStatus:
 def endpoint_url(port: int) -> str:
     """The URL clients use: `localhost`, because moto special-cases it in S3 TemplateURLs."""
     return f"http://localhost:{port}"
-
-
-def read_endpoint(state_dir: Path) -> EndpointInfo | None:
-    """The endpoint.json of `state_dir`, or None when there is none."""
-    path = Path(state_dir) / ENDPOINT_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(
-            f"{path}: expected the endpoint's JSON file, found unreadable data ({exc})"
-        ) from exc
-    keys = ("endpoint", "port", "pid", "state_dir", "started")
-    try:
-        return EndpointInfo(
-            **{k: raw[k] for k in keys},
-            tls_endpoint=raw.get("tls_endpoint"),
-            iam=raw.get("iam", "on"),
-        )
-    except (KeyError, TypeError) as exc:
-        raise InvalidInput(
-            f"{path}: expected keys {', '.join(keys)}; missing or wrong: {exc}"
-        ) from exc
 
 
 def _pid_alive(pid: int) -> bool:

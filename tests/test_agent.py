@@ -34,7 +34,6 @@ from typing import Any
 import boto3
 import pytest
 from enclave_constructs.spec import (
-    HOST_CONFIG,
     AgentSpec,
     CertificateSpec,
     HostSpec,
@@ -53,6 +52,7 @@ from enclavekit.agent import (
     load_host_json,
 )
 from enclavekit.cli import main as cli_main
+from enclavekit.contract import HOST_CONFIG_PATH as HOST_CONFIG
 from enclavekit.errors import InvalidInput, ParentAgentError
 from enclavekit.pcr import Measurements
 from enclavekit.transport import PARENT_CID, EmulatedVsock

@@ -58,6 +58,7 @@ EXPECTED = (
     "enclavekit/agent.py",
     "enclavekit/cli/__init__.py",
     "enclavekit/cli/agent.py",
+    "enclavekit/contract.py",
     "enclavekit/errors.py",
     "enclavekit/nsm.py",
     "enclavekit/provisioning.py",

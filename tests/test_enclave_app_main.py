@@ -43,7 +43,16 @@ def test_manifest_vendors_only_pure_modules_and_declares_its_runtime() -> None:
     assert manifest.cmd == ("python3", "-m", "app")
     assert set(manifest.vendor) == {
         f"enclavekit.{m}"
-        for m in ("errors", "pcr", "nsm", "attestation", "cms", "transport", "provisioning")
+        for m in (
+            "errors",
+            "contract",
+            "pcr",
+            "nsm",
+            "attestation",
+            "cms",
+            "transport",
+            "provisioning",
+        )
     }
     assert set(manifest.runtime_packages) >= {"cbor2", "cryptography", "boto3"}
 
@@ -71,6 +80,7 @@ def test_built_image_boots_and_serves_the_protocol(tmp_path: Path) -> None:
             "__init__.py",
             "attestation.py",
             "cms.py",
+            "contract.py",
             "errors.py",
             "nsm.py",
             "pcr.py",

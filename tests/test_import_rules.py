@@ -4,6 +4,10 @@
     local_backend ──────┼──> enclavekit (the core)
     enclave_app ────────┘    (enclave_app: the pure format modules only)
 
+Inside enclavekit/, the linter, the CLI, the parent agent and the pytest plugin are rooms above
+the shared core (ROOMS): they import the core, the core never imports them, and the linter and
+the agent import no other room.
+
 The core never imports the backend, the constructs, aws_cdk or moto. Where it still does, the
 entry is in ALLOWED with the reason it is still there; the list only shrinks: an entry that is
 no longer needed fails too, so remove it when its import goes.
@@ -31,12 +35,43 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("enclavekit/cli/local.py", "local_backend"): "the CLI calls every part (as above)",
     ("enclavekit/pytest_plugin.py", "local_backend"): "the plugin drives a deployment; it moves "
     "into the backend with the one deploy module (issue 14, after the boot-path work lands)",
-    ("enclavekit/lint/cdk_plugin.py", "aws_cdk"): "construct-side code (a CDK validation "
-    "plugin); to move next to the constructs",
-    ("enclavekit/lint/acknowledge.py", "aws_cdk"): "construct-side code (writes Metadata on a "
-    "construct); to move next to the constructs",
-    ("enclavekit/lint/acknowledge.py", "constructs"): "as above (IConstruct)",
 }
+
+
+# Rooms inside enclavekit/ above the shared core: file or folder -> the module names it holds.
+ROOMS: dict[str, tuple[str, ...]] = {
+    "lint": ("enclavekit.lint",),
+    "cli": ("enclavekit.cli", "enclavekit.__main__"),
+    "agent": ("enclavekit.agent", "enclavekit.agent_bundle"),
+    "pytest_plugin": ("enclavekit.pytest_plugin",),
+}
+ROOM_FILES = {
+    "lint": ("enclavekit/lint/",),
+    "cli": ("enclavekit/cli/", "enclavekit/__main__.py"),
+    "agent": ("enclavekit/agent.py", "enclavekit/agent_bundle.py"),
+    "pytest_plugin": ("enclavekit/pytest_plugin.py",),
+}
+# Which rooms a room may import besides the core.
+ROOM_MAY_IMPORT: dict[str, tuple[str, ...]] = {
+    "lint": (),
+    "agent": (),
+    "cli": ("lint", "agent"),
+    "pytest_plugin": (),
+}
+
+
+def _room_of_file(rel: str) -> str | None:
+    for room, prefixes in ROOM_FILES.items():
+        if any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in prefixes):
+            return room
+    return None
+
+
+def _room_of_module(module: str) -> str | None:
+    for room, names in ROOMS.items():
+        if any(module == n or module.startswith(n + ".") for n in names):
+            return room
+    return None
 
 
 def _imports(path: Path) -> set[str]:
@@ -66,6 +101,19 @@ def test_core_imports_nothing_above_it() -> None:
     stale = sorted(set(ALLOWED) - found)
     assert not new, f"the core imports upward (see docs/ARCHITECTURE.md): {new}"
     assert not stale, f"no longer imported: remove from ALLOWED in {__file__}: {stale}"
+
+
+def test_rooms_import_the_core_and_the_core_imports_no_room() -> None:
+    bad = []
+    for path in sorted((ROOT / "enclavekit").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        mine = _room_of_file(rel)
+        allowed = {mine, *ROOM_MAY_IMPORT.get(mine or "", ())} if mine else {None}
+        for module in sorted(_imports(path)):
+            theirs = _room_of_module(module) if _top(module) == "enclavekit" else None
+            if theirs is not None and theirs not in allowed:
+                bad.append(f"{rel} ({mine or 'core'}) imports {module} ({theirs})")
+    assert not bad, "an arrow against the rooms of docs/ARCHITECTURE.md: " + "; ".join(bad)
 
 
 def test_enclave_program_imports_only_pure_modules() -> None:

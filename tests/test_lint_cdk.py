@@ -41,7 +41,7 @@ def test_broken_copy_fails_real_cdk_synth(tmp_path: Path) -> None:
         .replace("require_imdsv2=True", "require_imdsv2=False")
         .replace(
             "app.synth()",
-            "from enclavekit.lint.acknowledge import acknowledge\n"
+            "from enclave_constructs.lint import acknowledge\n"
             'acknowledge(host, "EK-HOST-004", "test: IMDSv1 accepted on purpose")\napp.synth()',
         )
     )
@@ -75,8 +75,7 @@ def test_broken_copy_fails_real_cdk_synth(tmp_path: Path) -> None:
 
 def test_acknowledge_helper_validates_and_merges() -> None:
     import aws_cdk as cdk
-
-    from enclavekit.lint.acknowledge import acknowledge
+    from enclave_constructs.lint import acknowledge
 
     app = cdk.App()
     stack = cdk.Stack(app, "S")

@@ -6,6 +6,13 @@ AttestedKey         a KMS key whose decrypt-class actions need an attestation of
 grant_attested_decrypt(key, grantee, image, pcrs=(0, 1, 2))  the same on any kms.Key
 EnclaveCertificate  the ACM for Nitro Enclaves association with its three grants
 EnclaveSecret       an SSM parameter holding an application secret sealed under a key
+lint                the linter on `cdk synth` (EnclaveLintPlugin) and `acknowledge`
+
+spec.py renders the host description (`enclavekit.contract` names its key and fields) and the
+user data from one HostSpec. Imports: aws_cdk, constructs, jsii, the core (`enclavekit.*`) and
+its rooms `enclavekit.lint` and `enclavekit.agent_bundle`; never `local_backend` or
+`enclave_app` (tests/test_import_rules.py). Inside the package the arrows run one way:
+host -> attested_key -> image, secret -> host (no cycle, even lazily).
 """
 
 from __future__ import annotations

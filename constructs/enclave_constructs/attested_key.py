@@ -10,12 +10,17 @@ For each grant the key policy gets
 Nothing is ever added to the grantee's identity policy, and AttestedKey's own policy gives the
 account root management actions (and Encrypt, for sealing) only — never Decrypt — so no IAM
 policy anywhere in the account can open a path around the attestation.
+
+The grantee is any iam.IGrantable (an EnclaveHost is one: its role). Each grant is recorded on
+the key (`AttestedGrants`, a child construct without resources); a host lists the keys bound
+to it from those records (`keys_granted_to`), so this module never needs to know what a host
+is, and host.py imports this one, never the other way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import jsii
 from aws_cdk import Annotations, RemovalPolicy, Stack
@@ -43,15 +48,30 @@ BINDABLE_PCRS = (0, 1, 2, 8)
 _counters: dict[str, int] = {}
 
 
-@runtime_checkable
-class EnclaveGrantee(Protocol):
-    """What grant_attested_decrypt needs of an enclave host beyond iam.IGrantable: the role its
-    enclave's KMS calls come from, and a place to list the key (the host's Metadata). Structural,
-    so this module does not import host.py (which imports this one)."""
+class AttestedGrants(Construct):
+    """The attested grants made on one key: a record in the construct tree, no resources."""
 
-    role: iam.IRole
+    ID = "EnclavekitAttestedGrants"
 
-    def register_attested_key(self, key: Any) -> None: ...
+    def __init__(self, key: kms.Key) -> None:
+        super().__init__(key, self.ID)
+        self.key = key
+        self.grantees: list[iam.IGrantable] = []
+
+    @classmethod
+    def of(cls, key: kms.Key) -> AttestedGrants:
+        """The record of `key`, created on its first grant."""
+        found = key.node.try_find_child(cls.ID)
+        return found if isinstance(found, AttestedGrants) else cls(key)
+
+
+def keys_granted_to(grantee: Construct) -> list[kms.Key]:
+    """The keys of this app with an attested grant to `grantee`, in construct-tree order."""
+    return [
+        c.key
+        for c in grantee.node.root.node.find_all()
+        if isinstance(c, AttestedGrants) and any(g is grantee for g in c.grantees)
+    ]
 
 
 class AttestedKey(Construct):
@@ -102,7 +122,7 @@ class AttestedKey(Construct):
 
     def grant_attested_decrypt(
         self,
-        grantee: Any,
+        grantee: iam.IGrantable,
         image: EnclaveImage,
         *,
         pcrs: Sequence[int] = (0, 1, 2),
@@ -171,7 +191,7 @@ def _condition_values(image: EnclaveImage, pcrs: Sequence[int], image_sha384: bo
 
 def grant_attested_decrypt(
     key: Any,
-    grantee: iam.IGrantable | EnclaveGrantee,
+    grantee: iam.IGrantable,
     image: EnclaveImage,
     *,
     pcrs: Sequence[int] = (0, 1, 2),
@@ -179,16 +199,14 @@ def grant_attested_decrypt(
 ) -> iam.Grant:
     """Key-policy-only grant of ATTESTED_ACTIONS to `grantee` attesting `image`'s `pcrs`.
 
-    `grantee` is an iam.IGrantable or an EnclaveHost (whose Metadata then lists the key).
+    An EnclaveHost grantee (an iam.IGrantable: its role) then lists the key in its Metadata.
     """
     kms_key = _kms_key(key)
-    host = grantee if isinstance(grantee, EnclaveGrantee) else None
-    principal_owner: Any = host.role if host is not None else grantee
-    if not hasattr(principal_owner, "grant_principal"):
-        raise InvalidInput(f"grantee must be an iam.IGrantable or EnclaveHost, got {grantee!r}")
+    if not hasattr(grantee, "grant_principal"):
+        raise InvalidInput(f"grantee must be an iam.IGrantable (e.g. EnclaveHost), got {grantee!r}")
     values = _condition_values(image, pcrs, image_sha384)
     n = _counters[kms_key.node.addr] = _counters.get(kms_key.node.addr, 0) + 1
-    principal = principal_owner.grant_principal
+    principal = grantee.grant_principal
     allow = iam.PolicyStatement(
         sid=f"AttestedDecrypt{n}",
         effect=iam.Effect.ALLOW,
@@ -200,7 +218,7 @@ def grant_attested_decrypt(
     grant = iam.Grant.add_statement_to_resource_policy(
         statement=allow,
         resource=kms_key,
-        grantee=principal_owner,
+        grantee=grantee,
         actions=list(ATTESTED_ACTIONS),
         resource_arns=["*"],
     )
@@ -223,7 +241,6 @@ def grant_attested_decrypt(
             "the attested grant denies unattested use by its grantee, but this key's own policy "
             "may still let other IAM principals decrypt; prefer AttestedKey",
         )
-    if host is not None:
-        host.register_attested_key(kms_key)
+    AttestedGrants.of(kms_key).grantees.append(grantee)
     Stack.of(kms_key)  # the key must live in a stack (raises otherwise)
     return grant

@@ -32,10 +32,12 @@ from aws_cdk import aws_s3_assets as s3_assets
 
 from constructs import Construct, IValidation
 from enclavekit import agent_bundle, instance_types
+from enclavekit.contract import HOST_METADATA_KEY
 from enclavekit.errors import InvalidInput
 
+from .attested_key import grant_attested_decrypt, keys_granted_to
 from .image import EnclaveImage, ImageAsset
-from .spec import METADATA_KEY, AgentSpec, CertificateSpec, HostSpec, ImageSpec, SecretSpec
+from .spec import AgentSpec, CertificateSpec, HostSpec, ImageSpec, SecretSpec
 
 DEFAULT_INSTANCE_TYPE = "m5a.xlarge"
 # An AMI id the local endpoint (moto) knows; pass `machine_image` for a real AL2023 AMI.
@@ -118,8 +120,13 @@ def _instance_type_name(value: str | ec2.InstanceType) -> str:
     )
 
 
+@jsii.implements(iam.IGrantable)
 class EnclaveHost(Construct):
-    """A Nitro Enclaves parent: instance (or fleet), role, user data and host Metadata."""
+    """A Nitro Enclaves parent: instance (or fleet), role, user data and host Metadata.
+
+    An iam.IGrantable: grants to the host go to its role, the principal its enclave's KMS calls
+    come from.
+    """
 
     def __init__(
         self,
@@ -194,7 +201,6 @@ class EnclaveHost(Construct):
         self.service_port = service_port
         self.domain = domain
         self._secrets: list[tuple[str, Any, str]] = []
-        self._attested_keys: list[Any] = []
 
         self.role: iam.IRole = role or iam.Role(
             self, "Role", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com")
@@ -268,7 +274,7 @@ class EnclaveHost(Construct):
                 vpc_subnets=subnets,
             )
             self.cfn_resource = self.launch_template.node.default_child  # type: ignore[assignment]
-        self.cfn_resource.add_metadata(METADATA_KEY, Lazy.any(_MetadataProducer(self)))
+        self.cfn_resource.add_metadata(HOST_METADATA_KEY, Lazy.any(_MetadataProducer(self)))
         self.node.add_validation(_NoHibernation(self))
 
         self.certificate = None
@@ -329,7 +335,7 @@ class EnclaveHost(Construct):
             secrets=tuple(
                 SecretSpec(name=n, key=_key_logical_id(k), parameter=p) for n, k, p in self._secrets
             ),
-            attested_keys=tuple(dict.fromkeys(_key_logical_id(k) for k in self._attested_keys)),
+            attested_keys=tuple(dict.fromkeys(_key_logical_id(k) for k in keys_granted_to(self))),
             agent=agent,
         )
 
@@ -342,19 +348,13 @@ class EnclaveHost(Construct):
             )
         self._secrets.append((name, key, parameter_name))
 
-    def register_attested_key(self, key: Any) -> None:
-        """Record a key whose policy binds this host's image (grant_attested_decrypt calls it)."""
-        self._attested_keys.append(key)
-
     def has_attested_key(self, key: Any) -> bool:
         """Whether `key` (a kms.Key or AttestedKey) was granted to this host's enclave."""
-        return _key_logical_id(key) in {_key_logical_id(k) for k in self._attested_keys}
+        return _key_logical_id(key) in {_key_logical_id(k) for k in keys_granted_to(self)}
 
     # ------------------------------------------------------------------ grants
     def grant_attested_decrypt(self, key: Any, *, pcrs: tuple[int, ...] = (0, 1, 2)) -> iam.Grant:
         """Let this host's enclave (and only an attested one) decrypt with `key`."""
-        from .attested_key import grant_attested_decrypt
-
         return grant_attested_decrypt(key, self, self._require_image(), pcrs=pcrs)
 
     def grant_read_parameter(self, parameter: Any) -> iam.Grant:

@@ -15,11 +15,11 @@ from aws_cdk import Stack
 from aws_cdk import aws_ssm as ssm
 
 from constructs import Construct, IValidation
+from enclavekit.contract import UNSEALED
 from enclavekit.errors import InvalidInput
 
 from .host import EnclaveHost
 
-UNSEALED = "enclavekit:unsealed"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 

@@ -13,17 +13,19 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from enclavekit.contract import (
+    DEFAULT_ENCLAVE_CID,
+    ENCLAVE_TLS_PORT,
+    HOST_CONFIG_PATH,
+    HOST_METADATA_KEY,
+    HOST_METADATA_VERSION,
+    KMS_PROXY_PORT,
+)
 from enclavekit.errors import InvalidInput
 from enclavekit.pcr import Measurements
 
-METADATA_KEY = "enclavekit:host"
-METADATA_VERSION = 1
-DEFAULT_CID = 16
-ENCLAVE_TLS_PORT = 8443
-KMS_PROXY_PORT = 8000
 ACM_TOKEN_LABEL = "enclavekit-acm-token"
 EIF_DIR = "/opt/enclavekit"
-HOST_CONFIG = "/etc/enclavekit/host.json"  # what `enclavekit parent-agent --config` reads
 AGENT_VENV = "/opt/enclavekit/venv"  # python3.11 + the pinned boto3 tree, nothing of ours
 AGENT_PYTHON = "python3.11"  # AL2023's python3 is 3.9; enclavekit needs >= 3.11
 AGENT_BUNDLE = "/opt/enclavekit/enclavekit-agent.pyz"  # enclavekit.agent_bundle, an S3 asset
@@ -91,7 +93,7 @@ class HostSpec:
     certificate: CertificateSpec | None = None
     secrets: tuple[SecretSpec, ...] = ()
     attested_keys: tuple[str, ...] = ()
-    cid: int = DEFAULT_CID
+    cid: int = DEFAULT_ENCLAVE_CID
     enclave_port: int = ENCLAVE_TLS_PORT
     agent: AgentSpec | None = None  # required whenever the host runs an EIF (the agent does)
 
@@ -118,7 +120,7 @@ class HostSpec:
             }
         return _without_none(
             {
-                "version": METADATA_VERSION,
+                "version": HOST_METADATA_VERSION,
                 "image": image,
                 "enclave": {
                     "cpu_count": self.cpu_count,
@@ -171,7 +173,7 @@ class HostSpec:
     def _base(self) -> str:
         kms = f"kms.{self.region}.amazonaws.com"
         return f"""set -euo pipefail
-# enclavekit host: rendered from the same HostSpec as Metadata["{METADATA_KEY}"]
+# enclavekit host: rendered from the same HostSpec as Metadata["{HOST_METADATA_KEY}"]
 dnf install -y aws-nitro-enclaves-cli aws-nitro-enclaves-cli-devel
 usermod -aG ne ec2-user || true
 install -d -m 0755 /etc/nitro_enclaves
@@ -327,7 +329,7 @@ ENCLAVEKIT_EOF
         part = f"{AGENT_BUNDLE}.part"
         return f"""# parent agent: credentials, certificate, secrets -> the enclave (vsock 5005)
 install -d -m 0755 /etc/enclavekit {EIF_DIR}
-cat > {HOST_CONFIG} <<'ENCLAVEKIT_EOF'
+cat > {HOST_CONFIG_PATH} <<'ENCLAVEKIT_EOF'
 {config}
 ENCLAVEKIT_EOF
 # boto3 (the agent's one third-party dependency, with its tree) pinned from PyPI into a
@@ -351,7 +353,7 @@ Requires=enclavekit-{slug}.service
 Wants=network-online.target
 
 [Service]
-ExecStart={AGENT_VENV}/bin/python3 -I {AGENT_BUNDLE} parent-agent --config {HOST_CONFIG} \
+ExecStart={AGENT_VENV}/bin/python3 -I {AGENT_BUNDLE} parent-agent --config {HOST_CONFIG_PATH} \
 --enclave-cid {self.cid}
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure

@@ -129,7 +129,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add `parent-agent` to the top-level parser."""
-    from enclavekit.agent import HOST_CONFIG_PATH, IMDS_ENDPOINT, SYNC_SLOW_S
+    from enclavekit.agent import IMDS_ENDPOINT, SYNC_SLOW_S
+    from enclavekit.contract import HOST_CONFIG_PATH
 
     p = sub.add_parser(
         "parent-agent",

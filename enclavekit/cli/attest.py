@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from enclavekit import attestation
+from enclavekit.contract import DEFAULT_STATE_DIR
 from enclavekit.errors import (
     AttestationDecodeError,
     AttestationError,
     EnclaveKitError,
     InvalidInput,
 )
-
-DEFAULT_STATE_DIR = ".enclavekit"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

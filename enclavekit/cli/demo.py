@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from enclavekit.attested_kms import condition_name, pcr_index
+from enclavekit.contract import HOST_METADATA_KEY as HOST_METADATA
 from enclavekit.errors import CheckFailed, InvalidInput, TemplateError
-
-HOST_METADATA = "enclavekit:host"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,9 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from enclavekit.cli.local import DEFAULT_STATE_DIR
-
-DEFAULT_PORT = 4599
+from enclavekit.contract import DEFAULT_STATE_DIR
+from enclavekit.contract import ENDPOINT_PORT as DEFAULT_PORT
 
 
 def _up(args: argparse.Namespace) -> int:

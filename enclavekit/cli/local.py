@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_STATE_DIR = Path(".enclavekit")
-DEFAULT_PORT = 4599
+from enclavekit.contract import DEFAULT_STATE_DIR
+from enclavekit.contract import ENDPOINT_PORT as DEFAULT_PORT
 
 
 def _state_arg(p: argparse.ArgumentParser) -> None:

@@ -1,11 +1,11 @@
 """Enclave-aware policy linter over synthesized CloudFormation templates.
 
-`lint_paths(paths)` / `lint_templates(templates)` -> `Report`; reporters in
-`enclavekit.lint.reporters`; the CDK plugin in `enclavekit.lint.cdk_plugin` and the
-acknowledgment helper in `enclavekit.lint.acknowledge` (both import aws_cdk, so not here).
-Imports: the core (`enclavekit.policy`, `enclavekit.attested_kms`, `enclavekit.yamlsafe`, ...)
-and yaml; never the backend. `cdk_plugin`/`acknowledge` are the two aws_cdk exceptions
-(tests/test_import_rules.py).
+A room above the core. `lint_paths(paths)` / `lint_templates(templates)` -> `Report`;
+reporters in `enclavekit.lint.reporters`; rules in `enclavekit.lint.rules`. Its CDK face (the
+synth-time plugin and `acknowledge`) needs aws_cdk and lives with the constructs:
+`enclave_constructs.lint`. Imports: the core (`enclavekit.policy`, `enclavekit.attested_kms`,
+`enclavekit.contract`, `enclavekit.yamlsafe`, ...) and yaml; never the backend, the
+constructs, aws_cdk or another room (tests/test_import_rules.py).
 """
 
 from __future__ import annotations

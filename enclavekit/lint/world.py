@@ -12,17 +12,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from enclavekit.attested_kms import ATTESTED_ACTIONS, is_attestation_key
+from enclavekit.contract import HOST_METADATA_KEY as HOST_METADATA
 from enclavekit.errors import PolicyDocumentError
 from enclavekit.lint.model import Location
 from enclavekit.lint.resolve import ACCOUNT, PARTITION, REGION, Resolver
 from enclavekit.lint.templates import Resource, Template
 from enclavekit.lint.userdata import UserData, parse_user_data
 from enclavekit.policy import Policy, RequestContext, evaluate_kms, parse_policy
-
-HOST_METADATA = "enclavekit:host"
 
 # What CloudFormation puts on a key created without KeyPolicy.
 _DEFAULT_KEY_POLICY = {
@@ -37,6 +36,16 @@ _DEFAULT_KEY_POLICY = {
         }
     ],
 }
+
+
+class Fact(Protocol):
+    """A resource fact of the run (role, key, host, ...): which template, which resource."""
+
+    @property
+    def template(self) -> Template: ...
+
+    @property
+    def resource(self) -> Resource: ...
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,10 @@ class World:
         if res is None:
             return Location(str(tpl.path), pointer=pointer)
         return Location(str(tpl.path), res.logical_id, res.line, res.cdk_path, pointer)
+
+    def at(self, fact: Fact, pointer: str | None = None) -> Location:
+        """Where a finding about `fact` (a host, key, role, ...) points, `pointer` inside it."""
+        return self.location(fact.template, fact.resource, pointer)
 
     def _parse(
         self, tpl: Template, res: Resource, raw: Any, pointer: str, name: str

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from enclavekit import eif
+from enclavekit.contract import DEFAULT_ENCLAVE_CID
 from enclavekit.errors import EmulatorError, InvalidInput
 from local_backend.emulator import state
 
 MIN_MEMORY_MIB = 64
 MAX_ENCLAVES = 4  # per parent instance, as on AWS
-AUTO_CID_START = 16
+AUTO_CID_START = DEFAULT_ENCLAVE_CID
 MAX_CID = 0xFFFFFFFF - 1
 BOOT_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0

@@ -24,11 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from enclavekit.contract import DEFAULT_STATE_DIR, ENCLAVES_DIR, PARENT_CID, STATE_ENV, VSOCK_DIR
 from enclavekit.errors import InvalidInput
-from enclavekit.transport import PARENT_CID  # re-exported: state.PARENT_CID
-
-DEFAULT_STATE_DIR = ".enclavekit"
-STATE_ENV = "ENCLAVEKIT_STATE_DIR"
 
 RUNNING = "RUNNING"
 TERMINATED = "TERMINATED"
@@ -76,8 +73,8 @@ class Layout:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.enclaves = root / "enclaves"
-        self.vsock = root / "vsock"
+        self.enclaves = root / ENCLAVES_DIR
+        self.vsock = root / VSOCK_DIR
         # What the allocator reserved ({"memory_mib": N, "cpu_count": N}), written by whoever
         # plays nitro-enclaves-allocator for this parent; absent: the machine is the pool.
         self.allocator_pool = root / "emulator" / "allocator-pool.json"

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import re
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from enclavekit import yamlsafe
 from enclavekit.errors import EmulatorError, InvalidInput
 from enclavekit.transport import EmulatedVsock, VsockTransport, pump
+from local_backend.endpoint_file import EndpointInfo, read_endpoint
 
 DEFAULT_CONFIG = Path("/etc/nitro_enclaves/vsock-proxy.yaml")
 ENDPOINT_ENV = "ENCLAVEKIT_LOCAL_ENDPOINT"
@@ -125,26 +126,29 @@ def _is_loopback(host: str) -> bool:
 
 def local_endpoint(explicit: str | None, state_dir: Path | None) -> str | None:
     """The local endpoint URL: explicit, else $ENCLAVEKIT_LOCAL_ENDPOINT, else endpoint.json."""
-    if explicit:
-        return explicit
-    if os.environ.get(ENDPOINT_ENV):
-        return os.environ[ENDPOINT_ENV]
-    if state_dir is not None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            return json.loads((state_dir / "endpoint.json").read_text()).get("endpoint")
-    return None
+    return _endpoint_url(explicit, ENDPOINT_ENV, state_dir, lambda info: info.endpoint)
 
 
 def local_tls_endpoint(explicit: str | None, state_dir: Path | None) -> str | None:
     """The endpoint's TLS front URL: explicit, else $ENCLAVEKIT_LOCAL_TLS_ENDPOINT, else
     `tls_endpoint` of endpoint.json."""
+    return _endpoint_url(explicit, TLS_ENDPOINT_ENV, state_dir, lambda info: info.tls_endpoint)
+
+
+def _endpoint_url(
+    explicit: str | None,
+    env: str,
+    state_dir: Path | None,
+    pick: Callable[[EndpointInfo], str | None],
+) -> str | None:
     if explicit:
         return explicit
-    if os.environ.get(TLS_ENDPOINT_ENV):
-        return os.environ[TLS_ENDPOINT_ENV]
+    if os.environ.get(env):
+        return os.environ[env]
     if state_dir is not None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            return json.loads((state_dir / "endpoint.json").read_text()).get("tls_endpoint")
+        with contextlib.suppress(InvalidInput):
+            info = read_endpoint(state_dir)
+            return pick(info) if info is not None else None
     return None
 
 

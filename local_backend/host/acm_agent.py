@@ -36,13 +36,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from enclavekit.contract import PARENT_CID
 from local_backend.host import acm_config
 from local_backend.host.acm_config import Config, ConfigError, Token
 
 RUN_DIR = "/run/nitro_enclaves/acm"
 MODULE_FILE = "/etc/pkcs11/modules/p11ne.module"
 IMDS = "http://169.254.169.254"
-PARENT_CID = 3
 RPC_URL = "/rpc/v1"
 RPC_TIMEOUT_S = 60.0
 _exit = False

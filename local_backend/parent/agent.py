@@ -45,6 +45,7 @@ from enclavekit.agent import (
     ParentAgent,
     SyncResult,
 )
+from enclavekit.contract import INSTANCE_FILE, PARENT_FILE
 from enclavekit.errors import EnclaveKitError, ParentAgentError
 from enclavekit.localenv import local_client
 from enclavekit.transport import PARENT_CID, EmulatedVsock
@@ -52,8 +53,6 @@ from local_backend.parent.relay import TcpToVsockRelay
 
 log = logging.getLogger("enclavekit.parent")
 
-INSTANCE_FILE = "instance.json"
-PARENT_FILE = "parent.json"
 __all__ = [
     "INSTANCE_FILE",
     "METADATA_KEY",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from enclavekit.lint.world import KeyFact, World
+from collections.abc import Iterator
+
+from enclavekit.lint.model import Location
+from enclavekit.lint.world import HostFact, KeyFact, RoleFact, World
 from enclavekit.policy import Decision, evaluate_kms
 
 
@@ -34,3 +37,18 @@ def unattested_decision(world: World, key: KeyFact, principal: str, action: str)
     role = world.role_by_arn(principal, key.template)
     identity = [d.policy for d in role.policies] if role else []
     return evaluate_kms(world.unattested(principal, action, key.arn), key.doc.policy, identity)
+
+
+def host_roles_and_keys(world: World) -> Iterator[tuple[HostFact, RoleFact, KeyFact]]:
+    """(host, its role, a key it can use whose policy was read), for every host with a role."""
+    for host in world.hosts:
+        if host.role is None:
+            continue
+        for key in world.host_keys(host):
+            if key.doc is not None:
+                yield host, host.role, key
+
+
+def key_policy_at(world: World, key: KeyFact) -> Location:
+    """Where a finding about `key`'s policy points: its KeyPolicy property."""
+    return world.at(key, "/Properties/KeyPolicy")

@@ -33,6 +33,6 @@ RULE = Rule(
     explanation="An acknowledgment must say why a finding is accepted; one without a reason, "
     "or for a rule that does not exist, hides nothing and explains nothing.",
     fix='Write {"id": "EK-...", "reason": "why this is acceptable"} '
-    "(enclavekit.lint.acknowledge.acknowledge(construct, id, reason)).",
+    "(enclave_constructs.lint.acknowledge(construct, id, reason)).",
     check=check,
 )

@@ -24,7 +24,7 @@ def check(world: World) -> Iterator[Finding]:
         name = image.get("name") if isinstance(image.get("name"), str) else "its image"
         assoc = cert.get("association") if isinstance(cert.get("association"), str) else "?"
         yield RULE.finding(
-            world.location(host.template, host.resource, f"/Metadata/{HOST_METADATA}/certificate"),
+            world.at(host, f"/Metadata/{HOST_METADATA}/certificate"),
             f"host {host.resource.logical_id}: its own image {name} claims the ACM certificate "
             f"of association {assoc}; ACM releases that key only to AWS's ACM enclave image, so "
             "the image's Decrypt is AccessDeniedException on AWS",

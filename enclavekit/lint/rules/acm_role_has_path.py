@@ -12,7 +12,7 @@ def check(world: World) -> Iterator[Finding]:
     for assoc in world.associations:
         if assoc.role is not None and assoc.role.path not in ("/", ""):
             yield RULE.finding(
-                world.location(assoc.role.template, assoc.role.resource, "/Properties/Path"),
+                world.at(assoc.role, "/Properties/Path"),
                 f"role {assoc.role.resource.logical_id} of ACM association "
                 f"{assoc.resource.logical_id} has path {assoc.role.path}",
             )

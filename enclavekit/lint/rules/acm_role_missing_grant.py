@@ -36,7 +36,7 @@ def check(world: World) -> Iterator[Finding]:
         ]
         if missing:
             yield RULE.finding(
-                world.location(assoc.template, assoc.resource),
+                world.at(assoc),
                 f"ACM association {assoc.resource.logical_id}: role {role.resource.logical_id} "
                 f"lacks {'; '.join(missing)}",
             )

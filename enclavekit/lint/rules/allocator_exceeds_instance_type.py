@@ -21,7 +21,7 @@ def check(world: World) -> Iterator[Finding]:
         problems = instance_types.allocator_problems(itype, cpus, mem)
         if problems:
             yield RULE.finding(
-                world.location(host.template, host.resource, "/Properties/UserData"),
+                world.at(host, "/Properties/UserData"),
                 f"allocator.yaml of enclave host {host.resource.logical_id} ({cpus} CPUs, "
                 f"{mem} MiB) does not fit {itype}: {'; '.join(problems)}",
             )

@@ -13,7 +13,7 @@ def check(world: World) -> Iterator[Finding]:
         if host.http_tokens != "required":
             found = host.http_tokens or "not set (IMDSv1 allowed by default)"
             yield RULE.finding(
-                world.location(host.template, host.resource),
+                world.at(host),
                 f"enclave host {host.resource.logical_id} allows IMDSv1: HttpTokens is {found}",
             )
 

@@ -12,7 +12,7 @@ def check(world: World) -> Iterator[Finding]:
     for host in world.hosts:
         if host.enclave_enabled and host.hibernation:
             yield RULE.finding(
-                world.location(host.template, host.resource),
+                world.at(host),
                 f"enclave host {host.resource.logical_id} enables both Nitro Enclaves and "
                 "hibernation",
             )

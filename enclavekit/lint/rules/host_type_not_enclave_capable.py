@@ -15,7 +15,7 @@ def check(world: World) -> Iterator[Finding]:
         itype = host.instance_type
         if itype is None or "{{" in itype:
             continue  # not set here or not knowable from the template
-        where = world.location(host.template, host.resource, "/Properties/InstanceType")
+        where = world.at(host, "/Properties/InstanceType")
         if not instance_types.known_family(itype):
             # newer than the table, or a typo: say so, but do not fail the run on it
             yield RULE.finding(

@@ -12,7 +12,7 @@ def check(world: World) -> Iterator[Finding]:
     for host in world.hosts:
         if host.metadata is not None and not host.enclave_enabled:
             yield RULE.finding(
-                world.location(host.template, host.resource),
+                world.at(host),
                 f"enclave host {host.resource.logical_id} declares an enclave in its "
                 "enclavekit:host Metadata but EnclaveOptions.Enabled is not true",
             )

@@ -17,7 +17,7 @@ def check(world: World) -> Iterator[Finding]:
         first = bare[0] if len(bare[0]) <= 100 else bare[0][:97] + "..."
         if host.http_tokens == "required":
             yield RULE.finding(
-                world.location(host.template, host.resource, "/Properties/UserData"),
+                world.at(host, "/Properties/UserData"),
                 f"user data of enclave host {host.resource.logical_id} calls IMDS without a "
                 f"token ({len(bare)} call(s), first: {first}); HttpTokens is required, so IMDS "
                 "answers 401 and the boot script fails",
@@ -25,7 +25,7 @@ def check(world: World) -> Iterator[Finding]:
             )
         else:
             yield RULE.finding(
-                world.location(host.template, host.resource, "/Properties/UserData"),
+                world.at(host, "/Properties/UserData"),
                 f"user data of enclave host {host.resource.logical_id} calls IMDS without a "
                 f"token ({len(bare)} call(s), first: {first}): it relies on IMDSv1",
             )

@@ -6,7 +6,12 @@ from collections.abc import Iterator
 
 from enclavekit.attested_kms import ATTESTED_ACTIONS
 from enclavekit.lint.model import Finding, Rule, Severity
-from enclavekit.lint.rules._kms import enclave_keys, key_principals, unattested_decision
+from enclavekit.lint.rules._kms import (
+    enclave_keys,
+    key_policy_at,
+    key_principals,
+    unattested_decision,
+)
 from enclavekit.lint.world import World
 
 
@@ -21,7 +26,7 @@ def check(world: World) -> Iterator[Finding]:
                     hits.setdefault((principal, d.statements), []).append(action)
         for (principal, labels), actions in hits.items():
             yield RULE.finding(
-                world.location(key.template, key.resource, "/Properties/KeyPolicy"),
+                key_policy_at(world, key),
                 f"key {key.resource.logical_id} lets {principal} call "
                 f"{', '.join(actions)} without an attestation document "
                 f"(statement {', '.join(labels)} has no kms:RecipientAttestation condition)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
-from enclavekit.lint.rules._kms import enclave_keys
+from enclavekit.lint.rules._kms import enclave_keys, key_policy_at
 from enclavekit.lint.world import World
 
 _PRINCIPAL_LIMITS = (
@@ -33,7 +33,7 @@ def check(world: World) -> Iterator[Finding]:
             )
             if wildcard and not limited:
                 yield RULE.finding(
-                    world.location(key.template, key.resource, "/Properties/KeyPolicy"),
+                    key_policy_at(world, key),
                     f"key {key.resource.logical_id} statement {stmt.label(i)!r} allows a "
                     "wildcard principal on a key with attested grants",
                 )

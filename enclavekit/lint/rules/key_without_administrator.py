@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
 from enclavekit.lint.resolve import ACCOUNT
+from enclavekit.lint.rules._kms import key_policy_at
 from enclavekit.lint.world import KeyFact, World
 from enclavekit.policy import Policy, evaluate_kms, root_arn
 
@@ -42,7 +43,7 @@ def check(world: World) -> Iterator[Finding]:
             continue
         if not _admin_possible(world, key):
             yield RULE.finding(
-                world.location(key.template, key.resource, "/Properties/KeyPolicy"),
+                key_policy_at(world, key),
                 f"key {key.resource.logical_id}: no principal can call kms:PutKeyPolicy, so "
                 "nobody can ever manage this key",
             )

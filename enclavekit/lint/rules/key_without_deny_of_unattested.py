@@ -5,27 +5,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
+from enclavekit.lint.rules._kms import host_roles_and_keys, key_policy_at
 from enclavekit.lint.world import World
 from enclavekit.policy import Policy, evaluate
 
 
 def check(world: World) -> Iterator[Finding]:
-    for host in world.hosts:
-        if host.role is None:
-            continue
-        for key in world.host_keys(host):
-            if key.doc is None:
-                continue
-            denies = Policy(tuple(s for s in key.doc.policy.statements if s.effect == "Deny"))
-            ctx = world.unattested(host.role.arn, "kms:Decrypt", key.arn)
-            d = evaluate(ctx, [denies])
-            if not d.statements:
-                yield RULE.finding(
-                    world.location(key.template, key.resource, "/Properties/KeyPolicy"),
-                    f"key {key.resource.logical_id} has no explicit Deny of unattested "
-                    f"kms:Decrypt for role {host.role.resource.logical_id} of enclave host "
-                    f"{host.resource.logical_id}",
-                )
+    for host, role, key in host_roles_and_keys(world):
+        assert key.doc is not None
+        denies = Policy(tuple(s for s in key.doc.policy.statements if s.effect == "Deny"))
+        d = evaluate(world.unattested(role.arn, "kms:Decrypt", key.arn), [denies])
+        if not d.statements:
+            yield RULE.finding(
+                key_policy_at(world, key),
+                f"key {key.resource.logical_id} has no explicit Deny of unattested "
+                f"kms:Decrypt for role {role.resource.logical_id} of enclave host "
+                f"{host.resource.logical_id}",
+            )
 
 
 RULE = Rule(

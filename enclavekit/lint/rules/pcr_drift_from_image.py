@@ -8,6 +8,7 @@ from enclavekit.attested_kms import condition_name
 from enclavekit.errors import InvalidInput
 from enclavekit.lint.model import Finding, Rule, Severity
 from enclavekit.lint.rules._common import POSITIVE_STRING_OPS
+from enclavekit.lint.rules._kms import key_policy_at
 from enclavekit.lint.world import World
 from enclavekit.pcr import Measurements
 
@@ -60,7 +61,7 @@ def check(world: World) -> Iterator[Finding]:
             if bound and not matching_statement:
                 name, values = bound[0]
                 yield RULE.finding(
-                    world.location(key.template, key.resource, "/Properties/KeyPolicy"),
+                    key_policy_at(world, key),
                     f"key {key.resource.logical_id} binds {name}={sorted(values)[0][:16]}… but "
                     f"enclave host {host.resource.logical_id} runs an image with "
                     f"{name}={measured[name][:16]}…",

@@ -5,29 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
-from enclavekit.lint.rules._kms import unattested_decision
+from enclavekit.lint.rules._kms import host_roles_and_keys, key_policy_at, unattested_decision
 from enclavekit.lint.world import World
 
 DANGEROUS = ("kms:PutKeyPolicy", "kms:CreateGrant", "kms:ReEncryptFrom", "kms:ReEncryptTo")
 
 
 def check(world: World) -> Iterator[Finding]:
-    for host in world.hosts:
-        if host.role is None:
-            continue
-        for key in world.host_keys(host):
-            if key.doc is None:
-                continue
-            allowed = [
-                a for a in DANGEROUS if unattested_decision(world, key, host.role.arn, a).allowed
-            ]
-            if allowed:
-                yield RULE.finding(
-                    world.location(key.template, key.resource, "/Properties/KeyPolicy"),
-                    f"role {host.role.resource.logical_id} of enclave host "
-                    f"{host.resource.logical_id} can call {', '.join(allowed)} on its bound key "
-                    f"{key.resource.logical_id}",
-                )
+    for host, role, key in host_roles_and_keys(world):
+        allowed = [a for a in DANGEROUS if unattested_decision(world, key, role.arn, a).allowed]
+        if allowed:
+            yield RULE.finding(
+                key_policy_at(world, key),
+                f"role {role.resource.logical_id} of enclave host "
+                f"{host.resource.logical_id} can call {', '.join(allowed)} on its bound key "
+                f"{key.resource.logical_id}",
+            )
 
 
 RULE = Rule(

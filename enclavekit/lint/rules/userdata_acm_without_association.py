@@ -40,7 +40,7 @@ def check(world: World) -> Iterator[Finding]:
             if unknowable or "{{" in arn or "$" in arn or arn in associated:
                 continue
             yield RULE.finding(
-                world.location(host.template, host.resource, "/Properties/UserData"),
+                world.at(host, "/Properties/UserData"),
                 f"acm.yaml token {label!r} of enclave host {host.resource.logical_id} names "
                 f"certificate {arn}, but no AWS::EC2::EnclaveCertificateIamRoleAssociation "
                 "associates it with the host's role",

@@ -14,7 +14,7 @@ def check(world: World) -> Iterator[Finding]:
         for run in ud.run_enclaves if ud else ():
             if run.debug_mode:
                 yield RULE.finding(
-                    world.location(host.template, host.resource, "/Properties/UserData"),
+                    world.at(host, "/Properties/UserData"),
                     f"user data of enclave host {host.resource.logical_id} runs "
                     f"{run.eif_path or 'an enclave'} with --debug-mode: it attests with all-zero "
                     "PCRs and the parent reads its console",

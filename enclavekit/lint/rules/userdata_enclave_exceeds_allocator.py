@@ -38,7 +38,7 @@ def check(world: World) -> Iterator[Finding]:
                 problems.append(f"{want_mem} MiB of a pool of {mem} MiB")
             if problems:
                 yield RULE.finding(
-                    world.location(host.template, host.resource, "/Properties/UserData"),
+                    world.at(host, "/Properties/UserData"),
                     f"enclave host {host.resource.logical_id}: {what} asks for "
                     f"{' and '.join(problems)} reserved by {pool}; nitro-cli refuses to start it",
                 )

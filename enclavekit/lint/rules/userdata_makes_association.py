@@ -13,7 +13,7 @@ def check(world: World) -> Iterator[Finding]:
         ud = world.user_data(host)
         if ud and ud.associate_calls:
             yield RULE.finding(
-                world.location(host.template, host.resource, "/Properties/UserData"),
+                world.at(host, "/Properties/UserData"),
                 f"user data of enclave host {host.resource.logical_id} associates a certificate "
                 "itself (aws ec2 associate-enclave-certificate-iam-role) instead of an "
                 "AWS::EC2::EnclaveCertificateIamRoleAssociation resource",

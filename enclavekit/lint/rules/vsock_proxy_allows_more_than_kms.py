@@ -33,7 +33,7 @@ def check(world: World) -> Iterator[Finding]:
             beyond.append(f"KMS in {len(regions)} regions ({', '.join(sorted(regions))})")
         if beyond:
             yield RULE.finding(
-                world.location(host.template, host.resource, "/Properties/UserData"),
+                world.at(host, "/Properties/UserData"),
                 f"vsock-proxy of enclave host {host.resource.logical_id} lets the enclave reach "
                 f"{', '.join(beyond)} beyond its region's KMS endpoint",
             )

@@ -24,6 +24,7 @@ from enclave_app.attester import Attester
 from enclave_app.forwarder import LoopbackForwarder, loopback_up
 from enclave_app.keys import RecipientKey
 from enclave_app.trust import kms_verify
+from enclavekit.contract import KMS_PROXY_PORT
 from enclavekit.errors import EnclaveKitError
 from enclavekit.transport import (
     EMULATED_VSOCK_ROOT,
@@ -42,7 +43,6 @@ from .server import KmsDecryptor, Worker, serve_connection
 log = logging.getLogger("p11ne")
 P11KIT_PORT = 9999
 RPC_PORT = 10000
-KMS_PROXY_PORT = 8000
 
 
 class RpcServer(ConnectionServer):

@@ -7,8 +7,8 @@ docs/reference/toolchain-findings.md §4-§5):
   "null models" are refused too. `Custom::*` / `AWS::CloudFormation::CustomResource` run
   their Lambda handlers locally (custom_resource.py); cross-stack exports: exports.py.
 - Updates: a type without an update handler used to vanish from the stack (the KMS key of an
-  update deploy); now it is replaced (create new, delete old) unless it has an in-place
-  handler here (`AWS::KMS::Key`: policy, description, rotation, enabled).
+  update deploy); now it is replaced (create new, delete old) unless its service extension
+  registers an in-place handler (`register_updater`; `AWS::KMS::Key`: kms/cfn_key.py).
 - ExecuteChangeSet: errors no longer escape as HTTP 500; a failed create rolls back (every
   created resource deleted, ROLLBACK_COMPLETE), a failed update rolls back to the previous
   template (UPDATE_ROLLBACK_COMPLETE, so the next deploy proceeds as on AWS); both with a
@@ -24,7 +24,6 @@ docs/reference/toolchain-findings.md §4-§5):
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -39,8 +38,6 @@ from moto.cloudformation.models import ChangeSet, CloudFormationBackend, Event, 
 from moto.cloudformation.parsing import OutputMap
 from moto.core.common_models import CloudFormationModel
 from moto.ec2.models.core import TaggedEC2Resource
-from moto.kms.models import Key as KmsKey
-from moto.kms.models import kms_backends
 
 from . import exports, inplace, ordering
 from .custom_resource import CustomResource, is_custom_type
@@ -319,54 +316,6 @@ def _get_stack_from_s3_url(template_url: str, account_id: str, partition: str) -
 
 
 _original_get_stack_from_s3_url = utils.get_stack_from_s3_url
-
-
-# ------------------------------------------------------------------ KMS key in-place update
-
-
-def _create_kms_key(
-    cls: type[KmsKey],
-    resource_name: str,
-    cloudformation_json: Any,
-    account_id: str,
-    region_name: str,
-    **kwargs: Any,
-) -> KmsKey:
-    """moto's KMS::Key create, but with the policy stored as the JSON string AWS returns,
-    and KeySpec / KeyUsage honoured."""
-    props = cloudformation_json["Properties"]
-    policy = props.get("KeyPolicy")
-    key = kms_backends[account_id][region_name].create_key(
-        policy=json.dumps(policy) if isinstance(policy, dict) else policy,
-        key_usage=props.get("KeyUsage", "ENCRYPT_DECRYPT"),
-        key_spec=props.get("KeySpec", "SYMMETRIC_DEFAULT"),
-        description=props.get("Description") or "",
-        tags=props.get("Tags", []),
-        multi_region=bool(props.get("MultiRegion", False)),
-    )
-    key.key_rotation_status = bool(props.get("EnableKeyRotation", False))
-    key.enabled = props.get("Enabled", True) not in (False, "false")
-    return key
-
-
-def _update_kms_key(
-    original: KmsKey, new_name: str, cloudformation_json: Any, account_id: str, region_name: str
-) -> KmsKey:
-    """KeyPolicy, Description, EnableKeyRotation, Enabled change in place (same key id, so
-    ciphertexts stay valid); KeySpec / KeyUsage / MultiRegion changes replace the key."""
-    props = cloudformation_json["Properties"]
-    spec = props.get("KeySpec", "SYMMETRIC_DEFAULT")
-    usage = props.get("KeyUsage", "ENCRYPT_DECRYPT")
-    if spec != original.key_spec or usage != original.key_usage:
-        new = _create_kms_key(KmsKey, new_name, cloudformation_json, account_id, region_name)
-        original.delete(account_id, region_name)
-        return new
-    policy = props.get("KeyPolicy")
-    original.policy = json.dumps(policy) if isinstance(policy, dict) else policy
-    original.description = props.get("Description") or ""
-    original.key_rotation_status = bool(props.get("EnableKeyRotation", False))
-    original.enabled = props.get("Enabled", True) not in (False, "false")
-    return original
 
 
 # ------------------------------------------------------------------ change sets and stacks
@@ -683,8 +632,6 @@ def install() -> None:
     utils.get_stack_from_s3_url = _get_stack_from_s3_url
     cfn_models.get_stack_from_s3_url = _get_stack_from_s3_url  # type: ignore[attr-defined]
     cfn_responses.get_stack_from_s3_url = _get_stack_from_s3_url  # type: ignore[attr-defined]
-    KmsKey.create_from_cloudformation_json = classmethod(_create_kms_key)  # type: ignore[assignment]
-    register_updater("AWS::KMS::Key", _update_kms_key)
     CloudFormationBackend.describe_change_set = describe_change_set  # type: ignore[method-assign,assignment]
     CloudFormationBackend.delete_change_set = delete_change_set  # type: ignore[method-assign]
     CloudFormationBackend.execute_change_set = execute_change_set  # type: ignore[method-assign]

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from moto.kms.utils import HEADER_LEN, IV_LEN, KEY_ID_LEN, TAG_LEN
 
-from .models import KmsRequestError
+from .exceptions import KmsRequestError
 
 MAX_CIPHERTEXT_BLOB = 6144  # API_Decrypt: CiphertextBlob length 1..6144
 MAX_CONTEXT_ENTRIES = 64  # we refuse absurd contexts before they cost anything
