@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from enclavekit.build import build_enclave
+from enclavekit.build import PURE_MODULES, build_enclave, core_dir
 from enclavekit.errors import BackendError
 
 HERE = Path(__file__).resolve().parent
@@ -137,8 +137,14 @@ def stage(dest: Path) -> Path:
 
 
 def content_digest(root: Path) -> str:
-    """SHA-256 over every staged file's path, mode and bytes (sorted)."""
+    """SHA-256 over every staged file's path, mode and bytes (sorted), and over the core modules
+    the build may vendor into the image: they are not staged, yet they are in the EIF, so a change
+    to one alone must not reuse an image built before it."""
     h = hashlib.sha256()
+    for name in PURE_MODULES:
+        data = (core_dir() / f"{name}.py").read_bytes()
+        h.update(f"vendor:{name}\0{len(data)}\0".encode())
+        h.update(data)
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
         mode = "x" if os.access(path, os.X_OK) else "-"
