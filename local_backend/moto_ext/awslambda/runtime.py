@@ -9,14 +9,14 @@ local endpoint only (`enclavekit.localenv`, nothing of the caller's, never the r
 function's timeout ("Task timed out after N seconds", as AWS says) and its output in the local
 CloudWatch Logs group `/aws/lambda/<name>`. Handlers sit behind the endpoint's egress guard
 (local_backend.egress): a connection to anything but loopback is refused and logged with its
-host.
+host. A function with layers gets them, merged and read-only, at /opt in its own mount
+namespace (layers.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -26,7 +26,6 @@ import tempfile
 import threading
 import time
 import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ from typing import Any
 from enclavekit.errors import BackendError
 from enclavekit.localenv import local_aws_env
 from enclavekit.toolchain import PROJECT_ROOT
+
+from . import layers
 
 log = logging.getLogger("enclavekit.endpoint.lambda")
 
@@ -117,15 +118,10 @@ def _code_dir(fn: Any) -> Path:
     root = Path(_state["state_dir"] or tempfile.gettempdir()) / "lambda" / digest
     if not (root / ".unpacked").exists():
         root.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(io.BytesIO(code)) as zf:
-            for member in zf.infolist():
-                target = (root / member.filename).resolve()
-                if root.resolve() not in target.parents and target != root.resolve():
-                    raise RuntimeNotEmulated(
-                        f"function {fn.function_name}: zip entry {member.filename!r} escapes "
-                        "the package"
-                    )
-            zf.extractall(root)
+        try:
+            layers.unzip(code, root, f"function {fn.function_name}")
+        except layers.LayersNotEmulated as exc:
+            raise RuntimeNotEmulated(str(exc)) from exc
         (root / ".unpacked").touch()
     return root
 
@@ -133,10 +129,6 @@ def _code_dir(fn: Any) -> Path:
 def _command(fn: Any, event_file: Path, result_file: Path) -> list[str]:
     runtime = str(fn.run_time or "")
     handler = str(fn.handler or "")
-    if getattr(fn, "layers", None):
-        raise RuntimeNotEmulated(
-            f"function {fn.function_name}: Lambda layers are not emulated by the local runtime"
-        )
     if runtime.startswith("nodejs"):
         if not NODE.exists():
             raise RuntimeNotEmulated("the project's Node.js 22 is missing: run `make setup`")
@@ -232,6 +224,12 @@ def invoke(fn: Any, event: Any, *, account_id: str, region: str) -> Invocation:
         event_file, result_file = Path(tmp) / "event.json", Path(tmp) / "result.json"
         event_file.write_text(json.dumps(event))
         argv = _command(fn, event_file, result_file)
+        try:
+            opt = layers.opt_dir(fn, Path(_state["state_dir"] or tempfile.gettempdir()))
+            if opt is not None:
+                argv = layers.wrap(argv, opt, NODE)
+        except layers.LayersNotEmulated as exc:
+            raise RuntimeNotEmulated(str(exc)) from exc
         start = time.monotonic()
         try:
             env = _environment(fn, code_dir, request_id, account_id, region)
@@ -239,6 +237,8 @@ def invoke(fn: Any, event: Any, *, account_id: str, region: str) -> Invocation:
             log.warning("lambda %s: %s", fn.function_name, exc)
             message = "The role defined for the function cannot be assumed by Lambda."
             return Invocation(False, None, "InvalidParameterValueException", message, str(exc))
+        if opt is not None:
+            env.update(layers.environment(str(fn.run_time or ""), env))
         try:
             proc = subprocess.run(
                 argv,
