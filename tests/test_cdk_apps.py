@@ -483,6 +483,20 @@ def _zip(files: dict[str, str], modes: dict[str, int] | None = None) -> bytes:
     return buf.getvalue()
 
 
+def _ended(pid: int, wait: float = 10) -> bool:
+    """Whether process `pid` is gone (or a zombie nobody reaped yet) within `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 LAYERED = textwrap.dedent("""
     import os, subprocess
     import layermod  # from /opt/python, the runtime's search path for layers
@@ -534,6 +548,9 @@ def test_lambda_runtime_contract(endpoint: server.EndpointInfo) -> None:
                     return {"reached": False, "error": str(exc)}
             if event.get("sleep"):
                 import time; time.sleep(event["sleep"])
+            if event.get("spawn"):
+                import subprocess
+                return {"child": subprocess.Popen(["sleep", "300"]).pid}
             return {"echo": event, "fn": context.function_name,
                     "left": context.get_remaining_time_in_millis() > 0,
                     "endpoint": os.environ["AWS_ENDPOINT_URL"]}
@@ -569,6 +586,9 @@ def test_lambda_runtime_contract(endpoint: server.EndpointInfo) -> None:
     assert "refused a Lambda handler's connection to sts.amazonaws.com:443" in log
     payload, err = call("py-fn", {"sleep": 30})
     assert err and "Task timed out after 8.00 seconds" in payload["errorMessage"]
+    # the invocation's processes end with it (Lambda's sandbox does not run on)
+    payload, err = call("py-fn", {"spawn": True})
+    assert err is None and _ended(payload["child"]), payload
 
     # layers, merged in order (the second's tool replaces the first's), are a read-only /opt
     # of the invocation's own; the host's /opt is untouched

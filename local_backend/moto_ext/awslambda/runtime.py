@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -239,21 +240,8 @@ def invoke(fn: Any, event: Any, *, account_id: str, region: str) -> Invocation:
             return Invocation(False, None, "InvalidParameterValueException", message, str(exc))
         if opt is not None:
             env.update(layers.environment(str(fn.run_time or ""), env))
-        try:
-            proc = subprocess.run(
-                argv,
-                cwd=code_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=max(1, int(fn.timeout)),
-            )
-            output = (proc.stdout or "") + (proc.stderr or "")
-            timed_out = False
-        except subprocess.TimeoutExpired as exc:
-            output = _text(exc.stdout) + _text(exc.stderr)
-            timed_out = True
+        returncode, output = _run(argv, code_dir, env, max(1, int(fn.timeout)), Path(tmp))
+        timed_out = returncode is None
         elapsed = time.monotonic() - start
         if timed_out:
             result = Invocation(
@@ -282,7 +270,7 @@ def invoke(fn: Any, event: Any, *, account_id: str, region: str) -> Invocation:
                 None,
                 "Runtime.ExitError",
                 f"RequestId: {request_id} Error: Runtime exited with error: exit status "
-                f"{proc.returncode}",
+                f"{returncode}",
                 output,
             )
     log.info(
@@ -297,10 +285,41 @@ def invoke(fn: Any, event: Any, *, account_id: str, region: str) -> Invocation:
     return result
 
 
-def _text(data: Any) -> str:
-    if data is None:
-        return ""
-    return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+def _run(argv: list[str], cwd: Path, env: dict, timeout: int, tmp: Path) -> tuple[int | None, str]:
+    """(exit status, or None on timeout; the output) of the handler process. It runs in its
+    own process group, killed whole when the handler returns or times out: as Lambda's
+    sandbox ends with the invocation, no process it started (an `aws s3 sync` child, a
+    daemon holding the output open) outlives it or delays the answer."""
+    out_file = tmp / "output.log"
+    with open(out_file, "wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            exited = _wait_unreaped(proc.pid, timeout)
+        finally:
+            # the unreaped leader keeps its group id ours: the kill cannot reach a stranger
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            returncode = proc.wait()
+    return (returncode if exited else None), out_file.read_text(errors="replace")
+
+
+def _wait_unreaped(pid: int, timeout: float) -> bool:
+    """Whether `pid` exited within `timeout` seconds; it is left a zombie (not reaped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 # Log events waiting for their group: Lambda delivers logs asynchronously, so a template's
