@@ -166,6 +166,10 @@ def _unshare_prefix() -> tuple[str, ...]:
 def wrap(argv: list[str], layers: Path, node: Path) -> list[str]:
     """`argv` run in a mount namespace where `layers` is the read-only /opt and the runtime's
     interpreters are at /var/lang/bin."""
+    if not Path("/opt").is_dir() or Path("/opt").is_symlink():
+        raise LayersNotEmulated(
+            "Lambda layers are mounted on /opt, which is not a directory on this machine"
+        )
     paths = (*argv, sys.executable, str(layers))
     blocked = [p for p in paths if p.startswith("/") and _under_opt(p)]
     if blocked:
