@@ -619,6 +619,19 @@ def test_lambda_runtime_contract(endpoint: server.EndpointInfo) -> None:
         "python": "2",
         "opt": ["bin", "python"],
     }
+    # a Node.js function finds a layer's modules under /opt/nodejs/node_modules
+    greet = lam.publish_layer_version(
+        LayerName="greet",
+        Content={
+            "ZipFile": _zip({"nodejs/node_modules/greet/index.js": "exports.hi = () => 'hi';"})
+        },
+    )["LayerVersionArn"]
+    greeter = "exports.handler = async () => require('greet').hi();"
+    lam.create_function(
+        FunctionName="layered-node", Runtime="nodejs22.x", Role=role, Handler="index.handler",
+        Code={"ZipFile": _zip({"index.js": greeter})}, Timeout=30, Layers=[greet],
+    )  # fmt: skip
+    assert call("layered-node", {}) == ("hi", None)
     assert (sorted(os.listdir("/opt")) if os.path.isdir("/opt") else None) == host_opt
 
 
