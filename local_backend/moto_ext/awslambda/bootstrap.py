@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -44,10 +45,31 @@ def _failure(exc: BaseException, error_type: str | None = None) -> dict[str, Any
     }
 
 
+class _RequestId(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.aws_request_id = os.environ.get("EK_LAMBDA_REQUEST_ID", "")
+        return True
+
+
+def _lambda_logging() -> None:
+    """The root logger's handler the managed runtime installs: a handler's `logging` output
+    reaches its log stream (with AWS's line format) once it sets a level."""
+    handler = logging.StreamHandler(sys.stdout)
+    formatter = logging.Formatter(
+        "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
+        "%Y-%m-%dT%H:%M:%S",
+    )
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    handler.addFilter(_RequestId())
+    logging.getLogger().addHandler(handler)
+
+
 def main() -> None:
     handler_spec, event_file, result_file = sys.argv[1:4]
     deadline = time.time() + int(os.environ.get("EK_LAMBDA_TIMEOUT_MS", "3000")) / 1000
     sys.path.insert(0, os.environ["LAMBDA_TASK_ROOT"])
+    _lambda_logging()
     module_name, _, function_name = handler_spec.rpartition(".")
     try:
         module = importlib.import_module(module_name.replace("/", "."))

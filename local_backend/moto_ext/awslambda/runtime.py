@@ -9,24 +9,24 @@ local endpoint only (`enclavekit.localenv`, nothing of the caller's, never the r
 function's timeout ("Task timed out after N seconds", as AWS says) and its output in the local
 CloudWatch Logs group `/aws/lambda/<name>`. Handlers sit behind the endpoint's egress guard
 (local_backend.egress): a connection to anything but loopback is refused and logged with its
-host.
+host. A function with layers gets them, merged and read-only, at /opt in its own mount
+namespace (layers.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ from typing import Any
 from enclavekit.errors import BackendError
 from enclavekit.localenv import local_aws_env
 from enclavekit.toolchain import PROJECT_ROOT
+
+from . import layers
 
 log = logging.getLogger("enclavekit.endpoint.lambda")
 
@@ -117,15 +119,10 @@ def _code_dir(fn: Any) -> Path:
     root = Path(_state["state_dir"] or tempfile.gettempdir()) / "lambda" / digest
     if not (root / ".unpacked").exists():
         root.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(io.BytesIO(code)) as zf:
-            for member in zf.infolist():
-                target = (root / member.filename).resolve()
-                if root.resolve() not in target.parents and target != root.resolve():
-                    raise RuntimeNotEmulated(
-                        f"function {fn.function_name}: zip entry {member.filename!r} escapes "
-                        "the package"
-                    )
-            zf.extractall(root)
+        try:
+            layers.unzip(code, root, f"function {fn.function_name}")
+        except layers.LayersNotEmulated as exc:
+            raise RuntimeNotEmulated(str(exc)) from exc
         (root / ".unpacked").touch()
     return root
 
@@ -133,10 +130,6 @@ def _code_dir(fn: Any) -> Path:
 def _command(fn: Any, event_file: Path, result_file: Path) -> list[str]:
     runtime = str(fn.run_time or "")
     handler = str(fn.handler or "")
-    if getattr(fn, "layers", None):
-        raise RuntimeNotEmulated(
-            f"function {fn.function_name}: Lambda layers are not emulated by the local runtime"
-        )
     if runtime.startswith("nodejs"):
         if not NODE.exists():
             raise RuntimeNotEmulated("the project's Node.js 22 is missing: run `make setup`")
@@ -232,6 +225,12 @@ def invoke(fn: Any, event: Any, *, account_id: str, region: str) -> Invocation:
         event_file, result_file = Path(tmp) / "event.json", Path(tmp) / "result.json"
         event_file.write_text(json.dumps(event))
         argv = _command(fn, event_file, result_file)
+        try:
+            opt = layers.opt_dir(fn, Path(_state["state_dir"] or tempfile.gettempdir()))
+            if opt is not None:
+                argv = layers.wrap(argv, opt, NODE)
+        except layers.LayersNotEmulated as exc:
+            raise RuntimeNotEmulated(str(exc)) from exc
         start = time.monotonic()
         try:
             env = _environment(fn, code_dir, request_id, account_id, region)
@@ -239,21 +238,10 @@ def invoke(fn: Any, event: Any, *, account_id: str, region: str) -> Invocation:
             log.warning("lambda %s: %s", fn.function_name, exc)
             message = "The role defined for the function cannot be assumed by Lambda."
             return Invocation(False, None, "InvalidParameterValueException", message, str(exc))
-        try:
-            proc = subprocess.run(
-                argv,
-                cwd=code_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=max(1, int(fn.timeout)),
-            )
-            output = (proc.stdout or "") + (proc.stderr or "")
-            timed_out = False
-        except subprocess.TimeoutExpired as exc:
-            output = _text(exc.stdout) + _text(exc.stderr)
-            timed_out = True
+        if opt is not None:
+            env.update(layers.environment(str(fn.run_time or ""), env))
+        returncode, output = _run(argv, code_dir, env, max(1, int(fn.timeout)), Path(tmp))
+        timed_out = returncode is None
         elapsed = time.monotonic() - start
         if timed_out:
             result = Invocation(
@@ -282,7 +270,7 @@ def invoke(fn: Any, event: Any, *, account_id: str, region: str) -> Invocation:
                 None,
                 "Runtime.ExitError",
                 f"RequestId: {request_id} Error: Runtime exited with error: exit status "
-                f"{proc.returncode}",
+                f"{returncode}",
                 output,
             )
     log.info(
@@ -297,10 +285,41 @@ def invoke(fn: Any, event: Any, *, account_id: str, region: str) -> Invocation:
     return result
 
 
-def _text(data: Any) -> str:
-    if data is None:
-        return ""
-    return data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+def _run(argv: list[str], cwd: Path, env: dict, timeout: int, tmp: Path) -> tuple[int | None, str]:
+    """(exit status, or None on timeout; the output) of the handler process. It runs in its
+    own process group, killed whole when the handler returns or times out: as Lambda's
+    sandbox ends with the invocation, no process it started (an `aws s3 sync` child, a
+    daemon holding the output open) outlives it or delays the answer."""
+    out_file = tmp / "output.log"
+    with open(out_file, "wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            exited = _wait_unreaped(proc.pid, timeout)
+        finally:
+            # the unreaped leader keeps its group id ours: the kill cannot reach a stranger
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            returncode = proc.wait()
+    return (returncode if exited else None), out_file.read_text(errors="replace")
+
+
+def _wait_unreaped(pid: int, timeout: float) -> bool:
+    """Whether `pid` exited within `timeout` seconds; it is left a zombie (not reaped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 # Log events waiting for their group: Lambda delivers logs asynchronously, so a template's
