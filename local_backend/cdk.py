@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -65,6 +66,18 @@ def _interpreter_bin(base: Mapping[str, str]) -> str:
     return os.path.dirname(sys.executable)
 
 
+def scratch_dir(cwd: Path) -> Path:
+    """The private directory (0700, in the user's cache) of the empty AWS config files and the
+    CDK_DOCKER script for cdk runs in `cwd`: outside the app, so `cdk init` finds its directory
+    empty, and outside any shared temp dir, as the script it holds is executed."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha256(str(cwd.resolve()).encode()).hexdigest()[:16]
+    path = cache / "enclavekit" / "cdk" / key
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
 def cdk_env(
     endpoint: str,
     *,
@@ -75,7 +88,7 @@ def cdk_env(
     """The environment for a cdk process against `endpoint` (project Node 22 first on PATH),
     with `proxy` (the egress guard's variables) when given."""
     source = os.environ if base is None else base
-    scratch = cwd / "cdk.out" / ".enclavekit-aws"
+    scratch = scratch_dir(cwd)
     env = local_aws_env(endpoint, base=source, scratch_dir=scratch)
     # Container image assets: docker for the local registry only (never a real one).
     env["CDK_DOCKER"] = str(write_script(scratch / "bin"))

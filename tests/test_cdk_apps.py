@@ -169,8 +169,8 @@ def _init_typescript_app(endpoint: server.EndpointInfo, parent: Path) -> Path:
     its npm dependencies are the project's (package.json pins what the template asks for)."""
     app = parent / "init-ts"
     app.mkdir()
-    # The guard's scratch (cdk.out) goes to `parent`: `cdk init` wants an empty directory.
-    with guarded_cdk(endpoint.endpoint, parent) as cdk:
+    # In the app's own, empty directory, as a user runs `enclavekit cdk init`.
+    with guarded_cdk(endpoint.endpoint, app) as cdk:
         init = subprocess.run(
             [*cdk.argv, "init", "app", "--language=typescript", "--generate-only"],
             cwd=app, env=cdk.env, capture_output=True, text=True, timeout=300,
