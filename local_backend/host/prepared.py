@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +201,9 @@ def key(kind: str) -> tuple[str, str, dict[str, Any]] | None:
 
 def hook(kind: str) -> None:
     """At start-up of a kept command: record its key (the build) or replay its result."""
+    started = time.perf_counter()
     found = key(kind)
+    keyed = time.perf_counter()
     if found is None:
         return
     digest, target, doc = found
@@ -234,7 +237,11 @@ def hook(kind: str) -> None:
     sys.stdout.flush()
     sys.stderr.buffer.write((entry / "stderr").read_bytes())
     sys.stderr.flush()
-    _log(f"{kind} {digest} replayed: {' '.join(sys.orig_argv)}")
+    copied = time.perf_counter()
+    _log(
+        f"{kind} {digest} replayed: {' '.join(sys.orig_argv)} "
+        f"(key {keyed - started:.2f} s, copy {copied - keyed:.2f} s)"
+    )
     os._exit(int(meta["status"]))
 
 
