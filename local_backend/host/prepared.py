@@ -10,7 +10,8 @@ later host whose command has the same key gets those files copied in (`cp -a`, t
 so the byte-compiled files stay valid), the same output and exit status, without the work.
 
 What keeps it honest:
-- the key covers the command line and working directory, the environment pip and Python read
+- the key covers the command line, working directory, umask and user, the environment pip and
+  Python read
   (PATH, HOME, LANG, PIP_*, PYTHON*), the interpreter, its venv/ensurepip modules and bundled
   wheels, pip's configuration files, every file or directory the command line or
   PIP_FIND_LINKS names (the wheelhouse, a requirements file), and the state the command starts
@@ -187,10 +188,14 @@ def key(kind: str) -> tuple[str, str, dict[str, Any]] | None:
         "wheels": _listing("/usr/share/python-wheels"),
         "named": _named_inputs(argv, cwd, target),
     }
+    umask = os.umask(0o022)
+    os.umask(umask)
     doc = {
         "form": kind,
         "argv": argv,
         "cwd": cwd,
+        "umask": umask,  # the modes of what it writes
+        "uid": [os.geteuid(), os.getegid(), sorted(os.getgroups())],
         "env": env,
         "configs": configs,
         "inputs": inputs,
