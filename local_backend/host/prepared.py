@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from enclavekit.errors import EmulatorError, EnclaveKitError
 from local_backend.host.rootfs import project_root, wheelhouse
 
 CACHE = ".enclavekit/host-prepared"
@@ -372,14 +373,15 @@ def _build_script(recipe: list[list[str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _copy_delta(before: Path, after: Path, dest: Path) -> None:
-    """Entries of `after` that `before` lacks or holds differently, with their metadata."""
+def _copy_delta(before: Path, after: Path, dest: Path) -> bool:
+    """Entries of `after` that `before` lacks or holds differently, with their metadata;
+    False (nothing kept) if the command removed files, which a replay would not."""
     if any(
         not os.path.lexists(after / os.path.relpath(os.path.join(d, n), before))
         for d, dirs, files in os.walk(before)
         for n in [*dirs, *files]
     ):
-        raise RuntimeError("the command removed files: not kept")
+        return False
     dest.mkdir()
     new_dirs: list[tuple[Path, Path]] = [(after, dest)]
     for dirpath, dirnames, filenames in os.walk(after):
@@ -402,6 +404,7 @@ def _copy_delta(before: Path, after: Path, dest: Path) -> None:
                 shutil.copy2(src, out)
     for src, out in reversed(new_dirs):  # after their content: keep their own mtimes
         shutil.copystat(src, out)
+    return True
 
 
 def build(recipe: list[list[str]], timeout: float = BUILD_TIMEOUT_S) -> list[str]:
@@ -433,7 +436,8 @@ def build(recipe: list[list[str]], timeout: float = BUILD_TIMEOUT_S) -> list[str
         try:
             host = control.wait_booted(layout, timeout=timeout)
             if control.boot_error(host):
-                raise RuntimeError(f"{control.boot_error(host)}: {layout.console.read_text()}")
+                tail = layout.console.read_text(errors="replace")[-1500:]
+                raise EmulatorError(f"preparing in a host: {control.boot_error(host)}: {tail}")
         finally:
             control.stop_host(layout)
         d = layout.inside("/var/lib/enclavekit-prepared")
@@ -454,9 +458,9 @@ def build(recipe: list[list[str]], timeout: float = BUILD_TIMEOUT_S) -> list[str
                     if meta["form"] == "venv":
                         shutil.copytree(tree, work / "tree", symlinks=True)
                     else:
-                        if previous is None:
+                        if previous is None or not _copy_delta(previous, tree, work / "tree"):
+                            previous = None
                             continue
-                        _copy_delta(previous, tree, work / "tree")
                     pack(work / "tree", work)
                     shutil.rmtree(work / "tree")
                     for stream in ("out", "err"):
@@ -494,7 +498,11 @@ def ensure(recipe: list[list[str]] | None = None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m local_backend.host.prepared`: prepare the agent venv's results (make setup)."""
-    ok = ensure()
+    try:
+        ok = ensure()
+    except (EnclaveKitError, OSError) as exc:
+        print(f"host-prepared: {exc}", file=sys.stderr)
+        return 1
     print(f"host-prepared ({cache_dir()}): {'ready' if ok else 'not kept (see above)'}")
     return 0 if ok else 1
 
