@@ -48,3 +48,53 @@ def booted(
 
 def console(layout: HostLayout) -> str:
     return layout.console.read_text(errors="replace")
+
+
+# The hand-written Nitro Enclaves parent (no enclavekit Metadata) that test_host_cfn_enclave
+# deploys and bench_host times, and our constructs' user data for the same EIF.
+ROOT = Path(__file__).resolve().parent.parent
+ENCLAVE_HOST_TEMPLATE = ROOT / "tests" / "fixtures" / "userdata" / "enclave-host.yaml"
+AGENT_KEY = "agent/enclavekit-agent.pyz"
+
+
+def build_app_eif(path: Path) -> Any:
+    """`enclavekit build-enclave` of the sample enclave app into `path`; its measurements."""
+    import subprocess
+    import sys
+
+    from enclavekit import eif
+
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "enclavekit"),
+            "build-enclave",
+            "--app-dir",
+            str(ROOT / "enclave_app"),
+            "--output-file",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return eif.read_eif(path).measurements
+
+
+def construct_host_spec(bucket: str, key: str, measurements: Any, agent_sha256: str) -> Any:
+    """The HostSpec our constructs render for that EIF (s3://bucket/key) and the agent bundle
+    at s3://bucket/AGENT_KEY: its `user_data()` is what the host runs."""
+    from enclave_constructs.spec import AgentSpec, HostSpec, ImageSpec
+
+    from enclavekit.agent_bundle import runtime_requirements
+
+    return HostSpec(
+        image=ImageSpec("enclave-app", "enclave-app", measurements, False, bucket, key),
+        cpu_count=2,
+        memory_mib=512,
+        debug_mode=False,
+        port=8443,
+        domain=None,
+        role="HostRole",
+        region="us-east-1",
+        agent=AgentSpec(bucket, AGENT_KEY, agent_sha256, runtime_requirements()),
+    )

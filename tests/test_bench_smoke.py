@@ -163,3 +163,31 @@ def test_iam_bench_measures_on_and_off_with_few_requests(tmp_path: Path) -> None
     assert set(rows) >= {"s3 GetObject p50 ms", "sts AssumeRole p50 ms"}
     assert all(set(v) == {"on", "off"} for v in rows.values())
     assert "on/off" in mod.table(rows)
+
+
+def test_host_bench_builds_its_stacks_and_prints_both_ratios() -> None:
+    from bench import bench_host
+
+    m = {f"PCR{i}": "00" * 48 for i in range(3)}
+    user_data, meta = bench_host.templates(m)
+    assert "UserData" not in bench_host.bare_template(user_data)["Resources"]["Host"]["Properties"]
+    assert meta["Resources"]["Host"]["Metadata"]["enclavekit:host"]["image"]["measurements"] == m
+    rounds = [
+        {
+            "user_data": 4.0,
+            "bare_create": 0.5,
+            "run_enclave": 1.5,
+            "metadata": metadata,
+            "constructs": 6.0,
+            "replayed": ["venv", "pip"],
+        }
+        for metadata in (2.0, 2.0)
+    ]
+    text = bench_host.table(rounds, prepared_ready=True)
+    assert "enclave-run (create 0.50 + run-enclave 1.50)" in text
+    assert "3.00" in text and "replayed prepared results (pip, venv)" in text
+    gone = [dict(r, metadata=None, replayed=[]) for r in rounds]
+    text = bench_host.table(gone, prepared_ready=False)
+    metadata_row = next(line for line in text.splitlines() if "Metadata path" in line)
+    assert metadata_row.split()[-3:] == ["-", "-", "-"]
+    assert "run for real (no prepared results on this machine)" in text

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from enclave_constructs.spec import AgentSpec, HostSpec, ImageSpec
+from host_support import AGENT_KEY, ENCLAVE_HOST_TEMPLATE, build_app_eif, construct_host_spec
 
-from enclavekit import attestation, eif, pcr
+from enclavekit import attestation, pcr
 from enclavekit import provisioning as prov
 from enclavekit.agent_bundle import build_agent_bundle, runtime_requirements
 from enclavekit.errors import BackendError
@@ -33,10 +33,8 @@ from local_backend.verify import verify
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = ROOT / "tests" / "fixtures" / "userdata" / "enclave-host.yaml"
+TEMPLATE = ENCLAVE_HOST_TEMPLATE  # (shared with bench_host)
 BIN = Path(sys.executable).parent
-AGENT_KEY = "agent/enclavekit-agent.pyz"
 
 
 def _aws(endpoint: Any, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -85,23 +83,11 @@ def eif_object(
 ) -> tuple[str, str, Any]:
     tmp = tmp_path_factory.mktemp("eif")
     path = tmp / "app.eif"
-    subprocess.run(
-        [
-            str(BIN / "enclavekit"),
-            "build-enclave",
-            "--app-dir",
-            str(ROOT / "enclave_app"),
-            "--output-file",
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    measurements = build_app_eif(path)
     s3 = enclavekit_endpoint.client("s3")
     s3.create_bucket(Bucket="hand-written-eifs")
     s3.upload_file(str(path), "hand-written-eifs", "app/app.eif")
-    return "hand-written-eifs", "app/app.eif", eif.read_eif(path).measurements
+    return "hand-written-eifs", "app/app.eif", measurements
 
 
 def test_user_data_boots_and_attests_the_enclave(
@@ -288,24 +274,7 @@ def test_our_constructs_user_data_runs_unchanged(
     bundle = build_agent_bundle()
     s3 = enclavekit_endpoint.client("s3")
     s3.put_object(Bucket=bucket, Key=AGENT_KEY, Body=bundle.data)
-    spec = HostSpec(
-        image=ImageSpec(
-            name="enclave-app",
-            slug="enclave-app",
-            measurements=measurements,
-            debug=False,
-            asset_bucket=bucket,
-            asset_key=key,
-        ),
-        cpu_count=2,
-        memory_mib=512,
-        debug_mode=False,
-        port=8443,
-        domain=None,
-        role="HostRole",
-        region="us-east-1",
-        agent=AgentSpec(bucket, AGENT_KEY, bundle.sha256, runtime_requirements()),
-    )
+    spec = construct_host_spec(bucket, key, measurements, bundle.sha256)
     ec2 = enclavekit_endpoint.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.30.1.0/24")["Subnet"]["SubnetId"]

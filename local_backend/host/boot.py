@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from enclavekit.transport import ConnectionServer, pump
 from local_backend.emulator import isolation as iso
-from local_backend.host import rootfs, sandbox, services_net
+from local_backend.host import prepared, rootfs, sandbox, services_net
 from local_backend.host.layout import HOST_EMULATOR_STATE, HOST_IDENTITY, HostLayout
 
 log = logging.getLogger("enclavekit.host")
@@ -260,7 +260,10 @@ def host_environment(info: dict[str, Any], endpoint_port: int) -> dict[str, str]
         "LOGNAME": "root",
         "LANG": "C.UTF-8",
         "TERM": "linux",
-        "PYTHONPATH": str(rootfs.project_root()),
+        # The project (the host's tools are its code) and the hook that gives
+        # `python3.11 -m venv` / `pip install` a prepared result of the same command
+        # (`local_backend.host.prepared`).
+        "PYTHONPATH": f"{rootfs.project_root()}:{prepared.HOOK_DIR}",
         "AWS_ENDPOINT_URL": f"http://localhost:{endpoint_port}",
         "AWS_DEFAULT_REGION": info["region"],
         "ENCLAVEKIT_LOCAL_ENDPOINT": f"http://localhost:{endpoint_port}",

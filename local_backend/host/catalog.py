@@ -18,7 +18,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from local_backend.host.rootfs import shim
@@ -168,7 +167,7 @@ def install_package(pkg: Package) -> None:
         path.chmod(0o755)
     for d in pkg.dirs:
         Path(d).mkdir(parents=True, exist_ok=True)
-    data = resources.files("local_backend.host") / "data"
+    data = Path(__file__).resolve().parent / "data"
     items = [(p, (data / src).read_bytes()) for p, src in pkg.files.items()]
     items += list(pkg.contents.items())
     items += [(dest, Path(src).read_bytes()) for dest, src in pkg.copies.items()]

@@ -11,6 +11,7 @@ profile's role, as EC2 hands out the role's credentials) without the host reachi
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import socket
@@ -215,4 +216,13 @@ def serve(listener: socket.socket, info: dict[str, Any]) -> ThreadingHTTPServer 
     server.socket = listener
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True, name="imds").start()
+    if md.role_name:
+        # EC2 has the role's credentials ready when the instance boots; fetching them now
+        # (STS on the endpoint) keeps that wait out of the user data's first AWS call.
+        threading.Thread(target=_warm, args=(md,), daemon=True, name="imds-warm").start()
     return server
+
+
+def _warm(md: Metadata) -> None:
+    with contextlib.suppress(Exception):  # the first request then tries again and answers why
+        md.credentials()

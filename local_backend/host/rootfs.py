@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 from local_backend.host.layout import PERSISTENT_DIRS, HostLayout
-from local_backend.host.services_net import SERVICES_ADDRESS
 
 # Commands every AL2023 host has before user data (the AMI's), served by `host.tools`.
 BASE_COMMANDS = ("dnf", "yum", "systemctl", "journalctl", "sudo", "amazon-linux-extras", "aws")
@@ -121,6 +120,9 @@ STDLIB_TOOLS = frozenset({"dnf", "yum", "amazon-linux-extras", "systemctl", "jou
 
 def shim(name: str) -> str:
     """The script a host command is: this project's tool of that name."""
+    if name == "aws":  # the project's AWS CLI itself, without a Python in front of it
+        aws = Path(sys.executable).parent / "aws"
+        return f'#!/bin/sh\nunset PYTHONPATH\nexec {aws} "$@"\n'
     flags = " -S" if name in STDLIB_TOOLS else ""
     return (
         "#!/bin/sh\n"
@@ -185,6 +187,8 @@ def _prepare(layout: HostLayout, *, hostname: str, region: str, marker: Path) ->
     (etc / "shadow").chmod(0o000)
     (etc / "gshadow").chmod(0o000)
     (etc / "hostname").write_text(hostname + "\n")
+    from local_backend.host.services_net import SERVICES_ADDRESS  # (ctypes: not for every tool)
+
     (etc / "hosts").write_text(
         "127.0.0.1   localhost localhost.localdomain localhost4 localhost4.localdomain4\n"
         "::1         localhost6 localhost6.localdomain6\n"

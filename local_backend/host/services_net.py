@@ -29,8 +29,15 @@ HOST_IF, SERVICES_IF = "ek-host", "ek-services"
 IP = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "ip"
 
 
-def _ip(*args: str) -> None:
-    subprocess.run([IP, *args], check=True, capture_output=True, timeout=10)
+def _ip_batch(commands: list[str]) -> None:
+    subprocess.run(
+        [IP, "-batch", "-"],
+        input="\n".join(commands) + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
 
 
 def _setns(fd: int) -> None:
@@ -53,19 +60,33 @@ def listen_off_host(
         iso.unshare(iso.CLONE_NEWNET)
         svc_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
         _setns(host_ns)
-        _ip("link", "add", HOST_IF, "type", "veth", "peer", "name", SERVICES_IF)
-        _ip("link", "set", SERVICES_IF, "netns", f"/proc/{os.getpid()}/fd/{svc_ns}")
-        _ip("addr", "add", f"{HOST_SIDE_ADDRESS}/32", "dev", HOST_IF)
-        _ip("link", "set", HOST_IF, "up")
-        for addr in (IMDS_ADDRESS, SERVICES_ADDRESS):
-            _ip("route", "add", f"{addr}/32", "dev", HOST_IF, "src", HOST_SIDE_ADDRESS)
+        # One `ip -batch` per namespace rather than one process per command (it stops at
+        # the first failing line, as check=True did per command).
+        _ip_batch(
+            [
+                f"link add {HOST_IF} type veth peer name {SERVICES_IF}",
+                f"link set {SERVICES_IF} netns /proc/{os.getpid()}/fd/{svc_ns}",
+                f"addr add {HOST_SIDE_ADDRESS}/32 dev {HOST_IF}",
+                f"link set {HOST_IF} up",
+                *(
+                    f"route add {addr}/32 dev {HOST_IF} src {HOST_SIDE_ADDRESS}"
+                    for addr in (IMDS_ADDRESS, SERVICES_ADDRESS)
+                ),
+            ]
+        )
         _setns(svc_ns)
         try:
             iso.loopback_up()
-            for addr in (IMDS_ADDRESS, SERVICES_ADDRESS):
-                _ip("addr", "add", f"{addr}/32", "dev", SERVICES_IF)
-            _ip("link", "set", SERVICES_IF, "up")
-            _ip("route", "add", f"{HOST_SIDE_ADDRESS}/32", "dev", SERVICES_IF)
+            _ip_batch(
+                [
+                    *(
+                        f"addr add {addr}/32 dev {SERVICES_IF}"
+                        for addr in (IMDS_ADDRESS, SERVICES_ADDRESS)
+                    ),
+                    f"link set {SERVICES_IF} up",
+                    f"route add {HOST_SIDE_ADDRESS}/32 dev {SERVICES_IF}",
+                ]
+            )
             for addr, port in ports:
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -2,9 +2,10 @@
 
 Units are read from /etc/systemd/system, /run/systemd/system and /usr/lib/systemd/system (first
 found wins; drop-in directories are not read). A started service gets a supervisor process
-(`python -m local_backend.host.systemd supervise UNIT`, re-parented to the host's PID 1 as
-services are to systemd) that runs `ExecStartPre`, `ExecStart`, `ExecStartPost` with the unit's
-`Environment`/`EnvironmentFile`, `User`/`Group`, `WorkingDirectory`, for `Type=` simple, exec,
+(forked by `systemctl start`, re-parented to the host's PID 1 as services are to systemd;
+`python -m local_backend.host.systemd supervise UNIT` runs the same) that runs
+`ExecStartPre`, `ExecStart`, `ExecStartPost` with the unit's `Environment`/`EnvironmentFile`,
+`User`/`Group`, `WorkingDirectory`, for `Type=` simple, exec,
 notify (ready when started: no sd_notify), oneshot (`RemainAfterExit`) and forking
 (`PIDFile`), restarts it by `Restart=`/`RestartSec=`, and writes its output to the journal
 (`/var/log/journal/<unit>.log`, read by `journalctl -u`). `ExecStop`, `ExecReload` run on
@@ -526,18 +527,14 @@ def start(name: str, *, chain: tuple[str, ...] = ()) -> int:
         Result="success",
         since=time.time(),
     )
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()  # nothing buffered may be written twice by the fork
     pid = os.fork()
     if pid == 0:  # double fork: the supervisor is re-parented to the host's PID 1
         os.setsid()
         if os.fork() != 0:
             os._exit(0)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.execv(
-            sys.executable,
-            [sys.executable, "-S", "-m", "local_backend.host.systemd", "supervise", unit.name],
-        )
+        _become_supervisor(unit.name)
     os.waitpid(pid, 0)
     deadline = time.monotonic() + START_TIMEOUT_S
     oneshot = (unit.get("Service", "Type", "simple") or "simple") == "oneshot"
@@ -560,6 +557,31 @@ def start(name: str, *, chain: tuple[str, ...] = ()) -> int:
         time.sleep(0.02)
     print(f"Job for {unit.name} timed out.", file=sys.stderr)
     return 1
+
+
+def _become_supervisor(name: str) -> None:
+    """The forked process turns into the unit's supervisor (what `python -m
+    local_backend.host.systemd supervise UNIT` runs), without a second Python start-up: the
+    caller's descriptors and signal handlers go (PID 1's would stop the host), stdio is
+    /dev/null."""
+    code = 1
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.closerange(3, _max_fd())
+        code = Supervisor(Unit(name)).run()
+    finally:
+        os._exit(code)
+
+
+def _max_fd() -> int:
+    try:
+        return max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        return 1024
 
 
 def stop(name: str) -> int:
