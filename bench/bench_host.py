@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from enclavekit.contract import HOST_METADATA_KEY
+from enclavekit.contract import HOST_METADATA_KEY, INSTANCES_DIR, PARENT_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET, KEY = "bench-host-eifs", "app/app.eif"
@@ -159,7 +159,7 @@ def _by_metadata(ep: Any, name: str, body: dict[str, Any]) -> float | None:
     is gone (no emulated parent recorded an enclave)."""
     cfn = ep.client("cloudformation")
     seconds = _create(cfn, name, body)
-    parent = Path(ep.state_dir) / "instances" / _instance_id(cfn, name) / "parent.json"
+    parent = Path(ep.state_dir) / INSTANCES_DIR / _instance_id(cfn, name) / PARENT_FILE
     try:
         enclave = (json.loads(parent.read_text()).get("enclave") or {}).get("EnclaveID")
     except (OSError, ValueError):

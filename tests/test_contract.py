@@ -27,7 +27,6 @@ VALUES = {
     contract.PARENT_FILE,
 }
 _BOOT = "owned by the boot-path/verify rewrite under way; to import enclavekit.contract after it"
-_HOST = "owned by the host-internals rewrite under way; to import enclavekit.contract after it"
 PENDING: dict[tuple[str, str], str] = {
     ("enclavekit/cli/demo.py", ".enclavekit"): _BOOT,
     ("enclavekit/pytest_plugin.py", "enclavekit:host"): _BOOT,
@@ -36,12 +35,6 @@ PENDING: dict[tuple[str, str], str] = {
     ("local_backend/parent/__init__.py", "parent.json"): _BOOT,
     ("local_backend/parent/__init__.py", "endpoint.json"): _BOOT + " (read_endpoint)",
     ("local_backend/up.py", "instance.json"): _BOOT,
-    ("local_backend/host/boot.py", "ENCLAVEKIT_STATE_DIR"): _HOST,
-    ("local_backend/host/hooks.py", "endpoint.json"): _HOST + " (read_endpoint)",
-    ("local_backend/host/hooks.py", "instance.json"): _HOST,
-    ("local_backend/host/layout.py", "instance.json"): _HOST,
-    ("local_backend/moto_ext/awslambda/runtime.py", "endpoint.json"): "owned by the Lambda "
-    "runtime work under way; to read it with local_backend.endpoint_file.read_endpoint after it",
 }
 
 

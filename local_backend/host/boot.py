@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from enclavekit.contract import STATE_ENV
 from enclavekit.transport import ConnectionServer, pump
 from local_backend.emulator import isolation as iso
 from local_backend.host import prepared, rootfs, sandbox, services_net
@@ -273,7 +274,7 @@ def host_environment(info: dict[str, Any], endpoint_port: int) -> dict[str, str]
             if _tls_port(info)
             else {}
         ),
-        "ENCLAVEKIT_STATE_DIR": HOST_EMULATOR_STATE,
+        STATE_ENV: HOST_EMULATOR_STATE,
         # PyPI, as a host with no route out can have it: the project's wheelhouse of pinned
         # wheels (`make setup`), a local index pip resolves from; anything else is not found.
         "PIP_NO_INDEX": "1",

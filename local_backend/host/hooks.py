@@ -23,14 +23,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from enclavekit.contract import INSTANCE_FILE
+from enclavekit.errors import EmulatorError
+from local_backend.endpoint_file import EndpointInfo, read_endpoint
 from local_backend.host import control
 from local_backend.host.layout import HostLayout, instance_layout
 
 log = logging.getLogger("enclavekit.host")
 
 
-def _endpoint(state_dir: Path) -> dict[str, Any]:
-    return json.loads((state_dir / "endpoint.json").read_text())
+def _endpoint(state_dir: Path) -> EndpointInfo:
+    info = read_endpoint(state_dir)
+    if info is None:
+        raise EmulatorError(f"{state_dir}: no endpoint.json: the local endpoint is not running")
+    return info
 
 
 def start_instance_host(state_dir: Path, info: Any) -> None:
@@ -39,8 +45,8 @@ def start_instance_host(state_dir: Path, info: Any) -> None:
     record = dataclasses.asdict(info)
     record.update(
         boot="user-data",
-        endpoint=_endpoint(state_dir)["endpoint"],
-        tls_endpoint=_endpoint(state_dir).get("tls_endpoint"),
+        endpoint=_endpoint(state_dir).endpoint,
+        tls_endpoint=_endpoint(state_dir).tls_endpoint,
         state_dir=str(state_dir),
         ingress=list(info.ingress),
     )
@@ -69,7 +75,7 @@ def stop_instance_host(state_dir: Path, info: Any) -> None:
 
 def is_host_dir(d: Path) -> bool:
     try:
-        return json.loads((d / "instance.json").read_text()).get("boot") == "user-data"
+        return json.loads((d / INSTANCE_FILE).read_text()).get("boot") == "user-data"
     except (OSError, ValueError):
         return False
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-INSTANCE_FILE = "instance.json"
+from enclavekit.contract import INSTANCE_FILE
+
 HOST_FILE = "host.json"
 CONSOLE_FILE = "console.log"
 # Persistent top-level directories of the host (its "EBS volume").

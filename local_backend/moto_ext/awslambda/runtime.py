@@ -34,6 +34,7 @@ from typing import Any
 from enclavekit.errors import BackendError
 from enclavekit.localenv import local_aws_env
 from enclavekit.toolchain import PROJECT_ROOT
+from local_backend.endpoint_file import read_endpoint
 
 from . import layers
 
@@ -105,8 +106,12 @@ def endpoint() -> str:
     state_dir = _state["state_dir"]
     if state_dir is None:
         raise RuntimeNotEmulated("the local Lambda runtime is not configured")
-    info = json.loads((Path(state_dir) / "endpoint.json").read_text())
-    return str(info["endpoint"])
+    info = read_endpoint(Path(state_dir))
+    if info is None:
+        raise RuntimeNotEmulated(
+            f"{state_dir}: no endpoint.json: the local endpoint is not running"
+        )
+    return info.endpoint
 
 
 def _code_dir(fn: Any) -> Path:
