@@ -25,8 +25,10 @@ import json
 import os
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -407,13 +409,10 @@ def _host_path(h: UserDataHost, path: str) -> Path:
 
 def _acm_tokens(h: UserDataHost) -> list[Any]:
     """The ACM-sourced tokens of the host's acm.yaml that target an nginx stanza."""
-    from local_backend.host import acm_config
-
     try:
-        text = _host_path(h, ACM_CONFIG).read_text()
+        conf = _acm_conf(h)
     except OSError:
         return []
-    conf = acm_config.parse(text)
     return [t for t in conf.tokens if t.source.kind == "Acm" and t.target is not None]
 
 
@@ -614,8 +613,12 @@ if run.returncode:
     sys.exit(0)
 info = json.loads(run.stdout)
 eid, cid = info["EnclaveID"], int(info["EnclaveCID"])
-out = {"enclave_id": eid, "pcr0": info["Measurements"]["PCR0"], "flags": info.get("Flags")}
+out = {"enclave_id": eid}
 try:
+    listed = json.loads(subprocess.run(["nitro-cli", "describe-enclaves"], capture_output=True,
+                                       text=True).stdout)
+    me = next(e for e in listed if e["EnclaveID"] == eid)
+    out.update(pcr0=me["Measurements"]["PCR0"], flags=me.get("Flags"))
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -686,15 +689,13 @@ def judge_acm_probe(out: dict[str, Any], key_id: str | None, *, debug: bool) -> 
     what = "debug-mode copy of the ACM image" if debug else "one-byte variant of the ACM image"
     if "error" in out:
         return False, f"could not check: {what}: {out['error']}"
+    pcr0 = "attests PCR0 zero" if debug else f"PCR0 {_short(str(out.get('pcr0')))}"
     if out.get("answer") == "Ok":
-        return False, (
-            f"the {what} (PCR0 {_short(str(out.get('pcr0')))}) was given the certificate's "
-            "key: AddToken answered Ok"
-        )
+        return False, f"the {what} ({pcr0}) was given the certificate's key: AddToken answered Ok"
     if out.get("answer") != "KmsDecryptFailed":
         return False, f"could not check: {what}: AddToken answered {out.get('answer')!r}"
     if not debug:
-        return True, f"{what} (PCR0 {_short(str(out.get('pcr0')))}): KmsDecryptFailed"
+        return True, f"{what} ({pcr0}): KmsDecryptFailed"
     said = " ".join(out.get("console") or [])
     if "got AccessDeniedException: " not in said:
         return False, f"could not check: KMS did not answer AccessDeniedException: {said[-300:]}"
@@ -704,7 +705,7 @@ def judge_acm_probe(out: dict[str, Any], key_id: str | None, *, debug: bool) -> 
             f"could not check: AccessDeniedException for {resource or 'no resource'}, not for "
             f"the association's key {key_id}"
         )
-    return True, f"{what} (PCR0 zero): KmsDecryptFailed; KMS: AccessDeniedException for {key_id}"
+    return True, f"{what} ({pcr0}): KmsDecryptFailed; KMS: AccessDeniedException for {key_id}"
 
 
 def check_acm_probes(h: UserDataHost, token: Any) -> list[Check]:
@@ -797,6 +798,189 @@ def _get(port: int, ctx: Any, domain: str | None, timeout: float = 20) -> tuple[
     return head, leaf or b""
 
 
+# -------------------------------------------------------------------------- renewal
+
+RENEWAL = "renewal"  # opt-in: it waits for the agent's sync (acm.yaml sync_interval_secs)
+RENEWAL_MARGIN_S = 60.0  # past sync_interval_secs: S3 fetch, UpdateToken, nginx's restart
+RENEWAL_SETTLE_S = 3.0  # requests kept up after the renewed certificate is first served
+REQUEST_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Request:
+    at: float  # seconds after the renewal (negative: before it)
+    leaf: bytes | None  # the certificate served (DER), None when the request failed
+    error: str | None
+
+
+class HttpsClient(threading.Thread):
+    """HTTPS requests to nginx until stopped, one fresh connection (full handshake) each,
+    verified against the local CA for the domain: a client of the site during the renewal."""
+
+    def __init__(self, port: int, ctx: Any, domain: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.ctx, self.domain = port, ctx, domain
+        self.zero = time.monotonic()
+        self.results: list[Request] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            at = time.monotonic() - self.zero
+            try:
+                head, leaf = _get(self.port, self.ctx, self.domain, REQUEST_TIMEOUT_S)
+                error = None if head.startswith(b"HTTP/1.1 200") else f"HTTP {head[9:12]!r}"
+                self.results.append(Request(at, leaf, error))
+            except (OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+                self.results.append(Request(at, None, f"{type(exc).__name__}: {exc}"))
+            self.halt.wait(0.05)
+
+    def stop(self) -> list[Request]:
+        self.halt.set()
+        self.join(REQUEST_TIMEOUT_S + 5)
+        return list(self.results)
+
+
+def judge_renewal(
+    results: Sequence[Request], old: bytes, new: bytes, waited: float, why_late: str
+) -> tuple[bool, str]:
+    """Passed when the renewed certificate was served and no request failed or got another."""
+    first_new = next((r.at for r in results if r.leaf == new), None)
+    failed = [r for r in results if r.error is not None]
+    other = [r for r in results if r.error is None and r.leaf not in (old, new)]
+    if first_new is None:
+        return False, (
+            f"the renewed certificate was not served within {waited:.0f} s of the renewal "
+            f"({why_late}); {len(results)} requests, {len(failed)} failed"
+        )
+    if other:
+        return False, f"{len(other)} requests got a certificate that is neither the old nor new"
+    if failed:
+        shown = "; ".join(dict.fromkeys(r.error or "" for r in failed))[:240]
+        return False, (
+            f"{len(failed)} of {len(results)} HTTPS requests failed while the agent put the "
+            f"renewed certificate in place, from +{failed[0].at:.1f} s to +{failed[-1].at:.1f} s "
+            f"after the renewal ({shown}); the new certificate was served from "
+            f"+{first_new:.1f} s"
+        )
+    return True, (
+        f"the renewed certificate was served from +{first_new:.1f} s after the renewal; "
+        f"{len(results)} HTTPS requests throughout, none failed"
+    )
+
+
+def check_acm_renewal(h: UserDataHost, token: Any, max_wait: float | None = None) -> Check:
+    """ACM renews the certificate (a new certificate and key under the same ARN, the
+    association's S3 object re-published, on the local endpoint); a client keeps making HTTPS
+    requests to nginx while the agent, at its next sync, updates the token and nginx. Passes
+    when the new certificate is served and no request failed. verify waits for the sync
+    interval acm.yaml sets (AWS's agent reads it; verify shortens nothing)."""
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from local_backend import server
+
+    start = time.monotonic()
+    if token.source.kind != "Acm":
+        return Check(RENEWAL, False, f"could not check: token {token.label} is not ACM-sourced")
+    interval = _acm_conf(h).options.sync_interval_secs
+    wait = interval + RENEWAL_MARGIN_S if max_wait is None else max_wait
+    arn = token.source.certificate_arn
+    domain = h.client("acm").describe_certificate(CertificateArn=arn)["Certificate"]["DomainName"]
+    ctx = ssl.create_default_context(cadata=server.ca_pem(h.state_dir).decode())
+    port = _https_port(h)
+    _head, old = _get(port, ctx, domain, REQUEST_TIMEOUT_S)  # serving now, else could not check
+    mark = len(_journal(h))
+    client = HttpsClient(port, ctx, domain)
+    client.start()
+    time.sleep(1.0)  # requests before the renewal: the site as its users see it
+    try:
+        renewed = _endpoint_admin(
+            h,
+            server.RENEW_PATH,
+            {"certificate_arn": arn, "account_id": _account(h), "region": h.region},
+        )
+        client.zero = time.monotonic()
+        new = x509.load_pem_x509_certificate(renewed["certificate"].encode()).public_bytes(
+            serialization.Encoding.DER
+        )
+        deadline = client.zero + wait
+        while time.monotonic() < deadline and not any(r.leaf == new for r in client.results):
+            time.sleep(0.2)
+        if any(r.leaf == new for r in client.results):
+            time.sleep(RENEWAL_SETTLE_S)
+    finally:
+        results = client.stop()
+    journal = _journal(h)[mark:]
+    agent = " | ".join(
+        x.split("| ", 1)[-1].strip()
+        for x in journal.splitlines()
+        if any(w in x for w in ("DB change", "Restarting", "Starting", "ERROR", "Error"))
+    )[:300]
+    why_late = (
+        f"acm.yaml sync_interval_secs {interval}: the agent looks for a renewal that often, "
+        f"and verify waited that plus {RENEWAL_MARGIN_S:.0f} s"
+        if max_wait is None
+        else f"verify waited {wait:.0f} s"
+    )
+    ok, detail = judge_renewal(results, old, new, wait, why_late)
+    detail += f"; the agent: {agent or '(nothing in its journal)'}"
+    return Check(RENEWAL, ok, detail, round(time.monotonic() - start, 3))
+
+
+def _journal(h: UserDataHost) -> str:
+    return control.host_exec(h.layout, ["journalctl", "-u", ACM_UNIT]).stdout
+
+
+def _account(h: UserDataHost) -> str:
+    return str(h.info.get("account_id") or (h.role_arn or "").split(":")[4])
+
+
+def _acm_conf(h: UserDataHost) -> Any:
+    from local_backend.host import acm_config
+
+    return acm_config.parse(_host_path(h, ACM_CONFIG).read_text())
+
+
+def _endpoint_admin(h: UserDataHost, path: str, req: dict[str, Any]) -> dict[str, Any]:
+    """An administration request to the local endpoint (its admin token from the state dir)."""
+    import urllib.error
+    import urllib.request
+
+    from local_backend import server
+
+    r = urllib.request.Request(
+        h.endpoint + path,
+        data=json.dumps(req).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            server.ADMIN_TOKEN_HEADER: server.admin_token(h.state_dir),
+        },
+    )
+    try:
+        with urllib.request.urlopen(r, timeout=120) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        answer = json.loads(exc.read() or b'{"error": "HTTP error"}')
+        raise CheckFailed(f"{path}: {answer.get('error')}") from None
+
+
+def _renewal_checks(h: UserDataHost) -> list[Check]:
+    """The renewal probe where the host runs the ACM agent; N/A elsewhere."""
+    try:
+        tokens = _acm_tokens(h)
+        if not tokens:
+            return [_not_applicable(RENEWAL, "the host runs no ACM for Nitro Enclaves agent")]
+        certs = _associated_certificates(h)
+        token = next((t for t in tokens if t.source.certificate_arn in certs), tokens[0])
+        return [check_acm_renewal(h, token)]
+    except Exception as exc:  # noqa: BLE001 - a check that cannot run fails, with why
+        return [Check(RENEWAL, False, f"could not check: {type(exc).__name__}: {exc}")]
+
+
 def served_https(layout: HostLayout, state_dir: Path) -> tuple[str, int] | None:
     """(domain, machine port) of the HTTPS an ACM agent host serves, for a "Try it" line."""
     h = UserDataHost(layout, state_dir)
@@ -824,7 +1008,9 @@ CHECKS: tuple[tuple[str, CheckFn], ...] = (
     ("keys", check_keys),
     ("parent-denied", check_parent_denied),
     ("nsm-parent-refused", check_nsm_parent_refused),
+    (RENEWAL, lambda h: _not_applicable(RENEWAL, "run after the others")),  # opt-in, see below
 )
+OPT_IN = (RENEWAL,)  # run only when `--check` names them
 
 
 def _run(name: str, fn: CheckFn, h: UserDataHost) -> Check:
@@ -883,7 +1069,7 @@ def verify_host(
     if not hr.checks[-1].ok:
         return hr
     for name, fn in CHECKS:
-        if checks and name not in checks and name != "enclaves":
+        if name in OPT_IN or (checks and name not in checks and name != "enclaves"):
             continue
         add(_run(name, fn, h))
         if name == "enclaves":
@@ -899,6 +1085,9 @@ def verify_host(
         for c in tls:
             if not checks or c.name in checks:
                 add(c)
+    if checks and RENEWAL in checks:  # before the ACM probes, which restart the agent
+        for c in _renewal_checks(h):
+            add(c)
     if not checks or set(ACM_PROBES) & set(checks):
         for c in _acm_probe_checks(h):
             if not checks or c.name in checks:

@@ -643,6 +643,34 @@ def associate(
     return assoc
 
 
+def republish(account_id: str, region: str, certificate_arn: str) -> list[str]:
+    """After ACM renewed `certificate_arn`: each association's S3 object written again with
+    the new certificate, chain and encrypted key (same bucket, object key and KMS key), as
+    ACM does for an associated certificate. The object keys written."""
+    cert_pem, chain_pem, key_pem = certificate_material(account_id, region, certificate_arn)
+    done = []
+    with _lock:
+        for (cert, _role), assoc in _associations.get((account_id, region), {}).items():
+            if cert != certificate_arn:
+                continue
+            blob, _arn = kms_backends[SERVICE_ACCOUNT][region].encrypt(
+                assoc.kms_key_id, key_pem, {}
+            )
+            body = json.dumps(
+                {
+                    "certificate": cert_pem,
+                    "certificateChain": chain_pem,
+                    "encryptedPrivateKey": base64.b64encode(blob).decode(),
+                    "encryptionMethod": ENCRYPTION_METHOD,
+                }
+            ).encode()
+            s3_ext.put_object(SERVICE_ACCOUNT, assoc.bucket, assoc.object_key, body)
+            done.append(assoc.object_key)
+    del key_pem
+    log.info("renewed %s: re-published %d association object(s)", certificate_arn, len(done))
+    return done
+
+
 def associated_roles(
     account_id: str, region: str, certificate_arn: str
 ) -> list[CertificateAssociation]:
