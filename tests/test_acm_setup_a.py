@@ -532,3 +532,67 @@ def acm_config_tokens(w: World) -> list[Any]:
     from local_backend.host import acm_config
 
     return list(acm_config.parse(w.sh("cat /etc/nitro_enclaves/acm.yaml").stdout).tokens)
+
+
+def _renewal(w: World) -> Any:
+    from local_backend import verify
+
+    report = verify.verify(Path(w.ep.state_dir), stack="acm-nginx", checks=["renewal"])
+    [host] = report.hosts
+    return next(c for c in host.checks if c.name == "renewal")
+
+
+def test_renewal_needs_the_admin_token(world: World) -> None:
+    """ACM's renewal on the endpoint (verify's probe) is no API of AWS: without the state
+    dir's admin token it is refused, as the key search is."""
+    import urllib.error
+    import urllib.request
+
+    from local_backend import server
+
+    body = json.dumps(
+        {"certificate_arn": world.certificate_arn, "account_id": "x", "region": "us-east-1"}
+    ).encode()
+    for headers in ({}, {server.ADMIN_TOKEN_HEADER: "0" * 64}):
+        r = urllib.request.Request(
+            world.ep.url + server.RENEW_PATH, data=body, method="POST", headers=headers
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(r, timeout=30)
+        assert err.value.code == 403 and b"AccessDenied" in err.value.read()
+
+
+def test_renewal_probe_counts_the_requests_the_agents_nginx_restart_drops(world: World) -> None:
+    """verify's opt-in `renewal` check on the ACM host: ACM renews the certificate (new
+    certificate and key, same ARN, the association's object re-published); with acm.yaml's
+    sync_interval_secs at 5 the agent syncs, UpdateToken, and restarts nginx as AWS's agent
+    does (SIGWINCH, reload_wait_ms, systemctl restart). The new certificate is served, and
+    the requests made in that window fail: the check says so and fails, truthfully."""
+    w = world
+    chain_pem = _acm_pem(w)[1]
+    w.sh("cp /etc/nitro_enclaves/acm.yaml /root/acm.yaml.acm")
+    w.sh("sed -i 's!sync_interval_secs: 600!sync_interval_secs: 5!' /etc/nitro_enclaves/acm.yaml")
+    try:
+        _restart_agent(w)
+        _wait("nginx serving", lambda: _serves(w, chain_pem), 120, w.logs)
+        before = _acm_pem(w)[0]
+        check = _renewal(w)
+        print(f"\nrenewal with AWS's agent: {check.detail}")
+        assert _acm_pem(w)[0] != before  # renewed: a new certificate under the same ARN
+        assert not check.ok, check.detail
+        assert "HTTPS requests failed while the agent put the renewed certificate" in check.detail
+        assert "the new certificate was served from" in check.detail, check.detail
+        assert "Restarting nginx.service." in check.detail, check.detail
+        # The agent does not update (its S3 grant is gone, so its sync cannot fetch the
+        # re-published object): the old certificate stays, the check times out saying why.
+        with _without(w, "GetCertificate"):
+            stale = _renewal(w)
+        print(f"renewal with an agent that cannot update: {stale.detail}")
+        assert not stale.ok
+        assert stale.detail.startswith("the renewed certificate was not served within 65 s"), (
+            stale.detail
+        )
+        assert "sync_interval_secs 5" in stale.detail, stale.detail
+    finally:
+        _back_to_acm(w)
+    _wait("nginx serving after the renewals", lambda: _serves(w, _acm_pem(w)[1]), 120, w.logs)
