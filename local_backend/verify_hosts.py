@@ -913,12 +913,9 @@ def check_acm_renewal(h: UserDataHost, token: Any, max_wait: float | None = None
             time.sleep(RENEWAL_SETTLE_S)
     finally:
         results = client.stop()
-    journal = _journal(h)[mark:]
-    agent = " | ".join(
-        x.split("| ", 1)[-1].strip()
-        for x in journal.splitlines()
-        if any(w in x for w in ("DB change", "Restarting", "Starting", "ERROR", "Error"))
-    )[:300]
+    lines = [x.split("| ", 1)[-1].strip() for x in _journal(h)[mark:].splitlines()]
+    said = [x for x in lines if any(w in x for w in ("DB change", "Restart", "rror", "Broken"))]
+    agent = " | ".join(said or lines[-2:])[:300]
     why_late = (
         f"acm.yaml sync_interval_secs {interval}: the agent looks for a renewal that often, "
         f"and verify waited that plus {RENEWAL_MARGIN_S:.0f} s"

@@ -60,8 +60,8 @@ class World:
 
     def logs(self) -> str:
         """The agent's and nginx's journals and nginx's error log (failure context)."""
-        nginx = self.sh("journalctl -u nginx | tail -20; tail -20 /var/log/nginx/error.log")
-        return self.journal()[-3000:] + "\n--- nginx ---\n" + nginx.stdout + nginx.stderr
+        nginx = self.sh("journalctl -u nginx | tail -12; tail -6 /var/log/nginx/error.log")
+        return nginx.stdout[-2500:] + nginx.stderr + "\n--- agent ---\n" + self.journal()[-3400:]
 
     def sh(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return control.host_exec(self.layout, ["bash", "-c", script], timeout=timeout)
@@ -463,8 +463,13 @@ def _s3_source(w: World, pcr0s: list[str]) -> S3Source:
 
 
 def _back_to_acm(w: World) -> None:
+    """acm.yaml as the template wrote it, and the agent serving with it again (an agent
+    stopped while it boots its enclave leaves that enclave behind: the next test's restart
+    must not come that early)."""
     w.sh("cp /root/acm.yaml.acm /etc/nitro_enclaves/acm.yaml")
     _restart_agent(w)
+    _wait("nginx serving the ACM certificate again", lambda: _serves(w, _acm_pem(w)[1]), 120,
+          w.logs)  # fmt: skip
 
 
 def test_a_renewed_certificate_is_provisioned_and_served_after_the_sync(world: World) -> None:
@@ -570,6 +575,7 @@ def test_renewal_probe_counts_the_requests_the_agents_nginx_restart_drops(world:
     the requests made in that window fail: the check says so and fails, truthfully."""
     w = world
     chain_pem = _acm_pem(w)[1]
+    _wait("nginx serving", lambda: _serves(w, chain_pem), 120, w.logs)  # the agent is steady
     w.sh("cp /etc/nitro_enclaves/acm.yaml /root/acm.yaml.acm")
     w.sh("sed -i 's!sync_interval_secs: 600!sync_interval_secs: 5!' /etc/nitro_enclaves/acm.yaml")
     try:
@@ -587,7 +593,7 @@ def test_renewal_probe_counts_the_requests_the_agents_nginx_restart_drops(world:
         # re-published object): the old certificate stays, the check times out saying why.
         with _without(w, "GetCertificate"):
             stale = _renewal(w)
-        print(f"renewal with an agent that cannot update: {stale.detail}")
+        print(f"renewal with an agent that cannot update: {stale.detail}\n{w.journal()[-1500:]}")
         assert not stale.ok
         assert stale.detail.startswith("the renewed certificate was not served within 65 s"), (
             stale.detail
@@ -595,4 +601,3 @@ def test_renewal_probe_counts_the_requests_the_agents_nginx_restart_drops(world:
         assert "sync_interval_secs 5" in stale.detail, stale.detail
     finally:
         _back_to_acm(w)
-    _wait("nginx serving after the renewals", lambda: _serves(w, _acm_pem(w)[1]), 120, w.logs)
