@@ -730,7 +730,11 @@ def check_acm_probes(h: UserDataHost, token: Any) -> list[Check]:
         control_out = debug_out = variant_out = {"error": why}
     finally:
         restart = control.host_exec(h.layout, ["systemctl", "start", ACM_UNIT], timeout=60)
-    back = _wait_serving(h, token) if restart.returncode == 0 else restart.stderr.strip()
+    back = (
+        _wait_serving(h, token)
+        if restart.returncode == 0
+        else f"systemctl start {ACM_UNIT} failed: {restart.stderr.strip()[-200:]}"
+    )
     seconds = round(time.monotonic() - started, 3)
     if control_out.get("answer") != "Ok":
         why = (
