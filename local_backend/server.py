@@ -47,6 +47,7 @@ from local_backend.endpoint_file import IAM_MODES, EndpointInfo, read_endpoint
 HOST = "127.0.0.1"
 LOG_FILE = Path("logs") / "endpoint.log"
 KEYSCAN_PATH = "/_enclavekit/keyscan"
+RENEW_PATH = "/_enclavekit/renew-certificate"  # ACM's managed renewal, for verify's probe
 # The key search reads any process's memory and any path: only a caller that can read the
 # state dir (0700) may ask. The token is created by the endpoint, one per state dir.
 ADMIN_TOKEN_FILE = "endpoint-admin.token"
@@ -349,20 +350,48 @@ def _keyscan(environ: dict[str, Any], start_response: Callable[..., Any], token:
     from local_backend import keyscan
     from local_backend.moto_ext.acm.models import certificate_material
 
+    def scan(req: dict[str, Any]) -> Any:
+        _, _, key_pem = certificate_material(
+            req["account_id"], req["region"], req["certificate_arn"]
+        )
+        return keyscan.scan(key_pem, paths=req.get("paths", []), pids=req.get("pids", []))
+
+    return _admin_call(environ, start_response, token, "the key search", scan)
+
+
+def _renew(environ: dict[str, Any], start_response: Callable[..., Any], token: str) -> Any:
+    """verify's renewal probe: what ACM's managed renewal does to a certificate it issued (a
+    new certificate and key under the same ARN, its associations' S3 objects re-published).
+    AWS has no API for it (ACM renews on its own schedule), so only the admin token may ask."""
+    from local_backend.moto_ext.acm.models import renew_certificate
+    from local_backend.moto_ext.ec2.models import republish
+
+    def renew(req: dict[str, Any]) -> Any:
+        account, region, arn = req["account_id"], req["region"], req["certificate_arn"]
+        bundle = renew_certificate(account, region, arn)
+        return {"certificate": bundle.cert.decode(), "republished": republish(account, region, arn)}
+
+    return _admin_call(environ, start_response, token, "the certificate renewal", renew)
+
+
+def _admin_call(
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    token: str,
+    what: str,
+    fn: Callable[[dict[str, Any]], Any],
+) -> Any:
+    """An administration request: the admin token, a JSON body to `fn`, its JSON answer."""
     given = environ.get("HTTP_" + ADMIN_TOKEN_HEADER.upper().replace("-", "_"), "")
     if not hmac.compare_digest(given.encode(), token.encode()):
         return _json_reply(
             start_response,
             "403 Forbidden",
-            {"error": f"AccessDenied: the key search needs the {ADMIN_TOKEN_HEADER} header"},
+            {"error": f"AccessDenied: {what} needs the {ADMIN_TOKEN_HEADER} header"},
         )
     try:
         size = int(environ.get("CONTENT_LENGTH") or 0)
-        req = json.loads(environ["wsgi.input"].read(size))
-        _, _, key_pem = certificate_material(
-            req["account_id"], req["region"], req["certificate_arn"]
-        )
-        result = keyscan.scan(key_pem, paths=req.get("paths", []), pids=req.get("pids", []))
+        result = fn(json.loads(environ["wsgi.input"].read(size)))
         status_line, body = "200 OK", json.dumps(result).encode()
     except Exception as exc:  # noqa: BLE001 - answered as a one-line error
         status_line = "400 Bad Request"
@@ -407,6 +436,8 @@ def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
             return _not_found(start_response)
         if environ.get("PATH_INFO") == KEYSCAN_PATH and environ.get("REQUEST_METHOD") == "POST":
             return _keyscan(environ, start_response, token)
+        if environ.get("PATH_INFO") == RENEW_PATH and environ.get("REQUEST_METHOD") == "POST":
+            return _renew(environ, start_response, token)
         if environ.get("PATH_INFO") == HEALTH_PATH:
             body = json.dumps(
                 {

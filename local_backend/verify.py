@@ -783,6 +783,7 @@ def verify(
     stacks (or of `stack`)."""
     state_dir = Path(state_dir).resolve()
     from local_backend.verify_hosts import CHECKS as HOST_CHECKS
+    from local_backend.verify_hosts import OPT_IN
 
     known = [name for name, _ in CHECKS]
     known += [name for name, _ in HOST_CHECKS if name not in known]
@@ -845,6 +846,11 @@ def verify(
             hr.checks.append(check)
             if on_check:
                 on_check(hr, check)
+        for name in [n for n in checks or () if n in OPT_IN]:  # verify_hosts' opt-in checks
+            why = "does not apply: the host's image terminates TLS itself, no ACM agent renews"
+            hr.checks.append(Check(name, True, why, applies=False))
+            if on_check:
+                on_check(hr, hr.checks[-1])
     # Every other enclave-enabled instance: booted from its user data, ours or not.
     from local_backend.verify_hosts import enclave_enabled_hosts, verify_host
 

@@ -25,8 +25,10 @@ import json
 import os
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -407,13 +409,10 @@ def _host_path(h: UserDataHost, path: str) -> Path:
 
 def _acm_tokens(h: UserDataHost) -> list[Any]:
     """The ACM-sourced tokens of the host's acm.yaml that target an nginx stanza."""
-    from local_backend.host import acm_config
-
     try:
-        text = _host_path(h, ACM_CONFIG).read_text()
+        conf = _acm_conf(h)
     except OSError:
         return []
-    conf = acm_config.parse(text)
     return [t for t in conf.tokens if t.source.kind == "Acm" and t.target is not None]
 
 
@@ -580,6 +579,409 @@ def check_acm_key_not_on_parent(h: UserDataHost, token: Any) -> tuple[bool, str]
     )
 
 
+# -------------------------------------------------------------------------- ACM probes
+
+ACM_PROBES = ("debug-denied", "other-image-denied")
+ACM_PROBE_TIMEOUT_S = 180.0  # one probe: run-enclave, boot, AddToken (attested KMS), console
+VARIANT_EIF = "/run/enclavekit-verify/p11ne-variant.eif"
+
+# Run inside the host as root, as the agent runs: boot one enclave from argv's image, give it
+# the token the agent gives its own (acm.yaml's, the association's S3 object, the role's IMDS
+# credentials as the envelope key: `ManagedToken`), print its AddToken answer and the lines it
+# wrote about KMS to its console (a debug-mode enclave's only), then terminate it.
+_ACM_PROBE = """
+import json, subprocess, sys, time
+from pathlib import Path
+from local_backend.host import acm_config
+from local_backend.host.acm_agent import ApiError, Imds, ManagedToken, rpc_call
+from local_backend.emulator.runtime import EnclaveManager
+from local_backend.host.layout import HOST_EMULATOR_STATE
+args = json.loads(sys.argv[1])
+conf = acm_config.load()
+token = next(t for t in conf.tokens if t.label == args["label"])
+eif = conf.enclave.image_path
+if args["variant"]:
+    from local_backend.verify import variant_image
+    Path(args["variant"]).parent.mkdir(parents=True, exist_ok=True)
+    eif = str(variant_image(Path(eif), Path(args["variant"])))
+cmd = ["nitro-cli", "run-enclave", "--eif-path", eif, "--cpu-count",
+       str(conf.enclave.cpu_count), "--memory", str(conf.enclave.memory_mib),
+       "--enclave-name", "enclavekit-verify-probe"] + (["--debug-mode"] if args["debug"] else [])
+run = subprocess.run(cmd, capture_output=True, text=True)
+if run.returncode:
+    print(json.dumps({"error": "nitro-cli run-enclave: " + run.stderr.strip()[-300:]}))
+    sys.exit(0)
+info = json.loads(run.stdout)
+eid, cid = info["EnclaveID"], int(info["EnclaveCID"])
+out = {"enclave_id": eid}
+try:
+    listed = json.loads(subprocess.run(["nitro-cli", "describe-enclaves"], capture_output=True,
+                                       text=True).stdout)
+    me = next(e for e in listed if e["EnclaveID"] == eid)
+    out.update(pcr0=me["Measurements"]["PCR0"], flags=me.get("Flags"))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            rpc_call(cid, conf.enclave.rpc_port, "DescribeDevice", timeout=1.0)
+            break
+        except (OSError, ApiError, ValueError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    tok = ManagedToken(token, None, Imds(), conf.options.service)
+    try:
+        rpc_call(cid, conf.enclave.rpc_port, {"AddToken": {"token": tok._schema_token()}})
+        out["answer"] = "Ok"
+    except ApiError as exc:
+        out["answer"] = exc.value
+    layout = EnclaveManager(HOST_EMULATOR_STATE).layout
+    console = layout.slot_dir(layout.slot_of(eid)) / "console.log"
+    wanted = ("KMS Decrypt failed", "decrypted with attestation")
+    end = time.monotonic() + 5
+    while True:
+        text = console.read_text(errors="replace") if console.is_file() else ""
+        out["console"] = [x for x in text.splitlines() if any(w in x for w in wanted)]
+        if out["console"] or not args["debug"] or time.monotonic() > end:
+            break
+        time.sleep(0.1)
+except Exception as exc:
+    out["error"] = f"{type(exc).__name__}: {exc}"
+finally:
+    subprocess.run(["nitro-cli", "terminate-enclave", "--enclave-id", eid], capture_output=True)
+    if args["variant"]:
+        Path(args["variant"]).unlink(missing_ok=True)
+print(json.dumps(out))
+"""
+
+
+def _run_acm_probe(h: UserDataHost, token: Any, *, debug: bool, variant: bool) -> dict[str, Any]:
+    """One probe enclave inside the host (`_ACM_PROBE`): its AddToken answer and console lines."""
+    args = {"label": token.label, "debug": debug, "variant": VARIANT_EIF if variant else None}
+    run = control.host_exec(
+        h.layout,
+        [sys.executable, "-c", _ACM_PROBE, json.dumps(args)],
+        timeout=ACM_PROBE_TIMEOUT_S,
+    )
+    lines = run.stdout.strip().splitlines()
+    if run.returncode != 0 or not lines:
+        raise CheckFailed(f"the probe in the host failed: {run.stderr.strip()[-300:]}")
+    return json.loads(lines[-1])
+
+
+def _association_key(h: UserDataHost, token: Any) -> str | None:
+    """The KMS key id the association's object is encrypted under (None: an S3 source, whose
+    key the object does not name)."""
+    if token.source.kind != "Acm":
+        return None
+    roles = h.client("ec2").get_associated_enclave_certificate_iam_roles(
+        CertificateArn=token.source.certificate_arn
+    )["AssociatedRoles"]
+    mine = [r for r in roles if r.get("AssociatedRoleArn") == h.role_arn]
+    return str(mine[0]["EncryptionKmsKeyId"]).rsplit("/", 1)[-1] if mine else None
+
+
+def judge_acm_probe(out: dict[str, Any], key_id: str | None, *, debug: bool) -> tuple[bool, str]:
+    """Was the probe enclave refused the certificate's key by KMS itself? AddToken must answer
+    KmsDecryptFailed (AWS's RPC says no more). A debug-mode enclave's console shows KMS's own
+    answer, which must be AccessDeniedException for the key; a production enclave has no
+    console on Nitro, so there the positive control (the real image, same call) is the evidence
+    that the call reached KMS."""
+    what = "debug-mode copy of the ACM image" if debug else "one-byte variant of the ACM image"
+    if "error" in out:
+        return False, f"could not check: {what}: {out['error']}"
+    pcr0 = "attests PCR0 zero" if debug else f"PCR0 {_short(str(out.get('pcr0')))}"
+    if out.get("answer") == "Ok":
+        return False, f"the {what} ({pcr0}) was given the certificate's key: AddToken answered Ok"
+    if out.get("answer") != "KmsDecryptFailed":
+        return False, f"could not check: {what}: AddToken answered {out.get('answer')!r}"
+    if not debug:
+        return True, f"{what} ({pcr0}): KmsDecryptFailed"
+    said = " ".join(out.get("console") or [])
+    if "got AccessDeniedException: " not in said:
+        return False, f"could not check: KMS did not answer AccessDeniedException: {said[-300:]}"
+    resource = said.partition(" on resource: ")[2].split(" ", 1)[0]
+    if not resource.startswith("arn:aws:kms:") or (key_id and key_id not in resource):
+        return False, (
+            f"could not check: AccessDeniedException for {resource or 'no resource'}, not for "
+            f"the association's key {key_id}"
+        )
+    return True, f"{what} ({pcr0}): KmsDecryptFailed; KMS: AccessDeniedException for {key_id}"
+
+
+def check_acm_probes(h: UserDataHost, token: Any) -> list[Check]:
+    """debug-denied and other-image-denied for an ACM agent host: a debug-mode copy and a
+    one-byte variant of the package's p11ne.eif, booted in the host as the agent boots its
+    own and given the same token, are each refused the certificate's key; the real image,
+    booted the same way, is given it (positive control). The allocator's pool holds one ACM
+    enclave, so the agent is stopped while the probes run and started again after; verify
+    waits until nginx serves through its new enclave."""
+    started = time.monotonic()
+    key_id = _association_key(h, token)
+    stop = control.host_exec(h.layout, ["systemctl", "stop", ACM_UNIT], timeout=60)
+    if stop.returncode != 0:
+        why = f"could not check: systemctl stop {ACM_UNIT}: {stop.stderr.strip()[-200:]}"
+        return [Check(n, False, why) for n in ACM_PROBES]
+    try:
+        control_out = _run_acm_probe(h, token, debug=False, variant=False)
+        debug_out = _run_acm_probe(h, token, debug=True, variant=False)
+        variant_out = _run_acm_probe(h, token, debug=False, variant=True)
+    except Exception as exc:  # noqa: BLE001 - a check that cannot run fails, with why
+        why = f"could not check: {type(exc).__name__}: {exc}"
+        control_out = debug_out = variant_out = {"error": why}
+    finally:
+        restart = control.host_exec(h.layout, ["systemctl", "start", ACM_UNIT], timeout=60)
+    back = (
+        _wait_serving(h, token)
+        if restart.returncode == 0
+        else f"systemctl start {ACM_UNIT} failed: {restart.stderr.strip()[-200:]}"
+    )
+    seconds = round(time.monotonic() - started, 3)
+    if control_out.get("answer") != "Ok":
+        why = (
+            "could not check: the positive control (the real p11ne.eif, booted the same way) "
+            f"was not given the key either: {control_out.get('error') or control_out.get('answer')}"
+        )
+        return [Check(n, False, why, seconds) for n in ACM_PROBES]
+    out = []
+    for name, got, debug in (
+        ("debug-denied", debug_out, True),
+        ("other-image-denied", variant_out, False),
+    ):
+        ok, detail = judge_acm_probe(got, key_id, debug=debug)
+        if ok and back:
+            ok, detail = False, f"{detail}; but after the probes {back}"
+        elif ok:
+            detail += "; the real image, same call: Ok (positive control)"
+        out.append(Check(name, ok, detail, seconds))
+    return out
+
+
+def _wait_serving(h: UserDataHost, token: Any, timeout: float = ACM_READY_TIMEOUT_S) -> str | None:
+    """Wait until nginx completes a TLS handshake again (the agent restarted: new enclave,
+    token, nginx restart). None when it does; else why not."""
+    import ssl
+
+    from local_backend import server
+
+    domain = (
+        h.client("acm").describe_certificate(CertificateArn=token.source.certificate_arn)[
+            "Certificate"
+        ]["DomainName"]
+        if token.source.kind == "Acm"
+        else None
+    )
+    ctx = ssl.create_default_context(cadata=server.ca_pem(h.state_dir).decode())
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            _get(_https_port(h), ctx, domain)
+            return None
+        except (OSError, ssl.SSLError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.5)
+    return f"nginx did not serve HTTPS again within {timeout:.0f} s ({last})"
+
+
+def _get(port: int, ctx: Any, domain: str | None, timeout: float = 20) -> tuple[bytes, bytes]:
+    """One GET / on a fresh TLS connection: (the first bytes of the answer, the leaf DER)."""
+    import socket
+
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw,
+        ctx.wrap_socket(raw, server_hostname=domain) as tls,
+    ):
+        host = domain or "localhost"
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        head = tls.recv(65536)
+        leaf = tls.getpeercert(binary_form=True)
+    if not head.startswith(b"HTTP/1.1 "):
+        raise ConnectionError(f"no HTTP answer over TLS: {head[:40]!r}")
+    return head, leaf or b""
+
+
+# -------------------------------------------------------------------------- renewal
+
+RENEWAL = "renewal"  # opt-in: it waits for the agent's sync (acm.yaml sync_interval_secs)
+RENEWAL_MARGIN_S = 60.0  # past sync_interval_secs: S3 fetch, UpdateToken, nginx's restart
+RENEWAL_SETTLE_S = 3.0  # requests kept up after the renewed certificate is first served
+REQUEST_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Request:
+    at: float  # seconds after the renewal (negative: before it)
+    leaf: bytes | None  # the certificate served (DER), None when the request failed
+    error: str | None
+
+
+class HttpsClient(threading.Thread):
+    """HTTPS requests to nginx until stopped, one fresh connection (full handshake) each,
+    verified against the local CA for the domain: a client of the site during the renewal."""
+
+    def __init__(self, port: int, ctx: Any, domain: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.ctx, self.domain = port, ctx, domain
+        self.zero = time.monotonic()
+        self.results: list[Request] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            at = time.monotonic() - self.zero
+            try:
+                head, leaf = _get(self.port, self.ctx, self.domain, REQUEST_TIMEOUT_S)
+                error = None if head.startswith(b"HTTP/1.1 200") else f"HTTP {head[9:12]!r}"
+                self.results.append(Request(at, leaf, error))
+            except (OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
+                self.results.append(Request(at, None, f"{type(exc).__name__}: {exc}"))
+            self.halt.wait(0.05)
+
+    def stop(self) -> list[Request]:
+        self.halt.set()
+        self.join(REQUEST_TIMEOUT_S + 5)
+        return list(self.results)
+
+
+def judge_renewal(
+    results: Sequence[Request], old: bytes, new: bytes, waited: float, why_late: str
+) -> tuple[bool, str]:
+    """Passed when the renewed certificate was served and no request failed or got another."""
+    first_new = next((r.at for r in results if r.leaf == new), None)
+    failed = [r for r in results if r.error is not None]
+    other = [r for r in results if r.error is None and r.leaf not in (old, new)]
+    if first_new is None:
+        return False, (
+            f"the renewed certificate was not served within {waited:.0f} s of the renewal "
+            f"({why_late}); {len(results)} requests, {len(failed)} failed"
+        )
+    if other:
+        return False, f"{len(other)} requests got a certificate that is neither the old nor new"
+    if failed:
+        shown = "; ".join(dict.fromkeys(r.error or "" for r in failed))[:240]
+        return False, (
+            f"{len(failed)} of {len(results)} HTTPS requests failed while the agent put the "
+            f"renewed certificate in place, from +{failed[0].at:.1f} s to +{failed[-1].at:.1f} s "
+            f"after the renewal ({shown}); the new certificate was served from "
+            f"+{first_new:.1f} s"
+        )
+    return True, (
+        f"the renewed certificate was served from +{first_new:.1f} s after the renewal; "
+        f"{len(results)} HTTPS requests throughout, none failed"
+    )
+
+
+def check_acm_renewal(h: UserDataHost, token: Any, max_wait: float | None = None) -> Check:
+    """ACM renews the certificate (a new certificate and key under the same ARN, the
+    association's S3 object re-published, on the local endpoint); a client keeps making HTTPS
+    requests to nginx while the agent, at its next sync, updates the token and nginx. Passes
+    when the new certificate is served and no request failed. verify waits for the sync
+    interval acm.yaml sets (AWS's agent reads it; verify shortens nothing)."""
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from local_backend import server
+
+    start = time.monotonic()
+    if token.source.kind != "Acm":
+        return Check(RENEWAL, False, f"could not check: token {token.label} is not ACM-sourced")
+    interval = _acm_conf(h).options.sync_interval_secs
+    wait = interval + RENEWAL_MARGIN_S if max_wait is None else max_wait
+    arn = token.source.certificate_arn
+    domain = h.client("acm").describe_certificate(CertificateArn=arn)["Certificate"]["DomainName"]
+    ctx = ssl.create_default_context(cadata=server.ca_pem(h.state_dir).decode())
+    port = _https_port(h)
+    _head, old = _get(port, ctx, domain, REQUEST_TIMEOUT_S)  # serving now, else could not check
+    mark = len(_journal(h))
+    client = HttpsClient(port, ctx, domain)
+    client.start()
+    time.sleep(1.0)  # requests before the renewal: the site as its users see it
+    try:
+        renewed = _endpoint_admin(
+            h,
+            server.RENEW_PATH,
+            {"certificate_arn": arn, "account_id": _account(h), "region": h.region},
+        )
+        client.zero = time.monotonic()
+        new = x509.load_pem_x509_certificate(renewed["certificate"].encode()).public_bytes(
+            serialization.Encoding.DER
+        )
+        deadline = client.zero + wait
+        while time.monotonic() < deadline and not any(r.leaf == new for r in client.results):
+            time.sleep(0.2)
+        if any(r.leaf == new for r in client.results):
+            time.sleep(RENEWAL_SETTLE_S)
+    finally:
+        results = client.stop()
+    lines = [x.split("| ", 1)[-1].strip() for x in _journal(h)[mark:].splitlines()]
+    said = [x for x in lines if any(w in x for w in ("DB change", "Restart", "rror", "Broken"))]
+    agent = " | ".join(said or lines[-2:])[:300]
+    why_late = (
+        f"acm.yaml sync_interval_secs {interval}: the agent looks for a renewal that often, "
+        f"and verify waited that plus {RENEWAL_MARGIN_S:.0f} s"
+        if max_wait is None
+        else f"verify waited {wait:.0f} s"
+    )
+    ok, detail = judge_renewal(results, old, new, wait, why_late)
+    detail += f"; the agent: {agent or '(nothing in its journal)'}"
+    return Check(RENEWAL, ok, detail, round(time.monotonic() - start, 3))
+
+
+def _journal(h: UserDataHost) -> str:
+    return control.host_exec(h.layout, ["journalctl", "-u", ACM_UNIT]).stdout
+
+
+def _account(h: UserDataHost) -> str:
+    return str(h.info.get("account_id") or (h.role_arn or "").split(":")[4])
+
+
+def _acm_conf(h: UserDataHost) -> Any:
+    from local_backend.host import acm_config
+
+    return acm_config.parse(_host_path(h, ACM_CONFIG).read_text())
+
+
+def _endpoint_admin(h: UserDataHost, path: str, req: dict[str, Any]) -> dict[str, Any]:
+    """An administration request to the local endpoint (its admin token from the state dir)."""
+    import urllib.error
+    import urllib.request
+
+    from local_backend import server
+
+    r = urllib.request.Request(
+        h.endpoint + path,
+        data=json.dumps(req).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            server.ADMIN_TOKEN_HEADER: server.admin_token(h.state_dir),
+        },
+    )
+    try:
+        with urllib.request.urlopen(r, timeout=120) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        answer = json.loads(exc.read() or b'{"error": "HTTP error"}')
+        raise CheckFailed(f"{path}: {answer.get('error')}") from None
+
+
+def _renewal_checks(h: UserDataHost) -> list[Check]:
+    """The renewal probe where the host runs the ACM agent; N/A elsewhere."""
+    try:
+        tokens = _acm_tokens(h)
+        if not tokens:
+            return [_not_applicable(RENEWAL, "the host runs no ACM for Nitro Enclaves agent")]
+        certs = _associated_certificates(h)
+        token = next((t for t in tokens if t.source.certificate_arn in certs), tokens[0])
+        return [check_acm_renewal(h, token)]
+    except Exception as exc:  # noqa: BLE001 - a check that cannot run fails, with why
+        return [Check(RENEWAL, False, f"could not check: {type(exc).__name__}: {exc}")]
+
+
 def served_https(layout: HostLayout, state_dir: Path) -> tuple[str, int] | None:
     """(domain, machine port) of the HTTPS an ACM agent host serves, for a "Try it" line."""
     h = UserDataHost(layout, state_dir)
@@ -607,7 +1009,9 @@ CHECKS: tuple[tuple[str, CheckFn], ...] = (
     ("keys", check_keys),
     ("parent-denied", check_parent_denied),
     ("nsm-parent-refused", check_nsm_parent_refused),
+    (RENEWAL, lambda h: _not_applicable(RENEWAL, "run after the others")),  # opt-in, see below
 )
+OPT_IN = (RENEWAL,)  # run only when `--check` names them
 
 
 def _run(name: str, fn: CheckFn, h: UserDataHost) -> Check:
@@ -666,7 +1070,7 @@ def verify_host(
     if not hr.checks[-1].ok:
         return hr
     for name, fn in CHECKS:
-        if checks and name not in checks and name != "enclaves":
+        if name in OPT_IN or (checks and name not in checks and name != "enclaves"):
             continue
         add(_run(name, fn, h))
         if name == "enclaves":
@@ -682,4 +1086,26 @@ def verify_host(
         for c in tls:
             if not checks or c.name in checks:
                 add(c)
+    if checks and RENEWAL in checks:  # before the ACM probes, which restart the agent
+        for c in _renewal_checks(h):
+            add(c)
+    if not checks or set(ACM_PROBES) & set(checks):
+        for c in _acm_probe_checks(h):
+            if not checks or c.name in checks:
+                add(c)
     return hr
+
+
+def _acm_probe_checks(h: UserDataHost) -> list[Check]:
+    """The ACM probes where the host runs the ACM agent (none elsewhere: a host of another
+    kind has its own image's probes, or none)."""
+    try:
+        tokens = _acm_tokens(h)
+        if not tokens:
+            return []
+        certs = _associated_certificates(h)
+        token = next((t for t in tokens if t.source.certificate_arn in certs), tokens[0])
+        return check_acm_probes(h, token)
+    except Exception as exc:  # noqa: BLE001 - a check that cannot run fails, with why
+        why = f"could not check: {type(exc).__name__}: {exc}"
+        return [Check(n, False, why) for n in ACM_PROBES]

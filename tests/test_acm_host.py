@@ -91,3 +91,21 @@ def test_stock_nginx_takes_aws_edits_and_loads_the_pkcs11_engine(tmp_path: Path)
         assert "uid=" in out and "(nginx)" in out
         workers = control.host_exec(layout, ["ps", "-o", "user=,args=", "-C", "nginx"])
         assert "nginx: worker process" in workers.stdout, workers
+
+
+def test_the_renewal_verdict() -> None:
+    """verify's `renewal` judgement: it passes only when the renewed certificate was served
+    and no request failed or got another certificate."""
+    from local_backend.verify_hosts import Request, judge_renewal
+
+    old, new = b"old", b"new"
+    clean = [Request(-0.5, old, None), Request(1.0, old, None), Request(2.0, new, None)]
+    ok, detail = judge_renewal(clean, old, new, 65, "")
+    assert ok and "from +2.0 s" in detail and "none failed" in detail
+    gap = [*clean[:2], Request(1.5, None, "ConnectionResetError: reset"), clean[2]]
+    ok, detail = judge_renewal(gap, old, new, 65, "")
+    assert not ok and detail.startswith("1 of 4 HTTPS requests failed") and "reset" in detail
+    ok, detail = judge_renewal(clean[:2], old, new, 65, "sync_interval_secs 600")
+    assert not ok and detail.startswith("the renewed certificate was not served within 65 s")
+    ok, detail = judge_renewal([*clean, Request(3.0, b"x", None)], old, new, 65, "")
+    assert not ok and "neither the old nor new" in detail

@@ -60,8 +60,8 @@ class World:
 
     def logs(self) -> str:
         """The agent's and nginx's journals and nginx's error log (failure context)."""
-        nginx = self.sh("journalctl -u nginx | tail -20; tail -20 /var/log/nginx/error.log")
-        return self.journal()[-3000:] + "\n--- nginx ---\n" + nginx.stdout + nginx.stderr
+        nginx = self.sh("journalctl -u nginx | tail -12; tail -6 /var/log/nginx/error.log")
+        return nginx.stdout[-2500:] + nginx.stderr + "\n--- agent ---\n" + self.journal()[-3400:]
 
     def sh(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return control.host_exec(self.layout, ["bash", "-c", script], timeout=timeout)
@@ -225,8 +225,11 @@ def test_nginx_serves_the_association_certificate_with_the_key_in_the_enclave(
     [host] = report.hosts
     got = {c.name: c for c in host.checks}
     for name in ("boot", "enclaves", "parent-denied", "nsm-parent-refused", "https",
-                 "key-not-on-parent"):  # fmt: skip
+                 "key-not-on-parent", "debug-denied", "other-image-denied"):  # fmt: skip
         assert got[name].ok and got[name].applies, (name, report.table())
+    assert "KMS: AccessDeniedException for" in got["debug-denied"].detail, report.table()
+    assert "(positive control)" in got["other-image-denied"].detail, report.table()
+    _wait("nginx serving after verify's probes", lambda: _serves(w, chain_pem), 120, w.logs)
 
 
 def _since(w: World, mark: int) -> str:
@@ -359,10 +362,17 @@ def _issue(ca_key: Any, ca: x509.Certificate, serial: int) -> tuple[str, str]:
     return leaf.public_bytes(serialization.Encoding.PEM).decode(), pem.decode()
 
 
-def test_a_renewed_certificate_is_provisioned_and_served_after_the_sync(world: World) -> None:
-    """The agent's S3 source (a key-material object the account writes, its key released
-    only to the ACM image): a new object is noticed at the next sync (DescribeToken, changed
-    object -> UpdateToken), the stanza and chain are rewritten and nginx restarts."""
+@dataclass
+class S3Source:
+    """A key-material object the account writes (the agent's S3 source) under a key of the
+    account whose policy releases Decrypt to the role from the images of `pcr0s` only."""
+
+    key_arn: str
+    ca_pem: str
+    publish: Callable[[int], str]
+
+
+def _s3_source(w: World, pcr0s: list[str]) -> S3Source:
     import base64
     import datetime as dt
 
@@ -370,9 +380,6 @@ def test_a_renewed_certificate_is_provisioned_and_served_after_the_sync(world: W
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from local_backend.acm_enclave import p11ne_measurements
-
-    w = world
     account = w.ep.client("sts").get_caller_identity()["Account"]
     role_arn = w.ep.client("iam").get_role(RoleName=w.role_name)["Role"]["Arn"]
     kms, s3 = w.ep.client("kms"), w.ep.client("s3")
@@ -391,16 +398,15 @@ def test_a_renewed_certificate_is_provisioned_and_served_after_the_sync(world: W
                 "Action": "kms:Decrypt",
                 "Resource": "*",
                 "Condition": {
-                    "StringEqualsIgnoreCase": {
-                        "kms:RecipientAttestation:ImageSha384": p11ne_measurements().hex(0)
-                    }
+                    "StringEqualsIgnoreCase": {"kms:RecipientAttestation:ImageSha384": pcr0s}
                 },
             },
         ],
     }
     key_id = kms.create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
     bucket, obj = "acm-renewal-material", "nginx/key-material.json"
-    s3.create_bucket(Bucket=bucket)
+    with contextlib.suppress(Exception):  # made by an earlier test of this module
+        s3.create_bucket(Bucket=bucket)
     w.ep.client("iam").put_role_policy(
         RoleName=w.role_name,
         PolicyName="s3-key-material",
@@ -413,7 +419,7 @@ def test_a_renewed_certificate_is_provisioned_and_served_after_the_sync(world: W
                         "Action": "s3:GetObject",
                         "Resource": f"arn:aws:s3:::{bucket}/*",
                     },
-                    {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key_id},
+                    {"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"},
                 ],
             }
         ),
@@ -446,12 +452,6 @@ def test_a_renewed_certificate_is_provisioned_and_served_after_the_sync(world: W
         s3.put_object(Bucket=bucket, Key=obj, Body=json.dumps(body).encode())
         return leaf
 
-    def served_serial() -> int | None:
-        with contextlib.suppress(OSError, ssl.SSLError, AssertionError, StopIteration):
-            leaf, _ = _handshake(w.https_port(), ca_pem)
-            return x509.load_der_x509_certificate(leaf).serial_number
-        return None
-
     publish(1001)
     w.sh("cp /etc/nitro_enclaves/acm.yaml /root/acm.yaml.acm")
     w.sh(
@@ -459,19 +459,145 @@ def test_a_renewed_certificate_is_provisioned_and_served_after_the_sync(world: W
         f"s3://{bucket}/{obj}!' -e 's!sync_interval_secs: 600!sync_interval_secs: 5!' "
         "/etc/nitro_enclaves/acm.yaml"
     )
+    return S3Source(key_id, ca_pem, publish)
+
+
+def _back_to_acm(w: World) -> None:
+    """acm.yaml as the template wrote it, and the agent serving with it again (an agent
+    stopped while it boots its enclave leaves that enclave behind: the next test's restart
+    must not come that early)."""
+    w.sh("cp /root/acm.yaml.acm /etc/nitro_enclaves/acm.yaml")
+    _restart_agent(w)
+    _wait("nginx serving the ACM certificate again", lambda: _serves(w, _acm_pem(w)[1]), 120,
+          w.logs)  # fmt: skip
+
+
+def test_a_renewed_certificate_is_provisioned_and_served_after_the_sync(world: World) -> None:
+    """The agent's S3 source (a key-material object the account writes, its key released
+    only to the ACM image): a new object is noticed at the next sync (DescribeToken, changed
+    object -> UpdateToken), the stanza and chain are rewritten and nginx restarts."""
+    from local_backend.acm_enclave import p11ne_measurements
+
+    w = world
+    src = _s3_source(w, [p11ne_measurements().hex(0)])
+
+    def served_serial() -> int | None:
+        with contextlib.suppress(OSError, ssl.SSLError, AssertionError, StopIteration):
+            leaf, _ = _handshake(w.https_port(), src.ca_pem)
+            return x509.load_der_x509_certificate(leaf).serial_number
+        return None
+
     try:
         mark = _restart_agent(w)
         _wait("the S3 source's first certificate", lambda: served_serial() == 1001, 120, w.logs)
         stanza = w.sh(f"cat {STANZA}").stdout
         assert "object=s3-key;type=private" in stanza, stanza
-        publish(1002)
+        src.publish(1002)
         _wait("the renewed certificate after a sync", lambda: served_serial() == 1002, 90, w.logs)
         new = _since(w, mark)
         assert "DB change detected. Updating token: nginx-acm-token." in new, new
         assert "Restarting nginx.service." in new, new
         before = _signatures(w)
-        _handshake(w.https_port(), ca_pem)
+        _handshake(w.https_port(), src.ca_pem)
         assert _signatures(w) >= before + 1
     finally:
-        w.sh("cp /root/acm.yaml.acm /etc/nitro_enclaves/acm.yaml")
+        _back_to_acm(w)
+
+
+def test_acm_probes_fail_when_the_key_also_releases_to_debug_or_another_image(
+    world: World, tmp_path: Path
+) -> None:
+    """verify's debug-denied and other-image-denied for an ACM host, with the subject broken:
+    the token's key (an S3 source, so its policy is the account's to break) releases to the
+    ACM image and also to PCR0 zero (any debug-mode enclave) and to the one-byte variant
+    verify boots. Both probes must then fail, naming the key given out; the positive control
+    (the real image) still gets it."""
+    from enclavekit import eif
+    from local_backend import verify, verify_hosts
+    from local_backend.acm_enclave import p11ne_image, p11ne_measurements
+
+    w = world
+    variant = verify.variant_image(p11ne_image()[0], tmp_path / "variant.eif")
+    pcr0s = [p11ne_measurements().hex(0), "00" * 48, eif.read_eif(variant).measurements.hex(0)]
+    _s3_source(w, pcr0s)
+    try:
+        h = verify_hosts.UserDataHost(w.layout, Path(w.ep.state_dir))
+        [token] = [t for t in acm_config_tokens(w) if t.label == LABEL]
+        checks = {c.name: c for c in verify_hosts.check_acm_probes(h, token)}
+    finally:
+        _back_to_acm(w)
+    for name in ("debug-denied", "other-image-denied"):
+        c = checks[name]
+        print(f"\n{name} with the key released to it: {c.detail}")
+        assert not c.ok, c.detail
+        assert "was given the certificate's key: AddToken answered Ok" in c.detail, c.detail
+
+
+def acm_config_tokens(w: World) -> list[Any]:
+    from local_backend.host import acm_config
+
+    return list(acm_config.parse(w.sh("cat /etc/nitro_enclaves/acm.yaml").stdout).tokens)
+
+
+def _renewal(w: World) -> Any:
+    from local_backend import verify
+
+    report = verify.verify(Path(w.ep.state_dir), stack="acm-nginx", checks=["renewal"])
+    [host] = report.hosts
+    return next(c for c in host.checks if c.name == "renewal")
+
+
+def test_renewal_needs_the_admin_token(world: World) -> None:
+    """ACM's renewal on the endpoint (verify's probe) is no API of AWS: without the state
+    dir's admin token it is refused, as the key search is."""
+    import urllib.error
+    import urllib.request
+
+    from local_backend import server
+
+    body = json.dumps(
+        {"certificate_arn": world.certificate_arn, "account_id": "x", "region": "us-east-1"}
+    ).encode()
+    for headers in ({}, {server.ADMIN_TOKEN_HEADER: "0" * 64}):
+        r = urllib.request.Request(
+            world.ep.url + server.RENEW_PATH, data=body, method="POST", headers=headers
+        )
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(r, timeout=30)
+        assert err.value.code == 403 and b"AccessDenied" in err.value.read()
+
+
+def test_renewal_probe_counts_the_requests_the_agents_nginx_restart_drops(world: World) -> None:
+    """verify's opt-in `renewal` check on the ACM host: ACM renews the certificate (new
+    certificate and key, same ARN, the association's object re-published); with acm.yaml's
+    sync_interval_secs at 5 the agent syncs, UpdateToken, and restarts nginx as AWS's agent
+    does (SIGWINCH, reload_wait_ms, systemctl restart). The new certificate is served, and
+    the requests made in that window fail: the check says so and fails, truthfully."""
+    w = world
+    chain_pem = _acm_pem(w)[1]
+    _wait("nginx serving", lambda: _serves(w, chain_pem), 120, w.logs)  # the agent is steady
+    w.sh("cp /etc/nitro_enclaves/acm.yaml /root/acm.yaml.acm")
+    w.sh("sed -i 's!sync_interval_secs: 600!sync_interval_secs: 5!' /etc/nitro_enclaves/acm.yaml")
+    try:
         _restart_agent(w)
+        _wait("nginx serving", lambda: _serves(w, chain_pem), 120, w.logs)
+        before = _acm_pem(w)[0]
+        check = _renewal(w)
+        print(f"\nrenewal with AWS's agent: {check.detail}")
+        assert _acm_pem(w)[0] != before  # renewed: a new certificate under the same ARN
+        assert not check.ok, check.detail
+        assert "HTTPS requests failed while the agent put the renewed certificate" in check.detail
+        assert "the new certificate was served from" in check.detail, check.detail
+        assert "Restarting nginx.service." in check.detail, check.detail
+        # The agent does not update (its S3 grant is gone, so its sync cannot fetch the
+        # re-published object): the old certificate stays, the check times out saying why.
+        with _without(w, "GetCertificate"):
+            stale = _renewal(w)
+        print(f"renewal with an agent that cannot update: {stale.detail}\n{w.journal()[-1500:]}")
+        assert not stale.ok
+        assert stale.detail.startswith("the renewed certificate was not served within 65 s"), (
+            stale.detail
+        )
+        assert "sync_interval_secs 5" in stale.detail, stale.detail
+    finally:
+        _back_to_acm(w)

@@ -52,6 +52,8 @@ def test_sample_app_set_up_a_and_b_verify(ep: plugin.LocalEndpoint, tmp_path: Pa
         "nsm-parent-refused",
         "https",
         "key-not-on-parent",
+        "debug-denied",
+        "other-image-denied",
     ):
         c = checks[("WebHost", name)]
         assert c.ok and c.applies, (name, c.detail)

@@ -98,7 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="NAME",
         help="only this check (repeatable): image-pcrs, secret, parent-denied, "
-        "nsm-parent-refused, debug-denied, other-image-denied, https, key-not-on-parent",
+        "nsm-parent-refused, debug-denied, other-image-denied, https, key-not-on-parent; "
+        "renewal runs only when named (ACM agent hosts, docs/cli.md)",
     )
     v.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     v.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")

@@ -571,27 +571,46 @@ def _systemctl(*args: str) -> int:
     return subprocess.run(["systemctl", *args], check=False).returncode
 
 
+def main_pid(unit: str) -> int | None:
+    """`systemctl show --property=MainPID` (util.rs is_service_running): the pid, 0 when the
+    service does not run; None when systemctl fails or prints no pid."""
+    out = subprocess.run(
+        ["systemctl", "show", "--property=MainPID", unit], capture_output=True, text=True
+    )
+    try:
+        return int(out.stdout.strip().rsplit("=", 1)[-1]) if out.returncode == 0 else None
+    except ValueError:
+        return None
+
+
 def restart_webserver(service: str, options: acm_config.Options) -> None:
-    """Post-sync action, as the agent (456d6a0) does it: a running server is restarted after
-    reload_wait_ms (not reloaded: libp11 keeps the old token's object handles across an nginx
-    reload, and every handshake then fails with "Object handle invalid"); a stopped one is
-    started when force_start is set."""
+    """Post-sync action, as the agent (456d6a0, agent/mod.rs restart_webserver) does it:
+    SIGWINCH to the running server's main pid (nginx: its workers shut down gracefully, the
+    listening socket stays open unserved), wait reload_wait_ms, then `systemctl restart` —
+    which also starts a stopped server (force_start is read and logged, nothing more). Not a
+    reload: libp11 keeps the old token's object handles across an nginx reload, and every
+    handshake then fails with "Object handle invalid". Connections made during the wait and
+    the restart are dropped, on AWS as here (verify's `renewal` check counts them)."""
     unit = f"{service}.service"
     log(
         "INFO",
         f"Service: {service} | Force_Start: {str(options.force_start).lower()} | Reload: "
         f"{options.reload_wait_ms} | Sync: {options.sync_interval_secs}",
     )
-    if _systemctl("is-active", "--quiet", unit) != 0:
-        if not options.force_start:
-            log("INFO", f"{unit} service is not running")
-            return
-        log("INFO", f"Starting {unit}.")
-        if _systemctl("start", unit) != 0:
-            log("ERROR", f"Unable to start {unit}")
-        return
     log("INFO", f"Restarting {unit}.")
-    _sleep(options.reload_wait_ms / 1000)
+    pid = main_pid(unit)
+    if pid is not None:
+        # AWS's agent signals even MainPID=0 (kill(0, ..): its own process group, which
+        # ignores SIGWINCH); the same effect without signalling ourselves.
+        if pid > 0:
+            log("DEBUG", f"Sending SIGWINCH to PID={pid}")
+            try:
+                os.kill(pid, signal.SIGWINCH)
+            except OSError as exc:
+                log("ERROR", f"Error sending SIGWINCH: {exc!r}")
+        _sleep(options.reload_wait_ms / 1000)
+    else:
+        log("INFO", f"{unit} service is not running")
     if _systemctl("restart", unit) != 0:
         log("ERROR", f"Unable to restart {unit}")
 

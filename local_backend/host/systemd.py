@@ -739,6 +739,19 @@ def systemctl(argv: list[str]) -> int:
                 if "--now" in flags:
                     rc = (start(n) if cmd == "enable" else stop(n)) or rc
             return rc
+        if cmd == "show":  # `--property=P` (AWS's ACM agent asks MainPID): 0 when not running
+            props = [f.split("=", 1)[1] for f in flags if f.startswith("--property=")]
+            for n in names:
+                name = unit_name(n)
+                state = active_state(name)
+                values = {
+                    "MainPID": read_state(name).get("MainPID", 0) if state == "active" else 0,
+                    "ActiveState": state,
+                }
+                for prop in props or list(values):
+                    if prop in values:
+                        print(f"{prop}={values[prop]}")
+            return 0
         if cmd == "is-active":
             states = [active_state(unit_name(n)) for n in names]
             if "--quiet" not in flags and "-q" not in flags:

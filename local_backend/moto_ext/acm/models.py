@@ -172,6 +172,32 @@ def certificate_material(account_id: str, region: str, arn: str) -> tuple[str, s
     return bundle.cert.decode(), bundle.chain.decode(), bytes(bundle.key)
 
 
+def renew_certificate(account_id: str, region: str, arn: str) -> CertBundle:
+    """ACM's managed renewal of a certificate it issued: a new certificate (new key pair,
+    serial and validity, the same names) under the same ARN. The associations' objects are
+    re-published by the caller (`moto_ext.ec2.models.republish`), as ACM does for them."""
+    bundle = acm_backends[account_id][region].get_certificate(arn)  # ResourceNotFound
+    if bundle.type != "AMAZON_ISSUED":
+        raise InvalidInput(
+            f"certificate {arn}: expected one ACM issued (AMAZON_ISSUED), found {bundle.type}: "
+            "ACM renews only the certificates it issued"
+        )
+    key = serialization.load_pem_private_key(bytes(bundle.key), None)
+    if isinstance(key, rsa.RSAPrivateKey):
+        algorithm = "RSA_2048"
+    elif isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1":
+        algorithm = "EC_prime256v1"
+    else:
+        algorithm = "EC_secp384r1"
+    names = [n for n in bundle.sans if n != bundle.common_name]
+    cert_pem, key_pem = local_ca().issue(str(bundle.common_name), names, algorithm)
+    with _lock:
+        bundle.cert, bundle.key = cert_pem, key_pem
+        bundle._key = bundle.validate_pk()
+        bundle._cert = bundle.validate_certificate()
+    return bundle
+
+
 class Certificate(CfnResource, CloudFormationModel):
     """`AWS::CertificateManager::Certificate`, issued at once by the local CA.
 

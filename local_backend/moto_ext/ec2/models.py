@@ -604,6 +604,21 @@ def _check_arns(account_id: str, region: str, certificate_arn: Any, role_arn: An
         raise _invalid(f"RoleArn: expected arn:aws:iam::<account>:role/<name>, found {role_arn!r}")
 
 
+def _association_object(
+    region: str, key_id: str, cert_pem: str, chain_pem: str, key_pem: bytes
+) -> bytes:
+    """The association's S3 object: certificate, chain, the key encrypted under `key_id`."""
+    blob, _arn = kms_backends[SERVICE_ACCOUNT][region].encrypt(key_id, key_pem, {})
+    return json.dumps(
+        {
+            "certificate": cert_pem,
+            "certificateChain": chain_pem,
+            "encryptedPrivateKey": base64.b64encode(blob).decode(),
+            "encryptionMethod": ENCRYPTION_METHOD,
+        }
+    ).encode()
+
+
 def associate(
     account_id: str, region: str, certificate_arn: str, role_arn: str
 ) -> CertificateAssociation:
@@ -623,17 +638,9 @@ def associate(
         if existing is not None:
             return existing
         key_id = _ensure_service_key(region)
-        blob, _arn = kms_backends[SERVICE_ACCOUNT][region].encrypt(key_id, key_pem, {})
+        body = _association_object(region, key_id, cert_pem, chain_pem, key_pem)
         del key_pem
         bucket, object_key = bucket_name(region), f"{role_arn}/{certificate_arn}"
-        body = json.dumps(
-            {
-                "certificate": cert_pem,
-                "certificateChain": chain_pem,
-                "encryptedPrivateKey": base64.b64encode(blob).decode(),
-                "encryptionMethod": ENCRYPTION_METHOD,
-            }
-        ).encode()
         s3_ext.ensure_bucket(SERVICE_ACCOUNT, region, bucket)
         s3_ext.put_object(SERVICE_ACCOUNT, bucket, object_key, body)
         assoc = CertificateAssociation(certificate_arn, role_arn, bucket, object_key, key_id)
@@ -641,6 +648,24 @@ def associate(
         _refresh_service_key_policy(region)
     log.info("associated %s with %s -> s3://%s/%s", certificate_arn, role_arn, bucket, object_key)
     return assoc
+
+
+def republish(account_id: str, region: str, certificate_arn: str) -> list[str]:
+    """After ACM renewed `certificate_arn`: each association's S3 object written again with
+    the new certificate, chain and encrypted key (same bucket, object key and KMS key), as
+    ACM does for an associated certificate. The object keys written."""
+    cert_pem, chain_pem, key_pem = certificate_material(account_id, region, certificate_arn)
+    done = []
+    with _lock:
+        for (cert, _role), assoc in _associations.get((account_id, region), {}).items():
+            if cert != certificate_arn:
+                continue
+            body = _association_object(region, assoc.kms_key_id, cert_pem, chain_pem, key_pem)
+            s3_ext.put_object(SERVICE_ACCOUNT, assoc.bucket, assoc.object_key, body)
+            done.append(assoc.object_key)
+    del key_pem
+    log.info("renewed %s: re-published %d association object(s)", certificate_arn, len(done))
+    return done
 
 
 def associated_roles(
