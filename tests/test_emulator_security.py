@@ -308,6 +308,19 @@ def test_an_enclave_has_no_capabilities_to_break_out(manager: EnclaveManager, pr
     assert not [w for w in record.get("Warnings", []) if "privileges" in w]
 
 
+def test_an_enclave_cannot_write_the_machines_kernel_settings(
+    manager: EnclaveManager, prober: dict
+) -> None:
+    """uid 0 needs no capability to write a sysctl: `kernel.core_pattern = |/proc/%P/root/x`
+    would run the enclave's file as the machine's root at its next crash (and sysrq-trigger
+    reboots the machine). /proc/sys and sysrq-trigger are read-only in the enclave, as on a
+    Nitro enclave, whose kernel is its own. The probe writes the file's own content back."""
+    path = "/proc/sys/kernel/core_pattern"
+    assert probe(manager, prober, f"REWRITE {path}").startswith("DENIED 30 "), path
+    # its own files are still writable: the refusal is the read-only /proc/sys
+    assert probe(manager, prober, "REWRITE /proc/self/comm") == "WROTE"
+
+
 # ------------------------------------------------------------------ the fallback check
 
 

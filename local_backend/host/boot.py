@@ -298,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     rootfs.prepare(layout, hostname=hostname, region=info["region"])
     _trust_endpoint_ca(layout, state_dir)
     iid = info["instance_id"]
-    udir = layout.inside(f"/var/lib/cloud/instances/{iid}")
-    udir.mkdir(parents=True, exist_ok=True)
-    if info.get("user_data") and not (udir / "user-data.txt").exists():
-        (udir / "user-data.txt").write_bytes(base64.b64decode(info["user_data"]))
+    # resolved in full on the host's disk (`inside`): its links are the host root's
+    user_data = layout.inside(f"/var/lib/cloud/instances/{iid}/user-data.txt")
+    user_data.parent.mkdir(parents=True, exist_ok=True)
+    if info.get("user_data") and not user_data.exists():
+        user_data.write_bytes(base64.b64decode(info["user_data"]))
     layout.mount_point.mkdir(exist_ok=True)
     plan = sandbox.SandboxPlan(
         rootfs=str(layout.rootfs),

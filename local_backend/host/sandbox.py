@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_backend.emulator import isolation as iso
-from local_backend.host.layout import PERSISTENT_DIRS
+from local_backend.host.layout import PERSISTENT_DIRS, confined
 
 IMDS_ADDRESS = "169.254.169.254"
 _SIOCSIFADDR = 0x8916
@@ -166,8 +166,10 @@ def build_root(plan: SandboxPlan, warn: Warn) -> None:
     # The machine's tools resolve through its alternatives links (absolute /usr paths, the
     # host's own /usr inside): bound read-only rather than copied, so the instance's disk
     # holds no links to machine files.
+    # Targets on the host's disk are resolved there (`confined`): a link its root left must
+    # not make the machine create or cover a path of its own.
     if os.path.isdir("/etc/alternatives"):
-        _bind("/etc/alternatives", root / "etc" / "alternatives", ro=True)
+        _bind("/etc/alternatives", confined(root, "/etc/alternatives"), ro=True)
     for link in ("bin", "sbin", "lib", "lib64"):
         if os.path.exists(f"/usr/{link}"):
             (root / link).symlink_to(f"usr/{link}")
@@ -201,9 +203,9 @@ def build_root(plan: SandboxPlan, warn: Warn) -> None:
     with contextlib.suppress(OSError):
         iso.bind_ro("/sys", str(root / "sys"))
     for path in plan.tool_mounts:
-        _bind(path, root / path.lstrip("/"), ro=True)
+        _bind(path, confined(root, path), ro=True)
     for inside, source in sorted(plan.extra_ro.items()):
-        _bind(source, root / inside.lstrip("/"), ro=True)
+        _bind(source, confined(root, inside), ro=True)
 
 
 def drop_capabilities(warn: Warn, caps: dict[str, int] | None = None) -> None:
@@ -234,6 +236,14 @@ def become_root(plan: SandboxPlan, ns: Namespaces, warn: Warn) -> None:
         )
     else:
         iso.mount("/proc", os.path.join(root, "proc"), None, iso.MS_BIND | iso.MS_REC)
+    # root needs no capability to write a machine-wide sysctl (kernel.core_pattern would run a
+    # host file as the machine's root): /proc/sys read-only, but for the host's own network's
+    # settings (per network namespace, as EC2 user data may set them).
+    iso.protect_proc(os.path.join(root, "proc"))
+    net = os.path.join(root, "proc", "sys", "net")
+    if ns.net and os.path.isdir(net):
+        iso.mount(net, net, None, iso.MS_BIND)
+        iso.mount(None, net, None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_NOSUID | iso.MS_NODEV)
     os.chdir(root)
     try:
         iso.pivot_root(".", ".")
