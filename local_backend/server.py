@@ -437,6 +437,8 @@ def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
     """
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+    from local_backend.moto_ext import identity
+
     moto_app = DomainDispatcherApplication(create_backend_app)
     pid = os.getpid()
     token = admin_token(state_dir, create=True)
@@ -472,7 +474,8 @@ def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
                     [("Content-Type", content_type), ("Content-Length", str(len(body)))],
                 )
                 return [body]
-        return moto_app(environ, start_response)
+        with identity.request_source(environ.get("REMOTE_ADDR")):
+            return moto_app(environ, start_response)
 
     return app
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from enclavekit.localenv import INSTANCE_SOURCE_ADDRESS
 from enclavekit.transport import ConnectionServer, pump
 from local_backend.emulator import isolation as iso
 from local_backend.host import rootfs, sandbox, services_net
@@ -92,8 +93,12 @@ class _EndpointRelay(ConnectionServer):
 
     def serve(self, conn: socket.socket, addr: object) -> None:
         with conn:
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            try:  # from the instances' address: the endpoint knows the request is an instance's
+                upstream = socket.create_connection(
+                    ("127.0.0.1", self.port),
+                    timeout=10,
+                    source_address=(INSTANCE_SOURCE_ADDRESS, 0),
+                )
             except OSError:
                 return
             upstream.settimeout(None)

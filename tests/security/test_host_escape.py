@@ -9,13 +9,17 @@ machine; the kernel settings are written with their own value.
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from host_support import booted, console, instance_info
 
 from local_backend.host import control
-from local_backend.host.layout import HostLayout
+from local_backend.host.layout import HostLayout, instance_layout
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +81,156 @@ def test_the_machine_does_not_follow_the_hosts_links_at_boot(tmp_path: Path) -> 
     assert (inside / "evil.pth").read_text() == script
     assert FAKE_CA.strip() in (inside / "bundle").read_text()
     assert FAKE_CA.strip() in (inside / "ca-certificates.crt").read_text()
+
+
+def test_an_instance_cannot_use_the_endpoints_own_keys(enclavekit_endpoint: Any) -> None:
+    """The local account root's key (`testing`) and the key the IMDS stand-in signs with as
+    ec2.amazonaws.com are constants in this source. On EC2 an instance has its own role and
+    nothing else; here root in a host could use them through the endpoint relay: the root to
+    rewrite a key policy and Decrypt every sealed secret, the EC2 key to assume another
+    instance's role. Requests an instance sends are refused for those keys as AWS refuses an
+    unknown key (over the relay to the endpoint and over the AWS names' HTTPS alike)."""
+    from local_backend.moto_ext.identity import (
+        EC2_SERVICE_ACCESS_KEY_ID,
+        EC2_SERVICE_SECRET_ACCESS_KEY,
+    )
+
+    iam, ec2 = enclavekit_endpoint.client("iam"), enclavekit_endpoint.client("ec2")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    victim = iam.create_role(
+        RoleName=f"victim-{time.time_ns()}", AssumeRolePolicyDocument=json.dumps(trust)
+    )["Role"]["Arn"]
+    tls = "--endpoint-url https://sts.us-east-1.amazonaws.com"
+    script = (
+        "#!/bin/bash\n" + GUARD + "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\n"
+        "echo ROOT-RELAY: $(aws sts get-caller-identity --query Arn --output text 2>&1)\n"
+        f"echo ROOT-TLS: $(aws {tls} sts get-caller-identity --query Arn --output text 2>&1)\n"
+        f"export AWS_ACCESS_KEY_ID={EC2_SERVICE_ACCESS_KEY_ID} "
+        f"AWS_SECRET_ACCESS_KEY={EC2_SERVICE_SECRET_ACCESS_KEY}\n"
+        f"echo EC2-KEY: $(aws {tls} sts assume-role --role-arn {victim} --role-session-name "
+        "stolen --query AssumedRoleUser.Arn --output text 2>&1)\n"
+    )
+    iid = ec2.run_instances(
+        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="m5.xlarge", UserData=script
+    )["Instances"][0]["InstanceId"]
+    state = Path(enclavekit_endpoint.state_dir)
+    try:
+        layout = instance_layout(state, iid)
+        host = control.wait_booted(layout, timeout=120)
+        out = console(layout)
+        assert control.boot_error(host) is None, out
+        lines = {ln.split(":")[0]: ln for ln in out.splitlines() if ln.startswith(("ROOT", "EC2"))}
+        assert set(lines) == {"ROOT-RELAY", "ROOT-TLS", "EC2-KEY"}, out
+        for line in lines.values():
+            assert "InvalidClientTokenId" in line, out  # the endpoint answered, and refused
+            assert ":root" not in line and "stolen" not in line, out
+    finally:
+        ec2.terminate_instances(InstanceIds=[iid])
+    # the machine's own clients keep both keys (the CLI, the IMDS stand-in)
+    sts = enclavekit_endpoint.client(
+        "sts",
+        aws_access_key_id=EC2_SERVICE_ACCESS_KEY_ID,
+        aws_secret_access_key=EC2_SERVICE_SECRET_ACCESS_KEY,
+    )
+    assert sts.assume_role(RoleArn=victim, RoleSessionName="imds")["AssumedRoleUser"]
+    assert enclavekit_endpoint.client("sts").get_caller_identity()["Account"] == "123456789012"
+
+
+def _signed_sts_call(sock: socket.socket, creds: dict[str, str]) -> str:
+    """GetCallerIdentity signed with `creds`, sent on `sock` (TLS to sts's name); the reply."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    host = "sts.us-east-1.amazonaws.com"
+    body = "Action=GetCallerIdentity&Version=2011-06-15"
+    req = AWSRequest(
+        "POST",
+        f"https://{host}/",
+        data=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
+    )
+    SigV4Auth(
+        Credentials(creds["key"], creds["secret"], creds.get("token")), "sts", "us-east-1"
+    ).add_auth(req)
+    head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+    sock.sendall(
+        f"POST / HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {len(body)}\r\n"
+        f"Connection: close\r\n\r\n{body}".encode()
+    )
+    return b"".join(iter(lambda: sock.recv(65536), b"")).decode(errors="replace")
+
+
+def test_an_enclaves_vsock_proxy_cannot_carry_the_endpoints_own_keys(
+    enclavekit_endpoint: Any, tmp_path: Path
+) -> None:
+    """An enclave's only way to AWS is the parent's vsock-proxy; the emulator's connects from
+    the instances' address, so the enclave gets the same refusal for the constant keys, while
+    a role session it was handed still works through the same proxy."""
+    import ssl
+
+    from enclavekit.transport import EmulatedVsock
+    from local_backend import server
+    from local_backend.emulator.vsock_proxy import VsockProxy
+    from local_backend.moto_ext.identity import (
+        EC2_SERVICE_ACCESS_KEY_ID,
+        EC2_SERVICE_SECRET_ACCESS_KEY,
+    )
+
+    state = Path(enclavekit_endpoint.state_dir)
+    info = server.read_endpoint(state)
+    assert info is not None and info.tls_endpoint
+    host = "sts.us-east-1.amazonaws.com"
+    (tmp_path / "vsock" / "3").mkdir(parents=True)
+    allowlist = tmp_path / "vsock-proxy.yaml"
+    allowlist.write_text(f"allowlist:\n- {{address: {host}, port: 443}}\n")
+    proxy = VsockProxy.for_state_dir(
+        tmp_path, 8000, host, 443, config=allowlist, endpoint=enclavekit_endpoint.url,
+        tls_endpoint=info.tls_endpoint,
+    ).start()  # fmt: skip
+    ctx = ssl.create_default_context(cafile=str(state / "pki" / "aws-tls" / "root.pem"))
+    iam = enclavekit_endpoint.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role = iam.create_role(
+        RoleName=f"enclave-parent-{time.time_ns()}", AssumeRolePolicyDocument=json.dumps(trust)
+    )["Role"]["Arn"]
+    c = enclavekit_endpoint.client(
+        "sts",
+        aws_access_key_id=EC2_SERVICE_ACCESS_KEY_ID,
+        aws_secret_access_key=EC2_SERVICE_SECRET_ACCESS_KEY,
+    ).assume_role(RoleArn=role, RoleSessionName="i-0123456789abcdef0")["Credentials"]
+    session = {"key": c["AccessKeyId"], "secret": c["SecretAccessKey"], "token": c["SessionToken"]}
+    try:
+        replies = {}
+        for name, creds in (
+            ("root", {"key": "testing", "secret": "testing"}),
+            ("ec2", {"key": EC2_SERVICE_ACCESS_KEY_ID, "secret": EC2_SERVICE_SECRET_ACCESS_KEY}),
+            ("session", session),
+        ):
+            raw = EmulatedVsock(tmp_path / "vsock", 16).connect(3, 8000)
+            with ctx.wrap_socket(raw, server_hostname=host) as tls:
+                replies[name] = _signed_sts_call(tls, creds)
+    finally:
+        proxy.stop()
+    for name in ("root", "ec2"):
+        assert "InvalidClientTokenId" in replies[name], replies[name]
+    assert "<GetCallerIdentityResult>" in replies["session"], replies["session"]
+    assert "enclave-parent-" in replies["session"]
