@@ -227,6 +227,29 @@ def drop_capabilities(warn: Warn, caps: dict[str, int] | None = None) -> None:
             warn(f"dropping {name} not permitted: the host keeps it")
 
 
+def seal_submounts(top: str, warn: Warn) -> None:
+    """Remount every mount below `top` read-only, in this mount namespace. A recursive bind
+    keeps its submounts' own flags: under the read-only /sys, the machine's cgroup hierarchies
+    stayed writable, and uid 0 needs no capability to create groups there, change another
+    group's limits (an enclave's, another instance's) or freeze it. PID 1 calls this once the
+    enclave driver has its own mount namespace, where its monitors still create cgroups."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError as exc:
+        warn(f"cannot read the mount table ({exc.strerror}): {top}'s submounts stay writable")
+        return
+    for line in lines:
+        fields = line.split()
+        point = fields[4].replace("\\040", " ")
+        if not point.startswith(top.rstrip("/") + "/") or "ro" in fields[5].split(","):
+            continue
+        flags = iso.MS_REMOUNT | iso.MS_BIND | iso.MS_RDONLY | iso.MS_NOSUID | iso.MS_NODEV
+        try:
+            iso.mount(None, point, None, flags | iso.MS_NOEXEC)
+        except OSError as exc:
+            warn(f"making {point} read-only failed ({exc.strerror})")
+
+
 def become_root(plan: SandboxPlan, ns: Namespaces, warn: Warn) -> None:
     """In PID 1 of the host: /proc, pivot_root into the built root, hostname, capabilities."""
     root = plan.mount_point

@@ -46,6 +46,31 @@ def test_host_root_cannot_write_the_machines_kernel_settings(tmp_path: Path) -> 
         assert "CORE-PATTERN-REFUSED" in out and "CORE-PATTERN-WRITTEN" not in out, out
 
 
+def test_host_root_cannot_change_the_machines_cgroups(tmp_path: Path) -> None:
+    """/sys is read-only in a host, but its submounts kept their own flags: the machine's
+    cgroup hierarchies were writable, so root in the user data could create groups, rewrite
+    another enclave's limits or freeze it. Every mount under /sys is read-only for it."""
+    script = (
+        "#!/bin/bash\n" + GUARD + "n=0\n"
+        "for d in $(awk '$9 ~ /^cgroup/ {print $5}' /proc/self/mountinfo); do\n"
+        "  n=$((n+1))\n"
+        '  mkdir "$d/ek-attack" 2>/dev/null && { echo CGROUP-CREATED $d; rmdir "$d/ek-attack"; }\n'
+        '  for f in "$d"/*/cgroup.procs; do [ -e "$f" ] || continue\n'
+        '    g=$(dirname "$f"); for k in pids.max memory.limit_in_bytes freezer.state; do\n'
+        '      [ -e "$g/$k" ] && { v=$(cat "$g/$k"); echo "$v" > "$g/$k" 2>/dev/null && '
+        "echo LIMIT-WRITTEN $g/$k; }; done; done\n"
+        "done\n"
+        "echo CGROUP-MOUNTS=$n\n"
+    )
+    with booted(tmp_path, script) as (layout, host):
+        out = console(layout)
+        assert control.boot_error(host) is None, out
+        mounts = int(out.split("CGROUP-MOUNTS=")[1].split()[0])
+        if mounts == 0:
+            pytest.skip("no cgroup hierarchy under /sys/fs/cgroup on this machine")
+        assert "CGROUP-CREATED" not in out and "LIMIT-WRITTEN" not in out, out
+
+
 def test_the_machine_does_not_follow_the_hosts_links_at_boot(tmp_path: Path) -> None:
     """At each boot the launcher (root on the machine) writes the user data and the endpoint's
     CA into the host's disk. Root in the host can leave links there pointing at machine paths:
