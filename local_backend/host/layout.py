@@ -31,6 +31,8 @@ PERSISTENT_DIRS = ("etc", "opt", "var", "home", "root", "srv", "mnt", "media")
 HOST_IDENTITY = "/run/enclavekit-host/identity.json"  # instance id, role, region, type
 HOST_EMULATOR_STATE = "/run/nitro_enclaves/emulator"  # the enclave emulator's state dir
 HOST_ALLOCATION = "/run/nitro_enclaves/allocation.json"  # what the allocator reserved
+# The machine's /usr and loader cache, read-only, for the enclave driver's namespace only.
+HOST_MACHINE_STAGE = "/run/enclavekit-host/machine"
 CLOUD_DIR = "/var/lib/cloud"
 BOOT_RESULT = "/var/lib/cloud/data/result.json"  # cloud-init's own result file
 BOOT_STATUS = "/var/lib/cloud/data/status.json"

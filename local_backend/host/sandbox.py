@@ -27,12 +27,13 @@ import fcntl
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_backend.emulator import isolation as iso
-from local_backend.host.layout import PERSISTENT_DIRS, confined
+from local_backend.host.layout import HOST_MACHINE_STAGE, PERSISTENT_DIRS, confined
 
 IMDS_ADDRESS = "169.254.169.254"
 _SIOCSIFADDR = 0x8916
@@ -206,6 +207,37 @@ def build_root(plan: SandboxPlan, warn: Warn) -> None:
         _bind(path, confined(root, path), ro=True)
     for inside, source in sorted(plan.extra_ro.items()):
         _bind(source, confined(root, inside), ro=True)
+    # The enclave driver runs this code, and starts monitors and enclaves from these paths and
+    # from /usr: root in the host must not swap them. Their ancestors on its disk are bound
+    # onto themselves read-only (renaming one away would leave its own files at the path),
+    # and the machine's /usr and loader cache wait here for the driver's namespace.
+    for ancestor in _ancestors([*plan.tool_mounts, *plan.extra_ro]):
+        target = str(confined(root, ancestor))
+        iso.bind_ro(target, target)
+    _bind("/usr", root / HOST_MACHINE_STAGE.lstrip("/") / "usr", ro=True)
+    # The dynamic loader's files are the machine's (the cache matches the machine's /usr below
+    # the overlay), read-only mount points root in the host can neither rewrite nor remove:
+    # every program the driver starts reads them.
+    for name, source in (("ld.so.cache", "/etc/ld.so.cache"), ("ld.so.preload", "/dev/null")):
+        if not os.path.exists(source):
+            continue
+        target = root / "etc" / name  # /etc is a real directory: the host's persistent one
+        if target.is_symlink() or target.is_dir():  # root's link or directory, set aside
+            target.rename(target.with_name(f"{name}.replaced-{time.time_ns()}"))
+        target.touch(exist_ok=True)
+        iso.bind_ro(source, str(target))
+
+
+def _ancestors(paths: list[str]) -> list[str]:
+    """The directories between a persistent directory of the host's disk and each of `paths`
+    (the root's own tmpfs is read-only as a whole: `become_root`), shallowest first."""
+    out: set[str] = set()
+    for path in paths:
+        parts = [p for p in path.split("/") if p]
+        if len(parts) < 3 or parts[0] not in PERSISTENT_DIRS:
+            continue
+        out.update("/" + "/".join(parts[:i]) for i in range(2, len(parts)))
+    return sorted(out, key=lambda a: (a.count("/"), a))
 
 
 def drop_capabilities(warn: Warn, caps: dict[str, int] | None = None) -> None:
@@ -275,6 +307,10 @@ def become_root(plan: SandboxPlan, ns: Namespaces, warn: Warn) -> None:
         warn(f"pivot_root not permitted ({exc.strerror}); using chroot instead")
         os.chroot(".")
     os.chdir("/")
+    # The root's own tmpfs (its top-level links and the directories leading to the tool
+    # mounts) is read-only: `/lib64 -> elsewhere` would give the driver's next program a
+    # loader of root's choosing. Top-level directories of the host's own are refused (EROFS).
+    iso.mount(None, "/", None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_RDONLY | iso.MS_NOSUID)
     if ns.uts:
         name = plan.hostname.encode()
         with contextlib.suppress(OSError):

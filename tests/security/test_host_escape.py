@@ -259,3 +259,68 @@ def test_an_enclaves_vsock_proxy_cannot_carry_the_endpoints_own_keys(
         assert "InvalidClientTokenId" in replies[name], replies[name]
     assert "<GetCallerIdentityResult>" in replies["session"], replies["session"]
     assert "enclave-parent-" in replies["session"]
+
+
+PROBE_APP = Path(__file__).resolve().parents[1] / "fixtures" / "probe_app"
+ASK_PROBE = """python3 - "$1" "$2" <<'PY'
+import sys, time
+from enclavekit.transport import open_vsock
+v = open_vsock()
+for _ in range(100):
+    try:
+        s = v.connect(int(sys.argv[1]), 5006)
+        break
+    except OSError:
+        time.sleep(0.1)
+s.sendall(sys.argv[2].encode() + b"\\n")
+print("PROBE", s.makefile("rb").readline().decode().strip())
+PY
+"""
+
+
+def test_host_root_cannot_change_the_code_the_enclave_driver_runs(tmp_path: Path) -> None:
+    """The enclave driver (which alone keeps CAP_SYS_ADMIN), the monitors it starts (which hold
+    the attestation keys) and their enclaves' runtime layer (/usr/lib, not measured) run code
+    from the host's view of the machine. Root in the host could write that code: a library in
+    /usr/lib (its overlay) is loaded by the enclave with its true PCRs, `/lib64` or
+    /etc/ld.so.preload pick the loader of the driver's next program, and renaming a directory
+    that leads to the project or the interpreter leaves root's files at the machine path the
+    driver executes. The driver sees the machine's /usr; the rest is read-only to root."""
+    from enclavekit.build import build_enclave
+    from local_backend.host.layout import PERSISTENT_DIRS
+    from local_backend.host.rootfs import tool_mounts
+
+    opt = instance_layout(tmp_path, IID).inside("/opt")
+    opt.mkdir(parents=True)
+    build_enclave(PROBE_APP, opt / "probe.eif")
+    movable = set()
+    for path in tool_mounts():
+        parts = [p for p in path.split("/") if p]
+        top = 2 if parts[0] in PERSISTENT_DIRS else 1
+        if len(parts) > top:
+            movable.add("/" + "/".join(parts[:top]))
+    script = (
+        "#!/bin/bash\n" + GUARD + f"ask() {{\n{ASK_PROBE}}}\n"
+        "dnf install -y -q aws-nitro-enclaves-cli\n"
+        "systemctl start nitro-enclaves-allocator\n"
+        "echo parent-wrote-this > /usr/lib/ek-parent-marker && echo MARKER-PLANTED\n"
+        "echo /tmp/evil.so > /etc/ld.so.preload 2>/dev/null && echo PRELOAD-WRITTEN\n"
+        "rm -f /etc/ld.so.preload 2>/dev/null && echo PRELOAD-REMOVED\n"
+        "cid=$(nitro-cli run-enclave --eif-path /opt/probe.eif --cpu-count 2 --memory 512 | "
+        "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"EnclaveCID\"])')\n"
+        "ask $cid 'READ /usr/lib/ek-parent-marker'\n"
+        "ask $cid 'READ /usr/lib/os-release'\n"
+        "ln -sfn /tmp /lib64 2>/dev/null && echo LOADER-LINK-SWAPPED\n"
+        "mkdir /ek-top 2>/dev/null && echo TOP-DIR-MADE\n"
+        + "".join(f"mv {m} {m}.moved 2>/dev/null && echo MOVED {m}\n" for m in sorted(movable))
+    )
+    with booted(tmp_path, script, enclave_enabled=True) as (layout, host):
+        out = console(layout)
+    assert "MARKER-PLANTED" in out, out
+    probes = [ln for ln in out.splitlines() if ln.startswith("PROBE ")]
+    assert len(probes) == 2, out
+    # the enclave's /usr/lib is the machine's: not the file root wrote, yet a real one
+    assert probes[0].startswith("PROBE MISSING 2 "), out
+    assert probes[1].startswith("PROBE CONTENT "), out
+    for done in ("PRELOAD-WRITTEN", "PRELOAD-REMOVED", "LOADER-LINK-SWAPPED", "MOVED "):
+        assert done not in out, out
