@@ -83,15 +83,19 @@ def _private_pki() -> None:
 
 
 def _machine_code() -> None:
-    """In the driver's namespace /usr is the machine's, read-only: the driver, the monitors it
-    starts (which hold the PKI keys) and their enclaves' runtime layer (/usr/lib) load code
-    from there, and in the host root may rewrite /usr (an overlay of its own). The loader's
-    /etc files are the machine's for the whole host (`sandbox.build_root`)."""
+    """In the driver's namespace /usr/lib and /usr/lib64 are the machine's, read-only: the
+    driver, the monitors it starts (which hold the PKI keys) and their enclaves' runtime layer
+    load shared libraries from there, and in the host root may rewrite them (/usr is an
+    overlay of its own). The rest of /usr stays the host's: an EIF a package installed under
+    /usr/share is data, measured before it runs. The loader's /etc files are the machine's for
+    the whole host (`sandbox.build_root`)."""
     from local_backend.emulator import isolation as iso
 
-    stage = Path(HOST_MACHINE_STAGE) / "usr"
-    if stage.is_dir():
-        iso.bind_ro(str(stage), "/usr")
+    for lib in ("lib", "lib64"):
+        stage = Path(HOST_MACHINE_STAGE) / "usr" / lib
+        target = Path("/usr") / lib
+        if stage.is_dir() and not stage.is_symlink() and target.is_dir():
+            iso.bind_ro(str(stage), str(target))
 
 
 def _ensure_pki() -> None:
