@@ -326,3 +326,25 @@ def test_host_root_cannot_change_the_code_the_enclave_driver_runs(tmp_path: Path
     # puts "/" first on its sys.path, so /local_backend/ of root's would have been it
     for done in ("PRELOAD-", "LOADER-LINK-SWAPPED", "TOP-DIR-MADE", "MOVED "):
         assert done not in out, out
+
+
+def test_the_machine_looking_into_a_host_runs_its_commands_without_its_own_capabilities(
+    tmp_path: Path,
+) -> None:
+    """`local status` and verify run `nitro-cli describe-enclaves` (and probes) inside a host
+    from the machine. That command is the host's (its PATH, its /usr overlay): root there can
+    replace it, and it ran with the machine's full capabilities (CAP_SYS_MODULE loads a kernel
+    module, CAP_DAC_READ_SEARCH opens machine files by handle). It runs with no more than the
+    host's own root has."""
+    script = (
+        "#!/bin/bash\n" + GUARD + "dnf install -y -q aws-nitro-enclaves-cli\n"
+        "grep CapBnd /proc/self/status > /root/user-data.caps\n"
+        "printf '#!/bin/bash\\ngrep CapBnd /proc/self/status > /root/entered.caps\\necho []\\n'"
+        " > /usr/local/bin/nitro-cli && chmod +x /usr/local/bin/nitro-cli\n"
+    )
+    with booted(tmp_path, script) as (layout, host):
+        assert control.boot_error(host) is None, console(layout)
+        run = control.host_exec(layout, ["nitro-cli", "describe-enclaves"])
+        assert run.returncode == 0, run.stderr
+        entered = layout.inside("/root/entered.caps").read_text()
+        assert entered == layout.inside("/root/user-data.caps").read_text(), entered
