@@ -19,6 +19,9 @@ LOCAL_REGION = "us-east-1"
 # The access key the local endpoint maps to the account root (moto's default identity).
 LOCAL_ACCESS_KEY_ID = "testing"
 LOCAL_SECRET_ACCESS_KEY = "testing"
+# The loopback source address of the relays that carry an instance's requests to the local
+# endpoint (the endpoint refuses the constant keys above from it: moto_ext.identity).
+INSTANCE_SOURCE_ADDRESS = "127.0.0.2"
 
 # Variables that could reach a real account: credentials, profiles and SSO, config and
 # credential files, endpoints and endpoint routing, roles and web identities. An app's own

@@ -421,6 +421,7 @@ def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
     """
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+    from local_backend.moto_ext import identity
     from local_backend.registry import Registry, handles
 
     moto_app = DomainDispatcherApplication(create_backend_app)
@@ -463,7 +464,8 @@ def _app(state_dir: Path, iam: str = "on") -> Callable[..., Any]:
                     [("Content-Type", content_type), ("Content-Length", str(len(body)))],
                 )
                 return [body]
-        return moto_app(environ, start_response)
+        with identity.request_source(environ.get("REMOTE_ADDR")):
+            return moto_app(environ, start_response)
 
     return app
 

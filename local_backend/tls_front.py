@@ -26,6 +26,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Self
 
+from enclavekit.localenv import INSTANCE_SOURCE_ADDRESS
 from enclavekit.transport import ConnectionServer
 
 from .moto_ext.acm.models import LocalCa
@@ -105,7 +106,11 @@ class TlsFront(ConnectionServer):
             return
         tls.settimeout(None)
         try:
-            upstream = socket.create_connection(self.backend, timeout=10)
+            # an instance's connection stays marked as one (moto_ext.identity refuses it the
+            # endpoint's constant keys)
+            mark = _peer(addr) == INSTANCE_SOURCE_ADDRESS
+            source = (INSTANCE_SOURCE_ADDRESS, 0) if mark else None
+            upstream = socket.create_connection(self.backend, timeout=10, source_address=source)
         except OSError as exc:
             log.warning("TLS front: the endpoint at %s:%s is unreachable: %s", *self.backend, exc)
             tls.close()
@@ -118,6 +123,10 @@ class TlsFront(ConnectionServer):
         super().start()
         log.info("TLS front for AWS host names on %s -> %s:%s", self.url, *self.backend)
         return self
+
+
+def _peer(addr: object) -> str | None:
+    return str(addr[0]) if isinstance(addr, tuple) and addr else None
 
 
 def _relay(tls: ssl.SSLSocket, plain: socket.socket) -> None:

@@ -353,6 +353,70 @@ fn(1, vp)(None)
     return json.loads(run.stdout)
 
 
+CKR_ATTRIBUTE_SENSITIVE = 0x11
+# CKA_VALUE (EC), CKA_PRIVATE_EXPONENT, CKA_PRIME_1 (RSA); CKA_SENSITIVE; CKA_EXTRACTABLE
+SECRET_ATTRIBUTES = (0x11, 0x123, 0x124)
+CKA_SENSITIVE, CKA_EXTRACTABLE = 0x103, 0x162
+
+
+def _private_key_as_the_parent_asks(world: World, cid: int, label: str) -> dict[str, int]:
+    """Logged in with the PIN (the parent knows it: it chose it), C_GetAttributeValue of the
+    private key's secret parts through p11-kit: the CK_RV of each, and its two flags."""
+    script = f"""
+import ctypes, json
+ul, vp = ctypes.c_ulong, ctypes.c_void_p
+class Fl(ctypes.Structure):
+    _fields_ = [("v", ctypes.c_ubyte * 2)] + [(f"f{{i}}", vp) for i in range(68)]
+class Attr(ctypes.Structure):
+    _fields_ = [("type", ul), ("value", vp), ("len", ul)]
+lib = ctypes.CDLL({str(world.system.p11kit_client)!r})
+fl = ctypes.POINTER(Fl)()
+assert lib.C_GetFunctionList(ctypes.byref(fl)) == 0
+fn = lambda i, *a: ctypes.CFUNCTYPE(ul, *a)(getattr(fl.contents, f"f{{i}}"))
+assert fn(0, vp)(None) == 0
+n = ul(0)
+assert fn(4, ctypes.c_ubyte, vp, ctypes.POINTER(ul))(1, None, ctypes.byref(n)) == 0
+slots = (ul * n.value)()
+assert fn(4, ctypes.c_ubyte, vp, ctypes.POINTER(ul))(1, slots, ctypes.byref(n)) == 0
+out = {{}}
+for slot in slots:
+    info = ctypes.create_string_buffer(256)
+    assert fn(6, ul, vp)(slot, info) == 0
+    if info.raw[:32].decode().rstrip() != {label!r}:
+        continue
+    h = ul(0)
+    assert fn(12, ul, ul, vp, vp, ctypes.POINTER(ul))(slot, 0x4, None, None, ctypes.byref(h)) == 0
+    pin = {PIN!r}.encode()
+    assert fn(18, ul, ul, ctypes.c_char_p, ul)(h, 1, pin, len(pin)) == 0
+    cls = ul(3)  # CKO_PRIVATE_KEY
+    tmpl = Attr(0, ctypes.cast(ctypes.byref(cls), vp), ctypes.sizeof(cls))
+    assert fn(26, ul, vp, ul)(h, ctypes.byref(tmpl), 1) == 0
+    obj, count = ul(0), ul(0)
+    assert fn(27, ul, vp, ul, ctypes.POINTER(ul))(h, ctypes.byref(obj), 1, ctypes.byref(count)) == 0
+    fn(28, ul)(h)
+    assert count.value == 1
+    getattr_ = fn(24, ul, ul, vp, ul)
+    for t in {SECRET_ATTRIBUTES!r}:
+        buf = ctypes.create_string_buffer(1024)
+        a = Attr(t, ctypes.cast(buf, vp), 1024)
+        out[hex(t)] = getattr_(h, obj.value, ctypes.byref(a), 1)
+    for t in ({CKA_SENSITIVE}, {CKA_EXTRACTABLE}):
+        b = ctypes.c_ubyte(9)
+        a = Attr(t, ctypes.cast(ctypes.byref(b), vp), 1)
+        assert getattr_(h, obj.value, ctypes.byref(a), 1) == 0
+        out["flag" + hex(t)] = b.value
+print(json.dumps(out))
+fn(1, vp)(None)
+"""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "P11_KIT_SERVER_ADDRESS": p11kit_address(world.instance, cid)}  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0 and run.stdout.strip(), run.stdout + run.stderr
+    return json.loads(run.stdout)
+
+
 def _keyscan(world: World, arn: str, *, paths: list[str], pids: list[int]) -> dict[str, Any]:
     """The endpoint (which plays ACM and holds the key) searches for it; verify's request."""
     req = {"certificate_arn": arn, "account_id": LOCAL_ACCOUNT, "region": LOCAL_REGION,
@@ -437,6 +501,14 @@ def test_token_in_the_enclave_signs_for_the_parent(world: World) -> None:
         assert info["serial"] == "EVT00"
         assert info["flags"] & CKF_WRITE_PROTECTED and info["flags"] & CKF_LOGIN_REQUIRED
         assert info["rw_session"] == CKR_TOKEN_WRITE_PROTECTED
+        # ... whose key, PIN and all, never leaves: its secret parts are sensitive and it is
+        # not extractable (SoftHSM refuses them; the read-only token refuses changing that)
+        for label in ("acm-rsa", "acm-ec"):
+            got = _private_key_as_the_parent_asks(world, cid, label)
+            assert got.pop(hex(CKA_SENSITIVE).replace("0x", "flag0x")) == 1, label
+            assert got.pop(hex(CKA_EXTRACTABLE).replace("0x", "flag0x")) == 0, label
+            assert CKR_ATTRIBUTE_SENSITIVE in got.values(), (label, got)
+            assert set(got.values()) <= {CKR_ATTRIBUTE_SENSITIVE, 0x12}, (label, got)
 
         # a removed token is gone from p11-kit's view too
         assert _call(world, cid, "RemoveToken", label="acm-ec", pin=PIN) == {"Ok": "None"}

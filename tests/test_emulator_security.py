@@ -308,6 +308,61 @@ def test_an_enclave_has_no_capabilities_to_break_out(manager: EnclaveManager, pr
     assert not [w for w in record.get("Warnings", []) if "privileges" in w]
 
 
+def test_an_enclave_cannot_write_the_machines_kernel_settings(
+    manager: EnclaveManager, prober: dict
+) -> None:
+    """uid 0 needs no capability to write a sysctl: `kernel.core_pattern = |/proc/%P/root/x`
+    would run the enclave's file as the machine's root at its next crash (and sysrq-trigger
+    reboots the machine). /proc/sys and sysrq-trigger are read-only in the enclave, as on a
+    Nitro enclave, whose kernel is its own. The probe writes the file's own content back."""
+    path = "/proc/sys/kernel/core_pattern"
+    assert probe(manager, prober, f"REWRITE {path}").startswith("DENIED 30 "), path
+    # its own files are still writable: the refusal is the read-only /proc/sys
+    assert probe(manager, prober, "REWRITE /proc/self/comm") == "WROTE"
+
+
+def test_the_parent_cannot_rewrite_an_enclaves_launch_request(manager: EnclaveManager) -> None:
+    """PCR3/PCR4, debug mode and the console were the monitor's reading of request.json in
+    the emulator's state dir, which root on the parent can write (DAC override; in a host the
+    dir is on the host's /run) in the moment between run-enclave writing it and the monitor
+    starting. The monitor takes its request from run-enclave's pipe; the file is a record."""
+    from enclavekit import pcr
+
+    forged = "i-0fffffffffffffff0"
+    stop = threading.Event()
+    seen: set[Path] = set()
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            for req in manager.layout.enclaves.glob("*/request.json"):
+                if req in seen:
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    data = json.loads(req.read_text())
+                    data.update(instance_id=forged, keep_console=True)
+                    req.write_text(json.dumps(data))
+                    seen.add(req)
+            time.sleep(0.0005)
+
+    before = set(manager.layout.enclaves.glob("*/request.json"))
+    seen.update(before)
+    t = threading.Thread(target=rewrite, daemon=True)
+    t.start()
+    try:
+        eif = build_enclave(PROBE_APP, manager.layout.root.parent / "probe2.eif").path
+        info = manager.run_enclave(
+            eif, 1, 96, name="probe-2", parent_role_arn=ROLE, parent_instance_id=IID
+        )
+    finally:
+        stop.set()
+        t.join(5)
+    try:
+        assert len(seen - before) == 1  # the file was rewritten before the monitor started
+        assert probe(manager, info, "PCR 4") == "PCR " + pcr.pcr4_of_instance_id(IID).hex()
+    finally:
+        manager.terminate(info["EnclaveID"])
+
+
 # ------------------------------------------------------------------ the fallback check
 
 

@@ -144,6 +144,21 @@ def bind_ro(source: str, target: str) -> None:
     mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+# /proc entries that act on the machine's kernel whatever namespace reads them, and need only
+# uid 0 (no capability) to write: a sysctl such as `kernel.core_pattern` (`|/proc/%P/root/x`
+# runs a file of the crashing process as the machine's root) and SysRq. Read-only, as
+# container runtimes make them.
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+
+
+def protect_proc(proc: str) -> None:
+    """Make the machine-wide entries of the procfs mounted at `proc` read-only."""
+    for name in PROC_READ_ONLY:
+        path = os.path.join(proc, name)
+        if os.path.exists(path):
+            bind_ro(path, path)
+
+
 def _mountpoint_for(source: str, target: Path) -> None:
     if os.path.isdir(source):
         target.mkdir(parents=True, exist_ok=True)
@@ -296,6 +311,7 @@ def _child(spec: LaunchSpec, go_r: int, err_w: int, have_pidns: bool, have_root:
             root = spec.new_root
             if have_pidns:
                 mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                protect_proc(os.path.join(root, "proc"))
             mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
             os.chdir(root)
             try:

@@ -9,6 +9,7 @@ enclave's vsock directory. Run as `python -m local_backend.emulator.monitor <enc
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -81,9 +82,9 @@ def make_signer(state_root: Path, module_id: str):  # noqa: ANN201 - a DocumentS
 class Monitor:
     """Boot, supervise and tear down one enclave."""
 
-    def __init__(self, enclave_dir: Path) -> None:
+    def __init__(self, enclave_dir: Path, request: dict[str, Any]) -> None:
         self.dir = enclave_dir
-        self.request: dict[str, Any] = state.read_json(enclave_dir / "request.json")
+        self.request = request
         self.layout = state.Layout(Path(self.request["state_dir"]))
         self.record: dict[str, Any] = {
             k: self.request[k]
@@ -286,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         import ctypes
 
         ctypes.CDLL(None).prctl(15, b"enclavekit-monitor", 0, 0, 0)  # PR_SET_NAME
-    return Monitor(Path(args[0])).run()
+    # The request comes from run-enclave's pipe, never from request.json: that file lies in the
+    # state dir, which root on the parent can rewrite (PCR3/PCR4, debug mode, the console).
+    request = json.loads(sys.stdin.buffer.read())
+    return Monitor(Path(args[0]), request).run()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ process (the CLI, the local backend, tests) can describe or terminate what anoth
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -204,13 +206,18 @@ class EnclaveManager:
         with open(d / "monitor.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "local_backend.emulator.monitor", str(d)],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
                 cwd="/",
                 env=_monitor_env(),
             )
+        # The request itself goes down the pipe: request.json is a record, and whoever can
+        # write the state dir (root on the parent) could rewrite it before the monitor reads.
+        if proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError), proc.stdin:
+                proc.stdin.write(json.dumps(request).encode())
         self._monitors[proc.pid] = proc
         record = self._wait_boot(d, proc)
         for warning in record.get("Warnings", []):

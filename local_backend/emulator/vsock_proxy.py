@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from enclavekit import yamlsafe
 from enclavekit.errors import EmulatorError, InvalidInput
+from enclavekit.localenv import INSTANCE_SOURCE_ADDRESS
 from enclavekit.transport import EmulatedVsock, VsockTransport, pump
 from local_backend.endpoint_file import EndpointInfo, read_endpoint
 
@@ -243,7 +244,10 @@ class VsockProxy:
     def _handle(self, conn: socket.socket) -> None:
         with conn:
             try:
-                upstream = socket.create_connection(self.target, timeout=10)
+                # from the instances' address: the endpoint refuses the enclave its constant
+                # keys (an IPv6 target keeps the default source)
+                source = None if ":" in self.target[0] else (INSTANCE_SOURCE_ADDRESS, 0)
+                upstream = socket.create_connection(self.target, timeout=10, source_address=source)
             except OSError:
                 return
             with upstream:

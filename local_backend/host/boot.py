@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from enclavekit.contract import STATE_ENV
+from enclavekit.localenv import INSTANCE_SOURCE_ADDRESS
 from enclavekit.transport import ConnectionServer, pump
 from local_backend.emulator import isolation as iso
 from local_backend.host import prepared, rootfs, sandbox, services_net
@@ -93,8 +94,12 @@ class _EndpointRelay(ConnectionServer):
 
     def serve(self, conn: socket.socket, addr: object) -> None:
         with conn:
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            try:  # from the instances' address: the endpoint knows the request is an instance's
+                upstream = socket.create_connection(
+                    ("127.0.0.1", self.port),
+                    timeout=10,
+                    source_address=(INSTANCE_SOURCE_ADDRESS, 0),
+                )
             except OSError:
                 return
             upstream.settimeout(None)
@@ -302,10 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     rootfs.prepare(layout, hostname=hostname, region=info["region"])
     _trust_endpoint_ca(layout, state_dir)
     iid = info["instance_id"]
-    udir = layout.inside(f"/var/lib/cloud/instances/{iid}")
-    udir.mkdir(parents=True, exist_ok=True)
-    if info.get("user_data") and not (udir / "user-data.txt").exists():
-        (udir / "user-data.txt").write_bytes(base64.b64decode(info["user_data"]))
+    # resolved in full on the host's disk (`inside`): its links are the host root's
+    user_data = layout.inside(f"/var/lib/cloud/instances/{iid}/user-data.txt")
+    user_data.parent.mkdir(parents=True, exist_ok=True)
+    if info.get("user_data") and not user_data.exists():
+        user_data.write_bytes(base64.b64decode(info["user_data"]))
     layout.mount_point.mkdir(exist_ok=True)
     plan = sandbox.SandboxPlan(
         rootfs=str(layout.rootfs),

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from local_backend.host.layout import HOST_EMULATOR_STATE
+from local_backend.host.layout import HOST_EMULATOR_STATE, HOST_MACHINE_STAGE
 
 SOCKET = "/run/nitro_enclaves/driver.sock"
 MAX_REQUEST = 64 * 1024
@@ -72,6 +72,7 @@ def _private_pki() -> None:
     os.makedirs(PKI_DIR, exist_ok=True)
     iso.unshare(iso.CLONE_NEWNS)
     iso.mount(None, "/", None, iso.MS_REC | iso.MS_PRIVATE)
+    _machine_code()
     iso.mount(
         "enclave-pki",
         PKI_DIR,
@@ -79,6 +80,22 @@ def _private_pki() -> None:
         iso.MS_NOSUID | iso.MS_NODEV | iso.MS_NOEXEC,
         "mode=0700,size=1m",
     )
+
+
+def _machine_code() -> None:
+    """In the driver's namespace /usr/lib and /usr/lib64 are the machine's, read-only: the
+    driver, the monitors it starts (which hold the PKI keys) and their enclaves' runtime layer
+    load shared libraries from there, and in the host root may rewrite them (/usr is an
+    overlay of its own). The rest of /usr stays the host's: an EIF a package installed under
+    /usr/share is data, measured before it runs. The loader's /etc files are the machine's for
+    the whole host (`sandbox.build_root`)."""
+    from local_backend.emulator import isolation as iso
+
+    for lib in ("lib", "lib64"):
+        stage = Path(HOST_MACHINE_STAGE) / "usr" / lib
+        target = Path("/usr") / lib
+        if stage.is_dir() and not stage.is_symlink() and target.is_dir():
+            iso.bind_ro(str(stage), str(target))
 
 
 def _ensure_pki() -> None:

@@ -12,6 +12,12 @@ import os
 import sys
 
 from local_backend.emulator import isolation as iso
+from local_backend.host import sandbox
+
+# What the host's own root lacks: a command run in here is the host's (its PATH, its /usr
+# overlay), so it must not run with the machine's capabilities (CAP_SYS_MODULE,
+# CAP_DAC_READ_SEARCH's open_by_handle_at, CAP_MKNOD of a disk ... are ways out).
+HOST_LACKS = {**sandbox.DROPPED_CAPABILITIES, **sandbox.USER_DROPPED_CAPABILITIES}
 
 _NAMESPACES = (
     ("net", iso.CLONE_NEWNET),
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir("/")
     child = os.fork()  # the PID namespace applies to children only
     if child == 0:
+        sandbox.drop_capabilities(lambda text: print(f"enter: {text}", file=sys.stderr), HOST_LACKS)
         os.execvpe(command[0], command, env)
     _, status = os.waitpid(child, 0)
     return os.waitstatus_to_exitcode(status)

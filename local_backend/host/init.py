@@ -75,9 +75,9 @@ def main() -> int:
     deadline = time.monotonic() + 10
     while not Path(driver.SOCKET).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    sandbox.drop_capabilities(
-        lambda text: print(f"enclavekit: {text}", flush=True), sandbox.USER_DROPPED_CAPABILITIES
-    )
+    say = lambda text: print(f"enclavekit: {text}", flush=True)  # noqa: E731
+    sandbox.seal_submounts("/sys", say)  # the driver's own namespace keeps its cgroups
+    sandbox.drop_capabilities(say, sandbox.USER_DROPPED_CAPABILITIES)
     with contextlib.suppress(Exception):
         systemd.start_enabled(sys.stdout.buffer)
     pid = os.fork()

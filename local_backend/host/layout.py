@@ -13,6 +13,7 @@ Inside the host, the tools share a few fixed paths (`HOST_*`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import threading
@@ -31,6 +32,8 @@ PERSISTENT_DIRS = ("etc", "opt", "var", "home", "root", "srv", "mnt", "media")
 HOST_IDENTITY = "/run/enclavekit-host/identity.json"  # instance id, role, region, type
 HOST_EMULATOR_STATE = "/run/nitro_enclaves/emulator"  # the enclave emulator's state dir
 HOST_ALLOCATION = "/run/nitro_enclaves/allocation.json"  # what the allocator reserved
+# The machine's /usr and loader cache, read-only, for the enclave driver's namespace only.
+HOST_MACHINE_STAGE = "/run/enclavekit-host/machine"
 CLOUD_DIR = "/var/lib/cloud"
 BOOT_RESULT = "/var/lib/cloud/data/result.json"  # cloud-init's own result file
 BOOT_STATUS = "/var/lib/cloud/data/status.json"
@@ -64,8 +67,10 @@ class HostLayout:
         return self.dir / "mnt"
 
     def inside(self, path: str) -> Path:
-        """The machine path of a file on the host's persistent disk (`/var/...` -> rootfs)."""
-        return self.rootfs / path.lstrip("/")
+        """The machine path of a file on the host's persistent disk (`/var/...` -> rootfs),
+        its links resolved as the host sees them (`confined`): the machine reads and writes
+        these files from outside, and root in the host owns them."""
+        return confined(self.rootfs, path)
 
     def read_info(self) -> dict[str, Any]:
         return json.loads(self.instance_file.read_text())
@@ -89,6 +94,38 @@ class HostLayout:
         with contextlib.suppress(OSError, ValueError):
             return json.loads(self.inside(BOOT_RESULT).read_text())
         return None
+
+
+MAX_LINKS = 40  # the kernel's limit on links followed in one path walk (ELOOP)
+
+
+def confined(root: Path, path: str) -> Path:
+    """`path` under `root` with every link on the way resolved as if `root` were `/` (an
+    absolute target restarts at `root`, `..` stops there), like openat2's RESOLVE_IN_ROOT.
+    The result has no link left in its existing part, so the machine following it stays on
+    the host's disk: a link root in the host planted to `/etc/...` of the machine means the
+    host's own `/etc/...`, as it does inside the instance."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        candidate = root.joinpath(*done, name)
+        if not candidate.is_symlink():
+            done.append(name)
+            continue
+        links += 1
+        if links > MAX_LINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(candidate))
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            done = []
+        parts[:0] = [p for p in target.split("/") if p not in ("", ".")]
+    return root.joinpath(*done)
 
 
 def instance_layout(state_dir: Path, instance_id: str) -> HostLayout:

@@ -27,12 +27,13 @@ import fcntl
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from local_backend.emulator import isolation as iso
-from local_backend.host.layout import PERSISTENT_DIRS
+from local_backend.host.layout import HOST_MACHINE_STAGE, PERSISTENT_DIRS, confined
 
 IMDS_ADDRESS = "169.254.169.254"
 _SIOCSIFADDR = 0x8916
@@ -166,8 +167,10 @@ def build_root(plan: SandboxPlan, warn: Warn) -> None:
     # The machine's tools resolve through its alternatives links (absolute /usr paths, the
     # host's own /usr inside): bound read-only rather than copied, so the instance's disk
     # holds no links to machine files.
+    # Targets on the host's disk are resolved there (`confined`): a link its root left must
+    # not make the machine create or cover a path of its own.
     if os.path.isdir("/etc/alternatives"):
-        _bind("/etc/alternatives", root / "etc" / "alternatives", ro=True)
+        _bind("/etc/alternatives", confined(root, "/etc/alternatives"), ro=True)
     for link in ("bin", "sbin", "lib", "lib64"):
         if os.path.exists(f"/usr/{link}"):
             (root / link).symlink_to(f"usr/{link}")
@@ -201,9 +204,40 @@ def build_root(plan: SandboxPlan, warn: Warn) -> None:
     with contextlib.suppress(OSError):
         iso.bind_ro("/sys", str(root / "sys"))
     for path in plan.tool_mounts:
-        _bind(path, root / path.lstrip("/"), ro=True)
+        _bind(path, confined(root, path), ro=True)
     for inside, source in sorted(plan.extra_ro.items()):
-        _bind(source, root / inside.lstrip("/"), ro=True)
+        _bind(source, confined(root, inside), ro=True)
+    # The enclave driver runs this code, and starts monitors and enclaves from these paths and
+    # from /usr: root in the host must not swap them. Their ancestors on its disk are bound
+    # onto themselves read-only (renaming one away would leave its own files at the path),
+    # and the machine's /usr and loader cache wait here for the driver's namespace.
+    for ancestor in _ancestors([*plan.tool_mounts, *plan.extra_ro]):
+        target = str(confined(root, ancestor))
+        iso.bind_ro(target, target)
+    _bind("/usr", root / HOST_MACHINE_STAGE.lstrip("/") / "usr", ro=True)
+    # The dynamic loader's files are the machine's (the cache matches the machine's /usr below
+    # the overlay), read-only mount points root in the host can neither rewrite nor remove:
+    # every program the driver starts reads them.
+    for name, source in (("ld.so.cache", "/etc/ld.so.cache"), ("ld.so.preload", "/dev/null")):
+        if not os.path.exists(source):
+            continue
+        target = root / "etc" / name  # /etc is a real directory: the host's persistent one
+        if target.is_symlink() or target.is_dir():  # root's link or directory, set aside
+            target.rename(target.with_name(f"{name}.replaced-{time.time_ns()}"))
+        target.touch(exist_ok=True)
+        iso.bind_ro(source, str(target))
+
+
+def _ancestors(paths: list[str]) -> list[str]:
+    """The directories between a persistent directory of the host's disk and each of `paths`
+    (the root's own tmpfs is read-only as a whole: `become_root`), shallowest first."""
+    out: set[str] = set()
+    for path in paths:
+        parts = [p for p in path.split("/") if p]
+        if len(parts) < 3 or parts[0] not in PERSISTENT_DIRS:
+            continue
+        out.update("/" + "/".join(parts[:i]) for i in range(2, len(parts)))
+    return sorted(out, key=lambda a: (a.count("/"), a))
 
 
 def drop_capabilities(warn: Warn, caps: dict[str, int] | None = None) -> None:
@@ -225,6 +259,29 @@ def drop_capabilities(warn: Warn, caps: dict[str, int] | None = None) -> None:
             warn(f"dropping {name} not permitted: the host keeps it")
 
 
+def seal_submounts(top: str, warn: Warn) -> None:
+    """Remount every mount below `top` read-only, in this mount namespace. A recursive bind
+    keeps its submounts' own flags: under the read-only /sys, the machine's cgroup hierarchies
+    stayed writable, and uid 0 needs no capability to create groups there, change another
+    group's limits (an enclave's, another instance's) or freeze it. PID 1 calls this once the
+    enclave driver has its own mount namespace, where its monitors still create cgroups."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError as exc:
+        warn(f"cannot read the mount table ({exc.strerror}): {top}'s submounts stay writable")
+        return
+    for line in lines:
+        fields = line.split()
+        point = fields[4].replace("\\040", " ")
+        if not point.startswith(top.rstrip("/") + "/") or "ro" in fields[5].split(","):
+            continue
+        flags = iso.MS_REMOUNT | iso.MS_BIND | iso.MS_RDONLY | iso.MS_NOSUID | iso.MS_NODEV
+        try:
+            iso.mount(None, point, None, flags | iso.MS_NOEXEC)
+        except OSError as exc:
+            warn(f"making {point} read-only failed ({exc.strerror})")
+
+
 def become_root(plan: SandboxPlan, ns: Namespaces, warn: Warn) -> None:
     """In PID 1 of the host: /proc, pivot_root into the built root, hostname, capabilities."""
     root = plan.mount_point
@@ -234,6 +291,14 @@ def become_root(plan: SandboxPlan, ns: Namespaces, warn: Warn) -> None:
         )
     else:
         iso.mount("/proc", os.path.join(root, "proc"), None, iso.MS_BIND | iso.MS_REC)
+    # root needs no capability to write a machine-wide sysctl (kernel.core_pattern would run a
+    # host file as the machine's root): /proc/sys read-only, but for the host's own network's
+    # settings (per network namespace, as EC2 user data may set them).
+    iso.protect_proc(os.path.join(root, "proc"))
+    net = os.path.join(root, "proc", "sys", "net")
+    if ns.net and os.path.isdir(net):
+        iso.mount(net, net, None, iso.MS_BIND)
+        iso.mount(None, net, None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_NOSUID | iso.MS_NODEV)
     os.chdir(root)
     try:
         iso.pivot_root(".", ".")
@@ -242,6 +307,10 @@ def become_root(plan: SandboxPlan, ns: Namespaces, warn: Warn) -> None:
         warn(f"pivot_root not permitted ({exc.strerror}); using chroot instead")
         os.chroot(".")
     os.chdir("/")
+    # The root's own tmpfs (its top-level links and the directories leading to the tool
+    # mounts) is read-only: `/lib64 -> elsewhere` would give the driver's next program a
+    # loader of root's choosing. Top-level directories of the host's own are refused (EROFS).
+    iso.mount(None, "/", None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_RDONLY | iso.MS_NOSUID)
     if ns.uts:
         name = plan.hostname.encode()
         with contextlib.suppress(OSError):

@@ -8,12 +8,14 @@ role (policy matching uses the role ARN); IAM user keys -> the user.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -23,7 +25,12 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from enclavekit.errors import AwsRequestError
-from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_ACCOUNT, LOCAL_SECRET_ACCESS_KEY
+from enclavekit.localenv import (
+    INSTANCE_SOURCE_ADDRESS,
+    LOCAL_ACCESS_KEY_ID,
+    LOCAL_ACCOUNT,
+    LOCAL_SECRET_ACCESS_KEY,
+)
 
 # access key -> (secret, account) of keys that act as an account root
 ROOT_KEYS: dict[str, tuple[str, str]] = {
@@ -37,6 +44,24 @@ EC2_SERVICE_SECRET_ACCESS_KEY = "ec2.amazonaws.com-local"
 SERVICE_KEYS: dict[str, tuple[str, str, str]] = {
     EC2_SERVICE_ACCESS_KEY_ID: (EC2_SERVICE_SECRET_ACCESS_KEY, LOCAL_ACCOUNT, "ec2.amazonaws.com")
 }
+# Instances reach the endpoint only through relays on the machine (a host's endpoint relay,
+# the TLS front relaying for it, an enclave's vsock-proxy), which connect from this loopback
+# address. The root key and the service keys are constants of this source: an instance may not
+# use them (on EC2 it holds its own role and nothing else), so for requests from here they are
+# unknown keys, as AWS answers any other.
+_from_instance: contextvars.ContextVar[bool] = contextvars.ContextVar("instance", default=False)
+
+
+@contextlib.contextmanager
+def request_source(remote_addr: str | None) -> Iterator[None]:
+    """Around one request: whether it came from an instance (its relay's source address)."""
+    token = _from_instance.set(remote_addr == INSTANCE_SOURCE_ADDRESS)
+    try:
+        yield
+    finally:
+        _from_instance.reset(token)
+
+
 UNSIGNED_OK = frozenset({"x-amz-content-sha256"})  # S3 tolerates it unsigned
 UNSIGNED_PAYLOADS = ("UNSIGNED-PAYLOAD", "STREAMING-")
 MAX_SKEW = dt.timedelta(minutes=15)  # AWS refuses signatures older/newer than this
@@ -94,6 +119,10 @@ def _find_key(access_key_id: str) -> tuple[str, Any] | None:
 
 def lookup(access_key_id: str, session_token: str | None) -> tuple[Caller, str]:
     """The caller and its secret for an access key; AuthFailure if AWS would not know it."""
+    if _from_instance.get() and (access_key_id in ROOT_KEYS or access_key_id in SERVICE_KEYS):
+        raise AuthFailure(
+            "UnrecognizedClientException", "The security token included in the request is invalid."
+        )
     if access_key_id in ROOT_KEYS:
         secret, account = ROOT_KEYS[access_key_id]
         root = f"arn:aws:iam::{account}:root"
