@@ -303,6 +303,12 @@ class Deployment:
                 "its certificate against",
                 pytrace=False,
             )
+        if h.relay_port is None:
+            pytest.fail(
+                f"enclavekit: host {h.instance_id}: no machine port is forwarded to its service "
+                f"port {h.service_port} (its security groups let nothing in)",
+                pytrace=False,
+            )
         wait_provisioned(h, timeout=timeout)
         ctx = ssl.create_default_context(cadata=self.endpoint.ca_pem().decode())
         raw = socket.create_connection(("127.0.0.1", h.relay_port), timeout=timeout)
