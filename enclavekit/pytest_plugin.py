@@ -305,8 +305,9 @@ class Deployment:
             )
         if h.relay_port is None:
             pytest.fail(
-                f"enclavekit: host {h.instance_id}: no machine port is forwarded to its service "
-                f"port {h.service_port} (its security groups let nothing in)",
+                f"enclavekit: TLS to {h.domain} failed: no machine port is forwarded to service "
+                f"port {h.service_port} of host {h.instance_id} (its security groups let "
+                "nothing in)",
                 pytrace=False,
             )
         wait_provisioned(h, timeout=timeout)

@@ -444,9 +444,9 @@ def _probe_enclave(host: _Host, eif_path: Path, *, debug: bool) -> Iterator[Emul
     allowlist = scratch / "vsock-proxy.yaml"
     allowlist.write_text(f"allowlist:\n- {{address: {kms_host}, port: 443}}\n")
     info = server.read_endpoint(host.state_dir)
-    proxy = VsockProxy.for_state_dir(
+    proxy = VsockProxy.for_state_dir(  # where the host's vsock-proxy.service listens
         scratch,
-        _kms_proxy_port(host),
+        prov.KMS_PROXY_PORT,
         kms_host,
         443,
         config=allowlist,
@@ -826,9 +826,9 @@ def verify_agent_host(
             Check(
                 "enclave",
                 False,
-                f"enclave {hr.enclave_id or '(none)'} of CID {host.parent.cid} is "
-                f"{enclave_state} (nitro-cli describe-enclaves in the host); `enclavekit up` "
-                "starts it again",
+                f"enclave {hr.enclave_id or '(none)'} is {enclave_state}: "
+                f"{host.enclave.get('ExitReason') or 'not listed'} (nitro-cli describe-enclaves "
+                f"in the host, CID {host.parent.cid}); `enclavekit up` starts it again",
             )
         )
         return hr

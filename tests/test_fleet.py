@@ -138,7 +138,7 @@ class Fleet:
         """(host launcher pid, enclave pid on the machine, relay port) of a running instance."""
         view = self.view(instance_id)
         st = view.state()
-        enclave_pid = view.machine_pid(int(st["enclave"]["ProcessID"]))
+        enclave_pid = view.enclave_pid(st["enclave"]["EnclaveID"])
         assert enclave_pid is not None, st["enclave"]
         return int(st["pid"]), enclave_pid, int(st["relay_port"])
 

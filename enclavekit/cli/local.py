@@ -55,6 +55,8 @@ def _user_data_host_line(h: dict) -> str:
     agent = ""
     if h.get("domain"):  # our parent agent runs here: its service and the enclave's word
         agent = f"  https://{h['domain']}  provisioned: {'yes' if h['provisioned'] else 'no'}"
+    if h.get("exit_reason"):
+        agent += f"  enclave {h['enclave_id']} {h.get('enclave_state')}: {h['exit_reason']}"
     return (
         f"  {h['stack'] or '-'}/{h['host'] or '-'}  {h['instance_id']}  user data: {boot}"
         f"  enclaves: {enclaves or 'none'}  ports: {ports or 'none'}{agent}"

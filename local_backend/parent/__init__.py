@@ -58,11 +58,14 @@ def instances_status(state_dir: Path) -> list[dict[str, Any]]:
     """One row per running instance host: what `enclavekit local status` shows. A host running
     our parent agent adds its service (domain, forwarded port) and whether the enclave says it
     was provisioned."""
-    from local_backend.parent.view import AgentHost, agent_config
+    from local_backend.parent.view import AgentHost, agent_config, launcher_alive
 
-    rows = hooks.hosts_status(state_dir)
-    for row in rows:
+    rows = []
+    for row in hooks.hosts_status(state_dir):
         layout = instance_layout(state_dir, row["instance_id"])
+        if not launcher_alive(layout):
+            continue  # left by an endpoint that died: not a running host
+        rows.append(row)
         if agent_config(layout) is None:
             continue
         st = AgentHost(layout).state()
@@ -71,15 +74,25 @@ def instances_status(state_dir: Path) -> list[dict[str, Any]]:
             host_port=st["relay_port"],
             provisioned=st["provisioned"],
             enclave_status=st["enclave_status"],
+            enclave_state=st["enclave_state"],
+            exit_reason=st["enclave"].get("ExitReason"),
         )
     return rows
 
 
 def sweep(state_dir: Path) -> list[str]:
     """Stop every host left running under `state_dir` by an endpoint that died without
-    running its stop hooks (matched by its instance dir on the launcher's command line, so a
-    recycled pid is never hit). Returns instance ids."""
-    return hooks.sweep_hosts(Path(state_dir))
+    running its stop hooks. Only a launcher whose command line names its own instance dir is
+    signalled, so a recycled pid is never hit. Returns the instance ids stopped."""
+    from local_backend.host import control
+    from local_backend.parent.view import launcher_alive
+
+    swept = []
+    for layout in hooks.hosts(Path(state_dir)):
+        if launcher_alive(layout):
+            control.stop_host(layout)
+            swept.append(layout.dir.name)
+    return swept
 
 
 def resync(state_dir: Path, stacks: Iterable[str] | None = None) -> int:

@@ -32,6 +32,19 @@ AGENT_UNIT_SUFFIX = "-agent.service"
 STATUS_TIMEOUT_S = 10.0
 
 
+def launcher_alive(layout: HostLayout) -> bool:
+    """Does the launcher host.json names still run (its command line names this instance dir,
+    so a recycled pid does not count)?"""
+    pid = layout.read_host().get("pid")
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(layout.dir).encode() in cmdline
+
+
 def agent_config(layout: HostLayout) -> dict[str, Any] | None:
     """The host.json the user data wrote for the agent, or None (not one of our image hosts)."""
     with contextlib.suppress(OSError, ValueError):
@@ -65,14 +78,7 @@ class AgentHost:
     def running(self) -> bool:
         """host.json says running and its launcher still runs (a directory left by an endpoint
         that died is not a running host)."""
-        pid = self.host.get("pid")
-        if self.host.get("state") != "running" or not pid:
-            return False
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return str(self.dir).encode() in cmdline
+        return self.host.get("state") == "running" and launcher_alive(self.layout)
 
     @property
     def cid(self) -> int:
@@ -169,9 +175,25 @@ class AgentHost:
             "journal": self.journal(),
         }
 
+    def enclave_record(self, enclave_id: str) -> dict[str, Any]:
+        """The emulator's full record of one enclave of the host (describe keys plus internals
+        such as EnclavePID, a pid of the host's PID namespace), read through its PID 1's root."""
+        from local_backend.emulator.state import Layout, read_json
+
+        root = Path(f"/proc/{self.host.get('init_pid')}/root{HOST_EMULATOR_STATE}")
+        layout = Layout(root)
+        with contextlib.suppress(OSError, ValueError, EnclaveKitError):
+            return dict(read_json(layout.slot_dir(layout.slot_of(enclave_id)) / "state.json"))
+        return {}
+
+    def enclave_pid(self, enclave_id: str) -> int | None:
+        """The machine pid of the enclave's own process (its isolated PID 1's parent side)."""
+        inner = self.enclave_record(enclave_id).get("EnclavePID")
+        return self.machine_pid(int(inner)) if inner else None
+
     def machine_pid(self, inner_pid: int) -> int | None:
-        """The machine pid of process `inner_pid` of the host's (or an enclave's nested) PID
-        namespace, found by its NSpid line under the host's PID 1."""
+        """The machine pid of process `inner_pid` of the host's PID namespace, found by its
+        NSpid line (machine pid first, the host's next) under the host's PID 1."""
         init = self.host.get("init_pid")
         if not init:
             return None
@@ -180,7 +202,7 @@ class AgentHost:
                 for line in status.read_text().splitlines():
                     if line.startswith("NSpid:"):
                         ids = [int(x) for x in line.split()[1:]]
-                        if ids[-1] == inner_pid and len(ids) > 1 and _under(ids[0], int(init)):
+                        if len(ids) > 1 and ids[1] == inner_pid and _under(ids[0], int(init)):
                             return ids[0]
         return None
 
