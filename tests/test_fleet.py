@@ -324,7 +324,7 @@ def test_terminated_instance_is_replaced_and_the_replacement_verified(fleet: Fle
     assert not _alive(old_parent) and not _listening(old_port)
     _wait("the old enclave to exit", lambda: not _alive(old_enclave), timeout=15)
     # its host starts within the TerminateInstances call; its user data runs on after that
-    assert fleet.parent(new)["pid"]
+    _wait("the replacement's host to start", lambda: fleet.parent(new)["pid"], timeout=30)
     _wait(
         "the replacement to be provisioned",
         lambda: fleet.parent(new).get("provisioned"),

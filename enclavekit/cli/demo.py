@@ -1,6 +1,6 @@
 """`enclavekit demo` (what `make demo` runs): the seed scenario, deployed locally and proven.
 
-`enclavekit up` on the project's sample app (endpoint, synth, bootstrap, deploy, seal, boot,
+`enclavekit up` on the project's sample app (endpoint, synth, bootstrap, deploy, boot, seal,
 verify), then the measurements each enclave host was built with and the key policies bound to
 them, read from the cloud assembly, and how to try the service by hand. The endpoint is left
 running for that; `enclavekit local stop` stops it and everything it started.
