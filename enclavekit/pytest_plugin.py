@@ -221,6 +221,13 @@ class DeployedHost:
         except (OSError, ValueError, KeyError):
             return {}
 
+    def provisioning(self) -> dict[str, Any]:
+        """`parent_state()`'s provisioning part only (the enclave's Status; cheap to poll)."""
+        try:
+            return dict(self._view().provisioning())
+        except (OSError, ValueError, KeyError):
+            return {}
+
     def vsock(self) -> Any:
         """The host's emulated vsock as its parent side (CID 3) sees it (`.connect(cid, port)`)."""
         return self._view().vsock
@@ -365,7 +372,7 @@ def wait_provisioned(host: DeployedHost, *, timeout: float = PROVISION_TIMEOUT_S
     """Wait until the agent has provisioned the enclave (certificate and secrets handed over)."""
     deadline = time.monotonic() + timeout
     while True:
-        st = host.parent_state()
+        st = host.provisioning()
         if st.get("state") != "running":
             pytest.fail(
                 f"enclavekit: host {host.instance_id} is {st.get('state') or 'gone'}, "
@@ -601,7 +608,7 @@ def wait_all_provisioned(
     pending = list(hosts)
     while pending:
         h = pending[0]
-        st = h.parent_state()
+        st = h.provisioning()
         fresh = h.stack not in resealed or st.get("provisioned_at") != before.get(h.instance_id)
         if st.get("provisioned") and fresh:
             pending.pop(0)
@@ -696,7 +703,7 @@ def deploy(
     wait_user_data(endpoint, names, fail=seal)
     hosts = hosts_of(endpoint, names)
     if seal:
-        before = {h.instance_id: h.parent_state().get("provisioned_at") for h in hosts}
+        before = {h.instance_id: h.provisioning().get("provisioned_at") for h in hosts}
         sealed = seal_secrets(endpoint, hosts, secrets)
         wait_all_provisioned(hosts, before, [name.split("/")[0] for name in sealed])
     elif secrets:

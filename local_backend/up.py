@@ -259,12 +259,8 @@ def wait_provisioned(
     deadline = time.monotonic() + timeout
     while True:
         hosts = agent_hosts(state_dir, stacks)
-        states = {h.instance_id: h.state() for h in hosts}
-        pending = [
-            iid
-            for iid, st in states.items()
-            if not st["provisioned"] or st["enclave_state"] != "RUNNING"
-        ]
+        states = {h.instance_id: h.provisioning() for h in hosts}  # the enclave's Status
+        pending = [iid for iid, st in states.items() if not st["provisioned"]]
         if not pending:
             return hosts
         errors = [
@@ -424,7 +420,9 @@ def _deploy_phases(
     result.sealed = seal_secrets(state_dir, endpoint, result.stacks)
     hosts = wait_provisioned(state_dir, result.stacks, progress)
     degraded = [
-        f"{h.instance_id}: {st['last_error']}" for h in hosts if (st := h.state())["degraded"]
+        f"{h.instance_id}: {st['last_error']}"
+        for h in hosts
+        if (st := h.provisioning())["degraded"]
     ]
     result.phases["seal"] = progress.done(
         f"sealed {', '.join(result.sealed) or 'nothing new'}; "

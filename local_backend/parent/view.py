@@ -151,14 +151,25 @@ class AgentHost:
                 return reply
         return None
 
+    def provisioning(self) -> dict[str, Any]:
+        """What the enclave's own Status says of its provisioning (an answer means it runs),
+        and the agent's journal tail; cheap enough to poll (nothing run inside the host)."""
+        status = self.status()
+        return {
+            "state": self.host.get("state") if self.running else "stopped",
+            "provisioned": status is not None and status.state in ("ready", "degraded"),
+            "enclave_status": None if status is None else status.state,
+            "provisioned_at": None if status is None else status.provisioned_at,
+            "degraded": bool(status and status.state == "degraded"),
+            "last_error": (status.last_error if status else None) or None,
+            "journal": self.journal(),
+        }
+
     def state(self) -> dict[str, Any]:
         """The parent side's state in one dict: the host's (state, launcher pid, error), the
         enclave's (its record, State) and the provisioning its Status reports."""
         enclave = self.enclave() if self.running else {}
-        status = self.status() if enclave.get("State") == "RUNNING" else None
-        provisioned = status is not None and status.state in ("ready", "degraded")
-        return {
-            "state": self.host.get("state") if self.running else "stopped",
+        out = {
             "pid": self.host.get("pid"),
             "init_pid": self.host.get("init_pid"),
             "error": control.boot_error(self.host),
@@ -167,11 +178,16 @@ class AgentHost:
             "relay_port": self.relay_port,
             "domain": self.service.get("domain"),
             "service_port": self.service.get("port"),
-            "provisioned": provisioned,
-            "enclave_status": None if status is None else status.state,
-            "provisioned_at": None if status is None else status.provisioned_at,
-            "degraded": bool(status and status.state == "degraded"),
-            "last_error": (status.last_error if status else None) or None,
+        }
+        if enclave.get("State") == "RUNNING":
+            return out | self.provisioning()
+        return out | {
+            "state": self.host.get("state") if self.running else "stopped",
+            "provisioned": False,
+            "enclave_status": None,
+            "provisioned_at": None,
+            "degraded": False,
+            "last_error": None,
             "journal": self.journal(),
         }
 
