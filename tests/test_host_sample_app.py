@@ -24,7 +24,7 @@ from enclavekit import pytest_plugin as plugin
 from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.host import control, hooks
 from local_backend.host.layout import HOST_EMULATOR_STATE
-from local_backend.verify import CHECKS, verify
+from local_backend.verify import CHECKS, VERIFIER_DIR, verify
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,11 @@ def test_sample_app_boots_from_its_user_data(enclavekit_endpoint: Any, tmp_path:
     param = next(r for r in resources.values() if r["ResourceType"] == "AWS::SSM::Parameter")[
         "PhysicalResourceId"
     ]
-    blob = kms.encrypt(KeyId=key["PhysicalResourceId"], Plaintext=secrets.token_bytes(32))
+    secret = secrets.token_bytes(32)
+    blob = kms.encrypt(KeyId=key["PhysicalResourceId"], Plaintext=secret)
+    ref = state / VERIFIER_DIR / STACK / "app-secret.secret"  # up's copy, for verify's challenge
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_bytes(secret)
     ssm.put_parameter(
         Name=param,
         Value=base64.b64encode(blob["CiphertextBlob"]).decode(),
