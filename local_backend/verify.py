@@ -880,12 +880,13 @@ def verify(
     from local_backend.verify_hosts import enclave_enabled_hosts, verify_host
 
     # Every enclave-enabled instance, booted from its user data: ours (the agent's host.json
-    # names an image) by the chain above, any other by what it runs.
+    # names an image, and its stack resolves the key and secret names in it) by the chain
+    # above, any other by what it runs.
     for layout in enclave_enabled_hosts(state_dir, None if stack is None else stacks, live):
         info = layout.read_info()
         if info.get("stack_name") is not None and info["stack_name"] not in stacks:
             continue  # a stack not (or no longer) deployed
-        if (agent_config(layout) or {}).get("image"):
+        if info.get("stack_name") and (agent_config(layout) or {}).get("image"):
             report.hosts.append(verify_agent_host(layout, state_dir, checks, on_check))
         else:
             report.hosts.append(verify_host(layout, state_dir, checks, on_check))
