@@ -1,8 +1,9 @@
 """HTTPS requests per second through the parent relay into the enclave, against direct TLS.
 
-Target: the sample app deployed with `enclavekit up` (no verify) on a fresh state dir. A request
-goes client -> the parent's loopback relay (its own process) -> emulated vsock (a Unix socket)
--> the enclave program, which terminates TLS and answers inside the enclave.
+Target: the sample app deployed with `enclavekit up` (no verify) on a fresh state dir, its host
+booted from its user data. A request goes client -> the machine port forwarded into the host
+(its security group lets 443 in) -> the host's socat relay unit (TCP 443 -> vsock) -> emulated
+vsock (a Unix socket) -> the enclave program, which terminates TLS and answers inside it.
 
 Baseline, in the same run: the enclave program's own HTTPS server (`enclave_app.tls`: same
 TLS context set-up, same HTTP/1.1 handler, same logging) started as a plain process on a
@@ -215,25 +216,24 @@ def _key_algorithm(cert_der: bytes) -> str:
 
 
 def enclave_target(state_dir: Path) -> Target:
-    """The deployed sample app's host: its relay port, domain and enclave id."""
+    """The deployed sample app's host: the machine port forwarded to its service port (the
+    host's socat relay to the enclave), its domain and enclave id."""
     from local_backend import server
-    from local_backend.parent import instances_dir
-    from local_backend.parent.agent import INSTANCE_FILE, METADATA_KEY, read_state
+    from local_backend.parent.view import agent_hosts
 
-    for d in sorted(instances_dir(state_dir).iterdir()):
-        state = read_state(d)
-        if state.get("state") != "running" or not state.get("relay_port"):
+    for h in agent_hosts(state_dir):
+        st = h.state()
+        if not st["relay_port"] or not st["enclave"].get("EnclaveID"):
             continue
-        spec = json.loads((d / INSTANCE_FILE).read_text())["metadata"][METADATA_KEY]
         context = ssl.create_default_context(cadata=server.ca_pem(state_dir).decode())
         return Target(
             "enclave via relay",
-            int(state["relay_port"]),
-            spec["service"]["domain"],
+            int(st["relay_port"]),
+            st["domain"],
             context,
-            state["enclave"]["EnclaveID"],
+            st["enclave"]["EnclaveID"],
         )
-    raise RuntimeError(f"no running enclave host with a relay port under {state_dir}")
+    raise RuntimeError(f"no running enclave host with a forwarded service port under {state_dir}")
 
 
 def served_key_algorithm(target: Target) -> str:

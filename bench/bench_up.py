@@ -2,7 +2,7 @@
 
 What runs: a copy of the sample app (app.py, cdk.json, enclave_app/ in a temp dir, so the
 repository's cdk.out and .enclavekit are untouched) is brought up with a fresh state dir on a
-free loopback port, twice: a first `up` (endpoint start, synth, bootstrap, deploy, seal, boot,
+free loopback port, twice: a first `up` (endpoint start, synth, bootstrap, deploy, boot, seal,
 verify) and a second one with nothing changed.
 
 Baselines, measured in the same run with the same CLI, environment and endpoint:
@@ -35,7 +35,7 @@ from local_backend import server
 from local_backend.cdk import cdk_env
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = ("endpoint", "synth", "bootstrap", "deploy", "seal", "boot", "verify")
+PHASES = ("endpoint", "synth", "bootstrap", "deploy", "boot", "seal", "verify")
 CDK_TIMEOUT_S = 300
 
 _TRIVIAL_APP = '''"""A plain CDK app: one SSM parameter, nothing of enclavekit (the baseline)."""

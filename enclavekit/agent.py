@@ -1,11 +1,11 @@
 """The parent agent: what a parent instance does so its enclave gets its key and secrets.
 
-One implementation for both worlds. On a real EC2 parent `enclavekit parent-agent` runs it with
-the instance role's credentials from IMDSv2 (`ImdsCredentials`), AF_VSOCK and KMS over the
-parent's `vsock-proxy` with TLS to `kms.<region>.amazonaws.com`; in the local emulator
-`local_backend.parent.agent` runs it with STS AssumeRole credentials, emulated vsock and plain
-HTTP to the local endpoint. Both read the same host description (`Metadata["enclavekit:host"]`,
-written to `/etc/enclavekit/host.json` by the real user data with intrinsics resolved).
+One implementation for both worlds: `enclavekit parent-agent` (the zipapp the user data
+installs as a systemd unit) runs it with the instance role's credentials from IMDSv2
+(`ImdsCredentials`), vsock (AF_VSOCK on a Nitro parent, the emulated one in a local instance
+host) and KMS over the parent's `vsock-proxy` with TLS to `kms.<region>.amazonaws.com`. It
+reads the host description the user data writes to `/etc/enclavekit/host.json` (the same
+content as `Metadata["enclavekit:host"]`, with CloudFormation's values resolved).
 
 What it does, like the ACM for Nitro Enclaves agent: fetch the association's certificate
 bundle from S3 and the sealed application secrets from SSM, hand them with the credentials to

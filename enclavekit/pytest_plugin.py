@@ -12,10 +12,11 @@ nothing but the standard library (every pytest run in the environment loads it).
 Fixtures:
     enclavekit_endpoint  (session) a local endpoint on a free loopback port (or the one
                          `--enclavekit-port PORT` / $ENCLAVEKIT_PORT names) with a temporary
-                         state dir; stopped at teardown together with every parent instance
+                         state dir; stopped at teardown together with every instance host
                          and enclave it started.
     enclavekit_deploy    (session) factory: `cdk bootstrap` once, then `cdk deploy` of an app
-                         dir, sealing its application secrets and waiting for its enclaves;
+                         dir, waiting for its instances' user data, sealing its application
+                         secrets and waiting until the enclaves are provisioned;
                          returns a `Deployment` (outputs, stacks, hosts, https(), verify());
                          its stacks come from the app's cloud assembly and the endpoint, so
                          a stack needs no CfnOutput to be found.
@@ -192,24 +193,48 @@ def local_endpoint(state_dir: Path, port: int | None = None) -> Iterator[LocalEn
 
 @dataclass(frozen=True)
 class DeployedHost:
-    """An enclave host of a deployed stack, as its emulated parent reports it."""
+    """An enclave host of a deployed stack: an instance whose user data started our parent
+    agent and its enclave (`relay_port`: the machine port forwarded to its service port, None
+    when its security groups let nothing in)."""
 
     stack: str
     instance_id: str
     logical_id: str
-    relay_port: int
+    relay_port: int | None
     domain: str | None
     service_port: int | None
     enclave_id: str
     enclave_cid: int
     instance_dir: Path
 
+    def _view(self) -> Any:
+        from local_backend.host.layout import HostLayout
+        from local_backend.parent.view import AgentHost
+
+        return AgentHost(HostLayout(self.instance_dir))
+
     def parent_state(self) -> dict[str, Any]:
-        """The parent agent's live state (parent.json): provisioned, last_error, ..."""
+        """The parent side's live state: the host's `state` and launcher `pid`, its enclave,
+        and `provisioned`/`provisioned_at`/`last_error` as the enclave's Status reports them."""
         try:
-            return json.loads((self.instance_dir / "parent.json").read_text())
-        except (OSError, ValueError):
+            return dict(self._view().state())
+        except (OSError, ValueError, KeyError):
             return {}
+
+    def provisioning(self) -> dict[str, Any]:
+        """`parent_state()`'s provisioning part only (the enclave's Status; cheap to poll)."""
+        try:
+            return dict(self._view().provisioning())
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def vsock(self) -> Any:
+        """The host's emulated vsock as its parent side (CID 3) sees it (`.connect(cid, port)`)."""
+        return self._view().vsock
+
+    def enclaves(self) -> list[dict[str, Any]]:
+        """`nitro-cli describe-enclaves`, run inside the host."""
+        return list(self._view().enclaves())
 
 
 @dataclass(frozen=True)
@@ -285,6 +310,13 @@ class Deployment:
                 "its certificate against",
                 pytrace=False,
             )
+        if h.relay_port is None:
+            pytest.fail(
+                f"enclavekit: TLS to {h.domain} failed: no machine port is forwarded to service "
+                f"port {h.service_port} of host {h.instance_id} (its security groups let "
+                "nothing in)",
+                pytrace=False,
+            )
         wait_provisioned(h, timeout=timeout)
         ctx = ssl.create_default_context(cadata=self.endpoint.ca_pem().decode())
         raw = socket.create_connection(("127.0.0.1", h.relay_port), timeout=timeout)
@@ -337,32 +369,34 @@ class Deployment:
 
 
 def wait_provisioned(host: DeployedHost, *, timeout: float = PROVISION_TIMEOUT_S) -> None:
-    """Wait until the parent has provisioned the enclave (certificate and secrets handed over)."""
+    """Wait until the agent has provisioned the enclave (certificate and secrets handed over)."""
     deadline = time.monotonic() + timeout
     while True:
-        st = host.parent_state()
+        st = host.provisioning()
         if st.get("state") != "running":
             pytest.fail(
                 f"enclavekit: host {host.instance_id} is {st.get('state') or 'gone'}, "
-                "expected a running parent",
+                "expected a running host",
                 pytrace=False,
             )
         if st.get("provisioned"):
             return
         if time.monotonic() > deadline:
-            waiting = st.get("waiting_for_secrets")
-            if waiting:
-                pytest.fail(
-                    f"enclavekit: host {host.instance_id} ({host.stack}) is waiting for sealed "
-                    f"secrets {waiting}: pass secrets={{name: bytes}} to enclavekit_deploy",
-                    pytrace=False,
-                )
             pytest.fail(
                 f"enclavekit: host {host.instance_id} ({host.stack}) not provisioned within "
-                f"{timeout:.0f} s: {st.get('last_error') or 'no error reported'}",
+                f"{timeout:.0f} s: {_why_not(st)}",
                 pytrace=False,
             )
-        time.sleep(0.1)
+        time.sleep(0.2)
+
+
+def _why_not(st: Mapping[str, Any]) -> str:
+    """Why a host is not provisioned: the enclave's last error, else the agent's journal
+    (which says "waiting for sealed secrets: NAME" when a secret is still unsealed)."""
+    journal = str(st.get("journal") or "")
+    if "waiting for sealed secrets" in journal:
+        return f"{journal}: pass secrets={{name: bytes}} to enclavekit_deploy"
+    return str(st.get("last_error") or journal or st.get("state") or "gone")
 
 
 def run_cdk(
@@ -469,28 +503,57 @@ def _context_args(context: Mapping[str, Any] | None) -> list[str]:
 
 
 def hosts_of(endpoint: LocalEndpoint, stacks: Sequence[str]) -> tuple[DeployedHost, ...]:
-    """The running enclave hosts of `stacks`, from the emulated parents' state files."""
-    from local_backend.parent import parents
+    """The running enclave hosts of `stacks`: instances whose user data started our parent
+    agent (its /etc/enclavekit/host.json) and an enclave."""
+    from local_backend.parent.view import agent_hosts
 
     hosts = []
-    for p in parents(endpoint.state_dir, stacks):
-        if not p.running:
+    for h in agent_hosts(endpoint.state_dir, stacks):
+        st = h.state()
+        if not st["enclave"].get("EnclaveID"):
             continue
-        d, info, st = p.dir, p.info, p.state
         hosts.append(
             DeployedHost(
-                stack=info["stack_name"],
-                instance_id=info["instance_id"],
-                logical_id=info.get("logical_id") or "",
-                relay_port=int(st["relay_port"]),
-                domain=st.get("domain"),
-                service_port=st.get("service_port"),
+                stack=str(h.stack),
+                instance_id=h.instance_id,
+                logical_id=h.logical_id or "",
+                relay_port=st["relay_port"],
+                domain=st["domain"],
+                service_port=st["service_port"],
                 enclave_id=st["enclave"]["EnclaveID"],
                 enclave_cid=int(st["enclave"]["EnclaveCID"]),
-                instance_dir=d,
+                instance_dir=h.dir,
             )
         )
     return tuple(hosts)
+
+
+def wait_user_data(
+    endpoint: LocalEndpoint, stacks: Sequence[str], *, fail: bool = True
+) -> list[str]:
+    """Wait until every enclave-enabled instance of `stacks` has run its user data; returns
+    their instance ids. With `fail`, a user data that failed fails the test with the instance,
+    the failing command and its exit status."""
+    from local_backend.host import control, hooks
+
+    done = []
+    for layout in hooks.hosts(endpoint.state_dir):
+        info = layout.read_info()
+        if info.get("stack_name") not in stacks or not info.get("enclave_enabled"):
+            continue
+        if layout.read_host().get("state") not in ("booting", "running"):
+            continue  # an instance replaced or stopped earlier
+        host = control.wait_booted(layout, timeout=control.BOOT_TIMEOUT_S)
+        error = control.boot_error(host)
+        if error and fail:
+            tail = layout.console.read_text(errors="replace").rstrip().splitlines()[-TAIL_LINES:]
+            pytest.fail(
+                f"enclavekit: instance {layout.dir.name} ({info.get('stack_name')}): {error}\n"
+                + "\n".join(tail),
+                pytrace=False,
+            )
+        done.append(layout.dir.name)
+    return done
 
 
 def seal_secrets(
@@ -499,7 +562,7 @@ def seal_secrets(
     secrets: Mapping[str, bytes] | None = None,
 ) -> list[str]:
     """Seal the application secrets of `hosts`' stacks, as `enclavekit up` does, then have the
-    parents re-sync. Returns the sealed `stack/name`s.
+    agents re-sync (`systemctl reload` in each host). Returns the sealed `stack/name`s.
 
     A name in `secrets` is sealed with the given bytes (KMS Encrypt by the account root with
     the host's key, base64 into its SSM parameter); every other secret still unsealed gets a
@@ -517,10 +580,8 @@ def seal_secrets(
                 pytrace=False,
             )
     declared: set[str] = set()
-    for h in hosts:
-        info = json.loads((h.instance_dir / "instance.json").read_text())
-        spec = (info.get("metadata") or {}).get("enclavekit:host") or {}
-        declared.update(s["name"] for s in spec.get("secrets") or [])
+    for h in hosts:  # what each host's user data wrote for its agent
+        declared.update(s["name"] for s in h._view().spec.get("secrets") or [])
     unknown = sorted(set(wanted) - declared)
     if unknown:
         pytest.fail(
@@ -530,7 +591,7 @@ def seal_secrets(
         )
     stacks = sorted({h.stack for h in hosts})
     sealed = up.seal_secrets(endpoint.state_dir, endpoint.url, stacks, values=wanted)
-    parent.resync(endpoint.state_dir)
+    parent.resync(endpoint.state_dir, stacks)
     return sealed
 
 
@@ -547,20 +608,18 @@ def wait_all_provisioned(
     pending = list(hosts)
     while pending:
         h = pending[0]
-        st = h.parent_state()
+        st = h.provisioning()
         fresh = h.stack not in resealed or st.get("provisioned_at") != before.get(h.instance_id)
         if st.get("provisioned") and fresh:
             pending.pop(0)
             continue
         if st.get("state") != "running" or time.monotonic() > deadline:
-            waiting = st.get("waiting_for_secrets")
-            why = f"waiting for sealed secrets {waiting}" if waiting else None
             pytest.fail(
                 f"enclavekit: host {h.instance_id} ({h.stack}) was not provisioned within "
-                f"{timeout:.0f} s: {why or st.get('last_error') or st.get('state') or 'gone'}",
+                f"{timeout:.0f} s: {_why_not(st)}",
                 pytrace=False,
             )
-        time.sleep(0.1)
+        time.sleep(0.2)
 
 
 _DEPLOYED = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
@@ -641,9 +700,10 @@ def deploy(
         outputs_file.unlink(missing_ok=True)
     names = deployed_stacks(endpoint, app, stacks)
     outputs = {name: dict(outputs.get(name) or {}) for name in names}
+    wait_user_data(endpoint, names, fail=seal)
     hosts = hosts_of(endpoint, names)
     if seal:
-        before = {h.instance_id: h.parent_state().get("provisioned_at") for h in hosts}
+        before = {h.instance_id: h.provisioning().get("provisioned_at") for h in hosts}
         sealed = seal_secrets(endpoint, hosts, secrets)
         wait_all_provisioned(hosts, before, [name.split("/")[0] for name in sealed])
     elif secrets:

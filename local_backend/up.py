@@ -4,13 +4,15 @@ Phases (each timed; `make bench` reads the same figures):
   endpoint   start the local endpoint if it is not running
   synth      `cdk synth` of the app into cdk.out (the linter plugin runs here)
   bootstrap  `cdk bootstrap aws://123456789012/us-east-1` (skipped when already bootstrapped)
-  deploy     `cdk deploy --all --app cdk.out` (no second synth); enclave hosts boot here
+  deploy     `cdk deploy --all --app cdk.out` (no second synth); instances start their hosts
+  boot       wait until every enclave-enabled instance of the stacks has run its user data (a
+             failure fails, naming the command), and restart enclave units whose enclave stopped
   seal       application secrets still unsealed are sealed: a fresh random secret, KMS Encrypt by
              the account root (the only non-decrypt use the key policy gives it), the ciphertext
              into the host's SSM parameter; a reference copy for verify's challenge goes to
-             <state>/verifier/ (mode 0600) — the operator's copy, never the parent's
-  boot       wait until every enclave host's parent has provisioned its enclave, and every
-             enclave-enabled instance booting from its user data has run it (a failure fails)
+             <state>/verifier/ (mode 0600) — the operator's copy, never the parent's; then the
+             agents re-sync (`systemctl reload`) and every enclave is waited for until it says
+             it was provisioned
   verify     `enclavekit verify`
 """
 
@@ -33,14 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from enclavekit.agent import UNSEALED
 from enclavekit.cdk_errors import construct_error
 from enclavekit.errors import BackendError, EnclaveKitError, InvalidInput
 from enclavekit.localenv import local_client
 from local_backend import server
 from local_backend.cdk import GuardedCdk, bootstrap_target, guarded_cdk
 from local_backend.egress import refusal
-from local_backend.parent import parents, restart_enclaves, resync
-from local_backend.parent.agent import METADATA_KEY, UNSEALED, read_state
+from local_backend.parent import restart_enclaves, resync
+from local_backend.parent.view import AgentHost, agent_hosts
 from local_backend.verify import VERIFIER_DIR, VerifyReport, verify
 
 BOOT_TIMEOUT_S = 180.0
@@ -194,9 +197,9 @@ def assembly_stacks(cdk_out: Path) -> list[str]:
     ]
 
 
-def _hosts(state_dir: Path, stacks: list[str]) -> list[Path]:
-    """The directories of the stacks' running enclave hosts."""
-    return [p.dir for p in parents(state_dir, stacks) if p.spec and p.running]
+def _hosts(state_dir: Path, stacks: list[str]) -> list[AgentHost]:
+    """The stacks' running hosts whose user data set up our parent agent."""
+    return agent_hosts(state_dir, stacks)
 
 
 def seal_secrets(
@@ -214,15 +217,14 @@ def seal_secrets(
     client = _clients(endpoint)
     cfn, kms, ssm = client("cloudformation"), client("kms"), client("ssm")
     sealed: list[str] = []
-    for d in _hosts(state_dir, stacks):
-        info = json.loads((d / "instance.json").read_text())
-        stack = info["stack_name"]
+    for h in _hosts(state_dir, stacks):
+        stack = str(h.stack)
         resources = {
             r["LogicalResourceId"]: r["PhysicalResourceId"]
             for r in cfn.describe_stack_resources(StackName=stack)["StackResources"]
             if r.get("LogicalResourceId")
         }
-        for spec in info["metadata"][METADATA_KEY].get("secrets") or []:
+        for spec in h.spec.get("secrets") or []:  # the host.json its user data wrote
             name = f"{stack}/{spec['name']}"
             ref = state_dir / VERIFIER_DIR / stack / f"{spec['name']}.secret"
             given = values.get(spec["name"])
@@ -250,19 +252,22 @@ def seal_secrets(
 
 def wait_provisioned(
     state_dir: Path, stacks: list[str], progress: Progress, timeout: float = BOOT_TIMEOUT_S
-) -> list[Path]:
-    resync(state_dir)
+) -> list[AgentHost]:
+    """Ask every agent of the stacks to re-sync, then wait until each enclave runs and says
+    (its Status) that it was provisioned; returns the hosts."""
+    resync(state_dir, stacks)
     deadline = time.monotonic() + timeout
     while True:
-        records = [p for p in parents(state_dir, stacks) if p.spec and p.running]
-        hosts = [p.dir for p in records]
-        states = {p.dir.name: p.state for p in records}
-        pending = [
-            p.dir.name for p in records if not p.state.get("provisioned") or not p.enclave_running
-        ]
+        hosts = agent_hosts(state_dir, stacks)
+        states = {h.instance_id: h.provisioning() for h in hosts}  # the enclave's Status
+        pending = [iid for iid, st in states.items() if not st["provisioned"]]
         if not pending:
             return hosts
-        errors = [f"{n}: {st['last_error']}" for n, st in states.items() if st.get("last_error")]
+        errors = [
+            f"{iid}: {st['last_error'] or st['journal']}"
+            for iid, st in states.items()
+            if iid in pending and (st["last_error"] or st["journal"])
+        ]
         progress.update(
             f"{len(hosts) - len(pending)}/{len(hosts)} enclaves provisioned"
             + (f"; {errors[0]}" if errors else "")
@@ -271,7 +276,7 @@ def wait_provisioned(
             raise BackendError(
                 f"enclaves not provisioned after {timeout:.0f} s: " + "; ".join(errors or pending)
             )
-        time.sleep(0.2)
+        time.sleep(0.5)
 
 
 def wait_user_data_hosts(
@@ -401,25 +406,27 @@ def _deploy_phases(
     )
     result.phases["deploy"] = progress.done(f"deployed {', '.join(result.stacks)}")
 
-    progress.start("seal", "application secrets")
-    result.sealed = seal_secrets(state_dir, endpoint, result.stacks)
-    result.phases["seal"] = progress.done(f"sealed {', '.join(result.sealed) or 'nothing new'}")
-
-    progress.start("boot", "enclaves: boot and provisioning")
+    progress.start("boot", "hosts: user data and enclaves")
+    booted = wait_user_data_hosts(state_dir, result.stacks, progress)
     result.restarted = restart_enclaves(state_dir, result.stacks)
     for what in result.restarted:
-        progress.update(f"restarting the enclave of {what}")
-    booted = wait_user_data_hosts(state_dir, result.stacks, progress)
+        progress.update(f"restarted the enclave of {what}")
+    result.phases["boot"] = progress.done(
+        f"{len(booted)} host(s) ran their user data"
+        + (f"; restarted {'; '.join(result.restarted)}" if result.restarted else "")
+    )
+
+    progress.start("seal", "application secrets and provisioning")
+    result.sealed = seal_secrets(state_dir, endpoint, result.stacks)
     hosts = wait_provisioned(state_dir, result.stacks, progress)
     degraded = [
-        f"{d.name}: without {', '.join(st['degraded'])}"
-        for d in hosts
-        if (st := read_state(d)).get("degraded")
+        f"{h.instance_id}: {st['last_error']}"
+        for h in hosts
+        if (st := h.provisioning())["degraded"]
     ]
-    result.phases["boot"] = progress.done(
+    result.phases["seal"] = progress.done(
+        f"sealed {', '.join(result.sealed) or 'nothing new'}; "
         f"{len(hosts)} enclave(s) provisioned"
-        + (f"; {len(booted)} host(s) booted from their user data" if booted else "")
-        + (f"; restarted {'; '.join(result.restarted)}" if result.restarted else "")
         + (f"; DEGRADED {'; '.join(degraded)}" if degraded else "")
     )
 
@@ -443,13 +450,11 @@ def try_it_lines(
     """ "Try it" curl lines, one per running enclave host that serves TLS (a domain and a
     certificate; what `up` and `demo` print after a deployment)."""
     out = []
-    for p in parents(state_dir, stacks):
-        if not (p.spec and p.running and p.spec.get("certificate")):
+    for h in agent_hosts(state_dir, stacks):
+        st = h.state()
+        if not (h.spec.get("certificate") and st["relay_port"] and st["domain"]):
             continue
-        port, domain = p.state.get("relay_port"), p.state.get("domain")
-        if not (port and domain):
-            continue
-        out.append(_curl(command, state_dir, domain, port))
+        out.append(_curl(command, state_dir, st["domain"], st["relay_port"]))
     from local_backend.host import hooks
     from local_backend.verify_hosts import served_https
 

@@ -1,6 +1,9 @@
 """`enclavekit verify`: prove, for every enclave host of every deployed stack, the whole chain.
 
-For each host (an emulated parent booted from its `Metadata["enclavekit:host"]`):
+Every enclave-enabled instance (EnclaveOptions on it or its launch template) boots from its
+user data; verify checks what each one runs. A host whose user data set up our parent agent
+(the `/etc/enclavekit/host.json` it wrote names an image) gets, after `boot` (the user data
+ran; else the failing command and the console's last lines):
 
 1. image-pcrs       the enclave's fresh attestation document verifies against the local root, and
                     its PCRs are the image's and exactly those the attested key policies name;
@@ -19,10 +22,13 @@ For each host (an emulated parent booted from its `Metadata["enclavekit:host"]`)
 
 A check that cannot run counts as failed, with the reason: nothing is skipped silently.
 
-Every other enclave-enabled instance (EnclaveOptions on it or its launch template), booted from
-its user data whether built with our constructs or not, is verified by what it runs
-(`local_backend.verify_hosts`): boot, enclaves and PCRs, attestation, attested keys, parent
-denied, NSM refusal; a check that does not apply there says why (N/A).
+Every other enclave-enabled instance, built with our constructs (an ACM agent host) or not, is
+verified by what it runs (`local_backend.verify_hosts`): boot, enclaves and PCRs, attestation,
+attested keys, parent denied, NSM refusal, HTTPS where an ACM certificate is served; a check
+that does not apply there says why (N/A). Probe enclaves (debug-denied, other-image-denied)
+run on the machine in a scratch emulator directory with the host's role and instance id (so
+PCR3/PCR4 are the host's) and their own KMS vsock-proxy: the host's allocator pool holds
+exactly its one enclave, as on EC2.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import hmac
 import json
 import os
 import secrets
+import shutil
 import socket
 import ssl
 import time
@@ -55,8 +62,7 @@ from enclavekit.pki import LocalPki
 from enclavekit.policy import parse_policy
 from enclavekit.transport import EmulatedVsock
 from local_backend import server
-from local_backend.parent import parents
-from local_backend.parent.agent import Parent, read_state
+from local_backend.host.layout import HostLayout
 
 VERIFIER_DIR = "verifier"  # <state>/verifier/<stack>/<secret>.secret: up's reference copies
 
@@ -175,22 +181,30 @@ class VerifyReport:
 
 
 class _Host:
-    """What verify knows of one deployed enclave host."""
+    """What verify knows of one enclave host running our parent agent (booted from its user
+    data): the host.json its user data wrote (`spec`), its enclave (describe-enclaves inside
+    the host), the agent's AWS calls with the instance role (`parent`)."""
 
-    def __init__(self, instance_dir: Path, state_dir: Path) -> None:
-        self.dir = instance_dir
+    def __init__(self, layout: HostLayout, state_dir: Path) -> None:
+        from local_backend.parent.view import AgentHost
+        from local_backend.verify_hosts import UserDataHost
+
+        self.layout = layout
+        self.dir = layout.dir
         self.state_dir = state_dir
-        self.parent = Parent(instance_dir)  # reuses the agent's AWS calls; boots nothing
+        self.parent = AgentHost(layout)  # the agent's AWS calls; boots nothing
+        self.h = UserDataHost(layout, state_dir)  # for the checks verify_hosts shares
         self.info = self.parent.info
         self.spec = self.parent.spec
-        self.state = read_state(instance_dir)
-        self.enclave = self.state.get("enclave") or {}
+        self.state = self.parent.state()
+        self.enclave = self.state["enclave"]
+        self.h.enclaves = [self.enclave] if self.enclave.get("State") == "RUNNING" else []
         self.endpoint = self.info["endpoint"]
         self.region = self.info["region"]
         self._resources: dict[str, str] | None = None
 
     def client(self, service: str, creds: prov.Credentials | None = None) -> Any:
-        return self.parent._client(service, creds)
+        return self.parent.client(service, creds)
 
     def physical_id(self, logical_id: str) -> str:
         if self._resources is None:
@@ -211,10 +225,9 @@ class _Host:
     def control(
         self, request: prov.Message, *, cid: int | None = None, timeout: float = 60
     ) -> prov.Message:
-        vsock = EmulatedVsock(self.dir / "vsock", 3)
-        with vsock.connect(cid or self.enclave["EnclaveCID"], prov.CONTROL_PORT) as sock:
-            sock.settimeout(timeout)
-            return prov.exchange(sock, request)
+        return self.parent.control(
+            request, cid=cid or int(self.enclave["EnclaveCID"]), timeout=timeout
+        )
 
 
 def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> Check:
@@ -386,51 +399,11 @@ def _secret_key_id(host: _Host, name: str) -> str | None:
 
 
 def check_nsm_parent_refused(host: _Host) -> tuple[bool, str]:
-    """A parent-side process asking the enclave's NSM for a document with its own public key."""
-    from enclavekit import nsm
-    from enclavekit.transport import SocketNsm, nsm_request
-    from local_backend.emulator.runtime import EnclaveManager
+    """A parent-side process *inside the host* (root of its parent side) asking the enclave's
+    NSM for a document with its own public key gets nothing, and the NSM logs refusing it."""
+    from local_backend.verify_hosts import check_nsm_parent_refused as in_host
 
-    layout = EnclaveManager(host.dir).layout
-    slot_dir = layout.slot_dir(layout.slot_of(host.enclave.get("EnclaveID", "")))
-    log_path = slot_dir / "monitor.log"
-    seen = log_path.stat().st_size if log_path.is_file() else 0
-    client = SocketNsm(slot_dir / "nsm.sock")
-    try:
-        reply = nsm_request(
-            client,
-            nsm.Attestation(nonce=secrets.token_bytes(16), public_key=secrets.token_bytes(64)),
-        )
-    except EnclaveKitError as exc:
-        if "expected a listening socket" in str(exc):
-            return False, f"could not check: the NSM socket does not answer: {exc}"
-        # the positive evidence: the NSM's own record of refusing this process, logged after
-        # we connected (an older line for a recycled pid proves nothing)
-        mine = f"refused a connection to nsm.sock from pid {os.getpid()} "
-        deadline = time.monotonic() + 3
-        while not (logged := mine in _read_from(log_path, seen)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not logged:
-            return False, (
-                f"could not check: the socket closed without a reply to the verify process "
-                f"(pid {os.getpid()}), but the NSM recorded no refusal of it"
-            )
-        return True, (
-            f"closed without a reply to the verify process (pid {os.getpid()}); "
-            "refusal in the monitor log"
-        )
-    finally:
-        client.close()
-    return False, f"the NSM answered a parent-side process: {type(reply).__name__}"
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            return fh.read().decode(errors="replace")
-    except OSError:
-        return ""
+    return in_host(host.h)
 
 
 # -------------------------------------------------------------------------- 4. other enclaves
@@ -456,28 +429,56 @@ def variant_image(source: Path, dest: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _probe_enclave(host: _Host, eif_path: Path, *, debug: bool) -> Iterator[dict[str, Any]]:
+def _probe_enclave(host: _Host, eif_path: Path, *, debug: bool) -> Iterator[EmulatedVsock]:
+    """A probe enclave of `eif_path` with the host's role and instance id (so its PCR3/PCR4
+    are the host's), on the machine in a scratch emulator directory with its own KMS
+    vsock-proxy; yields the vsock its parent side (CID 3) reaches it by, at the host's CID."""
     from local_backend.emulator.runtime import EnclaveManager
+    from local_backend.emulator.vsock_proxy import VsockProxy
 
-    manager = EnclaveManager(host.dir)
+    scratch = host.state_dir / VERIFIER_DIR / f"probe-{host.info['instance_id']}-{os.getpid()}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    LocalPki.load_or_create(host.state_dir)  # the endpoint's one root, which its KMS trusts
+    (scratch / "pki").symlink_to(host.state_dir / "pki", target_is_directory=True)
+    kms_host = f"kms.{host.region}.amazonaws.com"
+    allowlist = scratch / "vsock-proxy.yaml"
+    allowlist.write_text(f"allowlist:\n- {{address: {kms_host}, port: 443}}\n")
+    info = server.read_endpoint(host.state_dir)
+    proxy = VsockProxy.for_state_dir(  # where the host's vsock-proxy.service listens
+        scratch,
+        prov.KMS_PROXY_PORT,
+        kms_host,
+        443,
+        config=allowlist,
+        endpoint=host.endpoint,
+        tls_endpoint=None if info is None else info.tls_endpoint,
+    ).start()
+    manager = EnclaveManager(scratch)
     enclave = host.spec.get("enclave") or {}
-    record = manager.run_enclave(
-        eif_path,
-        int(enclave.get("cpu_count", 2)),
-        int(enclave.get("memory_mib", 512)),
-        debug_mode=debug,
-        parent_role_arn=(host.info.get("role_arns") or [None])[0],
-        parent_instance_id=host.info["instance_id"],
-        name=f"verify-probe-{os.getpid()}",
-    )
     try:
-        yield record
+        manager.run_enclave(
+            eif_path,
+            int(enclave.get("cpu_count", 2)),
+            int(enclave.get("memory_mib", 512)),
+            cid=int(host.enclave["EnclaveCID"]),
+            debug_mode=debug,
+            parent_role_arn=(host.info.get("role_arns") or [None])[0],
+            parent_instance_id=host.info["instance_id"],
+            name=f"verify-probe-{os.getpid()}",
+        )
+        yield EmulatedVsock(scratch / "vsock", 3)
     finally:
         with contextlib.suppress(EnclaveKitError, OSError):
-            manager.terminate(record["EnclaveID"])
+            manager.terminate_all()
+        proxy.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _provision_probe(host: _Host, record: dict[str, Any]) -> tuple[bool, str]:
+def _kms_proxy_port(host: _Host) -> int:
+    return int((host.spec.get("service") or {}).get("kms_proxy_port", prov.KMS_PROXY_PORT))
+
+
+def _provision_probe(host: _Host, vsock: EmulatedVsock) -> tuple[bool, str]:
     """Hand a probe enclave what the real one gets — the secrets, then the certificate — each
     on its own, so a denial of one cannot hide a release of the other."""
     creds = host.parent.role_credentials()
@@ -490,20 +491,22 @@ def _provision_probe(host: _Host, record: dict[str, Any]) -> tuple[bool, str]:
         attempts.append(("certificate key", bundle, ()))
     if not attempts:
         return False, "nothing sealed and no certificate: nothing to be denied"
-    port = int((host.spec.get("service") or {}).get("kms_proxy_port", prov.KMS_PROXY_PORT))
+    cid = int(host.enclave["EnclaveCID"])
     results = []
     for what, certificate, secrets_ in attempts:
         msg = prov.Provision(
             region=host.region,
             credentials=creds,
-            kms_proxy_port=port,
+            kms_proxy_port=_kms_proxy_port(host),
             certificate=certificate,
             secrets=secrets_,
         )
         deadline = time.monotonic() + 30
         while True:  # the probe's control port comes up a moment after run-enclave returns
             try:
-                reply = host.control(msg, cid=record["EnclaveCID"])
+                with vsock.connect(cid, prov.CONTROL_PORT) as sock:
+                    sock.settimeout(60)
+                    reply = prov.exchange(sock, msg)
                 break
             except (ConnectionRefusedError, FileNotFoundError):
                 if time.monotonic() > deadline:
@@ -549,18 +552,32 @@ def _probe_denied(reply: prov.ErrorReply, item: str, key_id: str | None) -> tupl
     return True, "AccessDeniedException"
 
 
+def _image(host: _Host, name: str) -> Path:
+    """The host's EIF, fetched from its S3 asset with the instance role (as its user data's
+    `aws s3 cp` did), into verify's own directory."""
+    dest = host.state_dir / VERIFIER_DIR / f"{host.info['instance_id']}-{os.getpid()}-{name}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return host.parent.fetch_image(host.parent.role_credentials(), dest)
+
+
 def check_debug_denied(host: _Host) -> tuple[bool, str]:
-    with _probe_enclave(host, host.dir / "image.eif", debug=True) as record:
-        ok, detail = _provision_probe(host, record)
+    image = _image(host, "image.eif")
+    try:
+        with _probe_enclave(host, image, debug=True) as vsock:
+            ok, detail = _provision_probe(host, vsock)
+    finally:
+        image.unlink(missing_ok=True)
     return ok, f"debug-mode enclave of the same image (PCR0 zero): {detail}" if ok else detail
 
 
 def check_other_image_denied(host: _Host) -> tuple[bool, str]:
-    variant = variant_image(host.dir / "image.eif", host.dir / "verify-variant.eif")
+    image = _image(host, "image.eif")
+    variant = variant_image(image, image.with_name(image.name + ".variant"))
+    image.unlink(missing_ok=True)
     try:
         pcr0 = eif.read_eif(variant).measurements.hex(0)
-        with _probe_enclave(host, variant, debug=False) as record:
-            ok, detail = _provision_probe(host, record)
+        with _probe_enclave(host, variant, debug=False) as vsock:
+            ok, detail = _provision_probe(host, vsock)
     finally:
         variant.unlink(missing_ok=True)
     return ok, f"enclave of a different image (PCR0 {_short(pcr0)}): {detail}" if ok else detail
@@ -573,7 +590,12 @@ def check_https(host: _Host) -> tuple[bool, str]:
     domain = (host.spec.get("service") or {}).get("domain")
     port = host.state.get("relay_port")
     if not domain or not port:
-        return False, f"host has no domain ({domain}) or relay port ({port})"
+        if reason := _certificate_not_held(host):
+            return False, reason
+        return False, (
+            f"host has no domain ({domain}) or no machine port forwarded to its service port "
+            f"{(host.spec.get('service') or {}).get('port')} (its security groups let nothing in)"
+        )
     ca = server.ca_pem(host.state_dir)
     ctx = ssl.create_default_context(cadata=ca.decode())
     nonce = secrets.token_hex(8)
@@ -611,13 +633,14 @@ def check_https(host: _Host) -> tuple[bool, str]:
 
 
 def check_key_not_on_parent(host: _Host) -> tuple[bool, str]:
+    from local_backend.verify_hosts import _host_processes
+
     cert = host.spec.get("certificate")
     if not cert:
         return False, "the host has no certificate"
-    enclave_rec = _enclave_record(host)
-    parent_pid = host.state.get("pid")
-    pids = [p for p in (parent_pid, enclave_rec.get("ProcessID")) if p]  # agent+relay, monitor
-    enclave_pids = _tree(enclave_rec["EnclavePID"]) if enclave_rec.get("EnclavePID") else []
+    # every process of the host's own PID namespace (the agent, socat, systemd's stand-in...)
+    # is parent side; those in the enclaves' nested namespaces are the control
+    pids, enclave_pids = _host_processes(host.h)
     # The S3 object as the parent downloads it, searched by the endpoint too.
     creds = host.parent.role_credentials()
     bundle = host.parent.certificate_bundle(creds)
@@ -641,9 +664,7 @@ def check_key_not_on_parent(host: _Host) -> tuple[bool, str]:
     leaks = [f"{h['where']} ({h['form']})" for h in result["file_hits"]]
     for pid in pids:
         proc = result["processes"].get(str(pid), {})
-        if "error" in proc:
-            return False, proc["error"]
-        leaks += [f"{h['where']} ({h['form']})" for h in proc["hits"]]
+        leaks += [f"pid {pid}: {h['where']} ({h['form']})" for h in proc.get("hits", [])]
     if leaks:
         return False, "private key found on the parent side: " + "; ".join(leaks[:4])
     control = [result["processes"].get(str(p), {}) for p in enclave_pids]
@@ -658,7 +679,7 @@ def check_key_not_on_parent(host: _Host) -> tuple[bool, str]:
     mib = sum(p.get("bytes_read", 0) for p in result["processes"].values()) >> 20
     return True, (
         f"absent from S3 object, {result['files_read']} state/log files and "
-        f"{len(pids)} parent-side processes; found only in the enclave "
+        f"{len(pids)} parent-side processes of the host; found only in the enclave "
         f"({mib} MiB of memory searched)"
     )
 
@@ -689,15 +710,6 @@ def _tree(pid: int) -> list[int]:
         out.append(p)
         todo.extend(children.get(p, []))
     return out
-
-
-def _enclave_record(host: _Host) -> dict[str, Any]:
-    from local_backend.emulator.runtime import EnclaveManager
-
-    try:
-        return EnclaveManager(host.dir).record(host.enclave["EnclaveID"])
-    except (EnclaveKitError, KeyError):
-        return {}
 
 
 def _endpoint_keyscan(endpoint: str, req: dict[str, Any], state_dir: Path) -> dict[str, Any]:
@@ -733,7 +745,16 @@ def _not_applicable(name: str, host: _Host) -> str | None:
     return None
 
 
+def check_boot(host: _Host) -> tuple[bool, str]:
+    """The user data ran to completion (the driver runs it first and stops on a failure)."""
+    from local_backend.verify_hosts import boot_check
+
+    c = boot_check(host.h)
+    return c.ok, c.detail
+
+
 CHECKS: tuple[tuple[str, Callable[[_Host], tuple[bool, str]]], ...] = (
+    ("boot", check_boot),
     ("image-pcrs", check_image),
     ("secret", check_secret),
     ("parent-denied", check_parent_denied),
@@ -772,6 +793,66 @@ def _running_instances(state_dir: Path) -> set[str]:
     }
 
 
+def verify_agent_host(
+    layout: HostLayout,
+    state_dir: Path,
+    checks: Sequence[str] | None = None,
+    on_check: Callable[[HostReport, Check], None] | None = None,
+) -> HostReport:
+    """The checks of `CHECKS` on one host running our parent agent, in order: a failed boot,
+    an enclave that is not running or one not provisioned is reported first."""
+    from local_backend.verify_hosts import OPT_IN, boot_check
+
+    host = _Host(layout, state_dir)
+    hr = HostReport(
+        stack=host.info.get("stack_name") or "(no stack)",
+        logical_id=host.info.get("logical_id") or host.info["instance_id"],
+        instance_id=host.info["instance_id"],
+        enclave_id=host.enclave.get("EnclaveID"),
+    )
+
+    def add(check: Check) -> None:
+        hr.checks.append(check)
+        if on_check:
+            on_check(hr, check)
+
+    boot = boot_check(host.h)
+    if not boot.ok:
+        add(boot)
+        return hr
+    enclave_state = host.state["enclave_state"]
+    if enclave_state != "RUNNING":
+        add(
+            Check(
+                "enclave",
+                False,
+                f"enclave {hr.enclave_id or '(none)'} is {enclave_state}: "
+                f"{host.enclave.get('ExitReason') or 'not listed'} (nitro-cli describe-enclaves "
+                f"in the host, CID {host.parent.cid}); `enclavekit up` starts it again",
+            )
+        )
+        return hr
+    if not host.state["provisioned"]:
+        why = host.state["last_error"] or host.state["journal"] or host.state["enclave_status"]
+        add(Check("provisioned", False, f"the enclave was not provisioned: {why}"))
+    for name, fn in CHECKS:
+        if checks and name not in checks:
+            continue
+        if name == "boot":
+            add(boot)
+            continue
+        why_not = _not_applicable(name, host)
+        add(
+            Check(name, True, f"does not apply: {why_not}", applies=False)
+            if why_not
+            else _timed(name, lambda fn=fn, host=host: fn(host))
+        )
+    for name in [n for n in checks or () if n in OPT_IN]:  # verify_hosts' opt-in checks
+        add(Check(name, True, "does not apply: the host's image terminates TLS itself, no ACM "
+                  "agent renews", applies=False))  # fmt: skip
+    return hr
+
+
 def verify(
     state_dir: Path,
     *,
@@ -783,7 +864,6 @@ def verify(
     stacks (or of `stack`)."""
     state_dir = Path(state_dir).resolve()
     from local_backend.verify_hosts import CHECKS as HOST_CHECKS
-    from local_backend.verify_hosts import OPT_IN
 
     known = [name for name, _ in CHECKS]
     known += [name for name, _ in HOST_CHECKS if name not in known]
@@ -799,66 +879,20 @@ def verify(
         stacks = [stack]
     live = _running_instances(state_dir)
     report = VerifyReport(hosts=[])
-    for p in parents(state_dir, stacks):
-        d, info, st = p.dir, p.info, p.state
-        if not p.spec or info.get("instance_id") not in live:
-            continue  # left behind by an earlier endpoint (killed mid-deploy): not deployed now
-        host = _Host(d, state_dir)
-        hr = HostReport(
-            stack=info["stack_name"],
-            logical_id=info.get("logical_id") or "?",
-            instance_id=info["instance_id"],
-            enclave_id=(st.get("enclave") or {}).get("EnclaveID"),
-        )
-        report.hosts.append(hr)
-        if not p.running:
-            why = st.get("error") or st.get("last_error")
-            if st.get("state") in ("running", "booting") and not p.agent_alive:
-                why = f"its agent process (pid {st.get('pid')}) is gone"
-            hr.checks.append(Check("boot", False, f"parent state {st.get('state')}: {why}"))
-            continue
-        enclave_state, exit_reason = p.enclave_state()
-        if enclave_state != "RUNNING":
-            hr.checks.append(
-                Check(
-                    "enclave",
-                    False,
-                    f"enclave {hr.enclave_id} is {enclave_state}: {exit_reason}; "
-                    "`enclavekit up` starts it again",
-                )
-            )
-            continue
-        if not st.get("provisioned"):
-            hr.checks.append(
-                Check(
-                    "provisioned", False, f"the enclave was not provisioned: {st.get('last_error')}"
-                )
-            )
-        for name, fn in CHECKS:
-            if checks and name not in checks:
-                continue
-            why_not = _not_applicable(name, host)
-            check = (
-                Check(name, True, f"does not apply: {why_not}", applies=False)
-                if why_not
-                else _timed(name, lambda fn=fn, host=host: fn(host))
-            )
-            hr.checks.append(check)
-            if on_check:
-                on_check(hr, check)
-        for name in [n for n in checks or () if n in OPT_IN]:  # verify_hosts' opt-in checks
-            why = "does not apply: the host's image terminates TLS itself, no ACM agent renews"
-            hr.checks.append(Check(name, True, why, applies=False))
-            if on_check:
-                on_check(hr, hr.checks[-1])
-    # Every other enclave-enabled instance: booted from its user data, ours or not.
+    from local_backend.parent.view import agent_config
     from local_backend.verify_hosts import enclave_enabled_hosts, verify_host
 
+    # Every enclave-enabled instance, booted from its user data: ours (the agent's host.json
+    # names an image, and its stack resolves the key and secret names in it) by the chain
+    # above, any other by what it runs.
     for layout in enclave_enabled_hosts(state_dir, None if stack is None else stacks, live):
         info = layout.read_info()
         if info.get("stack_name") is not None and info["stack_name"] not in stacks:
             continue  # a stack not (or no longer) deployed
-        report.hosts.append(verify_host(layout, state_dir, checks, on_check))
+        if info.get("stack_name") and (agent_config(layout) or {}).get("image"):
+            report.hosts.append(verify_agent_host(layout, state_dir, checks, on_check))
+        else:
+            report.hosts.append(verify_host(layout, state_dir, checks, on_check))
     covered = {h.stack for h in report.hosts}
     report.problems.extend(
         f"stack {s}: no enclave host found to verify" for s in stacks if s not in covered

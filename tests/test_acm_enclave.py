@@ -233,7 +233,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             cert.s3_object = obj
             cert.certificate = x509.load_pem_x509_certificate(obj["certificate"].encode())
         # The emulated parent: its enclaves attest with the endpoint's PKI and trust its TLS CA
-        # (as local_backend/parent does), and its vsock-proxy carries KMS TLS on (3, 8000).
+        # (as verify's probe enclaves do), and its vsock-proxy carries KMS TLS on (3, 8000).
         instance.mkdir()
         (instance / "pki").symlink_to(endpoint.state_dir / "pki", target_is_directory=True)
         info = server.read_endpoint(endpoint.state_dir)

@@ -34,8 +34,6 @@ from enclavekit import provisioning as prov
 from enclavekit import pytest_plugin as plugin
 from enclavekit.build import build_enclave
 from enclavekit.eif import describe_eif
-from enclavekit.transport import EmulatedVsock
-from local_backend.emulator.runtime import EnclaveManager
 from local_backend.moto_ext.identity import EC2_SERVICE_ACCESS_KEY_ID
 from local_backend.moto_ext.identity import EC2_SERVICE_SECRET_ACCESS_KEY as EC2_SERVICE_SECRET
 
@@ -101,8 +99,7 @@ def _policy_pcr0s(ep: plugin.LocalEndpoint, key_arn: str) -> set[str]:
 def _challenge(host: plugin.DeployedHost) -> bool:
     """Does the enclave hold SECRET? (HMAC of a fresh nonce over its control port.)"""
     nonce = secrets.token_bytes(32)
-    vsock = EmulatedVsock(host.instance_dir / "vsock", 3)
-    with vsock.connect(host.enclave_cid, prov.CONTROL_PORT) as sock:
+    with host.vsock().connect(host.enclave_cid, prov.CONTROL_PORT) as sock:
         sock.settimeout(30)
         reply = prov.exchange(sock, prov.Challenge(name="app-secret", nonce=nonce))
     assert isinstance(reply, prov.ChallengeAnswer), reply
@@ -130,20 +127,22 @@ def _parent_decrypt(ep: plugin.LocalEndpoint, role_arn: str, parameter: str) -> 
 
 
 def _enclave_running(host: plugin.DeployedHost, pcr0: str) -> None:
-    enclaves = EnclaveManager(host.instance_dir).describe()
+    enclaves = host.enclaves()  # nitro-cli describe-enclaves inside the host
     assert [e["EnclaveID"] for e in enclaves] == [host.enclave_id]
     assert enclaves[0]["State"] == "RUNNING"
     assert enclaves[0]["Measurements"]["PCR0"] == pcr0
 
 
 def _gone(ep: plugin.LocalEndpoint, host: plugin.DeployedHost) -> None:
-    """The instance, its parent, its enclave and its relay port are all gone."""
+    """The instance, its host (launcher and PID 1, so its enclave), its relay port are gone."""
     state = host.parent_state()
     assert state["state"] == "stopped"
     assert plugin.processes_of(host.instance_dir) == []
     assert plugin.listening([host.relay_port]) == set()
     with pytest.raises(ProcessLookupError):
         os.kill(state["pid"], 0)
+    with pytest.raises(ProcessLookupError):  # the host's PID 1: its namespaces, enclaves too
+        os.kill(state["init_pid"], 0)
     reservations = ep.client("ec2").describe_instances(
         Filters=[{"Name": "instance-id", "Values": [host.instance_id]}]
     )["Reservations"]
@@ -156,8 +155,7 @@ def _denied_the_acm_key(deployed: plugin.Deployment, host: plugin.DeployedHost) 
     the sample's image is denied it (AccessDeniedException): it holds its secret only
     (degraded), says why, and serves no TLS. (Set-up A, nginx on the parent with the key in
     ACM's enclave, is issue 10's replacement for this sample.)"""
-    vsock = EmulatedVsock(host.instance_dir / "vsock", 3)
-    with vsock.connect(host.enclave_cid, prov.CONTROL_PORT) as sock:
+    with host.vsock().connect(host.enclave_cid, prov.CONTROL_PORT) as sock:
         sock.settimeout(30)
         status = prov.exchange(sock, prov.Status())
     assert isinstance(status, prov.StatusReport), status

@@ -3,7 +3,7 @@ real KMS (local, PCR-bound key), the emulator's NSM and vsock-proxy, and a real 
 
 Also: each secret and the certificate key obtained on its own (one denied item costs only
 itself: ``degraded``), with two PCR-bound keys whose policies are changed independently, and
-the parent agent's record of a degraded enclave (parent.json).
+the parent agent's view of a degraded enclave (its result, and the enclave's own Status).
 
 Budget: ~12 s.
 """
@@ -43,7 +43,7 @@ from enclave_app.keys import RecipientKey
 from enclave_app.service import EnclaveService
 from enclave_app.tls import TlsServer
 from enclavekit import attestation
-from enclavekit.agent import METADATA_KEY, ParentAgent, boto3_clients
+from enclavekit.agent import ParentAgent, boto3_clients
 from enclavekit.localenv import LOCAL_REGION
 from enclavekit.pki import LocalPki
 from enclavekit.provisioning import (
@@ -61,7 +61,7 @@ from enclavekit.provisioning import (
     read_message,
 )
 from enclavekit.transport import EmulatedVsock, SocketNsm
-from local_backend.parent.agent import INSTANCE_FILE, Parent, read_state
+from local_backend.parent.agent import AssumeRoleCredentials, ec2_sts
 
 
 @dataclass
@@ -463,9 +463,10 @@ def test_revocation_on_refresh_drops_only_that_item(two_keys: TwoKeys) -> None:
         assert enc.https()[1] == leaf_der
 
 
-def test_parent_agent_records_a_degraded_enclave(two_keys: TwoKeys, tmp_path) -> None:
-    """The parent agent (real ParentAgent, SSM on the local endpoint) sees the partial answer
-    and parent.json records it: provisioned, what is missing, and why."""
+def test_parent_agent_records_a_degraded_enclave(two_keys: TwoKeys) -> None:
+    """The parent agent (real ParentAgent, SSM on the local endpoint, the instance role as
+    IMDS hands it out) sees the partial answer: provisioned, what is missing, and why; the
+    enclave's own Status (what `up`, the plugin and `local status` read) says the same."""
     world = two_keys.world
     ssm = world.client("ssm")
     theirs = base64.b64encode(world.secret_blob).decode()  # under the certificate's key
@@ -480,34 +481,24 @@ def test_parent_agent_records_a_degraded_enclave(two_keys: TwoKeys, tmp_path) ->
             {"name": "theirs", "parameter": "/degraded/theirs"},
         ],
     }
-    (tmp_path / INSTANCE_FILE).write_text(
-        json.dumps(
-            {
-                "region": LOCAL_REGION,
-                "endpoint": world.endpoint,
-                "instance_id": INSTANCE_ID,
-                "role_arns": [world.role_arn],
-                "metadata": {METADATA_KEY: spec},
-            }
-        )
+    credentials = AssumeRoleCredentials(
+        lambda: ec2_sts(world.endpoint, LOCAL_REGION), world.role_arn, INSTANCE_ID
     )
-    parent = Parent(tmp_path)
     agent = ParentAgent(
         spec,
         region=LOCAL_REGION,
-        credentials=parent.credential_source,
+        credentials=credentials,
         vsock=world.parent_vsock(),
         clients=boto3_clients(LOCAL_REGION, endpoint_url=world.endpoint),
     )
-    with running_enclave(world, cid=21), two_keys.denied(two_keys.cert_key):
+    with running_enclave(world, cid=21) as enc, two_keys.denied(two_keys.cert_key):
         result = agent.sync_once()
-        parent.record(result)
+        status = enc.ask(Status())
     assert (result.outcome, result.secrets, result.degraded) == (
         "provisioned",
         ("ours",),
         ("secret theirs",),
     )
     assert "degraded, not obtained: secret theirs" in result.describe()
-    state = read_state(tmp_path)
-    assert state["provisioned"] is True and state["degraded"] == ["secret theirs"]
-    assert state["last_error"].startswith(f"secret 'theirs': {DENIED}")
+    assert status.state == "degraded" and status.secrets == ("ours",)
+    assert (status.last_error or "").startswith(f"secret 'theirs': {DENIED}")

@@ -3,8 +3,8 @@
 Its `Metadata["enclavekit:host"]` is removed from the template, so nothing but the user data
 (CloudFormation-resolved: asset buckets, the certificate ARN, parameter names) can boot it, as on
 EC2: the enclave and relay units, the agent from the zipapp asset on a pip-installed boto3
-tree. verify checks what the host runs. Sealing the app secret and `systemctl reload` of the
-agent unit hands it to the enclave. The certificate key is not released to this image
+tree. Sealing the app secret and `systemctl reload` of the agent unit hands it to the enclave;
+verify then checks the whole chain. The certificate key is not released to this image
 (set-up C: only ACM's own enclave gets it on AWS), which the enclave reports as degraded.
 """
 
@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import copy_sample_app, patch_app
+from e2e_support import assert_setup_c_denied, copy_sample_app, patch_app
 
 from enclavekit import provisioning as prov
 from enclavekit import pytest_plugin as plugin
 from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.host import control, hooks
 from local_backend.host.layout import HOST_EMULATOR_STATE
-from local_backend.verify import verify
+from local_backend.verify import CHECKS, VERIFIER_DIR, verify
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +48,10 @@ def test_sample_app_boots_from_its_user_data(enclavekit_endpoint: Any, tmp_path:
     patch_app(app, "host.cfn_resource.cfn_options.metadata = {}  # user data alone boots it")
     started = time.monotonic()
     deployed = plugin.deploy(ep, app, seal=False)
-    assert deployed.hosts == ()  # no emulated parent: nothing read the (absent) Metadata
     state = Path(ep.state_dir)
     [layout] = [h for h in hooks.hosts(state) if h.read_info().get("stack_name") == STACK]
+    # found by what its user data wrote for the agent: there is no Metadata to read
+    assert [h.instance_dir for h in deployed.hosts] == [layout.dir]
     host = control.wait_booted(layout, timeout=280)
     assert control.boot_error(host) is None, layout.console.read_text()[-3000:]
     seconds = time.monotonic() - started
@@ -65,19 +66,6 @@ def test_sample_app_boots_from_its_user_data(enclavekit_endpoint: Any, tmp_path:
     ):
         assert time.monotonic() < deadline, journal
         time.sleep(0.5)
-    report = verify(state, stack=STACK)
-    [hr] = report.hosts
-    results = {c.name: c.ok for c in hr.checks}
-    assert results == {
-        "boot": True,
-        "enclaves": True,
-        "attestation": True,
-        "keys": True,  # the app key binds PCR0-2 of the image the host runs
-        "parent-denied": True,
-        "nsm-parent-refused": True,
-        "https": False,  # an associated certificate: not checked for such hosts yet
-        "key-not-on-parent": False,
-    }, report.table()
     # Seal the app secret as `enclavekit up` does; the agent hands it over on reload.
     cfn, kms, ssm = ep.client("cloudformation"), ep.client("kms"), ep.client("ssm")
     resources = {
@@ -88,7 +76,11 @@ def test_sample_app_boots_from_its_user_data(enclavekit_endpoint: Any, tmp_path:
     param = next(r for r in resources.values() if r["ResourceType"] == "AWS::SSM::Parameter")[
         "PhysicalResourceId"
     ]
-    blob = kms.encrypt(KeyId=key["PhysicalResourceId"], Plaintext=secrets.token_bytes(32))
+    secret = secrets.token_bytes(32)
+    blob = kms.encrypt(KeyId=key["PhysicalResourceId"], Plaintext=secret)
+    ref = state / VERIFIER_DIR / STACK / "app-secret.secret"  # up's copy, for verify's challenge
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_bytes(secret)
     ssm.put_parameter(
         Name=param,
         Value=base64.b64encode(blob["CiphertextBlob"]).decode(),
@@ -102,4 +94,9 @@ def test_sample_app_boots_from_its_user_data(enclavekit_endpoint: Any, tmp_path:
         time.sleep(0.5)
     # The secret came through the enclave's attested KMS Decrypt; the certificate key did not.
     assert status.state == "degraded" and status.certificate_sha256 is None, status
+    # verify checks the chain of what the host runs: its user data wrote the agent's host.json
+    report = verify(state, stack=STACK)
+    [hr] = report.hosts
+    assert [c.name for c in hr.checks] == [name for name, _ in CHECKS], report.table()
+    assert_setup_c_denied(report)  # all pass but the TLS pair: ACM denies this image the key
     print(f"\ncdk deploy -> enclave RUNNING via the sample app's user data: {seconds:.1f} s")

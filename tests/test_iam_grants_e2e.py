@@ -4,10 +4,11 @@ One real deployment of the sample app (real cdk CLI, enforcement on). Then, per 
 statement is taken out of the role's policy through the IAM API, the parent's own step is run
 again with the instance role's credentials (EC2 assumes the role, as IMDS hands it out), and
 it fails at that step with the denied action named; the policy is put back and the step passes.
-Two steps are not the Metadata-booted parent's: the agent zipapp download (the user-data
-host's `aws s3 cp`) and the ACM agent's `iam:GetRole`; they are made here with the same
-credentials. The EIF and the agent zipapp share one CDK asset statement (the CDK merges the
-two identical bucket grants), so removing it fails both. The association's kms:Decrypt is
+The parent agent's steps are made from the machine with the agent's own code
+(`local_backend.parent.view.AgentHost` over the host.json its user data wrote); the agent
+zipapp download (the user data's `aws s3 cp`) and the ACM agent's `iam:GetRole` are made here
+with the same credentials. The EIF and the agent zipapp share one CDK asset statement (the CDK
+merges the two identical bucket grants), so removing it fails both. The association's kms:Decrypt is
 exercised by the ACM agent set-up (tests of the ACM agent host).
 """
 
@@ -25,7 +26,8 @@ import pytest
 from e2e_support import copy_sample_app
 
 from enclavekit import pytest_plugin as plugin
-from local_backend.parent.agent import Parent
+from local_backend.host.layout import HostLayout
+from local_backend.parent.view import AgentHost
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +39,7 @@ SECRET = b"grants e2e secret"
 class World:
     ep: plugin.LocalEndpoint
     role_name: str
-    parent: Parent
+    parent: AgentHost
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         deployed = plugin.deploy(ep, app, secrets={"app-secret": SECRET})
         host = deployed.host()
         role_name = deployed.outputs[STACK]["RoleArn"].rsplit("/", 1)[-1]
-        yield World(ep, role_name, Parent(host.instance_dir))
+        yield World(ep, role_name, AgentHost(HostLayout(host.instance_dir)))
     finally:
         plugin.stop_endpoint(ep)
 
@@ -149,7 +151,7 @@ def _as_role(w: World, service: str, creds: Any) -> Any:
 
 def _fetch_agent_bundle(w: World, creds: Any) -> bytes:
     """What the host's user data does (`aws s3 cp` of the agent zipapp asset) with the
-    instance role's credentials; the Metadata boot path runs the agent from the repo."""
+    instance role's credentials."""
     s3 = w.ep.client("s3")
     bucket = next(b["Name"] for b in s3.list_buckets()["Buckets"] if "cdk-" in b["Name"])
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]

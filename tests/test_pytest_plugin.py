@@ -150,15 +150,15 @@ def test_user_tests_with_the_fixtures(pytester: pytest.Pytester, tmp_path: Path)
         ["*enclavekit_deploy: app_dir must be a directory with cdk.json, got '*test_not_an_app0'"]
     )
     assert "pytest_plugin.py" not in out  # no traceback into the plugin, only the reasons
-    # after the session: the endpoint, the parent, the enclave and every port are gone
+    # after the session: the endpoint, the host, the enclave and every port are gone
     seen = json.loads(report.read_text())
     assert seen["port"] == port  # --enclavekit-port chose it
     state = Path(seen["state_dir"])
     assert plugin.processes_of(state) == []
-    assert plugin.listening([seen["port"], seen["relay_port"]]) == set()
+    assert plugin.listening([p for p in (seen["port"], seen["relay_port"]) if p]) == set()
     assert not (state / "endpoint.json").exists()
-    parent = json.loads((state / "instances" / seen["instance_id"] / "parent.json").read_text())
-    assert parent["state"] == "stopped"
+    host = json.loads((state / "instances" / seen["instance_id"] / "host.json").read_text())
+    assert host["state"] == "stopped"
 
 
 def test_reason_picks_the_cdk_error_line() -> None:

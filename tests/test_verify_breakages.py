@@ -1,13 +1,13 @@
 """Every `enclavekit verify` check can fail: one real deployment, each property broken in turn.
 
-One endpoint and one deployment of the sample app for the module. A baseline run passes all
-eight checks but the two TLS ones, which fail because ACM denies the sample's own image the
-certificate's key, as AWS does (set-up C; issue 10 moves the sample to set-up A); then each
-test breaks exactly the property one check names — in the deployment itself (its key policy,
-the parent's files and sockets, the verifier's reference copy) — runs that check and asserts it
-FAILS with its reason, and puts the deployment back. The faults of a running deployment
-follow: a killed enclave (status, verify, `up` brings it back), a stale instance directory of
-an earlier endpoint, a synth that hangs, a construct error.
+One endpoint and one deployment of the sample app for the module (its host booted from its user
+data). A baseline run passes every check but the two TLS ones, which fail because ACM denies
+the sample's own image the certificate's key, as AWS does (set-up C; issue 10 moves the sample
+to set-up A); then each test breaks exactly the property one check names — in the deployment
+itself (its key policy, the host's files and sockets, the verifier's reference copy) — runs
+that check and asserts it FAILS with its reason, and puts the deployment back. The faults of a
+running deployment follow: a killed enclave (status, verify, `up` brings it back), a stale
+instance directory of an earlier endpoint, a synth that hangs, a construct error.
 """
 
 from __future__ import annotations
@@ -44,11 +44,13 @@ from enclavekit.transport import unix_address
 from local_backend import parent, server, up, verify
 from local_backend.emulator.monitor import make_signer
 from local_backend.emulator.nsm_server import BootMeasurements, NsmDevice, NsmServer
-from local_backend.emulator.runtime import EnclaveManager
+from local_backend.emulator.state import Layout
+from local_backend.host.layout import HOST_EMULATOR_STATE, HostLayout
 from local_backend.moto_ext.identity import (
     EC2_SERVICE_ACCESS_KEY_ID,
     EC2_SERVICE_SECRET_ACCESS_KEY,
 )
+from local_backend.parent.view import AgentHost, agent_hosts
 
 pytestmark = pytest.mark.slow
 
@@ -91,8 +93,13 @@ def _check(ep: plugin.LocalEndpoint, name: str) -> verify.Check:
 
 
 def _host(ep: plugin.LocalEndpoint) -> verify._Host:
-    [record] = [p for p in parent.parents(ep.state_dir, [STACK]) if p.running]
-    return verify._Host(record.dir, ep.state_dir)
+    [record] = agent_hosts(ep.state_dir, [STACK])
+    return verify._Host(record.layout, ep.state_dir)
+
+
+def _eif(host: verify._Host, dest: Path) -> Path:
+    """The host's EIF, as its user data fetched it (the S3 asset, with the instance role)."""
+    return host.parent.fetch_image(host.parent.role_credentials(), dest)
 
 
 def _reprovision(deployed: plugin.Deployment) -> None:
@@ -245,8 +252,9 @@ def _parent_decrypt(deployed: plugin.Deployment) -> bytes | str:
 
 @contextlib.contextmanager
 def _nsm_socket_replaced(host: verify._Host) -> Iterator[Path]:
-    """The enclave's nsm.sock moved aside for the block (the path is free to serve)."""
-    layout = EnclaveManager(host.dir).layout
+    """The enclave's nsm.sock (in the host, seen through its PID 1's root) moved aside for the
+    block (the path is free to serve)."""
+    layout = Layout(Path(f"/proc/{host.state['init_pid']}/root{HOST_EMULATOR_STATE}"))
     sock = layout.slot_dir(layout.slot_of(host.enclave["EnclaveID"])) / "nsm.sock"
     aside = sock.with_name("nsm.sock.aside")
     sock.rename(aside)
@@ -258,13 +266,13 @@ def _nsm_socket_replaced(host: verify._Host) -> Iterator[Path]:
 
 
 def test_nsm_parent_refused_fails_when_the_nsm_answers_the_parent(
-    deployed: plugin.Deployment,
+    deployed: plugin.Deployment, tmp_path: Path
 ) -> None:
     host = _host(deployed.endpoint)
-    image = eif.read_eif(host.dir / "image.eif")
+    image = eif.read_eif(_eif(host, tmp_path / "image.eif"))
     module_id = host.enclave["EnclaveID"]
     boot = BootMeasurements(image.measurements, None, host.info["instance_id"], False)
-    device = NsmDevice(module_id, boot, make_signer(host.dir, module_id))
+    device = NsmDevice(module_id, boot, make_signer(deployed.endpoint.state_dir, module_id))
     with _nsm_socket_replaced(host) as path:
         nsm = NsmServer(device, path, peer_check=lambda _sock: None).start()  # admits anyone
         try:
@@ -272,7 +280,9 @@ def test_nsm_parent_refused_fails_when_the_nsm_answers_the_parent(
         finally:
             nsm.stop()
     assert not check.ok
-    assert check.detail == "the NSM answered a parent-side process: AttestationResponse"
+    assert check.detail == (
+        f"enclave {module_id}'s NSM answered a parent-side process: AttestationResponse"
+    )
 
 
 def test_nsm_parent_refused_needs_the_nsms_own_refusal(deployed: plugin.Deployment) -> None:
@@ -294,9 +304,11 @@ def test_nsm_parent_refused_needs_the_nsms_own_refusal(deployed: plugin.Deployme
             check = _check(deployed.endpoint, "nsm-parent-refused")
         finally:
             listener.close()
-    assert not check.ok
-    assert check.detail.startswith("could not check: the socket closed without a reply")
-    assert check.detail.endswith("but the NSM recorded no refusal of it")
+    assert not check.ok  # the probe runs inside the host, as a parent-side process there
+    assert check.detail.startswith(
+        f"could not check: enclave {host.enclave['EnclaveID']}'s NSM closed without a reply"
+    )
+    assert check.detail.endswith("but recorded no refusal of it")
 
 
 # ------------------------------------------------------------------ 5. debug / other image
@@ -327,7 +339,7 @@ def test_other_image_denied_fails_when_the_key_admits_another_image(
     deployed: plugin.Deployment, tmp_path: Path
 ) -> None:
     host = _host(deployed.endpoint)
-    variant = verify.variant_image(host.dir / "image.eif", tmp_path / "variant.eif")
+    variant = verify.variant_image(_eif(host, tmp_path / "image.eif"), tmp_path / "variant.eif")
     m = eif.read_eif(variant).measurements
     with _key_policy(deployed, _allow_pcrs({0: m.hex(0), 1: m.hex(1), 2: m.hex(2)})):
         check = _check(deployed.endpoint, "other-image-denied")
@@ -376,9 +388,14 @@ def test_https_fails_when_the_parent_serves_the_domain_itself(
 ) -> None:
     host = deployed.host()
     impostor = _ImpostorTls(deployed.endpoint.state_dir, host.domain or "", tmp_path)
-    state_file = host.instance_dir / "parent.json"
+    # the host's forwarded service port now leads to the impostor (host.json's port table)
+    state_file = host.instance_dir / "host.json"
     original = state_file.read_text()
-    state_file.write_text(json.dumps({**json.loads(original), "relay_port": impostor.port}))
+    ports = [
+        {**p, "host_port": impostor.port} if p["port"] == host.service_port else p
+        for p in json.loads(original)["ports"]
+    ]
+    state_file.write_text(json.dumps({**json.loads(original), "ports": ports}))
     try:
         check = _check(deployed.endpoint, "https")
     finally:
@@ -436,10 +453,12 @@ def test_key_not_on_parent_fails_when_the_key_is_in_a_parent_file(
 
 
 def _kill_enclave(host: plugin.DeployedHost) -> None:
-    record = EnclaveManager(host.instance_dir).record(host.enclave_id)
-    os.kill(int(record["EnclavePID"]), signal.SIGKILL)
+    view = AgentHost(HostLayout(host.instance_dir))
+    pid = view.enclave_pid(host.enclave_id)
+    assert pid is not None, view.enclave_record(host.enclave_id)
+    os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 15
-    while EnclaveManager(host.instance_dir).record(host.enclave_id)["State"] == "RUNNING":
+    while view.enclave().get("State") == "RUNNING":  # describe-enclaves inside the host
         assert time.monotonic() < deadline, "the killed enclave still shows as running"
         time.sleep(0.1)
 
@@ -451,8 +470,9 @@ def _plant_stale_instance(ep: plugin.LocalEndpoint, host: plugin.DeployedHost) -
     stale.mkdir(parents=True)
     info = json.loads((host.instance_dir / "instance.json").read_text())
     (stale / "instance.json").write_text(json.dumps({**info, "instance_id": stale.name}))
-    state = {**host.parent_state(), "state": "booting", "pid": 2**22 - 3, "provisioned": False}
-    (stale / "parent.json").write_text(json.dumps(state))
+    hostfile = json.loads((host.instance_dir / "host.json").read_text())
+    state = {**hostfile, "state": "booting", "pid": 2**22 - 3, "init_pid": 2**22 - 2}
+    (stale / "host.json").write_text(json.dumps(state))
     return stale
 
 
@@ -461,7 +481,7 @@ def test_killed_enclave_is_named_and_up_brings_it_back(
 ) -> None:
     ep = deployed.endpoint
     host = deployed.host()
-    agent_pid = host.parent_state()["pid"]
+    launcher_pid = host.parent_state()["pid"]
     stale = _plant_stale_instance(ep, host)
     _kill_enclave(host)
 
@@ -471,7 +491,7 @@ def test_killed_enclave_is_named_and_up_brings_it_back(
     assert row["exit_reason"]
     assert main(["local", "status", "--state-dir", str(ep.state_dir)]) == 0
     shown = capsys.readouterr().out
-    assert f"enclave {host.enclave_id} (CID {host.enclave_cid}) TERMINATED: " in shown
+    assert f"enclave {host.enclave_id} TERMINATED: " in shown
     assert "provisioned: no" in shown and "`enclavekit up` starts it again" in shown
     assert stale.name not in shown
 
@@ -489,8 +509,9 @@ def test_killed_enclave_is_named_and_up_brings_it_back(
     assert [r.split(" ")[0] for r in result.restarted] == [host.instance_id]
     assert f"restarted {host.instance_id}" in out.getvalue()
     st = host.parent_state()
-    assert st["enclave"]["EnclaveID"] != host.enclave_id and st["enclave_restarts"] == 1
-    assert st["pid"] == agent_pid  # the same parent agent: only its enclave was restarted
+    assert st["enclave"]["EnclaveID"] != host.enclave_id and st["enclave_state"] == "RUNNING"
+    assert st["provisioned"]  # the agent provisioned the new enclave
+    assert st["pid"] == launcher_pid  # the same host: only its enclave unit was restarted
     assert server.status(ep.state_dir).pid == ep.pid  # the same endpoint throughout
     assert stale.is_dir()  # left alone, and harmless
     # the "Try it" line up prints runs as printed (with this venv's enclavekit) and reaches the
@@ -575,25 +596,28 @@ def test_a_construct_error_is_one_line_with_exit_2(
 def test_after_the_endpoint_is_killed_up_and_verify_work_again(
     deployed: plugin.Deployment, app: Path
 ) -> None:
-    """An endpoint killed with its parents running: the next endpoint on the state dir stops
-    them, restores the state saved after the deploy (local_backend.persist) and boots the
-    instance again (a new parent and enclave); `up` finds the stack deployed, seals what the
+    """An endpoint killed with its hosts running: they go with it (PDEATHSIG on the launcher
+    chain); the next endpoint on the state dir restores the state saved after the deploy
+    (local_backend.persist) and boots the instance again from its disk (a new host process and
+    enclave, the user data not run twice); `up` finds the stack deployed, seals what the
     snapshot had unsealed, and verify passes."""
     ep = deployed.endpoint
     [old] = plugin.hosts_of(ep, [STACK])
+    old_pids = {p for k in ("pid", "init_pid") if (p := old.parent_state().get(k))}
     os.kill(ep.pid, signal.SIGKILL)
     deadline = time.monotonic() + 15
     while server.status(ep.state_dir).running or plugin.listening([ep.port]):
         assert time.monotonic() < deadline  # gone, and its port with it
         time.sleep(0.1)
-    orphans = set(_processes_running(str(old.instance_dir)))
-    assert orphans  # its parent outlived it
+    orphans = set(_processes_running(str(old.instance_dir))) | old_pids
+    assert old_pids  # the host's launcher and PID 1, which must not outlive the next start
 
     out = io.StringIO()
     result = up.up(app, state_dir=ep.state_dir, port=ep.port, progress=up.Progress(out))
     assert result.report is not None, out.getvalue()
     assert_setup_c_denied(result.report)
-    assert not orphans & set(_processes_running(str(old.instance_dir)))  # the old ones are gone
+    alive = {p for p in orphans if Path(f"/proc/{p}").exists()}
+    assert not orphans & (set(_processes_running(str(old.instance_dir))) | alive)  # all gone
     [new] = plugin.hosts_of(ep, [STACK])
     assert new.instance_id == old.instance_id and new.enclave_id != old.enclave_id
     assert [h.instance_id for h in result.report.hosts] == [new.instance_id]  # type: ignore[union-attr]

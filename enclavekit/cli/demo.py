@@ -1,6 +1,6 @@
 """`enclavekit demo` (what `make demo` runs): the seed scenario, deployed locally and proven.
 
-`enclavekit up` on the project's sample app (endpoint, synth, bootstrap, deploy, seal, boot,
+`enclavekit up` on the project's sample app (endpoint, synth, bootstrap, deploy, boot, seal,
 verify), then the measurements each enclave host was built with and the key policies bound to
 them, read from the cloud assembly, and how to try the service by hand. The endpoint is left
 running for that; `enclavekit local stop` stops it and everything it started.
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from enclavekit.attested_kms import condition_name, pcr_index
+from enclavekit.contract import DEFAULT_STATE_DIR
 from enclavekit.contract import HOST_METADATA_KEY as HOST_METADATA
 from enclavekit.errors import CheckFailed, InvalidInput, TemplateError
 
@@ -36,7 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
     project = Path(args.project).resolve()
     if not (project / "cdk.json").is_file():
         raise InvalidInput(f"--project must be a directory with cdk.json, got {args.project!r}")
-    state_dir = Path(args.state_dir).resolve() if args.state_dir else project / ".enclavekit"
+    state_dir = Path(args.state_dir).resolve() if args.state_dir else project / DEFAULT_STATE_DIR
     result = up(project, state_dir=state_dir, port=args.port)
     rows = hosts_in_assembly(project / "cdk.out")
     if not rows:

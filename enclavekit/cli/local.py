@@ -52,10 +52,19 @@ def _user_data_host_line(h: dict) -> str:
         f"{e['EnclaveID']} (CID {e['EnclaveCID']}, {e['State']})" for e in h.get("enclaves", [])
     )
     ports = ", ".join(f"{p['port']} -> 127.0.0.1:{p['host_port']}" for p in h.get("ports", []))
+    agent = ""
+    if h.get("domain"):  # our parent agent runs here: its service and the enclave's word
+        agent = f"  https://{h['domain']}  provisioned: {'yes' if h['provisioned'] else 'no'}"
+    if h.get("exit_reason"):
+        agent += f"  enclave {h['enclave_id']} {h.get('enclave_state')}: {h['exit_reason']}"
     return (
         f"  {h['stack'] or '-'}/{h['host'] or '-'}  {h['instance_id']}  user data: {boot}"
-        f"  enclaves: {enclaves or 'none'}  ports: {ports or 'none'}"
+        f"  enclaves: {enclaves or 'none'}  ports: {ports or 'none'}{agent}"
     )
+
+
+def _running_enclave(h: dict) -> bool:
+    return any(e.get("State") == "RUNNING" for e in h.get("enclaves", []))
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -82,17 +91,9 @@ def _status(args: argparse.Namespace) -> int:
     hosts = st.extra.get("enclave_hosts", [])
     print(f"enclave hosts:  {len(hosts)}")
     for h in hosts:
-        if h.get("boot") == "user-data":
-            print(_user_data_host_line(h))
-            continue
-        state = h.get("enclave_state", "RUNNING")
-        down = "" if state == "RUNNING" else f" {state}: {h.get('exit_reason')};"
-        print(
-            f"  {h['stack']}/{h['host']}  {h['instance_id']}  enclave {h['enclave_id']} "
-            f"(CID {h['cid']}){down}  https://{h['domain']} on 127.0.0.1:{h['host_port']}"
-            f"  provisioned: {'yes' if h['provisioned'] else 'no'}"
-        )
-    if any(h.get("enclave_state", "RUNNING") != "RUNNING" for h in hosts):
+        print(_user_data_host_line(h))
+    stopped = [h for h in hosts if h.get("domain") and not _running_enclave(h)]
+    if stopped:
         print("an enclave is not running: `enclavekit up` starts it again")
     return 0
 

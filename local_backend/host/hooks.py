@@ -1,10 +1,9 @@
 """The endpoint's side of instance hosts: start/stop with the EC2 instance, status, console.
 
-`local_backend.parent`'s start hook hands every started instance that has user data (and no
-enclavekit image in its Metadata, which still boots the Metadata path) to
-`start_instance_host`. As on EC2, the instance is *running* once its host is up; the user data
-runs on after that, and a user data that fails marks the boot failed (host.json, console,
-`local status`) without failing RunInstances or the stack.
+`local_backend.parent`'s start hook hands every started instance that has user data to
+`start_instance_host` (nothing boots from Metadata). As on EC2, the instance is *running* once
+its host is up; the user data runs on after that, and a user data that fails marks the boot
+failed (host.json, console, `local status`) without failing RunInstances or the stack.
 
 Interface for readers on the machine (verify, up, tests), all under
 `<state>/instances/<iid>/`: `instance.json` (`"boot": "user-data"`, the EnclaveInstance

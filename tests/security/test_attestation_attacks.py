@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from enclavekit import attestation, cms
 from enclavekit import provisioning as prov
 from enclavekit.pki import LocalPki
-from enclavekit.transport import EmulatedVsock
 
 pytestmark = pytest.mark.slow
 MODULE = "i-0aaaaaaaaaaaaaaaa-enc0123456789abcdef"
@@ -118,7 +117,7 @@ def test_documents_that_must_be_denied(target, pcrs, platform, tmp_path: Path) -
 
 def _enclave_document(target: Target) -> bytes:
     """A genuine document from the deployed enclave (the control protocol's Attest)."""
-    vsock = EmulatedVsock(target.host.instance_dir / "vsock", 3)
+    vsock = target.host.vsock()
     with vsock.connect(target.host.enclave_cid, prov.CONTROL_PORT) as sock:
         sock.settimeout(30)
         reply = prov.exchange(sock, prov.Attest(nonce=b"n" * 16))

@@ -137,7 +137,7 @@ class FakeKms:
 
 
 def _control(target: Target, msg: prov.Message) -> prov.Message:
-    vsock = EmulatedVsock(target.host.instance_dir / "vsock", 3)
+    vsock = target.host.vsock()
     with vsock.connect(target.host.enclave_cid, prov.CONTROL_PORT) as sock:
         sock.settimeout(60)
         return prov.exchange(sock, msg)
@@ -152,7 +152,7 @@ def _holds_secret(target: Target, value: bytes) -> bool:
 
 def _raw_control(target: Target, obj: dict) -> dict:
     """Send a hand-made control message (fields the protocol no longer has)."""
-    vsock = EmulatedVsock(target.host.instance_dir / "vsock", 3)
+    vsock = target.host.vsock()
     with vsock.connect(target.host.enclave_cid, prov.CONTROL_PORT) as sock:
         sock.settimeout(30)
         data = json.dumps(obj).encode()
@@ -166,7 +166,7 @@ def _raw_control(target: Target, obj: dict) -> dict:
 
 def test_parent_cannot_plant_a_kms_of_its_own(target: Target, tmp_path: Path) -> None:
     assert _holds_secret(target, SECRET)  # the genuine state before the attack
-    vsock = EmulatedVsock(target.host.instance_dir / "vsock", 3)
+    vsock = target.host.vsock()
     fake = FakeKms(vsock, FAKE_PORT, _impostor_context(tmp_path))
     try:
         creds = prov.Credentials(**_creds(target))

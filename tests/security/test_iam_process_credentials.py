@@ -23,7 +23,8 @@ from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_ACCOUNT
 
 pytestmark = pytest.mark.slow
 KINDS = {
-    "local_backend.parent": "parent agent",
+    "enclavekit-agent.pyz": "parent agent",  # the zipapp the host's user data runs
+    "local_backend.host": "instance host",
     "local_backend.emulator": "enclave monitor / isolation",
 }
 
@@ -39,7 +40,7 @@ def _environ(pid: int) -> dict[str, str] | None:
 
 def test_stack_processes_never_hold_the_root_key(target: Target) -> None:
     seen: dict[str, int] = {}
-    for pid, cmd in plugin.processes_of(target.endpoint.state_dir):
+    for pid, cmd in _stack_processes(target.endpoint.state_dir):
         if "local_backend.server" in cmd:
             continue  # the endpoint itself: it is AWS, it knows every key
         env = _environ(pid)
@@ -50,6 +51,24 @@ def test_stack_processes_never_hold_the_root_key(target: Target) -> None:
         assert env.get("AWS_ACCESS_KEY_ID") != LOCAL_ACCESS_KEY_ID, (kind, cmd)
         assert not any(v == LOCAL_ACCESS_KEY_ID for k, v in env.items() if "KEY" in k), (kind, cmd)
     assert seen.get("parent agent"), seen  # the host's parent was among them
+
+
+def _stack_processes(state_dir: Path) -> list[tuple[int, str]]:
+    """Every process naming the state dir (the endpoint, host launchers) and every process of
+    the instance hosts' own trees (PID 1, its services, the parent agent, enclaves)."""
+    from local_backend.host import hooks
+    from local_backend.verify import _tree
+
+    found = dict(plugin.processes_of(state_dir))
+    for layout in hooks.hosts(state_dir):
+        init = layout.read_host().get("init_pid")
+        for pid in _tree(int(init)) if init else []:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            found.setdefault(pid, cmd.strip())
+    return sorted(found.items())
 
 
 def _zip(source: str) -> bytes:

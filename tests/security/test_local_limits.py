@@ -71,15 +71,19 @@ def test_state_dir_is_owner_only(target: Target) -> None:
         cmd = ("ls", str(path)) if path.is_dir() else ("cat", str(path))
         out = _as_nobody(*cmd)
         assert out.returncode != 0 and "Permission denied" in out.stderr, (path, out)
-    # every regular file the endpoint and its parents wrote is owner-only; the one exception
-    # is an enclave image's own root filesystem, whose modes are part of the (public,
-    # measured) image and which the enclave must see as built
+    # every regular file the endpoint and its hosts wrote is owner-only; the exceptions are an
+    # enclave image's own root filesystem, whose modes are part of the (public, measured)
+    # image and which the enclave must see as built, and an instance's own disk (its host's
+    # rootfs: /etc/passwd 0644 as on Amazon Linux), which its user data and services must see
+    # as the AMI has it; both lie under the owner-only state dir checked above
     loose = []
     for p in state.rglob("*"):
         rel = p.relative_to(state).parts
         if p.is_symlink() or not p.is_file() or rel[0] == "clients":  # clients: the test's own
             continue
         if "enclaves" in rel and "image" in rel[rel.index("enclaves") :]:
+            continue
+        if rel[0] == "instances" and len(rel) > 2 and rel[2] == "rootfs":
             continue
         if p.stat().st_mode & 0o077:
             loose.append(f"{'/'.join(rel)} {oct(p.stat().st_mode & 0o777)}")

@@ -1,5 +1,0 @@
-import sys
-
-from local_backend.parent.agent import main
-
-sys.exit(main())
