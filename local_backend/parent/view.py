@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from enclavekit import provisioning as prov
-from enclavekit.agent import HOST_CONFIG_PATH, ParentAgent
+from enclavekit.agent import ParentAgent
+from enclavekit.contract import HOST_CONFIG_PATH
 from enclavekit.errors import EnclaveKitError
 from enclavekit.localenv import local_client
 from enclavekit.transport import PARENT_CID, EmulatedVsock
