@@ -71,7 +71,7 @@ def test_verify_without_an_endpoint_names_up(
     assert len(err.splitlines()) == 1
     assert "is not running" in err and "deploy with `enclavekit up`" in err
     assert main(["verify", "--state-dir", str(tmp_path), "--check", "vibes"]) == 2
-    assert "--check: expected some of image-pcrs, secret, " in capsys.readouterr().err
+    assert "--check: expected some of boot, image-pcrs, secret, " in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:
         main(["up", "--synth-timeout", "0"])
     assert usage.value.code == 2
