@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from e2e_support import write_readme_app, write_tiny_app
 
-from enclavekit import pytest_plugin as plugin
+from local_backend import pytest_plugin as plugin
 
 pytest_plugins = ["pytester"]
 
@@ -105,7 +105,7 @@ def test_nothing_starts_unless_asked(pytester: pytest.Pytester) -> None:
 
         def test_plain(request):
             assert "enclavekit_endpoint" not in request.fixturenames
-            assert "enclavekit.pytest_plugin" in sys.modules
+            assert "local_backend.pytest_plugin" in sys.modules
             for mod in ("boto3", "moto", "local_backend", "aws_cdk"):
                 assert mod not in sys.modules, mod
         """)
@@ -184,7 +184,7 @@ def test_endpoint_port_from_the_environment(
     """$ENCLAVEKIT_PORT names the port; a bad one is a one-line usage error, nothing starts."""
     pytester.makepyfile(
         test_port=textwrap.dedent("""
-        from enclavekit.pytest_plugin import endpoint_port
+        from local_backend.pytest_plugin import endpoint_port
 
         def test_port(request):
             assert endpoint_port(request.config) == 4711
