@@ -98,7 +98,8 @@ def test_readme_example_https(enclavekit_deploy):
 
 def test_nothing_starts_unless_asked(pytester: pytest.Pytester) -> None:
     """The plugin is loaded in every session; a test without its fixtures starts nothing and
-    does not even import boto3, moto or the local backend."""
+    does not even import boto3, moto or the rest of the local backend (only its docstring-only
+    package and the plugin itself)."""
     pytester.makepyfile(
         test_plain=textwrap.dedent("""
         import sys
@@ -106,8 +107,10 @@ def test_nothing_starts_unless_asked(pytester: pytest.Pytester) -> None:
         def test_plain(request):
             assert "enclavekit_endpoint" not in request.fixturenames
             assert "local_backend.pytest_plugin" in sys.modules
-            for mod in ("boto3", "moto", "local_backend", "aws_cdk"):
+            for mod in ("boto3", "moto", "aws_cdk"):
                 assert mod not in sys.modules, mod
+            backend = sorted(m for m in sys.modules if m.startswith("local_backend."))
+            assert backend == ["local_backend.pytest_plugin"], backend
         """)
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fixtures")
