@@ -210,8 +210,8 @@ def run_once(ep: Any, bodies: dict[str, dict[str, Any]], n: int) -> dict[str, An
 
 def main(rounds: int = 2) -> None:
     from enclavekit.agent_bundle import build_agent_bundle
-    from enclavekit.pytest_plugin import local_endpoint
     from local_backend.host import prepared
+    from local_backend.pytest_plugin import local_endpoint
 
     # Once per checkout (make setup does it too): the hosts then replay venv and pip.
     ready = prepared.ensure()

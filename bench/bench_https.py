@@ -219,11 +219,11 @@ def enclave_target(state_dir: Path) -> Target:
     """The deployed sample app's host: the machine port forwarded to its service port (the
     host's socat relay to the enclave), its domain and enclave id."""
     from local_backend import server
-    from local_backend.parent.view import agent_hosts
+    from local_backend.deploy import enclave_hosts
 
-    for h in agent_hosts(state_dir):
+    for h in enclave_hosts(state_dir):
         st = h.state()
-        if not st["relay_port"] or not st["enclave"].get("EnclaveID"):
+        if not st["relay_port"]:
             continue
         context = ssl.create_default_context(cadata=server.ca_pem(state_dir).decode())
         return Target(

@@ -23,16 +23,12 @@ import json
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from enclavekit.toolchain import cdk_command
 from local_backend import server
-from local_backend.cdk import cdk_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("endpoint", "synth", "bootstrap", "deploy", "boot", "seal", "verify")
@@ -86,23 +82,16 @@ def write_trivial_app(dest: Path) -> Path:
 
 
 def timed_cdk(args: list[str], cwd: Path, endpoint: str) -> float:
-    """Seconds one `cdk ARGS` takes in `cwd` against `endpoint`; raises with its tail on failure."""
-    argv = [*cdk_command(cwd), *args]
-    start = time.perf_counter()
-    proc = subprocess.run(
-        argv,
-        cwd=cwd,
-        env=cdk_env(endpoint, cwd=cwd),
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=CDK_TIMEOUT_S,
-    )
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
-        raise RuntimeError(f"`cdk {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}")
-    return seconds
+    """Seconds one `cdk ARGS` takes in `cwd` against `endpoint`, run as `up` runs it
+    (local_backend.deploy.run_cdk: the pinned CLI behind the egress guard); raises with its
+    tail on failure."""
+    from local_backend.deploy import run_cdk
+
+    run = run_cdk(endpoint, cwd, args, timeout=CDK_TIMEOUT_S)
+    if run.returncode != 0:
+        why = f"exit {run.returncode}"
+        raise RuntimeError(f"`cdk {' '.join(args)}` failed ({why}):\n{run.tail(10)}")
+    return run.seconds
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ ports, state dir layout). The rest of the core (`eif`, `build`, `pki`, `policy/`
 
 Rooms above the core, in this package for now (tests/test_import_rules.py ROOMS): `lint/` (the
 linter), `cli/` (the command; may import every room, and `local_backend` lazily), `agent` +
-`agent_bundle` (the parent agent), `pytest_plugin`. A room imports the core; the core imports
-no room. Imports: never `local_backend`, `enclave_constructs`, aws_cdk or moto; the exceptions
-still there are listed, with why, in tests/test_import_rules.py. The package root stays
-import-light for the same reason.
+`agent_bundle` (the parent agent); the pytest plugin lives in the backend. A room imports the
+core; the core imports no room. Imports: never `local_backend`, `enclave_constructs`, aws_cdk or
+moto; the exceptions still there (the CLI's lazy handler imports) are listed, with why, in
+tests/test_import_rules.py. The package root stays import-light for the same reason.
 """
 
 from enclavekit.errors import (

@@ -1,6 +1,6 @@
 """`enclavekit up`: endpoint, bootstrap, deploy, seal, boot, verify — with progress and a table.
 
-Phases (each timed; `make bench` reads the same figures):
+Phases (each timed; `make bench` reads the same figures; the steps are local_backend.deploy):
   endpoint   start the local endpoint if it is not running
   synth      `cdk synth` of the app into cdk.out (the linter plugin runs here)
   bootstrap  `cdk bootstrap aws://123456789012/us-east-1` (skipped when already bootstrapped)
@@ -18,35 +18,23 @@ Phases (each timed; `make bench` reads the same figures):
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import json
-import os
-import queue
 import re
-import secrets
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-from enclavekit.agent import UNSEALED
 from enclavekit.cdk_errors import construct_error
 from enclavekit.errors import BackendError, EnclaveKitError, InvalidInput
-from enclavekit.localenv import local_client
-from local_backend import server
-from local_backend.cdk import GuardedCdk, bootstrap_target, guarded_cdk
+from local_backend import deploy, server
+from local_backend.cdk import bootstrap_target
 from local_backend.egress import refusal
-from local_backend.parent import restart_enclaves, resync
-from local_backend.parent.view import AgentHost, agent_hosts
-from local_backend.verify import VERIFIER_DIR, VerifyReport, verify
+from local_backend.parent import restart_enclaves
+from local_backend.parent.view import agent_hosts
+from local_backend.verify import VerifyReport, verify
 
-BOOT_TIMEOUT_S = 180.0
 # A phase that runs the user's app or the cdk CLI ends in time or fails naming itself.
 PHASE_TIMEOUTS_S = {"synth": 300.0, "bootstrap": 600.0, "deploy": 1800.0}
 _EVENT = re.compile(r"\|\s*(\d+/\d+)\s*\|[^|]*\|\s*(\S+)\s*\|\s*(\S+)\s*\|\s*(\S+)")
@@ -106,211 +94,33 @@ def _run_cdk(
     timeout: float,
     verbose: bool = False,
 ) -> None:
-    """Run the cdk CLI, streaming its events into the progress line; raise with its tail, or
-    after `timeout` seconds without it finishing (the whole process group is killed: a
-    hanging app under cdk goes too) naming the phase it hung in."""
-    lines: queue.Queue[str | None] = queue.Queue()
-    with guarded_cdk(endpoint, app_dir, report=lambda h, p: lines.put(refusal(h, p))) as cdk:
-        _follow_cdk(
-            cdk, args, app_dir, lines, progress, phase=phase, timeout=timeout, verbose=verbose
-        )
+    """Run the cdk CLI (local_backend.deploy.run_cdk), its events in the progress line; raise
+    with its tail, or naming the phase it hung in after `timeout` seconds."""
 
-
-def _follow_cdk(
-    cdk: GuardedCdk,
-    args: list[str],
-    app_dir: Path,
-    lines: queue.Queue[str | None],
-    progress: Progress,
-    *,
-    phase: str,
-    timeout: float,
-    verbose: bool = False,
-) -> None:
-    """`_run_cdk`'s body, while its egress guard runs (refusals arrive as output lines)."""
-    proc = subprocess.Popen(
-        [*cdk.argv, *args],
-        cwd=app_dir,
-        env=cdk.env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-    def _read() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            lines.put(raw)
-        lines.put(None)
-
-    threading.Thread(target=_read, name=f"cdk-{phase}", daemon=True).start()
-    tail: list[str] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            shown = "\n".join(tail[-5:]) or "(no output)"
-            raise BackendError(
-                f"{phase}: `cdk {' '.join(args[:2])}` did not finish within {timeout:.0f} s "
-                f"(in {app_dir}); stopped it. Last output:\n{shown}"
-            ) from None
-        if line is None:
-            break
-        line = line.rstrip()
-        if not line:
-            continue
-        tail = [*tail[-29:], line]
+    def _event(line: str) -> None:
         m = _EVENT.search(line)
         progress.update(f"{m.group(1)} {m.group(2)} {m.group(3)} {m.group(4)}" if m else line)
-    if proc.wait() != 0:
+
+    run = deploy.run_cdk(endpoint, app_dir, args, timeout=timeout, on_line=_event)
+    tail = [ln for ln in run.output.splitlines() if ln.strip()][-30:]
+    if run.timed_out:
+        shown = "\n".join(tail[-6:-1]) or "(no output)"
+        raise BackendError(
+            f"{phase}: `cdk {' '.join(args[:2])}` did not finish within {timeout:.0f} s "
+            f"(in {app_dir}); stopped it. Last output:\n{shown}"
+        )
+    if run.returncode != 0:
         output = "\n".join(tail)
-        refused = "".join(f"\n{refusal(*h.rsplit(':', 1))}" for h in cdk.guard.refused)
+        refused = "".join(f"\n{refusal(*h.rsplit(':', 1))}" for h in run.refused)
         construct = construct_error(output)
         if construct is not None:
             detail = f"\n{output}" if verbose else ""
             raise InvalidInput(f"{phase}: {construct}{refused}{detail}")
-        shown = "\n".join([*(ln for ln in tail[-15:] if "egress guard: refused" not in ln)])
+        shown = "\n".join(ln for ln in tail[-15:] if "egress guard: refused" not in ln)
         shown += refused
         raise BackendError(
-            f"{phase}: `cdk {' '.join(args[:2])}` failed (exit {proc.returncode}):\n{shown}"
+            f"{phase}: `cdk {' '.join(args[:2])}` failed (exit {run.returncode}):\n{shown}"
         )
-
-
-def _clients(endpoint: str) -> Callable[[str], Any]:
-    return lambda service: local_client(service, endpoint)
-
-
-def assembly_stacks(cdk_out: Path) -> list[str]:
-    """The CloudFormation stack names of a cloud assembly (a stack's `stackName`, which is
-    its artifact id unless the app set another name)."""
-    manifest = json.loads((cdk_out / "manifest.json").read_text())
-    return [
-        (art.get("properties") or {}).get("stackName") or name
-        for name, art in manifest.get("artifacts", {}).items()
-        if art.get("type") == "aws:cloudformation:stack"
-    ]
-
-
-def _hosts(state_dir: Path, stacks: list[str]) -> list[AgentHost]:
-    """The stacks' running hosts whose user data set up our parent agent."""
-    return agent_hosts(state_dir, stacks)
-
-
-def seal_secrets(
-    state_dir: Path,
-    endpoint: str,
-    stacks: list[str],
-    values: Mapping[str, bytes] | None = None,
-) -> list[str]:
-    """Seal the application secrets of the stacks' hosts; returns the `stack/name`s sealed.
-
-    A name in `values` is sealed with those bytes (again, if it was sealed before); every
-    other secret only while still unsealed, with a fresh random value.
-    """
-    values = values or {}
-    client = _clients(endpoint)
-    cfn, kms, ssm = client("cloudformation"), client("kms"), client("ssm")
-    sealed: list[str] = []
-    for h in _hosts(state_dir, stacks):
-        stack = str(h.stack)
-        resources = {
-            r["LogicalResourceId"]: r["PhysicalResourceId"]
-            for r in cfn.describe_stack_resources(StackName=stack)["StackResources"]
-            if r.get("LogicalResourceId")
-        }
-        for spec in h.spec.get("secrets") or []:  # the host.json its user data wrote
-            name = f"{stack}/{spec['name']}"
-            ref = state_dir / VERIFIER_DIR / stack / f"{spec['name']}.secret"
-            given = values.get(spec["name"])
-            if name in sealed:
-                continue  # a fleet: the hosts of one stack share its secrets
-            if given is None:
-                param = ssm.get_parameter(Name=spec["parameter"])["Parameter"]["Value"]
-                if param != UNSEALED and ref.is_file():
-                    continue
-            secret = bytes(given) if given is not None else secrets.token_bytes(32)
-            blob = kms.encrypt(KeyId=resources[spec["key"]], Plaintext=secret)["CiphertextBlob"]
-            ssm.put_parameter(
-                Name=spec["parameter"],
-                Value=base64.b64encode(blob).decode(),
-                Type="String",
-                Overwrite=True,
-            )
-            ref.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(ref, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secret)
-            sealed.append(name)
-    return sealed
-
-
-def wait_provisioned(
-    state_dir: Path, stacks: list[str], progress: Progress, timeout: float = BOOT_TIMEOUT_S
-) -> list[AgentHost]:
-    """Ask every agent of the stacks to re-sync, then wait until each enclave runs and says
-    (its Status) that it was provisioned; returns the hosts."""
-    resync(state_dir, stacks)
-    deadline = time.monotonic() + timeout
-    while True:
-        hosts = agent_hosts(state_dir, stacks)
-        states = {h.instance_id: h.provisioning() for h in hosts}  # the enclave's Status
-        pending = [iid for iid, st in states.items() if not st["provisioned"]]
-        if not pending:
-            return hosts
-        errors = [
-            f"{iid}: {st['last_error'] or st['journal']}"
-            for iid, st in states.items()
-            if iid in pending and (st["last_error"] or st["journal"])
-        ]
-        progress.update(
-            f"{len(hosts) - len(pending)}/{len(hosts)} enclaves provisioned"
-            + (f"; {errors[0]}" if errors else "")
-        )
-        if time.monotonic() > deadline:
-            raise BackendError(
-                f"enclaves not provisioned after {timeout:.0f} s: " + "; ".join(errors or pending)
-            )
-        time.sleep(0.5)
-
-
-def wait_user_data_hosts(
-    state_dir: Path, stacks: list[str], progress: Progress, timeout: float = BOOT_TIMEOUT_S
-) -> list[str]:
-    """Wait until the stacks' enclave-enabled instances that boot from their user data have run
-    it; returns their instance ids. A user data that failed fails the boot phase, naming the
-    instance, the failing command and its exit status (its console has the rest), since an
-    enclave it did not start would fail on AWS too."""
-    from local_backend.host import control, hooks
-
-    deadline = time.monotonic() + timeout
-    while True:
-        booting = []
-        for layout in hooks.hosts(state_dir):
-            info, host = layout.read_info(), layout.read_host()
-            ours = info.get("stack_name") in stacks and info.get("enclave_enabled")
-            if ours and host.get("state") in ("booting", "running", "failed"):
-                booting.append((layout.dir.name, host))
-        failed = [(iid, err) for iid, h in booting if (err := control.boot_error(h))]
-        if failed:
-            raise BackendError(
-                "; ".join(f"instance {iid}: {err}" for iid, err in failed)
-                + " (aws ec2 get-console-output shows its console)"
-            )
-        pending = [iid for iid, h in booting if not h.get("boot")]
-        if not pending:
-            return [iid for iid, _ in booting]
-        progress.update(f"{len(booting) - len(pending)}/{len(booting)} hosts ran their user data")
-        if time.monotonic() > deadline:
-            raise BackendError(
-                f"user data still running after {timeout:.0f} s on {', '.join(pending)}"
-            )
-        time.sleep(0.2)
 
 
 def up(
@@ -374,17 +184,15 @@ def _deploy_phases(
         timeout=limits["synth"],
         verbose=verbose,
     )
-    result.stacks = assembly_stacks(app_dir / "cdk.out")
+    result.stacks = deploy.assembly_stacks(app_dir / "cdk.out")
     result.phases["synth"] = progress.done(
         f"{len(result.stacks)} stack(s): {', '.join(result.stacks)}"
     )
 
     progress.start("bootstrap", f"cdk bootstrap {bootstrap_target()}")
-    ssm = _clients(endpoint)("ssm")
-    try:
-        ssm.get_parameter(Name="/cdk-bootstrap/hnb659fds/version")
+    if deploy.is_bootstrapped(endpoint):
         result.phases["bootstrap"] = progress.done("already bootstrapped")
-    except ssm.exceptions.ParameterNotFound:
+    else:
         _run_cdk(
             ["bootstrap", bootstrap_target()],
             app_dir,
@@ -407,7 +215,7 @@ def _deploy_phases(
     result.phases["deploy"] = progress.done(f"deployed {', '.join(result.stacks)}")
 
     progress.start("boot", "hosts: user data and enclaves")
-    booted = wait_user_data_hosts(state_dir, result.stacks, progress)
+    booted = deploy.wait_user_data(state_dir, result.stacks, on_progress=progress.update)
     result.restarted = restart_enclaves(state_dir, result.stacks)
     for what in result.restarted:
         progress.update(f"restarted the enclave of {what}")
@@ -417,8 +225,8 @@ def _deploy_phases(
     )
 
     progress.start("seal", "application secrets and provisioning")
-    result.sealed = seal_secrets(state_dir, endpoint, result.stacks)
-    hosts = wait_provisioned(state_dir, result.stacks, progress)
+    result.sealed = deploy.seal_secrets(state_dir, endpoint, result.stacks)
+    hosts = deploy.wait_provisioned(state_dir, result.stacks, on_progress=progress.update)
     degraded = [
         f"{h.instance_id}: {st['last_error']}"
         for h in hosts

@@ -33,12 +33,12 @@ from enclavekit.localenv import (
 from enclavekit.pcr import Measurements
 from enclavekit.pki import LocalPki
 from enclavekit.provisioning import CertificateBundle, Credentials
-from enclavekit.pytest_plugin import free_port
 from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.emulator.monitor import make_signer
 from local_backend.emulator.nsm_server import BootMeasurements, NsmDevice, NsmServer
 from local_backend.emulator.vsock_proxy import Allowlist, VsockProxy
 from local_backend.moto_ext import kms as kms_ext
+from local_backend.pytest_plugin import free_port
 from local_backend.tls_front import TlsFront, endpoint_ca
 
 ENCLAVE_CID = 16

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from enclavekit.pytest_plugin import free_port
 from local_backend.host import control
 from local_backend.host.layout import HostLayout
+from local_backend.pytest_plugin import free_port
 
 
 def instance_info(state_dir: Path, user_data: str | bytes, **extra: Any) -> dict[str, Any]:

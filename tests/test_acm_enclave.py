@@ -36,12 +36,12 @@ from cryptography.x509.oid import NameOID
 from enclave_app.attester import Attester
 from enclave_app.keys import RecipientKey
 from enclave_app.kms import AttestedKms, KmsDenied
-from enclavekit import pytest_plugin as plugin
 from enclavekit.eif import read_eif
 from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION
 from enclavekit.pcr import Measurements
 from enclavekit.provisioning import Credentials
 from enclavekit.transport import SocketNsm
+from local_backend import pytest_plugin as plugin
 from local_backend import server, verify
 from local_backend.acm_enclave import (
     KEY_LABEL,

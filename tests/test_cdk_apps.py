@@ -43,10 +43,10 @@ from typing import Any
 import pytest
 
 from enclavekit.localenv import local_client, strip_aws_env
-from enclavekit.pytest_plugin import free_port
 from local_backend import server
 from local_backend.cdk import bootstrap_target, cdk_env, guarded_cdk, run_cdk
 from local_backend.egress import egress_guard, is_loopback
+from local_backend.pytest_plugin import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "cdk_apps"
@@ -682,8 +682,8 @@ def test_up_and_plugin_run_cdk_behind_the_egress_guard(
 ) -> None:
     """`enclavekit up` and the pytest plugin's cdk runner start the CLI as `enclavekit cdk`
     does: an app reaching for an AWS hostname is refused at once, and the failure names it."""
-    from enclavekit import pytest_plugin as plugin
     from enclavekit.errors import EnclaveKitError
+    from local_backend import pytest_plugin as plugin
     from local_backend.up import Progress, up
 
     app = tmp_path / "egress-up-app"

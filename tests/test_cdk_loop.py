@@ -23,9 +23,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclavekit.localenv import local_aws_env
-from enclavekit.pytest_plugin import free_port
 from local_backend import server
 from local_backend.cdk import bootstrap_target, run_cdk
+from local_backend.pytest_plugin import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from enclavekit import pytest_plugin as plugin
 from enclavekit.cdk_errors import TracebackFilter, construct_error
 from enclavekit.cli import main
+from local_backend import pytest_plugin as plugin
 from local_backend import server
 
 # cdk synth's stderr for the README example with instance_type="t3.large" (paths shortened)

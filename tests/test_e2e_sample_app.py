@@ -31,9 +31,9 @@ from botocore.exceptions import ClientError
 from e2e_support import assert_setup_c_denied, copy_sample_app, patch_app
 
 from enclavekit import provisioning as prov
-from enclavekit import pytest_plugin as plugin
 from enclavekit.build import build_enclave
 from enclavekit.eif import describe_eif
+from local_backend import pytest_plugin as plugin
 from local_backend.moto_ext.identity import EC2_SERVICE_ACCESS_KEY_ID
 from local_backend.moto_ext.identity import EC2_SERVICE_SECRET_ACCESS_KEY as EC2_SERVICE_SECRET
 

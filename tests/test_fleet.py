@@ -33,12 +33,12 @@ from e2e_support import SETUP_C_DENIED, assert_setup_c_denied
 
 from enclavekit import provisioning as prov
 from enclavekit.localenv import local_aws_env
-from enclavekit.pytest_plugin import free_port
 from local_backend import server
 from local_backend.cdk import run_cdk
 from local_backend.host.layout import instance_layout
 from local_backend.parent import instance_dir, instances_status
 from local_backend.parent.view import AgentHost, agent_config
+from local_backend.pytest_plugin import free_port
 from local_backend.up import UpResult, up
 from local_backend.verify import CHECKS, verify
 

@@ -8,7 +8,6 @@ provisions the enclave over the host's emulated vsock."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -26,9 +25,9 @@ from enclavekit.agent_bundle import build_agent_bundle, runtime_requirements
 from enclavekit.errors import BackendError
 from enclavekit.localenv import local_aws_env
 from enclavekit.transport import PARENT_CID, EmulatedVsock
+from local_backend.deploy import wait_user_data
 from local_backend.host import control, hooks
 from local_backend.host.layout import HOST_EMULATOR_STATE, instance_layout
-from local_backend.up import Progress, wait_user_data_hosts
 from local_backend.verify import verify
 
 pytestmark = pytest.mark.slow
@@ -208,7 +207,7 @@ def test_a_pool_the_type_cannot_give_fails_at_the_allocator(
     assert "console: " in boot.detail and "Job for nitro-enclaves-allocator.service" in boot.detail
     # `up`'s boot phase fails the same way.
     with pytest.raises(BackendError, match=f"instance {iid}: user data failed: part-001 exited 1"):
-        wait_user_data_hosts(state, ["too-big"], Progress(io.StringIO()))
+        wait_user_data(state, ["too-big"])
     _aws(enclavekit_endpoint, tmp_path, "cloudformation", "delete-stack", "--stack-name", "too-big")
 
 

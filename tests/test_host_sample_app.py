@@ -20,8 +20,8 @@ import pytest
 from e2e_support import assert_setup_c_denied, copy_sample_app, patch_app
 
 from enclavekit import provisioning as prov
-from enclavekit import pytest_plugin as plugin
 from enclavekit.transport import PARENT_CID, EmulatedVsock
+from local_backend import pytest_plugin as plugin
 from local_backend.host import control, hooks
 from local_backend.host.layout import HOST_EMULATOR_STATE
 from local_backend.verify import CHECKS, VERIFIER_DIR, verify

@@ -17,9 +17,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from enclavekit import pytest_plugin as plugin
 from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_ACCOUNT, LOCAL_REGION
 from enclavekit.localenv import LOCAL_SECRET_ACCESS_KEY as LOCAL_SECRET
+from local_backend import pytest_plugin as plugin
 from local_backend import server
 
 ROOT = {"aws_access_key_id": LOCAL_ACCESS_KEY_ID, "aws_secret_access_key": LOCAL_SECRET}

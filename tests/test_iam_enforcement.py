@@ -25,12 +25,12 @@ from botocore.exceptions import ClientError
 
 from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_ACCOUNT, LOCAL_REGION
 from enclavekit.localenv import LOCAL_SECRET_ACCESS_KEY as LOCAL_SECRET
-from enclavekit.pytest_plugin import free_port
 from local_backend import server
 from local_backend.moto_ext.identity import (
     EC2_SERVICE_ACCESS_KEY_ID,
     EC2_SERVICE_SECRET_ACCESS_KEY,
 )
+from local_backend.pytest_plugin import free_port
 
 # The real endpoint as a subprocess (module fixture) for almost every test.
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from e2e_support import copy_sample_app
 
-from enclavekit import pytest_plugin as plugin
+from local_backend import pytest_plugin as plugin
 from local_backend.host.layout import HostLayout
 from local_backend.parent.view import AgentHost
 

@@ -4,9 +4,10 @@
     local_backend ──────┼──> enclavekit (the core)
     enclave_app ────────┘    (enclave_app: the pure format modules only)
 
-Inside enclavekit/, the linter, the CLI, the parent agent and the pytest plugin are rooms above
-the shared core (ROOMS): they import the core, the core never imports them, and the linter and
-the agent import no other room.
+Inside enclavekit/, the linter, the CLI and the parent agent are rooms above the shared core
+(ROOMS): they import the core, the core never imports them, and the linter and the agent import
+no other room. The pytest plugin drives a deployment, so it lives in the backend
+(local_backend/pytest_plugin.py).
 
 The core never imports the backend, the constructs, aws_cdk or moto. Where it still does, the
 entry is in ALLOWED with the reason it is still there; the list only shrinks: an entry that is
@@ -33,8 +34,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("enclavekit/cli/deploy.py", "local_backend"): "the CLI calls every part (as above)",
     ("enclavekit/cli/enclave.py", "local_backend"): "the CLI calls every part (as above)",
     ("enclavekit/cli/local.py", "local_backend"): "the CLI calls every part (as above)",
-    ("enclavekit/pytest_plugin.py", "local_backend"): "the plugin drives a deployment; it moves "
-    "into the backend with the one deploy module (issue 14, after the boot-path work lands)",
 }
 
 
@@ -43,20 +42,17 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "lint": ("enclavekit.lint",),
     "cli": ("enclavekit.cli", "enclavekit.__main__"),
     "agent": ("enclavekit.agent", "enclavekit.agent_bundle"),
-    "pytest_plugin": ("enclavekit.pytest_plugin",),
 }
 ROOM_FILES = {
     "lint": ("enclavekit/lint/",),
     "cli": ("enclavekit/cli/", "enclavekit/__main__.py"),
     "agent": ("enclavekit/agent.py", "enclavekit/agent_bundle.py"),
-    "pytest_plugin": ("enclavekit/pytest_plugin.py",),
 }
 # Which rooms a room may import besides the core.
 ROOM_MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "lint": (),
     "agent": (),
     "cli": ("lint", "agent"),
-    "pytest_plugin": (),
 }
 
 

@@ -30,8 +30,8 @@ from enclavekit.localenv import (
     LOCAL_SECRET_ACCESS_KEY,
 )
 from enclavekit.pki import LocalPki
-from enclavekit.pytest_plugin import free_port
 from local_backend.moto_ext import kms as kms_ext
+from local_backend.pytest_plugin import free_port
 
 ROOT = f"arn:aws:iam::{LOCAL_ACCOUNT}:root"
 PCRS = {0: bytes([1]) * 48, 1: bytes([2]) * 48, 2: bytes([3]) * 48}

@@ -18,8 +18,8 @@ from botocore.exceptions import ClientError
 from cryptography import x509
 
 from enclavekit.localenv import local_aws_env
-from enclavekit.pytest_plugin import free_port
 from local_backend import server
+from local_backend.pytest_plugin import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from e2e_support import copy_sample_app
 
-from enclavekit import pytest_plugin as plugin
+from local_backend import pytest_plugin as plugin
 
 pytestmark = pytest.mark.slow
 

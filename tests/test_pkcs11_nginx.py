@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from enclavekit.pytest_plugin import free_port
 from local_backend import keyscan
+from local_backend.pytest_plugin import free_port
 from local_backend.system_packages import SystemRoot, system_root
 
 pytestmark = [

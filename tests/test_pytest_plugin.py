@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from e2e_support import write_readme_app, write_tiny_app
 
-from enclavekit import pytest_plugin as plugin
+from local_backend import pytest_plugin as plugin
 
 pytest_plugins = ["pytester"]
 
@@ -98,16 +98,19 @@ def test_readme_example_https(enclavekit_deploy):
 
 def test_nothing_starts_unless_asked(pytester: pytest.Pytester) -> None:
     """The plugin is loaded in every session; a test without its fixtures starts nothing and
-    does not even import boto3, moto or the local backend."""
+    does not even import boto3, moto or the rest of the local backend (only its docstring-only
+    package and the plugin itself)."""
     pytester.makepyfile(
         test_plain=textwrap.dedent("""
         import sys
 
         def test_plain(request):
             assert "enclavekit_endpoint" not in request.fixturenames
-            assert "enclavekit.pytest_plugin" in sys.modules
-            for mod in ("boto3", "moto", "local_backend", "aws_cdk"):
+            assert "local_backend.pytest_plugin" in sys.modules
+            for mod in ("boto3", "moto", "aws_cdk"):
                 assert mod not in sys.modules, mod
+            backend = sorted(m for m in sys.modules if m.startswith("local_backend."))
+            assert backend == ["local_backend.pytest_plugin"], backend
         """)
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fixtures")
@@ -184,7 +187,7 @@ def test_endpoint_port_from_the_environment(
     """$ENCLAVEKIT_PORT names the port; a bad one is a one-line usage error, nothing starts."""
     pytester.makepyfile(
         test_port=textwrap.dedent("""
-        from enclavekit.pytest_plugin import endpoint_port
+        from local_backend.pytest_plugin import endpoint_port
 
         def test_port(request):
             assert endpoint_port(request.config) == 4711

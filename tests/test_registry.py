@@ -31,10 +31,10 @@ import pytest
 from registry_support import OCI_MANIFEST, oci_layout
 
 from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION, local_client
-from enclavekit.pytest_plugin import free_port
 from local_backend import server
 from local_backend.cdk import bootstrap_target, cdk_env, run_cdk
 from local_backend.docker_guard import local_registries, named_registries
+from local_backend.pytest_plugin import free_port
 from local_backend.registry import handles
 from local_backend.system_packages import system_root
 

@@ -37,11 +37,11 @@ from cryptography.hazmat.primitives import serialization
 from e2e_support import assert_setup_c_denied, copy_sample_app
 
 from enclavekit import eif
-from enclavekit import pytest_plugin as plugin
 from enclavekit.cli import main
 from enclavekit.errors import BackendError, InvalidInput
 from enclavekit.transport import unix_address
 from local_backend import parent, server, up, verify
+from local_backend import pytest_plugin as plugin
 from local_backend.emulator.monitor import make_signer
 from local_backend.emulator.nsm_server import BootMeasurements, NsmDevice, NsmServer
 from local_backend.emulator.state import Layout

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from e2e_support import copy_sample_app
 
-from enclavekit import pytest_plugin as plugin
 from enclavekit.localenv import LOCAL_ACCOUNT
+from local_backend import pytest_plugin as plugin
 
 STACK = "EnclaveService"
 SECRET = b"attack-suite secret " + secrets.token_hex(8).encode()

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import Target
 
-from enclavekit import pytest_plugin as plugin
 from enclavekit.localenv import LOCAL_ACCESS_KEY_ID, LOCAL_ACCOUNT
+from local_backend import pytest_plugin as plugin
 
 pytestmark = pytest.mark.slow
 KINDS = {

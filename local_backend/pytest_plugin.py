@@ -21,8 +21,10 @@ Fixtures:
                          its stacks come from the app's cloud assembly and the endpoint, so
                          a stack needs no CfnOutput to be found.
 
-The same parts are plain functions for tests that need their own scope: `local_endpoint()`
-(a context manager), `deploy()`, `Deployment.destroy()`, `processes_of()`, `listening()`.
+The deployment steps are local_backend.deploy's, as `enclavekit up` runs them; this module
+turns their errors into one pytest.fail line. The plain functions for tests that need their
+own scope: `local_endpoint()` (a context manager), `deploy()`, `Deployment.destroy()`,
+`processes_of()`, `listening()`.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from local_backend.deploy import CdkRun
 
 DEPLOY_TIMEOUT_S = 600.0
 PROVISION_TIMEOUT_S = 60.0
@@ -252,19 +257,6 @@ class HttpsResponse:
 
 
 @dataclass(frozen=True)
-class CdkRun:
-    """A finished cdk command with its combined output."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    output: str
-    seconds: float
-
-    def tail(self, lines: int = TAIL_LINES) -> str:
-        return "\n".join(self.output.rstrip().splitlines()[-lines:])
-
-
-@dataclass(frozen=True)
 class Deployment:
     """What `cdk deploy` left running: outputs per stack, the enclave hosts, the cdk output."""
 
@@ -407,43 +399,20 @@ def run_cdk(
     timeout: float = DEPLOY_TIMEOUT_S,
 ) -> CdkRun:
     """The project's cdk CLI in `app_dir` against `endpoint`, output captured, behind the
-    egress guard (local_backend.cdk.guarded_cdk; each refusal is a line of the output).
+    egress guard (local_backend.deploy.run_cdk; each refusal is a line of the output).
 
     The running interpreter's bin dir goes on PATH (after Node 22) so a cdk.json app of
     `python3 app.py` finds this environment's aws_cdk even when the venv is not activated.
     """
-    import subprocess
+    from local_backend import deploy as deploy_steps
 
-    from local_backend.cdk import guarded_cdk
-    from local_backend.egress import refusal
+    return deploy_steps.run_cdk(endpoint.url, app_dir, args, timeout=timeout, base=_base_env())
 
-    app_dir = Path(app_dir).resolve()
+
+def _base_env() -> dict[str, str]:
     base = dict(os.environ)
     base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
-    refused: list[str] = []  # the egress guard's refusals, added to the output
-    started = time.monotonic()
-    with guarded_cdk(
-        endpoint.url, app_dir, base=base, report=lambda h, p: refused.append(refusal(h, p))
-    ) as cdk:
-        argv = (*cdk.argv, *args)
-        try:
-            proc = subprocess.run(
-                argv,
-                cwd=app_dir,
-                env=cdk.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-            out += "".join(f"\n{r}" for r in refused)
-            return CdkRun(tuple(argv), -1, out + f"\n(timed out after {timeout:.0f} s)", timeout)
-    output = (proc.stdout or "") + "".join(f"{r}\n" for r in refused)
-    return CdkRun(tuple(argv), proc.returncode, output, time.monotonic() - started)
+    return base
 
 
 def _reason(output: str) -> str:
@@ -479,17 +448,12 @@ def bootstrap(endpoint: LocalEndpoint) -> CdkRun | None:
 
     Run outside any app dir, so the CLI does not synthesize an app just to find environments.
     """
-    from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION
+    from local_backend import deploy as deploy_steps
 
-    cfn = endpoint.client("cloudformation")
-    with contextlib.suppress(cfn.exceptions.ClientError):
-        status = cfn.describe_stacks(StackName="CDKToolkit")["Stacks"][0]["StackStatus"]
-        if status in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
-            return None
     scratch = endpoint.state_dir / "clients" / "bootstrap"
     scratch.mkdir(parents=True, exist_ok=True)
-    run = run_cdk(endpoint, scratch, ["bootstrap", f"aws://{LOCAL_ACCOUNT}/{LOCAL_REGION}"])
-    if run.returncode != 0:
+    run = deploy_steps.bootstrap(endpoint.url, scratch, timeout=DEPLOY_TIMEOUT_S, base=_base_env())
+    if run is not None and run.returncode != 0:
         _fail_cdk("bootstrap", scratch, run)
     return run
 
@@ -505,13 +469,11 @@ def _context_args(context: Mapping[str, Any] | None) -> list[str]:
 def hosts_of(endpoint: LocalEndpoint, stacks: Sequence[str]) -> tuple[DeployedHost, ...]:
     """The running enclave hosts of `stacks`: instances whose user data started our parent
     agent (its /etc/enclavekit/host.json) and an enclave."""
-    from local_backend.parent.view import agent_hosts
+    from local_backend import deploy as deploy_steps
 
     hosts = []
-    for h in agent_hosts(endpoint.state_dir, stacks):
+    for h in deploy_steps.enclave_hosts(endpoint.state_dir, stacks):
         st = h.state()
-        if not st["enclave"].get("EnclaveID"):
-            continue
         hosts.append(
             DeployedHost(
                 stack=str(h.stack),
@@ -533,27 +495,17 @@ def wait_user_data(
 ) -> list[str]:
     """Wait until every enclave-enabled instance of `stacks` has run its user data; returns
     their instance ids. With `fail`, a user data that failed fails the test with the instance,
-    the failing command and its exit status."""
-    from local_backend.host import control, hooks
+    the failing command, its exit status and the tail of its console."""
+    from enclavekit.errors import BackendError
+    from local_backend import deploy as deploy_steps
+    from local_backend.host import control
 
-    done = []
-    for layout in hooks.hosts(endpoint.state_dir):
-        info = layout.read_info()
-        if info.get("stack_name") not in stacks or not info.get("enclave_enabled"):
-            continue
-        if layout.read_host().get("state") not in ("booting", "running"):
-            continue  # an instance replaced or stopped earlier
-        host = control.wait_booted(layout, timeout=control.BOOT_TIMEOUT_S)
-        error = control.boot_error(host)
-        if error and fail:
-            tail = layout.console.read_text(errors="replace").rstrip().splitlines()[-TAIL_LINES:]
-            pytest.fail(
-                f"enclavekit: instance {layout.dir.name} ({info.get('stack_name')}): {error}\n"
-                + "\n".join(tail),
-                pytrace=False,
-            )
-        done.append(layout.dir.name)
-    return done
+    try:
+        return deploy_steps.wait_user_data(
+            endpoint.state_dir, stacks, timeout=control.BOOT_TIMEOUT_S, fail=fail
+        )
+    except BackendError as exc:
+        pytest.fail(f"enclavekit: {exc}", pytrace=False)
 
 
 def seal_secrets(
@@ -561,16 +513,16 @@ def seal_secrets(
     hosts: Sequence[DeployedHost],
     secrets: Mapping[str, bytes] | None = None,
 ) -> list[str]:
-    """Seal the application secrets of `hosts`' stacks, as `enclavekit up` does, then have the
-    agents re-sync (`systemctl reload` in each host). Returns the sealed `stack/name`s.
+    """Seal the application secrets of `hosts`' stacks, as `enclavekit up` does
+    (local_backend.deploy.seal_secrets); returns the sealed `stack/name`s.
 
     A name in `secrets` is sealed with the given bytes (KMS Encrypt by the account root with
     the host's key, base64 into its SSM parameter); every other secret still unsealed gets a
-    fresh random value (`local_backend.up.seal_secrets`). Either way the reference copy goes
-    where `enclavekit verify` reads it, so `Deployment.verify()` can challenge the enclave.
-    A name in `secrets` that no host declares fails the test.
+    fresh random value. Either way the reference copy goes where `enclavekit verify` reads it,
+    so `Deployment.verify()` can challenge the enclave. A name in `secrets` that no host
+    declares fails the test. `wait_all_provisioned` has the agents re-sync.
     """
-    from local_backend import parent, up
+    from local_backend import deploy as deploy_steps
 
     wanted = dict(secrets or {})
     for name, value in wanted.items():
@@ -590,36 +542,35 @@ def seal_secrets(
             pytrace=False,
         )
     stacks = sorted({h.stack for h in hosts})
-    sealed = up.seal_secrets(endpoint.state_dir, endpoint.url, stacks, values=wanted)
-    parent.resync(endpoint.state_dir, stacks)
-    return sealed
+    return deploy_steps.seal_secrets(endpoint.state_dir, endpoint.url, stacks, values=wanted)
 
 
 def wait_all_provisioned(
+    endpoint: LocalEndpoint,
     hosts: Sequence[DeployedHost],
     before: Mapping[str, float | None],
     resealed: Sequence[str],
     *,
     timeout: float = PROVISION_TIMEOUT_S,
 ) -> None:
-    """Wait until every host is provisioned; a host of a stack in `resealed` must have been
-    provisioned again after sealing (its provisioned_at differs from `before`)."""
-    deadline = time.monotonic() + timeout
-    pending = list(hosts)
-    while pending:
-        h = pending[0]
-        st = h.provisioning()
-        fresh = h.stack not in resealed or st.get("provisioned_at") != before.get(h.instance_id)
-        if st.get("provisioned") and fresh:
-            pending.pop(0)
-            continue
-        if st.get("state") != "running" or time.monotonic() > deadline:
-            pytest.fail(
-                f"enclavekit: host {h.instance_id} ({h.stack}) was not provisioned within "
-                f"{timeout:.0f} s: {_why_not(st)}",
-                pytrace=False,
-            )
-        time.sleep(0.2)
+    """Have the agents re-sync, then wait until every host is provisioned; a host of a stack in
+    `resealed` must have been provisioned again after sealing (its provisioned_at differs from
+    `before`)."""
+    from enclavekit.errors import BackendError
+    from local_backend import deploy as deploy_steps
+
+    since = {h.instance_id: before.get(h.instance_id) for h in hosts if h.stack in resealed}
+    try:
+        deploy_steps.wait_provisioned(
+            endpoint.state_dir, sorted({h.stack for h in hosts}), timeout=timeout, since=since
+        )
+    except BackendError as exc:
+        hint = (
+            ": pass secrets={name: bytes} to enclavekit_deploy"
+            if "waiting for sealed secrets" in str(exc)
+            else ""
+        )
+        pytest.fail(f"enclavekit: {exc}{hint}", pytrace=False)
 
 
 _DEPLOYED = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
@@ -631,11 +582,11 @@ def deployed_stacks(
     """The app's stacks (from its cloud assembly, `cdk.out/manifest.json` or cdk.json's
     "output") that the endpoint has deployed, in assembly order; only `wanted` if given.
     Not from cdk's outputs file, which names only stacks that declare a CfnOutput."""
-    from local_backend.up import assembly_stacks
+    from local_backend import deploy as deploy_steps
 
     try:
         out_dir = json.loads((app_dir / "cdk.json").read_text()).get("output") or "cdk.out"
-        assembly = assembly_stacks(app_dir / out_dir)
+        assembly = deploy_steps.assembly_stacks(app_dir / out_dir)
     except (OSError, ValueError, AttributeError) as exc:
         pytest.fail(
             f"enclavekit: cdk deploy of {app_dir} left no readable cloud assembly ({exc})",
@@ -705,7 +656,7 @@ def deploy(
     if seal:
         before = {h.instance_id: h.provisioning().get("provisioned_at") for h in hosts}
         sealed = seal_secrets(endpoint, hosts, secrets)
-        wait_all_provisioned(hosts, before, [name.split("/")[0] for name in sealed])
+        wait_all_provisioned(endpoint, hosts, before, [name.split("/")[0] for name in sealed])
     elif secrets:
         pytest.fail("enclavekit_deploy: secrets given with seal=False", pytrace=False)
     return Deployment(
