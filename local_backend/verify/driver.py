@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from enclavekit.errors import BackendError, InvalidInput
 from enclavekit.localenv import local_client
@@ -63,6 +64,28 @@ def _running_instances(state_dir: Path) -> set[str]:
     }
 
 
+def _host_report(
+    info: dict[str, Any],
+    enclave_id: str | None,
+    on_check: Callable[[HostReport, Check], None] | None,
+) -> tuple[HostReport, Callable[[Check], None]]:
+    """The empty report of the host `info` (its instance.json) and the function that adds a
+    check to it and tells `on_check`: both drivers record checks the same way."""
+    hr = HostReport(
+        stack=info.get("stack_name") or "(no stack)",
+        logical_id=info.get("logical_id") or info["instance_id"],
+        instance_id=info["instance_id"],
+        enclave_id=enclave_id,
+    )
+
+    def add(check: Check) -> None:
+        hr.checks.append(check)
+        if on_check:
+            on_check(hr, check)
+
+    return hr, add
+
+
 def verify_agent_host(
     layout: HostLayout,
     state_dir: Path,
@@ -71,19 +94,8 @@ def verify_agent_host(
 ) -> HostReport:
     """The checks of `CHECKS` on one host running our parent agent, in order: a failed boot,
     an enclave that is not running or one not provisioned is reported first."""
-
     host = _Host(layout, state_dir)
-    hr = HostReport(
-        stack=host.info.get("stack_name") or "(no stack)",
-        logical_id=host.info.get("logical_id") or host.info["instance_id"],
-        instance_id=host.info["instance_id"],
-        enclave_id=host.enclave.get("EnclaveID"),
-    )
-
-    def add(check: Check) -> None:
-        hr.checks.append(check)
-        if on_check:
-            on_check(hr, check)
+    hr, add = _host_report(host.info, host.enclave.get("EnclaveID"), on_check)
 
     boot = boot_check(host.h)
     if not boot.ok:
@@ -192,22 +204,12 @@ def verify_host(
 ) -> HostReport:
     """Every check that applies to the host of `layout`, in order; a failed boot stops there."""
     h = UserDataHost(layout, state_dir)
-    hr = HostReport(
-        stack=h.info.get("stack_name") or "(no stack)",
-        logical_id=h.info.get("logical_id") or h.info["instance_id"],
-        instance_id=h.info["instance_id"],
-        enclave_id=None,
-    )
-
-    def add(check: Check) -> None:
-        hr.checks.append(check)
-        if on_check:
-            on_check(hr, check)
+    hr, add = _host_report(h.info, None, on_check)
 
     add(boot_check(h))
     if not hr.checks[-1].ok:
         return hr
-    for name, fn in CHECKS:
+    for name, fn in HOST_CHECKS:
         if name in OPT_IN or (checks and name not in checks and name != "enclaves"):
             continue
         add(_run(name, fn, h))
