@@ -116,12 +116,8 @@ def main() -> None:
 
     from local_backend.host import control
     from local_backend.server import stop
-    from local_backend.verify_hosts import (
-        UserDataHost,
-        _acm_tokens,
-        check_acm_https,
-        wait_for_stanza,
-    )
+    from local_backend.verify.acm import _acm_tokens, check_acm_https, wait_for_stanza
+    from local_backend.verify.userdata import UserDataHost
 
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"

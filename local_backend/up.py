@@ -264,7 +264,7 @@ def try_it_lines(
             continue
         out.append(_curl(command, state_dir, st["domain"], st["relay_port"]))
     from local_backend.host import hooks
-    from local_backend.verify_hosts import served_https
+    from local_backend.verify import served_https
 
     for layout in hooks.hosts(state_dir):  # nginx of an ACM for Nitro Enclaves host (set-up A)
         info = layout.read_info()

@@ -96,7 +96,7 @@ def test_stock_nginx_takes_aws_edits_and_loads_the_pkcs11_engine(tmp_path: Path)
 def test_the_renewal_verdict() -> None:
     """verify's `renewal` judgement: it passes only when the renewed certificate was served
     and no request failed or got another certificate."""
-    from local_backend.verify_hosts import Request, judge_renewal
+    from local_backend.verify import Request, judge_renewal
 
     old, new = b"old", b"new"
     clean = [Request(-0.5, old, None), Request(1.0, old, None), Request(2.0, new, None)]

@@ -513,7 +513,7 @@ def test_acm_probes_fail_when_the_key_also_releases_to_debug_or_another_image(
     verify boots. Both probes must then fail, naming the key given out; the positive control
     (the real image) still gets it."""
     from enclavekit import eif
-    from local_backend import verify, verify_hosts
+    from local_backend import verify
     from local_backend.acm_enclave import p11ne_image, p11ne_measurements
 
     w = world
@@ -521,9 +521,9 @@ def test_acm_probes_fail_when_the_key_also_releases_to_debug_or_another_image(
     pcr0s = [p11ne_measurements().hex(0), "00" * 48, eif.read_eif(variant).measurements.hex(0)]
     _s3_source(w, pcr0s)
     try:
-        h = verify_hosts.UserDataHost(w.layout, Path(w.ep.state_dir))
+        h = verify.UserDataHost(w.layout, Path(w.ep.state_dir))
         [token] = [t for t in acm_config_tokens(w) if t.label == LABEL]
-        checks = {c.name: c for c in verify_hosts.check_acm_probes(h, token)}
+        checks = {c.name: c for c in verify.check_acm_probes(h, token)}
     finally:
         _back_to_acm(w)
     for name in ("debug-denied", "other-image-denied"):

@@ -1,0 +1,174 @@
+"""`enclavekit verify` for instances booted from their user data: every enclave-enabled host.
+
+Such a host need not be ours: nothing here reads enclavekit Metadata. What verify checks is
+what the host runs, as seen from outside (the `local_backend.host.hooks` reader interface):
+boot, enclaves (nitro-cli describe-enclaves inside the host) and attestation. A check that
+does not apply says why (`Check.applies` False); one that cannot run fails.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from enclavekit import attestation, pcr
+from enclavekit import provisioning as prov
+from enclavekit.localenv import local_client
+from enclavekit.transport import PARENT_CID, EmulatedVsock
+from local_backend.host import control, hooks
+from local_backend.host.layout import HOST_EMULATOR_STATE, HostLayout
+from local_backend.verify.report import Check, _short
+
+CONSOLE_LINES = 8  # of a failed boot's console, in its check's detail
+
+
+CheckFn = Callable[["UserDataHost"], tuple[bool, str] | Check]
+
+
+class UserDataHost:
+    """What verify knows of one running instance host (host.json, instance.json, its enclaves)."""
+
+    def __init__(self, layout: HostLayout, state_dir: Path) -> None:
+        self.layout = layout
+        self.state_dir = state_dir
+        self.info = layout.read_info()
+        self.host = layout.read_host()
+        self.region: str = self.info["region"]
+        self.endpoint: str = self.info["endpoint"]
+        self.role_arn: str | None = (self.info.get("role_arns") or [None])[0]
+        self.enclaves: list[dict[str, Any]] = []
+        self.documents: dict[str, attestation.AttestationDocument] = {}  # by EnclaveID
+        self._creds: Any = None
+
+    @property
+    def vsock(self) -> EmulatedVsock:
+        """The host's emulated vsock as its parent side (CID 3) sees it, from the machine."""
+        root = Path(f"/proc/{self.host.get('init_pid')}/root{HOST_EMULATOR_STATE}/vsock")
+        return EmulatedVsock(root, PARENT_CID)
+
+    def client(self, service: str, creds: prov.Credentials | None = None) -> Any:
+        if creds is None:
+            return local_client(service, self.endpoint, region=self.region)
+        return local_client(
+            service,
+            self.endpoint,
+            region=self.region,
+            access_key_id=creds.access_key_id,
+            secret_access_key=creds.secret_access_key,
+            session_token=creds.session_token,
+        )
+
+    def role_credentials(self) -> prov.Credentials:
+        """The instance role's credentials, as the host's IMDS hands them out."""
+        from local_backend.parent.agent import AssumeRoleCredentials, ec2_sts
+
+        if self._creds is None:
+            self._creds = AssumeRoleCredentials(
+                lambda: ec2_sts(self.endpoint, self.region),
+                self.role_arn,
+                self.info["instance_id"],
+            )
+        return self._creds.credentials()
+
+    def control(self, cid: int, request: prov.Message, timeout: float = 30) -> prov.Message:
+        with self.vsock.connect(cid, prov.CONTROL_PORT) as sock:
+            sock.settimeout(timeout)
+            return prov.exchange(sock, request)
+
+
+def _not_applicable(name: str, why: str) -> Check:
+    return Check(name, True, f"does not apply: {why}", applies=False)
+
+
+def boot_check(h: UserDataHost) -> Check:
+    host = h.host
+    error = control.boot_error(host)
+    if error is None and (host.get("boot") or {}).get("state") == "done":
+        return Check("boot", True, "user data ran to completion (cloud-init: done)")
+    if error is None:
+        return Check("boot", False, f"user data still running (host {host.get('state')})")
+    try:
+        tail = h.layout.console.read_text(errors="replace").rstrip().splitlines()
+    except OSError:
+        tail = []
+    last = " | ".join(line.strip() for line in tail[-CONSOLE_LINES:] if line.strip())
+    return Check("boot", False, f"{error}; console: {last or '(empty)'}")
+
+
+def check_enclaves(h: UserDataHost) -> tuple[bool, str]:
+    h.enclaves = hooks.host_enclaves(h.layout)
+    if not h.enclaves:
+        return False, "nitro-cli describe-enclaves lists no enclave: the user data started none"
+    parts, ok = [], True
+    for e in h.enclaves:
+        m = e.get("Measurements") or {}
+        parts.append(
+            f"{e.get('EnclaveID')} CID {e.get('EnclaveCID')} {e.get('State')} "
+            f"PCR0 {_short(str(m.get('PCR0', '-')))}"
+        )
+        ok = ok and e.get("State") == "RUNNING"
+    return ok, "; ".join(parts)
+
+
+def _running(h: UserDataHost) -> list[dict[str, Any]]:
+    return [e for e in h.enclaves if e.get("State") == "RUNNING"]
+
+
+def check_attestation(h: UserDataHost) -> tuple[bool, str] | Check:
+    anchor = attestation.TrustAnchor.local(h.state_dir)
+    done, silent = [], []
+    for e in _running(h):
+        eid, cid = str(e["EnclaveID"]), int(e["EnclaveCID"])
+        nonce = secrets.token_bytes(32)
+        try:
+            reply = h.control(cid, prov.Attest(nonce=nonce))
+        except (ConnectionRefusedError, FileNotFoundError):
+            silent.append(eid)
+            continue
+        if not isinstance(reply, prov.AttestResult):
+            return False, f"enclave {eid} did not attest: {reply.to_json()}"
+        doc = attestation.verify(reply.document, anchor)
+        if doc.nonce != nonce:
+            return False, f"enclave {eid}: the document does not carry our nonce (replayed?)"
+        if doc.module_id != eid:
+            return False, f"document module_id {doc.module_id} is not the enclave {eid}"
+        want = {i: str((e.get("Measurements") or {}).get(f"PCR{i}", "")).lower() for i in (0, 1, 2)}
+        if h.role_arn:
+            want[3] = pcr.pcr3_of_role_arn(h.role_arn).hex()
+        want[4] = pcr.pcr4_of_instance_id(h.info["instance_id"]).hex()
+        for i, value in want.items():
+            if doc.pcrs.get(i, b"").hex() != value:
+                return False, (
+                    f"enclave {eid}: attested PCR{i} {_short(doc.pcrs.get(i, b'').hex() or '-')}"
+                    f" is not {_short(value or '-')}"
+                )
+        h.documents[eid] = doc
+        done.append(eid)
+    if not done:
+        return _not_applicable(
+            "attestation",
+            f"enclave(s) {', '.join(silent)} answer nothing on vsock port "
+            f"{prov.CONTROL_PORT} (not an enclavekit image): their PCRs are nitro-cli's",
+        )
+    more = f"; {', '.join(silent)} answer nothing on port 5005" if silent else ""
+    return True, (
+        f"{', '.join(done)}: fresh document verifies to the local root; PCR0-2 = "
+        f"describe-enclaves, PCR3 = instance role, PCR4 = instance{more}"
+    )
+
+
+def enclave_enabled_hosts(
+    state_dir: Path, stacks: Sequence[str] | None, live: set[str]
+) -> list[HostLayout]:
+    """The running, enclave-enabled instance hosts (of `stacks`; None: all, stack or not)."""
+    out = []
+    for layout in hooks.hosts(state_dir):
+        info = layout.read_info()
+        if info.get("instance_id") not in live or not info.get("enclave_enabled"):
+            continue
+        if stacks is not None and info.get("stack_name") not in stacks:
+            continue
+        out.append(layout)
+    return out
