@@ -555,7 +555,7 @@ def serve(port: int, state_dir: Path, iam: str = "on") -> int:
 
     ecr_models.set_registry_port(port)  # repository URIs and tokens name the registry here
     iam_authz.install(enabled=iam == "on")
-    parent.install(state_dir)  # enclave-enabled instances boot emulated parents
+    parent.install(state_dir)  # instances boot their user data in hosts
     from local_backend import persist
 
     restored = persist.restore(state_dir)  # what the last run left: stacks, keys, instances

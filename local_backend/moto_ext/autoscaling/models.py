@@ -1,5 +1,5 @@
 """Auto Scaling fleets of enclave hosts on moto: each instance a group launches from an
-enclave-enabled launch template boots an emulated parent, as an `AWS::EC2::Instance` does.
+enclave-enabled launch template boots from its user data, as an `AWS::EC2::Instance` does.
 
 What moto 5.2.5 does with a group's launch template, and what this changes:
 - moto launches group instances with `{"LaunchTemplateId": id}` and no version, so the
@@ -15,14 +15,14 @@ What moto 5.2.5 does with a group's launch template, and what this changes:
   update keeps the group and its instances and applies the new sizes and template, as
   UpdateAutoScalingGroup does; a changed AutoScalingGroupName still replaces it.
 
-Start and stop: a group instance's parent starts from the launch template's
-`Metadata["enclavekit:host"]` resolved against its stack. During a stack create/update the
-launches wait for the stack to apply (like the instance path, so the role, the key policies
-and the certificate association exist), then `_after_stack_apply` starts them and records the
-resolved Metadata on the launch template; later launches (SetDesiredCapacity,
-UpdateAutoScalingGroup, the replacement of a terminated instance) start at once. Scale-in,
-TerminateInstances, group delete and stack delete terminate instances, whose stop hooks (the
-EC2 extension's) stop the parents.
+Start and stop: a group instance runs the launch template version's user data in its own
+host, as any instance does (`local_backend.host`); the template's `Metadata["enclavekit:host"]`,
+resolved against its stack, is only recorded with it as a description for verify. During a
+stack create/update the launches wait for the stack to apply (like the instance path, so the
+role, the key policies and the certificate association exist), then `_after_stack_apply`
+starts them; later launches (SetDesiredCapacity, UpdateAutoScalingGroup, the replacement of a
+terminated instance) start at once. Scale-in, TerminateInstances, group delete and stack delete
+terminate instances, whose stop hooks (the EC2 extension's) stop their hosts.
 """
 
 from __future__ import annotations
