@@ -118,7 +118,8 @@ def _option_values(args: Sequence[str], names: frozenset[str]) -> list[str]:
     return out
 
 
-def _positionals(args: Sequence[str], valued: frozenset[str]) -> list[str]:
+def positionals(args: Sequence[str], valued: frozenset[str]) -> list[str]:
+    """The non-option arguments of a docker command line (`valued` options take the next one)."""
     out, skip = [], False
     for arg in args:
         if skip:
@@ -134,13 +135,13 @@ def named_registries(argv: Sequence[str]) -> list[str]:
     """The registry hosts `docker ARGV` would log into, push to, pull from or tag for."""
     cmd, args = command(argv)
     if cmd == "login":
-        servers = _positionals(args, _VALUED["login"])
+        servers = positionals(args, _VALUED["login"])
         return [_login_host(servers[-1]) if servers else DOCKER_HUB]
     if cmd in ("push", "pull"):
-        refs = _positionals(args, _VALUED[cmd])[:1]
+        refs = positionals(args, _VALUED[cmd])[:1]
         return [registry_host(r) for r in refs] or [DOCKER_HUB]
     if cmd == "tag":
-        return [h for h in map(registry_host, _positionals(args, frozenset())) if h != DOCKER_HUB]
+        return [h for h in map(registry_host, positionals(args, frozenset())) if h != DOCKER_HUB]
     if cmd == "build":
         hosts = []
         for value in _option_values(args, _REF_OPTIONS["build"]):

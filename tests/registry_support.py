@@ -22,6 +22,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from local_backend.docker_guard import positionals
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _BUILD_VALUED = frozenset(
     {"-t", "--tag", "-f", "--file", "--build-arg", "--target", "--platform", "--cache-from"}
@@ -95,18 +97,6 @@ def _image_dir(state: Path, ref: str) -> Path:
     return state / "images" / hashlib.sha256(ref.encode()).hexdigest()[:32]
 
 
-def _positionals(args: list[str], valued: frozenset[str]) -> list[str]:
-    out, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg.startswith("-"):
-            skip = arg in valued
-        else:
-            out.append(arg)
-    return out
-
-
 def standin(argv: list[str]) -> int:
     state = Path(os.environ["REGISTRY_STANDIN_DIR"])
     (state / "images").mkdir(parents=True, exist_ok=True)
@@ -121,7 +111,7 @@ def standin(argv: list[str]) -> int:
         print("standin")
         return 0
     if cmd == "login":
-        server = _positionals(args, frozenset({"-u", "--username", "-p", "--password"}))[-1]
+        server = positionals(args, frozenset({"-u", "--username", "-p", "--password"}))[-1]
         creds[server.split("://", 1)[-1]] = sys.stdin.read().strip()
         creds_file.write_text(json.dumps(creds))
         print("Login Succeeded")
@@ -130,7 +120,7 @@ def standin(argv: list[str]) -> int:
         return 0 if _image_dir(state, args[-1]).is_dir() else 1
     if cmd == "build":
         tags = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-t", "--tag")]
-        context = Path(_positionals(args, _BUILD_VALUED)[-1])
+        context = Path(positionals(args, _BUILD_VALUED)[-1])
         files = {
             str(p.relative_to(context)): p.read_bytes()
             for p in sorted(context.rglob("*"))
@@ -147,7 +137,7 @@ def standin(argv: list[str]) -> int:
         shutil.copytree(source, target)
         return 0
     if cmd == "push":
-        ref = _positionals(args, frozenset({"--platform"}))[0]
+        ref = positionals(args, frozenset({"--platform"}))[0]
         host = ref.split("/", 1)[0]
         proc = subprocess.run(
             [os.environ["SKOPEO"], "--insecure-policy", "copy", "--dest-tls-verify=false"]

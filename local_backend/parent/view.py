@@ -54,6 +54,23 @@ def agent_config(layout: HostLayout) -> dict[str, Any] | None:
     return None
 
 
+def session_client(
+    service: str, endpoint: str, region: str, creds: prov.Credentials | None = None
+) -> Any:
+    """A client of the local endpoint: with `creds` (a role session, as IMDS hands them out),
+    else the local account's own."""
+    if creds is None:
+        return local_client(service, endpoint, region=region)
+    return local_client(
+        service,
+        endpoint,
+        region=region,
+        access_key_id=creds.access_key_id,
+        secret_access_key=creds.secret_access_key,
+        session_token=creds.session_token,
+    )
+
+
 class AgentHost:
     """One instance host running (or having run) our parent agent, as seen from the machine."""
 
@@ -225,16 +242,7 @@ class AgentHost:
 
     # ------------------------------------------------------------------ the agent's AWS side
     def client(self, service: str, creds: prov.Credentials | None = None) -> Any:
-        if creds is None:
-            return local_client(service, self.endpoint, region=self.region)
-        return local_client(
-            service,
-            self.endpoint,
-            region=self.region,
-            access_key_id=creds.access_key_id,
-            secret_access_key=creds.secret_access_key,
-            session_token=creds.session_token,
-        )
+        return session_client(service, self.endpoint, self.region, creds)
 
     @property
     def agent(self) -> ParentAgent:

@@ -15,10 +15,10 @@ from typing import Any
 
 from enclavekit import attestation, pcr
 from enclavekit import provisioning as prov
-from enclavekit.localenv import local_client
 from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.host import control, hooks
 from local_backend.host.layout import HOST_EMULATOR_STATE, HostLayout
+from local_backend.parent.view import session_client
 from local_backend.verify.report import Check, _short
 
 CONSOLE_LINES = 8  # of a failed boot's console, in its check's detail
@@ -49,16 +49,7 @@ class UserDataHost:
         return EmulatedVsock(root, PARENT_CID)
 
     def client(self, service: str, creds: prov.Credentials | None = None) -> Any:
-        if creds is None:
-            return local_client(service, self.endpoint, region=self.region)
-        return local_client(
-            service,
-            self.endpoint,
-            region=self.region,
-            access_key_id=creds.access_key_id,
-            secret_access_key=creds.secret_access_key,
-            session_token=creds.session_token,
-        )
+        return session_client(service, self.endpoint, self.region, creds)
 
     def role_credentials(self) -> prov.Credentials:
         """The instance role's credentials, as the host's IMDS hands them out."""
