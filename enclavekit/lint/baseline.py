@@ -21,13 +21,14 @@ from enclavekit.policy.parse import load_json
 SARIF_KEY = "enclavekitFinding/v1"
 
 
-def display_path(template: str) -> str:
-    """The template path relative to the working directory when inside it, else absolute."""
+def display_path(template: str, *, uri: bool = False) -> str:
+    """The template path relative to the working directory when inside it, else absolute
+    (`uri`: as a file:// URI, what SARIF wants for a file outside the checkout)."""
     path = Path(template).resolve()
     try:
         return path.relative_to(Path(os.getcwd()).resolve()).as_posix()
     except ValueError:
-        return path.as_posix()
+        return path.as_uri() if uri else path.as_posix()
 
 
 def fingerprint(f: Finding) -> str:

@@ -5,25 +5,13 @@ findings as in-source suppressions (kept, never dropped)."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
-from enclavekit.lint.baseline import SARIF_KEY, fingerprint
+from enclavekit.lint.baseline import SARIF_KEY, display_path, fingerprint
 from enclavekit.lint.model import Finding, Report, Rule
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/enclavekit/enclavekit/blob/main/docs/lint-rules.md"
 VERSION = "0.1.0"
-
-
-def _uri(template: str) -> str:
-    """Relative to the working directory when inside it (what code scanning wants), else a
-    file:// URI."""
-    path = Path(template).resolve()
-    try:
-        return path.relative_to(Path(os.getcwd()).resolve()).as_posix()
-    except ValueError:
-        return path.as_uri()
 
 
 def _sentence(text: str) -> str:
@@ -53,7 +41,7 @@ def _rule(rule: Rule) -> dict:
 
 def _result(f: Finding, index: dict[str, int]) -> dict:
     loc = f.location
-    physical: dict = {"artifactLocation": {"uri": _uri(loc.template)}}
+    physical: dict = {"artifactLocation": {"uri": display_path(loc.template, uri=True)}}
     if loc.line:
         physical["region"] = {"startLine": loc.line}
     location: dict = {"physicalLocation": physical}

@@ -6,23 +6,23 @@ from collections.abc import Iterator
 
 from enclavekit import instance_types
 from enclavekit.lint.model import Finding, Rule, Severity
+from enclavekit.lint.rules._common import hosts_with_user_data
 from enclavekit.lint.world import World
 
 
 def check(world: World) -> Iterator[Finding]:
-    for host in world.hosts:
-        ud = world.user_data(host)
-        itype = host.instance_type
-        if ud is None or itype is None or itype.lower() not in instance_types.TYPES:
+    for h in hosts_with_user_data(world):
+        itype = h.host.instance_type
+        if itype is None or itype.lower() not in instance_types.TYPES:
             continue
-        cpus, mem, written = ud.allocator(f"user data of {host.resource.logical_id}")
+        cpus, mem, written = h.ud.allocator(h.where)
         if not written or cpus is None or mem is None:
             continue
         problems = instance_types.allocator_problems(itype, cpus, mem)
         if problems:
             yield RULE.finding(
-                world.at(host, "/Properties/UserData"),
-                f"allocator.yaml of enclave host {host.resource.logical_id} ({cpus} CPUs, "
+                h.location,
+                f"allocator.yaml of enclave host {h.name} ({cpus} CPUs, "
                 f"{mem} MiB) does not fit {itype}: {'; '.join(problems)}",
             )
 

@@ -5,30 +5,28 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
+from enclavekit.lint.rules._common import hosts_with_user_data
 from enclavekit.lint.world import World
 
 
 def check(world: World) -> Iterator[Finding]:
-    for host in world.hosts:
-        ud = world.user_data(host)
-        bare = [line for line, token in ud.imds_calls if not token] if ud else []
+    for h in hosts_with_user_data(world):
+        bare = [line for line, token in h.ud.imds_calls if not token]
         if not bare:
             continue
         first = bare[0] if len(bare[0]) <= 100 else bare[0][:97] + "..."
-        if host.http_tokens == "required":
+        calls = (
+            f"user data of enclave host {h.name} calls IMDS without a token "
+            f"({len(bare)} call(s), first: {first})"
+        )
+        if h.host.http_tokens == "required":
             yield RULE.finding(
-                world.at(host, "/Properties/UserData"),
-                f"user data of enclave host {host.resource.logical_id} calls IMDS without a "
-                f"token ({len(bare)} call(s), first: {first}); HttpTokens is required, so IMDS "
-                "answers 401 and the boot script fails",
+                h.location,
+                f"{calls}; HttpTokens is required, so IMDS answers 401 and the boot script fails",
                 Severity.ERROR,
             )
         else:
-            yield RULE.finding(
-                world.at(host, "/Properties/UserData"),
-                f"user data of enclave host {host.resource.logical_id} calls IMDS without a "
-                f"token ({len(bare)} call(s), first: {first}): it relies on IMDSv1",
-            )
+            yield RULE.finding(h.location, f"{calls}: it relies on IMDSv1")
 
 
 RULE = Rule(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
+from enclavekit.lint.rules._common import hosts_with_user_data
 from enclavekit.lint.userdata import ACM_CONFIG
 from enclavekit.lint.world import World
 
@@ -23,12 +24,11 @@ def _certificates(acm: dict) -> list[tuple[str, str]]:
 
 
 def check(world: World) -> Iterator[Finding]:
-    for host in world.hosts:
-        ud = world.user_data(host)
-        acm = ud.yaml_file(ACM_CONFIG, f"user data of {host.resource.logical_id}") if ud else None
+    for h in hosts_with_user_data(world):
+        acm = h.ud.yaml_file(ACM_CONFIG, h.where)
         if not acm:
             continue
-        role_arn = host.role.arn if host.role else None
+        role_arn = h.host.role.arn if h.host.role else None
         # associations of this role, or of a role this run cannot resolve (an import)
         associated = {
             str(world.props(a.template, a.resource).get("CertificateArn"))
@@ -40,8 +40,8 @@ def check(world: World) -> Iterator[Finding]:
             if unknowable or "{{" in arn or "$" in arn or arn in associated:
                 continue
             yield RULE.finding(
-                world.at(host, "/Properties/UserData"),
-                f"acm.yaml token {label!r} of enclave host {host.resource.logical_id} names "
+                h.location,
+                f"acm.yaml token {label!r} of enclave host {h.name} names "
                 f"certificate {arn}, but no AWS::EC2::EnclaveCertificateIamRoleAssociation "
                 "associates it with the host's role",
             )

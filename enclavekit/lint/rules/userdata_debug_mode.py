@@ -5,17 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
+from enclavekit.lint.rules._common import hosts_with_user_data
 from enclavekit.lint.world import World
 
 
 def check(world: World) -> Iterator[Finding]:
-    for host in world.hosts:
-        ud = world.user_data(host)
-        for run in ud.run_enclaves if ud else ():
+    for h in hosts_with_user_data(world):
+        for run in h.ud.run_enclaves:
             if run.debug_mode:
                 yield RULE.finding(
-                    world.at(host, "/Properties/UserData"),
-                    f"user data of enclave host {host.resource.logical_id} runs "
+                    h.location,
+                    f"user data of enclave host {h.name} runs "
                     f"{run.eif_path or 'an enclave'} with --debug-mode: it attests with all-zero "
                     "PCRs and the parent reads its console",
                 )

@@ -5,22 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
+from enclavekit.lint.rules._common import hosts_with_user_data
 from enclavekit.lint.userdata import ACM_CONFIG, as_int
 from enclavekit.lint.world import World
 
 
 def check(world: World) -> Iterator[Finding]:
-    for host in world.hosts:
-        ud = world.user_data(host)
-        if ud is None:
-            continue
-        where = f"user data of {host.resource.logical_id}"
-        cpus, mem, written = ud.allocator(where)
+    for h in hosts_with_user_data(world):
+        ud = h.ud
+        cpus, mem, written = ud.allocator(h.where)
         pool = "allocator.yaml" if written else "the default allocator.yaml (2 CPUs, 512 MiB)"
         asks: list[tuple[str, int | None, int | None]] = [
             (r.eif_path or "run-enclave", r.cpu_count, r.memory_mib) for r in ud.run_enclaves
         ]
-        acm = ud.yaml_file(ACM_CONFIG, where)
+        acm = ud.yaml_file(ACM_CONFIG, h.where)
         enclave = acm.get("enclave") if acm else None
         if isinstance(enclave, dict):
             asks.append(
@@ -38,8 +36,8 @@ def check(world: World) -> Iterator[Finding]:
                 problems.append(f"{want_mem} MiB of a pool of {mem} MiB")
             if problems:
                 yield RULE.finding(
-                    world.at(host, "/Properties/UserData"),
-                    f"enclave host {host.resource.logical_id}: {what} asks for "
+                    h.location,
+                    f"enclave host {h.name}: {what} asks for "
                     f"{' and '.join(problems)} reserved by {pool}; nitro-cli refuses to start it",
                 )
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
+from enclavekit.lint.rules._common import hosts_with_user_data
 from enclavekit.lint.world import World
 
 
 def check(world: World) -> Iterator[Finding]:
-    for host in world.hosts:
-        ud = world.user_data(host)
-        if ud and ud.associate_calls:
+    for h in hosts_with_user_data(world):
+        if h.ud.associate_calls:
             yield RULE.finding(
-                world.at(host, "/Properties/UserData"),
-                f"user data of enclave host {host.resource.logical_id} associates a certificate "
+                h.location,
+                f"user data of enclave host {h.name} associates a certificate "
                 "itself (aws ec2 associate-enclave-certificate-iam-role) instead of an "
                 "AWS::EC2::EnclaveCertificateIamRoleAssociation resource",
             )

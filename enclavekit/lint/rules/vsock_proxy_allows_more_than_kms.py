@@ -6,18 +6,16 @@ import re
 from collections.abc import Iterator
 
 from enclavekit.lint.model import Finding, Rule, Severity
+from enclavekit.lint.rules._common import HostUserData, hosts_with_user_data
 from enclavekit.lint.userdata import VSOCK_PROXY_CONFIG
 from enclavekit.lint.world import World
 
 _KMS = re.compile(r"^kms(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 
 
-def _targets(world: World, host) -> list[str]:  # noqa: ANN001 - HostFact
-    ud = world.user_data(host)
-    if ud is None:
-        return []
-    out = [h for h, _ in ud.proxy_targets]
-    cfg = ud.yaml_file(VSOCK_PROXY_CONFIG, f"user data of {host.resource.logical_id}")
+def _targets(h: HostUserData) -> list[str]:
+    out = [addr for addr, _ in h.ud.proxy_targets]
+    cfg = h.ud.yaml_file(VSOCK_PROXY_CONFIG, h.where)
     for entry in (cfg or {}).get("allowlist") or []:
         if isinstance(entry, dict) and isinstance(entry.get("address"), str):
             out.append(entry["address"])
@@ -25,16 +23,16 @@ def _targets(world: World, host) -> list[str]:  # noqa: ANN001 - HostFact
 
 
 def check(world: World) -> Iterator[Finding]:
-    for host in world.hosts:
-        targets = _targets(world, host)
+    for h in hosts_with_user_data(world):
+        targets = _targets(h)
         regions = {m.group(1) for t in targets if (m := _KMS.match(t))}
         beyond = [t for t in targets if not _KMS.match(t)]
         if len(regions) > 1:
             beyond.append(f"KMS in {len(regions)} regions ({', '.join(sorted(regions))})")
         if beyond:
             yield RULE.finding(
-                world.at(host, "/Properties/UserData"),
-                f"vsock-proxy of enclave host {host.resource.logical_id} lets the enclave reach "
+                h.location,
+                f"vsock-proxy of enclave host {h.name} lets the enclave reach "
                 f"{', '.join(beyond)} beyond its region's KMS endpoint",
             )
 
