@@ -3,8 +3,9 @@
 Each command group lives in its own module with a `register(subparsers)` function; a handler
 returns the exit status (0 ok, 1 a check or finding failed, 2 bad usage or bad input).
 Errors from the parts arrive as `EnclaveKitError` and leave as one line on stderr.
-Imports: any part; `local_backend` only lazily, inside a handler, so `enclavekit lint` and the
-image commands run without the backend installed.
+Imports: any part; `local_backend` only through `cli/backend.py` (the one crossing, each part
+imported on first use), so `enclavekit lint` and the image commands run without the backend
+installed. Shared plumbing (a command and its handler, `--state-dir`, JSON out): `cli/common.py`.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from enclavekit.attested_kms import condition_name, pcr_index
+from enclavekit.cli import backend
+from enclavekit.cli.common import command
 from enclavekit.contract import DEFAULT_STATE_DIR
 from enclavekit.contract import HOST_METADATA_KEY as HOST_METADATA
 from enclavekit.errors import CheckFailed, InvalidInput, TemplateError
@@ -21,24 +23,24 @@ from enclavekit.errors import CheckFailed, InvalidInput, TemplateError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `demo`."""
-    p = sub.add_parser(
+    p = command(
+        sub,
         "demo",
+        _demo,
         help="deploy the sample app locally (enclavekit up) and verify it end to end",
     )
     p.add_argument("--project", default=".", help="directory holding cdk.json (default: .)")
     p.add_argument("--state-dir", default=None, help="default: PROJECT/.enclavekit")
     p.add_argument("--port", type=int, default=4599)
-    p.set_defaults(handler=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from local_backend.up import phases_table, try_it_lines, up
-
+    deploy = backend.deploy()
     project = Path(args.project).resolve()
     if not (project / "cdk.json").is_file():
         raise InvalidInput(f"--project must be a directory with cdk.json, got {args.project!r}")
     state_dir = Path(args.state_dir).resolve() if args.state_dir else project / DEFAULT_STATE_DIR
-    result = up(project, state_dir=state_dir, port=args.port)
+    result = deploy.up(project, state_dir=state_dir, port=args.port)
     rows = hosts_in_assembly(project / "cdk.out")
     if not rows:
         raise CheckFailed(
@@ -46,11 +48,11 @@ def _demo(args: argparse.Namespace) -> int:
         )
     print()
     print(render(rows))
-    print("\n" + phases_table(result))
+    print("\n" + deploy.phases_table(result))
     assert result.report is not None
     print("\n" + result.report.table())
     print()
-    for line in try_it_lines(state_dir, result.stacks, command=".venv/bin/enclavekit"):
+    for line in deploy.try_it_lines(state_dir, result.stacks, command=".venv/bin/enclavekit"):
         print(line)
     print(f"Stop it: .venv/bin/enclavekit local stop --state-dir {state_dir}")
     return 0 if result.ok else 1

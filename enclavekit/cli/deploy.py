@@ -7,15 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from enclavekit.contract import DEFAULT_STATE_DIR
+from enclavekit.cli import backend
+from enclavekit.cli.common import add_state_dir, command
 from enclavekit.contract import ENDPOINT_PORT as DEFAULT_PORT
 
 
 def _up(args: argparse.Namespace) -> int:
-    from local_backend.up import phases_table, try_it_lines, up
-
+    deploy = backend.deploy()
     timeouts = {"synth": args.synth_timeout} if args.synth_timeout else None
-    result = up(
+    result = deploy.up(
         args.app,
         state_dir=args.state_dir,
         port=args.port,
@@ -24,12 +24,12 @@ def _up(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     print()
-    print(phases_table(result))
+    print(deploy.phases_table(result))
     if result.report is not None:
         print()
         print(result.report.table())
     print()
-    for line in try_it_lines(Path(args.state_dir).resolve(), result.stacks):
+    for line in deploy.try_it_lines(Path(args.state_dir).resolve(), result.stacks):
         print(line)
     print(
         f"endpoint {result.endpoint} — stop it with: enclavekit local stop "
@@ -39,9 +39,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from local_backend.verify import verify
-
-    report = verify(args.state_dir, stack=args.stack, checks=args.check)
+    report = backend.verify(args.state_dir, stack=args.stack, checks=args.check)
     if args.junit:
         Path(args.junit).write_text(report.to_junit())
     if args.json:
@@ -64,8 +62,10 @@ def _seconds(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `up` and `verify`."""
-    p = sub.add_parser(
+    p = command(
+        sub,
         "up",
+        _up,
         help="start the local endpoint if needed, bootstrap, deploy "
         "--all, seal secrets, boot enclaves, verify",
     )
@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the CDK app directory (with cdk.json); default: here",
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    add_state_dir(p)
     p.add_argument("--no-verify", action="store_true", help="stop after the enclaves are up")
     p.add_argument(
         "--verbose",
@@ -89,9 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="fail the synth phase if the app has not synthesized by then (default 300)",
     )
-    p.set_defaults(handler=_up)
 
-    v = sub.add_parser("verify", help="prove every deployed enclave host end to end")
+    v = command(sub, "verify", _verify, help="prove every deployed enclave host end to end")
     v.add_argument("--stack", help="only this stack")
     v.add_argument(
         "--check",
@@ -103,5 +102,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     v.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
-    v.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
-    v.set_defaults(handler=_verify)
+    add_state_dir(v)

@@ -4,26 +4,18 @@ vsock-proxy — nitro-cli's arguments and JSON, served by the local enclave emul
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
+from enclavekit.cli import backend
+from enclavekit.cli.common import add_state_dir, command, print_json
 from enclavekit.errors import InvalidInput
 
 
 def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=4)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-
-
-def _manager(args: argparse.Namespace):  # noqa: ANN202 - lazy import of local_backend
-    from local_backend.emulator.runtime import EnclaveManager
-
-    return EnclaveManager(args.state_dir)
+    print_json(obj, indent=4)  # nitro-cli's indentation
 
 
 def _stream_console(manager: Any, enclave_id: str, timeout: float | None) -> None:
@@ -34,7 +26,7 @@ def _stream_console(manager: Any, enclave_id: str, timeout: float | None) -> Non
 
 
 def _run(args: argparse.Namespace) -> int:
-    manager = _manager(args)
+    manager = backend.enclave_manager(args.state_dir)
     result = manager.run_enclave(
         args.eif_path,
         args.cpu_count,
@@ -59,12 +51,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    _print_json(_manager(args).describe())
+    _print_json(backend.enclave_manager(args.state_dir).describe())
     return 0
 
 
 def _terminate(args: argparse.Namespace) -> int:
-    manager = _manager(args)
+    manager = backend.enclave_manager(args.state_dir)
     if args.all:
         for item in manager.terminate_all():
             _print_json(item)
@@ -75,16 +67,15 @@ def _terminate(args: argparse.Namespace) -> int:
 
 def _console(args: argparse.Namespace) -> int:
     print(f"Connecting to the console for enclave {args.enclave_id}...", file=sys.stderr)
-    _stream_console(_manager(args), args.enclave_id, args.disconnect_timeout)
+    _stream_console(
+        backend.enclave_manager(args.state_dir), args.enclave_id, args.disconnect_timeout
+    )
     return 0
 
 
 def _vsock_proxy(args: argparse.Namespace) -> int:
-    from local_backend.emulator.state import state_dir
-    from local_backend.emulator.vsock_proxy import VsockProxy
-
-    proxy = VsockProxy.for_state_dir(
-        state_dir(args.state_dir),
+    proxy = backend.vsock_proxy(
+        args.state_dir,
         args.local_port,
         args.remote_addr,
         args.remote_port,
@@ -119,9 +110,8 @@ def _positive(text: str) -> int:
 
 
 def _state(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--state-dir",
-        type=Path,
+    add_state_dir(
+        p,
         default=None,
         help="emulator state directory (default $ENCLAVEKIT_STATE_DIR or .enclavekit)",
     )
@@ -129,8 +119,10 @@ def _state(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    run = sub.add_parser(
+    run = command(
+        sub,
         "run-enclave",
+        _run,
         help="boot an enclave from an EIF (emulated nitro-cli)",
         description="Start an enclave from an EIF in the local emulator; "
         "returns once it runs. Output: nitro-cli's run-enclave JSON.",
@@ -166,29 +158,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="emulator: the parent's instance id (PCR4; default per state dir)",
     )
     _state(run)
-    run.set_defaults(handler=_run)
 
-    desc = sub.add_parser("describe-enclaves", help="list enclaves as JSON (nitro-cli shape)")
+    desc = command(
+        sub, "describe-enclaves", _describe, help="list enclaves as JSON (nitro-cli shape)"
+    )
     _state(desc)
-    desc.set_defaults(handler=_describe)
 
-    term = sub.add_parser("terminate-enclave", help="terminate an enclave, or all of them")
+    term = command(
+        sub, "terminate-enclave", _terminate, help="terminate an enclave, or all of them"
+    )
     which = term.add_mutually_exclusive_group(required=True)
     which.add_argument("--enclave-id", help="the EnclaveID to terminate")
     which.add_argument("--all", action="store_true", help="terminate every enclave")
     _state(term)
-    term.set_defaults(handler=_terminate)
 
-    con = sub.add_parser("console", help="stream a debug-mode enclave's console")
+    con = command(sub, "console", _console, help="stream a debug-mode enclave's console")
     con.add_argument("--enclave-id", required=True, help="the EnclaveID")
     con.add_argument(
         "--disconnect-timeout", type=float, default=None, help="stop after this many seconds"
     )
     _state(con)
-    con.set_defaults(handler=_console)
 
-    proxy = sub.add_parser(
+    proxy = command(
+        sub,
         "vsock-proxy",
+        _vsock_proxy,
         help="relay a parent vsock port to an allowed remote",
         description="AWS vsock-proxy on the emulated parent (CID 3): "
         "LOCAL_PORT REMOTE_ADDR REMOTE_PORT, checked against the allowlist.",
@@ -217,4 +211,3 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="emulator: the local endpoint AWS service hosts map to",
     )
     _state(proxy)
-    proxy.set_defaults(handler=_vsock_proxy)

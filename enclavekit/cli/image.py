@@ -7,14 +7,9 @@ Output JSON has nitro-cli's shapes so scripts written for nitro-cli (and the con
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
 
-
-def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+from enclavekit.cli.common import command, print_json
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -35,21 +30,23 @@ def _build(args: argparse.Namespace) -> int:
         private_key=args.private_key,
     )
     print(f"Enclave Image successfully created: {result.path}", file=sys.stderr)
-    _print_json({"Measurements": result.measurements.to_nitro_cli()})
+    print_json({"Measurements": result.measurements.to_nitro_cli()})
     return 0
 
 
 def _describe(args: argparse.Namespace) -> int:
     from enclavekit.eif import describe_eif
 
-    _print_json(describe_eif(args.eif_path))
+    print_json(describe_eif(args.eif_path))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    build = sub.add_parser(
+    build = command(
+        sub,
         "build-enclave",
+        _build,
         help="build a reproducible EIF from an app directory (nitro-cli layout)",
         description="Build a byte-reproducible Enclave Image File from an app directory with an "
         "enclave.json manifest. Without --kernel/--init a fixed emulator stand-in is used.",
@@ -68,12 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--version", help="image version (default: the manifest's version)")
     build.add_argument("--signing-certificate", help="PEM certificate to sign the image with")
     build.add_argument("--private-key", help="PEM ECDSA private key of the signing certificate")
-    build.set_defaults(handler=_build)
 
-    describe = sub.add_parser(
+    describe = command(
+        sub,
         "describe-eif",
+        _describe,
         help="describe an EIF like nitro-cli describe-eif",
         description="Print the nitro-cli describe-eif JSON of an Enclave Image File.",
     )
     describe.add_argument("--eif-path", required=True, help="the .eif file")
-    describe.set_defaults(handler=_describe)

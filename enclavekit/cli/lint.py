@@ -11,13 +11,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from enclavekit.cli.common import command
 from enclavekit.errors import InvalidInput
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    p = sub.add_parser(
+    p = command(
+        sub,
         "lint",
+        _lint,
         help="enclave-aware policy lint of cdk.out directories or templates",
         description="Lint CloudFormation (a cdk.out directory, a directory of templates, JSON "
         "or YAML templates, nested stacks) with the enclavekit rules (docs/lint-rules.md).",
@@ -42,7 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="pass over JSON/YAML files that are not templates (for pre-commit)",
     )
-    p.set_defaults(handler=_lint)
 
 
 def _lint(args: argparse.Namespace) -> int:

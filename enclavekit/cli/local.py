@@ -1,7 +1,7 @@
 """`enclavekit local start|stop|status|ca` and `enclavekit cdk ARGS...`.
 
-The integrator adds `up` and `verify` to this group (register them in `register`). Handlers
-import local_backend lazily: the CLI is the one place that calls every part.
+Handlers reach local_backend through `enclavekit.cli.backend` (imported on first use): the CLI
+is the one place that calls every part.
 """
 
 from __future__ import annotations
@@ -9,25 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from enclavekit.contract import DEFAULT_STATE_DIR
+from enclavekit.cli import backend
+from enclavekit.cli.common import add_state_dir, command
 from enclavekit.contract import ENDPOINT_PORT as DEFAULT_PORT
 
 
 def _state_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=DEFAULT_STATE_DIR,
-        help="where the endpoint keeps endpoint.json, logs and its CA (default .enclavekit)",
+    add_state_dir(
+        p, help="where the endpoint keeps endpoint.json, logs and its CA (default .enclavekit)"
     )
 
 
 def _start(args: argparse.Namespace) -> int:
-    from local_backend import server
-
+    server = backend.server()
     already = server.status(args.state_dir).running
     info = server.start(args.port, args.state_dir, iam=args.iam)
     verb = "already running" if already else "started"
@@ -68,17 +64,13 @@ def _running_enclave(h: dict) -> bool:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from local_backend import server
-
-    stopped = server.stop(args.state_dir)
+    stopped = backend.server().stop(args.state_dir)
     print("local endpoint stopped" if stopped else "local endpoint was not running")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from local_backend import server
-
-    st = server.status(args.state_dir)
+    st = backend.server().status(args.state_dir)
     if args.json:
         print(json.dumps(st.to_json(), indent=2, sort_keys=True))
         return 0 if st.running else 1
@@ -99,9 +91,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _ca(args: argparse.Namespace) -> int:
-    from local_backend import server
-
-    sys.stdout.write(server.ca_pem(args.state_dir).decode())
+    sys.stdout.write(backend.server().ca_pem(args.state_dir).decode())
     return 0
 
 
@@ -110,7 +100,6 @@ def _cdk(args: argparse.Namespace) -> int:
     too, except that a Python traceback of the app becomes one line (`--verbose`: kept), and
     a construct error exits 2. Every process runs behind the egress guard (local_backend.cdk)."""
     from enclavekit.cdk_errors import TracebackFilter
-    from local_backend.cdk import stream_cdk
 
     cdk_args: list[str] = list(args.cdk_args)
     if cdk_args and cdk_args[0] == "--":
@@ -121,7 +110,7 @@ def _cdk(args: argparse.Namespace) -> int:
         sys.stderr.writelines(shown.feed(line))
         sys.stderr.flush()
 
-    code = stream_cdk(cdk_args, state_dir=args.state_dir, on_stderr=show)
+    code = backend.stream_cdk(cdk_args, state_dir=args.state_dir, on_stderr=show)
     sys.stderr.writelines(shown.finish())
     if code != 0 and shown.error is not None:
         if not args.verbose:
@@ -138,7 +127,7 @@ def register(sub: Any) -> None:
     )
     lsub.required = True
 
-    p = lsub.add_parser("start", help="start the endpoint (detached, 127.0.0.1 only)")
+    p = command(lsub, "start", _start, help="start the endpoint (detached, 127.0.0.1 only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument(
         "--iam",
@@ -148,23 +137,21 @@ def register(sub: Any) -> None:
         "moto's unchecked behaviour (KMS always authorizes)",
     )
     _state_arg(p)
-    p.set_defaults(handler=_start)
 
-    p = lsub.add_parser("stop", help="stop the endpoint and everything it started")
+    p = command(lsub, "stop", _stop, help="stop the endpoint and everything it started")
     _state_arg(p)
-    p.set_defaults(handler=_stop)
 
-    p = lsub.add_parser("status", help="endpoint, state dir, pid, enclaves")
+    p = command(lsub, "status", _status, help="endpoint, state dir, pid, enclaves")
     p.add_argument("--json", action="store_true")
     _state_arg(p)
-    p.set_defaults(handler=_status)
 
-    p = lsub.add_parser("ca", help="print the local CA root (PEM) that issues ACM certificates")
+    p = command(lsub, "ca", _ca, help="print the local CA root (PEM) that issues ACM certificates")
     _state_arg(p)
-    p.set_defaults(handler=_ca)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "cdk",
+        _cdk,
         help="the project's cdk CLI aimed at the local endpoint",
         description="Run cdk ARGS... against the running local endpoint; real "
         "AWS credentials, profiles and endpoints are removed from its environment.",
@@ -176,4 +163,3 @@ def register(sub: Any) -> None:
         help="show the app's full Python traceback (default: one line, exit 2)",
     )
     p.add_argument("cdk_args", nargs=argparse.REMAINDER, metavar="ARGS")
-    p.set_defaults(handler=_cdk)
