@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from enclavekit import attestation
-from enclavekit.contract import DEFAULT_STATE_DIR
+from enclavekit.cli.common import add_state_dir, command
 from enclavekit.errors import (
     AttestationDecodeError,
     AttestationError,
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmds = group.add_subparsers(dest="attest_command", metavar="COMMAND", parser_class=type(group))
     cmds.required = True
 
-    verify = cmds.add_parser("verify", help="verify a document against one trust anchor")
+    verify = command(cmds, "verify", _verify)
     verify.add_argument("file", metavar="FILE", help="document, base64 or raw; - for stdin")
     verify.add_argument(
         "--trust",
@@ -40,9 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the only root to trust: AWS Nitro Root-G1 (default), the local emulator root "
         "of --state-dir, or a PEM file",
     )
-    verify.add_argument(
-        "--state-dir", default=DEFAULT_STATE_DIR, help="state dir holding the local root"
-    )
+    add_state_dir(verify, help="state dir holding the local root")
     verify.add_argument(
         "--at",
         metavar="TIME",
@@ -56,12 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="require PCR N to equal HEX (repeatable)",
     )
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
-    verify.set_defaults(handler=_verify)
 
-    show = cmds.add_parser("show", help="print a document's fields without verifying it")
+    show = command(cmds, "show", _show)
     show.add_argument("file", metavar="FILE", help="document, base64 or raw; - for stdin")
     show.add_argument("--json", action="store_true", help="print the fields as JSON")
-    show.set_defaults(handler=_show)
 
 
 # ---------------------------------------------------------------- input parsing
@@ -210,6 +206,7 @@ def _fail_json(exc: EnclaveKitError) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """verify a document against one trust anchor"""
     with warnings.catch_warnings():
         # cryptography warns about malformed certificates that the verifier then rejects.
         warnings.simplefilter("ignore")
@@ -243,6 +240,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    """print a document's fields without verifying it"""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         doc = attestation.decode(read_document(args.file))

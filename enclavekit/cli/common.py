@@ -5,6 +5,7 @@ option, JSON on stdout. (`cli/agent.py` keeps its own: the parent agent's bundle
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -16,10 +17,15 @@ from enclavekit.contract import DEFAULT_STATE_DIR
 Handler = Callable[[argparse.Namespace], int]
 
 
-def command(sub: Any, name: str, handler: Handler, **kwargs: Any) -> argparse.ArgumentParser:
-    """Add the command `name` (argparse's `add_parser` keywords) run by `handler`, which
-    returns the exit status."""
-    parser = sub.add_parser(name, **kwargs)
+def command(sub: Any, name: str, handler: Handler) -> argparse.ArgumentParser:
+    """Add the command `name`, run by `handler` (which returns the exit status).
+
+    The handler's docstring is the command's text, so what a command does is said once, where
+    it is done: its first paragraph the one-line help of `enclavekit --help`, the rest (if any)
+    the description of `enclavekit NAME --help` (argparse re-wraps both).
+    """
+    head, _, rest = inspect.cleandoc(handler.__doc__ or "").partition("\n\n")
+    parser = sub.add_parser(name, help=" ".join(head.split()) or None, description=rest or None)
     parser.set_defaults(handler=handler)
     return parser
 

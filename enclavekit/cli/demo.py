@@ -23,18 +23,14 @@ from enclavekit.errors import CheckFailed, InvalidInput, TemplateError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `demo`."""
-    p = command(
-        sub,
-        "demo",
-        _demo,
-        help="deploy the sample app locally (enclavekit up) and verify it end to end",
-    )
+    p = command(sub, "demo", _demo)
     p.add_argument("--project", default=".", help="directory holding cdk.json (default: .)")
     p.add_argument("--state-dir", default=None, help="default: PROJECT/.enclavekit")
     p.add_argument("--port", type=int, default=4599)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """deploy the sample app locally (enclavekit up) and verify it end to end"""
     deploy = backend.deploy()
     project = Path(args.project).resolve()
     if not (project / "cdk.json").is_file():

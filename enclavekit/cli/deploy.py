@@ -13,6 +13,9 @@ from enclavekit.contract import ENDPOINT_PORT as DEFAULT_PORT
 
 
 def _up(args: argparse.Namespace) -> int:
+    """start the local endpoint if needed, bootstrap, deploy --all, seal secrets, boot enclaves,
+    verify
+    """
     deploy = backend.deploy()
     timeouts = {"synth": args.synth_timeout} if args.synth_timeout else None
     result = deploy.up(
@@ -39,6 +42,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """prove every deployed enclave host end to end"""
     report = backend.verify(args.state_dir, stack=args.stack, checks=args.check)
     if args.junit:
         Path(args.junit).write_text(report.to_junit())
@@ -62,13 +66,7 @@ def _seconds(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `up` and `verify`."""
-    p = command(
-        sub,
-        "up",
-        _up,
-        help="start the local endpoint if needed, bootstrap, deploy "
-        "--all, seal secrets, boot enclaves, verify",
-    )
+    p = command(sub, "up", _up)
     p.add_argument(
         "--app",
         type=Path,
@@ -90,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fail the synth phase if the app has not synthesized by then (default 300)",
     )
 
-    v = command(sub, "verify", _verify, help="prove every deployed enclave host end to end")
+    v = command(sub, "verify", _verify)
     v.add_argument("--stack", help="only this stack")
     v.add_argument(
         "--check",

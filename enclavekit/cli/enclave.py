@@ -26,6 +26,11 @@ def _stream_console(manager: Any, enclave_id: str, timeout: float | None) -> Non
 
 
 def _run(args: argparse.Namespace) -> int:
+    """boot an enclave from an EIF (emulated nitro-cli)
+
+    Start an enclave from an EIF in the local emulator; returns once it runs. Output: nitro-cli's
+    run-enclave JSON.
+    """
     manager = backend.enclave_manager(args.state_dir)
     result = manager.run_enclave(
         args.eif_path,
@@ -51,11 +56,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
+    """list enclaves as JSON (nitro-cli shape)"""
     _print_json(backend.enclave_manager(args.state_dir).describe())
     return 0
 
 
 def _terminate(args: argparse.Namespace) -> int:
+    """terminate an enclave, or all of them"""
     manager = backend.enclave_manager(args.state_dir)
     if args.all:
         for item in manager.terminate_all():
@@ -66,6 +73,7 @@ def _terminate(args: argparse.Namespace) -> int:
 
 
 def _console(args: argparse.Namespace) -> int:
+    """stream a debug-mode enclave's console"""
     print(f"Connecting to the console for enclave {args.enclave_id}...", file=sys.stderr)
     _stream_console(
         backend.enclave_manager(args.state_dir), args.enclave_id, args.disconnect_timeout
@@ -74,6 +82,11 @@ def _console(args: argparse.Namespace) -> int:
 
 
 def _vsock_proxy(args: argparse.Namespace) -> int:
+    """relay a parent vsock port to an allowed remote
+
+    AWS vsock-proxy on the emulated parent (CID 3): LOCAL_PORT REMOTE_ADDR REMOTE_PORT, checked
+    against the allowlist.
+    """
     proxy = backend.vsock_proxy(
         args.state_dir,
         args.local_port,
@@ -119,14 +132,7 @@ def _state(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    run = command(
-        sub,
-        "run-enclave",
-        _run,
-        help="boot an enclave from an EIF (emulated nitro-cli)",
-        description="Start an enclave from an EIF in the local emulator; "
-        "returns once it runs. Output: nitro-cli's run-enclave JSON.",
-    )
+    run = command(sub, "run-enclave", _run)
     run.add_argument("--eif-path", required=True, help="the enclave image file")
     run.add_argument("--cpu-count", required=True, type=_positive, help="number of vCPUs")
     run.add_argument("--memory", required=True, type=_positive, help="memory in MiB (>= 64)")
@@ -159,34 +165,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _state(run)
 
-    desc = command(
-        sub, "describe-enclaves", _describe, help="list enclaves as JSON (nitro-cli shape)"
-    )
+    desc = command(sub, "describe-enclaves", _describe)
     _state(desc)
 
-    term = command(
-        sub, "terminate-enclave", _terminate, help="terminate an enclave, or all of them"
-    )
+    term = command(sub, "terminate-enclave", _terminate)
     which = term.add_mutually_exclusive_group(required=True)
     which.add_argument("--enclave-id", help="the EnclaveID to terminate")
     which.add_argument("--all", action="store_true", help="terminate every enclave")
     _state(term)
 
-    con = command(sub, "console", _console, help="stream a debug-mode enclave's console")
+    con = command(sub, "console", _console)
     con.add_argument("--enclave-id", required=True, help="the EnclaveID")
     con.add_argument(
         "--disconnect-timeout", type=float, default=None, help="stop after this many seconds"
     )
     _state(con)
 
-    proxy = command(
-        sub,
-        "vsock-proxy",
-        _vsock_proxy,
-        help="relay a parent vsock port to an allowed remote",
-        description="AWS vsock-proxy on the emulated parent (CID 3): "
-        "LOCAL_PORT REMOTE_ADDR REMOTE_PORT, checked against the allowlist.",
-    )
+    proxy = command(sub, "vsock-proxy", _vsock_proxy)
     proxy.add_argument("local_port", type=_positive, metavar="LOCAL_PORT")
     proxy.add_argument("remote_addr", metavar="REMOTE_ADDR")
     proxy.add_argument("remote_port", type=_positive, metavar="REMOTE_PORT")

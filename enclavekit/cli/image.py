@@ -13,6 +13,11 @@ from enclavekit.cli.common import command, print_json
 
 
 def _build(args: argparse.Namespace) -> int:
+    """build a reproducible EIF from an app directory (nitro-cli layout)
+
+    Build a byte-reproducible Enclave Image File from an app directory with an enclave.json
+    manifest. Without --kernel/--init a fixed emulator stand-in is used.
+    """
     from enclavekit.build import build_enclave
 
     result = build_enclave(
@@ -35,6 +40,10 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
+    """describe an EIF like nitro-cli describe-eif
+
+    Print the nitro-cli describe-eif JSON of an Enclave Image File.
+    """
     from enclavekit.eif import describe_eif
 
     print_json(describe_eif(args.eif_path))
@@ -43,14 +52,7 @@ def _describe(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    build = command(
-        sub,
-        "build-enclave",
-        _build,
-        help="build a reproducible EIF from an app directory (nitro-cli layout)",
-        description="Build a byte-reproducible Enclave Image File from an app directory with an "
-        "enclave.json manifest. Without --kernel/--init a fixed emulator stand-in is used.",
-    )
+    build = command(sub, "build-enclave", _build)
     build.add_argument("--app-dir", required=True, help="directory with enclave.json and the app")
     build.add_argument("--output-file", required=True, help="where to write the .eif")
     build.add_argument("--kernel", help="kernel image (nitro-cli blobs: bzImage / Image)")
@@ -66,11 +68,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--signing-certificate", help="PEM certificate to sign the image with")
     build.add_argument("--private-key", help="PEM ECDSA private key of the signing certificate")
 
-    describe = command(
-        sub,
-        "describe-eif",
-        _describe,
-        help="describe an EIF like nitro-cli describe-eif",
-        description="Print the nitro-cli describe-eif JSON of an Enclave Image File.",
-    )
+    describe = command(sub, "describe-eif", _describe)
     describe.add_argument("--eif-path", required=True, help="the .eif file")

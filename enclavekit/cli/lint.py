@@ -17,14 +17,7 @@ from enclavekit.errors import InvalidInput
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this group's commands to the top-level parser."""
-    p = command(
-        sub,
-        "lint",
-        _lint,
-        help="enclave-aware policy lint of cdk.out directories or templates",
-        description="Lint CloudFormation (a cdk.out directory, a directory of templates, JSON "
-        "or YAML templates, nested stacks) with the enclavekit rules (docs/lint-rules.md).",
-    )
+    p = command(sub, "lint", _lint)
     p.add_argument("paths", nargs="+", metavar="PATH", help="cdk.out, directory or template")
     p.add_argument("--format", choices=("text", "json", "sarif", "junit", "gitlab"), default="text")
     p.add_argument("--output", metavar="FILE", help="write the report here instead of stdout")
@@ -48,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _lint(args: argparse.Namespace) -> int:
+    """enclave-aware policy lint of cdk.out directories or templates
+
+    Lint CloudFormation (a cdk.out directory, a directory of templates, JSON or YAML templates,
+    nested stacks) with the enclavekit rules (docs/lint-rules.md).
+    """
     from enclavekit.lint import lint_paths
     from enclavekit.lint.baseline import apply_baseline, load_baseline
     from enclavekit.lint.reporters import render

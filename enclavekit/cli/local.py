@@ -23,6 +23,7 @@ def _state_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _start(args: argparse.Namespace) -> int:
+    """start the endpoint (detached, 127.0.0.1 only)"""
     server = backend.server()
     already = server.status(args.state_dir).running
     info = server.start(args.port, args.state_dir, iam=args.iam)
@@ -64,12 +65,14 @@ def _running_enclave(h: dict) -> bool:
 
 
 def _stop(args: argparse.Namespace) -> int:
+    """stop the endpoint and everything it started"""
     stopped = backend.server().stop(args.state_dir)
     print("local endpoint stopped" if stopped else "local endpoint was not running")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
+    """endpoint, state dir, pid, enclaves"""
     st = backend.server().status(args.state_dir)
     if args.json:
         print(json.dumps(st.to_json(), indent=2, sort_keys=True))
@@ -91,14 +94,20 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _ca(args: argparse.Namespace) -> int:
+    """print the local CA root (PEM) that issues ACM certificates"""
     sys.stdout.write(backend.server().ca_pem(args.state_dir).decode())
     return 0
 
 
 def _cdk(args: argparse.Namespace) -> int:
-    """cdk's stdout passes through untouched (`cdk synth > template.yaml` works); its stderr
-    too, except that a Python traceback of the app becomes one line (`--verbose`: kept), and
-    a construct error exits 2. Every process runs behind the egress guard (local_backend.cdk)."""
+    """the project's cdk CLI aimed at the local endpoint
+
+    Run cdk ARGS... against the running local endpoint; real AWS credentials, profiles and
+    endpoints are removed from its environment.
+    """
+    # cdk's stdout passes through untouched (`cdk synth > template.yaml` works); its stderr
+    # too, except that a Python traceback of the app becomes one line (`--verbose`: kept), and
+    # a construct error exits 2. Every process runs behind the egress guard (local_backend.cdk).
     from enclavekit.cdk_errors import TracebackFilter
 
     cdk_args: list[str] = list(args.cdk_args)
@@ -127,7 +136,7 @@ def register(sub: Any) -> None:
     )
     lsub.required = True
 
-    p = command(lsub, "start", _start, help="start the endpoint (detached, 127.0.0.1 only)")
+    p = command(lsub, "start", _start)
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument(
         "--iam",
@@ -138,24 +147,17 @@ def register(sub: Any) -> None:
     )
     _state_arg(p)
 
-    p = command(lsub, "stop", _stop, help="stop the endpoint and everything it started")
+    p = command(lsub, "stop", _stop)
     _state_arg(p)
 
-    p = command(lsub, "status", _status, help="endpoint, state dir, pid, enclaves")
+    p = command(lsub, "status", _status)
     p.add_argument("--json", action="store_true")
     _state_arg(p)
 
-    p = command(lsub, "ca", _ca, help="print the local CA root (PEM) that issues ACM certificates")
+    p = command(lsub, "ca", _ca)
     _state_arg(p)
 
-    p = command(
-        sub,
-        "cdk",
-        _cdk,
-        help="the project's cdk CLI aimed at the local endpoint",
-        description="Run cdk ARGS... against the running local endpoint; real "
-        "AWS credentials, profiles and endpoints are removed from its environment.",
-    )
+    p = command(sub, "cdk", _cdk)
     _state_arg(p)
     p.add_argument(
         "--verbose",
