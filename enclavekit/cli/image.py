@@ -8,8 +8,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from enclavekit.cli.common import command, print_json
+
+# build_enclave's keyword options, each an option of the same name (`--kernel-config` is
+# `kernel_config`), in --help order: named once for both the parser and the call.
+_BUILD_OPTIONS: dict[str, dict[str, Any]] = {
+    "kernel": {"help": "kernel image (nitro-cli blobs: bzImage / Image)"},
+    "kernel_config": {"help": "kernel .config, for KernelVersion (default <kernel>.config)"},
+    "cmdline": {"help": "kernel command line (default: nitro-cli's for the arch)"},
+    "init": {"help": "init binary (nitro-cli blobs: init)"},
+    "nsm_ko": {"help": "NSM driver (default: nsm.ko next to --init)"},
+    "arch": {"default": "x86_64", "choices": ("x86_64", "aarch64")},
+    "name": {"help": "image name (default: the manifest's name)"},
+    "version": {"help": "image version (default: the manifest's version)"},
+    "signing_certificate": {"help": "PEM certificate to sign the image with"},
+    "private_key": {"help": "PEM ECDSA private key of the signing certificate"},
+}
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -20,20 +36,8 @@ def _build(args: argparse.Namespace) -> int:
     """
     from enclavekit.build import build_enclave
 
-    result = build_enclave(
-        args.app_dir,
-        args.output_file,
-        kernel=args.kernel,
-        cmdline=args.cmdline,
-        init=args.init,
-        name=args.name,
-        version=args.version,
-        kernel_config=args.kernel_config,
-        nsm_ko=args.nsm_ko,
-        arch=args.arch,
-        signing_certificate=args.signing_certificate,
-        private_key=args.private_key,
-    )
+    options = {name: getattr(args, name) for name in _BUILD_OPTIONS}
+    result = build_enclave(args.app_dir, args.output_file, **options)
     print(f"Enclave Image successfully created: {result.path}", file=sys.stderr)
     print_json({"Measurements": result.measurements.to_nitro_cli()})
     return 0
@@ -55,18 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     build = command(sub, "build-enclave", _build)
     build.add_argument("--app-dir", required=True, help="directory with enclave.json and the app")
     build.add_argument("--output-file", required=True, help="where to write the .eif")
-    build.add_argument("--kernel", help="kernel image (nitro-cli blobs: bzImage / Image)")
-    build.add_argument(
-        "--kernel-config", help="kernel .config, for KernelVersion (default <kernel>.config)"
-    )
-    build.add_argument("--cmdline", help="kernel command line (default: nitro-cli's for the arch)")
-    build.add_argument("--init", help="init binary (nitro-cli blobs: init)")
-    build.add_argument("--nsm-ko", help="NSM driver (default: nsm.ko next to --init)")
-    build.add_argument("--arch", default="x86_64", choices=("x86_64", "aarch64"))
-    build.add_argument("--name", help="image name (default: the manifest's name)")
-    build.add_argument("--version", help="image version (default: the manifest's version)")
-    build.add_argument("--signing-certificate", help="PEM certificate to sign the image with")
-    build.add_argument("--private-key", help="PEM ECDSA private key of the signing certificate")
+    for name, spec in _BUILD_OPTIONS.items():
+        build.add_argument("--" + name.replace("_", "-"), **spec)
 
     describe = command(sub, "describe-eif", _describe)
     describe.add_argument("--eif-path", required=True, help="the .eif file")
