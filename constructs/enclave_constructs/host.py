@@ -17,6 +17,7 @@ import atexit
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -61,22 +62,17 @@ class FleetOptions:
             )
 
 
-@jsii.implements(IStableAnyProducer)
-class _MetadataProducer:
-    def __init__(self, host: EnclaveHost) -> None:
+@jsii.implements(IStableAnyProducer, IStableStringProducer)
+class _SpecProducer:
+    """One rendering of the host's spec (its Metadata, its user data), made at synth: the
+    spec is complete only once every construct that adds to the host has run."""
+
+    def __init__(self, host: EnclaveHost, render: Callable[[HostSpec], Any]) -> None:
         self._host = host
+        self._render = render
 
     def produce(self) -> Any:
-        return self._host.spec().metadata()
-
-
-@jsii.implements(IStableStringProducer)
-class _UserDataProducer:
-    def __init__(self, host: EnclaveHost) -> None:
-        self._host = host
-
-    def produce(self) -> str:
-        return self._host.spec().user_data()
+        return self._render(self._host.spec())
 
 
 @jsii.implements(IValidation)
@@ -227,42 +223,38 @@ class EnclaveHost(Construct):
             self.agent_asset.grant_read(self.role)
 
         self.user_data = ec2.UserData.for_linux()
-        self.user_data.add_commands(Lazy.string(_UserDataProducer(self)))
+        self.user_data.add_commands(Lazy.string(_SpecProducer(self, HostSpec.user_data)))
         machine = machine_image or ec2.MachineImage.generic_linux(DEFAULT_AMI)
         subnets = vpc_subnets or ec2.SubnetSelection(subnet_type=_first_subnet_type(vpc))
         self.instance: ec2.Instance | None = None
         self.launch_template: ec2.LaunchTemplate | None = None
         self.auto_scaling_group: autoscaling.AutoScalingGroup | None = None
-        ec2_type = ec2.InstanceType(itype.name)
+        # What a single host and a fleet's launch template share: type, image, role, network,
+        # user data, IMDSv2 (each adds its own enclave switch).
+        launch: dict[str, Any] = {
+            "instance_type": ec2.InstanceType(itype.name),
+            "machine_image": machine,
+            "role": self.role,
+            "security_group": self.security_group,
+            "user_data": self.user_data,
+            "require_imdsv2": True,
+        }
         if fleet is None:
             self.instance = ec2.Instance(
                 self,
                 "Resource",
                 vpc=vpc,
-                instance_type=ec2_type,
-                machine_image=machine,
-                role=self.role,
-                security_group=self.security_group,
-                user_data=self.user_data,
                 enclave_enabled=True,
-                require_imdsv2=True,
                 vpc_subnets=subnets,
                 user_data_causes_replacement=True,
+                **launch,
             )
             self.cfn_resource: ec2.CfnInstance | ec2.CfnLaunchTemplate = (
                 self.instance.node.default_child  # type: ignore[assignment]
             )
         else:
             self.launch_template = ec2.LaunchTemplate(
-                self,
-                "LaunchTemplate",
-                instance_type=ec2_type,
-                machine_image=machine,
-                role=self.role,
-                security_group=self.security_group,
-                user_data=self.user_data,
-                nitro_enclave_enabled=True,
-                require_imdsv2=True,
+                self, "LaunchTemplate", nitro_enclave_enabled=True, **launch
             )
             self.auto_scaling_group = autoscaling.AutoScalingGroup(
                 self,
@@ -274,7 +266,9 @@ class EnclaveHost(Construct):
                 vpc_subnets=subnets,
             )
             self.cfn_resource = self.launch_template.node.default_child  # type: ignore[assignment]
-        self.cfn_resource.add_metadata(HOST_METADATA_KEY, Lazy.any(_MetadataProducer(self)))
+        self.cfn_resource.add_metadata(
+            HOST_METADATA_KEY, Lazy.any(_SpecProducer(self, HostSpec.metadata))
+        )
         self.node.add_validation(_NoHibernation(self))
 
         self.certificate = None
