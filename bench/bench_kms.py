@@ -117,62 +117,51 @@ def _measure(call: Callable[[], Any]) -> dict[str, float]:
     }
 
 
+def _policy(*statements: dict[str, Any]) -> str:
+    """An IAM policy document (JSON) of these statements."""
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
 def _setup_attested(endpoint: str, state: Path) -> tuple[Any, str, bytes, Callable[[], bytes]]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     from enclavekit import attestation
+    from enclavekit.attested_kms import pcr_key
     from enclavekit.pki import LocalPki
 
     iam = _client(endpoint, "iam")
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "ec2.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-            }
-        ],
-    }
-    role = iam.create_role(RoleName="bench-enclave", AssumeRolePolicyDocument=json.dumps(trust))[
-        "Role"
-    ]["Arn"]
+    trust = _policy(
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }
+    )
+    role = iam.create_role(RoleName="bench-enclave", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
     c = _client(endpoint, "sts").assume_role(RoleArn=role, RoleSessionName="bench")["Credentials"]
     pcrs = {i: bytes([i + 1]) * 48 for i in range(3)}
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
-                "Action": "kms:*",
-                "Resource": "*",
-            },
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": role},
-                "Action": "kms:Decrypt",
-                "Resource": "*",
-                "Condition": {
-                    "StringEqualsIgnoreCase": {
-                        f"kms:RecipientAttestation:PCR{i}": v.hex() for i, v in pcrs.items()
-                    }
-                },
-            },
-            {
-                "Effect": "Deny",
-                "Principal": {"AWS": role},
-                "Action": "kms:Decrypt",
-                "Resource": "*",
-                "Condition": {
-                    "StringNotEqualsIgnoreCase": {"kms:RecipientAttestation:PCR0": pcrs[0].hex()}
-                },
-            },
-        ],
-    }
+    decrypt = {"Principal": {"AWS": role}, "Action": "kms:Decrypt", "Resource": "*"}
+    policy = _policy(
+        {
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        },
+        {
+            "Effect": "Allow",
+            **decrypt,
+            "Condition": {"StringEqualsIgnoreCase": {pcr_key(i): v.hex() for i, v in pcrs.items()}},
+        },
+        {
+            "Effect": "Deny",
+            **decrypt,
+            "Condition": {"StringNotEqualsIgnoreCase": {pcr_key(0): pcrs[0].hex()}},
+        },
+    )
     root = _client(endpoint, "kms")
-    key = root.create_key(Policy=json.dumps(policy))["KeyMetadata"]["Arn"]
+    key = root.create_key(Policy=policy)["KeyMetadata"]["Arn"]
     blob = root.encrypt(KeyId=key, Plaintext=b"bench secret")["CiphertextBlob"]
     role_kms = _client(
         endpoint,
