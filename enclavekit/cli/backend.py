@@ -25,7 +25,7 @@ def server() -> ModuleType:
     return module
 
 
-def deploy() -> ModuleType:
+def up_loop() -> ModuleType:
     """`local_backend.up`: `up` (the local deploy loop), its phases table, the try-it lines."""
     from local_backend import up as module
 

@@ -31,12 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     """deploy the sample app locally (enclavekit up) and verify it end to end"""
-    deploy = backend.deploy()
+    loop = backend.up_loop()
     project = Path(args.project).resolve()
     if not (project / "cdk.json").is_file():
         raise InvalidInput(f"--project must be a directory with cdk.json, got {args.project!r}")
     state_dir = Path(args.state_dir).resolve() if args.state_dir else project / DEFAULT_STATE_DIR
-    result = deploy.up(project, state_dir=state_dir, port=args.port)
+    result = loop.up(project, state_dir=state_dir, port=args.port)
     rows = hosts_in_assembly(project / "cdk.out")
     if not rows:
         raise CheckFailed(
@@ -44,11 +44,11 @@ def _demo(args: argparse.Namespace) -> int:
         )
     print()
     print(render(rows))
-    print("\n" + deploy.phases_table(result))
+    print("\n" + loop.phases_table(result))
     assert result.report is not None
     print("\n" + result.report.table())
     print()
-    for line in deploy.try_it_lines(state_dir, result.stacks, command=".venv/bin/enclavekit"):
+    for line in loop.try_it_lines(state_dir, result.stacks, command=".venv/bin/enclavekit"):
         print(line)
     print(f"Stop it: .venv/bin/enclavekit local stop --state-dir {state_dir}")
     return 0 if result.ok else 1

@@ -16,9 +16,9 @@ def _up(args: argparse.Namespace) -> int:
     """start the local endpoint if needed, bootstrap, deploy --all, seal secrets, boot enclaves,
     verify
     """
-    deploy = backend.deploy()
+    loop = backend.up_loop()
     timeouts = {"synth": args.synth_timeout} if args.synth_timeout else None
-    result = deploy.up(
+    result = loop.up(
         args.app,
         state_dir=args.state_dir,
         port=args.port,
@@ -27,12 +27,12 @@ def _up(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     print()
-    print(deploy.phases_table(result))
+    print(loop.phases_table(result))
     if result.report is not None:
         print()
         print(result.report.table())
     print()
-    for line in deploy.try_it_lines(Path(args.state_dir).resolve(), result.stacks):
+    for line in loop.try_it_lines(Path(args.state_dir).resolve(), result.stacks):
         print(line)
     print(
         f"endpoint {result.endpoint} — stop it with: enclavekit local stop "
