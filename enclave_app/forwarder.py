@@ -64,10 +64,7 @@ class LoopbackForwarder(ConnectionServer):
             raise InvalidInput("forwarder: expected a CONNECT target host:port, got none")
         self.vsock, self.cid, self.port = vsock, cid, port
         self.connect_target = connect_target
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", listen_port))
-        sock.listen(64)
+        sock = socket.create_server(("127.0.0.1", listen_port), backlog=64)
         super().__init__(sock)
         self.listen_port: int = sock.getsockname()[1]
 

@@ -16,6 +16,7 @@ import ctypes
 import fcntl
 import os
 import socket
+import ssl
 import stat
 import struct
 import threading
@@ -371,6 +372,20 @@ def pump(a: socket.socket, b: socket.socket, *, chunk: int = 65536) -> None:
                     dst.shutdown(socket.SHUT_WR)
     finally:
         sel.close()
+
+
+def server_handshake(context: ssl.SSLContext, conn: socket.socket, timeout: float) -> ssl.SSLSocket:
+    """The server side of a TLS handshake on `conn`, bounded by `timeout` (left set after it).
+
+    A peer that never finishes its handshake cannot hold a thread; on failure `conn` is closed
+    and the `ssl.SSLError` / `OSError` raised for the caller to log in its own words.
+    """
+    conn.settimeout(timeout)
+    try:
+        return context.wrap_socket(conn, server_side=True)
+    except OSError:  # ssl.SSLError included
+        conn.close()
+        raise
 
 
 class ConnectionServer:
