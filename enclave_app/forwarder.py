@@ -26,26 +26,6 @@ log = logging.getLogger(__name__)
 MAX_CONNECT_HEAD = 8192
 
 
-def loopback_up() -> bool:
-    """Bring `lo` up if it is down (a Nitro enclave boots with it down). True if it is up."""
-    import fcntl
-    import struct
-
-    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            req = fcntl.ioctl(s.fileno(), siocgifflags, struct.pack("16sH14x", b"lo", 0))
-            flags = struct.unpack_from("H", req, 16)[0]
-            if flags & iff_up:
-                return True
-            fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
-            log.info("loopback interface brought up")
-            return True
-        except OSError as exc:
-            log.warning("loopback interface: expected it up or settable, got %s", exc)
-            return False
-
-
 class LoopbackForwarder(ConnectionServer):
     """Listens on 127.0.0.1:`listen_port` (0 = any free port); forwards to (cid, port) on vsock."""
 
