@@ -392,8 +392,9 @@ class ConnectionServer:
     """A listening stream socket whose connections are each served on a thread of their own.
 
     The one accept loop of the project (the enclave's control and TLS ports, the parent's
-    relay): a subclass implements `serve(conn, addr)` and owns `conn` from then on. `stopped`
-    is set by stop(), which also closes the listener so the accept loop ends.
+    relay, vsock-proxy, the TLS front, the KMS forwarder): a subclass implements
+    `serve(conn, addr)` and owns `conn` from then on. `stopped` is set by stop(), which also
+    closes the listener so the accept loop ends.
     """
 
     thread_name = "server"
@@ -426,6 +427,11 @@ class ConnectionServer:
                 conn, addr = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(
-                target=self.serve, args=(conn, addr), daemon=True, name=f"{self.thread_name}-conn"
-            ).start()
+            self.dispatch(conn, addr)
+
+    def dispatch(self, conn: socket.socket, addr: Any) -> None:
+        """Run `serve(conn, addr)` off the accept loop: here on a thread of its own; a subclass
+        may bound it (vsock-proxy's worker pool)."""
+        threading.Thread(
+            target=self.serve, args=(conn, addr), daemon=True, name=f"{self.thread_name}-conn"
+        ).start()
