@@ -20,6 +20,7 @@ import ssl
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -203,30 +204,34 @@ def _check_port(what: str, value: int, upper: int = 0xFFFFFFFF) -> None:
         raise InvalidInput(f"vsock {what}: expected an integer 0..{upper}, got {value!r}")
 
 
+def stream_socket(family: int, setup: Callable[[socket.socket], None]) -> socket.socket:
+    """A new stream socket of `family` after `setup(sock)` (connect or bind+listen); a socket
+    whose setup fails is closed before the error goes on."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        setup(sock)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class AfVsock:
     """Real vsock (`AF_VSOCK`), as inside a Nitro Enclave or on its parent."""
 
     def connect(self, cid: int, port: int) -> socket.socket:
         _check_port("cid", cid)
         _check_port("port", port)
-        sock = socket.socket(AF_VSOCK, socket.SOCK_STREAM)
-        try:
-            sock.connect((cid, port))
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return stream_socket(AF_VSOCK, lambda sock: sock.connect((cid, port)))
 
     def listen(self, port: int, backlog: int = 16) -> socket.socket:
         _check_port("port", port)
-        sock = socket.socket(AF_VSOCK, socket.SOCK_STREAM)
-        try:
+
+        def bind(sock: socket.socket) -> None:
             sock.bind((VMADDR_CID_ANY, port))
             sock.listen(backlog)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+
+        return stream_socket(AF_VSOCK, bind)
 
 
 @contextlib.contextmanager
@@ -266,19 +271,17 @@ class EmulatedVsock:
     def connect(self, cid: int, port: int) -> socket.socket:
         _check_port("cid", cid)
         _check_port("port", port)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with unix_address(self.path(cid, port)) as addr:
-                sock.connect(addr)
-        except FileNotFoundError as exc:
-            sock.close()
-            raise ConnectionRefusedError(
-                exc.errno, f"no vsock listener on cid {cid} port {port}"
-            ) from None
-        except OSError:
-            sock.close()
-            raise
-        return sock
+
+        def dial(sock: socket.socket) -> None:
+            try:
+                with unix_address(self.path(cid, port)) as addr:
+                    sock.connect(addr)
+            except FileNotFoundError as exc:
+                raise ConnectionRefusedError(
+                    exc.errno, f"no vsock listener on cid {cid} port {port}"
+                ) from None
+
+        return stream_socket(socket.AF_UNIX, dial)
 
     def listen(self, port: int, backlog: int = 16) -> socket.socket:
         _check_port("port", port)
@@ -297,15 +300,13 @@ class EmulatedVsock:
                     path.unlink()  # stale socket of a dead listener
                 finally:
                     probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
+
+        def bind(sock: socket.socket) -> None:
             with unix_address(path) as addr:
                 sock.bind(addr)
             sock.listen(backlog)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+
+        return stream_socket(socket.AF_UNIX, bind)
 
 
 def _af_vsock_usable() -> bool:
