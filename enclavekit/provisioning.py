@@ -26,7 +26,7 @@ import json
 import re
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -124,16 +124,94 @@ def _check_text(value: object, where: str, *, optional: bool = False) -> None:
         raise _bad(where, "a non-empty string", value)
 
 
+def _names(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _bad(where, "a JSON array of names", value)
+    return tuple(value)
+
+
+def _epoch(obj: Mapping[str, Any], key: str, where: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f"{where}.{key}", "epoch seconds or null", value)
+    return float(value)
+
+
+def _pem_text(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key, "")
+    if not isinstance(value, str):
+        raise _bad(f"{where}.{key}", "PEM text", value)
+    return value
+
+
+# How each kind of field crosses the wire: (to JSON, from the JSON object's `key` at `where`).
+_KINDS: dict[str, tuple[Callable[[Any], Any], Callable[[Mapping[str, Any], str, str], Any]]] = {
+    "text": (lambda v: v, lambda o, k, w: _str(o, k, w)),
+    "text?": (lambda v: v, lambda o, k, w: _str(o, k, w, optional=True)),
+    "pem": (lambda v: v, _pem_text),
+    "b64": (_enc, lambda o, k, w: _b64(o.get(k), f"{w}.{k}")),
+    "b64?": (
+        lambda v: None if v is None else _enc(v),
+        lambda o, k, w: None if o.get(k) is None else _b64(o[k], f"{w}.{k}"),
+    ),
+    "names": (list, lambda o, k, w: _names(o.get(k, []), f"{w}.{k}")),
+    "epoch?": (lambda v: v, _epoch),
+    "count": (lambda v: v, lambda o, k, w: _int(o, k, w, 0, 2**63, 0)),
+}
+
+
+class WireObject:
+    """A JSON object on the control wire declared by `FIELDS`: (attribute, kind, JSON key).
+
+    One codec for every message and value object: `wire_body()` writes the fields, `parse`
+    refuses unknown keys and reads each field with the one-line errors above.
+    """
+
+    FIELDS: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+
+    def wire_body(self) -> dict[str, Any]:
+        return {key: _KINDS[kind][0](getattr(self, attr)) for attr, kind, key in self.FIELDS}
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any], where: str) -> Any:
+        _only(obj, where, {key for _, _, key in cls.FIELDS})
+        return cls(**{attr: _KINDS[kind][1](obj, key, where) for attr, kind, key in cls.FIELDS})
+
+
+class WireValue(WireObject):
+    """A value object nested in a message (or stored, as the certificate bundle in S3)."""
+
+    WHERE: ClassVar[str] = ""  # where a value read without a named place is, in errors
+
+    def to_json(self) -> dict[str, Any]:
+        return self.wire_body()
+
+    @classmethod
+    def from_json(cls, value: object, where: str | None = None) -> Any:
+        where = where or cls.WHERE
+        return cls.parse(_obj(value, where), where)
+
+
 # ---------------------------------------------------------------------------------------------
 # value objects
 
 
 @dataclass(frozen=True)
-class Credentials:
+class Credentials(WireValue):
     """Temporary AWS credentials of the parent's instance role (IMDS field names on the wire).
 
     The secret parts are left out of repr so a logged object never shows them.
     """
+
+    WHERE: ClassVar[str] = "Provision.credentials"
+    FIELDS = (
+        ("access_key_id", "text", "AccessKeyId"),
+        ("secret_access_key", "text", "SecretAccessKey"),
+        ("session_token", "text?", "SessionToken"),
+        ("expiration", "text?", "Expiration"),
+    )
 
     access_key_id: str
     secret_access_key: str = field(repr=False)
@@ -146,33 +224,22 @@ class Credentials:
         _check_text(self.session_token, "credentials.SessionToken", optional=True)
         _check_text(self.expiration, "credentials.Expiration", optional=True)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "AccessKeyId": self.access_key_id,
-            "SecretAccessKey": self.secret_access_key,
-            "SessionToken": self.session_token,
-            "Expiration": self.expiration,
-        }
-
-    @classmethod
-    def from_json(cls, value: object, where: str = "Provision.credentials") -> Credentials:
-        obj = _obj(value, where)
-        _only(obj, where, {"AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"})
-        return cls(
-            access_key_id=_str(obj, "AccessKeyId", where),
-            secret_access_key=_str(obj, "SecretAccessKey", where),
-            session_token=_str(obj, "SessionToken", where, optional=True),
-            expiration=_str(obj, "Expiration", where, optional=True),
-        )
-
 
 @dataclass(frozen=True)
-class CertificateBundle:
+class CertificateBundle(WireValue):
     """The S3 object an ACM for Nitro Enclaves association creates (field names as AWS's).
 
     `encrypted_private_key` is the base64 KMS ciphertext of the PEM private key: only an
     attested enclave can turn it back into a key.
     """
+
+    WHERE: ClassVar[str] = "Provision.certificate"
+    FIELDS = (
+        ("certificate", "text", "certificate"),
+        ("certificate_chain", "pem", "certificateChain"),
+        ("encrypted_private_key", "text", "encryptedPrivateKey"),
+        ("encryption_method", "text", "encryptionMethod"),
+    )
 
     certificate: str
     certificate_chain: str
@@ -193,32 +260,6 @@ class CertificateBundle:
         """The KMS CiphertextBlob to Decrypt (with attestation) into the PEM private key."""
         return base64.b64decode(self.encrypted_private_key, validate=True)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "certificate": self.certificate,
-            "certificateChain": self.certificate_chain,
-            "encryptedPrivateKey": self.encrypted_private_key,
-            "encryptionMethod": self.encryption_method,
-        }
-
-    @classmethod
-    def from_json(cls, value: object, where: str = "Provision.certificate") -> CertificateBundle:
-        obj = _obj(value, where)
-        _only(
-            obj,
-            where,
-            {"certificate", "certificateChain", "encryptedPrivateKey", "encryptionMethod"},
-        )
-        chain = obj.get("certificateChain", "")
-        if not isinstance(chain, str):
-            raise _bad(f"{where}.certificateChain", "PEM text", chain)
-        return cls(
-            certificate=_str(obj, "certificate", where),
-            certificate_chain=chain,
-            encrypted_private_key=_str(obj, "encryptedPrivateKey", where),
-            encryption_method=_str(obj, "encryptionMethod", where),
-        )
-
     @classmethod
     def from_s3_object(cls, data: bytes | str) -> CertificateBundle:
         """Parse the body of the association's S3 object, as the parent downloads it."""
@@ -232,8 +273,14 @@ class CertificateBundle:
 
 
 @dataclass(frozen=True)
-class SecretSpec:
+class SecretSpec(WireValue):
     """One application secret: a KMS CiphertextBlob the enclave decrypts with attestation."""
+
+    FIELDS = (
+        ("name", "text", "name"),
+        ("ciphertext_b64", "text", "ciphertext_b64"),
+        ("key_id", "text?", "key_id"),
+    )
 
     name: str
     ciphertext_b64: str = field(repr=False)
@@ -249,38 +296,25 @@ class SecretSpec:
     def ciphertext(self) -> bytes:
         return base64.b64decode(self.ciphertext_b64, validate=True)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ciphertext_b64": self.ciphertext_b64, "key_id": self.key_id}
-
-    @classmethod
-    def from_json(cls, value: object, where: str) -> SecretSpec:
-        obj = _obj(value, where)
-        _only(obj, where, {"name", "ciphertext_b64", "key_id"})
-        return cls(
-            name=_str(obj, "name", where),
-            ciphertext_b64=_str(obj, "ciphertext_b64", where),
-            key_id=_str(obj, "key_id", where, optional=True),
-        )
-
 
 # ---------------------------------------------------------------------------------------------
 # messages
 
 
-class Message:
+class Message(WireObject):
     """Base of every control message; `TYPE` is its name on the wire."""
 
     TYPE: ClassVar[str] = ""
 
     def body(self) -> dict[str, Any]:
-        return {}
+        return self.wire_body()
 
     def to_json(self) -> dict[str, Any]:
         return {"version": PROTOCOL_VERSION, "type": self.TYPE, **self.body()}
 
     @classmethod
     def from_body(cls, obj: Mapping[str, Any]) -> Message:
-        raise NotImplementedError
+        return cls.parse(obj, cls.TYPE)
 
 
 @dataclass(frozen=True)
@@ -381,17 +415,14 @@ class Status(Message):
 
     TYPE: ClassVar[str] = "Status"
 
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> Status:
-        _only(obj, "Status", set())
-        return cls()
-
 
 @dataclass(frozen=True)
 class Challenge(Message):
     """Prove the enclave holds secret `name`: it answers HMAC-SHA256(secret, nonce)."""
 
     TYPE: ClassVar[str] = "Challenge"
+    FIELDS = (("name", "text", "name"), ("nonce", "b64", "nonce_b64"))
+
     name: str
     nonce: bytes = field(repr=False)
 
@@ -400,37 +431,19 @@ class Challenge(Message):
             raise _bad("Challenge.name", "a secret name", self.name)
         _check_nonce(self.nonce, "Challenge.nonce_b64")
 
-    def body(self) -> dict[str, Any]:
-        return {"name": self.name, "nonce_b64": _enc(self.nonce)}
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> Challenge:
-        _only(obj, "Challenge", {"name", "nonce_b64"})
-        return cls(
-            name=_str(obj, "name", "Challenge"),
-            nonce=_b64(obj.get("nonce_b64"), "Challenge.nonce_b64"),
-        )
-
 
 @dataclass(frozen=True)
 class Attest(Message):
     """Ask for a fresh attestation document carrying `nonce` and the enclave's public key."""
 
     TYPE: ClassVar[str] = "Attest"
+    FIELDS = (("nonce", "b64?", "nonce_b64"),)
+
     nonce: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.nonce is not None:
             _check_nonce(self.nonce, "Attest.nonce_b64")
-
-    def body(self) -> dict[str, Any]:
-        return {"nonce_b64": None if self.nonce is None else _enc(self.nonce)}
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> Attest:
-        _only(obj, "Attest", {"nonce_b64"})
-        raw = obj.get("nonce_b64")
-        return cls(nonce=None if raw is None else _b64(raw, "Attest.nonce_b64"))
 
 
 @dataclass(frozen=True)
@@ -438,6 +451,12 @@ class Provisioned(Message):
     """Reply to Provision: what was loaded (the certificate by its SHA-256 fingerprint)."""
 
     TYPE: ClassVar[str] = "Provisioned"
+    FIELDS = (
+        ("state", "text", "state"),
+        ("certificate_sha256", "text?", "certificate_sha256"),
+        ("secrets", "names", "secrets"),
+    )
+
     state: str
     certificate_sha256: str | None = None
     secrets: tuple[str, ...] = ()
@@ -447,29 +466,26 @@ class Provisioned(Message):
             raise _bad("Provisioned.state", f"one of {list(STATES)}", self.state)
         object.__setattr__(self, "secrets", tuple(self.secrets))
 
-    def body(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "certificate_sha256": self.certificate_sha256,
-            "secrets": list(self.secrets),
-        }
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> Provisioned:
-        w = "Provisioned"
-        _only(obj, w, {"state", "certificate_sha256", "secrets"})
-        return cls(
-            state=_str(obj, "state", w),
-            certificate_sha256=_str(obj, "certificate_sha256", w, optional=True),
-            secrets=_names(obj.get("secrets", []), f"{w}.secrets"),
-        )
-
 
 @dataclass(frozen=True)
 class StatusReport(Message):
     """Reply to Status. Times are epoch seconds; nothing in it is secret."""
 
     TYPE: ClassVar[str] = "StatusReport"
+    FIELDS = (
+        ("state", "text", "state"),
+        ("module_id", "text", "module_id"),
+        ("public_key_sha256", "text", "public_key_sha256"),
+        ("certificate_sha256", "text?", "certificate_sha256"),
+        ("certificate_subject", "text?", "certificate_subject"),
+        ("certificate_not_after", "text?", "certificate_not_after"),
+        ("secrets", "names", "secrets"),
+        ("provisioned_at", "epoch?", "provisioned_at"),
+        ("refreshed_at", "epoch?", "refreshed_at"),
+        ("refresh_count", "count", "refresh_count"),
+        ("last_error", "text?", "last_error"),
+    )
+
     state: str
     module_id: str
     public_key_sha256: str
@@ -487,54 +503,14 @@ class StatusReport(Message):
             raise _bad("StatusReport.state", f"one of {list(STATES)}", self.state)
         object.__setattr__(self, "secrets", tuple(self.secrets))
 
-    def body(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "module_id": self.module_id,
-            "public_key_sha256": self.public_key_sha256,
-            "certificate_sha256": self.certificate_sha256,
-            "certificate_subject": self.certificate_subject,
-            "certificate_not_after": self.certificate_not_after,
-            "secrets": list(self.secrets),
-            "provisioned_at": self.provisioned_at,
-            "refreshed_at": self.refreshed_at,
-            "refresh_count": self.refresh_count,
-            "last_error": self.last_error,
-        }
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> StatusReport:
-        w = "StatusReport"
-        _only(obj, w, set(cls("waiting", "m", "k").body()))
-
-        def _time(key: str) -> float | None:
-            value = obj.get(key)
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _bad(f"{w}.{key}", "epoch seconds or null", value)
-            return float(value)
-
-        return cls(
-            state=_str(obj, "state", w),
-            module_id=_str(obj, "module_id", w),
-            public_key_sha256=_str(obj, "public_key_sha256", w),
-            certificate_sha256=_str(obj, "certificate_sha256", w, optional=True),
-            certificate_subject=_str(obj, "certificate_subject", w, optional=True),
-            certificate_not_after=_str(obj, "certificate_not_after", w, optional=True),
-            secrets=_names(obj.get("secrets", []), f"{w}.secrets"),
-            provisioned_at=_time("provisioned_at"),
-            refreshed_at=_time("refreshed_at"),
-            refresh_count=_int(obj, "refresh_count", w, 0, 2**63, 0),
-            last_error=_str(obj, "last_error", w, optional=True),
-        )
-
 
 @dataclass(frozen=True)
 class ChallengeAnswer(Message):
     """Reply to Challenge: `mac` = HMAC-SHA256(secret, nonce)."""
 
     TYPE: ClassVar[str] = "ChallengeAnswer"
+    FIELDS = (("name", "text", "name"), ("mac", "b64", "mac_b64"))
+
     name: str
     mac: bytes
 
@@ -542,36 +518,19 @@ class ChallengeAnswer(Message):
         if not isinstance(self.mac, bytes) or len(self.mac) != 32:
             raise _bad("ChallengeAnswer.mac_b64", "32 bytes (HMAC-SHA256)", self.mac)
 
-    def body(self) -> dict[str, Any]:
-        return {"name": self.name, "mac_b64": _enc(self.mac)}
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> ChallengeAnswer:
-        _only(obj, "ChallengeAnswer", {"name", "mac_b64"})
-        return cls(
-            name=_str(obj, "name", "ChallengeAnswer"),
-            mac=_b64(obj.get("mac_b64"), "ChallengeAnswer.mac_b64"),
-        )
-
 
 @dataclass(frozen=True)
 class AttestResult(Message):
     """Reply to Attest: the raw COSE_Sign1 attestation document from the NSM."""
 
     TYPE: ClassVar[str] = "AttestResult"
+    FIELDS = (("document", "b64", "document_b64"),)
+
     document: bytes
 
     def __post_init__(self) -> None:
         if not isinstance(self.document, bytes) or not self.document:
             raise _bad("AttestResult.document_b64", "non-empty bytes", self.document)
-
-    def body(self) -> dict[str, Any]:
-        return {"document_b64": _enc(self.document)}
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> AttestResult:
-        _only(obj, "AttestResult", {"document_b64"})
-        return cls(document=_b64(obj.get("document_b64"), "AttestResult.document_b64"))
 
 
 ERROR_CODES = ("BadRequest", "NotProvisioned", "UnknownSecret", "KmsError", "Internal")
@@ -582,6 +541,8 @@ class ErrorReply(Message):
     """A request that could not be served: a code from ERROR_CODES and a one-line reason."""
 
     TYPE: ClassVar[str] = "Error"
+    FIELDS = (("code", "text", "code"), ("message", "text", "message"))
+
     code: str
     message: str
 
@@ -589,20 +550,6 @@ class ErrorReply(Message):
         if self.code not in ERROR_CODES:
             raise _bad("Error.code", f"one of {list(ERROR_CODES)}", self.code)
         _check_text(self.message, "Error.message")
-
-    def body(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message}
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> ErrorReply:
-        _only(obj, "Error", {"code", "message"})
-        return cls(code=_str(obj, "code", "Error"), message=_str(obj, "message", "Error"))
-
-
-def _names(value: object, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise _bad(where, "a JSON array of names", value)
-    return tuple(value)
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
