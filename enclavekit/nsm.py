@@ -368,17 +368,24 @@ def _loads(data: object, what: str, limit: int) -> Any:
         raise NsmMessageError(f"NSM {what}: expected a CBOR message, found 0 bytes")
     if len(data) > limit:
         raise NsmMessageError(f"NSM {what}: expected at most {limit} bytes, found {len(data)}")
+    return cbor_item(data, max_depth=16, error=NsmMessageError, where=f"NSM {what}")
+
+
+def cbor_item(data: bytes, *, max_depth: int, error: type[Exception], where: str) -> Any:
+    """The one CBOR item filling `data` exactly: bounded nesting, duplicate map keys refused.
+
+    The strict reader of what the NSM writes (its messages here, its attestation documents in
+    enclavekit.attestation); any failure is raised as `error("<where>: expected ...")`.
+    """
     stream = io.BytesIO(data)
     try:
-        value = cbor2.CBORDecoder(stream, max_depth=16, allow_duplicate_keys=False).decode()
+        value = cbor2.CBORDecoder(stream, max_depth=max_depth, allow_duplicate_keys=False).decode()
     except Exception as exc:  # cbor2 raises assorted types on hostile input; all mean "not CBOR"
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        raise NsmMessageError(
-            f"NSM {what}: expected CBOR, found undecodable bytes ({reason})"
-        ) from None
+        raise error(f"{where}: expected CBOR, found undecodable bytes ({reason})") from None
     if stream.tell() != len(data):
-        raise NsmMessageError(
-            f"NSM {what}: expected one CBOR item, found {len(data) - stream.tell()} trailing bytes"
+        raise error(
+            f"{where}: expected one CBOR item, found {len(data) - stream.tell()} trailing bytes"
         )
     return value
 
