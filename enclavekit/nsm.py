@@ -7,8 +7,9 @@ The Nitro Secure Module speaks serde_cbor 0.11 (see docs/reference/nitro-attesta
 strings. Decoders match fields by name and, like serde's derive, ignore unknown fields and treat a
 missing `Option` field as absent. Both directions enforce the driver's size limits.
 
-One codec serves every message: each message class names its wire variant and the kind of each
-field, and the validation, the encoder and the decoder all read that declaration.
+One codec serves every message: a message class is declared by its dataclass fields alone (the
+wire variant name follows from the class name, each field's kind from its annotation), and the
+validation, the encoder and the decoder all read that declaration.
 
 This module is vendored into the enclave image: stdlib, cbor2 and enclavekit.errors only.
 """
@@ -95,15 +96,38 @@ def _checked(owner: str, name: str, kind: str, value: Any) -> Any:
     return value
 
 
-class _Message:
-    """Base of every message: `wire` is the serde variant name, `kinds` each field's kind.
+Digest = str  # one of _DIGESTS: its own annotation, so the field gets its own kind
+# A field's kind follows from its annotation (the annotations are strings: see the __future__
+# import above).
+_KIND_OF_ANNOTATION = {
+    "int": _U16,
+    "bytes": _BYTES,
+    "bytes | None": _OPTIONAL_BYTES,
+    "bool": _BOOL,
+    "str": _TEXT,
+    "tuple[int, ...]": _U16_SET,
+    "Digest": _DIGEST,
+    "ErrorCode": _ERROR_CODE,
+}
 
-    `newtype` marks the one variant whose body is its single field's value, not a map.
+
+class _Message:
+    """Base of every message, declared by its dataclass fields alone.
+
+    `wire` (the serde variant name) is the class name less a `Response` suffix, `kinds` each
+    field's kind from its annotation; `newtype` marks the one variant whose body is its single
+    field's value, not a map.
     """
 
     wire = ""
     kinds: dict[str, str] = {}
     newtype = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.wire = cls.__name__.removesuffix("Response")
+        annotations = cls.__dict__.get("__annotations__", {})
+        cls.kinds = {name: _KIND_OF_ANNOTATION[ann] for name, ann in annotations.items()}
 
     def __post_init__(self) -> None:
         for name, kind in self.kinds.items():
@@ -117,18 +141,12 @@ class _Message:
 class DescribePCR(_Message):
     """Read one PCR and its lock state."""
 
-    wire = "DescribePCR"
-    kinds = {"index": _U16}
-
     index: int
 
 
 @dataclass(frozen=True)
 class ExtendPCR(_Message):
     """Extend one PCR: new = SHA384(old || data)."""
-
-    wire = "ExtendPCR"
-    kinds = {"index": _U16, "data": _BYTES}
 
     index: int
     data: bytes
@@ -138,18 +156,12 @@ class ExtendPCR(_Message):
 class LockPCR(_Message):
     """Lock one PCR against further extension."""
 
-    wire = "LockPCR"
-    kinds = {"index": _U16}
-
     index: int
 
 
 @dataclass(frozen=True)
 class LockPCRs(_Message):
     """Lock PCRs [0, range)."""
-
-    wire = "LockPCRs"
-    kinds = {"range": _U16}
 
     range: int
 
@@ -158,19 +170,10 @@ class LockPCRs(_Message):
 class DescribeNSM(_Message):
     """Ask for the NSM's version, module id and PCR facts."""
 
-    wire = "DescribeNSM"
-
 
 @dataclass(frozen=True)
 class Attestation(_Message):
     """Ask for a signed attestation document carrying these optional fields."""
-
-    wire = "Attestation"
-    kinds = {
-        "user_data": _OPTIONAL_BYTES,
-        "nonce": _OPTIONAL_BYTES,
-        "public_key": _OPTIONAL_BYTES,
-    }
 
     user_data: bytes | None = None
     nonce: bytes | None = None
@@ -180,8 +183,6 @@ class Attestation(_Message):
 @dataclass(frozen=True)
 class GetRandom(_Message):
     """Ask for random bytes."""
-
-    wire = "GetRandom"
 
 
 Request = DescribePCR | ExtendPCR | LockPCR | LockPCRs | DescribeNSM | Attestation | GetRandom
@@ -194,9 +195,6 @@ Request = DescribePCR | ExtendPCR | LockPCR | LockPCRs | DescribeNSM | Attestati
 class DescribePCRResponse(_Message):
     """A PCR's lock state and value."""
 
-    wire = "DescribePCR"
-    kinds = {"lock": _BOOL, "data": _BYTES}
-
     lock: bool
     data: bytes
 
@@ -205,9 +203,6 @@ class DescribePCRResponse(_Message):
 class ExtendPCRResponse(_Message):
     """The PCR's value after the extension."""
 
-    wire = "ExtendPCR"
-    kinds = {"data": _BYTES}
-
     data: bytes
 
 
@@ -215,30 +210,15 @@ class ExtendPCRResponse(_Message):
 class LockPCRResponse(_Message):
     """LockPCR succeeded."""
 
-    wire = "LockPCR"
-
 
 @dataclass(frozen=True)
 class LockPCRsResponse(_Message):
     """LockPCRs succeeded."""
 
-    wire = "LockPCRs"
-
 
 @dataclass(frozen=True)
 class DescribeNSMResponse(_Message):
     """The NSM's description; locked_pcrs is kept sorted and unique like Rust's BTreeSet."""
-
-    wire = "DescribeNSM"
-    kinds = {
-        "version_major": _U16,
-        "version_minor": _U16,
-        "version_patch": _U16,
-        "module_id": _TEXT,
-        "max_pcrs": _U16,
-        "locked_pcrs": _U16_SET,
-        "digest": _DIGEST,
-    }
 
     version_major: int
     version_minor: int
@@ -246,15 +226,12 @@ class DescribeNSMResponse(_Message):
     module_id: str
     max_pcrs: int
     locked_pcrs: tuple[int, ...]
-    digest: str
+    digest: Digest
 
 
 @dataclass(frozen=True)
 class AttestationResponse(_Message):
     """The COSE_Sign1 attestation document bytes."""
-
-    wire = "Attestation"
-    kinds = {"document": _BYTES}
 
     document: bytes
 
@@ -263,9 +240,6 @@ class AttestationResponse(_Message):
 class GetRandomResponse(_Message):
     """Random bytes from the NSM."""
 
-    wire = "GetRandom"
-    kinds = {"random": _BYTES}
-
     random: bytes
 
 
@@ -273,8 +247,6 @@ class GetRandomResponse(_Message):
 class ErrorResponse(_Message):
     """The NSM refused the request with this code."""
 
-    wire = "Error"
-    kinds = {"code": _ERROR_CODE}
     newtype = True
 
     code: ErrorCode

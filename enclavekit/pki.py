@@ -52,16 +52,15 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
     """A CA signs certificates and CRLs; a leaf (the NSM's signing key) signs documents."""
+    unused = ("key_encipherment", "data_encipherment", "key_agreement")
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=not ca,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
         key_cert_sign=ca,
         crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
+        **dict.fromkeys(unused, False),
     )
 
 
