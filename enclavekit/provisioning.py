@@ -147,29 +147,59 @@ def _pem_text(obj: Mapping[str, Any], key: str, where: str) -> str:
 
 
 # How each kind of field crosses the wire: (to JSON, from the JSON object's `key` at `where`).
+# A field's kind is its annotation (strings: see the __future__ import); bytes travel as base64
+# under the attribute's key + "_b64".
+PemText = str  # PEM text, possibly empty (a certificate chain): its own annotation, its own kind
 _KINDS: dict[str, tuple[Callable[[Any], Any], Callable[[Mapping[str, Any], str, str], Any]]] = {
-    "text": (lambda v: v, lambda o, k, w: _str(o, k, w)),
-    "text?": (lambda v: v, lambda o, k, w: _str(o, k, w, optional=True)),
-    "pem": (lambda v: v, _pem_text),
-    "b64": (_enc, lambda o, k, w: _b64(o.get(k), f"{w}.{k}")),
-    "b64?": (
+    "str": (lambda v: v, lambda o, k, w: _str(o, k, w)),
+    "str | None": (lambda v: v, lambda o, k, w: _str(o, k, w, optional=True)),
+    "PemText": (lambda v: v, _pem_text),
+    "bytes": (_enc, lambda o, k, w: _b64(o.get(k), f"{w}.{k}")),
+    "bytes | None": (
         lambda v: None if v is None else _enc(v),
         lambda o, k, w: None if o.get(k) is None else _b64(o[k], f"{w}.{k}"),
     ),
-    "names": (list, lambda o, k, w: _names(o.get(k, []), f"{w}.{k}")),
-    "epoch?": (lambda v: v, _epoch),
-    "count": (lambda v: v, lambda o, k, w: _int(o, k, w, 0, 2**63, 0)),
+    "tuple[str, ...]": (list, lambda o, k, w: _names(o.get(k, []), f"{w}.{k}")),
+    "float | None": (lambda v: v, _epoch),
+    "int": (lambda v: v, lambda o, k, w: _int(o, k, w, 0, 2**63, 0)),
 }
 
 
-class WireObject:
-    """A JSON object on the control wire declared by `FIELDS`: (attribute, kind, JSON key).
+def _json_key(attr: str, kind: str, style: str) -> str:
+    if style == "PascalCase":
+        return "".join(part.title() for part in attr.split("_"))
+    if style == "camelCase":
+        first, *rest = attr.split("_")
+        return first + "".join(part.title() for part in rest)
+    return f"{attr}_b64" if kind.startswith("bytes") else attr
 
-    One codec for every message and value object: `wire_body()` writes the fields, `parse`
-    refuses unknown keys and reads each field with the one-line errors above.
+
+class WireObject:
+    """A JSON object on the control wire, declared by its dataclass fields alone.
+
+    One codec for every message and value object: `FIELDS` (attribute, kind, JSON key) follows
+    from the annotations and `KEYS` (the JSON key style: snake_case, camelCase or PascalCase);
+    `wire_body()` writes the fields, `parse` refuses unknown keys and reads each field with the
+    one-line errors above. A class writing its own body sets `CUSTOM = True`.
     """
 
     FIELDS: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+    KEYS: ClassVar[str] = "snake_case"
+    CUSTOM: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.CUSTOM:
+            return
+        annotations = cls.__dict__.get("__annotations__", {})
+        cls.FIELDS = tuple(
+            (attr, kind, _json_key(attr, kind, cls.KEYS))
+            for attr, kind in annotations.items()
+            if not kind.startswith("ClassVar")
+        )
+        unknown = [kind for _, kind, _ in cls.FIELDS if kind not in _KINDS]
+        if unknown:
+            raise TypeError(f"{cls.__name__}: no wire kind for the annotation {unknown[0]!r}")
 
     def wire_body(self) -> dict[str, Any]:
         return {key: _KINDS[kind][0](getattr(self, attr)) for attr, kind, key in self.FIELDS}
@@ -206,13 +236,7 @@ class Credentials(WireValue):
     """
 
     WHERE: ClassVar[str] = "Provision.credentials"
-    FIELDS = (
-        ("access_key_id", "text", "AccessKeyId"),
-        ("secret_access_key", "text", "SecretAccessKey"),
-        ("session_token", "text?", "SessionToken"),
-        ("expiration", "text?", "Expiration"),
-    )
-
+    KEYS: ClassVar[str] = "PascalCase"
     access_key_id: str
     secret_access_key: str = field(repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -234,15 +258,9 @@ class CertificateBundle(WireValue):
     """
 
     WHERE: ClassVar[str] = "Provision.certificate"
-    FIELDS = (
-        ("certificate", "text", "certificate"),
-        ("certificate_chain", "pem", "certificateChain"),
-        ("encrypted_private_key", "text", "encryptedPrivateKey"),
-        ("encryption_method", "text", "encryptionMethod"),
-    )
-
+    KEYS: ClassVar[str] = "camelCase"
     certificate: str
-    certificate_chain: str
+    certificate_chain: PemText
     encrypted_private_key: str = field(repr=False)
     encryption_method: str
 
@@ -275,12 +293,6 @@ class CertificateBundle(WireValue):
 @dataclass(frozen=True)
 class SecretSpec(WireValue):
     """One application secret: a KMS CiphertextBlob the enclave decrypts with attestation."""
-
-    FIELDS = (
-        ("name", "text", "name"),
-        ("ciphertext_b64", "text", "ciphertext_b64"),
-        ("key_id", "text?", "key_id"),
-    )
 
     name: str
     ciphertext_b64: str = field(repr=False)
@@ -329,6 +341,7 @@ class Provision(Message):
     """
 
     TYPE: ClassVar[str] = "Provision"
+    CUSTOM: ClassVar[bool] = True
     region: str
     credentials: Credentials
     kms_proxy_port: int = KMS_PROXY_PORT
@@ -421,8 +434,6 @@ class Challenge(Message):
     """Prove the enclave holds secret `name`: it answers HMAC-SHA256(secret, nonce)."""
 
     TYPE: ClassVar[str] = "Challenge"
-    FIELDS = (("name", "text", "name"), ("nonce", "b64", "nonce_b64"))
-
     name: str
     nonce: bytes = field(repr=False)
 
@@ -437,8 +448,6 @@ class Attest(Message):
     """Ask for a fresh attestation document carrying `nonce` and the enclave's public key."""
 
     TYPE: ClassVar[str] = "Attest"
-    FIELDS = (("nonce", "b64?", "nonce_b64"),)
-
     nonce: bytes | None = None
 
     def __post_init__(self) -> None:
@@ -451,12 +460,6 @@ class Provisioned(Message):
     """Reply to Provision: what was loaded (the certificate by its SHA-256 fingerprint)."""
 
     TYPE: ClassVar[str] = "Provisioned"
-    FIELDS = (
-        ("state", "text", "state"),
-        ("certificate_sha256", "text?", "certificate_sha256"),
-        ("secrets", "names", "secrets"),
-    )
-
     state: str
     certificate_sha256: str | None = None
     secrets: tuple[str, ...] = ()
@@ -472,20 +475,6 @@ class StatusReport(Message):
     """Reply to Status. Times are epoch seconds; nothing in it is secret."""
 
     TYPE: ClassVar[str] = "StatusReport"
-    FIELDS = (
-        ("state", "text", "state"),
-        ("module_id", "text", "module_id"),
-        ("public_key_sha256", "text", "public_key_sha256"),
-        ("certificate_sha256", "text?", "certificate_sha256"),
-        ("certificate_subject", "text?", "certificate_subject"),
-        ("certificate_not_after", "text?", "certificate_not_after"),
-        ("secrets", "names", "secrets"),
-        ("provisioned_at", "epoch?", "provisioned_at"),
-        ("refreshed_at", "epoch?", "refreshed_at"),
-        ("refresh_count", "count", "refresh_count"),
-        ("last_error", "text?", "last_error"),
-    )
-
     state: str
     module_id: str
     public_key_sha256: str
@@ -509,8 +498,6 @@ class ChallengeAnswer(Message):
     """Reply to Challenge: `mac` = HMAC-SHA256(secret, nonce)."""
 
     TYPE: ClassVar[str] = "ChallengeAnswer"
-    FIELDS = (("name", "text", "name"), ("mac", "b64", "mac_b64"))
-
     name: str
     mac: bytes
 
@@ -524,8 +511,6 @@ class AttestResult(Message):
     """Reply to Attest: the raw COSE_Sign1 attestation document from the NSM."""
 
     TYPE: ClassVar[str] = "AttestResult"
-    FIELDS = (("document", "b64", "document_b64"),)
-
     document: bytes
 
     def __post_init__(self) -> None:
@@ -541,8 +526,6 @@ class ErrorReply(Message):
     """A request that could not be served: a code from ERROR_CODES and a one-line reason."""
 
     TYPE: ClassVar[str] = "Error"
-    FIELDS = (("code", "text", "code"), ("message", "text", "message"))
-
     code: str
     message: str
 
