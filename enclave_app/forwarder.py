@@ -20,7 +20,7 @@ import socket
 from typing import Self
 
 from enclavekit.errors import InvalidInput
-from enclavekit.transport import ConnectionServer, VsockTransport, pump
+from enclavekit.transport import ConnectionServer, VsockTransport, loopback_listener, pump
 
 log = logging.getLogger(__name__)
 MAX_CONNECT_HEAD = 8192
@@ -44,9 +44,8 @@ class LoopbackForwarder(ConnectionServer):
             raise InvalidInput("forwarder: expected a CONNECT target host:port, got none")
         self.vsock, self.cid, self.port = vsock, cid, port
         self.connect_target = connect_target
-        sock = socket.create_server(("127.0.0.1", listen_port), backlog=64)
-        super().__init__(sock)
-        self.listen_port: int = sock.getsockname()[1]
+        listener, self.listen_port = loopback_listener(listen_port)
+        super().__init__(listener)
 
     @property
     def proxy_url(self) -> str:

@@ -375,6 +375,12 @@ def pump(a: socket.socket, b: socket.socket, *, chunk: int = 65536) -> None:
         sel.close()
 
 
+def loopback_listener(port: int = 0) -> tuple[socket.socket, int]:
+    """A TCP listener on 127.0.0.1:`port` (0: any free port) and the port it got."""
+    sock = socket.create_server(("127.0.0.1", port), backlog=64)
+    return sock, sock.getsockname()[1]
+
+
 def server_handshake(context: ssl.SSLContext, conn: socket.socket, timeout: float) -> ssl.SSLSocket:
     """The server side of a TLS handshake on `conn`, bounded by `timeout` (left set after it).
 

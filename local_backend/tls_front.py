@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Self
 
 from enclavekit.localenv import INSTANCE_SOURCE_ADDRESS
-from enclavekit.transport import ConnectionServer, server_handshake
+from enclavekit.transport import ConnectionServer, loopback_listener, server_handshake
 
 from .moto_ext.acm.models import LocalCa
 
@@ -59,9 +59,8 @@ class TlsFront(ConnectionServer):
         self._lock = threading.Lock()
         self._default = self._context_for("kms.us-east-1.amazonaws.com")
         self._default.sni_callback = self._select
-        sock = socket.create_server(("127.0.0.1", port), backlog=64)
-        super().__init__(sock)
-        self.port: int = sock.getsockname()[1]
+        listener, self.port = loopback_listener(port)
+        super().__init__(listener)
 
     @property
     def url(self) -> str:
