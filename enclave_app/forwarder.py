@@ -20,30 +20,10 @@ import socket
 from typing import Self
 
 from enclavekit.errors import InvalidInput
-from enclavekit.transport import ConnectionServer, VsockTransport, pump
+from enclavekit.transport import ConnectionServer, VsockTransport, loopback_listener, pump
 
 log = logging.getLogger(__name__)
 MAX_CONNECT_HEAD = 8192
-
-
-def loopback_up() -> bool:
-    """Bring `lo` up if it is down (a Nitro enclave boots with it down). True if it is up."""
-    import fcntl
-    import struct
-
-    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            req = fcntl.ioctl(s.fileno(), siocgifflags, struct.pack("16sH14x", b"lo", 0))
-            flags = struct.unpack_from("H", req, 16)[0]
-            if flags & iff_up:
-                return True
-            fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
-            log.info("loopback interface brought up")
-            return True
-        except OSError as exc:
-            log.warning("loopback interface: expected it up or settable, got %s", exc)
-            return False
 
 
 class LoopbackForwarder(ConnectionServer):
@@ -64,12 +44,8 @@ class LoopbackForwarder(ConnectionServer):
             raise InvalidInput("forwarder: expected a CONNECT target host:port, got none")
         self.vsock, self.cid, self.port = vsock, cid, port
         self.connect_target = connect_target
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", listen_port))
-        sock.listen(64)
-        super().__init__(sock)
-        self.listen_port: int = sock.getsockname()[1]
+        listener, self.listen_port = loopback_listener(listen_port)
+        super().__init__(listener)
 
     @property
     def proxy_url(self) -> str:

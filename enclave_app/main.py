@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import sys
-import threading
 
 import enclavekit
 from enclavekit.contract import CONTROL_PORT, ENCLAVE_TLS_PORT
@@ -25,8 +22,8 @@ from enclavekit.transport import EMULATED_VSOCK_ROOT, NSM_DEVICE, open_nsm, open
 
 from .attester import Attester
 from .control import ControlServer
-from .forwarder import loopback_up
 from .keys import RecipientKey
+from .process import start_process
 from .service import EnclaveService
 from .tls import TlsServer
 from .trust import PLATFORM_CA_PATH, kms_verify
@@ -55,19 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # botocore/urllib3 log request headers (session token included) at DEBUG: never let them.
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = start_process(args.log_level)
     try:
-        loopback_up()
         attester = Attester(open_nsm(args.nsm_device))
         described = attester.describe()
         key = RecipientKey.generate()

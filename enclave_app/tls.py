@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from enclavekit.errors import InvalidInput
-from enclavekit.transport import ConnectionServer
+from enclavekit.transport import ConnectionServer, server_handshake
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
@@ -221,13 +221,11 @@ class TlsServer(ConnectionServer):
             conn.close()
             return
         self.connections += 1
-        conn.settimeout(HANDSHAKE_TIMEOUT)
         started = time.monotonic()
         try:
-            tls = identity.context.wrap_socket(conn, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
+            tls = server_handshake(identity.context, conn, HANDSHAKE_TIMEOUT)
+        except OSError as exc:  # ssl.SSLError included
             log.warning("TLS handshake with %s failed: %s", peer, exc)
-            conn.close()
             return
         log.debug(
             "TLS %s with %s in %.1f ms", tls.version(), peer, (time.monotonic() - started) * 1000

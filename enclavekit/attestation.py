@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cbor2
 from cryptography import x509
@@ -42,9 +41,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
 from enclavekit.errors import AttestationDecodeError, AttestationError, InvalidInput
-
-if TYPE_CHECKING:
-    from enclavekit.pcr import Measurements
+from enclavekit.nsm import cbor_item
+from enclavekit.pcr import Measurements, load_certificate
 
 COSE_SIGN1_TAG = 18
 PROTECTED_ES384 = b"\xa1\x01\x38\x22"  # {1: -35}
@@ -150,8 +148,6 @@ class AttestationDocument:
     @property
     def measurements(self) -> Measurements:
         """PCR0/1/2 (and PCR8 when non-zero) as the image measurements."""
-        from enclavekit.pcr import Measurements
-
         missing = [i for i in (0, 1, 2) if len(self.pcrs.get(i, b"")) != 48]
         if missing:
             raise AttestationError(
@@ -191,20 +187,8 @@ class _Cose:
 
 
 def _loads(data: bytes, what: str) -> Any:
-    stream = io.BytesIO(data)
-    try:
-        value = cbor2.CBORDecoder(stream, max_depth=8, allow_duplicate_keys=False).decode()
-    except Exception as exc:  # cbor2 raises assorted types on hostile input; all mean "not CBOR"
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        raise AttestationDecodeError(
-            f"attestation document {what}: expected CBOR, found undecodable bytes ({reason})"
-        ) from None
-    if stream.tell() != len(data):
-        raise AttestationDecodeError(
-            f"attestation document {what}: expected one CBOR item, "
-            f"found {len(data) - stream.tell()} trailing bytes"
-        )
-    return value
+    where = f"attestation document {what}"
+    return cbor_item(data, max_depth=8, error=AttestationDecodeError, where=where)
 
 
 def _split(raw: object) -> _Cose:
@@ -290,10 +274,7 @@ class TrustAnchor:
     def from_pem(cls, pem: bytes, *, name: str = "PEM trust anchor") -> TrustAnchor:
         """A root from PEM (or DER) bytes."""
         try:
-            if pem.lstrip().startswith(b"-----BEGIN"):
-                cert = x509.load_pem_x509_certificate(pem)
-            else:
-                cert = x509.load_der_x509_certificate(pem)
+            cert = load_certificate(pem)
         except _CERT_ERRORS as exc:
             raise InvalidInput(
                 f"trust anchor {name}: expected a PEM certificate, found {exc}"

@@ -413,6 +413,25 @@ def _load_private_key(path: Path) -> Any:
         ) from None
 
 
+def _provided(
+    path: str | Path | None,
+    part: str,
+    notes: dict[str, Any],
+    *,
+    companion: tuple[str, object],
+) -> Path | None:
+    """The given file for `part` (Kernel/Init), or None: the emulator's stands in, and then its
+    companion option (`--kernel-config`, `--nsm-ko`) means nothing and is refused. Notes which."""
+    if path is None:
+        notes[part] = EMULATOR_NOTE
+        flag, value = companion
+        if value is not None:
+            raise InvalidInput(f"{flag}: only meaningful together with --{part.lower()}")
+        return None
+    notes[part] = f"provided: {Path(path).name}"
+    return Path(path)
+
+
 def build_enclave(
     app_dir: str | Path,
     output_file: str | Path,
@@ -450,13 +469,10 @@ def build_enclave(
         raise InvalidInput(f"cmdline: expected a non-empty kernel command line, found {cmdline!r}")
 
     notes: dict[str, Any] = {}
-    if kernel is None:
+    kpath = _provided(kernel, "Kernel", notes, companion=("--kernel-config", kernel_config))
+    if kpath is None:
         kernel_bytes, kernel_version = EMULATOR_KERNEL, EMULATOR_KERNEL_VERSION
-        notes["Kernel"] = EMULATOR_NOTE
-        if kernel_config is not None:
-            raise InvalidInput("--kernel-config: only meaningful together with --kernel")
     else:
-        kpath = Path(kernel)
         kernel_bytes = _read(kpath, "kernel")
         if not kernel_bytes:
             raise InvalidInput(f"kernel {kpath}: expected a kernel image, found an empty file")
@@ -465,19 +481,14 @@ def build_enclave(
             kernel_version = kernel_version_from_config(_read(config_path, "kernel config"))
         else:
             kernel_version = "unknown"
-        notes["Kernel"] = f"provided: {kpath.name}"
-    if init is None:
+    ipath = _provided(init, "Init", notes, companion=("--nsm-ko", nsm_ko))
+    if ipath is None:
         init_bytes, nsm_bytes = EMULATOR_INIT, EMULATOR_NSM_KO
-        notes["Init"] = EMULATOR_NOTE
-        if nsm_ko is not None:
-            raise InvalidInput("--nsm-ko: only meaningful together with --init")
     else:
-        ipath = Path(init)
         init_bytes = _read(ipath, "init")
         sibling = ipath.parent / "nsm.ko"
         nsm_path = Path(nsm_ko) if nsm_ko else sibling if sibling.is_file() else None
         nsm_bytes = _read(nsm_path, "nsm.ko") if nsm_path else None
-        notes["Init"] = f"provided: {ipath.name}"
         notes["NsmDriver"] = f"provided: {nsm_path.name}" if nsm_path else "none"
 
     ramdisk1, vendored = customer_ramdisk(app, manifest)

@@ -7,11 +7,16 @@ The Nitro Secure Module speaks serde_cbor 0.11 (see docs/reference/nitro-attesta
 strings. Decoders match fields by name and, like serde's derive, ignore unknown fields and treat a
 missing `Option` field as absent. Both directions enforce the driver's size limits.
 
+One codec serves every message: a message class is declared by its dataclass fields alone (the
+wire variant name follows from the class name, each field's kind from its annotation), and the
+validation, the encoder and the decoder all read that declaration.
+
 This module is vendored into the enclave image: stdlib, cbor2 and enclavekit.errors only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import io
 from dataclasses import dataclass
@@ -42,84 +47,141 @@ class ErrorCode(enum.IntEnum):
     InternalError = 8
 
 
+# ---------------------------------------------------------------- field kinds
+
+_U16 = "u16"
+_BYTES = "bytes"
+_OPTIONAL_BYTES = "bytes or None"
+_BOOL = "bool"
+_TEXT = "text"
+_U16_SET = "u16 set"
+_DIGEST = "digest"
+_ERROR_CODE = "error code"
+
+
 def _check_u16(owner: str, name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U16_MAX:
         raise NsmMessageError(f"NSM {owner}.{name}: expected an integer 0..65535, found {value!r}")
 
 
-def _check_bytes(owner: str, name: str, value: object, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, bytes):
-        kind = "bytes or None" if optional else "bytes"
-        raise NsmMessageError(f"NSM {owner}.{name}: expected {kind}, found {type(value).__name__}")
+def _checked(owner: str, name: str, kind: str, value: Any) -> Any:
+    """`value` as the field keeps it (a u16 set: sorted, unique tuple); else NsmMessageError."""
+    where = f"NSM {owner}.{name}"
+    if kind == _U16:
+        _check_u16(owner, name, value)
+    elif kind in (_BYTES, _OPTIONAL_BYTES):
+        if not (isinstance(value, bytes) or (value is None and kind == _OPTIONAL_BYTES)):
+            raise NsmMessageError(f"{where}: expected {kind}, found {type(value).__name__}")
+    elif kind == _BOOL:
+        if not isinstance(value, bool):
+            raise NsmMessageError(f"{where}: expected a bool, found {type(value).__name__}")
+    elif kind == _TEXT:
+        if not isinstance(value, str):
+            raise NsmMessageError(f"{where}: expected text, found {type(value).__name__}")
+    elif kind == _U16_SET:
+        if not isinstance(value, (tuple, list, set, frozenset)):
+            raise NsmMessageError(
+                f"{where}: expected a set of integers, found {type(value).__name__}"
+            )
+        for index in value:
+            _check_u16(owner, f"{name}[]", index)
+        return tuple(sorted(set(value)))
+    elif kind == _DIGEST:
+        if value not in _DIGESTS:
+            raise NsmMessageError(
+                f"{where}: expected one of {', '.join(_DIGESTS)}, found {value!r}"
+            )
+    elif not isinstance(value, ErrorCode):  # _ERROR_CODE
+        raise NsmMessageError(f"{where}: expected an ErrorCode, found {value!r}")
+    return value
+
+
+Digest = str  # one of _DIGESTS: its own annotation, so the field gets its own kind
+# A field's kind follows from its annotation (the annotations are strings: see the __future__
+# import above).
+_KIND_OF_ANNOTATION = {
+    "int": _U16,
+    "bytes": _BYTES,
+    "bytes | None": _OPTIONAL_BYTES,
+    "bool": _BOOL,
+    "str": _TEXT,
+    "tuple[int, ...]": _U16_SET,
+    "Digest": _DIGEST,
+    "ErrorCode": _ERROR_CODE,
+}
+
+
+class _Message:
+    """Base of every message, declared by its dataclass fields alone.
+
+    `wire` (the serde variant name) is the class name less a `Response` suffix, `kinds` each
+    field's kind from its annotation; `newtype` marks the one variant whose body is its single
+    field's value, not a map.
+    """
+
+    wire = ""
+    kinds: dict[str, str] = {}
+    newtype = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.wire = cls.__name__.removesuffix("Response")
+        annotations = cls.__dict__.get("__annotations__", {})
+        cls.kinds = {name: _KIND_OF_ANNOTATION[ann] for name, ann in annotations.items()}
+
+    def __post_init__(self) -> None:
+        for name, kind in self.kinds.items():
+            object.__setattr__(self, name, _checked(self.wire, name, kind, getattr(self, name)))
 
 
 # ---------------------------------------------------------------- requests
 
 
 @dataclass(frozen=True)
-class DescribePCR:
+class DescribePCR(_Message):
     """Read one PCR and its lock state."""
 
     index: int
 
-    def __post_init__(self) -> None:
-        _check_u16("DescribePCR", "index", self.index)
-
 
 @dataclass(frozen=True)
-class ExtendPCR:
+class ExtendPCR(_Message):
     """Extend one PCR: new = SHA384(old || data)."""
 
     index: int
     data: bytes
 
-    def __post_init__(self) -> None:
-        _check_u16("ExtendPCR", "index", self.index)
-        _check_bytes("ExtendPCR", "data", self.data)
-
 
 @dataclass(frozen=True)
-class LockPCR:
+class LockPCR(_Message):
     """Lock one PCR against further extension."""
 
     index: int
 
-    def __post_init__(self) -> None:
-        _check_u16("LockPCR", "index", self.index)
-
 
 @dataclass(frozen=True)
-class LockPCRs:
+class LockPCRs(_Message):
     """Lock PCRs [0, range)."""
 
     range: int
 
-    def __post_init__(self) -> None:
-        _check_u16("LockPCRs", "range", self.range)
-
 
 @dataclass(frozen=True)
-class DescribeNSM:
+class DescribeNSM(_Message):
     """Ask for the NSM's version, module id and PCR facts."""
 
 
 @dataclass(frozen=True)
-class Attestation:
+class Attestation(_Message):
     """Ask for a signed attestation document carrying these optional fields."""
 
     user_data: bytes | None = None
     nonce: bytes | None = None
     public_key: bytes | None = None
 
-    def __post_init__(self) -> None:
-        for name in ("user_data", "nonce", "public_key"):
-            _check_bytes("Attestation", name, getattr(self, name), optional=True)
-
 
 @dataclass(frozen=True)
-class GetRandom:
+class GetRandom(_Message):
     """Ask for random bytes."""
 
 
@@ -130,42 +192,32 @@ Request = DescribePCR | ExtendPCR | LockPCR | LockPCRs | DescribeNSM | Attestati
 
 
 @dataclass(frozen=True)
-class DescribePCRResponse:
+class DescribePCRResponse(_Message):
     """A PCR's lock state and value."""
 
     lock: bool
     data: bytes
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.lock, bool):
-            raise NsmMessageError(
-                f"NSM DescribePCR.lock: expected a bool, found {type(self.lock).__name__}"
-            )
-        _check_bytes("DescribePCR", "data", self.data)
-
 
 @dataclass(frozen=True)
-class ExtendPCRResponse:
+class ExtendPCRResponse(_Message):
     """The PCR's value after the extension."""
 
     data: bytes
 
-    def __post_init__(self) -> None:
-        _check_bytes("ExtendPCR", "data", self.data)
-
 
 @dataclass(frozen=True)
-class LockPCRResponse:
+class LockPCRResponse(_Message):
     """LockPCR succeeded."""
 
 
 @dataclass(frozen=True)
-class LockPCRsResponse:
+class LockPCRsResponse(_Message):
     """LockPCRs succeeded."""
 
 
 @dataclass(frozen=True)
-class DescribeNSMResponse:
+class DescribeNSMResponse(_Message):
     """The NSM's description; locked_pcrs is kept sorted and unique like Rust's BTreeSet."""
 
     version_major: int
@@ -174,59 +226,30 @@ class DescribeNSMResponse:
     module_id: str
     max_pcrs: int
     locked_pcrs: tuple[int, ...]
-    digest: str
-
-    def __post_init__(self) -> None:
-        for name in ("version_major", "version_minor", "version_patch", "max_pcrs"):
-            _check_u16("DescribeNSM", name, getattr(self, name))
-        if not isinstance(self.module_id, str):
-            raise NsmMessageError(
-                f"NSM DescribeNSM.module_id: expected text, found {type(self.module_id).__name__}"
-            )
-        if not isinstance(self.locked_pcrs, (tuple, list, set, frozenset)):
-            raise NsmMessageError(
-                "NSM DescribeNSM.locked_pcrs: expected a set of integers, "
-                f"found {type(self.locked_pcrs).__name__}"
-            )
-        for index in self.locked_pcrs:
-            _check_u16("DescribeNSM", "locked_pcrs[]", index)
-        object.__setattr__(self, "locked_pcrs", tuple(sorted(set(self.locked_pcrs))))
-        if self.digest not in _DIGESTS:
-            raise NsmMessageError(
-                f"NSM DescribeNSM.digest: expected one of {', '.join(_DIGESTS)}, "
-                f"found {self.digest!r}"
-            )
+    digest: Digest
 
 
 @dataclass(frozen=True)
-class AttestationResponse:
+class AttestationResponse(_Message):
     """The COSE_Sign1 attestation document bytes."""
 
     document: bytes
 
-    def __post_init__(self) -> None:
-        _check_bytes("Attestation", "document", self.document)
-
 
 @dataclass(frozen=True)
-class GetRandomResponse:
+class GetRandomResponse(_Message):
     """Random bytes from the NSM."""
 
     random: bytes
 
-    def __post_init__(self) -> None:
-        _check_bytes("GetRandom", "random", self.random)
-
 
 @dataclass(frozen=True)
-class ErrorResponse:
+class ErrorResponse(_Message):
     """The NSM refused the request with this code."""
 
-    code: ErrorCode
+    newtype = True
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.code, ErrorCode):
-            raise NsmMessageError(f"NSM Error.code: expected an ErrorCode, found {self.code!r}")
+    code: ErrorCode
 
 
 Response = (
@@ -240,11 +263,55 @@ Response = (
     | ErrorResponse
 )
 
+_REQUESTS: tuple[type[_Message], ...] = (
+    DescribePCR,
+    ExtendPCR,
+    LockPCR,
+    LockPCRs,
+    DescribeNSM,
+    Attestation,
+    GetRandom,
+)
+_RESPONSES: tuple[type[_Message], ...] = (
+    DescribePCRResponse,
+    ExtendPCRResponse,
+    LockPCRResponse,
+    LockPCRsResponse,
+    DescribeNSMResponse,
+    AttestationResponse,
+    GetRandomResponse,
+    ErrorResponse,
+)
+
 
 # ---------------------------------------------------------------- encoding
 
 
-def _dumps(value: Any, what: str, limit: int) -> bytes:
+def _field_names(cls: type[_Message]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+
+def _to_wire(kind: str, value: Any) -> Any:
+    if kind == _U16_SET:
+        return list(value)
+    if kind == _ERROR_CODE:
+        return value.name
+    return value
+
+
+def _encode(message: object, what: str, kinds: tuple[type[_Message], ...], limit: int) -> bytes:
+    if not isinstance(message, kinds):
+        raise NsmMessageError(
+            f"NSM {what}: expected a {what} object, found {type(message).__name__}"
+        )
+    names = _field_names(type(message))
+    body = {n: _to_wire(message.kinds[n], getattr(message, n)) for n in names}
+    if not names:
+        value: Any = message.wire
+    elif message.newtype:
+        value = {message.wire: body[names[0]]}
+    else:
+        value = {message.wire: body}
     raw = cbor2.dumps(value)
     if len(raw) > limit:
         raise NsmMessageError(f"NSM {what}: expected at most {limit} bytes, found {len(raw)}")
@@ -253,65 +320,12 @@ def _dumps(value: Any, what: str, limit: int) -> bytes:
 
 def encode_request(request: Request) -> bytes:
     """The request's CBOR bytes exactly as the Rust client serializes them."""
-    match request:
-        case DescribeNSM():
-            value: Any = "DescribeNSM"
-        case GetRandom():
-            value = "GetRandom"
-        case DescribePCR(index=index):
-            value = {"DescribePCR": {"index": index}}
-        case ExtendPCR(index=index, data=data):
-            value = {"ExtendPCR": {"index": index, "data": data}}
-        case LockPCR(index=index):
-            value = {"LockPCR": {"index": index}}
-        case LockPCRs(range=rng):
-            value = {"LockPCRs": {"range": rng}}
-        case Attestation(user_data=user_data, nonce=nonce, public_key=public_key):
-            value = {
-                "Attestation": {"user_data": user_data, "nonce": nonce, "public_key": public_key}
-            }
-        case _:
-            raise NsmMessageError(
-                f"NSM request: expected a request object, found {type(request).__name__}"
-            )
-    return _dumps(value, "request", MAX_REQUEST_LEN)
+    return _encode(request, "request", _REQUESTS, MAX_REQUEST_LEN)
 
 
 def encode_response(response: Response) -> bytes:
     """The response's CBOR bytes exactly as the NSM serializes them."""
-    match response:
-        case LockPCRResponse():
-            value: Any = "LockPCR"
-        case LockPCRsResponse():
-            value = "LockPCRs"
-        case DescribePCRResponse(lock=lock, data=data):
-            value = {"DescribePCR": {"lock": lock, "data": data}}
-        case ExtendPCRResponse(data=data):
-            value = {"ExtendPCR": {"data": data}}
-        case DescribeNSMResponse():
-            r = response
-            value = {
-                "DescribeNSM": {
-                    "version_major": r.version_major,
-                    "version_minor": r.version_minor,
-                    "version_patch": r.version_patch,
-                    "module_id": r.module_id,
-                    "max_pcrs": r.max_pcrs,
-                    "locked_pcrs": list(r.locked_pcrs),
-                    "digest": r.digest,
-                }
-            }
-        case AttestationResponse(document=document):
-            value = {"Attestation": {"document": document}}
-        case GetRandomResponse(random=random):
-            value = {"GetRandom": {"random": random}}
-        case ErrorResponse(code=code):
-            value = {"Error": code.name}
-        case _:
-            raise NsmMessageError(
-                f"NSM response: expected a response object, found {type(response).__name__}"
-            )
-    return _dumps(value, "response", MAX_RESPONSE_LEN)
+    return _encode(response, "response", _RESPONSES, MAX_RESPONSE_LEN)
 
 
 # ---------------------------------------------------------------- decoding
@@ -326,17 +340,24 @@ def _loads(data: object, what: str, limit: int) -> Any:
         raise NsmMessageError(f"NSM {what}: expected a CBOR message, found 0 bytes")
     if len(data) > limit:
         raise NsmMessageError(f"NSM {what}: expected at most {limit} bytes, found {len(data)}")
+    return cbor_item(data, max_depth=16, error=NsmMessageError, where=f"NSM {what}")
+
+
+def cbor_item(data: bytes, *, max_depth: int, error: type[Exception], where: str) -> Any:
+    """The one CBOR item filling `data` exactly: bounded nesting, duplicate map keys refused.
+
+    The strict reader of what the NSM writes (its messages here, its attestation documents in
+    enclavekit.attestation); any failure is raised as `error("<where>: expected ...")`.
+    """
     stream = io.BytesIO(data)
     try:
-        value = cbor2.CBORDecoder(stream, max_depth=16, allow_duplicate_keys=False).decode()
+        value = cbor2.CBORDecoder(stream, max_depth=max_depth, allow_duplicate_keys=False).decode()
     except Exception as exc:  # cbor2 raises assorted types on hostile input; all mean "not CBOR"
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-        raise NsmMessageError(
-            f"NSM {what}: expected CBOR, found undecodable bytes ({reason})"
-        ) from None
+        raise error(f"{where}: expected CBOR, found undecodable bytes ({reason})") from None
     if stream.tell() != len(data):
-        raise NsmMessageError(
-            f"NSM {what}: expected one CBOR item, found {len(data) - stream.tell()} trailing bytes"
+        raise error(
+            f"{where}: expected one CBOR item, found {len(data) - stream.tell()} trailing bytes"
         )
     return value
 
@@ -368,97 +389,57 @@ def _shape(body: Any) -> str:
     return " as a bare string" if body is _UNIT else " as a map"
 
 
-def _fields(name: str, body: Any, what: str) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        found = "a bare string" if body is _UNIT else _describe(body)
-        raise NsmMessageError(f"NSM {what} {name}: expected a map of fields, found {found}")
-    return body
+def _from_wire(owner: str, name: str, kind: str, value: Any, what: str) -> Any:
+    if kind == _U16_SET:
+        if not isinstance(value, list):
+            raise NsmMessageError(
+                f"NSM {owner}.{name}: expected an array, found {_describe(value)}"
+            )
+        return tuple(value)
+    if kind == _ERROR_CODE:
+        if not isinstance(value, str) or value not in ErrorCode.__members__:
+            raise NsmMessageError(
+                f"NSM {what} {owner}: expected an ErrorCode name, found {_describe(value)}"
+            )
+        return ErrorCode[value]
+    return value
 
 
-def _get(fields: dict[str, Any], owner: str, key: str, *, optional: bool = False) -> Any:
-    if key not in fields:
-        if optional:
-            return None
-        raise NsmMessageError(f"NSM {owner}: expected field {key!r}, found it missing")
-    return fields[key]
-
-
-_UNIT_REQUESTS: dict[str, type] = {"DescribeNSM": DescribeNSM, "GetRandom": GetRandom}
+def _decode(data: object, what: str, kinds: tuple[type[_Message], ...], limit: int) -> Any:
+    """Parse one message the way serde_cbor does (`NsmMessageError` if invalid)."""
+    name, body = _variant(_loads(data, what, limit), what)
+    cls = next((k for k in kinds if k.wire == name), None)
+    names = _field_names(cls) if cls is not None else []
+    if cls is not None and cls.newtype:
+        field = names[0]
+        return cls(_from_wire(name, field, cls.kinds[field], body, what))
+    if cls is not None and not names and body is _UNIT:
+        return cls()
+    if cls is not None and names:
+        if not isinstance(body, dict):
+            found = "a bare string" if body is _UNIT else _describe(body)
+            raise NsmMessageError(f"NSM {what} {name}: expected a map of fields, found {found}")
+        values = {}
+        for field in names:
+            kind = cls.kinds[field]
+            if field not in body:
+                if kind == _OPTIONAL_BYTES:
+                    values[field] = None
+                    continue
+                raise NsmMessageError(f"NSM {name}: expected field {field!r}, found it missing")
+            values[field] = _from_wire(name, field, kind, body[field], what)
+        return cls(**values)
+    raise NsmMessageError(
+        f"NSM {what}: expected one of {', '.join(k.wire for k in kinds)}, "
+        f"found {_describe(name)}{_shape(body)}"
+    )
 
 
 def decode_request(data: bytes) -> Request:
     """Parse request bytes the way the NSM's serde_cbor does (`NsmMessageError` if invalid)."""
-    name, body = _variant(_loads(data, "request", MAX_REQUEST_LEN), "request")
-    if body is _UNIT and name in _UNIT_REQUESTS:
-        return _UNIT_REQUESTS[name]()
-    if name == "DescribePCR":
-        f = _fields(name, body, "request")
-        return DescribePCR(index=_get(f, name, "index"))
-    if name == "ExtendPCR":
-        f = _fields(name, body, "request")
-        return ExtendPCR(index=_get(f, name, "index"), data=_get(f, name, "data"))
-    if name == "LockPCR":
-        f = _fields(name, body, "request")
-        return LockPCR(index=_get(f, name, "index"))
-    if name == "LockPCRs":
-        f = _fields(name, body, "request")
-        return LockPCRs(range=_get(f, name, "range"))
-    if name == "Attestation":
-        f = _fields(name, body, "request")
-        return Attestation(
-            user_data=_get(f, name, "user_data", optional=True),
-            nonce=_get(f, name, "nonce", optional=True),
-            public_key=_get(f, name, "public_key", optional=True),
-        )
-    raise NsmMessageError(
-        "NSM request: expected one of DescribePCR, ExtendPCR, LockPCR, LockPCRs, DescribeNSM, "
-        f"Attestation, GetRandom, found {_describe(name)}{_shape(body)}"
-    )
-
-
-_UNIT_RESPONSES: dict[str, type] = {"LockPCR": LockPCRResponse, "LockPCRs": LockPCRsResponse}
+    return _decode(data, "request", _REQUESTS, MAX_REQUEST_LEN)
 
 
 def decode_response(data: bytes) -> Response:
     """Parse response bytes from the NSM (`NsmMessageError` if invalid)."""
-    name, body = _variant(_loads(data, "response", MAX_RESPONSE_LEN), "response")
-    if body is _UNIT and name in _UNIT_RESPONSES:
-        return _UNIT_RESPONSES[name]()
-    if name == "Error":
-        if not isinstance(body, str) or body not in ErrorCode.__members__:
-            raise NsmMessageError(
-                f"NSM response Error: expected an ErrorCode name, found {_describe(body)}"
-            )
-        return ErrorResponse(ErrorCode[body])
-    if name == "DescribePCR":
-        f = _fields(name, body, "response")
-        return DescribePCRResponse(lock=_get(f, name, "lock"), data=_get(f, name, "data"))
-    if name == "ExtendPCR":
-        f = _fields(name, body, "response")
-        return ExtendPCRResponse(data=_get(f, name, "data"))
-    if name == "DescribeNSM":
-        f = _fields(name, body, "response")
-        locked = _get(f, name, "locked_pcrs")
-        if not isinstance(locked, list):
-            raise NsmMessageError(
-                f"NSM DescribeNSM.locked_pcrs: expected an array, found {_describe(locked)}"
-            )
-        return DescribeNSMResponse(
-            version_major=_get(f, name, "version_major"),
-            version_minor=_get(f, name, "version_minor"),
-            version_patch=_get(f, name, "version_patch"),
-            module_id=_get(f, name, "module_id"),
-            max_pcrs=_get(f, name, "max_pcrs"),
-            locked_pcrs=tuple(locked),
-            digest=_get(f, name, "digest"),
-        )
-    if name == "Attestation":
-        f = _fields(name, body, "response")
-        return AttestationResponse(document=_get(f, name, "document"))
-    if name == "GetRandom":
-        f = _fields(name, body, "response")
-        return GetRandomResponse(random=_get(f, name, "random"))
-    raise NsmMessageError(
-        "NSM response: expected one of DescribePCR, ExtendPCR, LockPCR, LockPCRs, DescribeNSM, "
-        f"Attestation, GetRandom, Error, found {_describe(name)}{_shape(body)}"
-    )
+    return _decode(data, "response", _RESPONSES, MAX_RESPONSE_LEN)

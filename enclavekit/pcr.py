@@ -75,17 +75,23 @@ def pcr4_of_instance_id(iid: str) -> bytes:
     return extend(ZERO_PCR, iid.encode("ascii"))
 
 
+def load_certificate(raw: bytes) -> Any:
+    """The `x509.Certificate` in `raw`, PEM if it starts with a PEM header, else DER (the
+    loader's own errors, ValueError mostly, go on to the caller, which names the certificate)."""
+    from cryptography import x509
+
+    if raw.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(raw)
+    return x509.load_der_x509_certificate(raw)
+
+
 def certificate_der(cert: bytes | str) -> bytes:
     """DER bytes of an X.509 certificate given as PEM (text or bytes) or DER."""
-    from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
     raw = cert.encode("ascii", "replace") if isinstance(cert, str) else bytes(cert)
     try:
-        if raw.lstrip().startswith(b"-----BEGIN"):
-            loaded = x509.load_pem_x509_certificate(raw)
-        else:
-            loaded = x509.load_der_x509_certificate(raw)
+        loaded = load_certificate(raw)
     except ValueError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInput(

@@ -50,31 +50,17 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP384R1())
 
 
-def _ca_usage() -> x509.KeyUsage:
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """A CA signs certificates and CRLs; a leaf (the NSM's signing key) signs documents."""
+    unused = ("key_encipherment", "data_encipherment", "key_agreement")
     return x509.KeyUsage(
         digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
+        content_commitment=not ca,
+        key_cert_sign=ca,
+        crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
-    )
-
-
-def _leaf_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=True,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
+        **dict.fromkeys(unused, False),
     )
 
 
@@ -110,6 +96,14 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+def _save_pair(
+    key_path: Path, cert_path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+) -> None:
+    """The key (PKCS#8) and its certificate as PEM files only their owner reads (0600)."""
+    _write_atomic(key_path, _key_pem(key), 0o600)
+    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o600)
 
 
 def _load_pair(
@@ -173,11 +167,10 @@ class LocalPki:
             _builder(name, name, key.public_key(), start)
             .not_valid_after(start + ROOT_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(_ca_usage(), critical=True)
+            .add_extension(_key_usage(ca=True), critical=True)
             .sign(key, hashes.SHA384())
         )
-        _write_atomic(key_path, _key_pem(key), 0o600)
-        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o600)
+        _save_pair(key_path, cert_path, key, cert)
         return key, cert
 
     @staticmethod
@@ -200,15 +193,14 @@ class LocalPki:
             _builder(_name(cn), root.subject, key.public_key(), now)
             .not_valid_after(now + INTERMEDIATE_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_ca_usage(), critical=True)
+            .add_extension(_key_usage(ca=True), critical=True)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
                 critical=False,
             )
             .sign(root_key, hashes.SHA384())
         )
-        _write_atomic(key_path, _key_pem(key), 0o600)
-        _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o600)
+        _save_pair(key_path, cert_path, key, cert)
         return key, cert
 
     def issue_leaf(
@@ -229,7 +221,7 @@ class LocalPki:
             )
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_leaf_usage(), critical=False)
+            .add_extension(_key_usage(ca=False), critical=False)
             .sign(self._intermediate_key, hashes.SHA384())
         )
         return key, cert.public_bytes(serialization.Encoding.DER)

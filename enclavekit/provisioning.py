@@ -26,7 +26,7 @@ import json
 import re
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -124,17 +124,118 @@ def _check_text(value: object, where: str, *, optional: bool = False) -> None:
         raise _bad(where, "a non-empty string", value)
 
 
+def _names(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _bad(where, "a JSON array of names", value)
+    return tuple(value)
+
+
+def _epoch(obj: Mapping[str, Any], key: str, where: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(f"{where}.{key}", "epoch seconds or null", value)
+    return float(value)
+
+
+def _pem_text(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key, "")
+    if not isinstance(value, str):
+        raise _bad(f"{where}.{key}", "PEM text", value)
+    return value
+
+
+# How each kind of field crosses the wire: (to JSON, from the JSON object's `key` at `where`).
+# A field's kind is its annotation (strings: see the __future__ import); bytes travel as base64
+# under the attribute's key + "_b64".
+PemText = str  # PEM text, possibly empty (a certificate chain): its own annotation, its own kind
+_KINDS: dict[str, tuple[Callable[[Any], Any], Callable[[Mapping[str, Any], str, str], Any]]] = {
+    "str": (lambda v: v, lambda o, k, w: _str(o, k, w)),
+    "str | None": (lambda v: v, lambda o, k, w: _str(o, k, w, optional=True)),
+    "PemText": (lambda v: v, _pem_text),
+    "bytes": (_enc, lambda o, k, w: _b64(o.get(k), f"{w}.{k}")),
+    "bytes | None": (
+        lambda v: None if v is None else _enc(v),
+        lambda o, k, w: None if o.get(k) is None else _b64(o[k], f"{w}.{k}"),
+    ),
+    "tuple[str, ...]": (list, lambda o, k, w: _names(o.get(k, []), f"{w}.{k}")),
+    "float | None": (lambda v: v, _epoch),
+    "int": (lambda v: v, lambda o, k, w: _int(o, k, w, 0, 2**63, 0)),
+}
+
+
+def _json_key(attr: str, kind: str, style: str) -> str:
+    if style == "PascalCase":
+        return "".join(part.title() for part in attr.split("_"))
+    if style == "camelCase":
+        first, *rest = attr.split("_")
+        return first + "".join(part.title() for part in rest)
+    return f"{attr}_b64" if kind.startswith("bytes") else attr
+
+
+class WireObject:
+    """A JSON object on the control wire, declared by its dataclass fields alone.
+
+    One codec for every message and value object: `FIELDS` (attribute, kind, JSON key) follows
+    from the annotations and `KEYS` (the JSON key style: snake_case, camelCase or PascalCase);
+    `wire_body()` writes the fields, `parse` refuses unknown keys and reads each field with the
+    one-line errors above. A class writing its own body sets `CUSTOM = True`.
+    """
+
+    FIELDS: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+    KEYS: ClassVar[str] = "snake_case"
+    CUSTOM: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.CUSTOM:
+            return
+        annotations = cls.__dict__.get("__annotations__", {})
+        cls.FIELDS = tuple(
+            (attr, kind, _json_key(attr, kind, cls.KEYS))
+            for attr, kind in annotations.items()
+            if not kind.startswith("ClassVar")
+        )
+        for _, kind, _ in cls.FIELDS:
+            _KINDS[kind]  # a KeyError at import for an annotation with no wire kind
+
+    def wire_body(self) -> dict[str, Any]:
+        return {key: _KINDS[kind][0](getattr(self, attr)) for attr, kind, key in self.FIELDS}
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any], where: str) -> Any:
+        _only(obj, where, {key for _, _, key in cls.FIELDS})
+        return cls(**{attr: _KINDS[kind][1](obj, key, where) for attr, kind, key in cls.FIELDS})
+
+
+class WireValue(WireObject):
+    """A value object nested in a message (or stored, as the certificate bundle in S3)."""
+
+    WHERE: ClassVar[str] = ""  # where a value read without a named place is, in errors
+
+    def to_json(self) -> dict[str, Any]:
+        return self.wire_body()
+
+    @classmethod
+    def from_json(cls, value: object, where: str | None = None) -> Any:
+        where = where or cls.WHERE
+        return cls.parse(_obj(value, where), where)
+
+
 # ---------------------------------------------------------------------------------------------
 # value objects
 
 
 @dataclass(frozen=True)
-class Credentials:
+class Credentials(WireValue):
     """Temporary AWS credentials of the parent's instance role (IMDS field names on the wire).
 
     The secret parts are left out of repr so a logged object never shows them.
     """
 
+    WHERE: ClassVar[str] = "Provision.credentials"
+    KEYS: ClassVar[str] = "PascalCase"
     access_key_id: str
     secret_access_key: str = field(repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -146,36 +247,19 @@ class Credentials:
         _check_text(self.session_token, "credentials.SessionToken", optional=True)
         _check_text(self.expiration, "credentials.Expiration", optional=True)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "AccessKeyId": self.access_key_id,
-            "SecretAccessKey": self.secret_access_key,
-            "SessionToken": self.session_token,
-            "Expiration": self.expiration,
-        }
-
-    @classmethod
-    def from_json(cls, value: object, where: str = "Provision.credentials") -> Credentials:
-        obj = _obj(value, where)
-        _only(obj, where, {"AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"})
-        return cls(
-            access_key_id=_str(obj, "AccessKeyId", where),
-            secret_access_key=_str(obj, "SecretAccessKey", where),
-            session_token=_str(obj, "SessionToken", where, optional=True),
-            expiration=_str(obj, "Expiration", where, optional=True),
-        )
-
 
 @dataclass(frozen=True)
-class CertificateBundle:
+class CertificateBundle(WireValue):
     """The S3 object an ACM for Nitro Enclaves association creates (field names as AWS's).
 
     `encrypted_private_key` is the base64 KMS ciphertext of the PEM private key: only an
     attested enclave can turn it back into a key.
     """
 
+    WHERE: ClassVar[str] = "Provision.certificate"
+    KEYS: ClassVar[str] = "camelCase"
     certificate: str
-    certificate_chain: str
+    certificate_chain: PemText
     encrypted_private_key: str = field(repr=False)
     encryption_method: str
 
@@ -193,32 +277,6 @@ class CertificateBundle:
         """The KMS CiphertextBlob to Decrypt (with attestation) into the PEM private key."""
         return base64.b64decode(self.encrypted_private_key, validate=True)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "certificate": self.certificate,
-            "certificateChain": self.certificate_chain,
-            "encryptedPrivateKey": self.encrypted_private_key,
-            "encryptionMethod": self.encryption_method,
-        }
-
-    @classmethod
-    def from_json(cls, value: object, where: str = "Provision.certificate") -> CertificateBundle:
-        obj = _obj(value, where)
-        _only(
-            obj,
-            where,
-            {"certificate", "certificateChain", "encryptedPrivateKey", "encryptionMethod"},
-        )
-        chain = obj.get("certificateChain", "")
-        if not isinstance(chain, str):
-            raise _bad(f"{where}.certificateChain", "PEM text", chain)
-        return cls(
-            certificate=_str(obj, "certificate", where),
-            certificate_chain=chain,
-            encrypted_private_key=_str(obj, "encryptedPrivateKey", where),
-            encryption_method=_str(obj, "encryptionMethod", where),
-        )
-
     @classmethod
     def from_s3_object(cls, data: bytes | str) -> CertificateBundle:
         """Parse the body of the association's S3 object, as the parent downloads it."""
@@ -232,7 +290,7 @@ class CertificateBundle:
 
 
 @dataclass(frozen=True)
-class SecretSpec:
+class SecretSpec(WireValue):
     """One application secret: a KMS CiphertextBlob the enclave decrypts with attestation."""
 
     name: str
@@ -249,38 +307,25 @@ class SecretSpec:
     def ciphertext(self) -> bytes:
         return base64.b64decode(self.ciphertext_b64, validate=True)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ciphertext_b64": self.ciphertext_b64, "key_id": self.key_id}
-
-    @classmethod
-    def from_json(cls, value: object, where: str) -> SecretSpec:
-        obj = _obj(value, where)
-        _only(obj, where, {"name", "ciphertext_b64", "key_id"})
-        return cls(
-            name=_str(obj, "name", where),
-            ciphertext_b64=_str(obj, "ciphertext_b64", where),
-            key_id=_str(obj, "key_id", where, optional=True),
-        )
-
 
 # ---------------------------------------------------------------------------------------------
 # messages
 
 
-class Message:
+class Message(WireObject):
     """Base of every control message; `TYPE` is its name on the wire."""
 
     TYPE: ClassVar[str] = ""
 
     def body(self) -> dict[str, Any]:
-        return {}
+        return self.wire_body()
 
     def to_json(self) -> dict[str, Any]:
         return {"version": PROTOCOL_VERSION, "type": self.TYPE, **self.body()}
 
     @classmethod
     def from_body(cls, obj: Mapping[str, Any]) -> Message:
-        raise NotImplementedError
+        return cls.parse(obj, cls.TYPE)
 
 
 @dataclass(frozen=True)
@@ -295,6 +340,7 @@ class Provision(Message):
     """
 
     TYPE: ClassVar[str] = "Provision"
+    CUSTOM: ClassVar[bool] = True
     region: str
     credentials: Credentials
     kms_proxy_port: int = KMS_PROXY_PORT
@@ -381,11 +427,6 @@ class Status(Message):
 
     TYPE: ClassVar[str] = "Status"
 
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> Status:
-        _only(obj, "Status", set())
-        return cls()
-
 
 @dataclass(frozen=True)
 class Challenge(Message):
@@ -400,17 +441,6 @@ class Challenge(Message):
             raise _bad("Challenge.name", "a secret name", self.name)
         _check_nonce(self.nonce, "Challenge.nonce_b64")
 
-    def body(self) -> dict[str, Any]:
-        return {"name": self.name, "nonce_b64": _enc(self.nonce)}
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> Challenge:
-        _only(obj, "Challenge", {"name", "nonce_b64"})
-        return cls(
-            name=_str(obj, "name", "Challenge"),
-            nonce=_b64(obj.get("nonce_b64"), "Challenge.nonce_b64"),
-        )
-
 
 @dataclass(frozen=True)
 class Attest(Message):
@@ -422,15 +452,6 @@ class Attest(Message):
     def __post_init__(self) -> None:
         if self.nonce is not None:
             _check_nonce(self.nonce, "Attest.nonce_b64")
-
-    def body(self) -> dict[str, Any]:
-        return {"nonce_b64": None if self.nonce is None else _enc(self.nonce)}
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> Attest:
-        _only(obj, "Attest", {"nonce_b64"})
-        raw = obj.get("nonce_b64")
-        return cls(nonce=None if raw is None else _b64(raw, "Attest.nonce_b64"))
 
 
 @dataclass(frozen=True)
@@ -446,23 +467,6 @@ class Provisioned(Message):
         if self.state not in STATES:
             raise _bad("Provisioned.state", f"one of {list(STATES)}", self.state)
         object.__setattr__(self, "secrets", tuple(self.secrets))
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "certificate_sha256": self.certificate_sha256,
-            "secrets": list(self.secrets),
-        }
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> Provisioned:
-        w = "Provisioned"
-        _only(obj, w, {"state", "certificate_sha256", "secrets"})
-        return cls(
-            state=_str(obj, "state", w),
-            certificate_sha256=_str(obj, "certificate_sha256", w, optional=True),
-            secrets=_names(obj.get("secrets", []), f"{w}.secrets"),
-        )
 
 
 @dataclass(frozen=True)
@@ -487,48 +491,6 @@ class StatusReport(Message):
             raise _bad("StatusReport.state", f"one of {list(STATES)}", self.state)
         object.__setattr__(self, "secrets", tuple(self.secrets))
 
-    def body(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "module_id": self.module_id,
-            "public_key_sha256": self.public_key_sha256,
-            "certificate_sha256": self.certificate_sha256,
-            "certificate_subject": self.certificate_subject,
-            "certificate_not_after": self.certificate_not_after,
-            "secrets": list(self.secrets),
-            "provisioned_at": self.provisioned_at,
-            "refreshed_at": self.refreshed_at,
-            "refresh_count": self.refresh_count,
-            "last_error": self.last_error,
-        }
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> StatusReport:
-        w = "StatusReport"
-        _only(obj, w, set(cls("waiting", "m", "k").body()))
-
-        def _time(key: str) -> float | None:
-            value = obj.get(key)
-            if value is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _bad(f"{w}.{key}", "epoch seconds or null", value)
-            return float(value)
-
-        return cls(
-            state=_str(obj, "state", w),
-            module_id=_str(obj, "module_id", w),
-            public_key_sha256=_str(obj, "public_key_sha256", w),
-            certificate_sha256=_str(obj, "certificate_sha256", w, optional=True),
-            certificate_subject=_str(obj, "certificate_subject", w, optional=True),
-            certificate_not_after=_str(obj, "certificate_not_after", w, optional=True),
-            secrets=_names(obj.get("secrets", []), f"{w}.secrets"),
-            provisioned_at=_time("provisioned_at"),
-            refreshed_at=_time("refreshed_at"),
-            refresh_count=_int(obj, "refresh_count", w, 0, 2**63, 0),
-            last_error=_str(obj, "last_error", w, optional=True),
-        )
-
 
 @dataclass(frozen=True)
 class ChallengeAnswer(Message):
@@ -542,17 +504,6 @@ class ChallengeAnswer(Message):
         if not isinstance(self.mac, bytes) or len(self.mac) != 32:
             raise _bad("ChallengeAnswer.mac_b64", "32 bytes (HMAC-SHA256)", self.mac)
 
-    def body(self) -> dict[str, Any]:
-        return {"name": self.name, "mac_b64": _enc(self.mac)}
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> ChallengeAnswer:
-        _only(obj, "ChallengeAnswer", {"name", "mac_b64"})
-        return cls(
-            name=_str(obj, "name", "ChallengeAnswer"),
-            mac=_b64(obj.get("mac_b64"), "ChallengeAnswer.mac_b64"),
-        )
-
 
 @dataclass(frozen=True)
 class AttestResult(Message):
@@ -564,14 +515,6 @@ class AttestResult(Message):
     def __post_init__(self) -> None:
         if not isinstance(self.document, bytes) or not self.document:
             raise _bad("AttestResult.document_b64", "non-empty bytes", self.document)
-
-    def body(self) -> dict[str, Any]:
-        return {"document_b64": _enc(self.document)}
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> AttestResult:
-        _only(obj, "AttestResult", {"document_b64"})
-        return cls(document=_b64(obj.get("document_b64"), "AttestResult.document_b64"))
 
 
 ERROR_CODES = ("BadRequest", "NotProvisioned", "UnknownSecret", "KmsError", "Internal")
@@ -589,20 +532,6 @@ class ErrorReply(Message):
         if self.code not in ERROR_CODES:
             raise _bad("Error.code", f"one of {list(ERROR_CODES)}", self.code)
         _check_text(self.message, "Error.message")
-
-    def body(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message}
-
-    @classmethod
-    def from_body(cls, obj: Mapping[str, Any]) -> ErrorReply:
-        _only(obj, "Error", {"code", "message"})
-        return cls(code=_str(obj, "code", "Error"), message=_str(obj, "message", "Error"))
-
-
-def _names(value: object, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise _bad(where, "a JSON array of names", value)
-    return tuple(value)
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {

@@ -16,9 +16,11 @@ import ctypes
 import fcntl
 import os
 import socket
+import ssl
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, Self
 
@@ -202,30 +204,34 @@ def _check_port(what: str, value: int, upper: int = 0xFFFFFFFF) -> None:
         raise InvalidInput(f"vsock {what}: expected an integer 0..{upper}, got {value!r}")
 
 
+def stream_socket(family: int, setup: Callable[[socket.socket], None]) -> socket.socket:
+    """A new stream socket of `family` after `setup(sock)` (connect or bind+listen); a socket
+    whose setup fails is closed before the error goes on."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        setup(sock)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class AfVsock:
     """Real vsock (`AF_VSOCK`), as inside a Nitro Enclave or on its parent."""
 
     def connect(self, cid: int, port: int) -> socket.socket:
         _check_port("cid", cid)
         _check_port("port", port)
-        sock = socket.socket(AF_VSOCK, socket.SOCK_STREAM)
-        try:
-            sock.connect((cid, port))
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return stream_socket(AF_VSOCK, lambda sock: sock.connect((cid, port)))
 
     def listen(self, port: int, backlog: int = 16) -> socket.socket:
         _check_port("port", port)
-        sock = socket.socket(AF_VSOCK, socket.SOCK_STREAM)
-        try:
+
+        def bind(sock: socket.socket) -> None:
             sock.bind((VMADDR_CID_ANY, port))
             sock.listen(backlog)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+
+        return stream_socket(AF_VSOCK, bind)
 
 
 @contextlib.contextmanager
@@ -265,19 +271,17 @@ class EmulatedVsock:
     def connect(self, cid: int, port: int) -> socket.socket:
         _check_port("cid", cid)
         _check_port("port", port)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with unix_address(self.path(cid, port)) as addr:
-                sock.connect(addr)
-        except FileNotFoundError as exc:
-            sock.close()
-            raise ConnectionRefusedError(
-                exc.errno, f"no vsock listener on cid {cid} port {port}"
-            ) from None
-        except OSError:
-            sock.close()
-            raise
-        return sock
+
+        def dial(sock: socket.socket) -> None:
+            try:
+                with unix_address(self.path(cid, port)) as addr:
+                    sock.connect(addr)
+            except FileNotFoundError as exc:
+                raise ConnectionRefusedError(
+                    exc.errno, f"no vsock listener on cid {cid} port {port}"
+                ) from None
+
+        return stream_socket(socket.AF_UNIX, dial)
 
     def listen(self, port: int, backlog: int = 16) -> socket.socket:
         _check_port("port", port)
@@ -296,15 +300,13 @@ class EmulatedVsock:
                     path.unlink()  # stale socket of a dead listener
                 finally:
                     probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
+
+        def bind(sock: socket.socket) -> None:
             with unix_address(path) as addr:
                 sock.bind(addr)
             sock.listen(backlog)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+
+        return stream_socket(socket.AF_UNIX, bind)
 
 
 def _af_vsock_usable() -> bool:
@@ -373,12 +375,33 @@ def pump(a: socket.socket, b: socket.socket, *, chunk: int = 65536) -> None:
         sel.close()
 
 
+def loopback_listener(port: int = 0) -> tuple[socket.socket, int]:
+    """A TCP listener on 127.0.0.1:`port` (0: any free port) and the port it got."""
+    sock = socket.create_server(("127.0.0.1", port), backlog=64)
+    return sock, sock.getsockname()[1]
+
+
+def server_handshake(context: ssl.SSLContext, conn: socket.socket, timeout: float) -> ssl.SSLSocket:
+    """The server side of a TLS handshake on `conn`, bounded by `timeout` (left set after it).
+
+    A peer that never finishes its handshake cannot hold a thread; on failure `conn` is closed
+    and the `ssl.SSLError` / `OSError` raised for the caller to log in its own words.
+    """
+    conn.settimeout(timeout)
+    try:
+        return context.wrap_socket(conn, server_side=True)
+    except OSError:  # ssl.SSLError included
+        conn.close()
+        raise
+
+
 class ConnectionServer:
     """A listening stream socket whose connections are each served on a thread of their own.
 
     The one accept loop of the project (the enclave's control and TLS ports, the parent's
-    relay): a subclass implements `serve(conn, addr)` and owns `conn` from then on. `stopped`
-    is set by stop(), which also closes the listener so the accept loop ends.
+    relay, vsock-proxy, the TLS front, the KMS forwarder): a subclass implements
+    `serve(conn, addr)` and owns `conn` from then on. `stopped` is set by stop(), which also
+    closes the listener so the accept loop ends.
     """
 
     thread_name = "server"
@@ -411,6 +434,11 @@ class ConnectionServer:
                 conn, addr = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(
-                target=self.serve, args=(conn, addr), daemon=True, name=f"{self.thread_name}-conn"
-            ).start()
+            self.dispatch(conn, addr)
+
+    def dispatch(self, conn: socket.socket, addr: Any) -> None:
+        """Run `serve(conn, addr)` off the accept loop: here on a thread of its own; a subclass
+        may bound it (vsock-proxy's worker pool)."""
+        threading.Thread(
+            target=self.serve, args=(conn, addr), daemon=True, name=f"{self.thread_name}-conn"
+        ).start()

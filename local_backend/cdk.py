@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from enclavekit.localenv import LOCAL_ACCOUNT, LOCAL_REGION, local_aws_env
 from enclavekit.toolchain import PROJECT_ROOT, cdk_command, node_modules, tool_path
@@ -139,6 +140,18 @@ class GuardedCdk:
     argv: tuple[str, ...]
     env: dict[str, str]
     guard: EgressGuard
+    cwd: Path
+
+    def command(self, args: Sequence[str]) -> dict[str, Any]:
+        """subprocess keywords for `cdk ARGS` in the app dir: argv, cwd, env, text, no stdin
+        (every runner adds only how it reads the output)."""
+        return {
+            "args": [*self.argv, *args],
+            "cwd": self.cwd,
+            "env": self.env,
+            "text": True,
+            "stdin": subprocess.DEVNULL,
+        }
 
 
 @contextlib.contextmanager
@@ -165,9 +178,18 @@ def guarded_cdk(
             tuple(cdk_command(_tools_start())),
             cdk_env(endpoint, cwd=app_dir, base=base, proxy=guard.env()),
             guard,
+            app_dir,
         )
     finally:
         stop()
+
+
+@contextlib.contextmanager
+def _guarded_at(state_dir: Path, cwd: Path | None) -> Iterator[GuardedCdk]:
+    """`guarded_cdk` in `cwd` (default: here) against the running endpoint of `state_dir`."""
+    info = server.running_endpoint(state_dir)
+    with guarded_cdk(info.endpoint, Path(cwd or Path.cwd()).resolve()) as cdk:
+        yield cdk
 
 
 def run_cdk(
@@ -180,21 +202,13 @@ def run_cdk(
 ) -> CdkResult:
     """Run `cdk ARGS...` in `cwd` against the running endpoint of `state_dir`, behind the
     egress guard. Raises BackendError (one line) when the endpoint is not running."""
-    info = server.running_endpoint(state_dir)
-    workdir = Path(cwd or Path.cwd()).resolve()
-    with guarded_cdk(info.endpoint, workdir) as cdk:
-        argv = (*cdk.argv, *args)
-        proc = subprocess.run(
-            argv,
-            cwd=workdir,
-            env=cdk.env,
-            text=True,
-            capture_output=capture,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+    with _guarded_at(state_dir, cwd) as cdk:
+        command = cdk.command(args)
+        proc = subprocess.run(**command, capture_output=capture, timeout=timeout)
         refused = tuple(cdk.guard.refused)
-    return CdkResult(tuple(argv), proc.returncode, proc.stdout or "", proc.stderr or "", refused)
+    return CdkResult(
+        tuple(command["args"]), proc.returncode, proc.stdout or "", proc.stderr or "", refused
+    )
 
 
 def stream_cdk(
@@ -206,17 +220,8 @@ def stream_cdk(
 ) -> int:
     """`run_cdk` for a terminal: stdout passes through, each stderr line goes to `on_stderr`
     (the CLI turns an app's traceback into one line there). Same guard, same notice."""
-    info = server.running_endpoint(state_dir)
-    workdir = Path(cwd or Path.cwd()).resolve()
-    with guarded_cdk(info.endpoint, workdir) as cdk:
-        proc = subprocess.Popen(
-            [*cdk.argv, *args],
-            cwd=workdir,
-            env=cdk.env,
-            text=True,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
+    with _guarded_at(state_dir, cwd) as cdk:
+        proc = subprocess.Popen(**cdk.command(args), stderr=subprocess.PIPE)
         assert proc.stderr is not None
         for line in proc.stderr:
             on_stderr(line)

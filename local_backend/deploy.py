@@ -82,16 +82,9 @@ def run_cdk(
     with guarded_cdk(
         endpoint, app_dir, base=base, report=lambda h, p: lines.put(refusal(h, p))
     ) as cdk:
-        argv = (*cdk.argv, *args)
+        command = cdk.command(args)
         proc = subprocess.Popen(
-            argv,
-            cwd=app_dir,
-            env=cdk.env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            **command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )
 
         def _read() -> None:
@@ -124,7 +117,7 @@ def run_cdk(
             returncode = proc.wait()
         refused = tuple(cdk.guard.refused)
     text = "".join(f"{ln}\n" for ln in output)
-    return CdkRun(tuple(argv), returncode, text, time.monotonic() - started, refused)
+    return CdkRun(tuple(command["args"]), returncode, text, time.monotonic() - started, refused)
 
 
 def is_bootstrapped(endpoint: str) -> bool:

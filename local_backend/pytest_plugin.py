@@ -30,6 +30,7 @@ own scope: `local_endpoint()` (a context manager), `deploy()`, `Deployment.destr
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -603,9 +604,9 @@ def deployed_stacks(
 def deploy(
     endpoint: LocalEndpoint,
     app_dir: str | Path,
-    *,
     stacks: Sequence[str] | None = None,
     context: Mapping[str, Any] | None = None,
+    *,
     secrets: Mapping[str, bytes] | None = None,
     seal: bool = True,
     timeout: float = DEPLOY_TIMEOUT_S,
@@ -718,24 +719,4 @@ def enclavekit_endpoint(
 def enclavekit_deploy(enclavekit_endpoint: LocalEndpoint) -> Callable[..., Deployment]:
     """Factory: `enclavekit_deploy(app_dir, stacks=None, context=None, *, secrets=None,
     seal=True)` -> Deployment (see `deploy`)."""
-
-    def _deploy(
-        app_dir: str | Path,
-        stacks: Sequence[str] | None = None,
-        context: Mapping[str, Any] | None = None,
-        *,
-        secrets: Mapping[str, bytes] | None = None,
-        seal: bool = True,
-        timeout: float = DEPLOY_TIMEOUT_S,
-    ) -> Deployment:
-        return deploy(
-            enclavekit_endpoint,
-            app_dir,
-            stacks=stacks,
-            context=context,
-            secrets=secrets,
-            seal=seal,
-            timeout=timeout,
-        )
-
-    return _deploy
+    return functools.partial(deploy, enclavekit_endpoint)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Self
 
 from enclavekit.localenv import INSTANCE_SOURCE_ADDRESS
-from enclavekit.transport import ConnectionServer
+from enclavekit.transport import ConnectionServer, loopback_listener, server_handshake
 
 from .moto_ext.acm.models import LocalCa
 
@@ -59,12 +59,8 @@ class TlsFront(ConnectionServer):
         self._lock = threading.Lock()
         self._default = self._context_for("kms.us-east-1.amazonaws.com")
         self._default.sni_callback = self._select
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(64)
-        super().__init__(sock)
-        self.port: int = sock.getsockname()[1]
+        listener, self.port = loopback_listener(port)
+        super().__init__(listener)
 
     @property
     def url(self) -> str:
@@ -97,12 +93,10 @@ class TlsFront(ConnectionServer):
             sslobj.context = self._context_for(name.lower())
 
     def serve(self, conn: socket.socket, addr: object) -> None:
-        conn.settimeout(HANDSHAKE_TIMEOUT_S)
         try:
-            tls = self._default.wrap_socket(conn, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
+            tls = server_handshake(self._default, conn, HANDSHAKE_TIMEOUT_S)
+        except OSError as exc:  # ssl.SSLError included
             log.info("TLS front: handshake from %s refused: %s", addr, exc)
-            conn.close()
             return
         tls.settimeout(None)
         try:

@@ -201,6 +201,48 @@ def test_bundle_refuses_what_the_parent_must_not_run(
     assert not (tmp_path / "x.pyz").exists()
 
 
+# The parent's venv holds boto3 only: what the agent imports must load without cbor2 and
+# cryptography (the pure modules needing them, nsm among them, are imported lazily).
+_BOTO3_ONLY_IMPORT = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("cbor2", "cryptography"):
+            raise ImportError(f"{name}: not in the parent's venv")
+        return None
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, sys.argv[1])
+import importlib
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+print("ok")
+"""
+PARENT_SIDE_MODULES = (
+    "enclavekit.transport",
+    "enclavekit.provisioning",
+    "enclavekit.agent",
+    "enclavekit.cli.agent",
+)
+
+
+def _import_without_cbor2_cryptography(*modules: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-I", "-c", _BOTO3_ONLY_IMPORT, str(ROOT), *modules],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_parent_side_modules_import_without_cbor2_or_cryptography() -> None:
+    proc = _import_without_cbor2_cryptography(*PARENT_SIDE_MODULES)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    # the probe does block: a module that needs cbor2 at import time fails under it
+    proc = _import_without_cbor2_cryptography("enclavekit.nsm")
+    assert proc.returncode != 0 and "cbor2: not in the parent's venv" in proc.stderr
+
+
 def test_runtime_requirements_pin_the_boto3_of_pyproject() -> None:
     pins = dict(p.split("==") for p in agent_bundle.runtime_requirements())
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]

@@ -7,7 +7,7 @@ account (its root principal) and thereby delegates to the caller's identity poli
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .conditions import conditions_match, glob_match
 from .model import Decision, Policy, PrincipalRef, RequestContext, Statement
@@ -55,23 +55,22 @@ def _principal_ok(stmt: Statement, principal: str) -> bool:
     return True  # identity policy: the statement belongs to the caller
 
 
+def _listed(
+    listed: Iterable[str] | None, not_listed: Iterable[str] | None, matches: Callable[[str], bool]
+) -> bool:
+    """Action/NotAction (or Resource/NotResource): in the list, or not in the Not- list."""
+    if listed is not None:
+        return any(matches(p) for p in listed)
+    return not_listed is None or not any(matches(p) for p in not_listed)
+
+
 def request_matches(stmt: Statement, ctx: RequestContext) -> bool:
     """Action, resource and conditions (not the principal) apply to the request."""
-    if stmt.actions is not None:
-        if not any(action_matches(a, ctx.action) for a in stmt.actions):
-            return False
-    elif stmt.not_actions is not None and any(
-        action_matches(a, ctx.action) for a in stmt.not_actions
-    ):
-        return False
-    if stmt.resources is not None:
-        if not any(resource_matches(r, ctx.resource) for r in stmt.resources):
-            return False
-    elif stmt.not_resources is not None and any(
-        resource_matches(r, ctx.resource) for r in stmt.not_resources
-    ):
-        return False
-    return conditions_match(stmt.conditions, ctx.keys)  # type: ignore[arg-type]
+    return (
+        _listed(stmt.actions, stmt.not_actions, lambda a: action_matches(a, ctx.action))
+        and _listed(stmt.resources, stmt.not_resources, lambda r: resource_matches(r, ctx.resource))
+        and conditions_match(stmt.conditions, ctx.keys)  # type: ignore[arg-type]
+    )
 
 
 def statement_matches(stmt: Statement, ctx: RequestContext) -> bool:

@@ -42,7 +42,9 @@ MEASUREMENTS_NAME = "image-measurements.json"
 MODULE_SOURCE = HERE / "p11ne_module.c"
 STATE = "/tmp/p11ne"  # the enclave's tmpfs: token files, slot and signature counters
 APP = "/app"
-ENCLAVE_APP_FILES = ("__init__.py", "attester.py", "forwarder.py", "keys.py", "kms.py", "trust.py")
+ENCLAVE_APP_FILES = (
+    "__init__.py", "attester.py", "forwarder.py", "keys.py", "kms.py", "process.py", "trust.py",
+)  # fmt: skip
 CC_FLAGS = (
     "-shared", "-fPIC", "-O2", "-Wall", "-fvisibility=hidden", "-s",
     "-Wl,--build-id=none", "-Wl,--hash-style=gnu",

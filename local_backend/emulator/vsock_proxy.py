@@ -24,7 +24,6 @@ import ipaddress
 import os
 import re
 import socket
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from urllib.parse import urlsplit
 from enclavekit import yamlsafe
 from enclavekit.errors import EmulatorError, InvalidInput
 from enclavekit.localenv import INSTANCE_SOURCE_ADDRESS
-from enclavekit.transport import EmulatedVsock, VsockTransport, pump
+from enclavekit.transport import ConnectionServer, EmulatedVsock, VsockTransport, pump
 from local_backend.endpoint_file import EndpointInfo, read_endpoint
 
 DEFAULT_CONFIG = Path("/etc/nitro_enclaves/vsock-proxy.yaml")
@@ -180,8 +179,10 @@ def resolve(
     )
 
 
-class VsockProxy:
+class VsockProxy(ConnectionServer):
     """Relays parent vsock port `local_port` to the resolved TCP target, `workers` at a time."""
+
+    thread_name = "vsock-proxy"
 
     def __init__(
         self,
@@ -207,13 +208,11 @@ class VsockProxy:
         self.target = resolve(remote_addr, remote_port, endpoint, tls_endpoint)
         self.remote = (remote_addr, remote_port)
         self.local_port = local_port
-        self._server = vsock.listen(local_port, backlog=64)
+        super().__init__(vsock.listen(local_port, backlog=64))
         self._path = (
             vsock.path(vsock.own_cid, local_port) if isinstance(vsock, EmulatedVsock) else None
         )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vsock-proxy")
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @classmethod
     def for_state_dir(
@@ -241,7 +240,10 @@ class VsockProxy:
             workers=workers,
         )
 
-    def _handle(self, conn: socket.socket) -> None:
+    def dispatch(self, conn: socket.socket, addr: object) -> None:
+        self._pool.submit(self.serve, conn, addr)
+
+    def serve(self, conn: socket.socket, addr: object) -> None:
         with conn:
             try:
                 # from the instances' address: the endpoint refuses the enclave its constant
@@ -254,27 +256,9 @@ class VsockProxy:
                 upstream.settimeout(None)
                 pump(conn, upstream)
 
-    def serve_forever(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            self._pool.submit(self._handle, conn)
-
-    def start(self) -> VsockProxy:
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
-        self._stopped.set()
-        with contextlib.suppress(OSError):
-            self._server.shutdown(socket.SHUT_RDWR)
-        self._server.close()
+        super().stop()
         if self._path is not None:
             with contextlib.suppress(OSError):
                 self._path.unlink()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._thread is not None:
-            self._thread.join(timeout=2)

@@ -182,12 +182,8 @@ def _child(
                 with contextlib.suppress(OSError):
                     sandbox._add_address("lo:2", services_net.SERVICES_ADDRESS)
                 for addr, port in wanted:
-                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     try:
-                        s.bind((addr, port))
-                        s.listen(64)
-                        off_host.append(s)
+                        off_host.append(socket.create_server((addr, port), backlog=64))
                     except OSError as exc:
                         say(f"WARN cannot listen on {addr}:{port} ({exc.strerror})")
             for s in off_host:

@@ -88,11 +88,7 @@ def listen_off_host(
                 ]
             )
             for addr, port in ports:
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((addr, port))
-                s.listen(64)
-                sockets.append(s)
+                sockets.append(socket.create_server((addr, port), backlog=64))
         finally:
             _setns(host_ns)
     except (OSError, subprocess.SubprocessError) as exc:

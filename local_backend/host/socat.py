@@ -27,11 +27,7 @@ def _parse(addr: str) -> tuple[str, list[str], set[str]]:
 
 def _listener(kind: str, params: list[str]) -> socket.socket:
     if kind in ("TCP-LISTEN", "TCP4-LISTEN", "TCP-L", "TCP4-L"):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", int(params[0])))
-        s.listen(64)
-        return s
+        return socket.create_server(("0.0.0.0", int(params[0])), backlog=64)
     if kind in ("VSOCK-LISTEN", "VSOCK-L"):
         return _vsock().listen(int(params[0]))
     raise ValueError(f"socat: expected a listening address, found {kind}")

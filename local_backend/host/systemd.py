@@ -206,6 +206,11 @@ def write_state(name: str, **fields: Any) -> None:
     os.replace(tmp, _state_path(name))
 
 
+def set_state(name: str, active: str, sub: str, **fields: Any) -> None:
+    """Move a unit to ActiveState `active` / SubState `sub` now (`since`), with `fields`."""
+    write_state(name, ActiveState=active, SubState=sub, **fields, since=time.time())
+
+
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -324,14 +329,13 @@ class Supervisor:
         return 0
 
     def _fail(self, code: int, what: str) -> None:
-        write_state(
+        set_state(
             self.name,
-            ActiveState="failed",
-            SubState="failed",
+            "failed",
+            "failed",
             Result="exit-code",
             ExecMainStatus=code,
             ExecMainCode=what,
-            since=time.time(),
         )
         self.journal.line(
             f"{self.name}: {what} process exited, code=exited, status={code}/FAILURE",
@@ -352,14 +356,7 @@ class Supervisor:
             self._fail(1, "config")
             return 1
         while True:
-            write_state(
-                self.name,
-                ActiveState="activating",
-                SubState="start",
-                supervisor=os.getpid(),
-                Result="success",
-                since=time.time(),
-            )
+            set_state(self.name, "activating", "start", supervisor=os.getpid(), Result="success")
             self.journal.line(f"Starting {desc}...", None, "systemd")
             code = self._run_all("ExecStartPre", env)
             if code:
@@ -373,21 +370,9 @@ class Supervisor:
                 self._run_all("ExecStartPost", env)
                 remain = (self.unit.get("Service", "RemainAfterExit", "no") or "no").lower()
                 if remain in ("yes", "true", "1", "on"):
-                    write_state(
-                        self.name,
-                        ActiveState="active",
-                        SubState="exited",
-                        ExecMainStatus=0,
-                        since=time.time(),
-                    )
+                    set_state(self.name, "active", "exited", ExecMainStatus=0)
                 else:
-                    write_state(
-                        self.name,
-                        ActiveState="inactive",
-                        SubState="dead",
-                        ExecMainStatus=0,
-                        since=time.time(),
-                    )
+                    set_state(self.name, "inactive", "dead", ExecMainStatus=0)
                 self.journal.line(f"Finished {desc}.", None, "systemd")
                 return 0
             lines = self.unit.all("Service", "ExecStart")
@@ -399,34 +384,21 @@ class Supervisor:
                 self._fail(203, "main")
                 return 1
             self.main = proc
+            pid: int | None = proc.pid
             if self.type == "forking":
                 code = proc.wait()
                 if code:
                     self._fail(code, "control")
                     return 1
                 pid = self._pidfile_pid()
-                write_state(
-                    self.name,
-                    ActiveState="active",
-                    SubState="running",
-                    MainPID=pid,
-                    since=time.time(),
-                )
-                self._run_all("ExecStartPost", env)
-                self.journal.line(f"Started {desc}.", None, "systemd")
+            set_state(self.name, "active", "running", MainPID=pid)
+            self._run_all("ExecStartPost", env)
+            self.journal.line(f"Started {desc}.", None, "systemd")
+            if self.type == "forking":
                 while not self.stopping and _alive(pid):
                     time.sleep(0.2)
                 code = 0
             else:
-                write_state(
-                    self.name,
-                    ActiveState="active",
-                    SubState="running",
-                    MainPID=proc.pid,
-                    since=time.time(),
-                )
-                self._run_all("ExecStartPost", env)
-                self.journal.line(f"Started {desc}.", None, "systemd")
                 code = proc.wait()
             if self.stopping:
                 return 0
@@ -442,13 +414,7 @@ class Supervisor:
                 if code:
                     self._fail(code, "main")
                     return 1
-                write_state(
-                    self.name,
-                    ActiveState="inactive",
-                    SubState="dead",
-                    ExecMainStatus=0,
-                    since=time.time(),
-                )
+                set_state(self.name, "inactive", "dead", ExecMainStatus=0)
                 self.journal.line(f"{self.name}: Deactivated successfully.", None, "systemd")
                 return 0
             self.journal.line(f"{self.name}: Scheduled restart job.", None, "systemd")
@@ -491,7 +457,7 @@ class Supervisor:
                 time.sleep(0.05)
             if not any(_alive(p) for p in pids):
                 break
-        write_state(self.name, ActiveState="inactive", SubState="dead", since=time.time())
+        set_state(self.name, "inactive", "dead")
         self.journal.line(
             f"Stopped {self.unit.get('Unit', 'Description', self.name)}.", None, "systemd"
         )
@@ -519,14 +485,7 @@ def start(name: str, *, chain: tuple[str, ...] = ()) -> int:
             continue
         with contextlib.suppress(UnitNotFound):
             start(dep, chain=(*chain, unit.name))
-    write_state(
-        unit.name,
-        ActiveState="activating",
-        SubState="start",
-        supervisor=None,
-        Result="success",
-        since=time.time(),
-    )
+    set_state(unit.name, "activating", "start", supervisor=None, Result="success")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # nothing buffered may be written twice by the fork
     pid = os.fork()
@@ -594,7 +553,7 @@ def stop(name: str) -> int:
         while _alive(sup) and time.monotonic() < deadline:
             time.sleep(0.02)
     if st:
-        write_state(unit_n, ActiveState="inactive", SubState="dead", since=time.time())
+        set_state(unit_n, "inactive", "dead")
     return 0
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import pwd
 import sys
@@ -59,6 +60,20 @@ def _aws(argv: list[str]) -> int:
     return 1
 
 
+# command -> (module of local_backend.host, its entry point taking the arguments); imported on
+# use, so a command loads only its own code.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "amazon-linux-extras": ("catalog", "extras_main"),
+    "systemctl": ("systemd", "systemctl"),
+    "journalctl": ("systemd", "journalctl"),
+    "nitro-cli": ("nitro", "nitro_cli_main"),
+    "nitro-enclaves-allocator": ("nitro", "allocator_main"),
+    "vsock-proxy": ("nitro", "vsock_proxy_main"),
+    "socat": ("socat", "main"),
+    "p11ne-agent": ("acm_agent", "main"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     name, rest = args[0], args[1:]
@@ -66,38 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         from local_backend.host import catalog
 
         return catalog.main(rest, name)
-    if name == "amazon-linux-extras":
-        from local_backend.host import catalog
-
-        return catalog.extras_main(rest)
-    if name == "systemctl":
-        from local_backend.host import systemd
-
-        return systemd.systemctl(rest)
-    if name == "journalctl":
-        from local_backend.host import systemd
-
-        return systemd.journalctl(rest)
-    if name == "nitro-cli":
-        from local_backend.host import nitro
-
-        return nitro.nitro_cli_main(rest)
-    if name == "nitro-enclaves-allocator":
-        from local_backend.host import nitro
-
-        return nitro.allocator_main(rest)
-    if name == "vsock-proxy":
-        from local_backend.host import nitro
-
-        return nitro.vsock_proxy_main(rest)
-    if name == "socat":
-        from local_backend.host import socat
-
-        return socat.main(rest)
-    if name == "p11ne-agent":
-        from local_backend.host import acm_agent
-
-        return acm_agent.main(rest)
+    if name in _COMMANDS:
+        module, entry = _COMMANDS[name]
+        return getattr(importlib.import_module(f"local_backend.host.{module}"), entry)(rest)
     if name == "sudo":
         return _sudo(rest)
     if name == "aws":

@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 from enclave_app.attester import Attester
-from enclave_app.forwarder import LoopbackForwarder, loopback_up
+from enclave_app.forwarder import LoopbackForwarder
 from enclave_app.keys import RecipientKey
+from enclave_app.process import start_process
 from enclave_app.trust import kms_verify
 from enclavekit.contract import KMS_PROXY_PORT
 from enclavekit.errors import EnclaveKitError
@@ -100,16 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--p11kit-port", type=int, default=P11KIT_PORT)
     p.add_argument("--rpc-port", type=int, default=RPC_PORT)
     args = p.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr, level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("botocore", "boto3", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = start_process()
     try:
-        loopback_up()
         attester = Attester(open_nsm(NSM_DEVICE))
         module_id = attester.describe().module_id
         key = RecipientKey.generate()

@@ -132,12 +132,7 @@ class PrivateKey:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "encrypted_pem_b64": self.encrypted_pem_b64,
-            "id": self.id,
-            "label": self.label,
-            "cert_pem": self.cert_pem,
-        }
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
 
 @dataclass(frozen=True)
@@ -217,20 +212,21 @@ def parse_request(body: bytes) -> Request:
     return Request(call, args)
 
 
+def _check_size(text: str, what: str, lo: int, hi: int) -> None:
+    """`InvalidArgs` `<what>TooShort` / `<what>TooLong` outside lo..hi UTF-8 bytes."""
+    n = len(text.encode())
+    if n < lo:
+        raise invalid_args(f"{what}TooShort")
+    if n > hi:
+        raise invalid_args(f"{what}TooLong")
+
+
 def _check_pin(pin: str) -> None:
-    n = len(pin.encode())
-    if n < MIN_PIN:
-        raise invalid_args("PinTooShort")
-    if n > MAX_PIN:
-        raise invalid_args("PinTooLong")
+    _check_size(pin, "Pin", MIN_PIN, MAX_PIN)
 
 
 def _check_label(label: str) -> None:
-    n = len(label.encode())
-    if n < MIN_LABEL:
-        raise invalid_args("LabelTooShort")
-    if n > MAX_LABEL:
-        raise invalid_args("LabelTooLong")
+    _check_size(label, "Label", MIN_LABEL, MAX_LABEL)
 
 
 def _check_token(token: Token) -> None:
