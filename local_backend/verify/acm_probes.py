@@ -44,12 +44,8 @@ def judge_acm_probe(out: dict[str, Any], key_id: str | None, *, debug: bool) -> 
     said = " ".join(out.get("console") or [])
     if "got AccessDeniedException: " not in said:
         return False, f"could not check: KMS did not answer AccessDeniedException: {said[-300:]}"
-    other = denied_other_resource(said, key_id)
-    if other is not None:
-        return False, (
-            f"could not check: AccessDeniedException for {other}, not for "
-            f"the association's key {key_id}"
-        )
+    if why := denied_other_resource(said, key_id, f"the association's key {key_id}"):
+        return False, f"could not check: {why}"
     return True, f"{what} ({pcr0}): KmsDecryptFailed; KMS: AccessDeniedException for {key_id}"
 
 

@@ -38,23 +38,20 @@ def denied(call: Callable[[], Any], key_id: str | None) -> tuple[bool, str]:
         code, message = str(err.get("Code", "")), str(err.get("Message", ""))
         if code != "AccessDeniedException":
             return False, f"could not check: KMS answered {code or 'no error code'}: {message}"
-        other = denied_other_resource(message, key_id)
-        if other is not None:
-            return False, (
-                f"could not check: AccessDeniedException for {other}, "
-                f"not for key {key_id or '(any KMS key)'}"
-            )
+        if why := denied_other_resource(message, key_id, f"key {key_id or '(any KMS key)'}"):
+            return False, f"could not check: {why}"
         return True, code
     return False, "ALLOWED"
 
 
-def denied_other_resource(message: str, key_id: str | None) -> str | None:
-    """What KMS's AccessDeniedException `message` names instead of key `key_id` (any KMS key
-    if None); None when it names that key. A denial of another resource proves nothing."""
+def denied_other_resource(message: str, key_id: str | None, subject: str) -> str | None:
+    """Why KMS's AccessDeniedException `message` is no denial of key `key_id` (any KMS key if
+    None), the key named `subject`: it names another resource (a denial of that proves
+    nothing). None when it names that key."""
     resource = message.partition(" on resource: ")[2].split(" ", 1)[0]
     if resource.startswith("arn:aws:kms:") and not (key_id and key_id not in resource):
         return None
-    return resource or "no resource"
+    return f"AccessDeniedException for {resource or 'no resource'}, not for {subject}"
 
 
 def attested_keys(h: UserDataHost) -> dict[str, dict[str, set[str]]]:

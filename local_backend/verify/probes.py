@@ -164,9 +164,8 @@ def _probe_denied(reply: prov.ErrorReply, item: str, key_id: str | None) -> tupl
     part = text[start + len(item) + 2 : end]
     if _PROBE_DENIED not in part:
         return False, f"KMS did not answer AccessDeniedException: {part[:200]}"
-    other = denied_other_resource(part, key_id)
-    if other is not None:
-        return False, f"AccessDeniedException for {other}, not for {key_id}"
+    if why := denied_other_resource(part, key_id, str(key_id)):
+        return False, why
     return True, "AccessDeniedException"
 
 
