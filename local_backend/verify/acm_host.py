@@ -123,9 +123,9 @@ def token_signatures(h: UserDataHost, token: Any, pin: str) -> int:
 
 
 def https_port(h: UserDataHost) -> int:
-    for row in h.host.get("ports") or []:
-        if row.get("port") == HTTPS_PORT:
-            return int(row["host_port"])
+    port = h.forwarded_port(HTTPS_PORT)
+    if port is not None:
+        return port
     raise CheckFailed(
         f"port {HTTPS_PORT} of the instance is not forwarded (its security groups allow no "
         "ingress to it)"

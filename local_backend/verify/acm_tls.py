@@ -17,7 +17,7 @@ from local_backend.verify.acm_host import (
     token_signatures,
     wait_for_stanza,
 )
-from local_backend.verify.processes import comm, endpoint_keyscan, host_processes
+from local_backend.verify.processes import comm, key_leaks, search_key, searched_mib
 from local_backend.verify.report import Check, not_applicable, timed
 from local_backend.verify.userdata import UserDataHost
 
@@ -98,24 +98,11 @@ def check_acm_key_not_on_parent(h: UserDataHost, token: Any) -> tuple[bool, str]
     workers, the agent), the S3 object, the state and log files — and is in the enclave
     (positive control, searched while it signs)."""
 
-    parent, enclave = host_processes(h)
-    req = {
-        "certificate_arn": token.source.certificate_arn,
-        "account_id": h.account_id,
-        "region": h.region,
-        "paths": [str(h.state_dir)],
-        "pids": [*parent, *enclave],
-    }
-    result = endpoint_keyscan(h.endpoint, req, h.state_dir)
+    arn = token.source.certificate_arn
+    parent, enclave, result = search_key(h, arn, h.account_id)
     if "error" in result:
         return False, f"the key search failed: {result['error']}"
-    leaks = [f"{x['where']} ({x['form']})" for x in result["file_hits"]]
-    names = {}
-    for pid in parent:
-        found = result["processes"].get(str(pid), {})
-        if found.get("hits"):
-            names[pid] = comm(pid)
-            leaks += [f"pid {pid} {names[pid]}: {x['where']} ({x['form']})" for x in found["hits"]]
+    leaks = key_leaks(result, parent, lambda pid: f"{pid} {comm(pid)}")
     if leaks:
         return False, "private key found on the parent side: " + "; ".join(leaks[:4])
     if not any(result["processes"].get(str(p), {}).get("hits") for p in enclave):
@@ -124,7 +111,7 @@ def check_acm_key_not_on_parent(h: UserDataHost, token: Any) -> tuple[bool, str]
             "elsewhere proves nothing"
         )
     nginx = sum(1 for p in parent if comm(p) == "nginx")
-    mib = sum(p.get("bytes_read", 0) for p in result["processes"].values()) >> 20
+    mib = searched_mib(result)
     return True, (
         f"absent from {result['files_read']} state/log files and {len(parent)} parent-side "
         f"processes ({nginx} nginx); found only in the ACM enclave ({mib} MiB searched)"

@@ -9,7 +9,7 @@ import json
 from enclavekit.localenv import LOCAL_ACCOUNT
 from local_backend.verify.agent_host import ParentAgentHost
 from local_backend.verify.https import certificate_not_held
-from local_backend.verify.processes import endpoint_keyscan, host_processes
+from local_backend.verify.processes import key_leaks, search_key, searched_mib
 
 
 def check_key_not_on_parent(host: ParentAgentHost) -> tuple[bool, str]:
@@ -17,9 +17,6 @@ def check_key_not_on_parent(host: ParentAgentHost) -> tuple[bool, str]:
     cert = host.spec.get("certificate")
     if not cert:
         return False, "the host has no certificate"
-    # every process of the host's own PID namespace (the agent, socat, systemd's stand-in...)
-    # is parent side; those in the enclaves' nested namespaces are the control
-    pids, enclave_pids = host_processes(host.h)
     # The S3 object as the parent downloads it, searched by the endpoint too.
     creds = host.parent.role_credentials()
     bundle = host.parent.certificate_bundle(creds)
@@ -28,22 +25,14 @@ def check_key_not_on_parent(host: ParentAgentHost) -> tuple[bool, str]:
     s3_copy = host.dir / "verify-s3-object.json"
     s3_copy.write_text(json.dumps(bundle.to_json()))
     try:
-        req = {
-            "certificate_arn": cert["arn"],
-            "account_id": LOCAL_ACCOUNT,
-            "region": host.region,
-            "paths": [str(host.state_dir)],
-            "pids": [*pids, *enclave_pids],
-        }
-        result = endpoint_keyscan(host.endpoint, req, host.state_dir)
+        # every process of the host's own PID namespace (the agent, socat, systemd's
+        # stand-in...) is parent side; those in the enclaves' nested namespaces the control
+        pids, enclave_pids, result = search_key(host.h, cert["arn"], LOCAL_ACCOUNT)
     finally:
         s3_copy.unlink(missing_ok=True)
     if "error" in result:
         return False, f"the key search failed: {result['error']}"
-    leaks = [f"{h['where']} ({h['form']})" for h in result["file_hits"]]
-    for pid in pids:
-        proc = result["processes"].get(str(pid), {})
-        leaks += [f"pid {pid}: {h['where']} ({h['form']})" for h in proc.get("hits", [])]
+    leaks = key_leaks(result, pids)
     if leaks:
         return False, "private key found on the parent side: " + "; ".join(leaks[:4])
     control = [result["processes"].get(str(p), {}) for p in enclave_pids]
@@ -55,7 +44,7 @@ def check_key_not_on_parent(host: ParentAgentHost) -> tuple[bool, str]:
             "the search did not find the key in the enclave either, so its absence "
             f"elsewhere proves nothing ({errors})"
         )
-    mib = sum(p.get("bytes_read", 0) for p in result["processes"].values()) >> 20
+    mib = searched_mib(result)
     return True, (
         f"absent from S3 object, {result['files_read']} state/log files and "
         f"{len(pids)} parent-side processes of the host; found only in the enclave "

@@ -1,5 +1,6 @@
-"""The machine's view of a host's processes and the endpoint's admin paths, for the checks
-that search for a key (key-not-on-parent, the ACM host's) and the renewal probe."""
+"""The machine's view of a host's processes, the endpoint's admin paths and the search for a
+certificate's key in a host, for the checks that search for it (key-not-on-parent, on agent
+and ACM hosts) and the renewal probe."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +81,36 @@ def endpoint_keyscan(endpoint: str, req: dict[str, Any], state_dir: Path) -> dic
     """The endpoint's search for a certificate's key (`local_backend.keyscan`): where it was
     found, or {"error": ...}."""
     return endpoint_admin(endpoint, server.KEYSCAN_PATH, req, state_dir)[1]
+
+
+def search_key(
+    h: UserDataHost, certificate_arn: str, account_id: str
+) -> tuple[list[int], list[int], dict[str, Any]]:
+    """The endpoint's search for the certificate's key in every process of the host and every
+    state and log file: (parent-side pids, enclave-side pids, its answer)."""
+    parent, enclave = host_processes(h)
+    req = {
+        "certificate_arn": certificate_arn,
+        "account_id": account_id,
+        "region": h.region,
+        "paths": [str(h.state_dir)],
+        "pids": [*parent, *enclave],
+    }
+    return parent, enclave, endpoint_keyscan(h.endpoint, req, h.state_dir)
+
+
+def key_leaks(
+    result: dict[str, Any], parent: list[int], label: Callable[[int], str] = str
+) -> list[str]:
+    """Where the search found the key on the parent side: files, then processes (`label`)."""
+    leaks = [f"{x['where']} ({x['form']})" for x in result["file_hits"]]
+    for pid in parent:
+        hits = result["processes"].get(str(pid), {}).get("hits") or []
+        if hits:
+            name = label(pid)
+            leaks += [f"pid {name}: {x['where']} ({x['form']})" for x in hits]
+    return leaks
+
+
+def searched_mib(result: dict[str, Any]) -> int:
+    return sum(p.get("bytes_read", 0) for p in result["processes"].values()) >> 20

@@ -15,35 +15,22 @@ from typing import Any
 
 from enclavekit import attestation, pcr
 from enclavekit import provisioning as prov
-from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.host import control, hooks
-from local_backend.host.layout import HOST_EMULATOR_STATE, HostLayout
-from local_backend.parent.view import session_client
+from local_backend.host.layout import HostLayout
+from local_backend.parent.view import InstanceHost
 from local_backend.verify.report import Check, not_applicable, short
 
 CONSOLE_LINES = 8  # of a failed boot's console, in its check's detail
 
 
-class UserDataHost:
+class UserDataHost(InstanceHost):
     """What verify knows of one running instance host (host.json, instance.json, its enclaves)."""
 
     def __init__(self, layout: HostLayout, state_dir: Path) -> None:
-        self.layout = layout
+        super().__init__(layout)
         self.state_dir = state_dir
-        self.info = layout.read_info()
-        self.host = layout.read_host()
-        self.region: str = self.info["region"]
-        self.endpoint: str = self.info["endpoint"]
-        self.role_arn: str | None = (self.info.get("role_arns") or [None])[0]
         self.enclaves: list[dict[str, Any]] = []
         self.documents: dict[str, attestation.AttestationDocument] = {}  # by EnclaveID
-        self._creds: Any = None
-
-    @property
-    def vsock(self) -> EmulatedVsock:
-        """The host's emulated vsock as its parent side (CID 3) sees it, from the machine."""
-        root = Path(f"/proc/{self.host.get('init_pid')}/root{HOST_EMULATOR_STATE}/vsock")
-        return EmulatedVsock(root, PARENT_CID)
 
     @property
     def account_id(self) -> str:
@@ -53,26 +40,6 @@ class UserDataHost:
     def enclave_id(self) -> str | None:
         """The first RUNNING enclave (None before `check_enclaves` listed them)."""
         return next((str(e["EnclaveID"]) for e in running_enclaves(self)), None)
-
-    def client(self, service: str, creds: prov.Credentials | None = None) -> Any:
-        return session_client(service, self.endpoint, self.region, creds)
-
-    def role_credentials(self) -> prov.Credentials:
-        """The instance role's credentials, as the host's IMDS hands them out."""
-        from local_backend.parent.agent import AssumeRoleCredentials, ec2_sts
-
-        if self._creds is None:
-            self._creds = AssumeRoleCredentials(
-                lambda: ec2_sts(self.endpoint, self.region),
-                self.role_arn,
-                self.info["instance_id"],
-            )
-        return self._creds.credentials()
-
-    def control(self, cid: int, request: prov.Message, timeout: float = 30) -> prov.Message:
-        with self.vsock.connect(cid, prov.CONTROL_PORT) as sock:
-            sock.settimeout(timeout)
-            return prov.exchange(sock, request)
 
 
 def boot_check(h: UserDataHost) -> Check:
@@ -119,7 +86,7 @@ def check_attestation(h: UserDataHost) -> tuple[bool, str] | Check:
         eid, cid = str(e["EnclaveID"]), int(e["EnclaveCID"])
         nonce = secrets.token_bytes(32)
         try:
-            reply = h.control(cid, prov.Attest(nonce=nonce))
+            reply = h.exchange(cid, prov.Attest(nonce=nonce), timeout=30)
         except (ConnectionRefusedError, FileNotFoundError):
             silent.append(eid)
             continue
