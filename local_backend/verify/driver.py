@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from enclavekit.errors import BackendError, InvalidInput
 from enclavekit.localenv import local_client
@@ -55,12 +54,27 @@ def host_kind(layout: HostLayout) -> str:
     )
 
 
+HOSTS: dict[str, type[ParentAgentHost] | type[UserDataHost]] = {
+    AGENT: ParentAgentHost,
+    USERDATA: UserDataHost,
+}
+
+
 def _runs(entry: VerifyCheck, checks: Sequence[str] | None) -> bool:
+    """Gates and what the others need always run, opt-in checks only when named."""
     if entry.always or entry.stops is not None:
         return True
     if not checks:
         return not entry.opt_in
     return any(n in checks for n in entry.names)
+
+
+def _shown(entry: VerifyCheck, row: Check, checks: Sequence[str] | None, stop: bool) -> bool:
+    """A row is reported when `--check` names it (or names nothing); a gate's failure, what the
+    others need and rows beyond an entry's names (`enclave`, `provisioned`) always are."""
+    if entry.always or stop or not checks:
+        return True
+    return row.name in checks or row.name not in entry.names
 
 
 def verify_host(
@@ -73,9 +87,7 @@ def verify_host(
     of `layout`, in order, each row told to `on_check`; a gate that fails ends the host's
     checks there (a failed boot, no enclave running)."""
     kind = host_kind(layout)
-    host: Any = (
-        ParentAgentHost(layout, state_dir) if kind == AGENT else UserDataHost(layout, state_dir)
-    )
+    host = HOSTS[kind](layout, state_dir)
     hr = HostReport(
         stack=host.info.get("stack_name") or "(no stack)",
         logical_id=host.info.get("logical_id") or host.info["instance_id"],
@@ -88,14 +100,7 @@ def verify_host(
         rows = entry.rows(host)
         stop = entry.stops is not None and entry.stops(host, rows)
         for row in rows:
-            # a gate's failure and rows beyond its names (enclave, provisioned) always show
-            if (
-                entry.always
-                or stop
-                or not checks
-                or row.name in checks
-                or row.name not in entry.names
-            ):
+            if _shown(entry, row, checks, stop):
                 hr.checks.append(row)
                 if on_check:
                     on_check(hr, row)
