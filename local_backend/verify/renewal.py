@@ -121,9 +121,8 @@ def check_acm_renewal(h: UserDataHost, token: Any, max_wait: float | None = None
     domain = h.client("acm").describe_certificate(CertificateArn=arn)["Certificate"]["DomainName"]
     ctx = ssl.create_default_context(cadata=server.ca_pem(h.state_dir).decode())
     port = https_port(h)
-    _head, old = https_get(
-        port, ctx, domain, REQUEST_TIMEOUT_S
-    )  # serving now, else could not check
+    # serving now, else could not check
+    _head, old = https_get(port, ctx, domain, REQUEST_TIMEOUT_S)
     mark = len(journal(h))
     client = HttpsClient(port, ctx, domain)
     client.start()
