@@ -116,7 +116,8 @@ def main() -> None:
 
     from local_backend.host import control
     from local_backend.server import stop
-    from local_backend.verify.acm import _acm_tokens, check_acm_https, wait_for_stanza
+    from local_backend.verify.acm_host import acm_tokens, wait_for_stanza
+    from local_backend.verify.acm_tls import check_acm_https
     from local_backend.verify.userdata import UserDataHost
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,7 +127,7 @@ def main() -> None:
             timed_up(app, state, free_port(), run_verify=False)
             layout = _web_host(state)
             h = UserDataHost(layout, state)  # type: ignore[arg-type]
-            token = _acm_tokens(h)[0]
+            token = acm_tokens(h)[0]
             waiting = wait_for_stanza(h, token)
             if waiting:
                 raise RuntimeError(waiting)

@@ -421,7 +421,7 @@ def _keyscan(world: World, arn: str, *, paths: list[str], pids: list[int]) -> di
     """The endpoint (which plays ACM and holds the key) searches for it; verify's request."""
     req = {"certificate_arn": arn, "account_id": LOCAL_ACCOUNT, "region": LOCAL_REGION,
            "paths": paths, "pids": pids}  # fmt: skip
-    return verify._endpoint_keyscan(world.endpoint.url, req, world.endpoint.state_dir)
+    return verify.endpoint_keyscan(world.endpoint.url, req, world.endpoint.state_dir)
 
 
 def _tree(pid: int) -> list[int]:

@@ -92,12 +92,12 @@ def _check(ep: plugin.LocalEndpoint, name: str) -> verify.Check:
     return check
 
 
-def _host(ep: plugin.LocalEndpoint) -> verify._Host:
+def _host(ep: plugin.LocalEndpoint) -> verify.ParentAgentHost:
     [record] = agent_hosts(ep.state_dir, [STACK])
-    return verify._Host(record.layout, ep.state_dir)
+    return verify.ParentAgentHost(record.layout, ep.state_dir)
 
 
-def _eif(host: verify._Host, dest: Path) -> Path:
+def _eif(host: verify.ParentAgentHost, dest: Path) -> Path:
     """The host's EIF, as its user data fetched it (the S3 asset, with the instance role)."""
     return host.parent.fetch_image(host.parent.role_credentials(), dest)
 
@@ -251,7 +251,7 @@ def _parent_decrypt(deployed: plugin.Deployment) -> bytes | str:
 
 
 @contextlib.contextmanager
-def _nsm_socket_replaced(host: verify._Host) -> Iterator[Path]:
+def _nsm_socket_replaced(host: verify.ParentAgentHost) -> Iterator[Path]:
     """The enclave's nsm.sock (in the host, seen through its PID 1's root) moved aside for the
     block (the path is free to serve)."""
     layout = Layout(Path(f"/proc/{host.state['init_pid']}/root{HOST_EMULATOR_STATE}"))

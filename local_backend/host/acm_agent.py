@@ -442,7 +442,8 @@ class ManagedToken:
             }
         }
 
-    def _schema_token(self) -> dict[str, Any]:
+    def schema_token(self) -> dict[str, Any]:
+        """AddToken's token as the agent sends it (verify's probe enclaves get the same)."""
         cert = self.db["certificate"] + self.db["certificateChain"]
         return {
             "label": self.label,
@@ -476,7 +477,7 @@ class ManagedToken:
                         "UpdateToken": {
                             "label": self.label,
                             "pin": self.pin,
-                            "token": self._schema_token(),
+                            "token": self.schema_token(),
                         }
                     }
                 )
@@ -504,7 +505,7 @@ class ManagedToken:
             return None
         log("DEBUG", f"Adding token: {self.label}.")
         try:
-            self.enclave.retry_rpc({"AddToken": {"token": self._schema_token()}})
+            self.enclave.retry_rpc({"AddToken": {"token": self.schema_token()}})
         except ApiError as exc:
             err = TokenError("AddTokenError", str(exc))
             err.api = exc.value  # type: ignore[attr-defined]

@@ -71,24 +71,59 @@ def session_client(
     )
 
 
-class AgentHost:
-    """One instance host running (or having run) our parent agent, as seen from the machine."""
+class InstanceHost:
+    """Any instance host as seen from the machine: its instance.json (`info`) and host.json
+    (`host`), its vsock as its parent side sees it, clients of the endpoint, the instance
+    role's credentials (STS as EC2 calls it, as the host's IMDS hands them out)."""
 
     def __init__(self, layout: HostLayout) -> None:
         self.layout = layout
         self.dir = layout.dir
         self.info: dict[str, Any] = layout.read_info()
         self.host: dict[str, Any] = layout.read_host()
-        self.spec: dict[str, Any] = agent_config(layout) or {}
         self.instance_id: str = self.info["instance_id"]
-        self.stack: str | None = self.info.get("stack_name")
-        self.logical_id: str | None = self.info.get("logical_id")
         self.region: str = self.info["region"]
         self.endpoint: str = self.info["endpoint"]
         self.role_arn: str | None = (self.info.get("role_arns") or [None])[0]
         self.credential_source = AssumeRoleCredentials(
             lambda: ec2_sts(self.endpoint, self.region), self.role_arn, self.instance_id
         )
+
+    @property
+    def vsock(self) -> EmulatedVsock:
+        """The host's emulated vsock as its parent side (CID 3) sees it."""
+        root = Path(f"/proc/{self.host.get('init_pid')}/root{HOST_EMULATOR_STATE}/vsock")
+        return EmulatedVsock(root, PARENT_CID)
+
+    def forwarded_port(self, port: Any) -> int | None:
+        """The machine's loopback port forwarded to the instance's `port` (its security groups
+        let it in), None when none is."""
+        for row in self.host.get("ports") or []:
+            if row.get("port") == port:
+                return int(row["host_port"])
+        return None
+
+    def exchange(self, cid: int, request: prov.Message, timeout: float) -> prov.Message:
+        """One provisioning exchange with enclave `cid` over the host's vsock."""
+        with self.vsock.connect(cid, prov.CONTROL_PORT) as sock:
+            sock.settimeout(timeout)
+            return prov.exchange(sock, request)
+
+    def client(self, service: str, creds: prov.Credentials | None = None) -> Any:
+        return session_client(service, self.endpoint, self.region, creds)
+
+    def role_credentials(self) -> prov.Credentials:
+        return self.credential_source.credentials()
+
+
+class AgentHost(InstanceHost):
+    """One instance host running (or having run) our parent agent, as seen from the machine."""
+
+    def __init__(self, layout: HostLayout) -> None:
+        super().__init__(layout)
+        self.spec: dict[str, Any] = agent_config(layout) or {}
+        self.stack: str | None = self.info.get("stack_name")
+        self.logical_id: str | None = self.info.get("logical_id")
         self._agent: ParentAgent | None = None
 
     # ------------------------------------------------------------------ what the files say
@@ -110,17 +145,7 @@ class AgentHost:
     def relay_port(self) -> int | None:
         """The machine's loopback port forwarded to the service port (its security groups let
         it in), where the host's socat relay passes TLS bytes to the enclave."""
-        want = self.service.get("port")
-        for row in self.host.get("ports") or []:
-            if row.get("port") == want:
-                return int(row["host_port"])
-        return None
-
-    @property
-    def vsock(self) -> EmulatedVsock:
-        """The host's emulated vsock as its parent side (CID 3) sees it."""
-        root = Path(f"/proc/{self.host.get('init_pid')}/root{HOST_EMULATOR_STATE}/vsock")
-        return EmulatedVsock(root, PARENT_CID)
+        return self.forwarded_port(self.service.get("port"))
 
     def units(self) -> tuple[str | None, str | None]:
         """(enclave unit, agent unit) the user data wrote into /etc/systemd/system."""
@@ -155,9 +180,7 @@ class AgentHost:
     def control(
         self, request: prov.Message, *, cid: int | None = None, timeout: float = 60
     ) -> prov.Message:
-        with self.vsock.connect(cid or self.cid, prov.CONTROL_PORT) as sock:
-            sock.settimeout(timeout)
-            return prov.exchange(sock, request)
+        return self.exchange(cid or self.cid, request, timeout)
 
     def status(self, timeout: float = STATUS_TIMEOUT_S) -> prov.StatusReport | None:
         """The enclave's own Status (what the agent achieved), None if it does not answer."""
@@ -241,9 +264,6 @@ class AgentHost:
         return None
 
     # ------------------------------------------------------------------ the agent's AWS side
-    def client(self, service: str, creds: prov.Credentials | None = None) -> Any:
-        return session_client(service, self.endpoint, self.region, creds)
-
     @property
     def agent(self) -> ParentAgent:
         """The agent's AWS calls with the instance role (as the agent in the host makes them)."""
@@ -257,9 +277,6 @@ class AgentHost:
                 where=f"instance {self.instance_id} {HOST_CONFIG_PATH}",
             )
         return self._agent
-
-    def role_credentials(self) -> prov.Credentials:
-        return self.credential_source.credentials()
 
     def certificate_bundle(self, creds: prov.Credentials) -> prov.CertificateBundle | None:
         return self.agent.certificate_bundle(creds)

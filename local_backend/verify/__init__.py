@@ -30,18 +30,23 @@ run on the machine in a scratch emulator directory with the host's role and inst
 PCR3/PCR4 are the host's) and their own KMS vsock-proxy: the host's allocator pool holds
 exactly its one enclave, as on EC2.
 
-Layout: `report` (Check, HostReport, VerifyReport: table, JSON, JUnit), `registry` (the checks
-in order, with the host kind each applies to), one module per check or small family
-(`image_pcrs`, `secret`, `parent_denied`, `nsm`, `probes`, `https`, `key_not_on_parent`,
-`keys`, `acm`, `renewal`), the hosts as verify sees them (`agent_host`, `userdata`) and
-`driver` (`verify()`). This package re-exports the names its importers use.
+Layout: `report` (Check, HostReport, VerifyReport: table, JSON, JUnit; `timed`, `short`,
+`not_applicable`), `registry` (every check in order, or a family of checks sharing a setup,
+with the host kind it applies to), one module per check or family (`image_pcrs`, `secret`,
+`parent_denied`, `nsm`, `probes`, `https`, `key_not_on_parent`, `keys`, `renewal`; for ACM
+agent hosts `acm_tls` and `acm_probes`), what they share (`acm_host`: acm.yaml, the agent,
+nginx and the ACM enclave as read in the host; `acm_probe_enclave`: booting a probe enclave
+there; `processes`: the host's processes and the endpoint's admin paths), the hosts as verify
+sees them (`agent_host`, `userdata`) and `driver` (`verify()`: one loop over hosts and the
+registry). This package re-exports the names its importers use.
 """
 
-from local_backend.verify.acm import check_acm_probes, served_https
-from local_backend.verify.agent_host import VERIFIER_DIR, _Host
-from local_backend.verify.driver import verify, verify_agent_host, verify_host
-from local_backend.verify.key_not_on_parent import _endpoint_keyscan, _tree
+from local_backend.verify.acm_host import served_https
+from local_backend.verify.acm_probes import check_acm_probes
+from local_backend.verify.agent_host import VERIFIER_DIR, ParentAgentHost
+from local_backend.verify.driver import verify, verify_host
 from local_backend.verify.probes import check_debug_denied, check_other_image_denied, variant_image
+from local_backend.verify.processes import endpoint_keyscan, process_tree
 from local_backend.verify.registry import CHECKS, HOST_CHECKS, OPT_IN, REGISTRY
 from local_backend.verify.renewal import Request, judge_renewal
 from local_backend.verify.report import Check, HostReport, VerifyReport
@@ -55,19 +60,18 @@ __all__ = [
     "VERIFIER_DIR",
     "Check",
     "HostReport",
+    "ParentAgentHost",
     "Request",
     "UserDataHost",
     "VerifyReport",
-    "_Host",
-    "_endpoint_keyscan",
-    "_tree",
     "check_acm_probes",
     "check_debug_denied",
     "check_other_image_denied",
+    "endpoint_keyscan",
     "judge_renewal",
+    "process_tree",
     "served_https",
     "variant_image",
     "verify",
-    "verify_agent_host",
     "verify_host",
 ]

@@ -1,19 +1,22 @@
-"""A host running our parent agent, as verify sees it (`_Host`), and its boot check."""
+"""A host running our parent agent, as verify sees it (`ParentAgentHost`), its boot check (the
+user data ran, the enclave runs, the agent provisioned it) and the TLS checks' condition."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from enclavekit import provisioning as prov
 from enclavekit.errors import EnclaveKitError
 from local_backend.host.layout import HostLayout
+from local_backend.verify.report import Check, not_applicable
 from local_backend.verify.userdata import UserDataHost, boot_check
 
 VERIFIER_DIR = "verifier"  # <state>/verifier/<stack>/<secret>.secret: up's reference copies
 
 
-class _Host:
+class ParentAgentHost:
     """What verify knows of one enclave host running our parent agent (booted from its user
     data): the host.json its user data wrote (`spec`), its enclave (describe-enclaves inside
     the host), the agent's AWS calls with the instance role (`parent`)."""
@@ -34,6 +37,10 @@ class _Host:
         self.endpoint = self.info["endpoint"]
         self.region = self.info["region"]
         self._resources: dict[str, str] | None = None
+
+    @property
+    def enclave_id(self) -> str | None:
+        return self.enclave.get("EnclaveID")
 
     def client(self, service: str, creds: prov.Credentials | None = None) -> Any:
         return self.parent.client(service, creds)
@@ -62,11 +69,46 @@ class _Host:
         )
 
 
-TLS_CHECKS = ("https", "key-not-on-parent")
+def agent_boot(host: ParentAgentHost) -> list[Check]:
+    """boot, and what every other check of the host needs: a failed boot, or an enclave that
+    is not running, is the host's one row; an enclave the agent did not provision is reported
+    first, and the checks still run (they say what it lacks)."""
+    boot = boot_check(host.h)
+    if not boot.ok:
+        return [boot]
+    enclave_state = host.state["enclave_state"]
+    if enclave_state != "RUNNING":
+        return [
+            Check(
+                "enclave",
+                False,
+                f"enclave {host.enclave_id or '(none)'} is {enclave_state}: "
+                f"{host.enclave.get('ExitReason') or 'not listed'} (nitro-cli describe-enclaves "
+                f"in the host, CID {host.parent.cid}); `enclavekit up` starts it again",
+            )
+        ]
+    if not host.state["provisioned"]:
+        why = host.state["last_error"] or host.state["journal"] or host.state["enclave_status"]
+        return [Check("provisioned", False, f"the enclave was not provisioned: {why}"), boot]
+    return [boot]
 
 
-def check_boot(host: _Host) -> tuple[bool, str]:
-    """The user data ran to completion (the driver runs it first and stops on a failure)."""
+def agent_boot_failed(host: ParentAgentHost, rows: list[Check]) -> bool:
+    """No other check can run: the user data failed or the enclave is not running."""
+    return any(not c.ok and c.name in ("boot", "enclave") for c in rows)
 
-    c = boot_check(host.h)
-    return c.ok, c.detail
+
+AgentCheckFn = Callable[[ParentAgentHost], tuple[bool, str] | Check]
+
+
+def serves_tls(name: str, check: AgentCheckFn) -> AgentCheckFn:
+    """`check` where the host serves TLS; N/A on a host whose image holds secrets but no
+    certificate (set-up B): there is no HTTPS to try and no certificate key to search for."""
+
+    def run(host: ParentAgentHost) -> tuple[bool, str] | Check:
+        if not host.spec.get("certificate"):
+            why = "no certificate is associated with this host (its image serves no TLS)"
+            return not_applicable(name, why)
+        return check(host)
+
+    return run

@@ -1,40 +1,21 @@
-"""`verify()`: every enclave host of the deployed stacks, each walked through the registry's
-checks of its kind (`verify_agent_host`, `verify_host`).
+"""`verify()`: every enclave host of the deployed stacks, each walked once through the
+registry's checks of its kind (`verify_host`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from enclavekit.errors import BackendError, InvalidInput
 from enclavekit.localenv import local_client
 from local_backend import server
 from local_backend.host.layout import HostLayout
-from local_backend.verify.acm import ACM_PROBES, _acm_probe_checks, check_tls
-from local_backend.verify.agent_host import TLS_CHECKS, _Host
-from local_backend.verify.registry import CHECKS, HOST_CHECKS, OPT_IN
-from local_backend.verify.renewal import RENEWAL, _renewal_checks
-from local_backend.verify.report import Check, HostReport, VerifyReport, _timed
-from local_backend.verify.userdata import (
-    CheckFn,
-    UserDataHost,
-    _running,
-    boot_check,
-    enclave_enabled_hosts,
-)
-
-
-def _tls_not_applicable(name: str, host: _Host) -> str | None:
-    """Why check `name` does not apply to `host`, or None when it does.
-
-    A host whose image holds secrets but no certificate (set-up B) serves no TLS: there is no
-    HTTPS to try and no certificate key to search for."""
-    if name in TLS_CHECKS and not host.spec.get("certificate"):
-        return "no certificate is associated with this host (its image serves no TLS)"
-    return None
+from local_backend.parent.view import agent_config
+from local_backend.verify.agent_host import ParentAgentHost
+from local_backend.verify.registry import AGENT, KNOWN, REGISTRY, USERDATA, VerifyCheck
+from local_backend.verify.report import Check, HostReport, VerifyReport
+from local_backend.verify.userdata import UserDataHost, enclave_enabled_hosts
 
 
 def deployed_stacks(state_dir: Path) -> list[str]:
@@ -64,73 +45,68 @@ def _running_instances(state_dir: Path) -> set[str]:
     }
 
 
-def _host_report(
-    info: dict[str, Any],
-    enclave_id: str | None,
-    on_check: Callable[[HostReport, Check], None] | None,
-) -> tuple[HostReport, Callable[[Check], None]]:
-    """The empty report of the host `info` (its instance.json) and the function that adds a
-    check to it and tells `on_check`: both drivers record checks the same way."""
-    hr = HostReport(
-        stack=info.get("stack_name") or "(no stack)",
-        logical_id=info.get("logical_id") or info["instance_id"],
-        instance_id=info["instance_id"],
-        enclave_id=enclave_id,
+def host_kind(layout: HostLayout) -> str:
+    """AGENT for a host of a stack whose user data set up our parent agent (its host.json names
+    an image; the stack resolves the key and secret names in it), USERDATA for any other."""
+    info = layout.read_info()
+    return (
+        AGENT if info.get("stack_name") and (agent_config(layout) or {}).get("image") else USERDATA
     )
 
-    def add(check: Check) -> None:
-        hr.checks.append(check)
-        if on_check:
-            on_check(hr, check)
 
-    return hr, add
+HOSTS: dict[str, type[ParentAgentHost] | type[UserDataHost]] = {
+    AGENT: ParentAgentHost,
+    USERDATA: UserDataHost,
+}
 
 
-def verify_agent_host(
+def _runs(entry: VerifyCheck, checks: Sequence[str] | None) -> bool:
+    """Gates and what the others need always run, opt-in checks only when named."""
+    if entry.always or entry.stops is not None:
+        return True
+    if not checks:
+        return not entry.opt_in
+    return any(n in checks for n in entry.names)
+
+
+def _shown(entry: VerifyCheck, row: Check, checks: Sequence[str] | None, stop: bool) -> bool:
+    """A row is reported when `--check` names it (or names nothing); a gate's failure, what the
+    others need and rows beyond an entry's names (`enclave`, `provisioned`) always are."""
+    if entry.always or stop or not checks:
+        return True
+    return row.name in checks or row.name not in entry.names
+
+
+def verify_host(
     layout: HostLayout,
     state_dir: Path,
     checks: Sequence[str] | None = None,
     on_check: Callable[[HostReport, Check], None] | None = None,
 ) -> HostReport:
-    """The checks of `CHECKS` on one host running our parent agent, in order: a failed boot,
-    an enclave that is not running or one not provisioned is reported first."""
-    host = _Host(layout, state_dir)
-    hr, add = _host_report(host.info, host.enclave.get("EnclaveID"), on_check)
-
-    boot = boot_check(host.h)
-    if not boot.ok:
-        add(boot)
-        return hr
-    enclave_state = host.state["enclave_state"]
-    if enclave_state != "RUNNING":
-        add(
-            Check(
-                "enclave",
-                False,
-                f"enclave {hr.enclave_id or '(none)'} is {enclave_state}: "
-                f"{host.enclave.get('ExitReason') or 'not listed'} (nitro-cli describe-enclaves "
-                f"in the host, CID {host.parent.cid}); `enclavekit up` starts it again",
-            )
-        )
-        return hr
-    if not host.state["provisioned"]:
-        why = host.state["last_error"] or host.state["journal"] or host.state["enclave_status"]
-        add(Check("provisioned", False, f"the enclave was not provisioned: {why}"))
-    for name, fn in CHECKS:
-        if checks and name not in checks:
+    """The registry's checks of the host's kind (those named in `checks`, if any) on the host
+    of `layout`, in order, each row told to `on_check`; a gate that fails ends the host's
+    checks there (a failed boot, no enclave running)."""
+    kind = host_kind(layout)
+    host = HOSTS[kind](layout, state_dir)
+    hr = HostReport(
+        stack=host.info.get("stack_name") or "(no stack)",
+        logical_id=host.info.get("logical_id") or host.info["instance_id"],
+        instance_id=host.info["instance_id"],
+        enclave_id=host.enclave_id,
+    )
+    for entry in REGISTRY:
+        if entry.kind != kind or not _runs(entry, checks):
             continue
-        if name == "boot":
-            add(boot)
-            continue
-        why_not = _tls_not_applicable(name, host)
-        add(
-            Check(name, True, f"does not apply: {why_not}", applies=False)
-            if why_not
-            else _timed(name, lambda fn=fn, host=host: fn(host))
-        )
-    for name in [n for n in checks or () if n in OPT_IN]:  # the user-data hosts' opt-in checks
-        add(Check(name, True, "does not apply: the host's image terminates TLS itself, no ACM "
-                  "agent renews", applies=False))  # fmt: skip
+        rows = entry.rows(host)
+        stop = entry.stops is not None and entry.stops(host, rows)
+        for row in rows:
+            if _shown(entry, row, checks, stop):
+                hr.checks.append(row)
+                if on_check:
+                    on_check(hr, row)
+        hr.enclave_id = host.enclave_id
+        if stop:
+            break
     return hr
 
 
@@ -145,11 +121,9 @@ def verify(
     stacks (or of `stack`)."""
     state_dir = Path(state_dir).resolve()
 
-    known = [name for name, _ in CHECKS]
-    known += [name for name, _ in HOST_CHECKS if name not in known]
-    unknown = sorted(set(checks or ()) - set(known))
+    unknown = sorted(set(checks or ()) - set(KNOWN))
     if unknown:
-        raise InvalidInput(f"--check: expected some of {', '.join(known)}, found {unknown}")
+        raise InvalidInput(f"--check: expected some of {', '.join(KNOWN)}, found {unknown}")
     stacks = deployed_stacks(state_dir)
     if stack is not None:
         if stack not in stacks:
@@ -159,78 +133,15 @@ def verify(
         stacks = [stack]
     live = _running_instances(state_dir)
     report = VerifyReport(hosts=[])
-    from local_backend.parent.view import agent_config
-
-    # Every enclave-enabled instance, booted from its user data: ours (the agent's host.json
-    # names an image, and its stack resolves the key and secret names in it) by the chain
+    # Every enclave-enabled instance, booted from its user data: ours by the chain of checks
     # above, any other by what it runs.
     for layout in enclave_enabled_hosts(state_dir, None if stack is None else stacks, live):
         info = layout.read_info()
         if info.get("stack_name") is not None and info["stack_name"] not in stacks:
             continue  # a stack not (or no longer) deployed
-        if info.get("stack_name") and (agent_config(layout) or {}).get("image"):
-            report.hosts.append(verify_agent_host(layout, state_dir, checks, on_check))
-        else:
-            report.hosts.append(verify_host(layout, state_dir, checks, on_check))
+        report.hosts.append(verify_host(layout, state_dir, checks, on_check))
     covered = {h.stack for h in report.hosts}
     report.problems.extend(
         f"stack {s}: no enclave host found to verify" for s in stacks if s not in covered
     )
     return report
-
-
-def _run(name: str, fn: CheckFn, h: UserDataHost) -> Check:
-    start = time.monotonic()
-    holder: list[Check] = []
-
-    def call() -> tuple[bool, str]:
-        out = fn(h)
-        if isinstance(out, Check):
-            holder.append(out)
-            return out.ok, out.detail
-        return out
-
-    check = _timed(name, call)
-    if holder:
-        return Check(name, holder[0].ok, holder[0].detail, check.seconds, holder[0].applies)
-    return Check(check.name, check.ok, check.detail, round(time.monotonic() - start, 3))
-
-
-def verify_host(
-    layout: HostLayout,
-    state_dir: Path,
-    checks: Sequence[str] | None = None,
-    on_check: Callable[[HostReport, Check], None] | None = None,
-) -> HostReport:
-    """Every check that applies to the host of `layout`, in order; a failed boot stops there."""
-    h = UserDataHost(layout, state_dir)
-    hr, add = _host_report(h.info, None, on_check)
-
-    add(boot_check(h))
-    if not hr.checks[-1].ok:
-        return hr
-    for name, fn in HOST_CHECKS:
-        if name in OPT_IN or (checks and name not in checks and name != "enclaves"):
-            continue
-        add(_run(name, fn, h))
-        if name == "enclaves":
-            hr.enclave_id = next((str(e["EnclaveID"]) for e in _running(h)), None)
-            if not _running(h):
-                return hr
-    if not checks or {"https", "key-not-on-parent"} & set(checks):
-        try:
-            tls = check_tls(h)
-        except Exception as exc:  # noqa: BLE001 - a check that cannot run fails, with why
-            why = f"could not check: {type(exc).__name__}: {exc}"
-            tls = [Check("https", False, why), Check("key-not-on-parent", False, why)]
-        for c in tls:
-            if not checks or c.name in checks:
-                add(c)
-    if checks and RENEWAL in checks:  # before the ACM probes, which restart the agent
-        for c in _renewal_checks(h):
-            add(c)
-    if not checks or set(ACM_PROBES) & set(checks):
-        for c in _acm_probe_checks(h):
-            if not checks or c.name in checks:
-                add(c)
-    return hr

@@ -12,14 +12,14 @@ import ssl
 from enclavekit import provisioning as prov
 from enclavekit.errors import EnclaveKitError
 from local_backend import server
-from local_backend.verify.agent_host import _Host
+from local_backend.verify.agent_host import ParentAgentHost
 
 
-def check_https(host: _Host) -> tuple[bool, str]:
+def check_https(host: ParentAgentHost) -> tuple[bool, str]:
     domain = (host.spec.get("service") or {}).get("domain")
     port = host.state.get("relay_port")
     if not domain or not port:
-        if reason := _certificate_not_held(host):
+        if reason := certificate_not_held(host):
             return False, reason
         return False, (
             f"host has no domain ({domain}) or no machine port forwarded to its service port "
@@ -40,7 +40,7 @@ def check_https(host: _Host) -> tuple[bool, str]:
             while chunk := tls.recv(65536):
                 data += chunk
     except OSError:  # ssl.SSLError too: no handshake. Does the enclave say why?
-        reason = _certificate_not_held(host)
+        reason = certificate_not_held(host)
         if reason is None:
             raise
         return False, reason
@@ -58,7 +58,7 @@ def check_https(host: _Host) -> tuple[bool, str]:
     )
 
 
-def _certificate_not_held(host: _Host) -> str | None:
+def certificate_not_held(host: ParentAgentHost) -> str | None:
     """Why the enclave holds no certificate key, when its Status says it holds none. An image
     of ours that claims ACM's certificate (set-up C) ends here on AWS too: ACM releases the key
     only to its own enclave image, so the image's Decrypt is AccessDeniedException."""

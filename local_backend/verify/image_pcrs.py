@@ -10,12 +10,12 @@ import secrets
 from enclavekit import attestation
 from enclavekit import provisioning as prov
 from enclavekit.pki import LocalPki
-from local_backend.verify.agent_host import _Host
-from local_backend.verify.keys import _bound_pcrs
-from local_backend.verify.report import _short
+from local_backend.verify.agent_host import ParentAgentHost
+from local_backend.verify.keys import bound_pcrs
+from local_backend.verify.report import short
 
 
-def check_image(host: _Host) -> tuple[bool, str]:
+def check_image(host: ParentAgentHost) -> tuple[bool, str]:
     nonce = secrets.token_bytes(32)
     reply = host.control(prov.Attest(nonce=nonce))
     if not isinstance(reply, prov.AttestResult):
@@ -30,8 +30,8 @@ def check_image(host: _Host) -> tuple[bool, str]:
     for name in ("PCR0", "PCR1", "PCR2"):
         if got.get(name) != want.get(name):
             return False, (
-                f"enclave {name} {_short(got.get(name, '-'))} is not the image's "
-                f"{_short(want.get(name, '-'))}"
+                f"enclave {name} {short(got.get(name, '-'))} is not the image's "
+                f"{short(want.get(name, '-'))}"
             )
     keys = host.spec.get("attested_keys") or []
     if not keys:
@@ -41,7 +41,7 @@ def check_image(host: _Host) -> tuple[bool, str]:
     for logical in keys:
         key_id = host.physical_id(logical)
         policy = kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"]
-        bound = _bound_pcrs(
+        bound = bound_pcrs(
             policy if isinstance(policy, str) else json.dumps(policy),
             (host.info.get("role_arns") or [None])[0],
         )
@@ -54,12 +54,12 @@ def check_image(host: _Host) -> tuple[bool, str]:
             index = int(name[3:])
             actual = doc.pcrs.get(index, b"").hex()
             if values != {actual}:
-                shown = ", ".join(sorted(_short(v) for v in values))
+                shown = ", ".join(sorted(short(v) for v in values))
                 return False, (
-                    f"key {logical} binds {name} to {shown}; the enclave has {_short(actual)}"
+                    f"key {logical} binds {name} to {shown}; the enclave has {short(actual)}"
                 )
         bound_names.append(f"{logical}({','.join(sorted(bound))})")
     return True, (
-        f"PCR0 {_short(got['PCR0'])} attested (local root, fresh nonce) = image = "
+        f"PCR0 {short(got['PCR0'])} attested (local root, fresh nonce) = image = "
         f"policy of {', '.join(bound_names)}"
     )

@@ -4,28 +4,19 @@ the host, and (the control that the search works) it is in the enclave's memory.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import urllib.request
-from pathlib import Path
-from typing import Any
 
 from enclavekit.localenv import LOCAL_ACCOUNT
-from local_backend import server
-from local_backend.verify.agent_host import _Host
-from local_backend.verify.https import _certificate_not_held
-from local_backend.verify.userdata import UserDataHost
+from local_backend.verify.agent_host import ParentAgentHost
+from local_backend.verify.https import certificate_not_held
+from local_backend.verify.processes import key_leaks, search_key, searched_mib
 
 
-def check_key_not_on_parent(host: _Host) -> tuple[bool, str]:
+def check_key_not_on_parent(host: ParentAgentHost) -> tuple[bool, str]:
 
     cert = host.spec.get("certificate")
     if not cert:
         return False, "the host has no certificate"
-    # every process of the host's own PID namespace (the agent, socat, systemd's stand-in...)
-    # is parent side; those in the enclaves' nested namespaces are the control
-    pids, enclave_pids = _host_processes(host.h)
     # The S3 object as the parent downloads it, searched by the endpoint too.
     creds = host.parent.role_credentials()
     bundle = host.parent.certificate_bundle(creds)
@@ -34,26 +25,18 @@ def check_key_not_on_parent(host: _Host) -> tuple[bool, str]:
     s3_copy = host.dir / "verify-s3-object.json"
     s3_copy.write_text(json.dumps(bundle.to_json()))
     try:
-        req = {
-            "certificate_arn": cert["arn"],
-            "account_id": LOCAL_ACCOUNT,
-            "region": host.region,
-            "paths": [str(host.state_dir)],
-            "pids": [*pids, *enclave_pids],
-        }
-        result = _endpoint_keyscan(host.endpoint, req, host.state_dir)
+        # every process of the host's own PID namespace (the agent, socat, systemd's
+        # stand-in...) is parent side; those in the enclaves' nested namespaces the control
+        pids, enclave_pids, result = search_key(host.h, cert["arn"], LOCAL_ACCOUNT)
     finally:
         s3_copy.unlink(missing_ok=True)
     if "error" in result:
         return False, f"the key search failed: {result['error']}"
-    leaks = [f"{h['where']} ({h['form']})" for h in result["file_hits"]]
-    for pid in pids:
-        proc = result["processes"].get(str(pid), {})
-        leaks += [f"pid {pid}: {h['where']} ({h['form']})" for h in proc.get("hits", [])]
+    leaks = key_leaks(result, pids)
     if leaks:
         return False, "private key found on the parent side: " + "; ".join(leaks[:4])
     control = [result["processes"].get(str(p), {}) for p in enclave_pids]
-    if not any(c.get("hits") for c in control) and (reason := _certificate_not_held(host)):
+    if not any(c.get("hits") for c in control) and (reason := certificate_not_held(host)):
         return False, reason
     if not any(c.get("hits") for c in control):
         errors = "; ".join(c["error"] for c in control if "error" in c) or "no hits"
@@ -61,65 +44,9 @@ def check_key_not_on_parent(host: _Host) -> tuple[bool, str]:
             "the search did not find the key in the enclave either, so its absence "
             f"elsewhere proves nothing ({errors})"
         )
-    mib = sum(p.get("bytes_read", 0) for p in result["processes"].values()) >> 20
+    mib = searched_mib(result)
     return True, (
         f"absent from S3 object, {result['files_read']} state/log files and "
         f"{len(pids)} parent-side processes of the host; found only in the enclave "
         f"({mib} MiB of memory searched)"
     )
-
-
-def _tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (the enclave's process tree, seen from the host)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def _endpoint_keyscan(endpoint: str, req: dict[str, Any], state_dir: Path) -> dict[str, Any]:
-    body = json.dumps(req).encode()
-    r = urllib.request.Request(
-        endpoint + server.KEYSCAN_PATH,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            server.ADMIN_TOKEN_HEADER: server.admin_token(state_dir),
-        },
-    )
-    try:
-        with urllib.request.urlopen(r, timeout=120) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read() or b'{"error": "HTTP error"}')
-
-
-def _host_processes(h: UserDataHost) -> tuple[list[int], list[int]]:
-    """(parent side, enclave side) machine pids of the host: processes in the host's own PID
-    namespace (nginx, the agent, systemd's stand-in...) and those in the enclaves' nested ones."""
-
-    init = int(h.host["init_pid"])
-    own = os.readlink(f"/proc/{init}/ns/pid")  # "pid:[inode]"
-    parent, enclave = [], []
-    for pid in _tree(init):
-        try:
-            ns = os.readlink(f"/proc/{pid}/ns/pid")
-        except OSError:
-            continue
-        (parent if ns == own else enclave).append(pid)
-    return parent, enclave
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "?"

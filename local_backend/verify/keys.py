@@ -12,11 +12,11 @@ from botocore.exceptions import ClientError
 
 from enclavekit import attested_kms, pcr
 from enclavekit.policy import parse_policy
-from local_backend.verify.report import Check, _short
-from local_backend.verify.userdata import UserDataHost, _not_applicable, _running
+from local_backend.verify.report import Check, not_applicable, short
+from local_backend.verify.userdata import UserDataHost, running_enclaves
 
 
-def _bound_pcrs(policy_text: str, role_arn: str | None) -> dict[str, set[str]]:
+def bound_pcrs(policy_text: str, role_arn: str | None) -> dict[str, set[str]]:
     """PCR condition values (lower-case) of the Allow statements that grant the host role
     (`role_arn`) under attestation keys: what the key releases to this host's enclave."""
     bound: dict[str, set[str]] = {}
@@ -28,7 +28,7 @@ def _bound_pcrs(policy_text: str, role_arn: str | None) -> dict[str, set[str]]:
     return bound
 
 
-def _denied(call: Callable[[], Any], key_id: str | None) -> tuple[bool, str]:
+def denied(call: Callable[[], Any], key_id: str | None) -> tuple[bool, str]:
     """Did KMS itself answer AccessDeniedException for `key_id` (any key if None)? The only
     evidence of a denial: any other error (unreachable, bad ciphertext...) proves nothing."""
     try:
@@ -38,17 +38,23 @@ def _denied(call: Callable[[], Any], key_id: str | None) -> tuple[bool, str]:
         code, message = str(err.get("Code", "")), str(err.get("Message", ""))
         if code != "AccessDeniedException":
             return False, f"could not check: KMS answered {code or 'no error code'}: {message}"
-        resource = message.partition(" on resource: ")[2].split(" ", 1)[0]
-        if not resource.startswith("arn:aws:kms:") or (key_id and key_id not in resource):
-            return False, (
-                f"could not check: AccessDeniedException for {resource or 'no resource'}, "
-                f"not for key {key_id or '(any KMS key)'}"
-            )
+        if why := denied_other_resource(message, key_id, f"key {key_id or '(any KMS key)'}"):
+            return False, f"could not check: {why}"
         return True, code
     return False, "ALLOWED"
 
 
-def _attested_keys(h: UserDataHost) -> dict[str, dict[str, set[str]]]:
+def denied_other_resource(message: str, key_id: str | None, subject: str) -> str | None:
+    """Why KMS's AccessDeniedException `message` is no denial of key `key_id` (any KMS key if
+    None), the key named `subject`: it names another resource (a denial of that proves
+    nothing). None when it names that key."""
+    resource = message.partition(" on resource: ")[2].split(" ", 1)[0]
+    if resource.startswith("arn:aws:kms:") and not (key_id and key_id not in resource):
+        return None
+    return f"AccessDeniedException for {resource or 'no resource'}, not for {subject}"
+
+
+def attested_keys(h: UserDataHost) -> dict[str, dict[str, set[str]]]:
     """key ARN -> the PCR values its policy releases to the host role under attestation."""
     kms = h.client("kms")
     out: dict[str, dict[str, set[str]]] = {}
@@ -56,7 +62,7 @@ def _attested_keys(h: UserDataHost) -> dict[str, dict[str, set[str]]]:
         for k in page["Keys"]:
             policy = kms.get_key_policy(KeyId=k["KeyId"], PolicyName="default")["Policy"]
             text = policy if isinstance(policy, str) else json.dumps(policy)
-            bound = _bound_pcrs(text, h.role_arn)
+            bound = bound_pcrs(text, h.role_arn)
             if bound:
                 out[k["KeyArn"]] = bound
     return out
@@ -74,17 +80,17 @@ def _enclave_pcrs(h: UserDataHost, e: dict[str, Any]) -> dict[str, str]:
 
 
 def check_keys(h: UserDataHost) -> tuple[bool, str] | Check:
-    keys = _attested_keys(h)
+    keys = attested_keys(h)
     if not keys:
-        return _not_applicable(
+        return not_applicable(
             "keys", "no KMS key policy grants the host role under kms:RecipientAttestation"
         )
-    running = [_enclave_pcrs(h, e) for e in _running(h)]
+    running = [_enclave_pcrs(h, e) for e in running_enclaves(h)]
     parts = []
     for arn, bound in sorted(keys.items()):
         key = arn.rsplit("/", 1)[-1]
         if not any(all(have.get(n) in vals for n, vals in bound.items()) for have in running):
-            shown = ", ".join(f"{n} {_short(min(v))}" for n, v in sorted(bound.items()))
+            shown = ", ".join(f"{n} {short(min(v))}" for n, v in sorted(bound.items()))
             return False, f"key {key} releases to {shown}: no enclave of this host has them"
         parts.append(f"{key}({','.join(sorted(bound))})")
     return True, f"bound to an enclave running here: {', '.join(parts)}"

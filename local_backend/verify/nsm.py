@@ -9,7 +9,7 @@ import sys
 
 from local_backend.host import control
 from local_backend.host.layout import HOST_EMULATOR_STATE
-from local_backend.verify.userdata import UserDataHost, _running
+from local_backend.verify.userdata import UserDataHost, running_enclaves
 
 # Run inside the host (as root of its parent side): ask the enclave's NSM for a document with
 # our own public key; print what happened and whether the NSM logged refusing this process.
@@ -48,7 +48,7 @@ print(json.dumps(out))
 
 def check_nsm_parent_refused(h: UserDataHost) -> tuple[bool, str]:
     results = []
-    for e in _running(h):
+    for e in running_enclaves(h):
         eid = str(e["EnclaveID"])
         run = control.host_exec(
             h.layout, [sys.executable, "-c", _NSM_PROBE, HOST_EMULATOR_STATE, eid], timeout=60

@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import json
 
-from local_backend.verify.acm import _acm_tokens
-from local_backend.verify.agent_host import _Host
-from local_backend.verify.keys import _attested_keys, _denied
-from local_backend.verify.report import Check
-from local_backend.verify.userdata import UserDataHost, _not_applicable
+from local_backend.verify.acm_host import acm_tokens
+from local_backend.verify.agent_host import ParentAgentHost
+from local_backend.verify.keys import attested_keys, denied
+from local_backend.verify.report import Check, not_applicable
+from local_backend.verify.userdata import UserDataHost
 
 
-def check_parent_denied(host: _Host) -> tuple[bool, str]:
+def check_parent_denied(host: ParentAgentHost) -> tuple[bool, str]:
     creds = host.parent.role_credentials()
     kms = host.client("kms", creds)
     results = []
     secrets_, _ = host.parent.sealed_secrets(creds)
     for spec in secrets_:
-        key_id = _secret_key_id(host, spec.name)
-        ok, what = _denied(lambda s=spec: kms.decrypt(CiphertextBlob=s.ciphertext), key_id)
+        key_id = secret_key_id(host, spec.name)
+        ok, what = denied(lambda s=spec: kms.decrypt(CiphertextBlob=s.ciphertext), key_id)
         if not ok:
             if what != "ALLOWED":
                 return False, f"secret {spec.name!r}: {what}"
@@ -32,7 +32,7 @@ def check_parent_denied(host: _Host) -> tuple[bool, str]:
         results.append(spec.name)
     bundle = host.parent.certificate_bundle(creds)
     if bundle is not None:
-        ok, what = _denied(lambda: kms.decrypt(CiphertextBlob=bundle.private_key_ciphertext), None)
+        ok, what = denied(lambda: kms.decrypt(CiphertextBlob=bundle.private_key_ciphertext), None)
         if not ok:
             if what != "ALLOWED":
                 return False, f"certificate key: {what}"
@@ -43,7 +43,7 @@ def check_parent_denied(host: _Host) -> tuple[bool, str]:
     return True, f"Decrypt without attestation: AccessDeniedException for {', '.join(results)}"
 
 
-def _secret_key_id(host: _Host, name: str) -> str | None:
+def secret_key_id(host: ParentAgentHost, name: str) -> str | None:
     """The KMS key id the host's Metadata seals secret `name` under (None if undeclared)."""
     for s in host.spec.get("secrets") or []:
         if s.get("name") == name and s.get("key"):
@@ -60,7 +60,7 @@ def _association_key_denied(h: UserDataHost) -> tuple[bool, str]:
     creds = h.role_credentials()
     kms = h.client("kms", creds)
     done = []
-    for token in _acm_tokens(h):
+    for token in acm_tokens(h):
         arn = token.source.certificate_arn
         roles = h.client("ec2").get_associated_enclave_certificate_iam_roles(  # verify asks
             CertificateArn=arn
@@ -73,7 +73,7 @@ def _association_key_denied(h: UserDataHost) -> tuple[bool, str]:
         )
         sealed = json.loads(obj["Body"].read())
         blob = base64.b64decode(sealed["encryptedPrivateKey"])
-        ok, what = _denied(lambda b=blob: kms.decrypt(CiphertextBlob=b), None)
+        ok, what = denied(lambda b=blob: kms.decrypt(CiphertextBlob=b), None)
         if not ok:
             if what == "ALLOWED":
                 return (
@@ -89,11 +89,11 @@ def _association_key_denied(h: UserDataHost) -> tuple[bool, str]:
 
 
 def check_userdata_parent_denied(h: UserDataHost) -> tuple[bool, str] | Check:
-    keys = _attested_keys(h)
-    if not keys and _acm_tokens(h):
+    keys = attested_keys(h)
+    if not keys and acm_tokens(h):
         return _association_key_denied(h)
     if not keys:
-        return _not_applicable(
+        return not_applicable(
             "parent-denied", "no KMS key grants the host role under attestation conditions"
         )
     creds = h.role_credentials()
@@ -114,7 +114,7 @@ def check_userdata_parent_denied(h: UserDataHost) -> tuple[bool, str] | Check:
                 f"could not check: neither the account root nor the host role may Encrypt "
                 f"under key {key}, so there is no ciphertext to try"
             )
-        ok, what = _denied(lambda b=blob: role_kms.decrypt(CiphertextBlob=b), key)
+        ok, what = denied(lambda b=blob: role_kms.decrypt(CiphertextBlob=b), key)
         if not ok:
             if what == "ALLOWED":
                 return False, f"the instance role decrypted under key {key} without attestation"

@@ -19,9 +19,10 @@ from enclavekit.errors import EnclaveKitError
 from enclavekit.pki import LocalPki
 from enclavekit.transport import EmulatedVsock
 from local_backend import server
-from local_backend.verify.agent_host import VERIFIER_DIR, _Host
-from local_backend.verify.parent_denied import _secret_key_id
-from local_backend.verify.report import _short
+from local_backend.verify.agent_host import VERIFIER_DIR, ParentAgentHost
+from local_backend.verify.keys import denied_other_resource
+from local_backend.verify.parent_denied import secret_key_id
+from local_backend.verify.report import short
 
 
 def variant_image(source: Path, dest: Path) -> Path:
@@ -44,7 +45,9 @@ def variant_image(source: Path, dest: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _probe_enclave(host: _Host, eif_path: Path, *, debug: bool) -> Iterator[EmulatedVsock]:
+def _probe_enclave(
+    host: ParentAgentHost, eif_path: Path, *, debug: bool
+) -> Iterator[EmulatedVsock]:
     """A probe enclave of `eif_path` with the host's role and instance id (so its PCR3/PCR4
     are the host's), on the machine in a scratch emulator directory with its own KMS
     vsock-proxy; yields the vsock its parent side (CID 3) reaches it by, at the host's CID."""
@@ -89,11 +92,11 @@ def _probe_enclave(host: _Host, eif_path: Path, *, debug: bool) -> Iterator[Emul
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _kms_proxy_port(host: _Host) -> int:
+def _kms_proxy_port(host: ParentAgentHost) -> int:
     return int((host.spec.get("service") or {}).get("kms_proxy_port", prov.KMS_PROXY_PORT))
 
 
-def _provision_probe(host: _Host, vsock: EmulatedVsock) -> tuple[bool, str]:
+def _provision_probe(host: ParentAgentHost, vsock: EmulatedVsock) -> tuple[bool, str]:
     """Hand a probe enclave what the real one gets — the secrets, then the certificate — each
     on its own, so a denial of one cannot hide a release of the other."""
     creds = host.parent.role_credentials()
@@ -130,7 +133,7 @@ def _provision_probe(host: _Host, vsock: EmulatedVsock) -> tuple[bool, str]:
         if not isinstance(reply, prov.ErrorReply):
             return False, f"the probe enclave obtained the {what}: {reply.to_json()}"
         items = [f"secret {s.name!r}" for s in secrets_] or ["certificate key"]
-        keys = [_secret_key_id(host, s.name) for s in secrets_] or [None]
+        keys = [secret_key_id(host, s.name) for s in secrets_] or [None]
         for item, key_id in zip(items, keys, strict=True):
             denied, why = _probe_denied(reply, item, key_id)
             if not denied:
@@ -161,13 +164,12 @@ def _probe_denied(reply: prov.ErrorReply, item: str, key_id: str | None) -> tupl
     part = text[start + len(item) + 2 : end]
     if _PROBE_DENIED not in part:
         return False, f"KMS did not answer AccessDeniedException: {part[:200]}"
-    resource = part.partition(" on resource: ")[2].split(" ", 1)[0]
-    if not resource.startswith("arn:aws:kms:") or (key_id and key_id not in resource):
-        return False, f"AccessDeniedException for {resource or 'no resource'}, not for {key_id}"
+    if why := denied_other_resource(part, key_id, str(key_id)):
+        return False, why
     return True, "AccessDeniedException"
 
 
-def _image(host: _Host, name: str) -> Path:
+def _image(host: ParentAgentHost, name: str) -> Path:
     """The host's EIF, fetched from its S3 asset with the instance role (as its user data's
     `aws s3 cp` did), into verify's own directory."""
     dest = host.state_dir / VERIFIER_DIR / f"{host.info['instance_id']}-{os.getpid()}-{name}"
@@ -175,7 +177,7 @@ def _image(host: _Host, name: str) -> Path:
     return host.parent.fetch_image(host.parent.role_credentials(), dest)
 
 
-def check_debug_denied(host: _Host) -> tuple[bool, str]:
+def check_debug_denied(host: ParentAgentHost) -> tuple[bool, str]:
     image = _image(host, "image.eif")
     try:
         with _probe_enclave(host, image, debug=True) as vsock:
@@ -185,7 +187,7 @@ def check_debug_denied(host: _Host) -> tuple[bool, str]:
     return ok, f"debug-mode enclave of the same image (PCR0 zero): {detail}" if ok else detail
 
 
-def check_other_image_denied(host: _Host) -> tuple[bool, str]:
+def check_other_image_denied(host: ParentAgentHost) -> tuple[bool, str]:
     image = _image(host, "image.eif")
     variant = variant_image(image, image.with_name(image.name + ".variant"))
     image.unlink(missing_ok=True)
@@ -195,4 +197,4 @@ def check_other_image_denied(host: _Host) -> tuple[bool, str]:
             ok, detail = _provision_probe(host, vsock)
     finally:
         variant.unlink(missing_ok=True)
-    return ok, f"enclave of a different image (PCR0 {_short(pcr0)}): {detail}" if ok else detail
+    return ok, f"enclave of a different image (PCR0 {short(pcr0)}): {detail}" if ok else detail

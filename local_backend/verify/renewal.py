@@ -4,7 +4,6 @@ with no HTTPS request failing while the agent puts it in place.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Sequence
@@ -12,17 +11,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from enclavekit.errors import CheckFailed
-from local_backend.host import control
-from local_backend.verify.acm import (
-    ACM_UNIT,
-    _acm_conf,
-    _acm_tokens,
-    _associated_certificates,
-    _get,
-    _https_port,
+from local_backend.verify.acm_host import (
+    acm_conf,
+    acm_tokens,
+    associated_certificates,
+    https_get,
+    https_port,
+    journal,
+    served_token,
 )
-from local_backend.verify.report import Check
-from local_backend.verify.userdata import UserDataHost, _not_applicable
+from local_backend.verify.processes import endpoint_admin
+from local_backend.verify.report import Check, not_applicable
+from local_backend.verify.userdata import UserDataHost
 
 RENEWAL = "renewal"  # opt-in: it waits for the agent's sync (acm.yaml sync_interval_secs)
 
@@ -58,7 +58,7 @@ class HttpsClient(threading.Thread):
         while not self.halt.is_set():
             at = time.monotonic() - self.zero
             try:
-                head, leaf = _get(self.port, self.ctx, self.domain, REQUEST_TIMEOUT_S)
+                head, leaf = https_get(self.port, self.ctx, self.domain, REQUEST_TIMEOUT_S)
                 error = None if head.startswith(b"HTTP/1.1 200") else f"HTTP {head[9:12]!r}"
                 self.results.append(Request(at, leaf, error))
             except (OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
@@ -115,23 +115,23 @@ def check_acm_renewal(h: UserDataHost, token: Any, max_wait: float | None = None
     start = time.monotonic()
     if token.source.kind != "Acm":
         return Check(RENEWAL, False, f"could not check: token {token.label} is not ACM-sourced")
-    interval = _acm_conf(h).options.sync_interval_secs
+    interval = acm_conf(h).options.sync_interval_secs
     wait = interval + RENEWAL_MARGIN_S if max_wait is None else max_wait
     arn = token.source.certificate_arn
     domain = h.client("acm").describe_certificate(CertificateArn=arn)["Certificate"]["DomainName"]
     ctx = ssl.create_default_context(cadata=server.ca_pem(h.state_dir).decode())
-    port = _https_port(h)
-    _head, old = _get(port, ctx, domain, REQUEST_TIMEOUT_S)  # serving now, else could not check
-    mark = len(_journal(h))
+    port = https_port(h)
+    # serving now, else could not check
+    _head, old = https_get(port, ctx, domain, REQUEST_TIMEOUT_S)
+    mark = len(journal(h))
     client = HttpsClient(port, ctx, domain)
     client.start()
     time.sleep(1.0)  # requests before the renewal: the site as its users see it
     try:
-        renewed = _endpoint_admin(
-            h,
-            server.RENEW_PATH,
-            {"certificate_arn": arn, "account_id": _account(h), "region": h.region},
-        )
+        req = {"certificate_arn": arn, "account_id": h.account_id, "region": h.region}
+        done, renewed = endpoint_admin(h.endpoint, server.RENEW_PATH, req, h.state_dir)
+        if not done:
+            raise CheckFailed(f"{server.RENEW_PATH}: {renewed.get('error')}")
         client.zero = time.monotonic()
         new = x509.load_pem_x509_certificate(renewed["certificate"].encode()).public_bytes(
             serialization.Encoding.DER
@@ -143,7 +143,7 @@ def check_acm_renewal(h: UserDataHost, token: Any, max_wait: float | None = None
             time.sleep(RENEWAL_SETTLE_S)
     finally:
         results = client.stop()
-    lines = [x.split("| ", 1)[-1].strip() for x in _journal(h)[mark:].splitlines()]
+    lines = [x.split("| ", 1)[-1].strip() for x in journal(h)[mark:].splitlines()]
     said = [x for x in lines if any(w in x for w in ("DB change", "Restart", "rror", "Broken"))]
     agent = " | ".join(said or lines[-2:])[:300]
     why_late = (
@@ -157,46 +157,9 @@ def check_acm_renewal(h: UserDataHost, token: Any, max_wait: float | None = None
     return Check(RENEWAL, ok, detail, round(time.monotonic() - start, 3))
 
 
-def _journal(h: UserDataHost) -> str:
-    return control.host_exec(h.layout, ["journalctl", "-u", ACM_UNIT]).stdout
-
-
-def _account(h: UserDataHost) -> str:
-    return str(h.info.get("account_id") or (h.role_arn or "").split(":")[4])
-
-
-def _endpoint_admin(h: UserDataHost, path: str, req: dict[str, Any]) -> dict[str, Any]:
-    """An administration request to the local endpoint (its admin token from the state dir)."""
-    import urllib.error
-    import urllib.request
-
-    from local_backend import server
-
-    r = urllib.request.Request(
-        h.endpoint + path,
-        data=json.dumps(req).encode(),
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            server.ADMIN_TOKEN_HEADER: server.admin_token(h.state_dir),
-        },
-    )
-    try:
-        with urllib.request.urlopen(r, timeout=120) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        answer = json.loads(exc.read() or b'{"error": "HTTP error"}')
-        raise CheckFailed(f"{path}: {answer.get('error')}") from None
-
-
-def _renewal_checks(h: UserDataHost) -> list[Check]:
+def renewal_checks(h: UserDataHost) -> list[Check]:
     """The renewal probe where the host runs the ACM agent; N/A elsewhere."""
-    try:
-        tokens = _acm_tokens(h)
-        if not tokens:
-            return [_not_applicable(RENEWAL, "the host runs no ACM for Nitro Enclaves agent")]
-        certs = _associated_certificates(h)
-        token = next((t for t in tokens if t.source.certificate_arn in certs), tokens[0])
-        return [check_acm_renewal(h, token)]
-    except Exception as exc:  # noqa: BLE001 - a check that cannot run fails, with why
-        return [Check(RENEWAL, False, f"could not check: {type(exc).__name__}: {exc}")]
+    tokens = acm_tokens(h)
+    if not tokens:
+        return [not_applicable(RENEWAL, "the host runs no ACM for Nitro Enclaves agent")]
+    return [check_acm_renewal(h, served_token(tokens, associated_certificates(h)))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,14 +107,32 @@ class VerifyReport:
         return junit.document("enclavekit verify", [("enclavekit verify", cases)])
 
 
-def _timed(name: str, fn: Callable[[], tuple[bool, str]]) -> Check:
+def timed(name: str, call: Callable[[], tuple[bool, str] | Check]) -> Check:
+    """Run one check: `call` answers (ok, detail) or a whole `Check` (one that did not apply);
+    an exception is a failed check with its reason (a check that cannot run fails)."""
     start = time.monotonic()
     try:
-        ok, detail = fn()
+        out = call()
     except Exception as exc:  # noqa: BLE001 - a check that cannot run fails, with its reason
-        ok, detail = False, f"could not check: {type(exc).__name__}: {exc}"
-    return Check(name, ok, detail.replace("\n", " "), round(time.monotonic() - start, 3))
+        out = (False, f"could not check: {type(exc).__name__}: {exc}")
+    seconds = round(time.monotonic() - start, 3)
+    if isinstance(out, Check):
+        return Check(name, out.ok, out.detail, seconds, out.applies)
+    ok, detail = out
+    return Check(name, ok, detail.replace("\n", " "), seconds)
 
 
-def _short(hex_value: str) -> str:
+def not_applicable(name: str, why: str) -> Check:
+    """The row of a check that does not apply to a host, saying why (N/A, not a skip)."""
+    return Check(name, True, f"does not apply: {why}", applies=False)
+
+
+def could_not_check(names: Sequence[str], exc: Exception, seconds: float = 0.0) -> list[Check]:
+    """Failed rows for checks that could not run because of `exc`."""
+    why = f"could not check: {type(exc).__name__}: {exc}"
+    return [Check(n, False, why, seconds) for n in names]
+
+
+def short(hex_value: str) -> str:
+    """A PCR or digest as a table shows it: its first 8 hex digits."""
     return f"{hex_value[:8]}…"

@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path
 
 from enclavekit import provisioning as prov
-from local_backend.verify.agent_host import VERIFIER_DIR, _Host
+from local_backend.verify.agent_host import VERIFIER_DIR, ParentAgentHost
 
 
 def reference_secret(state_dir: Path, stack: str, name: str) -> bytes | None:
@@ -18,7 +18,7 @@ def reference_secret(state_dir: Path, stack: str, name: str) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
 
-def check_secret(host: _Host) -> tuple[bool, str]:
+def check_secret(host: ParentAgentHost) -> tuple[bool, str]:
     names = [s["name"] for s in host.spec.get("secrets") or []]
     if not names:
         return False, "the host's Metadata declares no application secret to check"

@@ -9,71 +9,42 @@ does not apply says why (`Check.applies` False); one that cannot run fails.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from enclavekit import attestation, pcr
 from enclavekit import provisioning as prov
-from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend.host import control, hooks
-from local_backend.host.layout import HOST_EMULATOR_STATE, HostLayout
-from local_backend.parent.view import session_client
-from local_backend.verify.report import Check, _short
+from local_backend.host.layout import HostLayout
+from local_backend.parent.view import InstanceHost
+from local_backend.verify.report import Check, not_applicable, short
 
 CONSOLE_LINES = 8  # of a failed boot's console, in its check's detail
 
 
-CheckFn = Callable[["UserDataHost"], tuple[bool, str] | Check]
-
-
-class UserDataHost:
+class UserDataHost(InstanceHost):
     """What verify knows of one running instance host (host.json, instance.json, its enclaves)."""
 
     def __init__(self, layout: HostLayout, state_dir: Path) -> None:
-        self.layout = layout
+        super().__init__(layout)
         self.state_dir = state_dir
-        self.info = layout.read_info()
-        self.host = layout.read_host()
-        self.region: str = self.info["region"]
-        self.endpoint: str = self.info["endpoint"]
-        self.role_arn: str | None = (self.info.get("role_arns") or [None])[0]
         self.enclaves: list[dict[str, Any]] = []
         self.documents: dict[str, attestation.AttestationDocument] = {}  # by EnclaveID
-        self._creds: Any = None
 
     @property
-    def vsock(self) -> EmulatedVsock:
-        """The host's emulated vsock as its parent side (CID 3) sees it, from the machine."""
-        root = Path(f"/proc/{self.host.get('init_pid')}/root{HOST_EMULATOR_STATE}/vsock")
-        return EmulatedVsock(root, PARENT_CID)
+    def account_id(self) -> str:
+        return str(self.info.get("account_id") or (self.role_arn or "").split(":")[4])
 
-    def client(self, service: str, creds: prov.Credentials | None = None) -> Any:
-        return session_client(service, self.endpoint, self.region, creds)
-
-    def role_credentials(self) -> prov.Credentials:
-        """The instance role's credentials, as the host's IMDS hands them out."""
-        from local_backend.parent.agent import AssumeRoleCredentials, ec2_sts
-
-        if self._creds is None:
-            self._creds = AssumeRoleCredentials(
-                lambda: ec2_sts(self.endpoint, self.region),
-                self.role_arn,
-                self.info["instance_id"],
-            )
-        return self._creds.credentials()
-
-    def control(self, cid: int, request: prov.Message, timeout: float = 30) -> prov.Message:
-        with self.vsock.connect(cid, prov.CONTROL_PORT) as sock:
-            sock.settimeout(timeout)
-            return prov.exchange(sock, request)
-
-
-def _not_applicable(name: str, why: str) -> Check:
-    return Check(name, True, f"does not apply: {why}", applies=False)
+    @property
+    def enclave_id(self) -> str | None:
+        """The first RUNNING enclave (None before `check_enclaves` listed them)."""
+        return next((str(e["EnclaveID"]) for e in running_enclaves(self)), None)
 
 
 def boot_check(h: UserDataHost) -> Check:
+    """boot: the user data ran to completion; else the failing command and the console's end
+    (no other check of the host can run then)."""
     host = h.host
     error = control.boot_error(host)
     if error is None and (host.get("boot") or {}).get("state") == "done":
@@ -97,24 +68,25 @@ def check_enclaves(h: UserDataHost) -> tuple[bool, str]:
         m = e.get("Measurements") or {}
         parts.append(
             f"{e.get('EnclaveID')} CID {e.get('EnclaveCID')} {e.get('State')} "
-            f"PCR0 {_short(str(m.get('PCR0', '-')))}"
+            f"PCR0 {short(str(m.get('PCR0', '-')))}"
         )
         ok = ok and e.get("State") == "RUNNING"
     return ok, "; ".join(parts)
 
 
-def _running(h: UserDataHost) -> list[dict[str, Any]]:
+def running_enclaves(h: UserDataHost) -> list[dict[str, Any]]:
+    """The host's enclaves describe-enclaves listed RUNNING (after `check_enclaves`)."""
     return [e for e in h.enclaves if e.get("State") == "RUNNING"]
 
 
 def check_attestation(h: UserDataHost) -> tuple[bool, str] | Check:
     anchor = attestation.TrustAnchor.local(h.state_dir)
     done, silent = [], []
-    for e in _running(h):
+    for e in running_enclaves(h):
         eid, cid = str(e["EnclaveID"]), int(e["EnclaveCID"])
         nonce = secrets.token_bytes(32)
         try:
-            reply = h.control(cid, prov.Attest(nonce=nonce))
+            reply = h.exchange(cid, prov.Attest(nonce=nonce), timeout=30)
         except (ConnectionRefusedError, FileNotFoundError):
             silent.append(eid)
             continue
@@ -132,13 +104,13 @@ def check_attestation(h: UserDataHost) -> tuple[bool, str] | Check:
         for i, value in want.items():
             if doc.pcrs.get(i, b"").hex() != value:
                 return False, (
-                    f"enclave {eid}: attested PCR{i} {_short(doc.pcrs.get(i, b'').hex() or '-')}"
-                    f" is not {_short(value or '-')}"
+                    f"enclave {eid}: attested PCR{i} {short(doc.pcrs.get(i, b'').hex() or '-')}"
+                    f" is not {short(value or '-')}"
                 )
         h.documents[eid] = doc
         done.append(eid)
     if not done:
-        return _not_applicable(
+        return not_applicable(
             "attestation",
             f"enclave(s) {', '.join(silent)} answer nothing on vsock port "
             f"{prov.CONTROL_PORT} (not an enclavekit image): their PCRs are nitro-cli's",

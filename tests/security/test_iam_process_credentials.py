@@ -57,12 +57,12 @@ def _stack_processes(state_dir: Path) -> list[tuple[int, str]]:
     """Every process naming the state dir (the endpoint, host launchers) and every process of
     the instance hosts' own trees (PID 1, its services, the parent agent, enclaves)."""
     from local_backend.host import hooks
-    from local_backend.verify import _tree
+    from local_backend.verify import process_tree
 
     found = dict(plugin.processes_of(state_dir))
     for layout in hooks.hosts(state_dir):
         init = layout.read_host().get("init_pid")
-        for pid in _tree(int(init)) if init else []:
+        for pid in process_tree(int(init)) if init else []:
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
