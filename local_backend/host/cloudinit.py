@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 
 import yaml
 
+from enclavekit.errors import InvalidInput
 from local_backend.host.layout import BOOT_RESULT, BOOT_STATUS, CLOUD_DIR
 
 VERSION = "22.2.2"  # the cloud-init of Amazon Linux 2023
@@ -307,7 +308,7 @@ def run(instance_id: str, out: BinaryIO) -> Result:
             try:
                 doc = yaml.safe_load(part.content) or {}
                 if not isinstance(doc, dict):
-                    raise ValueError(f"expected a mapping, found {type(doc).__name__}")
+                    raise InvalidInput(f"expected a mapping, found {type(doc).__name__}")
                 configs.append(doc)
             except (yaml.YAMLError, ValueError) as exc:
                 console.warn("util.py", f"Failed loading yaml blob. {exc}")

@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable
 
+from enclavekit.errors import InvalidInput
 from enclavekit.transport import VsockTransport, open_vsock, pump
 
 
@@ -30,7 +31,7 @@ def _listener(kind: str, params: list[str]) -> socket.socket:
         return socket.create_server(("0.0.0.0", int(params[0])), backlog=64)
     if kind in ("VSOCK-LISTEN", "VSOCK-L"):
         return _vsock().listen(int(params[0]))
-    raise ValueError(f"socat: expected a listening address, found {kind}")
+    raise InvalidInput(f"expected a listening address, found {kind}")
 
 
 def _connector(kind: str, params: list[str]) -> Callable[[], socket.socket]:
@@ -40,7 +41,7 @@ def _connector(kind: str, params: list[str]) -> Callable[[], socket.socket]:
     if kind in ("VSOCK-CONNECT", "VSOCK"):
         cid, port = int(params[0]), int(params[1])
         return lambda: _vsock().connect(cid, port)
-    raise ValueError(f"socat: expected a connecting address, found {kind}")
+    raise InvalidInput(f"expected a connecting address, found {kind}")
 
 
 def _serve(conn: socket.socket, connect: Callable[[], socket.socket]) -> None:
