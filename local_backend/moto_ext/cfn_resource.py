@@ -14,12 +14,18 @@ The class says its type, the property that names it (none by default), its GetAt
 (none by default) and how to create it; `cfn_update` defaults to replacement (create the new
 resource, then delete the old one), which is what CloudFormation does for a property that
 requires replacement.
+
+moto's own models whose create we correct get the same `CfnCall` through `patch_cfn_create`
+(one place that knows moto's calling convention).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,32 @@ class CfnCall:
     account_id: str
     region: str
     logical_id: str | None = None  # set on create
+    stack_id: str = ""  # set on create
+    resource_type: str = ""  # set on create: the template's Type (a `Custom::*` name too)
+
+
+def cfn_call(
+    resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+) -> CfnCall:
+    """The `CfnCall` of moto's `create_from_cloudformation_json` arguments."""
+    return CfnCall(
+        resource_name,
+        cloudformation_json.get("Properties") or {},
+        account_id,
+        region_name,
+        kwargs.get("LogicalId"),
+        kwargs.get("StackId") or "",
+        cloudformation_json.get("Type") or kwargs.get("ResourceType") or "",
+    )
+
+
+def patch_cfn_create(model: type[T], create: Callable[[CfnCall], T]) -> None:
+    """Replace the CloudFormation create of moto's `model` with `create(call)`."""
+
+    def create_from_cloudformation_json(cls: type[T], *args: Any, **kwargs: Any) -> T:
+        return create(cfn_call(*args, **kwargs))
+
+    model.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)  # type: ignore[attr-defined]
 
 
 class CfnResource:
@@ -72,9 +104,8 @@ class CfnResource:
         region_name: str,
         **kwargs: Any,
     ) -> Self:
-        props = cloudformation_json.get("Properties") or {}
         return cls.cfn_create(
-            CfnCall(resource_name, props, account_id, region_name, kwargs.get("LogicalId"))
+            cfn_call(resource_name, cloudformation_json, account_id, region_name, **kwargs)
         )
 
     @classmethod

@@ -175,7 +175,7 @@ def certificate_material(account_id: str, region: str, arn: str) -> tuple[str, s
 def renew_certificate(account_id: str, region: str, arn: str) -> CertBundle:
     """ACM's managed renewal of a certificate it issued: a new certificate (new key pair,
     serial and validity, the same names) under the same ARN. The associations' objects are
-    re-published by the caller (`moto_ext.ec2.models.republish`), as ACM does for them."""
+    re-published by the caller (`moto_ext.ec2.certificates.republish`), as ACM does for them."""
     bundle = acm_backends[account_id][region].get_certificate(arn)  # ResourceNotFound
     if bundle.type != "AMAZON_ISSUED":
         raise InvalidInput(

@@ -36,7 +36,8 @@ from moto.autoscaling.models import FakeAutoScalingGroup, autoscaling_backends, 
 from moto.ec2.models.instances import Instance
 from moto.ec2.models.launch_templates import LaunchTemplate
 
-from local_backend.moto_ext.ec2 import models as ec2_ext
+from local_backend.moto_ext.cloudformation.models import after_apply, register_updater, tag_failure
+from local_backend.moto_ext.ec2 import instances as ec2_instances
 
 log = logging.getLogger("enclavekit.endpoint.autoscaling")
 
@@ -89,16 +90,12 @@ def _associate_profile(instance: Instance, data: dict[str, Any]) -> None:
 
 def start_group_instance(group: FakeAutoScalingGroup, instance: Instance, host: FleetHost) -> None:
     """Run the start hooks for one enclave-enabled group instance (no-op if started)."""
-    if not ec2_ext.bootable(instance) or not instance.is_running():
+    if not ec2_instances.pending_start(instance):
         return
-    if instance.id in ec2_ext.started_instances():
-        return
-    info = ec2_ext.describe_enclave_instance(
+    log.info("group %s: starting enclave host %s", group.name, instance.id)
+    ec2_instances.start_instance(
         instance, stack=host.stack, logical_id=host.logical_id, metadata=host.metadata
     )
-    instance._ek_last_info = info  # type: ignore[attr-defined]  # StartInstances boots it again
-    log.info("group %s: starting enclave host %s", group.name, instance.id)
-    ec2_ext._fire_start(info)
 
 
 _original_replace = FakeAutoScalingGroup.replace_autoscaling_group_instances
@@ -193,8 +190,7 @@ def _after_stack_apply(stack: Any, operation: str) -> None:
             try:
                 start_group_instance(group, state.instance, host)
             except Exception as exc:
-                exc._ek_logical_id = logical_id  # type: ignore[attr-defined]
-                exc._ek_type = GROUP_TYPE  # type: ignore[attr-defined]
+                tag_failure(exc, logical_id, GROUP_TYPE)
                 raise
 
 
@@ -233,8 +229,6 @@ def _update_group(
 
 def install() -> None:
     """Patch moto's Auto Scaling models (idempotent)."""
-    from local_backend.moto_ext.cloudformation import models as cfn_ext
-
     if getattr(FakeAutoScalingGroup, "_enclavekit_patched", False):
         return
     FakeAutoScalingGroup.replace_autoscaling_group_instances = _replace_instances  # type: ignore[method-assign]
@@ -246,6 +240,6 @@ def install() -> None:
         return template
 
     LaunchTemplate.create_from_cloudformation_json = classmethod(create_template)  # type: ignore[assignment]
-    cfn_ext.register_updater(GROUP_TYPE, _update_group)
-    cfn_ext.after_apply(_after_stack_apply)
+    register_updater(GROUP_TYPE, _update_group)
+    after_apply(_after_stack_apply)
     FakeAutoScalingGroup._enclavekit_patched = True  # type: ignore[attr-defined]
