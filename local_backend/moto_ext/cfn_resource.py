@@ -4,16 +4,22 @@ moto deploys a resource type through a `CloudFormationModel` subclass and finds 
 `CloudFormationModel.__subclasses__()` — direct subclasses only — so this is a mixin listed
 *before* it, not a base between them:
 
+    @dataclass(eq=False)
     class BucketPolicy(CfnResource, CloudFormationModel):
         CFN_TYPE = "AWS::S3::BucketPolicy"
+        CFN_REF = "bucket"
+
+        account_id: str
+        bucket: str
 
         @classmethod
         def cfn_create(cls, call: CfnCall) -> BucketPolicy: ...
 
-The class says its type, the property that names it (none by default), its GetAtt attributes
-(none by default) and how to create it; `cfn_update` defaults to replacement (create the new
-resource, then delete the old one), which is what CloudFormation does for a property that
-requires replacement.
+The class says its type, the attribute Ref returns (`CFN_REF`, a dotted path), the property
+that names it (none by default), its GetAtt attributes (none by default) and how to create it.
+`cfn_update` defaults to replacement (create the new resource, then delete the old one), which
+is what CloudFormation does for a property that requires replacement. The fields are a
+dataclass's, with `eq=False` so resources compare by identity as moto expects.
 
 moto's own models whose create we correct get the same `CfnCall` through `patch_cfn_create`
 (one place that knows moto's calling convention).
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, ClassVar, Self, TypeVar
 
 T = TypeVar("T")
@@ -69,8 +76,13 @@ class CfnResource:
     """Mixin for `CloudFormationModel` subclasses (see the module docstring)."""
 
     CFN_TYPE: ClassVar[str]
+    CFN_REF: ClassVar[str]  # the attribute (dotted path) whose value Ref returns
     CFN_NAME_PROPERTY: ClassVar[str] = ""  # the property that names the resource, if any
     CFN_ATTRIBUTES: ClassVar[frozenset[str]] = frozenset()  # what Fn::GetAtt may ask
+
+    @property
+    def physical_resource_id(self) -> str:
+        return str(attrgetter(self.CFN_REF)(self))
 
     @classmethod
     def cloudformation_type(cls) -> str:

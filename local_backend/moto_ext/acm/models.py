@@ -198,6 +198,7 @@ def renew_certificate(account_id: str, region: str, arn: str) -> CertBundle:
     return bundle
 
 
+@dataclass(eq=False)
 class Certificate(CfnResource, CloudFormationModel):
     """`AWS::CertificateManager::Certificate`, issued at once by the local CA.
 
@@ -206,15 +207,11 @@ class Certificate(CfnResource, CloudFormationModel):
     default `cfn_update`)."""
 
     CFN_TYPE = "AWS::CertificateManager::Certificate"
+    CFN_REF = "bundle.arn"
 
-    def __init__(self, bundle: CertBundle, account_id: str, region: str):
-        self.bundle = bundle
-        self.account_id = account_id
-        self.region = region
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.bundle.arn
+    bundle: CertBundle
+    account_id: str
+    region: str
 
     @classmethod
     def cfn_create(cls, call: CfnCall) -> Certificate:

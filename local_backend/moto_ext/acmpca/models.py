@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -62,16 +63,13 @@ def _authority(account_id: str, region: str, arn: Any, kind: str) -> Certificate
     return ca
 
 
+@dataclass(eq=False)
 class CfnCertificateAuthority(CfnResource, CloudFormationModel):
     CFN_TYPE = "AWS::ACMPCA::CertificateAuthority"
+    CFN_REF = "ca.arn"
     CFN_ATTRIBUTES = frozenset({"Arn", "CertificateSigningRequest"})
 
-    def __init__(self, ca: CertificateAuthority):
-        self.ca = ca
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.ca.arn
+    ca: CertificateAuthority
 
     def get_cfn_attribute(self, attribute_name: str) -> Any:
         if attribute_name == "Arn":
@@ -104,17 +102,14 @@ class CfnCertificateAuthority(CfnResource, CloudFormationModel):
         self.ca.status = "DELETED"
 
 
+@dataclass(eq=False)
 class CfnCertificate(CfnResource, CloudFormationModel):
     CFN_TYPE = "AWS::ACMPCA::Certificate"
+    CFN_REF = "arn"
     CFN_ATTRIBUTES = frozenset({"Arn", "Certificate"})
 
-    def __init__(self, ca: CertificateAuthority, arn: str):
-        self.ca = ca
-        self.arn = arn
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.arn
+    ca: CertificateAuthority
+    arn: str
 
     def get_cfn_attribute(self, attribute_name: str) -> Any:
         if attribute_name == "Arn":
@@ -149,16 +144,13 @@ class CfnCertificate(CfnResource, CloudFormationModel):
         return None  # AWS keeps issued certificates; deleting the resource only forgets it
 
 
+@dataclass(eq=False)
 class CfnCertificateAuthorityActivation(CfnResource, CloudFormationModel):
     CFN_TYPE = "AWS::ACMPCA::CertificateAuthorityActivation"
+    CFN_REF = "ca.arn"
     CFN_ATTRIBUTES = frozenset({"CompleteCertificateChain"})
 
-    def __init__(self, ca: CertificateAuthority):
-        self.ca = ca
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.ca.arn
+    ca: CertificateAuthority
 
     def get_cfn_attribute(self, attribute_name: str) -> Any:
         return (self.ca.certificate_bytes + (self.ca.certificate_chain or b"")).decode()

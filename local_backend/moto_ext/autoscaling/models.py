@@ -38,6 +38,7 @@ from moto.ec2.models.launch_templates import LaunchTemplate
 
 from local_backend.moto_ext.cloudformation.models import after_apply, register_updater, tag_failure
 from local_backend.moto_ext.ec2 import instances as ec2_instances
+from local_backend.moto_ext.ec2.instances import StackSource
 
 log = logging.getLogger("enclavekit.endpoint.autoscaling")
 
@@ -50,12 +51,9 @@ _FROM_STACK_ATTR = "_ek_from_stack"
 
 
 @dataclass(frozen=True)
-class FleetHost:
-    """Where a fleet's host Metadata comes from: the launch template's resource in its stack."""
-
-    stack: Any  # the moto Stack: its status says whether an operation is still applying
-    logical_id: str | None  # of the AWS::EC2::LaunchTemplate (which carries the Metadata)
-    metadata: dict[str, Any] | None  # the resource's Metadata, intrinsics resolved
+class FleetHost(StackSource):
+    """Where a fleet's host Metadata comes from: the launch template's resource
+    (`logical_id`, an AWS::EC2::LaunchTemplate) in its stack."""
 
     def applying(self) -> bool:
         return str(getattr(self.stack, "status", "")).endswith("_IN_PROGRESS")
@@ -93,9 +91,7 @@ def start_group_instance(group: FakeAutoScalingGroup, instance: Instance, host: 
     if not ec2_instances.pending_start(instance):
         return
     log.info("group %s: starting enclave host %s", group.name, instance.id)
-    ec2_instances.start_instance(
-        instance, stack=host.stack, logical_id=host.logical_id, metadata=host.metadata
-    )
+    ec2_instances.start_instance(instance, host)
 
 
 _original_replace = FakeAutoScalingGroup.replace_autoscaling_group_instances

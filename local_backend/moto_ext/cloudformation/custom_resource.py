@@ -215,6 +215,7 @@ class CustomResource(CfnResource, CloudFormationModel):
     """One custom resource: its physical id and the Data its handler returned."""
 
     CFN_TYPE = CUSTOM_TYPE
+    CFN_REF = "physical_id"
 
     def __init__(
         self,
@@ -251,10 +252,6 @@ class CustomResource(CfnResource, CloudFormationModel):
             region=self.region_name,
             **extra,
         )
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.physical_id
 
     @classmethod
     def has_cfn_attr(cls, attr: str) -> bool:

@@ -27,6 +27,7 @@ import copy
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -92,17 +93,14 @@ class UnsupportedResourceType(ValidationError):
         )
 
 
+@dataclass(eq=False)
 class CdkMetadata(CfnResource, CloudFormationModel):
     """`AWS::CDK::Metadata`: analytics metadata the CLI emits; deliberately a no-op."""
 
     CFN_TYPE = "AWS::CDK::Metadata"
+    CFN_REF = "name"
 
-    def __init__(self, name: str):
-        self.name = name
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.name
+    name: str
 
     @classmethod
     def cfn_create(cls, call: CfnCall) -> CdkMetadata:

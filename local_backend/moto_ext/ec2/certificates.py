@@ -44,8 +44,6 @@ ENCRYPTION_METHOD = "KMS"  # field value of AWS's object is not documented; ours
 _ROLE_ARN = re.compile(r"^arn:aws:iam::(\d{12}):role/[\w+=,.@/-]{1,512}$")
 _CERT_ARN = re.compile(r"^arn:aws:acm:([a-z0-9-]+):(\d{12}):certificate/[\w-]+$")
 
-_lock = threading.RLock()
-
 
 @dataclass(frozen=True)
 class CertificateAssociation:
@@ -66,6 +64,7 @@ class CertificateAssociation:
         }
 
 
+_lock = threading.RLock()
 # The associations' state, restored in place across endpoint restarts (local_backend.persist
 # names these two): (account, region) -> {(certificate_arn, role_arn): association}, and
 # region -> key id in SERVICE_ACCOUNT.

@@ -4,6 +4,7 @@ certificate or the role replaces it (the new association first, then the old one
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from moto.core.common_models import CloudFormationModel
@@ -13,6 +14,7 @@ from . import certificates
 from .certificates import CertificateAssociation
 
 
+@dataclass(eq=False)
 class EnclaveCertificateIamRoleAssociation(CfnResource, CloudFormationModel):
     """One association as a stack resource."""
 
@@ -25,10 +27,9 @@ class EnclaveCertificateIamRoleAssociation(CfnResource, CloudFormationModel):
     }
     CFN_ATTRIBUTES = frozenset(ATTRIBUTES)
 
-    def __init__(self, account_id: str, region: str, association: CertificateAssociation):
-        self.account_id = account_id
-        self.region = region
-        self.association = association
+    account_id: str
+    region: str
+    association: CertificateAssociation
 
     @property
     def physical_resource_id(self) -> str:

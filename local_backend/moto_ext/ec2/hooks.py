@@ -16,8 +16,6 @@ from typing import Any
 
 log = logging.getLogger("enclavekit.endpoint.ec2")
 
-_lock = threading.RLock()
-
 
 @dataclass(frozen=True)
 class EnclaveInstance:
@@ -46,6 +44,7 @@ class EnclaveInstance:
     availability_zone: str | None = None
 
 
+_lock = threading.RLock()
 _start_hooks: list[Callable[[EnclaveInstance], None]] = []
 _stop_hooks: list[Callable[[EnclaveInstance], None]] = []
 _started: dict[str, EnclaveInstance] = {}

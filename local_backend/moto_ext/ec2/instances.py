@@ -7,6 +7,7 @@ policies and certificate association exist when its host boots.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from moto.ec2.exceptions import EC2ClientError
@@ -76,13 +77,20 @@ def _roles_of_profile(instance: Instance) -> tuple[str | None, tuple[str, ...]]:
     return profile.arn, tuple(r.arn for r in profile.roles)
 
 
+@dataclass(frozen=True)
+class StackSource:
+    """The stack resource an instance comes from, as its start hooks are told (all None for
+    an instance of the EC2 API)."""
+
+    stack: Any = None  # the moto Stack
+    logical_id: str | None = None  # the resource that carries the host's Metadata
+    metadata: dict[str, Any] | None = None  # that resource's Metadata, intrinsics resolved
+
+
 def describe_enclave_instance(
-    instance: Instance,
-    *,
-    stack: Any = None,
-    logical_id: str | None = None,
-    metadata: dict[str, Any] | None = None,
+    instance: Instance, source: StackSource | None = None
 ) -> EnclaveInstance:
+    source = source or StackSource()
     profile_arn, roles = _roles_of_profile(instance)
     nic = instance.nics.get(0) if instance.nics else None
     return EnclaveInstance(
@@ -95,10 +103,10 @@ def describe_enclave_instance(
         private_ip=nic.private_ip_address if nic else None,
         instance_profile_arn=profile_arn,
         role_arns=roles,
-        stack_name=getattr(stack, "name", None),
-        stack_id=getattr(stack, "stack_id", None),
-        logical_id=logical_id,
-        metadata=metadata,
+        stack_name=getattr(source.stack, "name", None),
+        stack_id=getattr(source.stack, "stack_id", None),
+        logical_id=source.logical_id,
+        metadata=source.metadata,
         user_data=user_data_of(instance),
         enclave_enabled=enclave_enabled(instance),
         ingress=_ingress_of(instance),
@@ -115,18 +123,10 @@ def pending_start(instance: Instance) -> bool:
     return bootable(instance) and instance.is_running() and instance.id not in started_instances()
 
 
-def start_instance(
-    instance: Instance,
-    *,
-    stack: Any = None,
-    logical_id: str | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> EnclaveInstance:
+def start_instance(instance: Instance, source: StackSource | None = None) -> EnclaveInstance:
     """Run the start hooks for `instance` (described with its stack resource, if any); what it
     was started with is kept on it, so StartInstances boots it again the same way."""
-    info = describe_enclave_instance(
-        instance, stack=stack, logical_id=logical_id, metadata=metadata
-    )
+    info = describe_enclave_instance(instance, source)
     instance._ek_last_info = info  # type: ignore[attr-defined]
     instance_started(info)
     return info
@@ -280,7 +280,7 @@ def _after_stack_apply(stack: Any, operation: str) -> None:
             continue
         metadata = clean_json(resource_json.get("Metadata"), resource_map)
         try:
-            start_instance(instance, stack=stack, logical_id=logical_id, metadata=metadata)
+            start_instance(instance, StackSource(stack, logical_id, metadata))
         except Exception as exc:
             tag_failure(exc, logical_id, INSTANCE_TYPE)
             raise
