@@ -2,18 +2,9 @@
 
 moto deploys a resource type through a `CloudFormationModel` subclass and finds those by
 `CloudFormationModel.__subclasses__()` — direct subclasses only — so this is a mixin listed
-*before* it, not a base between them:
-
-    @dataclass(eq=False)
-    class BucketPolicy(CfnResource, CloudFormationModel):
-        CFN_TYPE = "AWS::S3::BucketPolicy"
-        CFN_REF = "bucket"
-
-        account_id: str
-        bucket: str
-
-        @classmethod
-        def cfn_create(cls, call: CfnCall) -> BucketPolicy: ...
+*before* it, not a base between them. s3's `BucketPolicy` for instance is a
+`@dataclass(eq=False)` of `(CfnResource, CloudFormationModel)` with `CFN_TYPE =
+"AWS::S3::BucketPolicy"`, `CFN_REF = "bucket"`, its fields, `cfn_create` and `delete`.
 
 The class says its type, the attribute Ref returns (`CFN_REF`, a dotted path), the property
 that names it (none by default), its GetAtt attributes (none by default) and how to create it.
@@ -22,7 +13,8 @@ is what CloudFormation does for a property that requires replacement. The fields
 dataclass's, with `eq=False` so resources compare by identity as moto expects.
 
 moto's own models whose create we correct get the same `CfnCall` through `patch_cfn_create`
-(one place that knows moto's calling convention).
+(our create instead of moto's) or `extend_cfn_create` (moto's, then ours): one place that
+knows moto's calling convention.
 """
 
 from __future__ import annotations
@@ -69,6 +61,22 @@ def patch_cfn_create(model: type[T], create: Callable[[CfnCall], T]) -> None:
     def create_from_cloudformation_json(cls: type[T], *args: Any, **kwargs: Any) -> T:
         return create(cfn_call(*args, **kwargs))
 
+    model.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)  # type: ignore[attr-defined]
+
+
+def extend_cfn_create(model: type[T], after: Callable[[T, CfnCall], None]) -> None:
+    """Keep moto's CloudFormation create of `model`, then run `after(resource, call)` (for
+    what moto's create drops). Idempotent: extending twice with the same `after` is one."""
+    original = model.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+    if getattr(original, "after", None) is after:
+        return
+
+    def create_from_cloudformation_json(cls: type[T], *args: Any, **kwargs: Any) -> T:
+        resource = original(cls, *args, **kwargs)
+        after(resource, cfn_call(*args, **kwargs))
+        return resource
+
+    create_from_cloudformation_json.after = after  # type: ignore[attr-defined]
     model.create_from_cloudformation_json = classmethod(create_from_cloudformation_json)  # type: ignore[attr-defined]
 
 

@@ -55,8 +55,10 @@ def _required(kind: str, props: dict[str, Any], name: str) -> Any:
     return value
 
 
-def _authority(account_id: str, region: str, arn: Any, kind: str) -> CertificateAuthority:
-    backend = acmpca_backends[account_id][region]
+def _authority(kind: str, call: CfnCall) -> CertificateAuthority:
+    """The certificate authority the resource's `CertificateAuthorityArn` names."""
+    arn = _required(kind, call.props, "CertificateAuthorityArn")
+    backend = acmpca_backends[call.account_id][call.region]
     ca = backend.certificate_authorities.get(arn) if isinstance(arn, str) else None
     if ca is None:
         raise ValidationError(message=f"{kind}: certificate authority {arn} not found")
@@ -119,10 +121,7 @@ class CfnCertificate(CfnResource, CloudFormationModel):
     @classmethod
     def cfn_create(cls, call: CfnCall) -> CfnCertificate:
         kind, props = cls.CFN_TYPE, call.props
-        account_id, region_name = call.account_id, call.region
-        ca = _authority(
-            account_id, region_name, _required(kind, props, "CertificateAuthorityArn"), kind
-        )
+        ca = _authority(kind, call)
         csr = _pem(_required(kind, props, "CertificateSigningRequest"))
         _required(kind, props, "SigningAlgorithm")
         _required(kind, props, "Validity")
@@ -158,10 +157,7 @@ class CfnCertificateAuthorityActivation(CfnResource, CloudFormationModel):
     @classmethod
     def cfn_create(cls, call: CfnCall) -> CfnCertificateAuthorityActivation:
         kind, props = cls.CFN_TYPE, call.props
-        account_id, region_name = call.account_id, call.region
-        ca = _authority(
-            account_id, region_name, _required(kind, props, "CertificateAuthorityArn"), kind
-        )
+        ca = _authority(kind, call)
         cert = _pem(_required(kind, props, "Certificate"))
         chain = props.get("CertificateChain")
         try:

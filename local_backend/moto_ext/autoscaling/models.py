@@ -36,6 +36,7 @@ from moto.autoscaling.models import FakeAutoScalingGroup, autoscaling_backends, 
 from moto.ec2.models.instances import Instance
 from moto.ec2.models.launch_templates import LaunchTemplate
 
+from local_backend.moto_ext.cfn_resource import CfnCall, extend_cfn_create
 from local_backend.moto_ext.cloudformation.models import after_apply, register_updater, tag_failure
 from local_backend.moto_ext.ec2 import instances as ec2_instances
 from local_backend.moto_ext.ec2.instances import StackSource
@@ -152,6 +153,10 @@ def _replace_instances(
         ) from error
 
 
+def _mark_from_stack(template: LaunchTemplate, call: CfnCall) -> None:
+    setattr(template, _FROM_STACK_ATTR, True)
+
+
 def _template_logical_id(stack: Any, template: LaunchTemplate) -> str | None:
     parsed = stack.resource_map._parsed_resources
     for logical_id, resource_json in stack.template_dict.get("Resources", {}).items():
@@ -228,14 +233,7 @@ def install() -> None:
     if getattr(FakeAutoScalingGroup, "_enclavekit_patched", False):
         return
     FakeAutoScalingGroup.replace_autoscaling_group_instances = _replace_instances  # type: ignore[method-assign]
-    original_create = LaunchTemplate.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-
-    def create_template(cls: type[LaunchTemplate], *args: Any, **kwargs: Any) -> LaunchTemplate:
-        template = original_create(cls, *args, **kwargs)
-        setattr(template, _FROM_STACK_ATTR, True)
-        return template
-
-    LaunchTemplate.create_from_cloudformation_json = classmethod(create_template)  # type: ignore[assignment]
+    extend_cfn_create(LaunchTemplate, _mark_from_stack)
     register_updater(GROUP_TYPE, _update_group)
     after_apply(_after_stack_apply)
     FakeAutoScalingGroup._enclavekit_patched = True  # type: ignore[attr-defined]
