@@ -1,9 +1,9 @@
 """The emulator's side of EC2: who is told when an enclave-enabled instance starts or stops.
 
 The parent (local_backend.parent) registers `on_instance_start(fn)` / `on_instance_stop(fn)`;
-the EC2 and Auto Scaling extensions call `instance_started(info)` / `instance_stopped(id)` from
-moto's instance lifecycle. Each instance's hooks run once per start: a second start of a
-running instance is a no-op, and a stop runs only for a started instance.
+moto's instance lifecycle (instances.py; Auto Scaling through its `start_instance`) calls
+`instance_started(info)` / `instance_stopped(id)`. Each instance's hooks run once per start:
+a second start of a running instance is a no-op, and a stop runs only for a started instance.
 """
 
 from __future__ import annotations

@@ -90,6 +90,7 @@ class StackSource:
 def describe_enclave_instance(
     instance: Instance, source: StackSource | None = None
 ) -> EnclaveInstance:
+    """What the hooks are told about `instance` (and persist keeps to boot it again)."""
     source = source or StackSource()
     profile_arn, roles = _roles_of_profile(instance)
     nic = instance.nics.get(0) if instance.nics else None
