@@ -60,8 +60,8 @@ FORMAT_VERSION = 1
 # Our extensions' module-level registries that are state (not hooks or caches): restored in
 # place (same dict object) so the modules that hold them keep working on them.
 EXTENSION_STATE = (
-    ("local_backend.moto_ext.ec2.models", "_associations"),
-    ("local_backend.moto_ext.ec2.models", "_service_keys"),
+    ("local_backend.moto_ext.ec2.certificates", "associations"),
+    ("local_backend.moto_ext.ec2.certificates", "service_keys"),
 )
 
 _LOCK_TYPES: tuple[type, ...] = (type(threading.Lock()), type(threading.RLock()))
@@ -288,9 +288,9 @@ def _extension_state() -> dict[str, Any]:
 
 
 def _started_instances() -> list[Any]:
-    from local_backend.moto_ext.ec2 import models as ec2
+    from local_backend.moto_ext.ec2 import started_instances
 
-    return list(ec2.started_instances().values())
+    return list(started_instances().values())
 
 
 def snapshot(state_dir: Path, *, background: bool = False) -> Path | None:
@@ -405,7 +405,7 @@ def restore(state_dir: Path) -> list[Any]:
 def boot_restored(instances: list[Any]) -> list[str]:
     """Boot the restored instances again through the EC2 start hooks (their parents or
     user-data hosts); returns one line per instance that failed to boot."""
-    from local_backend.moto_ext.ec2 import models as ec2
+    from local_backend.moto_ext.ec2 import hooks as ec2
 
     failures = []
     for info in instances:

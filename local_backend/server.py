@@ -364,7 +364,7 @@ def _renew(environ: dict[str, Any], start_response: Callable[..., Any], token: s
     new certificate and key under the same ARN, its associations' S3 objects re-published).
     AWS has no API for it (ACM renews on its own schedule), so only the admin token may ask."""
     from local_backend.moto_ext.acm.models import renew_certificate
-    from local_backend.moto_ext.ec2.models import republish
+    from local_backend.moto_ext.ec2.certificates import republish
 
     def renew(req: dict[str, Any]) -> Any:
         account, region, arn = req["account_id"], req["region"], req["certificate_arn"]
@@ -540,7 +540,7 @@ def serve(port: int, state_dir: Path, iam: str = "on") -> int:
 
     from local_backend import moto_ext, parent
     from local_backend.moto_ext import iam_authz
-    from local_backend.moto_ext.ec2 import models as ec2_models
+    from local_backend.moto_ext.ec2 import stop_all_enclave_instances
 
     state_dir = Path(state_dir).resolve()
     os.umask(STATE_UMASK)
@@ -609,7 +609,7 @@ def serve(port: int, state_dir: Path, iam: str = "on") -> int:
         server.serve_forever()
     finally:
         persist.snapshot_on_stop(state_dir)  # before the hosts stop: they are part of it
-        ec2_models.stop_all_enclave_instances()
+        stop_all_enclave_instances()
         tls_front.stop()
         with contextlib.suppress(OSError):
             current = read_endpoint(state_dir)

@@ -57,7 +57,7 @@ from enclavekit.errors import InvalidInput, ParentAgentError
 from enclavekit.pcr import Measurements
 from enclavekit.transport import PARENT_CID, EmulatedVsock
 from local_backend import moto_ext
-from local_backend.moto_ext.ec2 import models
+from local_backend.moto_ext.ec2 import hooks
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -315,8 +315,8 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "ssm": ssm,
             "bundle": prov.CertificateBundle.from_s3_object(obj["Body"].read()),
         }
-    models.clear_hooks()
-    models.stop_all_enclave_instances()
+    hooks.clear_hooks()
+    hooks.stop_all_enclave_instances()
 
 
 def _spec(cert: str | None, secrets_: list[tuple[str, str]], cid: int = 16) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from local_backend import moto_ext
-from local_backend.moto_ext.ec2 import EnclaveInstance, models, on_instance_start, on_instance_stop
+from local_backend.moto_ext.ec2 import EnclaveInstance, hooks, on_instance_start, on_instance_stop
 
 KW = {
     "region_name": "us-east-1",
@@ -48,8 +48,8 @@ def aws(tmp_path: Path) -> Iterator[dict[str, object]]:
             n: boto3.client(n, **KW) for n in ("ec2", "cloudformation", "autoscaling", "iam")
         }
         yield {**clients, "events": events, "fail": fail}
-    models.clear_hooks()
-    models.stop_all_enclave_instances()
+    hooks.clear_hooks()
+    hooks.stop_all_enclave_instances()
 
 
 def _template(*, size: int = 2, tag: str = "v1", enclave: bool = True) -> str:
@@ -201,7 +201,7 @@ def test_scaling_update_replacement_and_delete_move_the_hooks(aws: dict) -> None
     # stack delete stops the rest
     events.clear()
     cfn.delete_stack(StackName="Fleet")
-    assert _ids(events, "stop") == [new] and models.started_instances() == {}
+    assert _ids(events, "stop") == [new] and hooks.started_instances() == {}
 
 
 def test_a_failing_boot_on_scale_out_drops_that_instance(aws: dict) -> None:
@@ -211,7 +211,7 @@ def test_a_failing_boot_on_scale_out_drops_that_instance(aws: dict) -> None:
     with pytest.raises(ClientError):
         aws["autoscaling"].set_desired_capacity(AutoScalingGroupName=group, DesiredCapacity=2)
     assert _in_service(aws, group) == [first]
-    assert list(models.started_instances()) == [first]
+    assert list(hooks.started_instances()) == [first]
 
 
 def test_a_fleet_without_enclaves_boots_nothing(aws: dict) -> None:

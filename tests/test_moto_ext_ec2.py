@@ -16,7 +16,13 @@ from moto.kms.models import kms_backends
 
 from local_backend import moto_ext
 from local_backend.acm_enclave import p11ne_measurements
-from local_backend.moto_ext.ec2 import EnclaveInstance, models, on_instance_start, on_instance_stop
+from local_backend.moto_ext.ec2 import (
+    EnclaveInstance,
+    certificates,
+    hooks,
+    on_instance_start,
+    on_instance_stop,
+)
 
 KW = {
     "region_name": "us-east-1",
@@ -36,8 +42,8 @@ def aws(tmp_path: Path) -> Iterator[dict[str, object]]:
             n: boto3.client(n, **KW) for n in ("ec2", "cloudformation", "acm", "iam", "s3", "kms")
         }
         yield {**clients, "events": events}
-    models.clear_hooks()
-    models.stop_all_enclave_instances()
+    hooks.clear_hooks()
+    hooks.stop_all_enclave_instances()
 
 
 def _template(enclave: bool = True, extra: dict | None = None) -> str:
@@ -195,7 +201,7 @@ def test_association_key_policy_and_object(aws: dict) -> None:
     cert = acm.request_certificate(DomainName="a.example.test")["CertificateArn"]
     role = iam.create_role(RoleName="r", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     assoc = ec2.associate_enclave_certificate_iam_role(CertificateArn=cert, RoleArn=role)
-    backend = kms_backends[models.SERVICE_ACCOUNT]["us-east-1"]
+    backend = kms_backends[certificates.SERVICE_ACCOUNT]["us-east-1"]
     policy = json.loads(backend.get_key_policy(assoc["EncryptionKmsKeyId"]))
     # released to the associated role from ACM's enclave image only (never a host's own image)
     # (other tests of this process may have associated roles of their own in the region)
@@ -220,7 +226,7 @@ def test_association_key_policy_and_object(aws: dict) -> None:
     )
     blob = base64.b64decode(obj["encryptedPrivateKey"])
     plain, key_id = backend.decrypt(blob, {})
-    assert key_id.endswith(f":{models.SERVICE_ACCOUNT}:key/{assoc['EncryptionKmsKeyId']}")
+    assert key_id.endswith(f":{certificates.SERVICE_ACCOUNT}:key/{assoc['EncryptionKmsKeyId']}")
     assert plain.startswith(b"-----BEGIN PRIVATE KEY-----")
     acm_key = acm.get_certificate(CertificateArn=cert)  # the object holds this cert's key
     assert obj["certificate"].strip() == acm_key["Certificate"].strip()

@@ -3,9 +3,9 @@
 On AWS the `aws-nitro-enclaves-acm` package ships AWS's own enclave image; ACM releases a
 certificate's private key (KMS Decrypt with an attestation document) only to that image. Here
 enclavekit builds the image (image.py) and the local association key releases only to its
-PCR0 (local_backend/moto_ext/ec2/models.py). Inside it (p11ne/): the provisioning RPC server on
-vsock port 10000 speaking AWS's vtok_rpc protocol (p11ne/rpc.py) and `p11-kit server` on vsock
-port 9999 in front of a token with AWS's model, manufacturer and key URI.
+PCR0 (local_backend/moto_ext/ec2/certificates.py). Inside it (p11ne/): the provisioning RPC
+server on vsock port 10000 speaking AWS's vtok_rpc protocol (p11ne/rpc.py) and `p11-kit server`
+on vsock port 9999 in front of a token with AWS's model, manufacturer and key URI.
 
 Public entry points:
 - `p11ne_image(cache_dir) -> (p11ne.eif, image-measurements.json)`;

@@ -250,18 +250,7 @@ def authenticate(
                 "IncompleteSignatureException",
                 f"'{required}' must be a 'SignedHeader' in the AWS Authorization.",
             )
-    # Every x-amz-* header sent must be signed, or a relay could swap X-Amz-Target (the
-    # operation), X-Amz-Security-Token or S3's x-amz-* options under a valid signature.
-    unsigned = tuple(
-        sorted(h for h in lower if h.startswith("x-amz-") and h not in signed + list(UNSIGNED_OK))
-    )
-    if unsigned:
-        raise AuthFailure(
-            "InvalidSignatureException",
-            "There were headers present in the request which were not signed: "
-            + ", ".join(unsigned),
-            unsigned,
-        )
+    _refuse_unsigned(lower, signed)
     req = AWSRequest(method=method, url=url, data=body, headers={h: lower[h] for h in signed})
     req.context["timestamp"] = amz_date
     auth_cls = S3SigV4Auth if m["service"] == "s3" else SigV4Auth
@@ -288,6 +277,21 @@ def authenticate(
                 "The provided 'x-amz-content-sha256' header does not match what was computed.",
             )
     return caller
+
+
+def _refuse_unsigned(lower: dict[str, str], signed: list[str]) -> None:
+    """Every x-amz-* header sent must be signed, or a relay could swap X-Amz-Target (the
+    operation), X-Amz-Security-Token or S3's x-amz-* options under a valid signature."""
+    unsigned = tuple(
+        sorted(h for h in lower if h.startswith("x-amz-") and h not in signed + list(UNSIGNED_OK))
+    )
+    if unsigned:
+        raise AuthFailure(
+            "InvalidSignatureException",
+            "There were headers present in the request which were not signed: "
+            + ", ".join(unsigned),
+            unsigned,
+        )
 
 
 class _PresignedS3(S3SigV4Auth):
@@ -342,16 +346,7 @@ def authenticate_presigned(
         raise AuthFailure(
             "AuthorizationQueryParametersError", "X-Amz-SignedHeaders must name host and be sent"
         )
-    unsigned = tuple(
-        sorted(h for h in lower if h.startswith("x-amz-") and h not in signed + list(UNSIGNED_OK))
-    )
-    if unsigned:
-        raise AuthFailure(
-            "InvalidSignatureException",
-            "There were headers present in the request which were not signed: "
-            + ", ".join(unsigned),
-            unsigned,
-        )
+    _refuse_unsigned(lower, signed)
     query = "&".join(f"{k}{sep}{v}" for k, sep, v in pairs if k != "X-Amz-Signature")
     req = AWSRequest(
         method=method,

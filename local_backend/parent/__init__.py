@@ -113,8 +113,7 @@ def restart_enclaves(state_dir: Path, stacks: Iterable[str] | None = None) -> li
 def install(state_dir: Path) -> None:
     """Register the hooks with the EC2 extension (idempotent)."""
     global _state_dir
-    from local_backend.moto_ext.ec2 import on_instance_start, on_instance_stop
-    from local_backend.moto_ext.ec2.models import on_console_output
+    from local_backend.moto_ext.ec2 import on_console_output, on_instance_start, on_instance_stop
 
     _state_dir = Path(state_dir).resolve()
     # A new endpoint knows no instance yet: every host still recorded here belongs to an

@@ -175,7 +175,7 @@ def certificate_material(account_id: str, region: str, arn: str) -> tuple[str, s
 def renew_certificate(account_id: str, region: str, arn: str) -> CertBundle:
     """ACM's managed renewal of a certificate it issued: a new certificate (new key pair,
     serial and validity, the same names) under the same ARN. The associations' objects are
-    re-published by the caller (`moto_ext.ec2.models.republish`), as ACM does for them."""
+    re-published by the caller (`moto_ext.ec2.certificates.republish`), as ACM does for them."""
     bundle = acm_backends[account_id][region].get_certificate(arn)  # ResourceNotFound
     if bundle.type != "AMAZON_ISSUED":
         raise InvalidInput(
@@ -198,6 +198,7 @@ def renew_certificate(account_id: str, region: str, arn: str) -> CertBundle:
     return bundle
 
 
+@dataclass(eq=False)
 class Certificate(CfnResource, CloudFormationModel):
     """`AWS::CertificateManager::Certificate`, issued at once by the local CA.
 
@@ -206,15 +207,11 @@ class Certificate(CfnResource, CloudFormationModel):
     default `cfn_update`)."""
 
     CFN_TYPE = "AWS::CertificateManager::Certificate"
+    CFN_REF = "bundle.arn"
 
-    def __init__(self, bundle: CertBundle, account_id: str, region: str):
-        self.bundle = bundle
-        self.account_id = account_id
-        self.region = region
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.bundle.arn
+    bundle: CertBundle
+    account_id: str
+    region: str
 
     @classmethod
     def cfn_create(cls, call: CfnCall) -> Certificate:

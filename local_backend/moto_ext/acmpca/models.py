@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -54,24 +55,23 @@ def _required(kind: str, props: dict[str, Any], name: str) -> Any:
     return value
 
 
-def _authority(account_id: str, region: str, arn: Any, kind: str) -> CertificateAuthority:
-    backend = acmpca_backends[account_id][region]
+def _authority(kind: str, call: CfnCall) -> CertificateAuthority:
+    """The certificate authority the resource's `CertificateAuthorityArn` names."""
+    arn = _required(kind, call.props, "CertificateAuthorityArn")
+    backend = acmpca_backends[call.account_id][call.region]
     ca = backend.certificate_authorities.get(arn) if isinstance(arn, str) else None
     if ca is None:
         raise ValidationError(message=f"{kind}: certificate authority {arn} not found")
     return ca
 
 
+@dataclass(eq=False)
 class CfnCertificateAuthority(CfnResource, CloudFormationModel):
     CFN_TYPE = "AWS::ACMPCA::CertificateAuthority"
+    CFN_REF = "ca.arn"
     CFN_ATTRIBUTES = frozenset({"Arn", "CertificateSigningRequest"})
 
-    def __init__(self, ca: CertificateAuthority):
-        self.ca = ca
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.ca.arn
+    ca: CertificateAuthority
 
     def get_cfn_attribute(self, attribute_name: str) -> Any:
         if attribute_name == "Arn":
@@ -104,17 +104,14 @@ class CfnCertificateAuthority(CfnResource, CloudFormationModel):
         self.ca.status = "DELETED"
 
 
+@dataclass(eq=False)
 class CfnCertificate(CfnResource, CloudFormationModel):
     CFN_TYPE = "AWS::ACMPCA::Certificate"
+    CFN_REF = "arn"
     CFN_ATTRIBUTES = frozenset({"Arn", "Certificate"})
 
-    def __init__(self, ca: CertificateAuthority, arn: str):
-        self.ca = ca
-        self.arn = arn
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.arn
+    ca: CertificateAuthority
+    arn: str
 
     def get_cfn_attribute(self, attribute_name: str) -> Any:
         if attribute_name == "Arn":
@@ -124,10 +121,7 @@ class CfnCertificate(CfnResource, CloudFormationModel):
     @classmethod
     def cfn_create(cls, call: CfnCall) -> CfnCertificate:
         kind, props = cls.CFN_TYPE, call.props
-        account_id, region_name = call.account_id, call.region
-        ca = _authority(
-            account_id, region_name, _required(kind, props, "CertificateAuthorityArn"), kind
-        )
+        ca = _authority(kind, call)
         csr = _pem(_required(kind, props, "CertificateSigningRequest"))
         _required(kind, props, "SigningAlgorithm")
         _required(kind, props, "Validity")
@@ -149,16 +143,13 @@ class CfnCertificate(CfnResource, CloudFormationModel):
         return None  # AWS keeps issued certificates; deleting the resource only forgets it
 
 
+@dataclass(eq=False)
 class CfnCertificateAuthorityActivation(CfnResource, CloudFormationModel):
     CFN_TYPE = "AWS::ACMPCA::CertificateAuthorityActivation"
+    CFN_REF = "ca.arn"
     CFN_ATTRIBUTES = frozenset({"CompleteCertificateChain"})
 
-    def __init__(self, ca: CertificateAuthority):
-        self.ca = ca
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.ca.arn
+    ca: CertificateAuthority
 
     def get_cfn_attribute(self, attribute_name: str) -> Any:
         return (self.ca.certificate_bytes + (self.ca.certificate_chain or b"")).decode()
@@ -166,10 +157,7 @@ class CfnCertificateAuthorityActivation(CfnResource, CloudFormationModel):
     @classmethod
     def cfn_create(cls, call: CfnCall) -> CfnCertificateAuthorityActivation:
         kind, props = cls.CFN_TYPE, call.props
-        account_id, region_name = call.account_id, call.region
-        ca = _authority(
-            account_id, region_name, _required(kind, props, "CertificateAuthorityArn"), kind
-        )
+        ca = _authority(kind, call)
         cert = _pem(_required(kind, props, "Certificate"))
         chain = props.get("CertificateChain")
         try:

@@ -36,7 +36,10 @@ from moto.autoscaling.models import FakeAutoScalingGroup, autoscaling_backends, 
 from moto.ec2.models.instances import Instance
 from moto.ec2.models.launch_templates import LaunchTemplate
 
-from local_backend.moto_ext.ec2 import models as ec2_ext
+from local_backend.moto_ext.cfn_resource import CfnCall, extend_cfn_create
+from local_backend.moto_ext.cloudformation.models import after_apply, register_updater, tag_failure
+from local_backend.moto_ext.ec2 import instances as ec2_instances
+from local_backend.moto_ext.ec2.instances import StackSource
 
 log = logging.getLogger("enclavekit.endpoint.autoscaling")
 
@@ -49,12 +52,9 @@ _FROM_STACK_ATTR = "_ek_from_stack"
 
 
 @dataclass(frozen=True)
-class FleetHost:
-    """Where a fleet's host Metadata comes from: the launch template's resource in its stack."""
-
-    stack: Any  # the moto Stack: its status says whether an operation is still applying
-    logical_id: str | None  # of the AWS::EC2::LaunchTemplate (which carries the Metadata)
-    metadata: dict[str, Any] | None  # the resource's Metadata, intrinsics resolved
+class FleetHost(StackSource):
+    """Where a fleet's host Metadata comes from: the launch template's resource
+    (`logical_id`, an AWS::EC2::LaunchTemplate) in its stack."""
 
     def applying(self) -> bool:
         return str(getattr(self.stack, "status", "")).endswith("_IN_PROGRESS")
@@ -89,16 +89,10 @@ def _associate_profile(instance: Instance, data: dict[str, Any]) -> None:
 
 def start_group_instance(group: FakeAutoScalingGroup, instance: Instance, host: FleetHost) -> None:
     """Run the start hooks for one enclave-enabled group instance (no-op if started)."""
-    if not ec2_ext.bootable(instance) or not instance.is_running():
+    if not ec2_instances.pending_start(instance):
         return
-    if instance.id in ec2_ext.started_instances():
-        return
-    info = ec2_ext.describe_enclave_instance(
-        instance, stack=host.stack, logical_id=host.logical_id, metadata=host.metadata
-    )
-    instance._ek_last_info = info  # type: ignore[attr-defined]  # StartInstances boots it again
     log.info("group %s: starting enclave host %s", group.name, instance.id)
-    ec2_ext._fire_start(info)
+    ec2_instances.start_instance(instance, host)
 
 
 _original_replace = FakeAutoScalingGroup.replace_autoscaling_group_instances
@@ -159,6 +153,10 @@ def _replace_instances(
         ) from error
 
 
+def _mark_from_stack(template: LaunchTemplate, call: CfnCall) -> None:
+    setattr(template, _FROM_STACK_ATTR, True)
+
+
 def _template_logical_id(stack: Any, template: LaunchTemplate) -> str | None:
     parsed = stack.resource_map._parsed_resources
     for logical_id, resource_json in stack.template_dict.get("Resources", {}).items():
@@ -193,8 +191,7 @@ def _after_stack_apply(stack: Any, operation: str) -> None:
             try:
                 start_group_instance(group, state.instance, host)
             except Exception as exc:
-                exc._ek_logical_id = logical_id  # type: ignore[attr-defined]
-                exc._ek_type = GROUP_TYPE  # type: ignore[attr-defined]
+                tag_failure(exc, logical_id, GROUP_TYPE)
                 raise
 
 
@@ -233,19 +230,10 @@ def _update_group(
 
 def install() -> None:
     """Patch moto's Auto Scaling models (idempotent)."""
-    from local_backend.moto_ext.cloudformation import models as cfn_ext
-
     if getattr(FakeAutoScalingGroup, "_enclavekit_patched", False):
         return
     FakeAutoScalingGroup.replace_autoscaling_group_instances = _replace_instances  # type: ignore[method-assign]
-    original_create = LaunchTemplate.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
-
-    def create_template(cls: type[LaunchTemplate], *args: Any, **kwargs: Any) -> LaunchTemplate:
-        template = original_create(cls, *args, **kwargs)
-        setattr(template, _FROM_STACK_ATTR, True)
-        return template
-
-    LaunchTemplate.create_from_cloudformation_json = classmethod(create_template)  # type: ignore[assignment]
-    cfn_ext.register_updater(GROUP_TYPE, _update_group)
-    cfn_ext.after_apply(_after_stack_apply)
+    extend_cfn_create(LaunchTemplate, _mark_from_stack)
+    register_updater(GROUP_TYPE, _update_group)
+    after_apply(_after_stack_apply)
     FakeAutoScalingGroup._enclavekit_patched = True  # type: ignore[attr-defined]

@@ -11,9 +11,9 @@ from typing import Any
 
 from moto.awslambda.models import LambdaFunction, LayerVersion, lambda_backends
 
+from ..cfn_resource import CfnCall, extend_cfn_create
 from . import runtime
 
-_original_function_create = LambdaFunction.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
 _original_function_update = LambdaFunction.update_from_cloudformation_json.__func__  # type: ignore[attr-defined]
 _original_layer_create = LayerVersion.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
 
@@ -37,25 +37,16 @@ def _invoke_lambda(self: LambdaFunction, event: Any = None) -> tuple[str, bool, 
     return result.error_json(), True, result.logs
 
 
-def _create_function(
-    cls: type[LambdaFunction],
-    resource_name: str,
-    cloudformation_json: dict[str, Any],
-    account_id: str,
-    region_name: str,
-    **kwargs: Any,
-) -> LambdaFunction:
-    """moto's create, then the template's `Layers` (an unknown version fails the resource, as
-    CreateFunction does)."""
-    fn = _original_function_create(cls, resource_name, cloudformation_json, account_id, region_name)
-    layers = (cloudformation_json.get("Properties") or {}).get("Layers") or []
+def _add_layers(fn: LambdaFunction, call: CfnCall) -> None:
+    """After moto's create: the template's `Layers` (an unknown version fails the resource,
+    as CreateFunction does)."""
+    layers = call.props.get("Layers") or []
     if layers:
         try:
             fn.layers = fn._get_layers_data(layers)
         except Exception:
-            lambda_backends[account_id][region_name].delete_function(fn.function_name)
+            lambda_backends[call.account_id][call.region].delete_function(fn.function_name)
             raise
-    return fn
 
 
 def _update_function(
@@ -106,7 +97,7 @@ def _delete_layer(self: LayerVersion, account_id: str, region: str) -> None:
 def install() -> None:
     """Swap in the runtime and the CloudFormation parts above (idempotent)."""
     LambdaFunction._invoke_lambda = _invoke_lambda  # type: ignore[method-assign,assignment]
-    LambdaFunction.create_from_cloudformation_json = classmethod(_create_function)  # type: ignore[method-assign,assignment]
+    extend_cfn_create(LambdaFunction, _add_layers)
     LambdaFunction.update_from_cloudformation_json = classmethod(_update_function)  # type: ignore[method-assign,assignment]
     LayerVersion.create_from_cloudformation_json = classmethod(_create_layer)  # type: ignore[method-assign,assignment]
     # Ref and Fn::GetAtt LayerVersionArn: the layer version's ARN

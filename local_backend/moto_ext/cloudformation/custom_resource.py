@@ -26,6 +26,7 @@ from moto.cloudformation.exceptions import ValidationError
 from moto.core.common_models import CloudFormationModel
 
 from local_backend.moto_ext.awslambda import runtime
+from local_backend.moto_ext.cfn_resource import CfnCall, CfnResource
 
 log = logging.getLogger("enclavekit.endpoint.cloudformation")
 
@@ -210,8 +211,11 @@ def stringify(value: Any) -> Any:
     return str(value)
 
 
-class CustomResource(CloudFormationModel):
+class CustomResource(CfnResource, CloudFormationModel):
     """One custom resource: its physical id and the Data its handler returned."""
+
+    CFN_TYPE = CUSTOM_TYPE
+    CFN_REF = "physical_id"
 
     def __init__(
         self,
@@ -219,7 +223,6 @@ class CustomResource(CloudFormationModel):
         resource_type: str,
         stack_id: str,
         properties: dict[str, Any],
-        answer: dict[str, Any],
         account_id: str,
         region_name: str,
     ):
@@ -229,24 +232,26 @@ class CustomResource(CloudFormationModel):
         self.properties = properties
         self.account_id = account_id
         self.region_name = region_name
-        self._apply(answer)
+        self._apply({})
 
     def _apply(self, answer: dict[str, Any]) -> None:
         self.physical_id = str(answer.get("PhysicalResourceId") or self.logical_id)
         data = answer.get("Data")
         self.data: dict[str, Any] = data if isinstance(data, dict) else {}
 
-    @staticmethod
-    def cloudformation_type() -> str:
-        return CUSTOM_TYPE
-
-    @staticmethod
-    def cloudformation_name_type() -> str:
-        return ""
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.physical_id
+    def _send(self, request_type: str, properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """`send` a request about this resource with `properties` (the handler's from them)."""
+        return send(
+            request_type,
+            service_token=properties.get("ServiceToken", ""),
+            stack_id=self.stack_id,
+            logical_id=self.logical_id,
+            resource_type=self.resource_type,
+            properties=properties,
+            account_id=self.account_id,
+            region=self.region_name,
+            **extra,
+        )
 
     @classmethod
     def has_cfn_attr(cls, attr: str) -> bool:
@@ -263,89 +268,31 @@ class CustomResource(CloudFormationModel):
         return self.data[attribute_name]
 
     @classmethod
-    def create_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> CustomResource:
-        props = stringify(dict(cloudformation_json.get("Properties") or {}))
-        logical_id = kwargs.get("LogicalId", resource_name)
-        resource_type = cloudformation_json.get("Type", CUSTOM_TYPE)
-        answer = send(
-            "Create",
-            service_token=props.get("ServiceToken", ""),
-            stack_id=kwargs.get("StackId", ""),
-            logical_id=logical_id,
-            resource_type=resource_type,
-            properties=props,
-            account_id=account_id,
-            region=region_name,
+    def cfn_create(cls, call: CfnCall) -> CustomResource:
+        resource = cls(
+            call.logical_id or call.name,
+            call.resource_type or CUSTOM_TYPE,
+            call.stack_id,
+            stringify(dict(call.props)),
+            call.account_id,
+            call.region,
         )
-        return cls(
-            logical_id,
-            resource_type,
-            kwargs.get("StackId", ""),
-            props,
-            answer,
-            account_id,
-            region_name,
-        )
+        resource._apply(resource._send("Create", resource.properties))
+        return resource
 
     @classmethod
-    def update_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        original_resource: CustomResource,
-        new_resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-    ) -> CustomResource:
-        props = stringify(dict(cloudformation_json.get("Properties") or {}))
-        if props == original_resource.properties:
-            return original_resource
-        old_physical = original_resource.physical_id
-        old_props = original_resource.properties
-        answer = send(
-            "Update",
-            service_token=props.get("ServiceToken", ""),
-            stack_id=original_resource.stack_id,
-            logical_id=original_resource.logical_id,
-            resource_type=original_resource.resource_type,
-            properties=props,
-            physical_id=old_physical,
-            old_properties=old_props,
-            account_id=account_id,
-            region=region_name,
-        )
-        original_resource.properties = props
-        original_resource._apply(answer)
-        if original_resource.physical_id != old_physical:
+    def cfn_update(cls, old: CustomResource, call: CfnCall) -> CustomResource:
+        props = stringify(dict(call.props))
+        if props == old.properties:
+            return old
+        old_physical, old_props = old.physical_id, old.properties
+        answer = old._send("Update", props, physical_id=old_physical, old_properties=old_props)
+        old.properties = props
+        old._apply(answer)
+        if old.physical_id != old_physical:
             # A replacement: CloudFormation deletes the old resource in its cleanup phase.
-            send(
-                "Delete",
-                service_token=old_props.get("ServiceToken", ""),
-                stack_id=original_resource.stack_id,
-                logical_id=original_resource.logical_id,
-                resource_type=original_resource.resource_type,
-                properties=old_props,
-                physical_id=old_physical,
-                account_id=account_id,
-                region=region_name,
-            )
-        return original_resource
+            old._send("Delete", old_props, physical_id=old_physical)
+        return old
 
     def delete(self, account_id: str, region_name: str) -> None:
-        send(
-            "Delete",
-            service_token=self.properties.get("ServiceToken", ""),
-            stack_id=self.stack_id,
-            logical_id=self.logical_id,
-            resource_type=self.resource_type,
-            properties=self.properties,
-            physical_id=self.physical_id,
-            account_id=account_id,
-            region=region_name,
-        )
+        self._send("Delete", self.properties, physical_id=self.physical_id)

@@ -27,6 +27,7 @@ import copy
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -39,6 +40,7 @@ from moto.cloudformation.parsing import OutputMap
 from moto.core.common_models import CloudFormationModel
 from moto.ec2.models.core import TaggedEC2Resource
 
+from ..cfn_resource import CfnCall, CfnResource
 from . import exports, inplace, ordering
 from .custom_resource import CustomResource, is_custom_type
 
@@ -91,49 +93,22 @@ class UnsupportedResourceType(ValidationError):
         )
 
 
-class CdkMetadata(CloudFormationModel):
+@dataclass(eq=False)
+class CdkMetadata(CfnResource, CloudFormationModel):
     """`AWS::CDK::Metadata`: analytics metadata the CLI emits; deliberately a no-op."""
 
-    def __init__(self, name: str):
-        self.name = name
+    CFN_TYPE = "AWS::CDK::Metadata"
+    CFN_REF = "name"
 
-    @staticmethod
-    def cloudformation_type() -> str:
-        return "AWS::CDK::Metadata"
-
-    @staticmethod
-    def cloudformation_name_type() -> str:
-        return ""
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.name
+    name: str
 
     @classmethod
-    def has_cfn_attr(cls, attr: str) -> bool:
-        return False
+    def cfn_create(cls, call: CfnCall) -> CdkMetadata:
+        return cls(call.name)
 
     @classmethod
-    def create_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> CdkMetadata:
-        return cls(resource_name)
-
-    @classmethod
-    def update_from_cloudformation_json(  # type: ignore[misc]
-        cls,
-        original_resource: CdkMetadata,
-        new_resource_name: str,
-        cloudformation_json: Any,
-        account_id: str,
-        region_name: str,
-    ) -> CdkMetadata:
-        return original_resource
+    def cfn_update(cls, old: CdkMetadata, call: CfnCall) -> CdkMetadata:
+        return old
 
     def delete(self, account_id: str, region_name: str) -> None:
         return None
@@ -200,7 +175,7 @@ def _parse_and_create_resource(
             logical_id, resource_json, resources_map, account_id, region_name
         )
     except Exception as exc:
-        _tag_failure(exc, logical_id, resource_json.get("Type", ""))
+        tag_failure(exc, logical_id, resource_json.get("Type", ""))
         raise
     if resource is not None and isinstance(resource, TaggedEC2Resource):
         _tag_ec2(resource, resources_map, logical_id, account_id, region_name)
@@ -232,8 +207,10 @@ def _tag_ec2(
     ec2_backends[account_id][region_name].create_tags([resource.physical_resource_id], tags)
 
 
-def _tag_failure(exc: BaseException, logical_id: str, resource_type: str) -> None:
-    # The innermost resource that failed is the one to report (creation is lazy and nested).
+def tag_failure(exc: BaseException, logical_id: str, resource_type: str) -> None:
+    """Name the resource `exc` failed at, for the stack's failure event and status reason (a
+    hook that fails after the stack applied names its resource too). The innermost resource
+    that failed is the one to report (creation is lazy and nested), so a tag is kept."""
     if not hasattr(exc, "_ek_logical_id"):
         exc._ek_logical_id = logical_id  # type: ignore[attr-defined]
         exc._ek_type = resource_type  # type: ignore[attr-defined]
@@ -280,7 +257,7 @@ def _parse_and_update_resource(
             if original is not None and original is not new:
                 resources_map._delete_resource(original, resource_json)
     except Exception as exc:
-        _tag_failure(exc, logical_id, resource_type)
+        tag_failure(exc, logical_id, resource_type)
         raise
     if new is None:
         raise ValidationError(

@@ -11,7 +11,7 @@ from moto.ec2.responses import EC2Response
 from moto.ec2.responses.general import General
 from moto.ec2.responses.instances import InstanceResponse
 
-from . import models
+from . import certificates, hooks, instances
 
 _original_run_instances = InstanceResponse.run_instances
 _original_start_instances = InstanceResponse.start_instances
@@ -24,7 +24,7 @@ def get_console_output(self: General) -> ActionResult:
     from moto.core.utils import utcnow
 
     instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
-    output = models.console_output(instance.id)
+    output = hooks.console_output(instance.id)
     if output is None:
         return _original_console_output(self)
     from moto.ec2.utils import Base64EncodedString
@@ -52,7 +52,7 @@ def run_instances(self: InstanceResponse) -> ActionResult:
     reservation: Any = result.result
     try:
         for instance in reservation.instances:
-            models.start_api_instance(instance)
+            instances.start_api_instance(instance)
     except Exception:
         for instance in reservation.instances:
             instance.terminate()
@@ -76,13 +76,20 @@ def _dry_run(self: EC2Response, action: str) -> None:
         )
 
 
-def associate_enclave_certificate_iam_role(self: EC2Response) -> ActionResult:
-    _dry_run(self, "AssociateEnclaveCertificateIamRole")
-    assoc = models.associate(
+def _certificate_and_role(self: EC2Response, action: str) -> tuple[str, str, str, str]:
+    """(account, region, CertificateArn, RoleArn) of an association request."""
+    _dry_run(self, action)
+    return (
         self.current_account,
         self.region,
         self._get_param("CertificateArn"),
         self._get_param("RoleArn"),
+    )
+
+
+def associate_enclave_certificate_iam_role(self: EC2Response) -> ActionResult:
+    assoc = certificates.associate(
+        *_certificate_and_role(self, "AssociateEnclaveCertificateIamRole")
     )
     return ActionResult(
         {
@@ -95,19 +102,15 @@ def associate_enclave_certificate_iam_role(self: EC2Response) -> ActionResult:
 
 def get_associated_enclave_certificate_iam_roles(self: EC2Response) -> ActionResult:
     _dry_run(self, "GetAssociatedEnclaveCertificateIamRoles")
-    found = models.associated_roles(
+    found = certificates.associated_roles(
         self.current_account, self.region, self._get_param("CertificateArn")
     )
     return ActionResult({"AssociatedRoles": [a.to_api() for a in found]})
 
 
 def disassociate_enclave_certificate_iam_role(self: EC2Response) -> ActionResult:
-    _dry_run(self, "DisassociateEnclaveCertificateIamRole")
-    ok = models.disassociate(
-        self.current_account,
-        self.region,
-        self._get_param("CertificateArn"),
-        self._get_param("RoleArn"),
+    ok = certificates.disassociate(
+        *_certificate_and_role(self, "DisassociateEnclaveCertificateIamRole")
     )
     return ActionResult({"Return": ok})
 

@@ -7,23 +7,16 @@ every load balancer became an application one and an NLB's `TCP`/`TLS` listener 
 
 from __future__ import annotations
 
-from typing import Any
-
 from moto.elbv2.models import FakeLoadBalancer, elbv2_backends
 
+from ..cfn_resource import CfnCall, patch_cfn_create
 
-def _create_load_balancer(
-    cls: type[FakeLoadBalancer],
-    resource_name: str,
-    cloudformation_json: Any,
-    account_id: str,
-    region_name: str,
-    **kwargs: Any,
-) -> FakeLoadBalancer:
-    props = cloudformation_json["Properties"]
-    backend = elbv2_backends[account_id][region_name]
+
+def _create_load_balancer(call: CfnCall) -> FakeLoadBalancer:
+    props = call.props
+    backend = elbv2_backends[call.account_id][call.region]
     return backend.create_load_balancer(
-        props.get("Name") or resource_name,
+        props.get("Name") or call.name,
         props.get("SecurityGroups") or [],
         props.get("Subnets") or [],
         subnet_mappings=props.get("SubnetMappings"),
@@ -36,4 +29,4 @@ def _create_load_balancer(
 
 def install() -> None:
     """Swap in the create above (idempotent)."""
-    FakeLoadBalancer.create_from_cloudformation_json = classmethod(_create_load_balancer)  # type: ignore[assignment]
+    patch_cfn_create(FakeLoadBalancer, _create_load_balancer)

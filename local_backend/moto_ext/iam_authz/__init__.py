@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..cfn_resource import CfnCall, extend_cfn_create
 from . import actions, cfn_role, models, responses
 
 __all__ = ["actions", "cfn_role", "install", "models", "responses"]
@@ -69,22 +70,12 @@ def _install_cfn_managed_policy_arns() -> None:
 
     if getattr(Role, "_enclavekit_managed_arns", False):
         return
-    original = Role.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
 
-    def create(
-        cls: Any,
-        resource_name: str,
-        cloudformation_json: dict[str, Any],
-        account_id: str,
-        region_name: str,
-        **kwargs: Any,
-    ) -> Any:
-        role = original(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
-        backend = iam_backends[account_id]["aws"]
-        for arn in cloudformation_json.get("Properties", {}).get("ManagedPolicyArns") or []:
+    def attach_managed(role: Role, call: CfnCall) -> None:
+        backend = iam_backends[call.account_id]["aws"]
+        for arn in call.props.get("ManagedPolicyArns") or []:
             if isinstance(arn, str):
                 backend.attach_role_policy(arn, role.name)
-        return role
 
     original_delete = Role.delete_from_cloudformation_json.__func__  # type: ignore[attr-defined]
 
@@ -103,6 +94,6 @@ def _install_cfn_managed_policy_arns() -> None:
                     backend.detach_role_policy(arn, role.name)
         original_delete(cls, resource_name, cloudformation_json, account_id, region_name)
 
-    Role.create_from_cloudformation_json = classmethod(create)  # type: ignore[method-assign,assignment]
+    extend_cfn_create(Role, attach_managed)
     Role.delete_from_cloudformation_json = classmethod(delete)  # type: ignore[method-assign,assignment]
     Role._enclavekit_managed_arns = True  # type: ignore[attr-defined]

@@ -229,10 +229,9 @@ def _enclave_certificate_bucket_policy(bucket: str) -> Policy | None:
     """The AWS-owned ACM-for-Nitro-Enclaves bucket lets each associated role read its own
     object `<role_arn>/<certificate_arn>` (the association's s3:GetObject grant is the
     identity half). Built from the EC2 extension's associations, as they stand now."""
-    from ..ec2 import models as ec2_models
+    from ..ec2.certificates import all_associations
 
-    with ec2_models._lock:
-        assocs = [a for table in ec2_models._associations.values() for a in table.values()]
+    assocs = all_associations()
     statements = [
         {
             "Effect": "Allow",

@@ -81,33 +81,39 @@ class AwsError(HTTPException):
         return [("Content-Type", self._content_type), ("x-amzn-ErrorType", self._error_type)]
 
 
+_REQUEST_ID = "00000000-0000-0000-0000-000000000000"
+# The XML error documents: protocol -> (the document around its <Code>/<Message>, type).
+_XML_ERRORS = {
+    "ec2": (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>{}</Error></Errors>'
+        f"<RequestID>{_REQUEST_ID}</RequestID></Response>",
+        "text/xml",
+    ),
+    "rest-xml": (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Error>{}'
+        "<RequestId>0000000000000000</RequestId></Error>",
+        "application/xml",
+    ),
+    "query": (
+        "<ErrorResponse><Error><Type>Sender</Type>{}</Error>"
+        f"<RequestId>{_REQUEST_ID}</RequestId></ErrorResponse>",
+        "text/xml",
+    ),
+}
+
+
 def error(service: str, code: str, message: str, status: int, extra: str = "") -> AwsError:
-    """AWS's error body for `service`'s protocol (json, query, ec2, rest-xml)."""
+    """AWS's error body for `service`'s protocol (json, query, ec2, rest-xml); `extra` is
+    S3's (rest-xml) further elements."""
     proto = "rest-xml" if service == "s3" else actions.protocol(service)
-    msg = escape(message)
     if proto.startswith("json") or proto == "rest-json":
         body = json.dumps({"__type": code, "message": message})
         return AwsError(status, body, "application/x-amz-json-1.1", code)
-    if proto == "ec2":
-        body = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
-            f"<Code>{code}</Code><Message>{msg}</Message></Error></Errors>"
-            "<RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>"
-        )
-        return AwsError(status, body, "text/xml", code)
+    document, content_type = _XML_ERRORS.get(proto, _XML_ERRORS["query"])
+    fields = f"<Code>{code}</Code><Message>{escape(message)}</Message>"
     if proto == "rest-xml":
-        body = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n<Error>'
-            f"<Code>{code}</Code><Message>{msg}</Message>{extra}"
-            "<RequestId>0000000000000000</RequestId></Error>"
-        )
-        return AwsError(status, body, "application/xml", code)
-    body = (
-        "<ErrorResponse><Error><Type>Sender</Type>"
-        f"<Code>{code}</Code><Message>{msg}</Message></Error>"
-        "<RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>"
-    )
-    return AwsError(status, body, "text/xml", code)
+        fields += extra
+    return AwsError(status, document.format(fields), content_type, code)
 
 
 def auth_error(service: str, exc: AuthFailure) -> AwsError:

@@ -14,6 +14,8 @@ from typing import Any
 from moto.kms.models import Key as KmsKey
 from moto.kms.models import kms_backends
 
+from ..cfn_resource import CfnCall, patch_cfn_create
+
 KEY_TYPE = "AWS::KMS::Key"
 
 
@@ -26,18 +28,11 @@ def _enabled(props: dict[str, Any]) -> bool:
     return props.get("Enabled", True) not in (False, "false")
 
 
-def create_key(
-    cls: type[KmsKey],
-    resource_name: str,
-    cloudformation_json: Any,
-    account_id: str,
-    region_name: str,
-    **kwargs: Any,
-) -> KmsKey:
+def create_key(call: CfnCall) -> KmsKey:
     """moto's KMS::Key create, but with the policy stored as the JSON string AWS returns,
     and KeySpec / KeyUsage honoured."""
-    props = cloudformation_json["Properties"]
-    key = kms_backends[account_id][region_name].create_key(
+    props = call.props
+    key = kms_backends[call.account_id][call.region].create_key(
         policy=_policy_text(props),
         key_usage=props.get("KeyUsage", "ENCRYPT_DECRYPT"),
         key_spec=props.get("KeySpec", "SYMMETRIC_DEFAULT"),
@@ -59,7 +54,7 @@ def update_key(
     spec = props.get("KeySpec", "SYMMETRIC_DEFAULT")
     usage = props.get("KeyUsage", "ENCRYPT_DECRYPT")
     if spec != original.key_spec or usage != original.key_usage:
-        new = create_key(KmsKey, new_name, cloudformation_json, account_id, region_name)
+        new = create_key(CfnCall(new_name, props, account_id, region_name))
         original.delete(account_id, region_name)
         return new
     original.policy = _policy_text(props)
@@ -73,5 +68,5 @@ def install() -> None:
     """Put both handlers on moto's model (after the CloudFormation extension is installed)."""
     from ..cloudformation import models as cfn_ext
 
-    KmsKey.create_from_cloudformation_json = classmethod(create_key)  # type: ignore[assignment]
+    patch_cfn_create(KmsKey, create_key)
     cfn_ext.register_updater(KEY_TYPE, update_key)

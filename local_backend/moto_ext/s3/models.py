@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from moto.core.common_models import CloudFormationModel
@@ -60,19 +61,16 @@ def install() -> None:
     FakeBucket.get_permission = _bucket_permission  # type: ignore[method-assign,assignment]
 
 
+@dataclass(eq=False)
 class BucketPolicy(CfnResource, CloudFormationModel):
     """`AWS::S3::BucketPolicy`: puts the policy on the bucket; delete removes it."""
 
     CFN_TYPE = "AWS::S3::BucketPolicy"
+    CFN_REF = "bucket"
 
-    def __init__(self, account_id: str, bucket: str, document: dict[str, Any]):
-        self.account_id = account_id
-        self.bucket = bucket
-        self.document = document
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.bucket
+    account_id: str
+    bucket: str
+    document: dict[str, Any]
 
     @classmethod
     def cfn_create(cls, call: CfnCall) -> BucketPolicy:

@@ -15,7 +15,7 @@ import json
 import secrets
 import string
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from moto.cloudformation.exceptions import ValidationError
@@ -90,23 +90,20 @@ def secret_string(props: dict[str, Any]) -> str:
     return json.dumps(body)
 
 
+@dataclass(eq=False)
 class CfnSecret(CfnResource, CloudFormationModel):
     """The CloudFormation face of one secret in moto's backend."""
 
     CFN_TYPE = "AWS::SecretsManager::Secret"
     CFN_NAME_PROPERTY = "Name"
+    CFN_REF = "arn"
     CFN_ATTRIBUTES = frozenset({"Id"})
 
-    def __init__(self, arn: str, name: str, account_id: str, region_name: str, props: dict):
-        self.arn = arn
-        self.name = name
-        self.account_id = account_id
-        self.region_name = region_name
-        self.props = props
-
-    @property
-    def physical_resource_id(self) -> str:
-        return self.arn
+    arn: str
+    name: str
+    account_id: str
+    region_name: str
+    props: dict
 
     def get_cfn_attribute(self, attribute_name: str) -> Any:
         return self.arn
