@@ -63,6 +63,27 @@ EXTENSION_STATE = (
     ("local_backend.moto_ext.ec2.certificates", "associations"),
     ("local_backend.moto_ext.ec2.certificates", "service_keys"),
 )
+# Where code that state files name has moved since they may have been written, so an upgrade
+# reads what an older version saved instead of setting it aside (nothing deployed is lost).
+# A module split: the old module -> the modules its classes now live in.
+MOVED_MODULES: dict[str, tuple[str, ...]] = {
+    "local_backend.moto_ext.ec2.models": (
+        "local_backend.moto_ext.ec2.hooks",
+        "local_backend.moto_ext.ec2.instances",
+        "local_backend.moto_ext.ec2.certificates",
+        "local_backend.moto_ext.ec2.cfn_association",
+        "local_backend.moto_ext.ec2.routing",
+    ),
+}
+# Extension registries saved under an older "module:name".
+MOVED_EXTENSION_STATE: dict[str, str] = {
+    "local_backend.moto_ext.ec2.models:_associations": (
+        "local_backend.moto_ext.ec2.certificates:associations"
+    ),
+    "local_backend.moto_ext.ec2.models:_service_keys": (
+        "local_backend.moto_ext.ec2.certificates:service_keys"
+    ),
+}
 
 _LOCK_TYPES: tuple[type, ...] = (type(threading.Lock()), type(threading.RLock()))
 _snapshot_lock = threading.Lock()
@@ -216,6 +237,22 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        import importlib
+
+        for new in MOVED_MODULES.get(module, ()):
+            found = getattr(importlib.import_module(new), name, None)
+            if found is not None:
+                return found
+        return super().find_class(module, name)
+
+
+def loads(plain: bytes) -> Any:
+    """Unpickle a state payload, finding classes where they live now (MOVED_MODULES)."""
+    return _Unpickler(io.BytesIO(plain)).load()
+
+
 def _dumps(obj: Any) -> bytes:
     buf = io.BytesIO()
     _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
@@ -345,7 +382,7 @@ def _load(state_dir: Path) -> dict[str, Any] | None:
     except InvalidTag:
         raise StateError(f"{path}: does not open with {KEY_FILE} (damaged or replaced)") from None
     try:
-        payload = pickle.loads(plain)  # noqa: S301 - our own file, authenticated by AES-GCM
+        payload = loads(plain)  # our own file, authenticated by AES-GCM
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is one error
         raise StateError(f"{path}: cannot be read back: {type(exc).__name__}: {exc}") from None
     if not isinstance(payload, dict) or payload.get("version") != FORMAT_VERSION:
@@ -389,7 +426,7 @@ def restore(state_dir: Path) -> list[Any]:
         for name, value in saved["shared"].items():
             setattr(bd, name, value)
     for key, value in payload["extensions"].items():
-        mod, name = key.split(":", 1)
+        mod, name = MOVED_EXTENSION_STATE.get(key, key).split(":", 1)
         target = getattr(importlib.import_module(mod), name)
         target.clear()
         target.update(value)

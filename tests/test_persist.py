@@ -172,3 +172,43 @@ def test_user_data_host_boots_again_after_a_restart(tmp_path: Path) -> None:
         assert layout.read_host()["state"] == "stopped"
     finally:
         server.stop(state)
+
+
+def test_state_written_before_the_ec2_split_still_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state file names the classes it holds by module; the EC2 extension's models.py was
+    split, so a file saved by the earlier layout names `ec2.models`. It must still load (an
+    upgrade keeps what was deployed), and its registries land under their new names."""
+    import pickle
+    import sys
+    import types
+
+    from local_backend.moto_ext.ec2 import certificates, hooks
+
+    old = "local_backend.moto_ext.ec2.models"
+    info = hooks.EnclaveInstance(
+        instance_id="i-0123456789abcdef0",
+        account_id="123456789012",
+        region="us-east-1",
+        instance_type="m5a.xlarge",
+        image_id="ami-12345678",
+        subnet_id=None,
+        private_ip=None,
+        instance_profile_arn=None,
+        role_arns=(),
+    )
+    # Pickle as the old layout did: the classes named under ec2.models.
+    fake = types.ModuleType(old)
+    fake.EnclaveInstance = hooks.EnclaveInstance  # type: ignore[attr-defined]
+    fake.CertificateAssociation = certificates.CertificateAssociation  # type: ignore[attr-defined]
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, old, fake)
+        m.setattr(hooks.EnclaveInstance, "__module__", old)
+        blob = pickle.dumps({"instances": [info]}, protocol=pickle.HIGHEST_PROTOCOL)
+    assert old.encode() in blob and old not in sys.modules
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(blob)  # what the endpoint did before: the file was set aside
+    restored = persist.loads(blob)["instances"][0]
+    assert type(restored) is hooks.EnclaveInstance and restored == info
+    for key, now in persist.MOVED_EXTENSION_STATE.items():
+        mod, name = now.split(":")
+        assert getattr(sys.modules[mod], name) is not None, key
