@@ -11,8 +11,8 @@ Rooms above the core, in this package for now (tests/test_import_rules.py ROOMS)
 linter), `cli/` (the command; may import every room, and `local_backend` lazily), `agent` +
 `agent_bundle` (the parent agent); the pytest plugin lives in the backend. A room imports the
 core; the core imports no room. Imports: never `local_backend`, `enclave_constructs`, aws_cdk or
-moto; the exceptions still there (the CLI's lazy handler imports) are listed, with why, in
-tests/test_import_rules.py. The package root stays import-light for the same reason.
+moto; the CLI's one gateway, `cli/backend.py`, imports `local_backend` inside its functions
+only (tests/test_import_rules.py GATEWAYS). The package root stays import-light for the same reason.
 """
 
 from enclavekit.errors import (

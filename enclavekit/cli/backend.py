@@ -2,7 +2,8 @@
 
 The CLI is the one place that calls every part; its handlers reach the backend only through
 here, each part imported on first use, so `enclavekit lint` and the image commands run without
-the backend installed and the import rule lists one exception, this module.
+the backend installed. tests/test_import_rules.py names this module the CLI's gateway and
+checks that it imports `local_backend` only inside its functions.
 """
 
 from __future__ import annotations
