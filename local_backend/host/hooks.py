@@ -22,7 +22,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from enclavekit.contract import INSTANCE_FILE
 from enclavekit.errors import EmulatorError
 from local_backend.endpoint_file import EndpointInfo, read_endpoint
 from local_backend.host import control
@@ -74,7 +73,7 @@ def stop_instance_host(state_dir: Path, info: Any) -> None:
 
 def is_host_dir(d: Path) -> bool:
     try:
-        return json.loads((d / INSTANCE_FILE).read_text()).get("boot") == "user-data"
+        return HostLayout(d).read_info().get("boot") == "user-data"
     except (OSError, ValueError):
         return False
 
