@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -212,11 +212,17 @@ def engine_problem(docker: str | None, env: Mapping[str, str]) -> str | None:
 
 
 def write_script(directory: Path) -> Path:
-    """An executable `docker` in `directory` that runs this guard (for CDK_DOCKER)."""
+    """An executable `docker` in `directory` that runs this guard (for CDK_DOCKER).
+
+    Written beside and renamed into place: cdk runs in the same app directory share
+    `directory`, and one may be executing the script while another writes it."""
     directory.mkdir(parents=True, exist_ok=True)
     script = directory / "docker"
-    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m local_backend.docker_guard "$@"\n')
-    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    fd, tmp = tempfile.mkstemp(prefix=".docker-", dir=directory)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f'#!/bin/sh\nexec "{sys.executable}" -m local_backend.docker_guard "$@"\n')
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, script)
     return script
 
 

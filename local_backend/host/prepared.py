@@ -492,7 +492,10 @@ def ensure(recipe: list[list[str]] | None = None) -> bool:
             return False
         out = cache / "recipes" / f"{recipe_id(recipe)}.json"
         out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({"recipe": recipe, "keys": keys}, indent=2) + "\n")
+        # renamed into place: `is_prepared` looks without the lock
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"recipe": recipe, "keys": keys}, indent=2) + "\n")
+        os.replace(tmp, out)
     return True
 
 
