@@ -20,7 +20,7 @@ demo: setup  ## deploy the sample app locally and verify it end to end
 	@$(PY) -m enclavekit demo --port $(PORT)
 
 test: setup  ## the whole test suite, on 2 workers; the slowest tests listed at the end
-	@$(PY) -m pytest -q -ra --durations=20 $(PYTEST_ARGS)
+	@$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 bench: setup  ## benchmarks, each reported as a ratio against a baseline measured in the same run
 	@$(PY) -m bench

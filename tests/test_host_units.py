@@ -11,6 +11,7 @@ from email.mime.text import MIMEText
 
 import pytest
 
+from enclavekit.errors import InvalidInput
 from local_backend.host import cloudinit, imds, nitro, systemd
 from local_backend.host.boot import forwarded_ports
 
@@ -243,3 +244,13 @@ def test_refused_namespaces_are_one_line_warnings_and_no_mount_namespace_no_boot
     flags, warnings = _namespaces_with_refused(iso.CLONE_NEWNS)
     assert flags["mount"] is False  # the launcher then refuses to run the user data at all
     assert warnings == ["mount namespace not permitted (unshare: Operation not permitted)"]
+
+
+def test_socat_refuses_an_address_it_does_not_know(capsys: pytest.CaptureFixture[str]) -> None:
+    """socat's bad address is bad input (InvalidInput, in the errors tree): one line, status 1."""
+    from local_backend.host import socat
+
+    assert socat.main(["UDP-LISTEN:9", "TCP:127.0.0.1:9"]) == 1
+    assert capsys.readouterr().err == "socat: expected a listening address, found UDP-LISTEN\n"
+    with pytest.raises(InvalidInput, match="expected a connecting address, found UNIX-CONNECT"):
+        socat._connector("UNIX-CONNECT", ["/x"])  # (main would first listen on 0.0.0.0)
