@@ -16,7 +16,6 @@ This module is vendored into the enclave image: stdlib, cbor2 and enclavekit.err
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import io
 from dataclasses import dataclass
@@ -287,10 +286,6 @@ _RESPONSES: tuple[type[_Message], ...] = (
 # ---------------------------------------------------------------- encoding
 
 
-def _field_names(cls: type[_Message]) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-
-
 def _to_wire(kind: str, value: Any) -> Any:
     if kind == _U16_SET:
         return list(value)
@@ -304,7 +299,7 @@ def _encode(message: object, what: str, kinds: tuple[type[_Message], ...], limit
         raise NsmMessageError(
             f"NSM {what}: expected a {what} object, found {type(message).__name__}"
         )
-    names = _field_names(type(message))
+    names = list(message.kinds)  # the dataclass fields, in order
     body = {n: _to_wire(message.kinds[n], getattr(message, n)) for n in names}
     if not names:
         value: Any = message.wire
@@ -409,7 +404,7 @@ def _decode(data: object, what: str, kinds: tuple[type[_Message], ...], limit: i
     """Parse one message the way serde_cbor does (`NsmMessageError` if invalid)."""
     name, body = _variant(_loads(data, what, limit), what)
     cls = next((k for k in kinds if k.wire == name), None)
-    names = _field_names(cls) if cls is not None else []
+    names = list(cls.kinds) if cls is not None else []
     if cls is not None and cls.newtype:
         field = names[0]
         return cls(_from_wire(name, field, cls.kinds[field], body, what))
